@@ -1,0 +1,135 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[users]]
+name = "app"
+password = "secret"
+
+[[nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = 5432
+role = "primary"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:6432");
+    assert_eq!(c.pool.size, 20);
+    assert_eq!(c.pool.mode, PoolMode::Transaction);
+    assert_eq!(
+        c.health.check_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.health.recover_after_checks, 3);
+    assert_eq!(c.routing.primary_read_cap, 0.20);
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.users[0].backend_password(), Some("secret"));
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line_and_key() {
+    let text = format!("{MINIMAL}\n[pool]\nsize = 4\nsizee = 5\n");
+    let err = Config::from_toml_str(&text).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(
+        p.line,
+        Some(text.lines().position(|l| l.starts_with("sizee")).unwrap() + 1)
+    );
+    assert_eq!(p.key, "pool.sizee");
+    assert!(p.message.contains("unknown field"), "{}", p.message);
+}
+
+#[test]
+fn wrong_type_names_line_and_key() {
+    let text = MINIMAL.replace("port = 5432", "port = \"x\"");
+    let err = Config::from_toml_str(&text).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.key, "nodes.port");
+    assert_eq!(p.line, Some(9));
+}
+
+#[test]
+fn validation_reports_every_problem_with_lines() {
+    let text = r#"
+[server]
+listen = "nope"
+
+[pool]
+size = 0
+
+[[users]]
+name = "app"
+password = "md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+[[nodes]]
+name = "a"
+host = "h"
+role = "replica"
+
+[[nodes]]
+name = "a"
+host = "h"
+port = 0
+role = "replica"
+
+[routing]
+primary_read_cap = 1.5
+"#;
+    let err = Config::from_toml_str(text).unwrap_err();
+    let keys: Vec<_> = err
+        .problems()
+        .iter()
+        .map(|p| (p.key.as_str(), p.line))
+        .collect();
+    assert!(keys.contains(&("server.listen", Some(3))), "{keys:?}");
+    assert!(keys.contains(&("pool.size", Some(6))), "{keys:?}");
+    assert!(keys.contains(&("users[0].password", Some(10))), "{keys:?}");
+    assert!(
+        keys.contains(&("users[0].server_password", Some(8))),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&("nodes[1].name", Some(18))), "{keys:?}");
+    assert!(keys.contains(&("nodes[1].port", Some(20))), "{keys:?}");
+    assert!(keys.iter().any(|(k, _)| *k == "nodes"), "{keys:?}");
+    assert!(
+        keys.contains(&("routing.primary_read_cap", Some(24))),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn bad_rule_regex_is_a_parse_error_on_its_line() {
+    let text =
+        format!("{MINIMAL}\n[[routing.rules]]\npattern = \"(unclosed\"\nroute = \"primary\"\n");
+    let err = Config::from_toml_str(&text).unwrap_err();
+    let p = &err.problems()[0];
+    assert!(p.message.contains("invalid pattern"), "{}", p.message);
+    assert_eq!(p.key, "routing.rules.pattern");
+}
+
+#[test]
+fn heartbeat_table_must_be_a_plain_name() {
+    let text = format!("{MINIMAL}\n[health]\nheartbeat_table = \"x; drop table y\"\n");
+    let err = Config::from_toml_str(&text).unwrap_err();
+    assert_eq!(err.problems()[0].key, "health.heartbeat_table");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("secret"), "{dbg}");
+}
+
+#[test]
+fn handle_swaps_whole_configs() {
+    let h = ConfigHandle::new(Config::from_toml_str(MINIMAL).unwrap());
+    let before = h.load_full();
+    let mut next = (*before).clone();
+    next.pool.size = 3;
+    h.store(next);
+    assert_eq!(before.pool.size, 20);
+    assert_eq!(h.load().pool.size, 3);
+}
