@@ -1,0 +1,104 @@
+//! What routing answers: where a transaction goes, and why.
+
+/// Why a transaction went where it went. Also the `reason` label of the
+/// decision metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Classified as a write (or unknown): the primary.
+    Write,
+    /// A read served by a healthy, fresh-enough replica.
+    Healthy,
+    /// A read pinned to the primary because no replica has replayed the
+    /// session's last write yet.
+    ReadYourWrites,
+    /// A read on the primary because every replica is over a lag threshold.
+    LagThresholdExceeded,
+    /// A read on the primary because no replica is configured or reachable.
+    NoReplica,
+    /// A config rule chose the target.
+    Rule,
+    /// A hint in the statement or session chose the target.
+    Hint,
+    /// A fallback read refused because the primary-read breaker is open.
+    BreakerOpen,
+    /// A fallback read served by the least-lagged replica because the
+    /// breaker is open and `on_breaker_open = "serve_stale"`.
+    StaleServed,
+}
+
+impl Reason {
+    /// The metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Write => "write",
+            Reason::Healthy => "healthy",
+            Reason::ReadYourWrites => "read_your_writes",
+            Reason::LagThresholdExceeded => "lag_threshold_exceeded",
+            Reason::NoReplica => "no_replica",
+            Reason::Rule => "rule",
+            Reason::Hint => "hint",
+            Reason::BreakerOpen => "breaker_open",
+            Reason::StaleServed => "stale_served",
+        }
+    }
+}
+
+/// Where a transaction goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDecision {
+    /// Index of the target in `Config::nodes` / `HealthSnapshot::nodes`.
+    pub node: usize,
+    /// Whether the target is the primary.
+    pub primary: bool,
+    /// Why.
+    pub reason: Reason,
+    /// Whether the transaction was classified as a write (the proxy then
+    /// records its commit LSN for read-your-writes).
+    pub write: bool,
+    /// A NOTICE to send the client before the results (stale read served).
+    pub notice: Option<String>,
+}
+
+/// A transaction routing refused. Sent to the client as an ErrorResponse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    /// No node is known to be primary.
+    #[error("lagrouter: no primary is available for writes")]
+    NoPrimary,
+    /// Several nodes claim to be primary; writes are refused rather than split.
+    #[error("lagrouter: split brain: nodes {0} all claim to be primary; writes are refused")]
+    SplitBrain(String),
+    /// The primary-read breaker is open and this read would fall back to the primary.
+    #[error(
+        "lagrouter: primary-read breaker is open: {share_percent:.1}% of recent reads fell back to the primary (cap {cap_percent:.0}%)"
+    )]
+    BreakerOpen {
+        share_percent: f64,
+        cap_percent: f64,
+    },
+}
+
+impl RouteError {
+    /// SQLSTATE sent to the client.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            RouteError::NoPrimary | RouteError::SplitBrain(_) => "57P03", // cannot_connect_now
+            RouteError::BreakerOpen { .. } => "53400", // configuration_limit_exceeded
+        }
+    }
+
+    /// What the client can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            RouteError::NoPrimary => {
+                "Retry once the primary is back; check SHOW NODES in the admin console."
+            }
+            RouteError::SplitBrain(_) => {
+                "Stop the old primary (or set health.prefer_highest_timeline = true); check SHOW NODES."
+            }
+            RouteError::BreakerOpen { .. } => {
+                "Replicas are lagging; retry shortly, or route this read with /* lagrouter:route=primary */."
+            }
+        }
+    }
+}
