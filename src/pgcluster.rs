@@ -1,0 +1,1 @@
+//! Throwaway PostgreSQL clusters for the demo and the tests (in progress).
