@@ -1,1 +1,2 @@
-//! placeholder
+//! lagrouter's proxy (in progress).
+pub mod protocol;

@@ -1,0 +1,387 @@
+//! The backend protocol state: which responses a server connection still
+//! owes, so the proxy knows when it is idle again and which responses to
+//! forward, drop (answers to messages the proxy injected, such as
+//! re-prepares and parameter restores) or synthesise (answers the proxy
+//! gives itself, such as `ParseComplete` for a statement the server already
+//! has).
+//!
+//! Fed each server message tag in order, [`Expect::on_server`] says what to
+//! do with it. Pure: unit-tested flow by flow below.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// A request whose responses are outstanding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    /// Simple `Query`: everything up to `ReadyForQuery`.
+    Query,
+    /// `FunctionCall`: `FunctionCallResponse` then `ReadyForQuery`.
+    FunctionCall,
+    Parse,
+    Bind,
+    /// `Describe` of a statement ('S') or portal ('P').
+    Describe(u8),
+    Execute,
+    Close,
+    Sync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    /// Responses to `req`; forwarded when `forward`, else dropped.
+    Server { req: Req, forward: bool },
+    /// A complete message the proxy sends the client at this point.
+    Synthetic(Bytes),
+}
+
+/// What to do with a server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it to the client.
+    Forward,
+    /// Swallow it (answer to an injected message).
+    Drop,
+}
+
+/// A server message that does not fit the requests outstanding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server sent unexpected message '{}' (expected responses to {expected:?})", *.tag as char)]
+pub struct Desync {
+    pub tag: u8,
+    pub expected: Option<Req>,
+}
+
+/// Outstanding responses for one client session, in order.
+#[derive(Debug, Default)]
+pub struct Expect {
+    queue: VecDeque<Entry>,
+    /// An error in the extended protocol makes the server skip to `Sync`;
+    /// requests sent after the error and before the `Sync` get no answer.
+    skipping: bool,
+    /// Between CopyIn/CopyOut response and the end of the copy.
+    in_copy: bool,
+    /// Transaction status from the last `ReadyForQuery`.
+    status: u8,
+}
+
+impl Expect {
+    /// A new state: idle, not in a transaction.
+    pub fn new() -> Self {
+        Self {
+            status: b'I',
+            ..Default::default()
+        }
+    }
+
+    /// Records a request sent to the server. `forward = false` for
+    /// requests the proxy injected itself.
+    pub fn push(&mut self, req: Req, forward: bool) {
+        if self.skipping {
+            if req != Req::Sync {
+                return;
+            }
+            self.skipping = false;
+        }
+        self.queue.push_back(Entry::Server { req, forward });
+    }
+
+    /// Records a message the proxy answers itself at this point in order.
+    pub fn push_synthetic(&mut self, msg: Bytes) {
+        self.queue.push_back(Entry::Synthetic(msg));
+    }
+
+    /// The synthetic message now due, if the next thing owed is one.
+    pub fn pop_synthetic(&mut self) -> Option<Bytes> {
+        match self.queue.front() {
+            Some(Entry::Synthetic(_)) => match self.queue.pop_front() {
+                Some(Entry::Synthetic(b)) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Nothing is owed: the server connection may be released (when the
+    /// transaction status is also idle).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether any request still waits for a server answer.
+    pub fn awaits_server(&self) -> bool {
+        self.queue.iter().any(|e| matches!(e, Entry::Server { .. }))
+    }
+
+    /// Transaction status of the last `ReadyForQuery` ('I', 'T' or 'E').
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Whether a COPY is in progress (client CopyData is expected).
+    pub fn in_copy(&self) -> bool {
+        self.in_copy
+    }
+
+    /// Whether requests after an error are being skipped by the server.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    fn head(&self) -> Option<(Req, bool)> {
+        match self.queue.front() {
+            Some(Entry::Server { req, forward }) => Some((*req, *forward)),
+            _ => None,
+        }
+    }
+
+    fn act(forward: bool) -> Action {
+        if forward {
+            Action::Forward
+        } else {
+            Action::Drop
+        }
+    }
+
+    /// Classifies one server message by its tag (and the status byte of
+    /// `ReadyForQuery`, passed as `rfq_status`).
+    pub fn on_server(&mut self, tag: u8, rfq_status: u8) -> Result<Action, Desync> {
+        // Asynchronous messages may come at any time.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return Ok(match self.head() {
+                Some((_, false)) if tag == b'S' => Action::Drop,
+                _ => Action::Forward,
+            });
+        }
+        let Some((req, forward)) = self.head() else {
+            return Err(Desync {
+                tag,
+                expected: None,
+            });
+        };
+        let desync = Err(Desync {
+            tag,
+            expected: Some(req),
+        });
+        let simple = matches!(req, Req::Query | Req::FunctionCall);
+        match tag {
+            b'1' if req == Req::Parse => self.pop(forward),
+            b'2' if req == Req::Bind => self.pop(forward),
+            b'3' if req == Req::Close => self.pop(forward),
+            b't' if req == Req::Describe(b'S') => Ok(Self::act(forward)),
+            b'T' | b'n' if matches!(req, Req::Describe(_)) => self.pop(forward),
+            b'T' | b'D' | b'C' | b'I' if req == Req::Query => {
+                if tag == b'C' {
+                    self.in_copy = false;
+                }
+                Ok(Self::act(forward))
+            }
+            b'D' if req == Req::Execute => Ok(Self::act(forward)),
+            b'C' | b'I' | b's' if req == Req::Execute => {
+                self.in_copy = false;
+                self.pop(forward)
+            }
+            b'G' | b'H' | b'W' if req == Req::Execute || req == Req::Query => {
+                self.in_copy = true;
+                Ok(Self::act(forward))
+            }
+            b'd' | b'c' if self.in_copy => Ok(Self::act(forward)),
+            b'V' if req == Req::FunctionCall => Ok(Self::act(forward)),
+            b'E' => {
+                self.in_copy = false;
+                if simple {
+                    return Ok(Self::act(forward));
+                }
+                // The server now skips to the next Sync: drop what it will
+                // never answer, including synthetic answers queued after it.
+                while let Some(e) = self.queue.front() {
+                    if matches!(e, Entry::Server { req: Req::Sync, .. }) {
+                        break;
+                    }
+                    self.queue.pop_front();
+                }
+                if self.queue.is_empty() {
+                    self.skipping = true;
+                }
+                // An injected re-prepare that fails explains the client's own
+                // failure, so it is forwarded; an injected query's is not.
+                Ok(if forward || req != Req::Query {
+                    Action::Forward
+                } else {
+                    Action::Drop
+                })
+            }
+            b'Z' if req == Req::Sync || simple => {
+                self.status = rfq_status;
+                self.in_copy = false;
+                self.pop(forward)
+            }
+            _ => desync,
+        }
+    }
+
+    fn pop(&mut self, forward: bool) -> Result<Action, Desync> {
+        self.queue.pop_front();
+        Ok(Self::act(forward))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::{Drop, Forward};
+
+    fn feed(e: &mut Expect, tags: &[u8]) -> Vec<Action> {
+        tags.iter()
+            .map(|&t| e.on_server(t, b'I').unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn simple_query() {
+        let mut e = Expect::new();
+        e.push(Req::Query, true);
+        assert_eq!(feed(&mut e, b"TDDC"), vec![Forward; 4]);
+        assert!(!e.is_empty());
+        assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn simple_query_error_then_ready() {
+        let mut e = Expect::new();
+        e.push(Req::Query, true);
+        assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
+        assert_eq!(e.on_server(b'Z', b'E').unwrap(), Forward);
+        assert_eq!(e.status(), b'E');
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn pipelined_extended_protocol() {
+        let mut e = Expect::new();
+        for _ in 0..2 {
+            for r in [Req::Parse, Req::Bind, Req::Describe(b'P'), Req::Execute] {
+                e.push(r, true);
+            }
+        }
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"12TDC12TDCZ"), vec![Forward; 11]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn describe_statement_has_parameter_description() {
+        let mut e = Expect::new();
+        e.push(Req::Parse, true);
+        e.push(Req::Describe(b'S'), true);
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"1tnZ"), vec![Forward; 4]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn injected_parse_is_dropped_and_synthetic_answers_keep_order() {
+        let mut e = Expect::new();
+        e.push_synthetic(Bytes::from_static(b"1\0\0\0\x04"));
+        e.push(Req::Parse, false); // re-prepare before Bind
+        e.push(Req::Bind, true);
+        e.push(Req::Execute, true);
+        e.push(Req::Sync, true);
+        assert!(e.pop_synthetic().is_some());
+        assert_eq!(e.pop_synthetic(), None);
+        assert_eq!(
+            feed(&mut e, b"12DCZ"),
+            vec![Drop, Forward, Forward, Forward, Forward]
+        );
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn error_mid_pipeline_skips_to_sync() {
+        let mut e = Expect::new();
+        for r in [Req::Parse, Req::Bind, Req::Execute] {
+            e.push(r, true);
+        }
+        e.push_synthetic(Bytes::from_static(b"3\0\0\0\x04"));
+        e.push(Req::Sync, true);
+        e.push(Req::Bind, true);
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"1"), vec![Forward]);
+        assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
+        assert_eq!(e.on_server(b'Z', b'I').unwrap(), Forward);
+        assert_eq!(feed(&mut e, b"2Z"), vec![Forward, Forward]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn error_before_sync_is_sent_skips_later_requests() {
+        let mut e = Expect::new();
+        e.push(Req::Parse, true);
+        assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
+        assert!(e.skipping());
+        e.push(Req::Bind, true);
+        e.push(Req::Execute, true);
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn portal_suspension() {
+        let mut e = Expect::new();
+        e.push(Req::Bind, true);
+        e.push(Req::Execute, true);
+        e.push(Req::Execute, true);
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"2DDsDCZ"), vec![Forward; 7]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn copy_in_and_out() {
+        let mut e = Expect::new();
+        e.push(Req::Query, true);
+        assert_eq!(feed(&mut e, b"G"), vec![Forward]);
+        assert!(e.in_copy());
+        assert_eq!(feed(&mut e, b"CZ"), vec![Forward, Forward]);
+        assert!(!e.in_copy() && e.is_empty());
+        e.push(Req::Query, true);
+        assert_eq!(feed(&mut e, b"HdddcCZ"), vec![Forward; 7]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn injected_query_is_dropped_whole_including_parameter_status() {
+        let mut e = Expect::new();
+        e.push(Req::Query, false);
+        e.push(Req::Query, true);
+        assert_eq!(feed(&mut e, b"CSZ"), vec![Drop, Drop, Drop]);
+        assert_eq!(feed(&mut e, b"NTDCSZ"), vec![Forward; 6]);
+    }
+
+    #[test]
+    fn async_messages_and_notifications_pass() {
+        let mut e = Expect::new();
+        e.push(Req::Sync, true);
+        assert_eq!(feed(&mut e, b"ANZ"), vec![Forward; 3]);
+    }
+
+    #[test]
+    fn function_call() {
+        let mut e = Expect::new();
+        e.push(Req::FunctionCall, true);
+        assert_eq!(feed(&mut e, b"VZ"), vec![Forward, Forward]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn unexpected_messages_are_desync() {
+        let mut e = Expect::new();
+        assert!(e.on_server(b'D', 0).is_err());
+        e.push(Req::Parse, true);
+        assert!(e.on_server(b'2', 0).is_err());
+        assert!(e.on_server(b'Z', 0).is_err());
+    }
+}

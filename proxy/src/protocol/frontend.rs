@@ -1,0 +1,308 @@
+//! Client messages: decoding what clients send, rewriting statement names.
+
+use bytes::{BufMut, BytesMut};
+
+use super::reader::{DecodeError, Reader};
+
+/// Protocol version 3.0.
+pub const PROTOCOL_3_0: i32 = 196_608;
+/// `SSLRequest` code.
+pub const SSL_REQUEST: i32 = 80_877_103;
+/// `GSSENCRequest` code.
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+/// `CancelRequest` code.
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// A startup-phase packet (the body after the length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// StartupMessage: protocol version and parameters in order.
+    Startup {
+        version: i32,
+        params: Vec<(String, String)>,
+    },
+    /// SSLRequest.
+    Ssl,
+    /// GSSENCRequest.
+    GssEnc,
+    /// CancelRequest with the key the proxy handed out.
+    Cancel { pid: i32, secret: Vec<u8> },
+}
+
+/// Decodes a startup-phase packet body.
+pub fn decode_startup(body: &[u8]) -> Result<StartupPacket, DecodeError> {
+    let mut r = Reader::new(body, "startup");
+    let code = r.i32()?;
+    match code {
+        SSL_REQUEST => Ok(StartupPacket::Ssl),
+        GSSENC_REQUEST => Ok(StartupPacket::GssEnc),
+        CANCEL_REQUEST => {
+            let pid = r.i32()?;
+            let secret = r.rest().to_vec();
+            if secret.is_empty() || secret.len() > 256 {
+                return Err(DecodeError {
+                    what: "CancelRequest",
+                    detail: "bad secret key length",
+                });
+            }
+            Ok(StartupPacket::Cancel { pid, secret })
+        }
+        version if version >> 16 == 3 => {
+            let mut params = Vec::new();
+            loop {
+                let k = r.cstr_utf8()?;
+                if k.is_empty() {
+                    break;
+                }
+                let v = r.cstr_utf8()?;
+                if params.len() >= 64 {
+                    return Err(DecodeError {
+                        what: "startup",
+                        detail: "too many parameters",
+                    });
+                }
+                params.push((k.to_string(), v.to_string()));
+            }
+            Ok(StartupPacket::Startup { version, params })
+        }
+        _ => Err(DecodeError {
+            what: "startup",
+            detail: "unsupported protocol version",
+        }),
+    }
+}
+
+/// `Query` ('Q'): the SQL text.
+pub fn decode_query(body: &[u8]) -> Result<&str, DecodeError> {
+    Reader::new(body, "Query").cstr_utf8()
+}
+
+/// `Parse` ('P'): statement name, query text and the raw parameter-type tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    /// i16 count followed by i32 OIDs, as sent.
+    pub param_types: &'a [u8],
+}
+
+/// Decodes a `Parse` body.
+pub fn decode_parse(body: &[u8]) -> Result<Parse<'_>, DecodeError> {
+    let mut r = Reader::new(body, "Parse");
+    let name = r.cstr_utf8()?;
+    let query = r.cstr_utf8()?;
+    let param_types = r.rest();
+    let mut t = Reader::new(param_types, "Parse");
+    let n = t.i16()?;
+    if n < 0 || t.rest().len() != n as usize * 4 {
+        return Err(DecodeError {
+            what: "Parse",
+            detail: "parameter type count does not match",
+        });
+    }
+    Ok(Parse {
+        name,
+        query,
+        param_types,
+    })
+}
+
+/// Encodes a `Parse` with a (possibly rewritten) statement name.
+pub fn encode_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u8]) {
+    let len = 4 + name.len() + 1 + query.len() + 1 + param_types.len();
+    out.put_u8(b'P');
+    out.put_i32(len as i32);
+    put_cstr(out, name);
+    put_cstr(out, query);
+    out.put_slice(param_types);
+}
+
+/// `Bind` ('B'): portal and statement names; `rest` is everything after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub rest: &'a [u8],
+}
+
+/// Decodes the names at the front of a `Bind` body.
+pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, DecodeError> {
+    let mut r = Reader::new(body, "Bind");
+    let portal = r.cstr_utf8()?;
+    let statement = r.cstr_utf8()?;
+    Ok(Bind {
+        portal,
+        statement,
+        rest: r.rest(),
+    })
+}
+
+/// Encodes a `Bind` with a rewritten statement name.
+pub fn encode_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    let len = 4 + portal.len() + 1 + statement.len() + 1 + rest.len();
+    out.put_u8(b'B');
+    out.put_i32(len as i32);
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.put_slice(rest);
+}
+
+/// `Describe` ('D') or `Close` ('C'): target kind ('S' or 'P') and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub kind: u8,
+    pub name: &'a str,
+}
+
+/// Decodes a `Describe` or `Close` body.
+pub fn decode_target<'a>(body: &'a [u8], what: &'static str) -> Result<Target<'a>, DecodeError> {
+    let mut r = Reader::new(body, what);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(DecodeError {
+            what,
+            detail: "target must be 'S' or 'P'",
+        });
+    }
+    let name = r.cstr_utf8()?;
+    Ok(Target { kind, name })
+}
+
+/// Encodes a `Describe` (`tag` b'D') or `Close` (`tag` b'C').
+pub fn encode_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    put_cstr(out, name);
+}
+
+/// Encodes a simple `Query`.
+pub fn encode_query(out: &mut BytesMut, sql: &str) {
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    put_cstr(out, sql);
+}
+
+/// `SASLInitialResponse` ('p' in SASL): mechanism and client-first message.
+pub fn decode_sasl_initial(body: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
+    let mut r = Reader::new(body, "SASLInitialResponse");
+    let mech = r.cstr_utf8()?;
+    let len = r.i32()?;
+    if len < 0 {
+        return Err(DecodeError {
+            what: "SASLInitialResponse",
+            detail: "no initial response",
+        });
+    }
+    let data = r.bytes(len as usize)?;
+    Ok((mech, data))
+}
+
+/// `PasswordMessage` ('p' for md5/cleartext).
+pub fn decode_password(body: &[u8]) -> Result<&str, DecodeError> {
+    Reader::new(body, "PasswordMessage").cstr_utf8()
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_with_params() {
+        let mut b = BytesMut::new();
+        b.put_i32(PROTOCOL_3_0);
+        for s in ["user", "app", "database", "db", ""] {
+            put_cstr(&mut b, s);
+        }
+        match decode_startup(&b).unwrap() {
+            StartupPacket::Startup { version, params } => {
+                assert_eq!(version, PROTOCOL_3_0);
+                assert_eq!(
+                    params,
+                    vec![
+                        ("user".into(), "app".into()),
+                        ("database".into(), "db".into())
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn startup_special_codes_and_garbage() {
+        assert_eq!(
+            decode_startup(&SSL_REQUEST.to_be_bytes()).unwrap(),
+            StartupPacket::Ssl
+        );
+        assert_eq!(
+            decode_startup(&GSSENC_REQUEST.to_be_bytes()).unwrap(),
+            StartupPacket::GssEnc
+        );
+        let mut c = CANCEL_REQUEST.to_be_bytes().to_vec();
+        c.extend_from_slice(&7i32.to_be_bytes());
+        c.extend_from_slice(&9i32.to_be_bytes());
+        assert_eq!(
+            decode_startup(&c).unwrap(),
+            StartupPacket::Cancel {
+                pid: 7,
+                secret: 9i32.to_be_bytes().to_vec()
+            }
+        );
+        assert!(decode_startup(&1234i32.to_be_bytes()).is_err());
+        assert!(
+            decode_startup(&[0, 3, 0, 0, b'u', b's']).is_err(),
+            "unterminated parameter"
+        );
+        assert!(decode_startup(&[0, 3]).is_err());
+    }
+
+    #[test]
+    fn parse_and_bind_round_trip_with_new_names() {
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "s1", "SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let p = decode_parse(&b[5..]).unwrap();
+        assert_eq!((p.name, p.query), ("s1", "SELECT $1"));
+        let mut again = BytesMut::new();
+        encode_parse(&mut again, "lr_1", p.query, p.param_types);
+        assert_eq!(decode_parse(&again[5..]).unwrap().name, "lr_1");
+
+        let mut b = BytesMut::new();
+        encode_bind(&mut b, "", "s1", &[0, 0, 0, 0, 0, 0]);
+        let bind = decode_bind(&b[5..]).unwrap();
+        assert_eq!(
+            (bind.portal, bind.statement, bind.rest),
+            ("", "s1", &[0u8, 0, 0, 0, 0, 0][..])
+        );
+    }
+
+    #[test]
+    fn parse_rejects_mismatched_type_counts() {
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "", "x", &[0, 2, 0, 0, 0, 23]);
+        assert!(decode_parse(&b[5..]).is_err());
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "", "x", &[0xff, 0xff]);
+        assert!(decode_parse(&b[5..]).is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let mut b = BytesMut::new();
+        encode_target(&mut b, b'C', b'S', "s1");
+        assert_eq!(
+            decode_target(&b[5..], "Close").unwrap(),
+            Target {
+                kind: b'S',
+                name: "s1"
+            }
+        );
+        assert!(decode_target(b"X\0", "Close").is_err());
+        assert!(decode_target(b"S", "Close").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! A bounds-checked cursor over a message body.
+
+/// A body that ended early or holds something impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {what} message: {detail}")]
+pub struct DecodeError {
+    /// The message type being decoded.
+    pub what: &'static str,
+    /// What was wrong.
+    pub detail: &'static str,
+}
+
+/// Reads fields from a message body; every read checks bounds.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`, naming `what` in errors.
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Self { buf, what }
+    }
+
+    fn err(&self, detail: &'static str) -> DecodeError {
+        DecodeError {
+            what: self.what,
+            detail,
+        }
+    }
+
+    /// A NUL-terminated string (bytes, without the NUL).
+    pub fn cstr(&mut self) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err("missing string terminator"))?;
+        let s = &self.buf[..end];
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    /// A NUL-terminated UTF-8 string.
+    pub fn cstr_utf8(&mut self) -> Result<&'a str, DecodeError> {
+        let b = self.cstr()?;
+        std::str::from_utf8(b).map_err(|_| self.err("string is not valid UTF-8"))
+    }
+
+    /// A big-endian i32.
+    pub fn i32(&mut self) -> Result<i32, DecodeError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A big-endian i16.
+    pub fn i16(&mut self) -> Result<i16, DecodeError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    /// `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(self.err("body ends early"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    /// Everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Whether the body is used up.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
