@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// A request whose responses are outstanding.
@@ -31,7 +33,12 @@ pub enum Req {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
     /// Responses to `req`; forwarded when `forward`, else dropped.
-    Server { req: Req, forward: bool },
+    /// `name` is the server-side statement name of a named `Parse`.
+    Server {
+        req: Req,
+        forward: bool,
+        name: Option<Arc<str>>,
+    },
     /// A complete message the proxy sends the client at this point.
     Synthetic(Bytes),
 }
@@ -64,6 +71,8 @@ pub struct Expect {
     in_copy: bool,
     /// Transaction status from the last `ReadyForQuery`.
     status: u8,
+    /// Named statements whose `Parse` the server skipped or refused.
+    failed_parses: Vec<Arc<str>>,
 }
 
 impl Expect {
@@ -78,13 +87,26 @@ impl Expect {
     /// Records a request sent to the server. `forward = false` for
     /// requests the proxy injected itself.
     pub fn push(&mut self, req: Req, forward: bool) {
+        self.push_named(req, forward, None);
+    }
+
+    /// Records a named `Parse` (server-side name), so a failure can be reported.
+    pub fn push_named(&mut self, req: Req, forward: bool, name: Option<Arc<str>>) {
         if self.skipping {
             if req != Req::Sync {
+                if let Some(n) = name {
+                    self.failed_parses.push(n);
+                }
                 return;
             }
             self.skipping = false;
         }
-        self.queue.push_back(Entry::Server { req, forward });
+        self.queue.push_back(Entry::Server { req, forward, name });
+    }
+
+    /// Statements whose `Parse` did not take effect since the last call.
+    pub fn take_failed_parses(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.failed_parses)
     }
 
     /// Records a message the proxy answers itself at this point in order.
@@ -131,7 +153,7 @@ impl Expect {
 
     fn head(&self) -> Option<(Req, bool)> {
         match self.queue.front() {
-            Some(Entry::Server { req, forward }) => Some((*req, *forward)),
+            Some(Entry::Server { req, forward, .. }) => Some((*req, *forward)),
             _ => None,
         }
     }
@@ -199,7 +221,9 @@ impl Expect {
                     if matches!(e, Entry::Server { req: Req::Sync, .. }) {
                         break;
                     }
-                    self.queue.pop_front();
+                    if let Some(Entry::Server { name: Some(n), .. }) = self.queue.pop_front() {
+                        self.failed_parses.push(n);
+                    }
                 }
                 if self.queue.is_empty() {
                     self.skipping = true;
@@ -326,6 +350,25 @@ mod tests {
         e.push(Req::Sync, true);
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn failed_and_skipped_parses_are_reported() {
+        let mut e = Expect::new();
+        e.push_named(Req::Parse, true, Some("a".into()));
+        e.push_named(Req::Parse, false, Some("b".into()));
+        e.push(Req::Bind, true);
+        assert_eq!(feed(&mut e, b"1"), vec![Forward]);
+        assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
+        e.push_named(Req::Parse, true, Some("c".into()));
+        e.push(Req::Sync, true);
+        let failed: Vec<_> = e
+            .take_failed_parses()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(failed, vec!["b", "c"]);
+        assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! Errors the proxy reports to clients. Each has a SQLSTATE, a message that
+//! says what happened (naming the node or pool), and a hint.
+
+/// A proxy-side failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// A node could not be reached or the connection dropped.
+    #[error("lagrouter: cannot reach node \"{node}\" at {addr}: {detail}")]
+    NodeConnect {
+        node: String,
+        addr: String,
+        detail: String,
+    },
+    /// A node refused the proxy's login.
+    #[error("lagrouter: node \"{node}\" refused the login: {detail}")]
+    NodeAuth {
+        node: String,
+        code: String,
+        detail: String,
+    },
+    /// A node broke the protocol.
+    #[error("lagrouter: protocol error from node \"{node}\": {detail}")]
+    NodeProtocol { node: String, detail: String },
+    /// No server connection became free in time.
+    #[error(
+        "lagrouter: no server connection in pool \"{pool}\" within {timeout_ms} ms (pool size {size})"
+    )]
+    CheckoutTimeout {
+        pool: String,
+        timeout_ms: u128,
+        size: usize,
+    },
+    /// Too many clients already wait on the pool.
+    #[error("lagrouter: too many clients waiting for pool \"{pool}\" (limit {limit})")]
+    TooManyWaiters { pool: String, limit: usize },
+    /// Routing refused the transaction.
+    #[error("{0}")]
+    Route(#[from] lagrouter_routing::RouteError),
+    /// The client broke the protocol.
+    #[error("lagrouter: invalid message from client: {0}")]
+    ClientProtocol(String),
+}
+
+impl ProxyError {
+    /// SQLSTATE for the client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ProxyError::NodeConnect { .. } => "08006",
+            ProxyError::NodeAuth { code, .. } => code,
+            ProxyError::NodeProtocol { .. } | ProxyError::ClientProtocol(_) => "08P01",
+            ProxyError::CheckoutTimeout { .. } | ProxyError::TooManyWaiters { .. } => "53300",
+            ProxyError::Route(e) => e.sqlstate(),
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> Option<&str> {
+        Some(match self {
+            ProxyError::NodeConnect { .. } => {
+                "Check that the node is running; SHOW NODES in the admin console shows its state."
+            }
+            ProxyError::NodeAuth { .. } => {
+                "Check [[users]] password/server_password against the node's pg_hba.conf and roles."
+            }
+            ProxyError::NodeProtocol { .. } => {
+                "The server connection was closed; retry the transaction."
+            }
+            ProxyError::CheckoutTimeout { .. } | ProxyError::TooManyWaiters { .. } => {
+                "Raise [pool] size or checkout_timeout, or shorten transactions."
+            }
+            ProxyError::Route(e) => e.hint(),
+            ProxyError::ClientProtocol(_) => return None,
+        })
+    }
+
+    /// Whether the client may simply retry: nothing reached a server.
+    pub fn retry_safe(&self) -> bool {
+        !matches!(self, ProxyError::NodeProtocol { .. })
+    }
+}

@@ -1,0 +1,273 @@
+//! One authenticated connection to a node.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::protocol::backend::{self, AuthRequest};
+use crate::protocol::{MAX_MESSAGE_LEN, split_frame};
+
+/// Where a node listens and what it is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub name: Arc<str>,
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// An open, authenticated, idle server connection.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub node: Arc<NodeAddr>,
+    /// Backend process id and secret key, for CancelRequest.
+    pub pid: i32,
+    pub secret: Vec<u8>,
+    /// Parameters as the server last reported them, plus values the proxy set.
+    pub params: BTreeMap<String, String>,
+    /// Fingerprint of the session parameters this connection was last
+    /// brought in line with (0: none). Lets a session skip the comparison.
+    pub synced_to: u64,
+    /// Server-side names of statements prepared on this connection.
+    pub prepared: HashSet<Arc<str>>,
+    /// Bytes read from the server not yet processed.
+    pub read_buf: BytesMut,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Connects and logs in; returns when the server is ready for queries.
+    pub async fn connect(
+        node: Arc<NodeAddr>,
+        user: &str,
+        password: Option<&str>,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<ServerConn, ProxyError> {
+        match tokio::time::timeout(
+            timeout,
+            Self::connect_inner(node.clone(), user, password, database),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::NodeConnect {
+                node: node.name.to_string(),
+                addr: node.addr(),
+                detail: format!("timed out after {timeout:?}"),
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        node: Arc<NodeAddr>,
+        user: &str,
+        password: Option<&str>,
+        database: &str,
+    ) -> Result<ServerConn, ProxyError> {
+        let connect_err = |detail: String| ProxyError::NodeConnect {
+            node: node.name.to_string(),
+            addr: node.addr(),
+            detail,
+        };
+        let stream = TcpStream::connect((node.host.as_str(), node.port))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            node: node.clone(),
+            pid: 0,
+            secret: Vec::new(),
+            params: BTreeMap::new(),
+            synced_to: 0,
+            prepared: HashSet::new(),
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            created: now,
+            last_used: now,
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [("user", user), ("database", database)].into_iter(),
+            &mut out,
+        )
+        .map_err(|e| connect_err(e.to_string()))?;
+        conn.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        conn.login(user, password).await?;
+        Ok(conn)
+    }
+
+    /// Reads one complete message from the server.
+    async fn read_message(&mut self) -> Result<crate::protocol::Frame, ProxyError> {
+        loop {
+            if let Some(f) = split_frame(&mut self.read_buf, MAX_MESSAGE_LEN)
+                .map_err(|e| self.protocol_error(e.to_string()))?
+            {
+                return Ok(f);
+            }
+            self.read_buf.reserve(8192);
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|e| self.lost(e.to_string()))?;
+            if n == 0 {
+                return Err(self.lost("server closed the connection".into()));
+            }
+        }
+    }
+
+    fn protocol_error(&self, detail: String) -> ProxyError {
+        ProxyError::NodeProtocol {
+            node: self.node.name.to_string(),
+            detail,
+        }
+    }
+
+    fn lost(&self, detail: String) -> ProxyError {
+        ProxyError::NodeConnect {
+            node: self.node.name.to_string(),
+            addr: self.node.addr(),
+            detail,
+        }
+    }
+
+    async fn login(&mut self, user: &str, password: Option<&str>) -> Result<(), ProxyError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = self.read_message().await?;
+            match msg.tag {
+                b'R' => {
+                    let req = backend::decode_auth(msg.body())
+                        .map_err(|e| self.protocol_error(e.to_string()))?;
+                    let mut out = BytesMut::new();
+                    let need_password = || ProxyError::NodeAuth {
+                        node: self.node.name.to_string(),
+                        code: "28P01".into(),
+                        detail: format!(
+                            "the node asks a password for user \"{user}\" and none is configured (set server_password)"
+                        ),
+                    };
+                    match req {
+                        AuthRequest::Ok => continue,
+                        AuthRequest::Cleartext => {
+                            let p = password.ok_or_else(need_password)?;
+                            frontend::password_message(p.as_bytes(), &mut out)
+                                .map_err(|e| self.protocol_error(e.to_string()))?;
+                        }
+                        AuthRequest::Md5 { salt } => {
+                            let p = password.ok_or_else(need_password)?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                p.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out)
+                                .map_err(|e| self.protocol_error(e.to_string()))?;
+                        }
+                        AuthRequest::Sasl { mechanisms } => {
+                            let p = password.ok_or_else(need_password)?;
+                            if !mechanisms.contains(&"SCRAM-SHA-256") {
+                                return Err(self.protocol_error(format!(
+                                    "unsupported SASL mechanisms {mechanisms:?}"
+                                )));
+                            }
+                            let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                                .map_err(|e| self.protocol_error(e.to_string()))?;
+                            scram = Some(s);
+                        }
+                        AuthRequest::SaslContinue(data) => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                self.protocol_error("SASL continue before start".into())
+                            })?;
+                            s.update(data)
+                                .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
+                            frontend::sasl_response(s.message(), &mut out)
+                                .map_err(|e| self.protocol_error(e.to_string()))?;
+                        }
+                        AuthRequest::SaslFinal(data) => {
+                            let mut s = scram.take().ok_or_else(|| {
+                                self.protocol_error("SASL final before start".into())
+                            })?;
+                            s.finish(data).map_err(|e| {
+                                self.protocol_error(format!("SCRAM server proof: {e}"))
+                            })?;
+                            continue;
+                        }
+                        AuthRequest::Other(n) => {
+                            return Err(self.protocol_error(format!(
+                                "unsupported authentication request {n}"
+                            )));
+                        }
+                    }
+                    self.stream
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| self.lost(e.to_string()))?;
+                }
+                b'S' => {
+                    let (k, v) = backend::decode_parameter_status(msg.body())
+                        .map_err(|e| self.protocol_error(e.to_string()))?;
+                    self.params.insert(k.to_string(), v.to_string());
+                }
+                b'K' => {
+                    let (pid, secret) = backend::decode_backend_key(msg.body())
+                        .map_err(|e| self.protocol_error(e.to_string()))?;
+                    self.pid = pid;
+                    self.secret = secret;
+                }
+                b'N' | b'v' => {}
+                b'Z' => return Ok(()),
+                b'E' => {
+                    let f = backend::decode_error_fields(msg.body()).unwrap_or_default();
+                    return Err(ProxyError::NodeAuth {
+                        node: self.node.name.to_string(),
+                        code: if f.code.is_empty() {
+                            "08004".into()
+                        } else {
+                            f.code
+                        },
+                        detail: f.message,
+                    });
+                }
+                t => {
+                    return Err(self.protocol_error(format!(
+                        "unexpected message '{}' during login",
+                        t as char
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether the connection looks usable without a round trip: no bytes
+    /// pending and the peer has not closed it.
+    pub fn looks_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false, // EOF or unsolicited bytes: not idle
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Pools of server connections, one per (node, user, database).
+//!
+//! A semaphore with `size` permits bounds the connections; waiting for a
+//! permit is FIFO, bounded in count (`max_waiters`) and in time
+//! (`checkout_timeout`). Idle connections are kept LIFO so warm ones are
+//! reused first; stale or broken ones are dropped at checkout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lagrouter_config::PoolConfig;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{NodeAddr, ServerConn};
+use crate::error::ProxyError;
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: Arc<str>,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+}
+
+/// Gauges a pool keeps for metrics and the admin console.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub open: AtomicUsize,
+    pub in_use: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub checkouts: AtomicUsize,
+    pub timeouts: AtomicUsize,
+}
+
+/// The server connections of one (node, user, database).
+pub struct ServerPool {
+    pub key: PoolKey,
+    pub node: Arc<NodeAddr>,
+    idle: Mutex<Vec<ServerConn>>,
+    permits: Arc<Semaphore>,
+    size: AtomicUsize,
+    pub stats: PoolStats,
+}
+
+impl ServerPool {
+    fn new(key: PoolKey, node: Arc<NodeAddr>, size: usize) -> ServerPool {
+        ServerPool {
+            key,
+            node,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size)),
+            size: AtomicUsize::new(size),
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// `node/user/database`, as errors and metrics name the pool.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.key.node, self.key.user, self.key.database)
+    }
+
+    /// Configured size.
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Changes the size live: grows at once, shrinks as connections return.
+    pub fn resize(&self, size: usize) {
+        let old = self.size.swap(size, Ordering::Relaxed);
+        if size > old {
+            self.permits.add_permits(size - old);
+        } else if size < old {
+            let permits = self.permits.clone();
+            let n = (old - size) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many(n).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// Takes a connection, waiting at most `cfg.checkout_timeout`.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        cfg: &PoolConfig,
+        password: Option<&str>,
+    ) -> Result<PooledConn, ProxyError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.wait_permit(cfg).await?,
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        loop {
+            let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let Some(conn) = conn else { break };
+            let idle_for = now.saturating_duration_since(conn.last_used);
+            if idle_for > cfg.idle_timeout || !conn.looks_alive() {
+                self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            self.stats.in_use.fetch_add(1, Ordering::Relaxed);
+            return Ok(PooledConn {
+                conn: Some(conn),
+                _permit: permit,
+                pool: self.clone(),
+            });
+        }
+        let conn = ServerConn::connect(
+            self.node.clone(),
+            &self.key.user,
+            password,
+            &self.key.database,
+            cfg.connect_timeout,
+        )
+        .await?;
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn {
+            conn: Some(conn),
+            _permit: permit,
+            pool: self.clone(),
+        })
+    }
+
+    async fn wait_permit(&self, cfg: &PoolConfig) -> Result<OwnedSemaphorePermit, ProxyError> {
+        let waiting = self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let _guard = Decrement(&self.stats.waiting);
+        if waiting >= cfg.max_waiters {
+            return Err(ProxyError::TooManyWaiters {
+                pool: self.label(),
+                limit: cfg.max_waiters,
+            });
+        }
+        match tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(ProxyError::CheckoutTimeout {
+                    pool: self.label(),
+                    timeout_ms: cfg.checkout_timeout.as_millis(),
+                    size: self.size(),
+                })
+            }
+        }
+    }
+
+    fn give_back(&self, mut conn: ServerConn) {
+        conn.last_used = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A checked-out connection. [`PooledConn::release`] returns it; dropping
+/// it otherwise closes the connection (a dirty connection never returns).
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<ServerPool>,
+}
+
+impl PooledConn {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("present until released")
+    }
+
+    /// Read-only access.
+    pub fn get(&self) -> &ServerConn {
+        self.conn.as_ref().expect("present until released")
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self.pool
+    }
+
+    /// Returns a clean, idle connection to the pool.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.give_back(c);
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every pool, created on first use.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created with `size` if new.
+    pub fn get(&self, key: PoolKey, node: Arc<NodeAddr>, size: usize) -> Arc<ServerPool> {
+        let mut pools = self.pools.lock().expect("pool map lock");
+        if let Some(p) = pools.get(&key) {
+            if p.node == node {
+                return p.clone();
+            }
+        }
+        let p = Arc::new(ServerPool::new(key.clone(), node, size));
+        pools.insert(key, p.clone());
+        p
+    }
+
+    /// Every pool, for metrics and the admin console.
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        self.pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
