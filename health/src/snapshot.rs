@@ -58,6 +58,10 @@ pub struct NodeHealth {
     pub last_check: Option<Instant>,
     /// Consecutive good checks since the last bad one.
     pub good_checks: u32,
+    /// Since when the node has been in `state` (`None` before the first check).
+    pub state_since: Option<Instant>,
+    /// Why the last check failed, when `state` is `Unreachable`.
+    pub unreachable_reason: Option<String>,
 }
 
 /// Who may receive writes.
@@ -84,6 +88,9 @@ pub struct HealthSnapshot {
     pub primary_lsn: Option<Lsn>,
     /// When that LSN was sampled (the query was sent at or after this).
     pub primary_lsn_sampled_at: Option<Instant>,
+    /// When `primary` is not `One`: why, in words fit for a client error
+    /// ("split brain: primary and replica1 both report …").
+    pub primary_problem: Option<String>,
 }
 
 impl HealthSnapshot {
@@ -106,6 +113,8 @@ impl HealthSnapshot {
                 lag_time: None,
                 last_check: None,
                 good_checks: 0,
+                state_since: None,
+                unreachable_reason: None,
             })
             .collect();
         let primary = match config
@@ -119,9 +128,13 @@ impl HealthSnapshot {
         HealthSnapshot {
             seq: 0,
             nodes,
-            primary,
             primary_lsn: None,
             primary_lsn_sampled_at: None,
+            primary_problem: match primary {
+                PrimaryStatus::One(_) => None,
+                _ => Some("no node has been checked yet (no node has role = \"primary\")".into()),
+            },
+            primary,
         }
     }
 

@@ -1,0 +1,448 @@
+//! Turns one round's check results into the next [`HealthSnapshot`]. Pure:
+//! the previous snapshot, the results and `now` in; the snapshot and the
+//! list of state changes (for logs) out.
+
+use std::time::{Duration, Instant};
+
+use lagrouter_config::{HealthConfig, NodeConfig};
+
+use crate::error::ProbeError;
+use crate::lag::{PrimarySample, byte_lag, time_lag};
+use crate::observation::Observation;
+use crate::primary::{PrimaryEvidence, detect_primary};
+use crate::state::{Check, NodeStatus, Thresholds, Verdict, next_status, verdict};
+use crate::{HealthSnapshot, NodeHealth, PrimaryStatus};
+
+/// A node whose state changed this round, with what caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// Index in the snapshot.
+    pub node: usize,
+    /// Before.
+    pub from: NodeStatus,
+    /// After.
+    pub to: NodeStatus,
+    /// The check that moved it.
+    pub verdict: Verdict,
+}
+
+/// One round's outcome for the log and metrics.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub snapshot: HealthSnapshot,
+    pub changes: Vec<StateChange>,
+}
+
+/// What the primary-detection rules see for a list of results.
+pub fn evidence<'a>(
+    prev: &HealthSnapshot,
+    nodes: &'a [NodeConfig],
+    results: &[Result<Observation, ProbeError>],
+) -> Vec<PrimaryEvidence<'a>> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let last = prev.nodes.get(i).filter(|p| p.name == n.name);
+            match results.get(i) {
+                Some(Ok(o)) => PrimaryEvidence {
+                    name: &n.name,
+                    role: n.role,
+                    answered: true,
+                    in_recovery: Some(o.in_recovery),
+                    timeline: o.timeline,
+                },
+                _ => PrimaryEvidence {
+                    name: &n.name,
+                    role: n.role,
+                    answered: false,
+                    in_recovery: last.and_then(|l| l.in_recovery),
+                    timeline: last.and_then(|l| l.timeline),
+                },
+            }
+        })
+        .collect()
+}
+
+/// The next snapshot. `prev.nodes` must be aligned with `nodes` (same
+/// order); nodes missing from `prev` start unchecked.
+pub fn assemble(
+    prev: &HealthSnapshot,
+    nodes: &[NodeConfig],
+    results: &[Result<Observation, ProbeError>],
+    h: &HealthConfig,
+    now: Instant,
+) -> Assembled {
+    let thresholds = Thresholds::from_config(h);
+    let heartbeat_on = !h.heartbeat_interval.is_zero();
+    let decision = detect_primary(&evidence(prev, nodes, results), h.prefer_highest_timeline);
+    let target = match decision.status {
+        PrimaryStatus::One(i) => Some(i),
+        _ => None,
+    };
+    let sample = target
+        .and_then(|p| results.get(p)?.as_ref().ok())
+        .filter(|o| !o.in_recovery)
+        .and_then(PrimarySample::from_observation);
+
+    let mut changes = Vec::new();
+    let mut out = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let last = prev.nodes.get(i).filter(|p| p.name == n.name);
+        let from = match last {
+            Some(l) => NodeStatus {
+                state: l.state,
+                good_checks: l.good_checks,
+                since: l.state_since.unwrap_or(now),
+            },
+            None => NodeStatus::unchecked(now),
+        };
+        let result = results
+            .get(i)
+            .cloned()
+            .unwrap_or(Err(ProbeError::Task("no result")));
+        let (check, lag_bytes, lag_time) = match &result {
+            Err(e) => (
+                Check::Unreachable {
+                    reason: e.to_string(),
+                },
+                None,
+                None,
+            ),
+            Ok(_) if Some(i) == target => {
+                let zero = (Some(0), Some(Duration::ZERO));
+                (answered(zero), zero.0, zero.1)
+            }
+            Ok(o) if !o.in_recovery => (Check::NotFollowing, None, None),
+            Ok(o) => {
+                let b = byte_lag(o, sample.as_ref());
+                let t = time_lag(o, b, heartbeat_on);
+                (answered((b, t)), b, t)
+            }
+        };
+        let v = verdict(&check, &thresholds);
+        let to = next_status(&from, &v, &thresholds, now);
+        if to.state != from.state || last.is_none() {
+            changes.push(StateChange {
+                node: i,
+                from,
+                to,
+                verdict: v.clone(),
+            });
+        }
+        out.push(node_health(
+            n, last, &result, to, lag_bytes, lag_time, &v, now,
+        ));
+    }
+    let snapshot = HealthSnapshot {
+        seq: prev.seq + 1,
+        nodes: out,
+        primary: decision.status,
+        primary_lsn: sample.map(|s| s.lsn),
+        primary_lsn_sampled_at: sample.map(|s| s.sent_at),
+        primary_problem: decision.problem,
+    };
+    Assembled { snapshot, changes }
+}
+
+fn answered((lag_bytes, lag_time): (Option<u64>, Option<Duration>)) -> Check {
+    Check::Answered {
+        lag_bytes,
+        lag_time,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_health(
+    n: &NodeConfig,
+    last: Option<&NodeHealth>,
+    result: &Result<Observation, ProbeError>,
+    to: NodeStatus,
+    lag_bytes: Option<u64>,
+    lag_time: Option<Duration>,
+    v: &Verdict,
+    now: Instant,
+) -> NodeHealth {
+    // An unreachable node keeps its last known LSNs: replay only moves
+    // forward, so "has replayed at least X" stays true.
+    let (in_recovery, timeline, replay_lsn, receive_lsn) = match result {
+        Ok(o) => (
+            Some(o.in_recovery),
+            o.timeline,
+            if o.in_recovery {
+                o.replay_lsn
+            } else {
+                o.current_lsn
+            },
+            o.receive_lsn,
+        ),
+        Err(_) => (
+            last.and_then(|l| l.in_recovery),
+            last.and_then(|l| l.timeline),
+            last.and_then(|l| l.replay_lsn),
+            last.and_then(|l| l.receive_lsn),
+        ),
+    };
+    NodeHealth {
+        name: n.name.clone(),
+        role: n.role,
+        state: to.state,
+        in_recovery,
+        timeline,
+        replay_lsn,
+        receive_lsn,
+        lag_bytes,
+        lag_time,
+        last_check: Some(now),
+        good_checks: to.good_checks,
+        state_since: Some(to.since),
+        unreachable_reason: match v {
+            Verdict::Unreachable(r) => Some(r.clone()),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::HeartbeatSeen;
+    use crate::{Lsn, NodeState};
+    use lagrouter_config::Config;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml_str(&format!(
+            "[[users]]\nname = \"app\"\npassword = \"app\"\n\
+             [[nodes]]\nname = \"p\"\nhost = \"h\"\nrole = \"primary\"\n\
+             [[nodes]]\nname = \"r1\"\nhost = \"h\"\nrole = \"replica\"\n\
+             [[nodes]]\nname = \"r2\"\nhost = \"h\"\nrole = \"replica\"\n\
+             [health]\nmax_lag_bytes = 1000\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn obs(in_recovery: bool, lsn: u64, at: Instant, hb: HeartbeatSeen) -> Observation {
+        Observation {
+            in_recovery,
+            current_lsn: (!in_recovery).then_some(Lsn(lsn)),
+            timeline: (!in_recovery).then_some(1),
+            replay_lsn: in_recovery.then_some(Lsn(lsn)),
+            receive_lsn: in_recovery.then_some(Lsn(lsn)),
+            last_replay_age: None,
+            heartbeat: hb,
+            sent_at: at,
+            answered_at: at,
+        }
+    }
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    const HB: HeartbeatSeen = HeartbeatSeen::Age(Duration::from_millis(300));
+
+    #[test]
+    fn replicas_are_measured_against_the_later_primary_sample() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let prev = HealthSnapshot::initial(&cfg);
+        let results = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 4500, ms(t0, 1), HB)),
+            Ok(obs(true, 3000, ms(t0, 1), HB)),
+        ];
+        let a = assemble(&prev, &cfg.nodes, &results, &cfg.health, ms(t0, 3));
+        let s = &a.snapshot;
+        assert_eq!(s.seq, 1);
+        assert_eq!(s.primary, PrimaryStatus::One(0));
+        assert_eq!(s.primary_problem, None);
+        assert_eq!(s.primary_lsn, Some(Lsn(5000)));
+        assert_eq!(s.primary_lsn_sampled_at, Some(ms(t0, 2)));
+        let lags: Vec<_> = s.nodes.iter().map(|n| n.lag_bytes).collect();
+        assert_eq!(lags, [Some(0), Some(500), Some(2000)]);
+        let states: Vec<_> = s.nodes.iter().map(|n| n.state).collect();
+        let rec1 = NodeState::Recovering { good_checks: 1 };
+        assert_eq!(states, [rec1, rec1, NodeState::Lagging]);
+        assert_eq!(s.nodes[1].lag_time, Some(Duration::from_millis(300)));
+        assert_eq!(
+            s.nodes[0].replay_lsn,
+            Some(Lsn(5000)),
+            "the primary's is its current LSN"
+        );
+        assert_eq!(s.nodes[1].last_check, Some(ms(t0, 3)));
+        assert_eq!(a.changes.len(), 3, "first check of every node is a change");
+    }
+
+    #[test]
+    fn caught_up_replica_has_zero_time_lag_and_heartbeat_off_is_unknown() {
+        let t0 = Instant::now();
+        for (extra, want) in [
+            ("", Some(Duration::ZERO)),
+            ("heartbeat_interval = \"0s\"", None),
+        ] {
+            let cfg = config(extra);
+            let results = [
+                Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+                Ok(obs(true, 5000, ms(t0, 1), HB)),
+                Ok(obs(true, 5000, ms(t0, 1), HeartbeatSeen::NotRead)),
+            ];
+            let a = assemble(
+                &HealthSnapshot::initial(&cfg),
+                &cfg.nodes,
+                &results,
+                &cfg.health,
+                t0,
+            );
+            assert_eq!(a.snapshot.nodes[1].lag_time, want, "{extra}");
+            assert_eq!(a.snapshot.nodes[1].lag_bytes, Some(0));
+        }
+    }
+
+    #[test]
+    fn unordered_pairing_is_unknown_and_demotes() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let results = [
+            Ok(obs(false, 5000, ms(t0, 1), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 5000, ms(t0, 2), HB)), // answered after the primary was asked
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+        ];
+        let a = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            t0,
+        );
+        assert_eq!(a.snapshot.nodes[1].lag_bytes, None);
+        assert_eq!(a.snapshot.nodes[1].state, NodeState::Lagging);
+        assert_eq!(
+            a.changes[1].verdict,
+            Verdict::OverThreshold(crate::LagExcess::BytesUnknown)
+        );
+    }
+
+    #[test]
+    fn failed_check_is_unreachable_and_keeps_last_lsns() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let ok = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 4900, ms(t0, 1), HB)),
+            Ok(obs(true, 4900, ms(t0, 1), HB)),
+        ];
+        let first = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &ok,
+            &cfg.health,
+            t0,
+        )
+        .snapshot;
+        let down = [
+            Ok(obs(false, 6000, ms(t0, 12), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 6000, ms(t0, 11), HB)),
+            Err(ProbeError::Timeout(Duration::from_secs(1))),
+        ];
+        let a = assemble(&first, &cfg.nodes, &down, &cfg.health, ms(t0, 13));
+        let r2 = &a.snapshot.nodes[2];
+        assert_eq!(r2.state, NodeState::Unreachable);
+        assert!(
+            r2.unreachable_reason
+                .as_deref()
+                .unwrap()
+                .contains("check_timeout")
+        );
+        assert_eq!(r2.replay_lsn, Some(Lsn(4900)));
+        assert_eq!(r2.lag_bytes, None);
+        assert_eq!(r2.in_recovery, Some(true));
+        assert_eq!(
+            a.snapshot.nodes[1].state,
+            NodeState::Recovering { good_checks: 2 }
+        );
+        assert_eq!(a.snapshot.seq, 2);
+    }
+
+    #[test]
+    fn unreachable_primary_keeps_writes_but_replicas_cannot_be_measured() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let ok = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+        ];
+        let first = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &ok,
+            &cfg.health,
+            t0,
+        )
+        .snapshot;
+        let p_down = [
+            Err(ProbeError::Connect("refused".into())),
+            Ok(obs(true, 5000, ms(t0, 11), HB)),
+            Ok(obs(true, 5000, ms(t0, 11), HB)),
+        ];
+        let s = assemble(&first, &cfg.nodes, &p_down, &cfg.health, t0).snapshot;
+        assert_eq!(s.primary, PrimaryStatus::One(0));
+        assert_eq!(s.primary_lsn, None);
+        assert_eq!(s.nodes[0].state, NodeState::Unreachable);
+        assert_eq!(s.nodes[1].state, NodeState::Lagging);
+    }
+
+    #[test]
+    fn split_brain_refuses_writes_and_trusts_no_replica() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let results = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(false, 4000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+        ];
+        let s = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            t0,
+        )
+        .snapshot;
+        assert_eq!(s.primary, PrimaryStatus::SplitBrain(vec![0, 1]));
+        assert_eq!(s.primary_index(), None);
+        assert!(s.primary_problem.unwrap().contains("split brain"));
+        assert_eq!(s.primary_lsn, None);
+        assert!(s.nodes.iter().all(|n| n.state == NodeState::Lagging));
+        assert_eq!(s.nodes[1].replay_lsn, Some(Lsn(4000)));
+    }
+
+    #[test]
+    fn max_lag_time_demotes_on_old_heartbeat() {
+        let cfg = config("max_lag_time = \"200ms\"");
+        let t0 = Instant::now();
+        let results = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 4990, ms(t0, 1), HB)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+        ];
+        let s = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            t0,
+        )
+        .snapshot;
+        assert_eq!(
+            s.nodes[1].state,
+            NodeState::Lagging,
+            "10 bytes behind, heartbeat 300ms old"
+        );
+        assert_eq!(
+            s.nodes[2].state,
+            NodeState::Recovering { good_checks: 1 },
+            "caught up"
+        );
+    }
+}

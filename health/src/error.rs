@@ -1,0 +1,65 @@
+//! Why a check of a node failed.
+//!
+//! Every variant makes the node `Unreachable` for that round; none of them
+//! is ever fatal to the monitor. Errors are stored as text so a snapshot
+//! and a log line can carry them (`tokio_postgres::Error` is not `Clone`).
+
+use std::time::Duration;
+
+use crate::observation::BadAnswer;
+
+/// A failed check. All are on the server side of the monitor (the node or
+/// the network), and retrying on the next round is always safe: the check
+/// query reads only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// Connect plus query did not finish within `check_timeout`.
+    #[error("no answer within check_timeout ({0:?})")]
+    Timeout(Duration),
+    /// The connection could not be opened.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Earlier connects failed; the next attempt is not due yet.
+    #[error("reconnecting after {failures} failed attempt(s), next in {wait:?}: {last}")]
+    Backoff {
+        failures: u32,
+        wait: Duration,
+        last: String,
+    },
+    /// The connection was up but the query failed.
+    #[error("check query failed: {0}")]
+    Query(String),
+    /// The node answered something unusable.
+    #[error(transparent)]
+    BadAnswer(#[from] BadAnswer),
+    /// The node's check task is gone or still busy with an earlier check.
+    #[error("check task unavailable: {0}")]
+    Task(&'static str),
+}
+
+impl ProbeError {
+    /// Short label for the `reason` of `lagrouter_health_check_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeError::Timeout(_) => "timeout",
+            ProbeError::Connect(_) | ProbeError::Backoff { .. } => "connect",
+            ProbeError::Query(_) => "query",
+            ProbeError::BadAnswer(_) => "bad_answer",
+            ProbeError::Task(_) => "internal",
+        }
+    }
+}
+
+/// `tokio_postgres::Error`'s `Display` hides the server's message behind
+/// "db error"; this shows it, with the SQLSTATE.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
+}

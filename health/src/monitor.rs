@@ -1,0 +1,296 @@
+//! [`HealthMonitor`]: starts the check rounds and the heartbeat writer, and
+//! hands out the published snapshot.
+//!
+//! A coordinator task runs one round every `check_interval` (read from the
+//! live config each round, like every other `[health]` key), assembles the
+//! next snapshot and stores it into the `ArcSwap`; it is the only writer,
+//! so a plain `store` is race-free. When the node list or the connection
+//! settings change on reload, the per-node check tasks are rebuilt (keeping
+//! it simple) and nodes whose name and address are unchanged keep their
+//! state; others start unchecked.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use lagrouter_config::{Config, ConfigHandle, NodeConfig};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::assemble::assemble;
+use crate::conn::ConnTarget;
+use crate::probe::{NodeProber, ProbeResult};
+use crate::round::run_round;
+use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
+
+/// The lag monitor. Cheap to clone; every clone sees the same snapshots.
+#[derive(Clone, Debug)]
+pub struct HealthMonitor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: SharedSnapshot,
+    seq: watch::Sender<u64>,
+    shutdown: CancellationToken,
+}
+
+impl HealthMonitor {
+    /// Spawns the per-node check tasks, the round coordinator and the
+    /// heartbeat writer (all tokio tasks, stopped by `shutdown`), and waits
+    /// for the first round, at most `check_timeout`, so the first snapshot
+    /// is meaningful. If the round takes longer, the initial snapshot (the
+    /// configured primary, no replica serving reads) stays until it ends.
+    pub async fn start(config: ConfigHandle, shutdown: CancellationToken) -> HealthMonitor {
+        let cfg = config.load_full();
+        let monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
+        tokio::spawn(coordinate(config.clone(), monitor.clone()));
+        tokio::spawn(heartbeat::run(config, monitor.shared(), shutdown));
+        let mut rx = monitor.subscribe();
+        let _ = timeout(cfg.health.check_timeout, rx.wait_for(|seq| *seq >= 1)).await;
+        monitor
+    }
+
+    /// A monitor publishing `initial` and running nothing.
+    fn idle(initial: HealthSnapshot, shutdown: CancellationToken) -> HealthMonitor {
+        let (seq, _) = watch::channel(initial.seq);
+        HealthMonitor {
+            inner: Arc::new(Inner {
+                shared: Arc::new(ArcSwap::from_pointee(initial)),
+                seq,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The `ArcSwap` routing reads, lock-free.
+    pub fn shared(&self) -> SharedSnapshot {
+        self.inner.shared.clone()
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<HealthSnapshot> {
+        self.inner.shared.load_full()
+    }
+
+    /// Resolves with the first snapshot whose primary LSN was sampled at or
+    /// after `after` (so it is at or past every commit acknowledged before
+    /// `after`), or `None` on timeout or shutdown. Checks are not hurried:
+    /// expect up to one `check_interval` plus a round.
+    pub async fn wait_primary_lsn_after(
+        &self,
+        after: Instant,
+        timeout: Duration,
+    ) -> Option<Arc<HealthSnapshot>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.subscribe();
+        loop {
+            // Mark the current seq seen before reading the snapshot, so a
+            // store that lands in between still wakes `changed` below.
+            rx.borrow_and_update();
+            let snap = self.snapshot();
+            if snap.primary_lsn.is_some() && snap.primary_lsn_sampled_at.is_some_and(|t| t >= after)
+            {
+                return Some(snap);
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return None,
+                r = timeout_at(deadline, rx.changed()) => {
+                    if !matches!(r, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The seq of the latest snapshot; changes with every round.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.seq.subscribe()
+    }
+
+    fn publish(&self, snap: HealthSnapshot) {
+        let seq = snap.seq;
+        self.inner.shared.store(Arc::new(snap));
+        self.inner.seq.send_replace(seq);
+    }
+}
+
+/// The running check tasks and what they were built for.
+struct NodeSet {
+    key: Vec<(NodeConfig, ConnTarget)>,
+    probers: Vec<NodeProber>,
+}
+
+fn node_set_key(cfg: &Config) -> Vec<(NodeConfig, ConnTarget)> {
+    cfg.nodes
+        .iter()
+        .map(|n| (n.clone(), ConnTarget::new(cfg, n)))
+        .collect()
+}
+
+async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
+    let shutdown = monitor.inner.shutdown.clone();
+    let mut set: Option<NodeSet> = None;
+    loop {
+        let cfg = config.load_full();
+        let key = node_set_key(&cfg);
+        let mut prev = monitor.snapshot();
+        if set.as_ref().map(|s| &s.key) != Some(&key) {
+            if let Some(old) = &set {
+                tracing::info!(
+                    "node list or connection settings changed; restarting health checks"
+                );
+                prev = Arc::new(realign(&prev, &old.key, &cfg));
+            }
+            let probers = key
+                .iter()
+                .map(|(n, t)| NodeProber::spawn(n.name.clone(), t.clone(), &shutdown))
+                .collect();
+            set = Some(NodeSet { key, probers });
+        }
+        let Some(nodes) = &set else { return };
+        let started = tokio::time::Instant::now();
+        let outcomes = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = run_round(&nodes.probers, &prev, &cfg) => o,
+        };
+        let results: Vec<ProbeResult> = outcomes.iter().map(|o| o.result.clone()).collect();
+        let now = tokio::time::Instant::now().into_std();
+        let assembled = assemble(&prev, &cfg.nodes, &results, &cfg.health, now);
+        telemetry::record_round(&prev, &assembled, &outcomes);
+        monitor.publish(assembled.snapshot);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sleep_until(started + cfg.health.check_interval) => {}
+        }
+    }
+}
+
+/// `prev` rearranged for a new node list: a node keeps its health if its
+/// name, host and port are unchanged; any other node starts unchecked.
+fn realign(
+    prev: &HealthSnapshot,
+    old: &[(NodeConfig, ConnTarget)],
+    cfg: &Config,
+) -> HealthSnapshot {
+    let mut next = HealthSnapshot::initial(cfg);
+    next.seq = prev.seq;
+    for (slot, n) in next.nodes.iter_mut().zip(&cfg.nodes) {
+        let same = |o: &NodeConfig| o.name == n.name && o.host == n.host && o.port == n.port;
+        let kept = old
+            .iter()
+            .position(|(o, _)| same(o))
+            .and_then(|i| prev.nodes.get(i));
+        if let Some(h) = kept {
+            *slot = h.clone();
+            slot.role = n.role;
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Lsn, NodeState};
+
+    fn config(nodes: &str) -> Config {
+        Config::from_toml_str(&format!(
+            "[[users]]\nname = \"app\"\npassword = \"app\"\n{nodes}"
+        ))
+        .unwrap()
+    }
+
+    const TWO: &str = "[[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n\
+                       [[nodes]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = 5433\nrole = \"replica\"\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_primary_lsn_after_resolves_on_a_later_sample() {
+        let cfg = config(TWO);
+        let m = HealthMonitor::idle(HealthSnapshot::initial(&cfg), CancellationToken::new());
+        let after = tokio::time::Instant::now().into_std();
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move {
+                m.wait_primary_lsn_after(after, Duration::from_secs(5))
+                    .await
+            }
+        });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // A snapshot sampled before `after` does not count.
+        let mut early = HealthSnapshot::initial(&cfg);
+        early.seq = 1;
+        early.primary_lsn = Some(Lsn(10));
+        early.primary_lsn_sampled_at = Some(after - Duration::from_millis(1));
+        m.publish(early);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut later = HealthSnapshot::initial(&cfg);
+        later.seq = 2;
+        later.primary_lsn = Some(Lsn(20));
+        later.primary_lsn_sampled_at = Some(after);
+        m.publish(later);
+        let got = waiter.await.unwrap().expect("resolves");
+        assert_eq!(got.primary_lsn, Some(Lsn(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_primary_lsn_after_times_out_and_stops_on_shutdown() {
+        let cfg = config(TWO);
+        let stop = CancellationToken::new();
+        let m = HealthMonitor::idle(HealthSnapshot::initial(&cfg), stop.clone());
+        let after = tokio::time::Instant::now().into_std();
+        let t0 = tokio::time::Instant::now();
+        assert!(
+            m.wait_primary_lsn_after(after, Duration::from_secs(2))
+                .await
+                .is_none()
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move {
+                m.wait_primary_lsn_after(after, Duration::from_secs(3600))
+                    .await
+            }
+        });
+        tokio::time::advance(Duration::from_millis(10)).await;
+        stop.cancel();
+        assert!(waiter.await.unwrap().is_none());
+    }
+
+    #[test]
+    fn realign_keeps_unchanged_nodes_by_name_and_address() {
+        let old_cfg = config(TWO);
+        let old = node_set_key(&old_cfg);
+        let mut prev = HealthSnapshot::initial(&old_cfg);
+        prev.seq = 7;
+        prev.nodes[0].state = NodeState::Healthy;
+        prev.nodes[1].state = NodeState::Lagging;
+        // r moves to another port and a new node q is added in front.
+        let new_cfg = config(
+            "[[nodes]]\nname = \"q\"\nhost = \"127.0.0.1\"\nport = 5434\nrole = \"replica\"\n\
+             [[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n\
+             [[nodes]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = 6000\nrole = \"replica\"\n",
+        );
+        let next = realign(&prev, &old, &new_cfg);
+        assert_eq!(next.seq, 7);
+        let states: Vec<_> = next
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.state))
+            .collect();
+        let unchecked = NodeState::Recovering { good_checks: 0 };
+        assert_eq!(
+            states,
+            [
+                ("q", unchecked),
+                ("p", NodeState::Healthy),
+                ("r", unchecked)
+            ]
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! The one check query every node answers, and its parsed answer.
+//!
+//! Every node gets the same query whatever its role, so a node that was
+//! promoted or demoted since the last round still answers everything we need
+//! to notice. One small query per node per round keeps the monitor's load
+//! on the primary at one statement per `check_interval` (plus heartbeats).
+//! Columns come back as text (simple query protocol) and are parsed here;
+//! anything unexpected is a [`BadAnswer`], never a panic.
+
+use std::time::{Duration, Instant};
+
+use crate::Lsn;
+
+/// How the check query treats the heartbeat table on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatQuery {
+    /// Heartbeat off: no heartbeat column.
+    Off,
+    /// Not yet known to exist on this node: ask `to_regclass` instead of
+    /// reading it, so a missing table is not a failed check.
+    ProbeTable(String),
+    /// Known to exist: read the heartbeat row's age.
+    Read(String),
+}
+
+/// The check query's text. `table` names were validated by the config as
+/// `[schema.]name` of letters, digits and `_`, so inlining them is safe.
+pub fn check_sql(hb: &HeartbeatQuery) -> String {
+    let hb_col = match hb {
+        HeartbeatQuery::Off => "NULL".to_string(),
+        HeartbeatQuery::ProbeTable(t) => format!("(to_regclass('{t}') IS NOT NULL)::text"),
+        HeartbeatQuery::Read(t) => format!(
+            "(SELECT extract(epoch FROM clock_timestamp() - ts)::text FROM {t} WHERE id = 1)"
+        ),
+    };
+    // `r` evaluates pg_is_in_recovery() once, so the CASEs agree; the
+    // primary-only functions error during recovery and are guarded by it.
+    // A node can only leave recovery (promotion) mid-query, never re-enter
+    // it, so a guard that says "not in recovery" stays true.
+    format!(
+        "WITH r AS (SELECT pg_is_in_recovery() AS rec) SELECT \
+         r.rec::text, \
+         CASE WHEN NOT r.rec THEN pg_current_wal_lsn()::text END, \
+         CASE WHEN NOT r.rec THEN pg_walfile_name(pg_current_wal_lsn()) END, \
+         pg_last_wal_replay_lsn()::text, \
+         pg_last_wal_receive_lsn()::text, \
+         extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::text, \
+         {hb_col} \
+         FROM r"
+    )
+}
+
+/// Number of columns [`check_sql`] returns.
+pub const CHECK_COLUMNS: usize = 7;
+
+/// What the heartbeat column said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatSeen {
+    /// The heartbeat is off, or the query only probed for the table.
+    NotRead,
+    /// The table exists (answer to a probe); its row was not read yet.
+    TableExists,
+    /// The table does not exist on this node (yet).
+    TableMissing,
+    /// The table exists but has no heartbeat row yet.
+    RowMissing,
+    /// Age of the heartbeat row on this node's clock (negative clamped to 0).
+    Age(Duration),
+}
+
+/// One node's answer to the check query, with when it was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// `pg_current_wal_lsn()`, for a node out of recovery.
+    pub current_lsn: Option<Lsn>,
+    /// Timeline of the WAL being written, for a node out of recovery.
+    pub timeline: Option<u32>,
+    /// `pg_last_wal_replay_lsn()` (NULL on a node that never was a standby).
+    pub replay_lsn: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<Lsn>,
+    /// Age of `pg_last_xact_replay_timestamp()`: context for log lines.
+    pub last_replay_age: Option<Duration>,
+    /// The heartbeat column.
+    pub heartbeat: HeartbeatSeen,
+    /// The query was sent at or after this instant.
+    pub sent_at: Instant,
+    /// The answer had fully arrived by this instant.
+    pub answered_at: Instant,
+}
+
+/// The server answered something we cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer to the health check: {0}")]
+pub struct BadAnswer(pub String);
+
+/// Parses the text columns of the check query's single row.
+pub fn parse_answer(
+    cols: &[Option<&str>],
+    hb: &HeartbeatQuery,
+    sent_at: Instant,
+    answered_at: Instant,
+) -> Result<Observation, BadAnswer> {
+    if cols.len() != CHECK_COLUMNS {
+        return Err(BadAnswer(format!(
+            "{} columns, expected {CHECK_COLUMNS}",
+            cols.len()
+        )));
+    }
+    let in_recovery = match cols[0] {
+        Some("t" | "true") => true,
+        Some("f" | "false") => false,
+        other => return Err(BadAnswer(format!("pg_is_in_recovery() = {other:?}"))),
+    };
+    let lsn = |i: usize, what: &str| -> Result<Option<Lsn>, BadAnswer> {
+        cols[i]
+            .map(|s| {
+                s.parse::<Lsn>()
+                    .map_err(|e| BadAnswer(format!("{what}: {e}")))
+            })
+            .transpose()
+    };
+    let current_lsn = lsn(1, "pg_current_wal_lsn()")?;
+    if !in_recovery && current_lsn.is_none() {
+        return Err(BadAnswer(
+            "pg_current_wal_lsn() is NULL on a node out of recovery".into(),
+        ));
+    }
+    let heartbeat = match hb {
+        HeartbeatQuery::Off => HeartbeatSeen::NotRead,
+        HeartbeatQuery::ProbeTable(_) => match cols[6] {
+            Some("t" | "true") => HeartbeatSeen::TableExists,
+            _ => HeartbeatSeen::TableMissing,
+        },
+        HeartbeatQuery::Read(_) => match cols[6].and_then(parse_age) {
+            Some(age) => HeartbeatSeen::Age(age),
+            None => HeartbeatSeen::RowMissing,
+        },
+    };
+    Ok(Observation {
+        in_recovery,
+        current_lsn,
+        // A malformed WAL file name only loses the timeline, which is
+        // advisory (split-brain tie-break), so it is not worth failing for.
+        timeline: cols[2].and_then(timeline_of_walfile),
+        replay_lsn: lsn(3, "pg_last_wal_replay_lsn()")?,
+        receive_lsn: lsn(4, "pg_last_wal_receive_lsn()")?,
+        last_replay_age: cols[5].and_then(parse_age),
+        heartbeat,
+        sent_at,
+        answered_at,
+    })
+}
+
+/// The timeline is the first 8 hex digits of a WAL file name.
+fn timeline_of_walfile(name: &str) -> Option<u32> {
+    let tli = name.get(..8)?;
+    u32::from_str_radix(tli, 16).ok()
+}
+
+/// Seconds as PostgreSQL prints them (`0.012345`), clamped at zero: a
+/// negative age is clock skew between primary and replica, not the future.
+fn parse_age(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().parse().ok()?;
+    if !secs.is_finite() {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.max(0.0)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(cols: [Option<&str>; 7], hb: &HeartbeatQuery) -> Result<Observation, BadAnswer> {
+        let t = Instant::now();
+        parse_answer(&cols, hb, t, t)
+    }
+
+    #[test]
+    fn primary_answer() {
+        let o = parse(
+            [
+                Some("f"),
+                Some("0/3000060"),
+                Some("000000020000000000000003"),
+                None,
+                None,
+                None,
+                None,
+            ],
+            &HeartbeatQuery::Off,
+        )
+        .unwrap();
+        assert!(!o.in_recovery);
+        assert_eq!(o.current_lsn, Some(Lsn(0x300_0060)));
+        assert_eq!(o.timeline, Some(2));
+        assert_eq!(o.replay_lsn, None);
+        assert_eq!(o.heartbeat, HeartbeatSeen::NotRead);
+    }
+
+    #[test]
+    fn replica_answer_with_heartbeat() {
+        let hb = HeartbeatQuery::Read("lagrouter_heartbeat".into());
+        let o = parse(
+            [
+                Some("t"),
+                None,
+                None,
+                Some("0/3000060"),
+                Some("0/3000100"),
+                Some("0.25"),
+                Some("0.125"),
+            ],
+            &hb,
+        )
+        .unwrap();
+        assert!(o.in_recovery);
+        assert_eq!(o.replay_lsn, Some(Lsn(0x300_0060)));
+        assert_eq!(o.receive_lsn, Some(Lsn(0x300_0100)));
+        assert_eq!(o.last_replay_age, Some(Duration::from_millis(250)));
+        assert_eq!(o.heartbeat, HeartbeatSeen::Age(Duration::from_millis(125)));
+    }
+
+    #[test]
+    fn heartbeat_probe_and_missing_row() {
+        let cols = |hb| [Some("t"), None, None, Some("0/1"), Some("0/1"), None, hb];
+        let probe = HeartbeatQuery::ProbeTable("hb".into());
+        assert_eq!(
+            parse(cols(Some("t")), &probe).unwrap().heartbeat,
+            HeartbeatSeen::TableExists
+        );
+        assert_eq!(
+            parse(cols(Some("f")), &probe).unwrap().heartbeat,
+            HeartbeatSeen::TableMissing
+        );
+        let read = HeartbeatQuery::Read("hb".into());
+        assert_eq!(
+            parse(cols(None), &read).unwrap().heartbeat,
+            HeartbeatSeen::RowMissing
+        );
+    }
+
+    #[test]
+    fn clock_skew_is_clamped() {
+        let read = HeartbeatQuery::Read("hb".into());
+        let o = parse(
+            [
+                Some("t"),
+                None,
+                None,
+                None,
+                None,
+                Some("-0.5"),
+                Some("-1.5"),
+            ],
+            &read,
+        )
+        .unwrap();
+        assert_eq!(o.heartbeat, HeartbeatSeen::Age(Duration::ZERO));
+        assert_eq!(o.last_replay_age, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn bad_answers_are_errors_not_panics() {
+        let off = HeartbeatQuery::Off;
+        assert!(parse([None, None, None, None, None, None, None], &off).is_err());
+        assert!(parse([Some("x"), None, None, None, None, None, None], &off).is_err());
+        // A primary must report its LSN.
+        assert!(parse([Some("f"), None, None, None, None, None, None], &off).is_err());
+        assert!(parse([Some("f"), Some("zz"), None, None, None, None, None], &off).is_err());
+        assert!(parse([Some("t"), None, None, Some("1"), None, None, None], &off).is_err());
+        let t = Instant::now();
+        assert!(parse_answer(&[Some("t")], &off, t, t).is_err());
+    }
+
+    #[test]
+    fn odd_but_harmless_values_become_unknown() {
+        let read = HeartbeatQuery::Read("hb".into());
+        let o = parse(
+            [
+                Some("f"),
+                Some("0/10"),
+                Some("xyz"),
+                None,
+                None,
+                Some("NaN"),
+                Some("Infinity"),
+            ],
+            &read,
+        )
+        .unwrap();
+        assert_eq!(o.timeline, None);
+        assert_eq!(o.last_replay_age, None);
+        assert_eq!(o.heartbeat, HeartbeatSeen::RowMissing);
+    }
+
+    #[test]
+    fn sql_mentions_every_function_the_issue_lists() {
+        let sql = check_sql(&HeartbeatQuery::Read("s.hb".into()));
+        for f in [
+            "pg_current_wal_lsn()",
+            "pg_is_in_recovery()",
+            "pg_last_wal_replay_lsn()",
+            "pg_last_wal_receive_lsn()",
+            "pg_last_xact_replay_timestamp()",
+            "FROM s.hb WHERE id = 1",
+        ] {
+            assert!(sql.contains(f), "{f} missing from {sql}");
+        }
+        assert!(check_sql(&HeartbeatQuery::ProbeTable("hb".into())).contains("to_regclass('hb')"));
+    }
+}

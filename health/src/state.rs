@@ -1,0 +1,472 @@
+//! The hysteresis state machine: one check's outcome moves a node between
+//! `Healthy`, `Lagging`, `Recovering{good_checks}` and `Unreachable`.
+//!
+//! Demote fast, promote slow: a single bad check demotes at once; a demoted
+//! node serves reads again only after `recover_after_checks` consecutive good
+//! checks. Pure: no IO, no clock (time is passed in), so every transition is
+//! unit-tested below.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use lagrouter_config::HealthConfig;
+
+use crate::NodeState;
+
+/// The limits a check is judged against (from `[health]`, read each round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// A node further behind than this many bytes is lagging.
+    pub max_lag_bytes: u64,
+    /// When set, a node whose time lag is over this (or unknown) is lagging.
+    pub max_lag_time: Option<Duration>,
+    /// Consecutive good checks before a demoted node is `Healthy` again.
+    pub recover_after_checks: u32,
+}
+
+impl Thresholds {
+    /// The thresholds a `[health]` section sets.
+    pub fn from_config(h: &HealthConfig) -> Thresholds {
+        Thresholds {
+            max_lag_bytes: h.max_lag_bytes,
+            max_lag_time: h.max_lag_time,
+            recover_after_checks: h.recover_after_checks,
+        }
+    }
+}
+
+/// What one check of a node found, reduced to what the state machine needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The node answered. `None` lags are unknown (e.g. no primary LSN this
+    /// round), and unknown is never good: we cannot prove the node fresh.
+    Answered {
+        lag_bytes: Option<u64>,
+        lag_time: Option<Duration>,
+    },
+    /// The node answered but is out of recovery without being the write
+    /// target (split brain, or a promoted `role = "replica"`): it follows
+    /// no primary, so it has no lag to measure and is never fresh.
+    NotFollowing,
+    /// The node did not answer within `check_timeout`, or the connection failed.
+    Unreachable { reason: String },
+}
+
+/// How a check compares to the thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Under every threshold.
+    Good,
+    /// Answered, but over a threshold or not provably under it.
+    OverThreshold(LagExcess),
+    /// Did not answer.
+    Unreachable(String),
+}
+
+/// Which threshold a lagging check broke, with the numbers, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LagExcess {
+    /// `lag_bytes > max_lag_bytes`.
+    Bytes { lag: u64, max: u64 },
+    /// Byte lag could not be measured this round.
+    BytesUnknown,
+    /// `lag_time > max_lag_time`.
+    Time { lag: Duration, max: Duration },
+    /// `max_lag_time` is set but the time lag is unknown.
+    TimeUnknown { max: Duration },
+    /// Out of recovery but not the write target.
+    NotFollowing,
+}
+
+impl fmt::Display for LagExcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LagExcess::Bytes { lag, max } => write!(f, "lag {lag} bytes > max_lag_bytes {max}"),
+            LagExcess::BytesUnknown => write!(f, "byte lag unknown (no primary LSN this round)"),
+            LagExcess::Time { lag, max } => write!(f, "lag {lag:?} > max_lag_time {max:?}"),
+            LagExcess::TimeUnknown { max } => {
+                write!(
+                    f,
+                    "time lag unknown (heartbeat not seen) and max_lag_time {max:?} is set"
+                )
+            }
+            LagExcess::NotFollowing => {
+                write!(
+                    f,
+                    "out of recovery but not the write target: follows no primary"
+                )
+            }
+        }
+    }
+}
+
+/// Judges one check against the thresholds. Equal to a threshold is good:
+/// the config says "further behind than".
+pub fn verdict(check: &Check, t: &Thresholds) -> Verdict {
+    match check {
+        Check::Unreachable { reason } => Verdict::Unreachable(reason.clone()),
+        Check::NotFollowing => Verdict::OverThreshold(LagExcess::NotFollowing),
+        Check::Answered {
+            lag_bytes,
+            lag_time,
+        } => {
+            match lag_bytes {
+                None => return Verdict::OverThreshold(LagExcess::BytesUnknown),
+                Some(b) if *b > t.max_lag_bytes => {
+                    return Verdict::OverThreshold(LagExcess::Bytes {
+                        lag: *b,
+                        max: t.max_lag_bytes,
+                    });
+                }
+                Some(_) => {}
+            }
+            match (t.max_lag_time, lag_time) {
+                (None, _) => Verdict::Good,
+                (Some(max), None) => Verdict::OverThreshold(LagExcess::TimeUnknown { max }),
+                (Some(max), Some(lag)) if *lag > max => {
+                    Verdict::OverThreshold(LagExcess::Time { lag: *lag, max })
+                }
+                (Some(_), Some(_)) => Verdict::Good,
+            }
+        }
+    }
+}
+
+/// A node's position in the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Current state.
+    pub state: NodeState,
+    /// Consecutive good checks since the last bad one (keeps counting,
+    /// saturating, while `Healthy`).
+    pub good_checks: u32,
+    /// When `state` was entered.
+    pub since: Instant,
+}
+
+impl NodeStatus {
+    /// A node nobody has checked yet: not serving reads until it has passed
+    /// `recover_after_checks` checks, like one that just recovered.
+    pub fn unchecked(now: Instant) -> NodeStatus {
+        NodeStatus {
+            state: NodeState::Recovering { good_checks: 0 },
+            good_checks: 0,
+            since: now,
+        }
+    }
+}
+
+/// The next status after a check with verdict `v`, at `now`.
+pub fn next_status(prev: &NodeStatus, v: &Verdict, t: &Thresholds, now: Instant) -> NodeStatus {
+    // recover_after_checks = 0 is rejected by config validation; treat it as
+    // 1 anyway so a good check always counts for something.
+    let needed = t.recover_after_checks.max(1);
+    let (state, good_checks) = match v {
+        Verdict::Unreachable(_) => (NodeState::Unreachable, 0),
+        Verdict::OverThreshold(_) => (NodeState::Lagging, 0),
+        Verdict::Good => {
+            let good = prev.good_checks.saturating_add(1);
+            match prev.state {
+                NodeState::Healthy => (NodeState::Healthy, good),
+                NodeState::Lagging | NodeState::Unreachable | NodeState::Recovering { .. } => {
+                    if good >= needed {
+                        (NodeState::Healthy, good)
+                    } else {
+                        (NodeState::Recovering { good_checks: good }, good)
+                    }
+                }
+            }
+        }
+    };
+    // Recovering{1} → Recovering{2} is a new state for the log and the
+    // observer, but the node has been recovering since the first good check.
+    let same_phase = std::mem::discriminant(&state) == std::mem::discriminant(&prev.state);
+    NodeStatus {
+        state,
+        good_checks,
+        since: if same_phase { prev.since } else { now },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        max_lag_bytes: 1000,
+        max_lag_time: None,
+        recover_after_checks: 3,
+    };
+
+    fn good() -> Check {
+        Check::Answered {
+            lag_bytes: Some(10),
+            lag_time: Some(Duration::ZERO),
+        }
+    }
+    fn lagging() -> Check {
+        Check::Answered {
+            lag_bytes: Some(1001),
+            lag_time: Some(Duration::ZERO),
+        }
+    }
+    fn down() -> Check {
+        Check::Unreachable {
+            reason: "timeout".into(),
+        }
+    }
+
+    fn status(state: NodeState, good_checks: u32, since: Instant) -> NodeStatus {
+        NodeStatus {
+            state,
+            good_checks,
+            since,
+        }
+    }
+
+    fn step(prev: NodeStatus, c: Check, now: Instant) -> NodeStatus {
+        next_status(&prev, &verdict(&c, &T), &T, now)
+    }
+
+    #[test]
+    fn healthy_stays_healthy_on_good_checks() {
+        let t0 = Instant::now();
+        let s = step(
+            status(NodeState::Healthy, 7, t0),
+            good(),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(s, status(NodeState::Healthy, 8, t0));
+    }
+
+    #[test]
+    fn healthy_demotes_on_first_check_over_bytes() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let s = step(status(NodeState::Healthy, 50, t0), lagging(), t1);
+        assert_eq!(s, status(NodeState::Lagging, 0, t1));
+    }
+
+    #[test]
+    fn healthy_demotes_on_time_lag_when_max_lag_time_is_set() {
+        let t = Thresholds {
+            max_lag_time: Some(Duration::from_millis(500)),
+            ..T
+        };
+        let c = Check::Answered {
+            lag_bytes: Some(0),
+            lag_time: Some(Duration::from_millis(501)),
+        };
+        let v = verdict(&c, &t);
+        assert!(matches!(v, Verdict::OverThreshold(LagExcess::Time { .. })));
+        let t0 = Instant::now();
+        let s = next_status(&status(NodeState::Healthy, 3, t0), &v, &t, t0);
+        assert_eq!(s.state, NodeState::Lagging);
+    }
+
+    #[test]
+    fn time_lag_is_ignored_when_max_lag_time_is_unset() {
+        let c = Check::Answered {
+            lag_bytes: Some(0),
+            lag_time: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(verdict(&c, &T), Verdict::Good);
+        let c = Check::Answered {
+            lag_bytes: Some(0),
+            lag_time: None,
+        };
+        assert_eq!(verdict(&c, &T), Verdict::Good);
+    }
+
+    #[test]
+    fn unknown_lag_is_never_good() {
+        let c = Check::Answered {
+            lag_bytes: None,
+            lag_time: Some(Duration::ZERO),
+        };
+        assert_eq!(
+            verdict(&c, &T),
+            Verdict::OverThreshold(LagExcess::BytesUnknown)
+        );
+        let t = Thresholds {
+            max_lag_time: Some(Duration::from_secs(1)),
+            ..T
+        };
+        let c = Check::Answered {
+            lag_bytes: Some(0),
+            lag_time: None,
+        };
+        assert!(matches!(
+            verdict(&c, &t),
+            Verdict::OverThreshold(LagExcess::TimeUnknown { .. })
+        ));
+    }
+
+    #[test]
+    fn exactly_at_threshold_is_good() {
+        let c = Check::Answered {
+            lag_bytes: Some(1000),
+            lag_time: Some(Duration::from_millis(500)),
+        };
+        let t = Thresholds {
+            max_lag_time: Some(Duration::from_millis(500)),
+            ..T
+        };
+        assert_eq!(verdict(&c, &t), Verdict::Good);
+    }
+
+    #[test]
+    fn a_second_primary_is_lagging() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Healthy, 4, t0), Check::NotFollowing, t0);
+        assert_eq!(s.state, NodeState::Lagging);
+    }
+
+    #[test]
+    fn healthy_becomes_unreachable_not_lagging() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Healthy, 9, t0), down(), t0);
+        assert_eq!(s.state, NodeState::Unreachable);
+        assert_eq!(s.good_checks, 0);
+    }
+
+    #[test]
+    fn lagging_recovers_after_exactly_recover_after_checks() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut s = status(NodeState::Lagging, 0, t0);
+        let mut seen = Vec::new();
+        for i in 1..=4 {
+            s = step(s, good(), t(i * 100));
+            seen.push(s.state);
+        }
+        assert_eq!(
+            seen,
+            [
+                NodeState::Recovering { good_checks: 1 },
+                NodeState::Recovering { good_checks: 2 },
+                NodeState::Healthy,
+                NodeState::Healthy,
+            ]
+        );
+        assert_eq!(s.since, t(300), "healthy since the third good check");
+    }
+
+    #[test]
+    fn recovering_keeps_its_start_time() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(100);
+        let s = step(status(NodeState::Lagging, 0, t0), good(), t1);
+        let s = step(s, good(), t1 + Duration::from_millis(100));
+        assert_eq!(s.state, NodeState::Recovering { good_checks: 2 });
+        assert_eq!(s.since, t1);
+    }
+
+    #[test]
+    fn unreachable_recovers_through_recovering() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Unreachable, 0, t0), good(), t0);
+        assert_eq!(s.state, NodeState::Recovering { good_checks: 1 });
+    }
+
+    #[test]
+    fn unreachable_that_answers_lagging_is_lagging() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Unreachable, 0, t0), lagging(), t0);
+        assert_eq!(s.state, NodeState::Lagging);
+    }
+
+    #[test]
+    fn lagging_that_stops_answering_is_unreachable() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Lagging, 0, t0), down(), t0);
+        assert_eq!(s.state, NodeState::Unreachable);
+    }
+
+    #[test]
+    fn any_bad_check_resets_recovery() {
+        let t0 = Instant::now();
+        let r = status(NodeState::Recovering { good_checks: 2 }, 2, t0);
+        let s = step(r, lagging(), t0);
+        assert_eq!(s, status(NodeState::Lagging, 0, t0));
+        let s = step(r, down(), t0);
+        assert_eq!(s, status(NodeState::Unreachable, 0, t0));
+        // And counting starts again from one.
+        let s = step(s, good(), t0);
+        assert_eq!(s.state, NodeState::Recovering { good_checks: 1 });
+    }
+
+    #[test]
+    fn lagging_stays_lagging_on_bad_checks() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let s = step(status(NodeState::Lagging, 0, t0), lagging(), t1);
+        assert_eq!(s, status(NodeState::Lagging, 0, t0));
+        let s = step(status(NodeState::Unreachable, 0, t0), down(), t1);
+        assert_eq!(s, status(NodeState::Unreachable, 0, t0));
+    }
+
+    #[test]
+    fn unchecked_node_needs_full_recovery() {
+        let t0 = Instant::now();
+        let mut s = NodeStatus::unchecked(t0);
+        for _ in 0..2 {
+            s = step(s, good(), t0);
+            assert!(matches!(s.state, NodeState::Recovering { .. }));
+        }
+        s = step(s, good(), t0);
+        assert_eq!(s.state, NodeState::Healthy);
+    }
+
+    #[test]
+    fn recover_after_one_check_promotes_at_once() {
+        let t = Thresholds {
+            recover_after_checks: 1,
+            ..T
+        };
+        let t0 = Instant::now();
+        let s = next_status(&status(NodeState::Lagging, 0, t0), &Verdict::Good, &t, t0);
+        assert_eq!(s.state, NodeState::Healthy);
+        let t = Thresholds {
+            recover_after_checks: 0,
+            ..T
+        };
+        let s = next_status(
+            &status(NodeState::Unreachable, 0, t0),
+            &Verdict::Good,
+            &t,
+            t0,
+        );
+        assert_eq!(s.state, NodeState::Healthy);
+    }
+
+    #[test]
+    fn lowering_recover_after_checks_mid_recovery_promotes() {
+        // Config reloads apply on the next check.
+        let t = Thresholds {
+            recover_after_checks: 2,
+            ..T
+        };
+        let t0 = Instant::now();
+        let r = status(NodeState::Recovering { good_checks: 2 }, 2, t0);
+        let s = next_status(&r, &Verdict::Good, &t, t0);
+        assert_eq!(s.state, NodeState::Healthy);
+    }
+
+    #[test]
+    fn good_checks_saturate() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Healthy, u32::MAX, t0), good(), t0);
+        assert_eq!(s.good_checks, u32::MAX);
+    }
+
+    #[test]
+    fn excess_messages_carry_the_numbers() {
+        let m = LagExcess::Bytes {
+            lag: 2_000_000,
+            max: 1_048_576,
+        }
+        .to_string();
+        assert!(m.contains("2000000") && m.contains("1048576"), "{m}");
+    }
+}

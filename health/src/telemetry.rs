@@ -1,0 +1,125 @@
+//! Metrics and log lines for each round. The binary installs the
+//! Prometheus recorder; without one these calls cost next to nothing.
+//!
+//! Metrics, all labelled `node`:
+//! - `lagrouter_node_lag_bytes` (gauge): byte lag behind the write target;
+//!   NaN while unknown (unreachable, no primary sample).
+//! - `lagrouter_node_lag_seconds` (gauge): time lag; NaN while unknown
+//!   (heartbeat off or not yet seen), never a made-up zero.
+//! - `lagrouter_node_state` (gauge, extra label `state` = `healthy`,
+//!   `lagging`, `recovering`, `unreachable`): 1 for the node's current
+//!   state, 0 for the other three, so `lagrouter_node_state{state="lagging"}
+//!   == 1` is an alert expression and `sum by (state)` counts nodes.
+//! - `lagrouter_node_good_checks` (gauge): consecutive good checks.
+//! - `lagrouter_node_write_target` (gauge): 1 on the node taking writes.
+//! - `lagrouter_health_check_duration_seconds` (histogram): one check,
+//!   connect included, as the round waited for it.
+//! - `lagrouter_health_check_failures_total` (counter, extra label `reason`
+//!   = `timeout`, `connect`, `query`, `bad_answer`, `internal`): checks
+//!   that made the node `Unreachable`. Lagging is not a failure.
+//! - `lagrouter_health_split_brain` (gauge, no label): 1 while more than
+//!   one node claims to be primary.
+//! - `lagrouter_heartbeat_failures_total` (counter, from the writer).
+
+use crate::assemble::{Assembled, StateChange};
+use crate::round::Outcome;
+use crate::state::Verdict;
+use crate::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus};
+
+const STATES: [&str; 4] = ["healthy", "lagging", "recovering", "unreachable"];
+
+/// Records one round's metrics and logs its changes.
+pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) {
+    let snap = &a.snapshot;
+    for (i, n) in snap.nodes.iter().enumerate() {
+        let node = n.name.clone();
+        let nan = f64::NAN;
+        metrics::gauge!("lagrouter_node_lag_bytes", "node" => node.clone())
+            .set(n.lag_bytes.map_or(nan, |b| b as f64));
+        metrics::gauge!("lagrouter_node_lag_seconds", "node" => node.clone())
+            .set(n.lag_time.map_or(nan, |t| t.as_secs_f64()));
+        for s in STATES {
+            let v = if n.state.as_str() == s { 1.0 } else { 0.0 };
+            metrics::gauge!("lagrouter_node_state", "node" => node.clone(), "state" => s).set(v);
+        }
+        metrics::gauge!("lagrouter_node_good_checks", "node" => node.clone())
+            .set(n.good_checks as f64);
+        let target = snap.primary_index() == Some(i);
+        metrics::gauge!("lagrouter_node_write_target", "node" => node.clone()).set(if target {
+            1.0
+        } else {
+            0.0
+        });
+        if let Some(o) = outcomes.get(i) {
+            metrics::histogram!("lagrouter_health_check_duration_seconds", "node" => node.clone())
+                .record(o.took.as_secs_f64());
+            if let Err(e) = &o.result {
+                metrics::counter!("lagrouter_health_check_failures_total", "node" => node, "reason" => e.kind())
+                    .increment(1);
+            }
+        }
+    }
+    let split = matches!(snap.primary, PrimaryStatus::SplitBrain(_));
+    metrics::gauge!("lagrouter_health_split_brain").set(if split { 1.0 } else { 0.0 });
+
+    for c in &a.changes {
+        log_change(&snap.nodes[c.node], c);
+    }
+    if prev.primary != snap.primary || (prev.seq == 0 && snap.seq == 1) {
+        log_primary(snap);
+    }
+}
+
+fn log_change(n: &NodeHealth, c: &StateChange) {
+    let from = c.from.state.as_str();
+    let to = c.to.state.as_str();
+    let was_for = c.to.since.saturating_duration_since(c.from.since);
+    let lag_bytes = n
+        .lag_bytes
+        .map(|b| b.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let lag_time = n
+        .lag_time
+        .map(|t| format!("{t:?}"))
+        .unwrap_or_else(|| "unknown".into());
+    let replay = n
+        .replay_lsn
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match (&c.verdict, c.to.state) {
+        (Verdict::Unreachable(reason), _) => tracing::warn!(
+            node = %n.name, from, to, %reason, was_for = ?was_for,
+            "node unreachable: health check failed"
+        ),
+        (Verdict::OverThreshold(why), _) => tracing::warn!(
+            node = %n.name, from, to, lag_bytes, lag_time, replay_lsn = %replay, was_for = ?was_for,
+            "node lagging: {why}"
+        ),
+        (Verdict::Good, NodeState::Recovering { good_checks }) => tracing::info!(
+            node = %n.name, from, to, good_checks, lag_bytes, lag_time,
+            "node back under thresholds, recovering"
+        ),
+        (Verdict::Good, _) => tracing::info!(
+            node = %n.name, from, to, good_checks = n.good_checks, lag_bytes, lag_time,
+            "node healthy: serves reads"
+        ),
+    }
+}
+
+fn log_primary(snap: &HealthSnapshot) {
+    match &snap.primary {
+        PrimaryStatus::One(i) => {
+            let n = &snap.nodes[*i];
+            match &snap.primary_problem {
+                Some(note) => {
+                    tracing::warn!(node = %n.name, timeline = ?n.timeline, "write target: {note}")
+                }
+                None => tracing::info!(node = %n.name, timeline = ?n.timeline, "write target"),
+            }
+        }
+        PrimaryStatus::SplitBrain(_) | PrimaryStatus::None => tracing::error!(
+            "writes refused: {}",
+            snap.primary_problem.as_deref().unwrap_or("no write target")
+        ),
+    }
+}
