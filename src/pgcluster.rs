@@ -1,1 +1,926 @@
-//! Throwaway PostgreSQL clusters for the demo and the tests (in progress).
+//! Throwaway PostgreSQL clusters on loopback: one primary and streaming
+//! replicas, for the integration tests and `lagrouter demo`.
+//!
+//! [`Cluster::start`] runs `initdb`, starts the primary, creates the roles
+//! and the application database, takes one `pg_basebackup -R` per replica
+//! (each with its own physical replication slot), starts the replicas and
+//! waits until they stream and have replayed everything. Test binaries share
+//! one cluster through [`Cluster::shared`].
+//!
+//! Nothing outlives the process that started the cluster: every server is a
+//! direct child forked by a dedicated keeper thread with a parent-death
+//! signal (see `process`), and a janitor process removes the directory when
+//! we exit, even by SIGKILL. Dropping a [`Cluster`] stops the servers and
+//! removes the directory synchronously.
+//!
+//! Layout:
+//! - `error`: [`ClusterError`], which names the node and quotes its log.
+//! - `process`: the keeper thread, bounded tool runs, stopping, the janitor.
+//! - `setup`: binaries, OS user, ports, configuration file contents.
+
+mod error;
+mod process;
+mod setup;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use error::{ClusterError, ClusterErrorKind};
+use process::{Janitor, ToolError, ToolOutput};
+use setup::{OsUser, REPL_PASSWORD, REPL_USER, conninfo_value, quote_ident, quote_literal};
+
+/// The role with an md5-stored password, for testing md5 server auth.
+pub const MD5_USER: &str = "app_md5";
+/// Its password.
+pub const MD5_PASSWORD: &str = "app_md5";
+/// The superuser the harness connects as over the unix socket.
+const SUPERUSER: &str = "postgres";
+/// The only address the servers listen on.
+const HOST: &str = "127.0.0.1";
+
+/// How long a server may take to accept connections after being started.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the replicas may take to stream and catch up during start.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for one `sql` call.
+const SQL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound for initdb and pg_basebackup.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound for `pgbench -i`.
+const PGBENCH_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a fast shutdown may take before it becomes immediate.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long a requested replay pause or config reload may take to show.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval between polls of a server's state.
+const POLL: Duration = Duration::from_millis(10);
+/// Start attempts with fresh ports when another process took ours.
+const PORT_ATTEMPTS: usize = 5;
+/// libpq connect timeout (seconds) for the tools.
+const CONNECT_TIMEOUT_SECS: &str = "10";
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What cluster to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of streaming replicas (default 2).
+    pub replicas: usize,
+    /// Application role: owns `database`, member of pg_monitor, password
+    /// stored as SCRAM (default `"app"`).
+    pub app_user: String,
+    /// Its password (default `"app"`).
+    pub app_password: String,
+    /// Application database (default `"app"`).
+    pub database: String,
+    /// Extra postgresql.conf lines for every node; they override ours.
+    pub extra_conf: Vec<String>,
+    /// Where to put the cluster; it must not already hold one. Default: a
+    /// fresh directory under [`std::env::temp_dir`]. When running as root it
+    /// must be traversable by the `postgres` OS user.
+    pub base_dir: Option<PathBuf>,
+    /// Keep the directory (data and logs) when the cluster is dropped. The
+    /// servers are stopped either way.
+    pub keep: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            replicas: 2,
+            app_user: "app".to_owned(),
+            app_password: "app".to_owned(),
+            database: "app".to_owned(),
+            extra_conf: Vec::new(),
+            base_dir: None,
+            keep: false,
+        }
+    }
+}
+
+/// One server of the cluster.
+struct Node {
+    name: String,
+    /// Fixed once the cluster has started.
+    port: AtomicU16,
+    data: PathBuf,
+    log: PathBuf,
+    /// The postmaster, while it runs.
+    child: Mutex<Option<Child>>,
+}
+
+/// A running throwaway cluster. Node 0 is the primary, nodes `1..` replicas.
+pub struct Cluster {
+    dir: PathBuf,
+    /// The paths to delete at the end: the whole directory when we created
+    /// it, only what we put in it otherwise.
+    owned_paths: Vec<PathBuf>,
+    keep: bool,
+    bindir: PathBuf,
+    run_dir: PathBuf,
+    os_user: Option<OsUser>,
+    app_user: String,
+    app_password: String,
+    database: String,
+    nodes: Vec<Node>,
+    /// The node that was last made primary (0 until `promote`).
+    primary: AtomicUsize,
+    janitor: Mutex<Option<Janitor>>,
+}
+
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+extern "C" fn teardown_shared() {
+    // Unwinding out of an atexit handler would abort.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(cluster)) = SHARED.get() {
+            cluster.teardown();
+        }
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    /// Starts a primary and `opts.replicas` streaming replicas and returns
+    /// once every replica streams and has replayed the primary's WAL.
+    /// Blocking; from async code use `spawn_blocking`. On failure everything
+    /// started so far is stopped and removed (unless `keep`).
+    pub fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
+        let bindir = setup::find_bindir()?;
+        let os_user = setup::server_os_user()?;
+        let (dir, owned_paths) = prepare_base_dir(opts.base_dir.as_deref(), opts.replicas)?;
+        let run_dir = dir.join("run");
+        let nodes = std::iter::once("primary".to_owned())
+            .chain((1..=opts.replicas).map(|i| format!("replica{i}")))
+            .map(|name| Node {
+                data: dir.join(&name),
+                log: dir.join("log").join(format!("{name}.log")),
+                name,
+                port: AtomicU16::new(0),
+                child: Mutex::new(None),
+            })
+            .collect();
+        let cluster = Cluster {
+            dir,
+            owned_paths,
+            keep: opts.keep,
+            bindir,
+            run_dir,
+            os_user,
+            app_user: opts.app_user,
+            app_password: opts.app_password,
+            database: opts.database,
+            nodes,
+            primary: AtomicUsize::new(0),
+            janitor: Mutex::new(None),
+        };
+        if !cluster.keep {
+            let janitor = Janitor::spawn(&cluster.owned_paths)
+                .map_err(|e| ClusterError::io("cannot start the cleanup process", e))?;
+            *lock(&cluster.janitor) = Some(janitor);
+        }
+        // On error, dropping `cluster` stops and removes what was started.
+        cluster.build(&opts.extra_conf)?;
+        Ok(cluster)
+    }
+
+    /// The cluster shared by all tests of this process, started on first use
+    /// with default options and torn down when the process exits.
+    ///
+    /// # Panics
+    /// If the cluster cannot start (then on every call, without retrying).
+    pub fn shared() -> &'static Cluster {
+        let started = SHARED.get_or_init(|| {
+            let started = Cluster::start(ClusterOptions::default()).map_err(|e| e.to_string());
+            if started.is_ok() {
+                // SAFETY: registering a plain extern "C" fn has no
+                // preconditions. If registration fails, the parent-death
+                // signals and the janitor still clean up.
+                unsafe {
+                    libc::atexit(teardown_shared);
+                }
+            }
+            started
+        });
+        match started {
+            Ok(cluster) => cluster,
+            Err(e) => panic!("could not start the shared test cluster: {e}"),
+        }
+    }
+
+    /// Number of nodes (primary plus replicas).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `"primary"`, `"replica1"`, ... (panics if `i` is out of range).
+    pub fn node_name(&self, i: usize) -> &str {
+        &self.expect_node(i).name
+    }
+
+    /// The TCP port of node `i` (panics if `i` is out of range).
+    pub fn port(&self, i: usize) -> u16 {
+        self.expect_node(i).port.load(Ordering::Relaxed)
+    }
+
+    /// Always `"127.0.0.1"`.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The cluster directory: `<node>/` data, `run/` sockets, `log/<node>.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the PostgreSQL binaries are.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The directory of the unix sockets (superuser `postgres`, trust).
+    pub fn socket_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The server log of node `i` (panics if `i` is out of range).
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.expect_node(i).log
+    }
+
+    pub fn app_user(&self) -> &str {
+        &self.app_user
+    }
+
+    pub fn app_password(&self) -> &str {
+        &self.app_password
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The role whose password is stored as md5 ([`MD5_USER`]).
+    pub fn md5_user(&self) -> &str {
+        MD5_USER
+    }
+
+    pub fn md5_password(&self) -> &str {
+        MD5_PASSWORD
+    }
+
+    /// The node writes should go to: 0, or the last one promoted.
+    pub fn primary_index(&self) -> usize {
+        self.primary.load(Ordering::Relaxed)
+    }
+
+    /// Whether node `i`'s server process is alive (false if out of range).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|node| {
+            lock(&node.child)
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        })
+    }
+
+    /// `"host=127.0.0.1 port=N user=app password=app dbname=app"`.
+    pub fn conn_string(&self, node: usize) -> String {
+        format!(
+            "host={HOST} port={} user={} password={} dbname={}",
+            self.port(node),
+            conninfo_value(&self.app_user),
+            conninfo_value(&self.app_password),
+            conninfo_value(&self.database),
+        )
+    }
+
+    /// Runs `sql` (one or more statements, each in its own transaction unless
+    /// it says otherwise) as the superuser in the application database over
+    /// the unix socket; returns the rows, unaligned (`|` between columns,
+    /// one row a line), trimmed. A rejected statement is a
+    /// [`ClusterErrorKind::Sql`] error with the server's message.
+    pub fn sql(&self, node: usize, sql: &str) -> Result<String, ClusterError> {
+        self.psql(node, &self.database, sql)
+    }
+
+    /// Pauses WAL replay on a replica and returns once it has paused (or the
+    /// pause is pending: then no further record is applied either).
+    pub fn pause_replay(&self, node: usize) -> Result<(), ClusterError> {
+        self.psql(node, "postgres", "select pg_wal_replay_pause()")?;
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while self.psql(node, "postgres", "select pg_get_wal_replay_pause_state()")? != "paused"
+            && Instant::now() < deadline
+        {
+            thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// Resumes WAL replay on a replica.
+    pub fn resume_replay(&self, node: usize) -> Result<(), ClusterError> {
+        self.psql(node, "postgres", "select pg_wal_replay_resume()")
+            .map(drop)
+    }
+
+    /// Sets (or with `None` resets) `recovery_min_apply_delay` on a replica
+    /// through ALTER SYSTEM and a reload; returns once new sessions see it.
+    pub fn set_apply_delay(
+        &self,
+        node: usize,
+        delay: Option<Duration>,
+    ) -> Result<(), ClusterError> {
+        let millis = delay.map_or(0, |d| d.as_millis());
+        let set = match delay {
+            Some(_) => format!("ALTER SYSTEM SET recovery_min_apply_delay = '{millis}ms'"),
+            None => "ALTER SYSTEM RESET recovery_min_apply_delay".to_owned(),
+        };
+        self.psql(
+            node,
+            "postgres",
+            &format!("{set};\nselect pg_reload_conf();"),
+        )?;
+        let query = "select setting from pg_settings where name = 'recovery_min_apply_delay'";
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let seen = self.psql(node, "postgres", query)?;
+            if seen == millis.to_string() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.node_error(
+                    node,
+                    ClusterErrorKind::Timeout,
+                    format!(
+                        "recovery_min_apply_delay is still {seen}ms after reload, wanted {millis}ms"
+                    ),
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Stops node `i` (fast shutdown, escalating after a grace period).
+    /// Stopping a stopped node does nothing.
+    pub fn stop_node(&self, node: usize) -> Result<(), ClusterError> {
+        let node = self.node(node)?;
+        if let Some(mut child) = lock(&node.child).take() {
+            process::stop_all(&mut [&mut child], libc::SIGINT, STOP_GRACE);
+        }
+        Ok(())
+    }
+
+    /// Starts node `i` again on its port and waits until it accepts
+    /// connections. Starting a running node does nothing.
+    pub fn start_node(&self, node: usize) -> Result<(), ClusterError> {
+        self.node(node)?;
+        self.launch(node, false)
+    }
+
+    /// Promotes a replica (`pg_promote(true)`, which waits for the promotion)
+    /// and makes it the node [`Cluster::wait_caught_up`] and
+    /// [`Cluster::pgbench_init`] treat as primary. The other replicas keep
+    /// following the old primary.
+    pub fn promote(&self, node: usize) -> Result<(), ClusterError> {
+        let promoted = self.psql(node, "postgres", "select pg_promote(true, 60)")?;
+        if promoted != "t" {
+            return Err(self.node_error(
+                node,
+                ClusterErrorKind::Command,
+                "pg_promote did not finish within 60 s".to_owned(),
+            ));
+        }
+        self.primary.store(node, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits until every running replica that is in recovery and not paused
+    /// has replayed the primary's current WAL position.
+    pub fn wait_caught_up(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let primary = self.primary_index();
+        if !self.is_running(primary) {
+            return Err(self.node_error(
+                primary,
+                ClusterErrorKind::Usage,
+                "cannot wait for replicas to catch up: the primary is not running".to_owned(),
+            ));
+        }
+        let target = self.psql(primary, "postgres", "select pg_current_wal_lsn()")?;
+        let query = format!(
+            "select pg_is_in_recovery(), pg_get_wal_replay_pause_state(), \
+             coalesce(pg_last_wal_replay_lsn() >= '{target}'::pg_lsn, false), \
+             pg_last_wal_replay_lsn()"
+        );
+        for i in (0..self.nodes.len()).filter(|&i| i != primary) {
+            loop {
+                if !self.is_running(i) {
+                    break;
+                }
+                let row = self.psql(i, "postgres", &query)?;
+                let cols: Vec<&str> = row.split('|').collect();
+                let (in_recovery, pause, reached) = match cols[..] {
+                    [a, b, c, _] => (a == "t", b, c == "t"),
+                    _ => {
+                        return Err(self.node_error(
+                            i,
+                            ClusterErrorKind::Command,
+                            format!("unexpected replay state row {row:?}"),
+                        ));
+                    }
+                };
+                if !in_recovery || pause != "not paused" || reached {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(self.node_error(
+                        i,
+                        ClusterErrorKind::Timeout,
+                        format!(
+                            "replayed only up to {} after {timeout:?}; the primary is at {target}",
+                            cols[3]
+                        ),
+                    ));
+                }
+                thread::sleep(POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// `pgbench -i -q -s scale` on the primary, over TCP as the app user.
+    pub fn pgbench_init(&self, scale: u32) -> Result<(), ClusterError> {
+        let primary = self.primary_index();
+        let mut cmd = self.command("pgbench", false);
+        cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h", HOST])
+            .args(["-p", &self.port(primary).to_string()])
+            .args(["-U", &self.app_user, &self.database])
+            .env("PGPASSWORD", &self.app_password);
+        self.run(primary, "pgbench -i", cmd, None, PGBENCH_TIMEOUT)
+            .map(drop)
+    }
+
+    /// Stops every node (fast shutdown, escalating to immediate and SIGKILL
+    /// after a grace period). Idempotent; the directory stays.
+    pub fn shutdown(&self) {
+        let mut guards: Vec<_> = self.nodes.iter().map(|n| lock(&n.child)).collect();
+        let mut children: Vec<&mut Child> = guards.iter_mut().filter_map(|g| g.as_mut()).collect();
+        process::stop_all(&mut children, libc::SIGINT, STOP_GRACE);
+        for guard in &mut guards {
+            **guard = None;
+        }
+    }
+
+    /// Shutdown, then (unless `keep`) removal of the directory.
+    fn teardown(&self) {
+        self.shutdown();
+        if !self.keep {
+            for path in &self.owned_paths {
+                let _ = fs::remove_dir_all(path);
+            }
+        }
+        if let Some(janitor) = lock(&self.janitor).take() {
+            janitor.finish();
+        }
+    }
+
+    fn build(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
+        for sub in [&self.run_dir, &self.dir.join("log")] {
+            make_dir(sub, 0o755)?;
+            setup::chown(sub, self.os_user)?;
+        }
+        self.init_primary(extra_conf)?;
+        self.launch(0, true)?;
+        self.create_roles()?;
+        let replicas: Vec<usize> = (1..self.nodes.len()).collect();
+        thread::scope(|s| {
+            let backups: Vec<_> = replicas
+                .iter()
+                .map(|&i| s.spawn(move || self.base_backup(i)))
+                .collect();
+            backups
+                .into_iter()
+                .map(|h| h.join().expect("base backup thread panicked"))
+                .collect::<Result<Vec<()>, _>>()
+        })?;
+        for &i in &replicas {
+            self.launch(i, true)?;
+        }
+        self.wait_streaming()?;
+        self.wait_caught_up(STREAM_TIMEOUT)
+    }
+
+    fn init_primary(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
+        let node = &self.nodes[0];
+        make_dir(&node.data, 0o700)?;
+        setup::chown(&node.data, self.os_user)?;
+        let mut cmd = self.command("initdb", true);
+        cmd.arg("-D")
+            .arg(&node.data)
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C"])
+            .args(["--auth-local=trust", "--auth-host=md5", "--no-sync"])
+            .arg("--no-instructions");
+        self.run(0, "initdb", cmd, None, TOOL_TIMEOUT)?;
+        let replicas = self.nodes.len() - 1;
+        let shared = setup::shared_conf(&self.run_dir, replicas, extra_conf);
+        setup::write_file(&node.data.join("lagrouter.conf"), &shared, self.os_user)?;
+        setup::write_file(
+            &node.data.join("pg_hba.conf"),
+            &setup::hba_conf(),
+            self.os_user,
+        )?;
+        setup::include_our_conf(&node.data)?;
+        self.assign_port(0)
+    }
+
+    /// Gives node `i` a fresh free port and writes its node.conf.
+    fn assign_port(&self, i: usize) -> Result<(), ClusterError> {
+        let node = &self.nodes[i];
+        let port = setup::free_port()?;
+        node.port.store(port, Ordering::Relaxed);
+        let conf = setup::node_conf(&node.name, port);
+        setup::write_file(&node.data.join("node.conf"), &conf, self.os_user)
+    }
+
+    fn create_roles(&self) -> Result<(), ClusterError> {
+        let app = quote_ident(&self.app_user);
+        let db = quote_ident(&self.database);
+        let md5 = quote_ident(MD5_USER);
+        let roles = format!(
+            "SET client_min_messages = warning;\n\
+             CREATE ROLE {app} LOGIN PASSWORD {app_pw};\n\
+             GRANT pg_monitor TO {app};\n\
+             CREATE ROLE {repl} LOGIN REPLICATION PASSWORD {repl_pw};\n\
+             CREATE DATABASE {db} OWNER {app};\n\
+             GRANT CREATE, CONNECT, TEMPORARY ON DATABASE {db} TO {app};\n\
+             SET password_encryption = 'md5';\n\
+             CREATE ROLE {md5} LOGIN PASSWORD {md5_pw};\n\
+             GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {md5};\n",
+            app_pw = quote_literal(&self.app_password),
+            repl = quote_ident(REPL_USER),
+            repl_pw = quote_literal(REPL_PASSWORD),
+            md5_pw = quote_literal(MD5_PASSWORD),
+        );
+        self.psql(0, "postgres", &roles)?;
+        // The md5 role may use whatever the app role creates.
+        let grants = format!(
+            "GRANT USAGE, CREATE ON SCHEMA public TO {md5};\n\
+             ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT ALL ON TABLES TO {md5};\n\
+             ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT ALL ON SEQUENCES TO {md5};\n"
+        );
+        self.psql(0, &self.database, &grants).map(drop)
+    }
+
+    /// Copies the primary into replica `i` with its own replication slot and
+    /// standby configuration (-R), and gives it a port.
+    fn base_backup(&self, i: usize) -> Result<(), ClusterError> {
+        let node = &self.nodes[i];
+        make_dir(&node.data, 0o700)?;
+        setup::chown(&node.data, self.os_user)?;
+        let conninfo = format!(
+            "host={HOST} port={} user={REPL_USER} password={REPL_PASSWORD} application_name={}",
+            self.port(0),
+            node.name
+        );
+        let mut cmd = self.command("pg_basebackup", true);
+        cmd.arg("-D")
+            .arg(&node.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .args(["-C", "-S", &node.name, "-d", &conninfo]);
+        self.run(i, "pg_basebackup", cmd, None, TOOL_TIMEOUT)
+            .map_err(|e| e.with_log(&self.nodes[0].log))?;
+        self.assign_port(i)
+    }
+
+    /// Starts node `i` and waits until it accepts connections. With
+    /// `new_port_on_bind_failure`, a port taken by someone else since we
+    /// picked it is replaced by a fresh one (only safe before anyone else
+    /// knows the port).
+    fn launch(&self, i: usize, new_port_on_bind_failure: bool) -> Result<(), ClusterError> {
+        let node = &self.nodes[i];
+        let mut slot = lock(&node.child);
+        if let Some(child) = slot.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            *slot = None;
+        }
+        let mut attempt = 1;
+        loop {
+            let log_start = fs::metadata(&node.log).map_or(0, |m| m.len());
+            let child = slot.insert(self.spawn_server(node)?);
+            let ready = self.wait_ready(i, child);
+            if ready.is_ok() {
+                return Ok(());
+            }
+            if let Some(mut child) = slot.take() {
+                process::stop_all(&mut [&mut child], libc::SIGQUIT, SETTLE_TIMEOUT);
+            }
+            if !new_port_on_bind_failure
+                || attempt >= PORT_ATTEMPTS
+                || !log_says_port_taken(&node.log, log_start)
+            {
+                return ready;
+            }
+            attempt += 1;
+            self.assign_port(i)?;
+        }
+    }
+
+    fn spawn_server(&self, node: &Node) -> Result<Child, ClusterError> {
+        let log = open_log(&node.log, self.os_user)?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| ClusterError::io("cannot duplicate the log file handle", e))?;
+        let mut cmd = self.command("postgres", true);
+        cmd.arg("-D")
+            .arg(&node.data)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Out of the terminal's process group: Ctrl-C kills the test, and
+            // the parent-death signal then stops the server in order.
+            .process_group(0);
+        process::spawn_bound(cmd, libc::SIGQUIT).map_err(|e| {
+            ClusterError::io("cannot start postgres", e)
+                .on_node(&node.name)
+                .with_log(&node.log)
+        })
+    }
+
+    /// Polls postmaster.pid until our postmaster reports "ready" (primary)
+    /// or "standby" (hot standby accepting connections).
+    fn wait_ready(&self, i: usize, child: &mut Child) -> Result<(), ClusterError> {
+        let node = &self.nodes[i];
+        let pid_file = node.data.join("postmaster.pid");
+        let pid = child.id().to_string();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(self.node_error(
+                    i,
+                    ClusterErrorKind::Command,
+                    format!("server exited during start-up ({status})"),
+                ));
+            }
+            if let Ok(text) = fs::read_to_string(&pid_file) {
+                let lines: Vec<&str> = text.lines().map(str::trim).collect();
+                // A stale file from a killed server has another pid.
+                if lines.first() == Some(&pid.as_str())
+                    && matches!(lines.get(7), Some(&"ready") | Some(&"standby"))
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.node_error(
+                    i,
+                    ClusterErrorKind::Timeout,
+                    format!("server not accepting connections after {READY_TIMEOUT:?}"),
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn wait_streaming(&self) -> Result<(), ClusterError> {
+        let expected: Vec<&str> = self.nodes[1..].iter().map(|n| n.name.as_str()).collect();
+        if expected.is_empty() {
+            return Ok(());
+        }
+        let query = "select coalesce(string_agg(application_name, ','), '') \
+                     from pg_stat_replication where state = 'streaming'";
+        let deadline = Instant::now() + STREAM_TIMEOUT;
+        loop {
+            let streaming = self.psql(0, "postgres", query)?;
+            let streaming: Vec<&str> = streaming.split(',').collect();
+            let Some(missing) = expected.iter().position(|n| !streaming.contains(n)) else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(self.node_error(
+                    missing + 1,
+                    ClusterErrorKind::Timeout,
+                    format!("not streaming from the primary after {STREAM_TIMEOUT:?}"),
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Superuser psql over the unix socket, statements from stdin.
+    fn psql(&self, i: usize, database: &str, sql: &str) -> Result<String, ClusterError> {
+        self.node(i)?;
+        let mut cmd = self.command("psql", false);
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.run_dir)
+            .args(["-p", &self.port(i).to_string(), "-U", SUPERUSER])
+            .args(["-d", database, "-f", "-"]);
+        self.run(i, "psql", cmd, Some(sql), SQL_TIMEOUT)
+            .map(|out| out.stdout.trim().to_owned())
+    }
+
+    /// Runs a tool about node `i` and turns its failure into an error naming
+    /// the node, with the tool's stderr and (unless the server merely
+    /// rejected a statement) the node's log.
+    fn run(
+        &self,
+        i: usize,
+        what: &str,
+        cmd: Command,
+        input: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ToolOutput, ClusterError> {
+        match process::run_tool(cmd, input, timeout) {
+            Ok(out) if out.status.success() => Ok(out),
+            Ok(out) => {
+                // psql exits with 3 when a statement failed under ON_ERROR_STOP.
+                let sql_error = what == "psql" && out.status.code() == Some(3);
+                let message = format!("{what} failed ({}): {}", out.status, out.stderr.trim());
+                let e = ClusterError::new(
+                    if sql_error {
+                        ClusterErrorKind::Sql
+                    } else {
+                        ClusterErrorKind::Command
+                    },
+                    if sql_error {
+                        out.stderr.trim().to_owned()
+                    } else {
+                        message
+                    },
+                )
+                .on_node(&self.nodes[i].name);
+                Err(if sql_error {
+                    e
+                } else {
+                    e.with_log(&self.nodes[i].log)
+                })
+            }
+            Err(ToolError::Timeout) => Err(self.node_error(
+                i,
+                ClusterErrorKind::Timeout,
+                format!("{what} did not finish within {timeout:?}"),
+            )),
+            Err(ToolError::Spawn(e)) => {
+                Err(ClusterError::io(format!("cannot run {what}"), e).on_node(&self.nodes[i].name))
+            }
+        }
+    }
+
+    /// A command for one of the PostgreSQL binaries, with the caller's PG*
+    /// variables removed so they cannot redirect it.
+    fn command(&self, program: &str, as_server_user: bool) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS)
+            .env("LC_ALL", "C")
+            .current_dir(&self.dir);
+        if let (true, Some(user)) = (as_server_user, self.os_user) {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd
+    }
+
+    fn node(&self, i: usize) -> Result<&Node, ClusterError> {
+        self.nodes.get(i).ok_or_else(|| {
+            ClusterError::new(
+                ClusterErrorKind::Usage,
+                format!("no node {i}: the cluster has {} nodes", self.nodes.len()),
+            )
+        })
+    }
+
+    fn expect_node(&self, i: usize) -> &Node {
+        self.node(i).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn node_error(&self, i: usize, kind: ClusterErrorKind, message: String) -> ClusterError {
+        let node = &self.nodes[i];
+        ClusterError::new(kind, message)
+            .on_node(&node.name)
+            .with_log(&node.log)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Creates the cluster directory. Returns it (absolute) and the paths that
+/// are ours to delete.
+fn prepare_base_dir(
+    base: Option<&Path>,
+    replicas: usize,
+) -> Result<(PathBuf, Vec<PathBuf>), ClusterError> {
+    let (dir, created) = match base {
+        Some(base) => {
+            let dir = std::path::absolute(base)
+                .map_err(|e| ClusterError::io(format!("bad base_dir {}", base.display()), e))?;
+            let created = !dir.exists();
+            fs::create_dir_all(&dir)
+                .map_err(|e| ClusterError::io(format!("cannot create {}", dir.display()), e))?;
+            if dir.join("primary").exists() {
+                return Err(ClusterError::new(
+                    ClusterErrorKind::Usage,
+                    format!(
+                        "{} already holds a cluster; give a fresh base_dir",
+                        dir.display()
+                    ),
+                ));
+            }
+            (dir, created)
+        }
+        None => (fresh_temp_dir()?, true),
+    };
+    if created {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| ClusterError::io(format!("cannot chmod {}", dir.display()), e))?;
+    }
+    let socket_len = dir.join("run/.s.PGSQL.65535").as_os_str().len();
+    if socket_len > MAX_SOCKET_PATH {
+        if created {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        return Err(ClusterError::new(
+            ClusterErrorKind::Usage,
+            format!(
+                "{} is too long for a unix socket path; use a shorter base_dir or TMPDIR",
+                dir.display()
+            ),
+        ));
+    }
+    let owned = if created {
+        vec![dir.clone()]
+    } else {
+        let mut owned: Vec<PathBuf> = ["primary", "run", "log"]
+            .iter()
+            .map(|p| dir.join(p))
+            .collect();
+        owned.extend((1..=replicas).map(|i| dir.join(format!("replica{i}"))));
+        owned
+    };
+    Ok((dir, owned))
+}
+
+fn fresh_temp_dir() -> Result<PathBuf, ClusterError> {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let tmp = std::path::absolute(std::env::temp_dir())
+        .map_err(|e| ClusterError::io("bad temporary directory", e))?;
+    loop {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = tmp.join(format!("lagrouter-pg-{}-{seq}", std::process::id()));
+        match fs::DirBuilder::new().mode(0o755).create(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left over by a killed process whose pid has been reused.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(ClusterError::io(
+                    format!("cannot create {}", dir.display()),
+                    e,
+                ));
+            }
+        }
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), ClusterError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|e| ClusterError::io(format!("cannot create {}", path.display()), e))
+}
+
+fn open_log(path: &Path, user: Option<OsUser>) -> Result<File, ClusterError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ClusterError::io(format!("cannot open {}", path.display()), e))?;
+    setup::chown(path, user)?;
+    Ok(file)
+}
+
+/// Whether the server's log, from byte `from`, says its port was taken.
+fn log_says_port_taken(log: &Path, from: u64) -> bool {
+    let Ok(bytes) = fs::read(log) else {
+        return false;
+    };
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[from..]);
+    text.contains("could not bind") || text.contains("could not create any TCP/IP sockets")
+}
