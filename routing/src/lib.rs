@@ -1,14 +1,21 @@
-//! lagrouter's routing: decides, for each transaction, whether it goes to
-//! the primary or to a replica fresh enough for it. Pure: no sockets, no
-//! clocks (time is passed in), so every rule is unit-tested.
-//!
-//! Layout:
-//! - `decision`: [`RouteDecision`], [`Reason`], [`RouteError`].
-//! - `router`: [`Router`], the entry point the proxy calls, and
-//!   [`SessionRouting`], the per-client state.
+//! lagrouter's routing (WIP).
 
+mod cache;
+mod classify;
+mod command;
 mod decision;
+mod functions;
+mod hash;
+mod hints;
+mod keywords;
+mod lexer;
 mod router;
+mod statements;
 
+pub use cache::{Classifier, StatementCache};
+pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
+pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
 pub use decision::{Reason, RouteDecision, RouteError};
+pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
+pub use hints::{Hints, RouteOverride};
 pub use router::{Router, SessionRouting};

@@ -1,0 +1,294 @@
+//! The classification cache: statement text → [`Analysis`], bounded.
+//!
+//! A prepared statement is routed at every execution, so classification
+//! must usually be a lookup. The cache is sharded (each shard behind an
+//! uncontended-in-practice `Mutex`) and evicts by generations: each shard
+//! fills a `current` map; when it is full, `current` becomes `previous` and
+//! the old `previous` is dropped whole. A hit in `previous` moves the entry
+//! back to `current`, so hot statements survive. Memory stays bounded by
+//! entry count and by text bytes, and eviction costs no bookkeeping per hit.
+//!
+//! Entries are keyed by a seeded 64-bit hash of the text and store the text
+//! to confirm a hit (a collision is a miss, never a wrong answer). Each
+//! entry also stores the epoch of the function catalog it was computed
+//! with: a new catalog or `read_only_functions` list invalidates everything
+//! at once without a sweep.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::classify::{Analysis, Class, analyze};
+use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
+use crate::hash::{FxBuild, IdentityBuild};
+
+/// Statements longer than this are classified every time, not cached (a
+/// huge text is rare and would crowd out many small ones).
+pub const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+const SHARDS: usize = 16;
+
+struct Entry {
+    text: Box<str>,
+    epoch: u64,
+    analysis: Arc<Analysis>,
+}
+
+#[derive(Default)]
+struct Shard {
+    current: HashMap<u64, Entry, IdentityBuild>,
+    previous: HashMap<u64, Entry, IdentityBuild>,
+    current_bytes: usize,
+}
+
+/// A bounded, concurrent map from statement text to its analysis.
+pub struct StatementCache {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: FxBuild,
+    /// Most entries in one shard's generation.
+    generation_entries: usize,
+    /// Most text bytes in one shard's generation.
+    generation_bytes: usize,
+}
+
+impl StatementCache {
+    /// A cache holding at most `capacity` statements and about
+    /// `capacity * 1 KiB` bytes of text (whichever is hit first).
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(2);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: FxBuild::random(),
+            generation_entries: per_shard / 2,
+            generation_bytes: per_shard / 2 * 1024,
+        }
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The top bits pick the shard; hashbrown uses the low bits.
+        let i = (hash >> 59) as usize % SHARDS;
+        // A panic while holding a shard leaves valid maps behind: go on.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached analysis of `sql` computed at `epoch`, if any.
+    pub fn get(&self, sql: &str, epoch: u64) -> Option<Arc<Analysis>> {
+        let hash = self.hasher.hash_one(sql);
+        let mut shard = self.shard(hash);
+        if let Some(e) = shard.current.get(&hash) {
+            return (e.epoch == epoch && &*e.text == sql).then(|| e.analysis.clone());
+        }
+        let e = shard.previous.remove(&hash)?;
+        if e.epoch != epoch || &*e.text != sql {
+            return None;
+        }
+        let analysis = e.analysis.clone();
+        let evicted = shard.insert(hash, e, self.generation_entries, self.generation_bytes);
+        drop(shard);
+        drop(evicted);
+        Some(analysis)
+    }
+
+    /// Caches `analysis` for `sql` at `epoch` (replacing whatever shared its
+    /// hash). Texts over [`MAX_CACHED_TEXT`] are not cached.
+    pub fn insert(&self, sql: &str, epoch: u64, analysis: Arc<Analysis>) {
+        if sql.len() > MAX_CACHED_TEXT {
+            return;
+        }
+        let hash = self.hasher.hash_one(sql);
+        let entry = Entry {
+            text: sql.into(),
+            epoch,
+            analysis,
+        };
+        let mut shard = self.shard(hash);
+        let evicted = shard.insert(hash, entry, self.generation_entries, self.generation_bytes);
+        // Free the dropped generation after unlocking.
+        drop(shard);
+        drop(evicted);
+    }
+
+    /// Number of cached statements.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|p| p.into_inner());
+                s.current.len() + s.previous.len()
+            })
+            .sum()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Shard {
+    /// Inserts, rotating generations first if `current` is full. Returns
+    /// the dropped generation so the caller can free it outside the lock.
+    fn insert(
+        &mut self,
+        hash: u64,
+        entry: Entry,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> HashMap<u64, Entry, IdentityBuild> {
+        let mut evicted = HashMap::default();
+        if !self.current.contains_key(&hash)
+            && (self.current.len() >= max_entries
+                || self.current_bytes + entry.text.len() > max_bytes)
+        {
+            evicted = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
+            self.current_bytes = 0;
+        }
+        self.current_bytes += entry.text.len();
+        if let Some(old) = self.current.insert(hash, entry) {
+            self.current_bytes -= old.text.len();
+        }
+        self.previous.remove(&hash);
+        evicted
+    }
+}
+
+/// What classification depends on besides the text.
+struct Inputs {
+    catalog: Arc<FunctionCatalog>,
+    extra: Arc<ReadOnlyFunctions>,
+    /// The config list `extra` was built from, to notice a reload.
+    extra_source: Vec<String>,
+    epoch: u64,
+}
+
+/// Classification with its cache and its inputs (function catalog,
+/// `read_only_functions`), shared by every session.
+pub struct Classifier {
+    cache: StatementCache,
+    inputs: ArcSwap<Inputs>,
+}
+
+impl Classifier {
+    /// A classifier caching up to `capacity` statements, with the built-in
+    /// function list until [`Classifier::set_catalog`] is called.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            cache: StatementCache::new(capacity),
+            inputs: ArcSwap::from_pointee(Inputs {
+                catalog: Arc::new(FunctionCatalog::builtin()),
+                extra: Arc::new(ReadOnlyFunctions::default()),
+                extra_source: Vec::new(),
+                epoch: 0,
+            }),
+        }
+    }
+
+    /// Replaces the function catalog (after loading or refreshing
+    /// `pg_proc`); cached classifications are recomputed lazily.
+    pub fn set_catalog(&self, catalog: FunctionCatalog) {
+        let catalog = Arc::new(catalog);
+        self.inputs.rcu(|cur| Inputs {
+            catalog: catalog.clone(),
+            extra: cur.extra.clone(),
+            extra_source: cur.extra_source.clone(),
+            epoch: cur.epoch + 1,
+        });
+    }
+
+    /// Makes `names` (config `routing.read_only_functions`) the operator's
+    /// read-only list if it changed. Cheap when it did not.
+    pub fn sync_read_only_functions(&self, names: &[String]) {
+        if self.inputs.load().extra_source == names {
+            return;
+        }
+        self.inputs.rcu(|cur| Inputs {
+            catalog: cur.catalog.clone(),
+            extra: Arc::new(ReadOnlyFunctions::new(names)),
+            extra_source: names.to_vec(),
+            epoch: cur.epoch + 1,
+        });
+    }
+
+    /// The analysis of `sql`, from the cache when possible.
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let inputs = self.inputs.load();
+        if let Some(a) = self.cache.get(sql, inputs.epoch) {
+            return a;
+        }
+        let a = Arc::new(analyze(sql, &inputs.catalog, &inputs.extra));
+        self.cache.insert(sql, inputs.epoch, a.clone());
+        a
+    }
+
+    /// The class of `sql`, from the cache when possible.
+    pub fn classify(&self, sql: &str) -> Class {
+        self.analyze(sql).class
+    }
+
+    /// Number of cached statements.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysis(class: Class) -> Arc<Analysis> {
+        Arc::new(Analysis {
+            class,
+            hints: Default::default(),
+            effects: Box::new([]),
+        })
+    }
+
+    #[test]
+    fn hit_miss_and_epoch() {
+        let c = StatementCache::new(100);
+        c.insert("SELECT 1", 0, analysis(Class::Read));
+        assert_eq!(c.get("SELECT 1", 0).unwrap().class, Class::Read);
+        assert!(c.get("SELECT 2", 0).is_none());
+        assert!(c.get("SELECT 1", 1).is_none(), "a new epoch invalidates");
+    }
+
+    #[test]
+    fn stays_bounded_and_keeps_hot_entries() {
+        let c = StatementCache::new(160);
+        c.insert("hot", 0, analysis(Class::Read));
+        for i in 0..10_000 {
+            c.insert(&format!("SELECT {i}"), 0, analysis(Class::Read));
+            assert!(c.get("hot", 0).is_some(), "hot entry lost at {i}");
+        }
+        assert!(c.len() <= 160 + SHARDS, "{}", c.len());
+    }
+
+    #[test]
+    fn bounded_by_bytes_too() {
+        let c = StatementCache::new(32);
+        let big = "x".repeat(MAX_CACHED_TEXT);
+        c.insert(&big, 0, analysis(Class::Write));
+        c.insert(&format!("{big}y"), 0, analysis(Class::Write));
+        assert!(
+            c.get(&format!("{big}y"), 0).is_none(),
+            "over the limit: not cached"
+        );
+        assert!(c.get(&big, 0).is_some());
+    }
+
+    #[test]
+    fn classifier_recomputes_after_catalog_and_config_changes() {
+        let k = Classifier::new(100);
+        assert_eq!(k.classify("SELECT calc(1)"), Class::Unknown);
+        k.set_catalog(FunctionCatalog::from_rows([("calc", 'i')]));
+        assert_eq!(k.classify("SELECT calc(1)"), Class::Read);
+        assert_eq!(k.classify("SELECT random()"), Class::Unknown);
+        k.sync_read_only_functions(&["random".to_string()]);
+        assert_eq!(k.classify("SELECT random()"), Class::Read);
+        k.sync_read_only_functions(&[]);
+        assert_eq!(k.classify("SELECT random()"), Class::Unknown);
+        assert!(k.cached() >= 1);
+    }
+}

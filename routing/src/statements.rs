@@ -1,0 +1,107 @@
+//! Transaction-control and setting statements that matter to routing:
+//! `BEGIN`/`SET TRANSACTION` modes, `SET default_transaction_read_only`,
+//! `SET SESSION CHARACTERISTICS`, `SET`/`RESET lagrouter.*`, `RESET ALL`.
+//!
+//! Their effects on the session (a new default, a causal token) are
+//! returned as [`SessionEffect`]s rather than applied, because the
+//! analysis of a text is cached and the effect must happen at every
+//! execution.
+
+use crate::classify::{SessionEffect, Stmt, TxnMode, is_word};
+use crate::command::{self, ProxyCommand};
+use crate::lexer::{Token, TokenKind};
+
+/// `READ ONLY` / `READ WRITE` / `ISOLATION LEVEL SERIALIZABLE` in a
+/// transaction mode list.
+pub(crate) fn txn_mode(sql: &str, t: &[Token]) -> TxnMode {
+    let mut m = TxnMode::default();
+    for (i, x) in t.iter().enumerate() {
+        if x.is_word(sql, "read") {
+            if is_word(sql, t.get(i + 1), &["only"]) {
+                m.read_only = Some(true);
+            } else if is_word(sql, t.get(i + 1), &["write"]) {
+                m.read_only = Some(false);
+            }
+        } else if x.is_word(sql, "serializable") {
+            m.serializable = true;
+        }
+    }
+    m
+}
+
+/// `on`/`off`/`true`/`false`/`yes`/`no`/`1`/`0`, quoted or not.
+fn setting_bool(sql: &str, value: &[Token]) -> Option<bool> {
+    let [v] = value else { return None };
+    let s = v.text(sql).trim_matches('\'').to_ascii_lowercase();
+    match s.as_str() {
+        "on" | "true" | "yes" | "1" | "t" | "y" => Some(true),
+        // DEFAULT: the server default is off unless a role or database
+        // setting says otherwise; assuming off can only be more cautious.
+        "off" | "false" | "no" | "0" | "f" | "n" | "default" => Some(false),
+        _ => None,
+    }
+}
+
+pub(crate) fn set_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionEffect>) -> Stmt {
+    let mut r = &t[1..];
+    let mut local = false;
+    if is_word(sql, r.first(), &["session"]) {
+        r = &r[1..];
+        if is_word(sql, r.first(), &["characteristics"]) {
+            if let Some(ro) = txn_mode(sql, r).read_only {
+                effects.push(SessionEffect::DefaultReadOnly(ro));
+            }
+            return Stmt::Write;
+        }
+    } else if is_word(sql, r.first(), &["local"]) {
+        local = true;
+        r = &r[1..];
+    }
+    if is_word(sql, r.first(), &["transaction"]) {
+        return if is_word(sql, r.get(1), &["snapshot"]) {
+            Stmt::Write
+        } else {
+            Stmt::SetTxn(txn_mode(sql, &r[1..]))
+        };
+    }
+    match command::parse_tokens(sql, t) {
+        Some(ProxyCommand::Error(_)) => return Stmt::Write,
+        Some(cmd) => {
+            effects.push(SessionEffect::Proxy(cmd));
+            return Stmt::Neutral;
+        }
+        None => {}
+    }
+    let assigns = r.len() >= 3
+        && ((r[1].kind == TokenKind::Operator && r[1].text(sql) == "=") || r[1].is_word(sql, "to"));
+    if assigns && r[0].is_word(sql, "default_transaction_read_only") {
+        // SET LOCAL of a default affects no transaction: ignore it.
+        if let (false, Some(b)) = (local, setting_bool(sql, &r[2..])) {
+            effects.push(SessionEffect::DefaultReadOnly(b));
+        }
+    } else if assigns
+        && r[0].is_word(sql, "transaction_read_only")
+        && let Some(b) = setting_bool(sql, &r[2..])
+    {
+        return Stmt::SetTxn(TxnMode {
+            read_only: Some(b),
+            serializable: false,
+        });
+    }
+    Stmt::Write
+}
+
+pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionEffect>) -> Stmt {
+    if is_word(sql, t.get(1), &["all"]) {
+        effects.push(SessionEffect::ResetAll);
+    } else if is_word(sql, t.get(1), &["default_transaction_read_only"]) {
+        effects.push(SessionEffect::DefaultReadOnly(false));
+    } else if let Some(cmd) = command::parse_tokens(sql, t) {
+        if matches!(cmd, ProxyCommand::Error(_)) {
+            return Stmt::Write;
+        }
+        effects.push(SessionEffect::Proxy(cmd));
+        return Stmt::Neutral;
+    }
+    Stmt::Write
+}
