@@ -15,26 +15,30 @@
 //!
 //! Layout:
 //! - `error`: [`ClusterError`], which names the node and quotes its log.
+//! - `bootstrap`: directory, initdb, roles, base backups, wait for streaming.
+//! - `server`: starting a postmaster and waiting until it is ready.
+//! - `tools`: psql, pgbench and the other client tools, bounded in time.
 //! - `process`: the keeper thread, bounded tool runs, stopping, the janitor.
 //! - `setup`: binaries, OS user, ports, configuration file contents.
 
+mod bootstrap;
 mod error;
 mod process;
+mod server;
 mod setup;
+mod tools;
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 pub use error::{ClusterError, ClusterErrorKind};
-use process::{Janitor, ToolError, ToolOutput};
-use setup::{OsUser, REPL_PASSWORD, REPL_USER, conninfo_value, quote_ident, quote_literal};
+use process::Janitor;
+use setup::{OsUser, conninfo_value};
 
 /// The role with an md5-stored password, for testing md5 server auth.
 pub const MD5_USER: &str = "app_md5";
@@ -158,7 +162,8 @@ impl Cluster {
     pub fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
         let bindir = setup::find_bindir()?;
         let os_user = setup::server_os_user()?;
-        let (dir, owned_paths) = prepare_base_dir(opts.base_dir.as_deref(), opts.replicas)?;
+        let (dir, owned_paths) =
+            bootstrap::prepare_base_dir(opts.base_dir.as_deref(), opts.replicas)?;
         let run_dir = dir.join("run");
         let nodes = std::iter::once("primary".to_owned())
             .chain((1..=opts.replicas).map(|i| format!("replica{i}")))
@@ -493,307 +498,6 @@ impl Cluster {
         }
     }
 
-    fn build(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
-        for sub in [&self.run_dir, &self.dir.join("log")] {
-            make_dir(sub, 0o755)?;
-            setup::chown(sub, self.os_user)?;
-        }
-        self.init_primary(extra_conf)?;
-        self.launch(0, true)?;
-        self.create_roles()?;
-        let replicas: Vec<usize> = (1..self.nodes.len()).collect();
-        thread::scope(|s| {
-            let backups: Vec<_> = replicas
-                .iter()
-                .map(|&i| s.spawn(move || self.base_backup(i)))
-                .collect();
-            backups
-                .into_iter()
-                .map(|h| h.join().expect("base backup thread panicked"))
-                .collect::<Result<Vec<()>, _>>()
-        })?;
-        for &i in &replicas {
-            self.launch(i, true)?;
-        }
-        self.wait_streaming()?;
-        self.wait_caught_up(STREAM_TIMEOUT)
-    }
-
-    fn init_primary(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
-        let node = &self.nodes[0];
-        make_dir(&node.data, 0o700)?;
-        setup::chown(&node.data, self.os_user)?;
-        let mut cmd = self.command("initdb", true);
-        cmd.arg("-D")
-            .arg(&node.data)
-            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C"])
-            .args(["--auth-local=trust", "--auth-host=md5", "--no-sync"])
-            .arg("--no-instructions");
-        self.run(0, "initdb", cmd, None, TOOL_TIMEOUT)?;
-        let replicas = self.nodes.len() - 1;
-        let shared = setup::shared_conf(&self.run_dir, replicas, extra_conf);
-        setup::write_file(&node.data.join("lagrouter.conf"), &shared, self.os_user)?;
-        setup::write_file(
-            &node.data.join("pg_hba.conf"),
-            &setup::hba_conf(),
-            self.os_user,
-        )?;
-        setup::include_our_conf(&node.data)?;
-        self.assign_port(0)
-    }
-
-    /// Gives node `i` a fresh free port and writes its node.conf.
-    fn assign_port(&self, i: usize) -> Result<(), ClusterError> {
-        let node = &self.nodes[i];
-        let port = setup::free_port()?;
-        node.port.store(port, Ordering::Relaxed);
-        let conf = setup::node_conf(&node.name, port);
-        setup::write_file(&node.data.join("node.conf"), &conf, self.os_user)
-    }
-
-    fn create_roles(&self) -> Result<(), ClusterError> {
-        let app = quote_ident(&self.app_user);
-        let db = quote_ident(&self.database);
-        let md5 = quote_ident(MD5_USER);
-        let roles = format!(
-            "SET client_min_messages = warning;\n\
-             CREATE ROLE {app} LOGIN PASSWORD {app_pw};\n\
-             GRANT pg_monitor TO {app};\n\
-             CREATE ROLE {repl} LOGIN REPLICATION PASSWORD {repl_pw};\n\
-             CREATE DATABASE {db} OWNER {app};\n\
-             GRANT CREATE, CONNECT, TEMPORARY ON DATABASE {db} TO {app};\n\
-             SET password_encryption = 'md5';\n\
-             CREATE ROLE {md5} LOGIN PASSWORD {md5_pw};\n\
-             GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {md5};\n",
-            app_pw = quote_literal(&self.app_password),
-            repl = quote_ident(REPL_USER),
-            repl_pw = quote_literal(REPL_PASSWORD),
-            md5_pw = quote_literal(MD5_PASSWORD),
-        );
-        self.psql(0, "postgres", &roles)?;
-        // The md5 role may use whatever the app role creates.
-        let grants = format!(
-            "GRANT USAGE, CREATE ON SCHEMA public TO {md5};\n\
-             ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT ALL ON TABLES TO {md5};\n\
-             ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT ALL ON SEQUENCES TO {md5};\n"
-        );
-        self.psql(0, &self.database, &grants).map(drop)
-    }
-
-    /// Copies the primary into replica `i` with its own replication slot and
-    /// standby configuration (-R), and gives it a port.
-    fn base_backup(&self, i: usize) -> Result<(), ClusterError> {
-        let node = &self.nodes[i];
-        make_dir(&node.data, 0o700)?;
-        setup::chown(&node.data, self.os_user)?;
-        let conninfo = format!(
-            "host={HOST} port={} user={REPL_USER} password={REPL_PASSWORD} application_name={}",
-            self.port(0),
-            node.name
-        );
-        let mut cmd = self.command("pg_basebackup", true);
-        cmd.arg("-D")
-            .arg(&node.data)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
-            .args(["-C", "-S", &node.name, "-d", &conninfo]);
-        self.run(i, "pg_basebackup", cmd, None, TOOL_TIMEOUT)
-            .map_err(|e| e.with_log(&self.nodes[0].log))?;
-        self.assign_port(i)
-    }
-
-    /// Starts node `i` and waits until it accepts connections. With
-    /// `new_port_on_bind_failure`, a port taken by someone else since we
-    /// picked it is replaced by a fresh one (only safe before anyone else
-    /// knows the port).
-    fn launch(&self, i: usize, new_port_on_bind_failure: bool) -> Result<(), ClusterError> {
-        let node = &self.nodes[i];
-        let mut slot = lock(&node.child);
-        if let Some(child) = slot.as_mut() {
-            if matches!(child.try_wait(), Ok(None)) {
-                return Ok(());
-            }
-            *slot = None;
-        }
-        let mut attempt = 1;
-        loop {
-            let log_start = fs::metadata(&node.log).map_or(0, |m| m.len());
-            let child = slot.insert(self.spawn_server(node)?);
-            let ready = self.wait_ready(i, child);
-            if ready.is_ok() {
-                return Ok(());
-            }
-            if let Some(mut child) = slot.take() {
-                process::stop_all(&mut [&mut child], libc::SIGQUIT, SETTLE_TIMEOUT);
-            }
-            if !new_port_on_bind_failure
-                || attempt >= PORT_ATTEMPTS
-                || !log_says_port_taken(&node.log, log_start)
-            {
-                return ready;
-            }
-            attempt += 1;
-            self.assign_port(i)?;
-        }
-    }
-
-    fn spawn_server(&self, node: &Node) -> Result<Child, ClusterError> {
-        let log = open_log(&node.log, self.os_user)?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| ClusterError::io("cannot duplicate the log file handle", e))?;
-        let mut cmd = self.command("postgres", true);
-        cmd.arg("-D")
-            .arg(&node.data)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Out of the terminal's process group: Ctrl-C kills the test, and
-            // the parent-death signal then stops the server in order.
-            .process_group(0);
-        process::spawn_bound(cmd, libc::SIGQUIT).map_err(|e| {
-            ClusterError::io("cannot start postgres", e)
-                .on_node(&node.name)
-                .with_log(&node.log)
-        })
-    }
-
-    /// Polls postmaster.pid until our postmaster reports "ready" (primary)
-    /// or "standby" (hot standby accepting connections).
-    fn wait_ready(&self, i: usize, child: &mut Child) -> Result<(), ClusterError> {
-        let node = &self.nodes[i];
-        let pid_file = node.data.join("postmaster.pid");
-        let pid = child.id().to_string();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(self.node_error(
-                    i,
-                    ClusterErrorKind::Command,
-                    format!("server exited during start-up ({status})"),
-                ));
-            }
-            if let Ok(text) = fs::read_to_string(&pid_file) {
-                let lines: Vec<&str> = text.lines().map(str::trim).collect();
-                // A stale file from a killed server has another pid.
-                if lines.first() == Some(&pid.as_str())
-                    && matches!(lines.get(7), Some(&"ready") | Some(&"standby"))
-                {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.node_error(
-                    i,
-                    ClusterErrorKind::Timeout,
-                    format!("server not accepting connections after {READY_TIMEOUT:?}"),
-                ));
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    fn wait_streaming(&self) -> Result<(), ClusterError> {
-        let expected: Vec<&str> = self.nodes[1..].iter().map(|n| n.name.as_str()).collect();
-        if expected.is_empty() {
-            return Ok(());
-        }
-        let query = "select coalesce(string_agg(application_name, ','), '') \
-                     from pg_stat_replication where state = 'streaming'";
-        let deadline = Instant::now() + STREAM_TIMEOUT;
-        loop {
-            let streaming = self.psql(0, "postgres", query)?;
-            let streaming: Vec<&str> = streaming.split(',').collect();
-            let Some(missing) = expected.iter().position(|n| !streaming.contains(n)) else {
-                return Ok(());
-            };
-            if Instant::now() >= deadline {
-                return Err(self.node_error(
-                    missing + 1,
-                    ClusterErrorKind::Timeout,
-                    format!("not streaming from the primary after {STREAM_TIMEOUT:?}"),
-                ));
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Superuser psql over the unix socket, statements from stdin.
-    fn psql(&self, i: usize, database: &str, sql: &str) -> Result<String, ClusterError> {
-        self.node(i)?;
-        let mut cmd = self.command("psql", false);
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.run_dir)
-            .args(["-p", &self.port(i).to_string(), "-U", SUPERUSER])
-            .args(["-d", database, "-f", "-"]);
-        self.run(i, "psql", cmd, Some(sql), SQL_TIMEOUT)
-            .map(|out| out.stdout.trim().to_owned())
-    }
-
-    /// Runs a tool about node `i` and turns its failure into an error naming
-    /// the node, with the tool's stderr and (unless the server merely
-    /// rejected a statement) the node's log.
-    fn run(
-        &self,
-        i: usize,
-        what: &str,
-        cmd: Command,
-        input: Option<&str>,
-        timeout: Duration,
-    ) -> Result<ToolOutput, ClusterError> {
-        match process::run_tool(cmd, input, timeout) {
-            Ok(out) if out.status.success() => Ok(out),
-            Ok(out) => {
-                // psql exits with 3 when a statement failed under ON_ERROR_STOP.
-                let sql_error = what == "psql" && out.status.code() == Some(3);
-                let message = format!("{what} failed ({}): {}", out.status, out.stderr.trim());
-                let e = ClusterError::new(
-                    if sql_error {
-                        ClusterErrorKind::Sql
-                    } else {
-                        ClusterErrorKind::Command
-                    },
-                    if sql_error {
-                        out.stderr.trim().to_owned()
-                    } else {
-                        message
-                    },
-                )
-                .on_node(&self.nodes[i].name);
-                Err(if sql_error {
-                    e
-                } else {
-                    e.with_log(&self.nodes[i].log)
-                })
-            }
-            Err(ToolError::Timeout) => Err(self.node_error(
-                i,
-                ClusterErrorKind::Timeout,
-                format!("{what} did not finish within {timeout:?}"),
-            )),
-            Err(ToolError::Spawn(e)) => {
-                Err(ClusterError::io(format!("cannot run {what}"), e).on_node(&self.nodes[i].name))
-            }
-        }
-    }
-
-    /// A command for one of the PostgreSQL binaries, with the caller's PG*
-    /// variables removed so they cannot redirect it.
-    fn command(&self, program: &str, as_server_user: bool) -> Command {
-        let mut cmd = Command::new(self.bindir.join(program));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS)
-            .env("LC_ALL", "C")
-            .current_dir(&self.dir);
-        if let (true, Some(user)) = (as_server_user, self.os_user) {
-            cmd.uid(user.uid).gid(user.gid);
-        }
-        cmd
-    }
-
     fn node(&self, i: usize) -> Result<&Node, ClusterError> {
         self.nodes.get(i).ok_or_else(|| {
             ClusterError::new(
@@ -819,108 +523,4 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.teardown();
     }
-}
-
-/// Creates the cluster directory. Returns it (absolute) and the paths that
-/// are ours to delete.
-fn prepare_base_dir(
-    base: Option<&Path>,
-    replicas: usize,
-) -> Result<(PathBuf, Vec<PathBuf>), ClusterError> {
-    let (dir, created) = match base {
-        Some(base) => {
-            let dir = std::path::absolute(base)
-                .map_err(|e| ClusterError::io(format!("bad base_dir {}", base.display()), e))?;
-            let created = !dir.exists();
-            fs::create_dir_all(&dir)
-                .map_err(|e| ClusterError::io(format!("cannot create {}", dir.display()), e))?;
-            if dir.join("primary").exists() {
-                return Err(ClusterError::new(
-                    ClusterErrorKind::Usage,
-                    format!(
-                        "{} already holds a cluster; give a fresh base_dir",
-                        dir.display()
-                    ),
-                ));
-            }
-            (dir, created)
-        }
-        None => (fresh_temp_dir()?, true),
-    };
-    if created {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-            .map_err(|e| ClusterError::io(format!("cannot chmod {}", dir.display()), e))?;
-    }
-    let socket_len = dir.join("run/.s.PGSQL.65535").as_os_str().len();
-    if socket_len > MAX_SOCKET_PATH {
-        if created {
-            let _ = fs::remove_dir_all(&dir);
-        }
-        return Err(ClusterError::new(
-            ClusterErrorKind::Usage,
-            format!(
-                "{} is too long for a unix socket path; use a shorter base_dir or TMPDIR",
-                dir.display()
-            ),
-        ));
-    }
-    let owned = if created {
-        vec![dir.clone()]
-    } else {
-        let mut owned: Vec<PathBuf> = ["primary", "run", "log"]
-            .iter()
-            .map(|p| dir.join(p))
-            .collect();
-        owned.extend((1..=replicas).map(|i| dir.join(format!("replica{i}"))));
-        owned
-    };
-    Ok((dir, owned))
-}
-
-fn fresh_temp_dir() -> Result<PathBuf, ClusterError> {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let tmp = std::path::absolute(std::env::temp_dir())
-        .map_err(|e| ClusterError::io("bad temporary directory", e))?;
-    loop {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = tmp.join(format!("lagrouter-pg-{}-{seq}", std::process::id()));
-        match fs::DirBuilder::new().mode(0o755).create(&dir) {
-            Ok(()) => return Ok(dir),
-            // Left over by a killed process whose pid has been reused.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(ClusterError::io(
-                    format!("cannot create {}", dir.display()),
-                    e,
-                ));
-            }
-        }
-    }
-}
-
-fn make_dir(path: &Path, mode: u32) -> Result<(), ClusterError> {
-    fs::DirBuilder::new()
-        .mode(mode)
-        .create(path)
-        .map_err(|e| ClusterError::io(format!("cannot create {}", path.display()), e))
-}
-
-fn open_log(path: &Path, user: Option<OsUser>) -> Result<File, ClusterError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| ClusterError::io(format!("cannot open {}", path.display()), e))?;
-    setup::chown(path, user)?;
-    Ok(file)
-}
-
-/// Whether the server's log, from byte `from`, says its port was taken.
-fn log_says_port_taken(log: &Path, from: u64) -> bool {
-    let Ok(bytes) = fs::read(log) else {
-        return false;
-    };
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[from..]);
-    text.contains("could not bind") || text.contains("could not create any TCP/IP sockets")
 }
