@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lagrouter_config::{HealthConfig, NodeConfig};
 
 use crate::error::ProbeError;
-use crate::lag::{PrimarySample, byte_lag, time_lag};
+use crate::lag::{PrimaryHistory, PrimarySample, byte_lag, time_lag};
 use crate::observation::Observation;
 use crate::primary::{PrimaryEvidence, detect_primary};
 use crate::state::{Check, NodeStatus, Thresholds, Verdict, next_status, verdict};
@@ -65,12 +65,14 @@ pub fn evidence<'a>(
 }
 
 /// The next snapshot. `prev.nodes` must be aligned with `nodes` (same
-/// order); nodes missing from `prev` start unchecked.
+/// order); nodes missing from `prev` start unchecked. `history` holds the
+/// earlier rounds' primary samples; the caller records this round's.
 pub fn assemble(
     prev: &HealthSnapshot,
     nodes: &[NodeConfig],
     results: &[Result<Observation, ProbeError>],
     h: &HealthConfig,
+    history: &PrimaryHistory,
     now: Instant,
 ) -> Assembled {
     let thresholds = Thresholds::from_config(h);
@@ -116,7 +118,7 @@ pub fn assemble(
             Ok(o) if !o.in_recovery => (Check::NotFollowing, None, None),
             Ok(o) => {
                 let b = byte_lag(o, sample.as_ref());
-                let t = time_lag(o, b, heartbeat_on);
+                let t = time_lag(o, b, heartbeat_on, history);
                 (answered((b, t)), b, t)
             }
         };
@@ -251,7 +253,14 @@ mod tests {
             Ok(obs(true, 4500, ms(t0, 1), HB)),
             Ok(obs(true, 3000, ms(t0, 1), HB)),
         ];
-        let a = assemble(&prev, &cfg.nodes, &results, &cfg.health, ms(t0, 3));
+        let a = assemble(
+            &prev,
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            &PrimaryHistory::default(),
+            ms(t0, 3),
+        );
         let s = &a.snapshot;
         assert_eq!(s.seq, 1);
         assert_eq!(s.primary, PrimaryStatus::One(0));
@@ -291,6 +300,7 @@ mod tests {
                 &cfg.nodes,
                 &results,
                 &cfg.health,
+                &PrimaryHistory::default(),
                 t0,
             );
             assert_eq!(a.snapshot.nodes[1].lag_time, want, "{extra}");
@@ -312,6 +322,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &PrimaryHistory::default(),
             t0,
         );
         assert_eq!(a.snapshot.nodes[1].lag_bytes, None);
@@ -336,6 +347,7 @@ mod tests {
             &cfg.nodes,
             &ok,
             &cfg.health,
+            &PrimaryHistory::default(),
             t0,
         )
         .snapshot;
@@ -344,7 +356,14 @@ mod tests {
             Ok(obs(true, 6000, ms(t0, 11), HB)),
             Err(ProbeError::Timeout(Duration::from_secs(1))),
         ];
-        let a = assemble(&first, &cfg.nodes, &down, &cfg.health, ms(t0, 13));
+        let a = assemble(
+            &first,
+            &cfg.nodes,
+            &down,
+            &cfg.health,
+            &PrimaryHistory::default(),
+            ms(t0, 13),
+        );
         let r2 = &a.snapshot.nodes[2];
         assert_eq!(r2.state, NodeState::Unreachable);
         assert!(
@@ -377,6 +396,7 @@ mod tests {
             &cfg.nodes,
             &ok,
             &cfg.health,
+            &PrimaryHistory::default(),
             t0,
         )
         .snapshot;
@@ -385,7 +405,15 @@ mod tests {
             Ok(obs(true, 5000, ms(t0, 11), HB)),
             Ok(obs(true, 5000, ms(t0, 11), HB)),
         ];
-        let s = assemble(&first, &cfg.nodes, &p_down, &cfg.health, t0).snapshot;
+        let s = assemble(
+            &first,
+            &cfg.nodes,
+            &p_down,
+            &cfg.health,
+            &PrimaryHistory::default(),
+            t0,
+        )
+        .snapshot;
         assert_eq!(s.primary, PrimaryStatus::One(0));
         assert_eq!(s.primary_lsn, None);
         assert_eq!(s.nodes[0].state, NodeState::Unreachable);
@@ -406,6 +434,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &PrimaryHistory::default(),
             t0,
         )
         .snapshot;
@@ -431,6 +460,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &PrimaryHistory::default(),
             t0,
         )
         .snapshot;

@@ -7,11 +7,18 @@
 //! only to the node the latest snapshot names as the single primary: never
 //! during split brain. `heartbeat_interval = "0s"` stops it (checked every
 //! `check_interval` so turning it back on by reload works).
+//!
+//! Writes are timed right after a round publishes, not on a free-running
+//! timer: a timer drifts into phase with the rounds, and a heartbeat
+//! committed between a replica's sample and the primary's shows as byte lag
+//! on an idle, caught-up replica. Written just after a round, it has most
+//! of a `check_interval` to replicate before the next one looks.
 
 use std::time::Duration;
 
 use lagrouter_config::ConfigHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -39,46 +46,60 @@ struct Writer {
     failing: bool,
 }
 
-/// Runs the heartbeat writer until `shutdown`.
-pub async fn run(config: ConfigHandle, snapshot: SharedSnapshot, shutdown: CancellationToken) {
+/// Runs the heartbeat writer until `shutdown`. `rounds` ticks with every
+/// published snapshot.
+pub async fn run(
+    config: ConfigHandle,
+    snapshot: SharedSnapshot,
+    mut rounds: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
     let mut w = Writer {
         client: None,
         backoff: Backoff::default(),
         failing: false,
     };
+    let mut last_write: Option<Instant> = None;
     loop {
         let cfg = config.load_full();
         let h = &cfg.health;
-        let pause = if h.heartbeat_interval.is_zero() {
-            w.client = None;
-            h.check_interval
-        } else {
-            let snap = snapshot.load();
-            // Seq 0 is the unchecked initial snapshot: wait for a round to
-            // confirm the primary before writing to it.
-            let checked = snap.seq > 0;
-            let target = snap.primary_index().filter(|_| checked).and_then(|i| {
-                cfg.nodes
-                    .get(i)
-                    .filter(|n| snap.nodes.get(i).is_some_and(|s| s.name == n.name))
-            });
-            match target {
-                Some(node) => {
-                    let t = ConnTarget::new(&cfg, node);
-                    let r = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        r = w.beat(&node.name, t, &h.heartbeat_table, h.check_timeout, h.check_interval) => r,
-                    };
-                    w.report(&node.name, r);
-                }
-                None => w.client = None,
-            }
-            h.heartbeat_interval
-        };
+        // Wait for the next round, but not forever: a stalled monitor must
+        // not stop the heartbeat, which keeps WAL moving for routing.
+        let wait = h.heartbeat_interval.max(h.check_interval);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = sleep(pause) => {}
+            _ = timeout(wait, rounds.changed()) => {}
         }
+        if h.heartbeat_interval.is_zero() {
+            w.client = None;
+            continue;
+        }
+        // Beat on the round closest to the interval: with 500ms and rounds
+        // every 250ms, every other round.
+        let due = h.heartbeat_interval.saturating_sub(h.check_interval / 2);
+        if last_write.is_some_and(|t| t.elapsed() < due) {
+            continue;
+        }
+        let snap = snapshot.load();
+        // Seq 0 is the unchecked initial snapshot: wait for a round to
+        // confirm the primary before writing to it.
+        let checked = snap.seq > 0;
+        let target = snap.primary_index().filter(|_| checked).and_then(|i| {
+            cfg.nodes
+                .get(i)
+                .filter(|n| snap.nodes.get(i).is_some_and(|s| s.name == n.name))
+        });
+        let Some(node) = target else {
+            w.client = None;
+            continue;
+        };
+        let t = ConnTarget::new(&cfg, node);
+        last_write = Some(Instant::now());
+        let r = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = w.beat(&node.name, t, &h.heartbeat_table, h.check_timeout, h.check_interval) => r,
+        };
+        w.report(&node.name, r);
     }
 }
 

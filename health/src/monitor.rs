@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assemble::assemble;
 use crate::conn::ConnTarget;
+use crate::lag::{PrimaryHistory, PrimarySample};
 use crate::probe::{NodeProber, ProbeResult};
 use crate::round::run_round;
 use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
@@ -47,7 +48,12 @@ impl HealthMonitor {
         let cfg = config.load_full();
         let monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
         tokio::spawn(coordinate(config.clone(), monitor.clone()));
-        tokio::spawn(heartbeat::run(config, monitor.shared(), shutdown));
+        tokio::spawn(heartbeat::run(
+            config,
+            monitor.shared(),
+            monitor.subscribe(),
+            shutdown,
+        ));
         let mut rx = monitor.subscribe();
         let _ = timeout(cfg.health.check_timeout, rx.wait_for(|seq| *seq >= 1)).await;
         monitor
@@ -134,6 +140,7 @@ fn node_set_key(cfg: &Config) -> Vec<(NodeConfig, ConnTarget)> {
 async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
     let shutdown = monitor.inner.shutdown.clone();
     let mut set: Option<NodeSet> = None;
+    let mut history = PrimaryHistory::default();
     loop {
         let cfg = config.load_full();
         let key = node_set_key(&cfg);
@@ -159,8 +166,15 @@ async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
         };
         let results: Vec<ProbeResult> = outcomes.iter().map(|o| o.result.clone()).collect();
         let now = tokio::time::Instant::now().into_std();
-        let assembled = assemble(&prev, &cfg.nodes, &results, &cfg.health, now);
+        let assembled = assemble(&prev, &cfg.nodes, &results, &cfg.health, &history, now);
         telemetry::record_round(&prev, &assembled, &outcomes);
+        let snap = &assembled.snapshot;
+        let sample = snap
+            .primary_lsn
+            .zip(snap.primary_lsn_sampled_at)
+            .map(|(lsn, sent_at)| PrimarySample { lsn, sent_at });
+        let primary = snap.primary_index().map(|i| snap.nodes[i].name.as_str());
+        history.record(primary, sample);
         monitor.publish(assembled.snapshot);
         tokio::select! {
             _ = shutdown.cancelled() => return,
