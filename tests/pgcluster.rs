@@ -109,7 +109,10 @@ fn sql_errors_name_the_node_and_keep_the_server_message() {
     let e = c.sql(1, "select * from no_such_table").unwrap_err();
     assert_eq!(e.kind(), ClusterErrorKind::Sql);
     assert_eq!(e.node(), Some("replica1"));
-    assert!(e.message().contains("no_such_table"), "{e}");
+    assert!(
+        e.message().starts_with("ERROR:") && e.message().contains("no_such_table"),
+        "{e}"
+    );
     assert!(c.sql(7, "select 1").is_err());
 }
 

@@ -130,3 +130,27 @@ fn log_says_port_taken(log: &Path, from: u64) -> bool {
     let text = String::from_utf8_lossy(&bytes[from..]);
     text.contains("could not bind") || text.contains("could not create any TCP/IP sockets")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_taken_is_recognised_after_the_offset_only() {
+        let dir = std::env::temp_dir().join(format!("pgcluster-log-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("n.log");
+        let old = "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use\n";
+        fs::write(&log, old).unwrap();
+        let offset = old.len() as u64;
+        assert!(log_says_port_taken(&log, 0));
+        assert!(!log_says_port_taken(&log, offset));
+        fs::write(
+            &log,
+            format!("{old}FATAL:  could not create any TCP/IP sockets\n"),
+        )
+        .unwrap();
+        assert!(log_says_port_taken(&log, offset));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -27,8 +27,10 @@ impl Cluster {
         }
         if out.status.code() == Some(PSQL_STATEMENT_FAILED) {
             // The server is fine; its log would only be noise.
-            return Err(ClusterError::new(ClusterErrorKind::Sql, out.stderr.trim())
-                .on_node(&self.nodes[i].name));
+            return Err(
+                ClusterError::new(ClusterErrorKind::Sql, server_messages(&out.stderr))
+                    .on_node(&self.nodes[i].name),
+            );
         }
         Err(self.tool_failed(i, "psql", &out))
     }
@@ -96,5 +98,35 @@ impl Cluster {
             cmd.uid(user.uid).gid(user.gid);
         }
         cmd
+    }
+}
+
+/// psql's stderr without its `psql:<stdin>:LINE: ` prefixes, leaving the
+/// server's own `ERROR:  ...` lines.
+fn server_messages(stderr: &str) -> String {
+    stderr
+        .trim()
+        .lines()
+        .map(|line| {
+            line.strip_prefix("psql:<stdin>:")
+                .and_then(|rest| rest.split_once(": "))
+                .map_or(line, |(_, message)| message)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psql_prefix_is_stripped() {
+        let stderr =
+            "psql:<stdin>:2: ERROR:  relation \"t\" does not exist\nLINE 1: select * from t\n";
+        assert_eq!(
+            server_messages(stderr),
+            "ERROR:  relation \"t\" does not exist\nLINE 1: select * from t"
+        );
     }
 }
