@@ -1,8 +1,38 @@
-//! lagrouter's routing (WIP).
+//! lagrouter's routing: decides, for each transaction, whether it goes to
+//! the primary or to a replica fresh enough for it. Pure: no sockets, no
+//! clocks (time is passed in), so every rule is unit-tested.
+//!
+//! The proxy's calls, in order: [`parse_proxy_command`] (statements the
+//! proxy answers itself, applied with [`SessionRouting::apply`]), then
+//! [`Router::route`] / [`Router::route_with_load`] at each transaction
+//! boundary, then [`Router::record_write`] after a writing transaction
+//! commits. [`Router::set_function_catalog`] installs `pg_proc` volatility.
+//!
+//! Layout:
+//! - `lexer`: a PostgreSQL-dialect tokenizer (comments, quoting, dollar
+//!   quotes, escape strings) that never mistakes a literal for code.
+//! - `keywords`: keyword categories that tell grammar from function calls.
+//! - `classify`: [`classify`] / [`analyze`]: is a text certainly read-only
+//!   ([`Class`]), its hints and session effects ([`Analysis`]).
+//! - `statements`: `BEGIN`/`SET`/`RESET` forms that matter to routing.
+//! - `functions`: [`FunctionCatalog`] (pg_proc volatility, built-in
+//!   default) and [`ReadOnlyFunctions`] (`routing.read_only_functions`).
+//! - `hash`: the fast seeded hasher for the cache and catalog.
+//! - `cache`: [`StatementCache`] (bounded, sharded, generational) and
+//!   [`Classifier`] (cache + catalog).
+//! - `hints`: `/* lagrouter:route=… min_lsn=… max_lag=… */` ([`Hints`]).
+//! - `command`: [`parse_proxy_command`]: `SET/RESET/SHOW lagrouter.*`.
+//! - `session`: [`SessionRouting`], per-client read-your-writes state.
+//! - `breaker`: [`Breaker`], the primary-read circuit breaker.
+//! - `decide`: [`decide`] and [`settle`], the pure decision.
+//! - `router`: [`Router`], the shared entry point.
+//! - `decision`: [`RouteDecision`], [`Reason`], [`RouteError`].
 
+mod breaker;
 mod cache;
 mod classify;
 mod command;
+mod decide;
 mod decision;
 mod functions;
 mod hash;
@@ -10,12 +40,16 @@ mod hints;
 mod keywords;
 mod lexer;
 mod router;
+mod session;
 mod statements;
 
-pub use cache::{Classifier, StatementCache};
+pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
+pub use cache::{Classifier, MAX_CACHED_TEXT, StatementCache};
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
+pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};
 pub use decision::{Reason, RouteDecision, RouteError};
 pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
-pub use hints::{Hints, RouteOverride};
-pub use router::{Router, SessionRouting};
+pub use hints::{Hints, RouteOverride, parse_duration};
+pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
+pub use session::{CommandOutcome, SessionRouting};

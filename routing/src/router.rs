@@ -1,63 +1,299 @@
 //! The routing entry point the proxy calls at each transaction boundary.
+//!
+//! [`Router`] is cheap to clone and shared by every session. It holds what
+//! is shared: the classification cache and function catalog
+//! ([`Classifier`]), the primary-read [`Breaker`] (behind a `Mutex`: one
+//! short, uncontended critical section per read) and the round-robin
+//! counter. Per-client state is the caller's [`SessionRouting`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use lagrouter_config::ConfigHandle;
-use lagrouter_health::{HealthSnapshot, PrimaryStatus, SharedSnapshot};
+use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
-use crate::{Reason, RouteDecision, RouteError};
+use crate::session::SessionRouting;
 
-/// Per-client routing state: what the session must be able to read.
-#[derive(Debug, Default, Clone)]
-pub struct SessionRouting {}
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::cache::Classifier;
+use crate::decide::{RouteContext, decide, settle};
+use crate::functions::FunctionCatalog;
+use crate::{RouteDecision, RouteError};
+
+/// Statements the classification cache holds at most.
+pub const CACHE_CAPACITY: usize = 10_000;
+
+/// The breaker as the admin console and metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerStatus {
+    pub state: BreakerState,
+    /// Share of reads in the window that fell back to the primary.
+    pub share: f64,
+    /// Reads the router placed in the window.
+    pub reads: u64,
+    /// Of those, reads served by the primary as a fallback.
+    pub fallbacks: u64,
+}
+
+struct Shared {
+    classifier: Classifier,
+    breaker: Mutex<Breaker>,
+    ticket: AtomicUsize,
+}
 
 /// Shared router: reads the latest health snapshot and config, decides.
 #[derive(Clone)]
 pub struct Router {
-    #[allow(dead_code)]
     config: ConfigHandle,
     health: SharedSnapshot,
+    shared: Arc<Shared>,
 }
 
 impl Router {
     /// A router over the given live config and health snapshot.
     pub fn new(config: ConfigHandle, health: SharedSnapshot) -> Self {
-        Self { config, health }
+        Self {
+            config,
+            health,
+            shared: Arc::new(Shared {
+                classifier: Classifier::new(CACHE_CAPACITY),
+                breaker: Mutex::new(Breaker::new()),
+                ticket: AtomicUsize::new(0),
+            }),
+        }
     }
 
     /// The latest health snapshot.
-    pub fn health(&self) -> arc_swap::Guard<std::sync::Arc<HealthSnapshot>> {
+    pub fn health(&self) -> arc_swap::Guard<Arc<HealthSnapshot>> {
         self.health.load()
     }
 
-    /// Decides where the transaction that starts with `sql` goes.
-    /// Until routing lands, every transaction goes to the primary.
+    /// Installs the function catalog loaded from the primary's `pg_proc`
+    /// (at start and on refresh). Until then a built-in list is used.
+    pub fn set_function_catalog(&self, catalog: FunctionCatalog) {
+        self.shared.classifier.set_catalog(catalog);
+    }
+
+    /// The classifier (cached classification), e.g. to learn whether a
+    /// statement is a write: `router.classifier().classify(sql).is_write()`.
+    pub fn classifier(&self) -> &Classifier {
+        &self.shared.classifier
+    }
+
+    /// Decides where the transaction that starts with `sql` goes. Same as
+    /// [`Router::route_with_load`] with no connection counts (then
+    /// `least_connections` degrades to least lag).
     pub fn route(
         &self,
-        _session: &mut SessionRouting,
-        _sql: &str,
-        _now: Instant,
+        session: &mut SessionRouting,
+        sql: &str,
+        now: Instant,
     ) -> Result<RouteDecision, RouteError> {
+        self.route_with_load(session, sql, now, &|_| 0)
+    }
+
+    /// Decides where the transaction that starts with `sql` goes.
+    /// `in_use(node)` is the number of server connections in use to that
+    /// node (index in `Config::nodes`), for `balance = "least_connections"`.
+    ///
+    /// Effects of the text on the session (`SET lagrouter.min_lsn` inside a
+    /// multi-statement text, `SET default_transaction_read_only`) are
+    /// applied first. Statements the proxy answers itself should be
+    /// intercepted with [`crate::parse_proxy_command`] before this.
+    pub fn route_with_load(
+        &self,
+        session: &mut SessionRouting,
+        sql: &str,
+        now: Instant,
+        in_use: &dyn Fn(usize) -> usize,
+    ) -> Result<RouteDecision, RouteError> {
+        let config = self.config.load();
+        let rc = &config.routing;
+        let classifier = &self.shared.classifier;
+        classifier.sync_read_only_functions(&rc.read_only_functions);
+        let analysis = classifier.analyze(sql);
+        for e in analysis.effects.iter() {
+            session.apply_effect(e);
+        }
         let snap = self.health.load();
-        primary_decision(&snap)
+        let ctx = RouteContext {
+            sql,
+            analysis: &analysis,
+            session_route: session.route_override(),
+            default_read_only: session.default_read_only(),
+            required_lsn: session.required_lsn(rc.read_your_writes, analysis.hints.min_lsn),
+            config: rc,
+            snapshot: &snap,
+            ticket: self.shared.ticket.fetch_add(1, Ordering::Relaxed),
+            in_use,
+        };
+        let decided = decide(&ctx)?;
+        let settings = BreakerSettings::from_config(rc);
+        settle(
+            decided,
+            &mut self.breaker(),
+            &settings,
+            rc.on_breaker_open,
+            &snap,
+            now,
+        )
+    }
+
+    /// Records that a transaction of `session` that wrote committed at
+    /// `lsn` (the proxy learns it after the commit). Later reads of the
+    /// session go only to nodes that replayed it (when
+    /// `routing.read_your_writes` is on), and it becomes the session's
+    /// `lagrouter.last_write_lsn`.
+    pub fn record_write(&self, session: &mut SessionRouting, lsn: Lsn) {
+        session.record_write(lsn);
+    }
+
+    /// The breaker's state and the primary read share, as of `now`.
+    pub fn breaker_status(&self, now: Instant) -> BreakerStatus {
+        let settings = BreakerSettings::from_config(&self.config.load().routing);
+        let mut b = self.breaker();
+        b.poll(&settings, now);
+        let (reads, fallbacks) = b.counts(&settings, now);
+        BreakerStatus {
+            state: b.state(),
+            share: b.share(&settings, now),
+            reads,
+            fallbacks,
+        }
+    }
+
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        // The breaker's invariants hold between calls: survive a poisoned lock.
+        self.shared
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn primary_decision(snap: &HealthSnapshot) -> Result<RouteDecision, RouteError> {
-    match &snap.primary {
-        PrimaryStatus::One(i) => Ok(RouteDecision {
-            node: *i,
-            primary: true,
-            reason: Reason::Write,
-            write: true,
-            notice: None,
-        }),
-        PrimaryStatus::None => Err(RouteError::NoPrimary),
-        PrimaryStatus::SplitBrain(ix) => Err(RouteError::SplitBrain(
-            ix.iter()
-                .map(|i| snap.nodes[*i].name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lagrouter_health::{NodeState, PrimaryStatus};
+
+    use super::*;
+    use crate::Reason;
+    use crate::command::parse_proxy_command;
+    use crate::decide::tests::cluster;
+
+    fn router(
+        replicas: usize,
+        edit: impl FnOnce(&mut lagrouter_config::Config, &mut HealthSnapshot),
+    ) -> Router {
+        let (mut config, mut snap) = cluster(replicas);
+        edit(&mut config, &mut snap);
+        Router::new(
+            ConfigHandle::new(config),
+            Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
+        )
+    }
+
+    #[test]
+    fn read_your_writes_end_to_end() {
+        let r = router(1, |_, s| s.nodes[1].replay_lsn = Some(Lsn(100)));
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+        let w = r.route(&mut s, "UPDATE t SET a = 1", now).unwrap();
+        assert!(w.write && w.primary);
+        r.record_write(&mut s, Lsn(150));
+        assert_eq!(s.last_write_lsn(), Some(Lsn(150)));
+        let d = r.route(&mut s, "SELECT 1", now).unwrap();
+        assert_eq!((d.node, d.reason), (0, Reason::ReadYourWrites));
+        // The replica catches up.
+        let mut snap = (**r.health()).clone();
+        snap.nodes[1].replay_lsn = Some(Lsn(150));
+        r.health.store(Arc::new(snap));
+        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+    }
+
+    #[test]
+    fn read_your_writes_can_be_turned_off_but_tokens_still_hold() {
+        let r = router(1, |c, s| {
+            c.routing.read_your_writes = false;
+            s.nodes[1].replay_lsn = Some(Lsn(100));
+        });
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        r.record_write(&mut s, Lsn(150));
+        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+        // A causal token set inside a multi-statement text takes effect.
+        let d = r
+            .route(&mut s, "SET lagrouter.min_lsn = '0/96'; SELECT 1", now)
+            .unwrap();
+        assert_eq!((d.node, d.reason), (0, Reason::ReadYourWrites));
+        assert_eq!(s.min_lsn(), Some(Lsn(150)));
+        s.apply(&parse_proxy_command("RESET lagrouter.min_lsn").unwrap());
+        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+    }
+
+    #[test]
+    fn default_transaction_read_only_is_tracked() {
+        let r = router(1, |_, _| {});
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 0);
+        r.route(&mut s, "SET default_transaction_read_only = on", now)
+            .unwrap();
+        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 1);
+        r.route(&mut s, "RESET ALL", now).unwrap();
+        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 0);
+    }
+
+    #[test]
+    fn breaker_opens_and_is_reported() {
+        let r = router(1, |c, s| {
+            c.routing.breaker_min_reads = 5;
+            c.routing.breaker_window = Duration::from_secs(10);
+            s.nodes[1].state = NodeState::Lagging;
+        });
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        for _ in 0..4 {
+            assert!(r.route(&mut s, "SELECT 1", now).unwrap().primary);
+        }
+        let err = r.route(&mut s, "SELECT 1", now).unwrap_err();
+        assert_eq!(err.sqlstate(), "53400");
+        let st = r.breaker_status(now);
+        assert_eq!((st.state.as_str(), st.reads, st.fallbacks), ("open", 4, 4));
+        // Writes are unaffected.
+        assert!(r.route(&mut s, "DELETE FROM t", now).is_ok());
+        // Forced primary reads are not fallbacks, so the breaker lets them by.
+        assert!(
+            r.route(&mut s, "/* lagrouter:route=primary */ SELECT 1", now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn function_catalog_and_config_list_are_used() {
+        let r = router(1, |c, _| {
+            c.routing.read_only_functions = vec!["random".into()]
+        });
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        assert_eq!(r.route(&mut s, "SELECT random()", now).unwrap().node, 1);
+        assert_eq!(r.route(&mut s, "SELECT calc()", now).unwrap().node, 0);
+        r.set_function_catalog(FunctionCatalog::from_rows([("calc", 's')]));
+        assert_eq!(r.route(&mut s, "SELECT calc()", now).unwrap().node, 1);
+        assert!(r.classifier().classify("SELECT nextval('s')").is_write());
+    }
+
+    #[test]
+    fn no_primary_refuses_writes_with_a_clear_error() {
+        let r = router(1, |_, s| s.primary = PrimaryStatus::None);
+        let err = r.route(
+            &mut SessionRouting::new(),
+            "INSERT INTO t VALUES (1)",
+            Instant::now(),
+        );
+        assert_eq!(err.unwrap_err().sqlstate(), "57P03");
     }
 }

@@ -1,0 +1,297 @@
+//! The routing decision, as pure functions of their inputs.
+//!
+//! [`decide`] picks a target from the statement's analysis, the session's
+//! state, the config and the health snapshot. Order: a hint in the
+//! statement, then the session's `SET lagrouter.route`, then config rules
+//! (first match), then the classification. A read goes to a `Healthy`
+//! replica that has replayed the LSN the session must see (and meets a
+//! `max_lag` hint); `balance` picks among those. Without one, the read
+//! falls back to the primary, and [`settle`] asks the breaker whether it
+//! may. Writes go to the primary the snapshot names, or are refused.
+
+use std::time::{Duration, Instant};
+
+use lagrouter_config::{Balance, BreakerOpenAction, RoutingConfig, RuleRoute};
+use lagrouter_health::{HealthSnapshot, Lsn, NodeHealth, NodeState, PrimaryStatus};
+
+use crate::breaker::{Admission, Breaker, BreakerSettings};
+use crate::classify::{Analysis, Class};
+use crate::hints::RouteOverride;
+use crate::{Reason, RouteDecision, RouteError};
+
+/// Everything a decision depends on.
+pub struct RouteContext<'a> {
+    /// The statement's text (for rules) and its analysis.
+    pub sql: &'a str,
+    pub analysis: &'a Analysis,
+    /// The session's `SET lagrouter.route`.
+    pub session_route: RouteOverride,
+    /// The session's `default_transaction_read_only`.
+    pub default_read_only: bool,
+    /// The LSN a read must see (read-your-writes, causal tokens, hint).
+    pub required_lsn: Option<Lsn>,
+    pub config: &'a RoutingConfig,
+    pub snapshot: &'a HealthSnapshot,
+    /// A number that changes with each call: round-robin position, and the
+    /// tie-break among equally good replicas.
+    pub ticket: usize,
+    /// Server connections in use per node index, for `least_connections`.
+    pub in_use: &'a dyn Fn(usize) -> usize,
+}
+
+/// A decision before the breaker has had its say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub decision: RouteDecision,
+    pub breaker: BreakerUse,
+}
+
+/// How a decision involves the primary-read breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerUse {
+    /// Not a read the router placed freely (a write, a forced read).
+    None,
+    /// A read served by a replica: counts toward the total.
+    ReplicaRead,
+    /// A read falling back to the primary: needs admission. `stale` is the
+    /// replica `serve_stale` may use instead (never one that has not
+    /// replayed the session's required LSN).
+    Fallback { stale: Option<usize> },
+}
+
+/// Picks the target. Pure.
+pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
+    let a = ctx.analysis;
+    let hinted = a.hints.route.unwrap_or(ctx.session_route);
+    let (over, over_reason) = if hinted != RouteOverride::Default {
+        (hinted, Reason::Hint)
+    } else {
+        match ctx
+            .config
+            .rules
+            .iter()
+            .find(|r| r.pattern.is_match(ctx.sql))
+        {
+            Some(r) if r.route == RuleRoute::Primary => (RouteOverride::Primary, Reason::Rule),
+            Some(_) => (RouteOverride::Replica, Reason::Rule),
+            None => (RouteOverride::Default, Reason::Healthy),
+        }
+    };
+    let read_only = match a.class {
+        Class::Read => true,
+        Class::Begin(m) => m.is_read_only(ctx.default_read_only),
+        Class::Unknown | Class::Write => false,
+    };
+    // What a `replica` override may send to a replica: anything not proven
+    // to write and not explicitly a read-write transaction.
+    let replica_ok = match a.class {
+        Class::Read | Class::Unknown => true,
+        Class::Begin(m) => m.read_only != Some(false) && !m.serializable,
+        Class::Write => false,
+    };
+    let notice = a
+        .hints
+        .ignored
+        .as_ref()
+        .map(|h| format!("lagrouter: ignored invalid hint(s): {h}"));
+    let to_primary = |reason, write| {
+        primary_index(ctx.snapshot).map(|node| Decided {
+            decision: RouteDecision {
+                node,
+                primary: true,
+                reason,
+                write,
+                notice: notice.clone(),
+            },
+            breaker: BreakerUse::None,
+        })
+    };
+    let forced_replica = over == RouteOverride::Replica && replica_ok;
+    match over {
+        _ if !read_only && !forced_replica => to_primary(Reason::Write, true),
+        RouteOverride::Primary => to_primary(over_reason, !read_only),
+        RouteOverride::Replica => read(ctx, over_reason, notice),
+        RouteOverride::Default => read(ctx, Reason::Healthy, notice),
+    }
+}
+
+/// The primary's index, or why there is none.
+fn primary_index(snap: &HealthSnapshot) -> Result<usize, RouteError> {
+    match &snap.primary {
+        PrimaryStatus::One(i) => Ok(*i),
+        PrimaryStatus::None => Err(RouteError::NoPrimary),
+        PrimaryStatus::SplitBrain(ix) => Err(RouteError::SplitBrain(
+            ix.iter()
+                .map(|i| snap.nodes.get(*i).map_or("?", |n| n.name.as_str()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+/// A node that may serve reads at all: not a primary (by the snapshot or
+/// by its own report) and answering.
+fn is_replica(snap: &HealthSnapshot, i: usize, n: &NodeHealth) -> bool {
+    let claims_primary = match &snap.primary {
+        PrimaryStatus::One(p) => *p == i,
+        PrimaryStatus::SplitBrain(ps) => ps.contains(&i),
+        PrimaryStatus::None => false,
+    };
+    !claims_primary && n.in_recovery != Some(false) && n.state != NodeState::Unreachable
+}
+
+/// Whether `n` has replayed `required`. Unknown replay position: no.
+fn has_replayed(n: &NodeHealth, required: Option<Lsn>) -> bool {
+    required.is_none_or(|req| n.replay_lsn.is_some_and(|r| r >= req))
+}
+
+fn within_max_lag(n: &NodeHealth, max_lag: Option<Duration>) -> bool {
+    max_lag.is_none_or(|max| n.lag_time.is_some_and(|l| l <= max))
+}
+
+fn read(
+    ctx: &RouteContext<'_>,
+    reason: Reason,
+    notice: Option<String>,
+) -> Result<Decided, RouteError> {
+    let snap = ctx.snapshot;
+    let max_lag = ctx.analysis.hints.max_lag;
+    let replicas = || {
+        snap.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| is_replica(snap, *i, n))
+    };
+    let fresh = |n: &NodeHealth| n.state == NodeState::Healthy && within_max_lag(n, max_lag);
+    let eligible = replicas().filter(|(_, n)| fresh(n) && has_replayed(n, ctx.required_lsn));
+    if let Some(node) = pick(ctx, eligible) {
+        return Ok(Decided {
+            decision: RouteDecision {
+                node,
+                primary: false,
+                reason,
+                write: false,
+                notice,
+            },
+            breaker: BreakerUse::ReplicaRead,
+        });
+    }
+    // Why no replica: the most specific explanation wins.
+    let reason = if replicas().any(|(_, n)| fresh(n)) {
+        Reason::ReadYourWrites
+    } else if replicas().next().is_some() {
+        Reason::LagThresholdExceeded
+    } else {
+        Reason::NoReplica
+    };
+    let stale = replicas()
+        .filter(|(_, n)| has_replayed(n, ctx.required_lsn))
+        .min_by_key(|(i, n)| {
+            (
+                n.lag_bytes.unwrap_or(u64::MAX),
+                n.lag_time.unwrap_or(Duration::MAX),
+                *i,
+            )
+        })
+        .map(|(i, _)| i);
+    let node = primary_index(snap)?;
+    Ok(Decided {
+        decision: RouteDecision {
+            node,
+            primary: true,
+            reason,
+            write: false,
+            notice,
+        },
+        breaker: BreakerUse::Fallback { stale },
+    })
+}
+
+/// `balance` among eligible replicas. Ties go round-robin by ticket, so
+/// equally fresh replicas share the load.
+fn pick<'n>(
+    ctx: &RouteContext<'_>,
+    eligible: impl Iterator<Item = (usize, &'n NodeHealth)>,
+) -> Option<usize> {
+    let mut best: Vec<(usize, (u64, u64))> = Vec::new();
+    for (i, n) in eligible {
+        let key = match ctx.config.balance {
+            Balance::RoundRobin => (0, 0),
+            Balance::LeastLag => (n.lag_bytes.unwrap_or(u64::MAX), 0),
+            Balance::LeastConnections => ((ctx.in_use)(i) as u64, n.lag_bytes.unwrap_or(u64::MAX)),
+        };
+        match best.first() {
+            Some((_, k)) if key > *k => {}
+            Some((_, k)) if key == *k => best.push((i, key)),
+            _ => {
+                best.clear();
+                best.push((i, key));
+            }
+        }
+    }
+    (!best.is_empty()).then(|| best[ctx.ticket % best.len()].0)
+}
+
+/// Applies the breaker to a decision: fallbacks need admission; when
+/// refused they get [`RouteError::BreakerOpen`] or, with
+/// `on_breaker_open = "serve_stale"`, the least-lagged replica that has
+/// replayed the session's required LSN, with a NOTICE.
+pub fn settle(
+    decided: Decided,
+    breaker: &mut Breaker,
+    settings: &BreakerSettings,
+    action: BreakerOpenAction,
+    snap: &HealthSnapshot,
+    now: Instant,
+) -> Result<RouteDecision, RouteError> {
+    match decided.breaker {
+        BreakerUse::None => Ok(decided.decision),
+        BreakerUse::ReplicaRead => {
+            breaker.record_read(settings, now);
+            Ok(decided.decision)
+        }
+        BreakerUse::Fallback { stale } => match breaker.admit_fallback(settings, now) {
+            Admission::Admitted => Ok(decided.decision),
+            Admission::Refused { share } => match (action, stale) {
+                (BreakerOpenAction::ServeStale, Some(node)) => {
+                    breaker.record_read(settings, now);
+                    Ok(RouteDecision {
+                        node,
+                        primary: false,
+                        reason: Reason::StaleServed,
+                        write: false,
+                        notice: Some(stale_notice(&snap.nodes[node], share, settings.cap)),
+                    })
+                }
+                _ => Err(RouteError::BreakerOpen {
+                    share_percent: share * 100.0,
+                    cap_percent: settings.cap * 100.0,
+                }),
+            },
+        },
+    }
+}
+
+fn stale_notice(n: &NodeHealth, share: f64, cap: f64) -> String {
+    let bytes = match n.lag_bytes {
+        Some(b) if b >= 1 << 20 => format!("{:.1} MiB of WAL", b as f64 / (1u64 << 20) as f64),
+        Some(b) if b >= 1 << 10 => format!("{:.1} KiB of WAL", b as f64 / 1024.0),
+        Some(b) => format!("{b} bytes of WAL"),
+        None => "an unknown amount of WAL".to_string(),
+    };
+    let time = n
+        .lag_time
+        .map(|t| format!(" ({} ms)", t.as_millis()))
+        .unwrap_or_default();
+    format!(
+        "lagrouter: primary-read breaker is open ({:.1}% of recent reads fell back to the primary, cap {:.0}%); \
+         this read was served by replica \"{}\", which is {bytes}{time} behind the primary",
+        share * 100.0,
+        cap * 100.0,
+        n.name
+    )
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+pub(crate) mod tests;

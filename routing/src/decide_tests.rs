@@ -1,0 +1,314 @@
+//! Unit tests of `decide` and `settle`.
+
+use std::time::{Duration, Instant};
+
+use lagrouter_config::{Config, RoutingConfig, RuleConfig};
+
+use super::*;
+use crate::classify::analyze;
+use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
+
+/// A primary (node 0) and `replicas` healthy, caught-up replicas.
+pub(crate) fn cluster(replicas: usize) -> (Config, HealthSnapshot) {
+    let mut toml = String::from("[[users]]\nname = \"app\"\npassword = \"x\"\n");
+    toml += "[[nodes]]\nname = \"primary\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n";
+    for i in 1..=replicas {
+        toml += &format!(
+            "[[nodes]]\nname = \"replica{i}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n",
+            5432 + i
+        );
+    }
+    let config = Config::from_toml_str(&toml).expect("test config");
+    let mut snap = HealthSnapshot::initial(&config);
+    for (i, n) in snap.nodes.iter_mut().enumerate() {
+        n.state = NodeState::Healthy;
+        n.in_recovery = Some(i != 0);
+        n.replay_lsn = Some(Lsn(1000));
+        n.lag_bytes = Some(0);
+        n.lag_time = Some(Duration::from_millis(10));
+    }
+    (config, snap)
+}
+
+struct Case {
+    cfg: RoutingConfig,
+    snap: HealthSnapshot,
+    required: Option<Lsn>,
+    session_route: RouteOverride,
+    default_read_only: bool,
+    ticket: usize,
+}
+
+impl Case {
+    fn new(replicas: usize) -> Self {
+        let (config, snap) = cluster(replicas);
+        Case {
+            cfg: config.routing,
+            snap,
+            required: None,
+            session_route: RouteOverride::Default,
+            default_read_only: false,
+            ticket: 0,
+        }
+    }
+
+    fn decide_with(
+        &self,
+        sql: &str,
+        in_use: &dyn Fn(usize) -> usize,
+    ) -> Result<Decided, RouteError> {
+        let a = analyze(
+            sql,
+            &FunctionCatalog::builtin(),
+            &ReadOnlyFunctions::default(),
+        );
+        let required = self.required.max(a.hints.min_lsn);
+        decide(&RouteContext {
+            sql,
+            analysis: &a,
+            session_route: self.session_route,
+            default_read_only: self.default_read_only,
+            required_lsn: required,
+            config: &self.cfg,
+            snapshot: &self.snap,
+            ticket: self.ticket,
+            in_use,
+        })
+    }
+
+    fn decide(&self, sql: &str) -> Result<Decided, RouteError> {
+        self.decide_with(sql, &|_| 0)
+    }
+
+    fn route(&self, sql: &str) -> (usize, Reason) {
+        let d = self.decide(sql).expect(sql).decision;
+        (d.node, d.reason)
+    }
+}
+
+#[test]
+fn reads_go_to_a_healthy_replica_writes_to_the_primary() {
+    let c = Case::new(2);
+    assert_eq!(c.route("SELECT 1").1, Reason::Healthy);
+    assert_ne!(c.route("SELECT 1").0, 0);
+    let d = c.decide("INSERT INTO t VALUES (1)").unwrap();
+    assert_eq!(
+        (d.decision.node, d.decision.reason, d.decision.write),
+        (0, Reason::Write, true)
+    );
+    assert_eq!(d.breaker, BreakerUse::None);
+    assert_eq!(c.route("SELECT nextval('s')"), (0, Reason::Write));
+    assert_eq!(c.route("BEGIN"), (0, Reason::Write));
+    assert_eq!(c.route("BEGIN READ ONLY").1, Reason::Healthy);
+}
+
+#[test]
+fn default_transaction_read_only_makes_begin_a_read() {
+    let mut c = Case::new(1);
+    c.default_read_only = true;
+    assert_eq!(c.route("BEGIN"), (1, Reason::Healthy));
+    assert_eq!(c.route("BEGIN READ WRITE"), (0, Reason::Write));
+}
+
+#[test]
+fn writes_refused_without_a_single_primary() {
+    let mut c = Case::new(1);
+    c.snap.primary = PrimaryStatus::None;
+    assert_eq!(c.decide("DELETE FROM t"), Err(RouteError::NoPrimary));
+    assert_eq!(c.route("SELECT 1").0, 1, "reads still flow");
+    c.snap.primary = PrimaryStatus::SplitBrain(vec![0, 1]);
+    assert_eq!(
+        c.decide("DELETE FROM t"),
+        Err(RouteError::SplitBrain("primary, replica1".into()))
+    );
+    // A node claiming to be primary never serves reads as a replica.
+    assert_eq!(
+        c.decide("SELECT 1"),
+        Err(RouteError::SplitBrain("primary, replica1".into()))
+    );
+}
+
+#[test]
+fn read_your_writes_excludes_replicas_behind_or_unknown() {
+    let mut c = Case::new(3);
+    c.snap.nodes[1].replay_lsn = Some(Lsn(499));
+    c.snap.nodes[2].replay_lsn = None;
+    c.snap.nodes[3].replay_lsn = Some(Lsn(500));
+    c.required = Some(Lsn(500));
+    assert_eq!(c.route("SELECT 1"), (3, Reason::Healthy));
+    c.snap.nodes[3].replay_lsn = Some(Lsn(10));
+    let d = c.decide("SELECT 1").unwrap();
+    assert_eq!(
+        (d.decision.node, d.decision.reason),
+        (0, Reason::ReadYourWrites)
+    );
+    assert_eq!(
+        d.breaker,
+        BreakerUse::Fallback { stale: None },
+        "no stale replica has the write"
+    );
+    // A causal token in a comment works the same way.
+    c.required = None;
+    assert_eq!(
+        c.route("/* lagrouter:min_lsn=0/1F4 */ SELECT 1").1,
+        Reason::ReadYourWrites
+    );
+}
+
+#[test]
+fn fallback_reasons() {
+    let mut c = Case::new(2);
+    c.snap.nodes[1].state = NodeState::Lagging;
+    c.snap.nodes[2].state = NodeState::Recovering { good_checks: 1 };
+    c.snap.nodes[1].lag_bytes = Some(5000);
+    c.snap.nodes[2].lag_bytes = Some(3000);
+    let d = c.decide("SELECT 1").unwrap();
+    assert_eq!(
+        (d.decision.node, d.decision.reason),
+        (0, Reason::LagThresholdExceeded)
+    );
+    assert_eq!(
+        d.breaker,
+        BreakerUse::Fallback { stale: Some(2) },
+        "least lagged"
+    );
+    c.snap.nodes[1].state = NodeState::Unreachable;
+    c.snap.nodes[2].state = NodeState::Unreachable;
+    assert_eq!(c.route("SELECT 1"), (0, Reason::NoReplica));
+    assert_eq!(Case::new(0).route("SELECT 1"), (0, Reason::NoReplica));
+}
+
+#[test]
+fn max_lag_hint_needs_a_known_small_time_lag() {
+    let mut c = Case::new(2);
+    c.snap.nodes[1].lag_time = Some(Duration::from_millis(500));
+    c.snap.nodes[2].lag_time = None;
+    assert_eq!(
+        c.route("/* lagrouter:max_lag=200ms */ SELECT 1"),
+        (0, Reason::LagThresholdExceeded)
+    );
+    c.snap.nodes[2].lag_time = Some(Duration::from_millis(100));
+    assert_eq!(
+        c.route("/* lagrouter:max_lag=200ms */ SELECT 1"),
+        (2, Reason::Healthy)
+    );
+}
+
+#[test]
+fn hints_then_session_then_rules_then_class() {
+    let mut c = Case::new(1);
+    c.cfg.rules = vec![
+        RuleConfig {
+            pattern: regex::Regex::new("orders").unwrap(),
+            route: lagrouter_config::RuleRoute::Primary,
+        },
+        RuleConfig {
+            pattern: regex::Regex::new("report_fn").unwrap(),
+            route: lagrouter_config::RuleRoute::Replica,
+        },
+    ];
+    assert_eq!(c.route("SELECT * FROM orders"), (0, Reason::Rule));
+    assert_eq!(c.route("SELECT report_fn()"), (1, Reason::Rule));
+    assert_eq!(
+        c.route("/* lagrouter:route=replica */ SELECT * FROM orders"),
+        (1, Reason::Hint)
+    );
+    assert_eq!(
+        c.route("/* lagrouter:route=primary */ SELECT 1"),
+        (0, Reason::Hint)
+    );
+    c.session_route = RouteOverride::Primary;
+    assert_eq!(c.route("SELECT 1"), (0, Reason::Hint));
+    assert_eq!(
+        c.route("/* lagrouter:route=default */ SELECT 1"),
+        (1, Reason::Healthy)
+    );
+    // Forced primary reads are not fallbacks and not writes.
+    let d = c.decide("SELECT 1").unwrap();
+    assert_eq!((d.breaker, d.decision.write), (BreakerUse::None, false));
+    // No hint or rule sends a certain write to a replica.
+    c.session_route = RouteOverride::Replica;
+    assert_eq!(c.route("UPDATE orders SET a = 1"), (0, Reason::Write));
+    assert_eq!(c.route("SELECT * FROM t FOR UPDATE"), (0, Reason::Write));
+    assert_eq!(c.route("BEGIN READ WRITE"), (0, Reason::Write));
+}
+
+#[test]
+fn ignored_hints_become_a_notice() {
+    let c = Case::new(1);
+    let d = c.decide("/* lagrouter:route=nowhere */ SELECT 1").unwrap();
+    assert!(d.decision.notice.unwrap().contains("route=nowhere"));
+}
+
+#[test]
+fn balance_policies() {
+    let mut c = Case::new(3);
+    c.snap.nodes[1].lag_bytes = Some(300);
+    c.snap.nodes[2].lag_bytes = Some(100);
+    c.snap.nodes[3].lag_bytes = Some(100);
+    // least_lag: ties share by ticket.
+    let picks: Vec<usize> = (0..4)
+        .map(|t| {
+            c.ticket = t;
+            c.route("SELECT 1").0
+        })
+        .collect();
+    assert_eq!(picks, vec![2, 3, 2, 3]);
+    c.cfg.balance = Balance::RoundRobin;
+    let picks: Vec<usize> = (0..3)
+        .map(|t| {
+            c.ticket = t;
+            c.route("SELECT 1").0
+        })
+        .collect();
+    assert_eq!(picks, vec![1, 2, 3]);
+    c.cfg.balance = Balance::LeastConnections;
+    c.ticket = 0;
+    let load = |i: usize| [0, 1, 5, 1][i];
+    // 1 and 3 tie on connections; 3 has less lag.
+    assert_eq!(c.decide_with("SELECT 1", &load).unwrap().decision.node, 3);
+}
+
+#[test]
+fn settle_applies_the_breaker() {
+    let mut c = Case::new(1);
+    c.snap.nodes[1].state = NodeState::Lagging;
+    c.snap.nodes[1].lag_bytes = Some(3 << 20);
+    c.snap.nodes[1].lag_time = Some(Duration::from_millis(1500));
+    let s = BreakerSettings {
+        cap: 0.2,
+        window: Duration::from_secs(10),
+        min_reads: 1,
+        cooldown: Duration::from_secs(5),
+        half_open_probes: 1,
+    };
+    let now = Instant::now();
+    let mut b = Breaker::new();
+    let d = c.decide("SELECT 1").unwrap();
+    let err = settle(
+        d.clone(),
+        &mut b,
+        &s,
+        BreakerOpenAction::Reject,
+        &c.snap,
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(err.sqlstate(), "53400");
+    assert!(err.to_string().contains("breaker"));
+    let ok = settle(d, &mut b, &s, BreakerOpenAction::ServeStale, &c.snap, now).unwrap();
+    assert_eq!(
+        (ok.node, ok.reason, ok.primary),
+        (1, Reason::StaleServed, false)
+    );
+    let notice = ok.notice.unwrap();
+    assert!(
+        notice.contains("replica1") && notice.contains("3.0 MiB") && notice.contains("1500 ms"),
+        "{notice}"
+    );
+    // A read that needs read-your-writes is never served stale.
+    c.required = Some(Lsn(2000));
+    let d = c.decide("SELECT 1").unwrap();
+    let err = settle(d, &mut b, &s, BreakerOpenAction::ServeStale, &c.snap, now).unwrap_err();
+    assert!(matches!(err, RouteError::BreakerOpen { .. }));
+}

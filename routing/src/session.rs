@@ -1,0 +1,202 @@
+//! Per-client routing state: what the session must be able to read, and
+//! the settings it chose.
+//!
+//! Read-your-writes lives here: after a transaction that wrote commits,
+//! the proxy records its commit LSN and every later read of the session
+//! must go to a node that has replayed it. Causal tokens
+//! (`SET lagrouter.min_lsn`) add a floor handed over from another
+//! connection. Both only ever move forward.
+
+use lagrouter_health::Lsn;
+
+use crate::classify::SessionEffect;
+use crate::command::{CommandError, ProxyCommand, ProxySetting};
+use crate::hints::RouteOverride;
+
+/// Per-client routing state. One per client connection, owned by its
+/// session task; no locking.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SessionRouting {
+    last_write_lsn: Option<Lsn>,
+    min_lsn: Option<Lsn>,
+    route: RouteOverride,
+    default_read_only: bool,
+}
+
+/// What the proxy answers to a [`ProxyCommand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// A setting changed: reply `CommandComplete` with this tag.
+    Done { tag: &'static str },
+    /// `SHOW`: reply one row, one text column named `name`.
+    Show { name: &'static str, value: String },
+    /// Reply an ErrorResponse.
+    Error(CommandError),
+}
+
+impl SessionRouting {
+    /// A fresh session: no writes yet, no token, no override.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The commit LSN of the session's last write, if it wrote. Reported to
+    /// the client as `lagrouter.last_write_lsn` (its causal token).
+    pub fn last_write_lsn(&self) -> Option<Lsn> {
+        self.last_write_lsn
+    }
+
+    /// The causal token set with `SET lagrouter.min_lsn`, if any.
+    pub fn min_lsn(&self) -> Option<Lsn> {
+        self.min_lsn
+    }
+
+    /// The session's `SET lagrouter.route`.
+    pub fn route_override(&self) -> RouteOverride {
+        self.route
+    }
+
+    /// Whether the session's transactions are read-only by default
+    /// (`default_transaction_read_only`).
+    pub fn default_read_only(&self) -> bool {
+        self.default_read_only
+    }
+
+    /// Sets `default_transaction_read_only`, e.g. from a startup
+    /// parameter (`options=-c default_transaction_read_only=on`). `SET`
+    /// statements are noticed by routing itself.
+    pub fn set_default_read_only(&mut self, on: bool) {
+        self.default_read_only = on;
+    }
+
+    /// Records that a transaction of this session wrote and committed at
+    /// `lsn`. Never moves backwards.
+    pub fn record_write(&mut self, lsn: Lsn) {
+        self.last_write_lsn = self.last_write_lsn.max(Some(lsn));
+    }
+
+    /// The LSN a read must see: the session's last write (when
+    /// read-your-writes is on), its causal token, and a statement's
+    /// `min_lsn` hint, whichever is furthest. `None`: any fresh node.
+    pub fn required_lsn(&self, read_your_writes: bool, hint: Option<Lsn>) -> Option<Lsn> {
+        let own = if read_your_writes {
+            self.last_write_lsn
+        } else {
+            None
+        };
+        own.max(self.min_lsn).max(hint)
+    }
+
+    /// Executes a statement the proxy answers itself.
+    pub fn apply(&mut self, cmd: &ProxyCommand) -> CommandOutcome {
+        let lsn_text = |l: Option<Lsn>| l.unwrap_or_default().to_string();
+        match cmd {
+            ProxyCommand::SetMinLsn(l) => {
+                self.min_lsn = *l;
+                CommandOutcome::Done { tag: "SET" }
+            }
+            ProxyCommand::SetRoute(r) => {
+                self.route = *r;
+                CommandOutcome::Done { tag: "SET" }
+            }
+            ProxyCommand::Show(s) => CommandOutcome::Show {
+                name: s.name(),
+                value: match s {
+                    // "0/0" rather than empty: it parses as a token that
+                    // constrains nothing, so clients can always hand it back.
+                    ProxySetting::LastWriteLsn => lsn_text(self.last_write_lsn),
+                    ProxySetting::MinLsn => lsn_text(self.min_lsn),
+                    ProxySetting::Route => self.route.as_str().to_string(),
+                },
+            },
+            ProxyCommand::Error(e) => CommandOutcome::Error(e.clone()),
+        }
+    }
+
+    /// Applies a statement's effect, as the server would at execution.
+    pub(crate) fn apply_effect(&mut self, effect: &SessionEffect) {
+        match effect {
+            SessionEffect::Proxy(cmd) => {
+                self.apply(cmd);
+            }
+            SessionEffect::DefaultReadOnly(on) => self.default_read_only = *on,
+            SessionEffect::ResetAll => {
+                self.route = RouteOverride::Default;
+                self.min_lsn = None;
+                self.default_read_only = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::parse_proxy_command;
+
+    fn run(s: &mut SessionRouting, sql: &str) -> CommandOutcome {
+        s.apply(&parse_proxy_command(sql).expect(sql))
+    }
+
+    #[test]
+    fn required_lsn_takes_the_furthest_floor() {
+        let mut s = SessionRouting::new();
+        assert_eq!(s.required_lsn(true, None), None);
+        s.record_write(Lsn(100));
+        s.record_write(Lsn(50)); // late report of an older commit: ignored
+        assert_eq!(s.last_write_lsn(), Some(Lsn(100)));
+        assert_eq!(s.required_lsn(true, None), Some(Lsn(100)));
+        assert_eq!(
+            s.required_lsn(false, None),
+            None,
+            "read_your_writes = false"
+        );
+        assert_eq!(s.required_lsn(true, Some(Lsn(150))), Some(Lsn(150)));
+        run(&mut s, "SET lagrouter.min_lsn = '0/C8'");
+        assert_eq!(
+            s.required_lsn(false, None),
+            Some(Lsn(200)),
+            "tokens hold without RYW"
+        );
+    }
+
+    #[test]
+    fn show_and_set_commands() {
+        let mut s = SessionRouting::new();
+        let show = |s: &mut SessionRouting, sql| match run(s, sql) {
+            CommandOutcome::Show { value, .. } => value,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(show(&mut s, "SHOW lagrouter.last_write_lsn"), "0/0");
+        s.record_write(Lsn(0x1_0000_00FF));
+        assert_eq!(show(&mut s, "SHOW lagrouter.last_write_lsn"), "1/FF");
+        assert_eq!(
+            run(&mut s, "SET lagrouter.route = primary"),
+            CommandOutcome::Done { tag: "SET" }
+        );
+        assert_eq!(show(&mut s, "SHOW lagrouter.route"), "primary");
+        run(&mut s, "SET lagrouter.min_lsn TO '0/10'");
+        assert_eq!(show(&mut s, "SHOW lagrouter.min_lsn"), "0/10");
+        run(&mut s, "RESET lagrouter.min_lsn");
+        assert_eq!(s.min_lsn(), None);
+        assert!(matches!(
+            run(&mut s, "SET lagrouter.min_lsn = 'x'"),
+            CommandOutcome::Error(_)
+        ));
+    }
+
+    #[test]
+    fn reset_all_keeps_read_your_writes() {
+        let mut s = SessionRouting::new();
+        s.record_write(Lsn(7));
+        s.apply_effect(&SessionEffect::DefaultReadOnly(true));
+        s.apply_effect(&SessionEffect::Proxy(ProxyCommand::SetRoute(
+            RouteOverride::Replica,
+        )));
+        assert!(s.default_read_only());
+        s.apply_effect(&SessionEffect::ResetAll);
+        assert!(!s.default_read_only());
+        assert_eq!(s.route_override(), RouteOverride::Default);
+        assert_eq!(s.last_write_lsn(), Some(Lsn(7)));
+    }
+}
