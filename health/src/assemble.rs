@@ -87,6 +87,10 @@ pub fn assemble(
         .filter(|o| !o.in_recovery)
         .and_then(PrimarySample::from_observation);
 
+    let target_timeline = target
+        .and_then(|p| results.get(p)?.as_ref().ok())
+        .and_then(|o| o.timeline);
+
     let mut changes = Vec::new();
     let mut out = Vec::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
@@ -116,6 +120,10 @@ pub fn assemble(
                 (answered(zero), zero.0, zero.1)
             }
             Ok(o) if !o.in_recovery => (Check::NotFollowing, None, None),
+            // A replica on another timeline than the write target follows
+            // some other primary (the old one after a promotion): its LSNs
+            // are not comparable, and it will never see the target's writes.
+            Ok(o) if on_other_timeline(o, target_timeline) => (Check::NotFollowing, None, None),
             Ok(o) => {
                 let b = byte_lag(o, sample.as_ref());
                 let t = time_lag(o, b, heartbeat_on, history);
@@ -145,6 +153,11 @@ pub fn assemble(
         primary_problem: decision.problem,
     };
     Assembled { snapshot, changes }
+}
+
+/// Unknown on either side is not evidence of another timeline.
+fn on_other_timeline(replica: &Observation, target: Option<u32>) -> bool {
+    matches!((replica.timeline, target), (Some(r), Some(p)) if r != p)
 }
 
 fn answered((lag_bytes, lag_time): (Option<u64>, Option<Duration>)) -> Check {
@@ -444,6 +457,40 @@ mod tests {
         assert_eq!(s.primary_lsn, None);
         assert!(s.nodes.iter().all(|n| n.state == NodeState::Lagging));
         assert_eq!(s.nodes[1].replay_lsn, Some(Lsn(4000)));
+    }
+
+    #[test]
+    fn replica_on_another_timeline_is_not_following() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let on = |mut o: Observation, tl| {
+            o.timeline = Some(tl);
+            o
+        };
+        let results = [
+            Ok(on(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead), 2)),
+            Ok(on(obs(true, 5000, ms(t0, 1), HB), 2)),
+            Ok(on(obs(true, 6000, ms(t0, 1), HB), 1)), // ahead in bytes, but diverged
+        ];
+        let a = assemble(
+            &HealthSnapshot::initial(&cfg),
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            &PrimaryHistory::default(),
+            t0,
+        );
+        assert_eq!(
+            a.snapshot.nodes[1].state,
+            NodeState::Recovering { good_checks: 1 }
+        );
+        assert_eq!(a.snapshot.nodes[2].state, NodeState::Lagging);
+        assert_eq!(a.snapshot.nodes[2].lag_bytes, None);
+        assert_eq!(a.snapshot.nodes[2].timeline, Some(1));
+        assert_eq!(
+            a.changes[2].verdict,
+            Verdict::OverThreshold(crate::LagExcess::NotFollowing)
+        );
     }
 
     #[test]

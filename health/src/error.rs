@@ -51,8 +51,10 @@ impl ProbeError {
 }
 
 /// `tokio_postgres::Error`'s `Display` hides the server's message behind
-/// "db error"; this shows it, with the SQLSTATE.
+/// "db error" and the IO error behind "error connecting to server"; this
+/// shows them (with the SQLSTATE).
 pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
     match e.as_db_error() {
         Some(db) => format!(
             "{}: {} (SQLSTATE {})",
@@ -60,6 +62,15 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
             db.message(),
             db.code().code()
         ),
-        None => e.to_string(),
+        None => {
+            let mut msg = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            msg
+        }
     }
 }

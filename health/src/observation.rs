@@ -33,6 +33,9 @@ pub fn check_sql(hb: &HeartbeatQuery) -> String {
             "(SELECT extract(epoch FROM clock_timestamp() - ts)::text FROM {t} WHERE id = 1)"
         ),
     };
+    // A replica's timeline: the WAL receiver's when this user may see it
+    // (pg_read_all_stats / pg_monitor), else the last restartpoint's,
+    // which can trail a timeline switch by up to checkpoint_timeout.
     // `r` evaluates pg_is_in_recovery() once, so the CASEs agree; the
     // primary-only functions error during recovery and are guarded by it.
     // A node can only leave recovery (promotion) mid-query, never re-enter
@@ -45,13 +48,15 @@ pub fn check_sql(hb: &HeartbeatQuery) -> String {
          pg_last_wal_replay_lsn()::text, \
          pg_last_wal_receive_lsn()::text, \
          extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::text, \
+         CASE WHEN r.rec THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+         (SELECT timeline_id FROM pg_control_checkpoint()))::text END, \
          {hb_col} \
          FROM r"
     )
 }
 
 /// Number of columns [`check_sql`] returns.
-pub const CHECK_COLUMNS: usize = 7;
+pub const CHECK_COLUMNS: usize = 8;
 
 /// What the heartbeat column said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +80,8 @@ pub struct Observation {
     pub in_recovery: bool,
     /// `pg_current_wal_lsn()`, for a node out of recovery.
     pub current_lsn: Option<Lsn>,
-    /// Timeline of the WAL being written, for a node out of recovery.
+    /// Timeline of the WAL being written (out of recovery), or being
+    /// received or last restarted from (in recovery).
     pub timeline: Option<u32>,
     /// `pg_last_wal_replay_lsn()` (NULL on a node that never was a standby).
     pub replay_lsn: Option<Lsn>,
@@ -130,11 +136,11 @@ pub fn parse_answer(
     }
     let heartbeat = match hb {
         HeartbeatQuery::Off => HeartbeatSeen::NotRead,
-        HeartbeatQuery::ProbeTable(_) => match cols[6] {
+        HeartbeatQuery::ProbeTable(_) => match cols[7] {
             Some("t" | "true") => HeartbeatSeen::TableExists,
             _ => HeartbeatSeen::TableMissing,
         },
-        HeartbeatQuery::Read(_) => match cols[6].and_then(parse_age) {
+        HeartbeatQuery::Read(_) => match cols[7].and_then(parse_age) {
             Some(age) => HeartbeatSeen::Age(age),
             None => HeartbeatSeen::RowMissing,
         },
@@ -144,7 +150,11 @@ pub fn parse_answer(
         current_lsn,
         // A malformed WAL file name only loses the timeline, which is
         // advisory (split-brain tie-break), so it is not worth failing for.
-        timeline: cols[2].and_then(timeline_of_walfile),
+        timeline: if in_recovery {
+            cols[6].and_then(|t| t.parse().ok())
+        } else {
+            cols[2].and_then(timeline_of_walfile)
+        },
         replay_lsn: lsn(3, "pg_last_wal_replay_lsn()")?,
         receive_lsn: lsn(4, "pg_last_wal_receive_lsn()")?,
         last_replay_age: cols[5].and_then(parse_age),
@@ -174,9 +184,45 @@ fn parse_age(s: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// The check columns without the replica-timeline one (column 6).
     fn parse(cols: [Option<&str>; 7], hb: &HeartbeatQuery) -> Result<Observation, BadAnswer> {
         let t = Instant::now();
-        parse_answer(&cols, hb, t, t)
+        let mut all = cols[..6].to_vec();
+        all.extend([None, cols[6]]);
+        parse_answer(&all, hb, t, t)
+    }
+
+    #[test]
+    fn replica_timeline_comes_from_its_own_column() {
+        let t = Instant::now();
+        let cols = [
+            Some("t"),
+            None,
+            None,
+            Some("0/1"),
+            Some("0/1"),
+            None,
+            Some("3"),
+            None,
+        ];
+        let o = parse_answer(&cols, &HeartbeatQuery::Off, t, t).unwrap();
+        assert_eq!(o.timeline, Some(3));
+        let cols = [
+            Some("t"),
+            None,
+            None,
+            Some("0/1"),
+            Some("0/1"),
+            None,
+            Some("x"),
+            None,
+        ];
+        assert_eq!(
+            parse_answer(&cols, &HeartbeatQuery::Off, t, t)
+                .unwrap()
+                .timeline,
+            None
+        );
     }
 
     #[test]

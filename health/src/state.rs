@@ -44,9 +44,10 @@ pub enum Check {
         lag_bytes: Option<u64>,
         lag_time: Option<Duration>,
     },
-    /// The node answered but is out of recovery without being the write
-    /// target (split brain, or a promoted `role = "replica"`): it follows
-    /// no primary, so it has no lag to measure and is never fresh.
+    /// The node answered but does not follow the write target: out of
+    /// recovery without being the target (split brain, a promoted `role =
+    /// "replica"`), or replaying another timeline. It has no lag to
+    /// measure and is never fresh.
     NotFollowing,
     /// The node did not answer within `check_timeout`, or the connection failed.
     Unreachable { reason: String },
@@ -74,7 +75,7 @@ pub enum LagExcess {
     Time { lag: Duration, max: Duration },
     /// `max_lag_time` is set but the time lag is unknown.
     TimeUnknown { max: Duration },
-    /// Out of recovery but not the write target.
+    /// Does not follow the write target.
     NotFollowing,
 }
 
@@ -93,7 +94,7 @@ impl fmt::Display for LagExcess {
             LagExcess::NotFollowing => {
                 write!(
                     f,
-                    "out of recovery but not the write target: follows no primary"
+                    "does not follow the write target (out of recovery, or on another timeline)"
                 )
             }
         }

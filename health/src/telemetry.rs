@@ -73,6 +73,8 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
 fn log_change(n: &NodeHealth, c: &StateChange) {
     let from = c.from.state.as_str();
     let to = c.to.state.as_str();
+    // How long the node was in the state it leaves (or, within Recovering,
+    // how long it has been recovering).
     let was_for = c.to.since.saturating_duration_since(c.from.since);
     let lag_bytes = n
         .lag_bytes
@@ -88,11 +90,11 @@ fn log_change(n: &NodeHealth, c: &StateChange) {
         .unwrap_or_else(|| "unknown".into());
     match (&c.verdict, c.to.state) {
         (Verdict::Unreachable(reason), _) => tracing::warn!(
-            node = %n.name, from, to, %reason, was_for = ?was_for,
+            node = %n.name, from, to, %reason, previous_state_for = ?was_for,
             "node unreachable: health check failed"
         ),
         (Verdict::OverThreshold(why), _) => tracing::warn!(
-            node = %n.name, from, to, lag_bytes, lag_time, replay_lsn = %replay, was_for = ?was_for,
+            node = %n.name, from, to, lag_bytes, lag_time, replay_lsn = %replay, previous_state_for = ?was_for,
             "node lagging: {why}"
         ),
         (Verdict::Good, NodeState::Recovering { good_checks }) => tracing::info!(
