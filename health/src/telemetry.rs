@@ -125,3 +125,120 @@ fn log_primary(snap: &HealthSnapshot) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use lagrouter_config::Config;
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use crate::assemble::assemble;
+    use crate::error::ProbeError;
+    use crate::lag::PrimaryHistory;
+    use crate::observation::{HeartbeatSeen, Observation};
+    use crate::{HealthSnapshot, Lsn};
+
+    /// Remembers which series were touched, as `name{k=v,...}`.
+    #[derive(Default)]
+    struct Names(Mutex<Vec<String>>);
+
+    impl Names {
+        fn note(&self, kind: &str, key: &Key) {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{kind} {}{{{}}}", key.name(), labels.join(",")));
+        }
+        fn has(&self, s: &str) -> bool {
+            self.0.lock().unwrap().iter().any(|x| x == s)
+        }
+    }
+
+    impl Recorder for Names {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            self.note("counter", key);
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            self.note("gauge", key);
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            self.note("histogram", key);
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn every_documented_series_is_labelled_by_node() {
+        let cfg = Config::from_toml_str(
+            "[[users]]\nname = \"app\"\n\
+             [[nodes]]\nname = \"p\"\nhost = \"h\"\nrole = \"primary\"\n\
+             [[nodes]]\nname = \"r\"\nhost = \"h\"\nrole = \"replica\"\n",
+        )
+        .unwrap();
+        let t = Instant::now();
+        let primary = Observation {
+            in_recovery: false,
+            current_lsn: Some(Lsn(10)),
+            timeline: Some(1),
+            replay_lsn: None,
+            receive_lsn: None,
+            last_replay_age: None,
+            heartbeat: HeartbeatSeen::NotRead,
+            sent_at: t,
+            answered_at: t,
+        };
+        let results = vec![
+            Ok(primary),
+            Err(ProbeError::Timeout(Duration::from_secs(1))),
+        ];
+        let prev = HealthSnapshot::initial(&cfg);
+        let a = assemble(
+            &prev,
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            &PrimaryHistory::default(),
+            t,
+        );
+        let outcomes: Vec<Outcome> = results
+            .into_iter()
+            .map(|result| Outcome {
+                result,
+                took: Duration::from_millis(3),
+            })
+            .collect();
+        let names = Names::default();
+        metrics::with_local_recorder(&names, || record_round(&prev, &a, &outcomes));
+        for s in [
+            "gauge lagrouter_node_lag_bytes{node=r}",
+            "gauge lagrouter_node_lag_seconds{node=r}",
+            "gauge lagrouter_node_state{node=r,state=unreachable}",
+            "gauge lagrouter_node_state{node=p,state=healthy}",
+            "gauge lagrouter_node_write_target{node=p}",
+            "histogram lagrouter_health_check_duration_seconds{node=r}",
+            "counter lagrouter_health_check_failures_total{node=r,reason=timeout}",
+            "gauge lagrouter_health_split_brain{}",
+        ] {
+            assert!(
+                names.has(s),
+                "{s} missing from {:?}",
+                names.0.lock().unwrap()
+            );
+        }
+        assert!(!names.has("counter lagrouter_health_check_failures_total{node=p,reason=timeout}"));
+    }
+}
