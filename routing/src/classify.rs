@@ -362,25 +362,41 @@ impl Scan<'_> {
         // Bit d: a WITH list is open at paren depth d (its names may carry
         // column lists, `WITH x(a, b) AS (...)`, which are not calls).
         let mut cte_depths = 0u64;
+        // Bit d: inside a FROM clause at depth d, where `AS t(a, b)` is an
+        // alias with column names (elsewhere `AS f(x)` is no alias).
+        let mut from_depths = 0u64;
         let mut buf = [0u8; 64];
         for (i, tok) in t.iter().enumerate() {
+            let bit = if depth < 64 { 1u64 << depth } else { 0 };
+            let at = |mask: u64| mask & bit != 0;
             let next = t.get(i + 1);
             let call = next.is_some_and(|n| n.kind == TokenKind::LParen);
             match tok.kind {
                 TokenKind::LParen => depth += 1,
                 TokenKind::RParen => {
-                    depth = depth.saturating_sub(1);
+                    // More `)` than `(`: PostgreSQL rejects it; so do we.
+                    let Some(d) = depth.checked_sub(1) else {
+                        return Stmt::Write;
+                    };
+                    depth = d;
                     if depth < 63 {
                         cte_depths &= (2u64 << depth) - 1;
+                        from_depths &= (2u64 << depth) - 1;
                     }
                 }
                 TokenKind::Operator => uncertain |= !is_builtin_operator(tok.text(sql)),
                 TokenKind::QuotedIdent => {
-                    uncertain |= call && !self.call_is_read_only(t, i, depth, cte_depths)
+                    uncertain |=
+                        call && !self.call_is_read_only(t, i, at(cte_depths), at(from_depths))
                 }
                 TokenKind::Word => {
                     match lower(sql, tok, &mut buf) {
-                        Some("insert" | "update" | "delete" | "merge" | "into") => {
+                        // Statements that cannot nest in a query are syntax
+                        // errors there; refusing them costs nothing.
+                        Some(
+                            "insert" | "update" | "delete" | "merge" | "into" | "truncate" | "drop"
+                            | "alter" | "create" | "grant" | "revoke" | "vacuum",
+                        ) => {
                             return Stmt::Write;
                         }
                         Some("for") if is_word(sql, next, &["update", "share", "no", "key"]) => {
@@ -390,25 +406,69 @@ impl Scan<'_> {
                             if !is_word(sql, next, &["ordinality", "time", "ties"])
                                 && depth < 64 =>
                         {
-                            cte_depths |= 1 << depth;
+                            cte_depths |= bit;
                         }
                         // The statement a WITH list belongs to ends the list.
-                        Some("select" | "values" | "table") if depth < 64 => {
-                            cte_depths &= !(1 << depth)
+                        Some("select" | "values" | "table") => {
+                            cte_depths &= !bit;
+                            from_depths &= !bit;
                         }
+                        Some("from") => from_depths |= bit,
+                        Some(
+                            "where" | "group" | "having" | "window" | "order" | "limit" | "offset"
+                            | "fetch" | "union" | "intersect" | "except",
+                        ) => from_depths &= !bit,
                         _ => {}
                     }
-                    uncertain |= call && !self.call_is_read_only(t, i, depth, cte_depths);
+                    uncertain |=
+                        call && !self.call_is_read_only(t, i, at(cte_depths), at(from_depths));
                 }
                 _ => {}
             }
         }
+        if depth != 0 || t.last().is_some_and(|l| self.dangles(l)) {
+            return Stmt::Write;
+        }
         if uncertain { Stmt::Unknown } else { Stmt::Read }
+    }
+
+    /// Whether a statement cannot end with `last` (an operator, a comma, a
+    /// keyword that needs more): a syntax error, unknown, so a write.
+    fn dangles(&self, last: &Token) -> bool {
+        let mut buf = [0u8; 64];
+        match last.kind {
+            TokenKind::Operator => last.text(self.sql) != "*",
+            TokenKind::Punct => last.text(self.sql) != "]",
+            TokenKind::Word => lower(self.sql, last, &mut buf).is_some_and(|w| {
+                is_reserved(w)
+                    && !matches!(
+                        w,
+                        "asc"
+                            | "desc"
+                            | "end"
+                            | "null"
+                            | "true"
+                            | "false"
+                            | "current_date"
+                            | "current_time"
+                            | "current_timestamp"
+                            | "current_user"
+                            | "current_role"
+                            | "current_catalog"
+                            | "session_user"
+                            | "user"
+                            | "system_user"
+                            | "localtime"
+                            | "localtimestamp"
+                    )
+            }),
+            _ => false,
+        }
     }
 
     /// `t[i]` is followed by `(`. Whether that is grammar rather than a
     /// call, or a call of a function known not to write.
-    fn call_is_read_only(&self, t: &[Token], i: usize, depth: usize, cte_depths: u64) -> bool {
+    fn call_is_read_only(&self, t: &[Token], i: usize, in_cte_list: bool, in_from: bool) -> bool {
         let sql = self.sql;
         // Walk back over a qualified name: `schema.func(`, `db.schema.func(`.
         let mut start = i;
@@ -423,7 +483,10 @@ impl Scan<'_> {
         let prev = start.checked_sub(1).map(|p| &t[p]);
         // A type modifier (`::numeric(10,2)`, `AS varchar(10)`), an alias's
         // column list (`AS t(a, b)`), a sampling method.
-        if is_punct(sql, prev, "::") || is_word(sql, prev, &["as", "tablesample"]) {
+        if is_punct(sql, prev, "::")
+            || is_word(sql, prev, &["tablesample"])
+            || (in_from && is_word(sql, prev, &["as"]))
+        {
             return true;
         }
         let tok = &t[i];
@@ -449,7 +512,6 @@ impl Scan<'_> {
             if prev_word.is_some_and(|p| is_grammar_pair(p, w)) {
                 return true;
             }
-            let in_cte_list = depth < 64 && cte_depths & (1 << depth) != 0;
             if in_cte_list
                 && (is_word(sql, prev, &["with", "recursive"]) || is_punct(sql, prev, ","))
                 && cte_column_list(sql, t, i + 1)

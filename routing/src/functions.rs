@@ -310,6 +310,7 @@ const BUILTIN_READ_ONLY: &[&str] = &[
     "regexp_split_to_table",
     "string_to_array",
     "array_to_string",
+    "similar_to_escape",
     "to_char",
     "to_number",
     "to_date",
