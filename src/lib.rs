@@ -2,7 +2,9 @@
 //! shared with the integration tests.
 //!
 //! Layout:
+//! - `cli`: what `lagrouter run` and `check-config` do.
 //! - `pgcluster`: starts a throwaway PostgreSQL primary with streaming
 //!   replicas on loopback (used by `lagrouter demo` and the tests).
 
+pub mod cli;
 pub mod pgcluster;

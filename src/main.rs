@@ -1,1 +1,57 @@
-fn main() {}
+//! The `lagrouter` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// PostgreSQL proxy that sends writes to the primary and reads to replicas
+/// fresh enough for them, with read-your-writes by LSN.
+#[derive(Parser)]
+#[command(name = "lagrouter", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "lagrouter.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print what is wrong, with line and key.
+    CheckConfig {
+        /// Configuration file (TOML).
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => lagrouter::cli::check_config(&config),
+        Command::Run { config } => {
+            lagrouter::cli::init_tracing();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("lagrouter: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(lagrouter::cli::run(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lagrouter: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

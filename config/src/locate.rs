@@ -69,14 +69,12 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
             }
             continue;
         }
-        if in_target {
-            if let Some(k) = leaf {
-                if let Some((lhs, _)) = line.split_once('=') {
-                    if lhs.trim().trim_matches('"') == k {
-                        return Some(n + 1);
-                    }
-                }
-            }
+        if in_target
+            && let Some(k) = leaf
+            && let Some((lhs, _)) = line.split_once('=')
+            && lhs.trim().trim_matches('"') == k
+        {
+            return Some(n + 1);
         }
     }
     header_line

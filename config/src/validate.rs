@@ -28,13 +28,13 @@ impl Config {
                 format!("`{}` is not an address like 127.0.0.1:6432", s.listen),
             );
         }
-        if let Some(m) = &s.metrics_listen {
-            if m.parse::<SocketAddr>().is_err() {
-                p.add(
-                    "server.metrics_listen",
-                    format!("`{m}` is not an address like 127.0.0.1:9187"),
-                );
-            }
+        if let Some(m) = &s.metrics_listen
+            && m.parse::<SocketAddr>().is_err()
+        {
+            p.add(
+                "server.metrics_listen",
+                format!("`{m}` is not an address like 127.0.0.1:9187"),
+            );
         }
         if s.admin_database.is_empty() {
             p.add("server.admin_database", "must not be empty");
@@ -185,10 +185,10 @@ impl Config {
                 ),
             );
         }
-        if let Some(u) = &h.user {
-            if !self.users.iter().any(|x| &x.name == u) {
-                p.add("health.user", format!("user `{u}` is not in [[users]]"));
-            }
+        if let Some(u) = &h.user
+            && !self.users.iter().any(|x| &x.name == u)
+        {
+            p.add("health.user", format!("user `{u}` is not in [[users]]"));
         }
         if h.database.is_empty() {
             p.add("health.database", "must not be empty");

@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// Routing refused the transaction.
     #[error("{0}")]
     Route(#[from] lagrouter_routing::RouteError),
+    /// The client holds too many named prepared statements.
+    #[error("lagrouter: too many prepared statements in this session (limit {0})")]
+    TooManyStatements(usize),
     /// The client broke the protocol.
     #[error("lagrouter: invalid message from client: {0}")]
     ClientProtocol(String),
@@ -50,6 +53,7 @@ impl ProxyError {
             ProxyError::NodeProtocol { .. } | ProxyError::ClientProtocol(_) => "08P01",
             ProxyError::CheckoutTimeout { .. } | ProxyError::TooManyWaiters { .. } => "53300",
             ProxyError::Route(e) => e.sqlstate(),
+            ProxyError::TooManyStatements(_) => "54000",
         }
     }
 
@@ -69,6 +73,9 @@ impl ProxyError {
                 "Raise [pool] size or checkout_timeout, or shorten transactions."
             }
             ProxyError::Route(e) => e.hint(),
+            ProxyError::TooManyStatements(_) => {
+                "Close (DEALLOCATE) statements that are no longer needed."
+            }
             ProxyError::ClientProtocol(_) => return None,
         })
     }

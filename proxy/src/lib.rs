@@ -1,5 +1,26 @@
-//! lagrouter's proxy (in progress).
+//! lagrouter's proxy: the PostgreSQL wire protocol between clients and
+//! nodes. Clients authenticate to the proxy; each transaction gets a pooled
+//! server connection on the node routing picks; the client sees one
+//! consistent PostgreSQL session.
+//!
+//! Layout:
+//! - `protocol`: pure framing and message codecs (no tokio; fuzzed).
+//! - `auth`: client authentication (SCRAM-SHA-256, md5, trust).
+//! - `server`: server connections and pools.
+//! - `session`: one client's session: startup, forwarding, session state.
+//! - `cancel`: CancelRequest routing.
+//! - `tls`: client TLS (rustls with ring).
+//! - `listener`: the accept loop and [`Shared`] state.
+//! - `error`: [`ProxyError`], every error a client can get from the proxy.
+
 pub mod auth;
+pub mod cancel;
 pub mod error;
+pub mod listener;
 pub mod protocol;
 pub mod server;
+pub mod session;
+pub mod tls;
+
+pub use error::ProxyError;
+pub use listener::{Proxy, Shared, StartError};

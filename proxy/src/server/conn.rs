@@ -104,11 +104,8 @@ impl ServerConn {
             last_used: now,
         };
         let mut out = BytesMut::new();
-        frontend::startup_message(
-            [("user", user), ("database", database)].into_iter(),
-            &mut out,
-        )
-        .map_err(|e| connect_err(e.to_string()))?;
+        frontend::startup_message([("user", user), ("database", database)], &mut out)
+            .map_err(|e| connect_err(e.to_string()))?;
         conn.stream
             .write_all(&out)
             .await

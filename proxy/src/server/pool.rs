@@ -221,10 +221,10 @@ impl Pools {
     /// The pool for `key`, created with `size` if new.
     pub fn get(&self, key: PoolKey, node: Arc<NodeAddr>, size: usize) -> Arc<ServerPool> {
         let mut pools = self.pools.lock().expect("pool map lock");
-        if let Some(p) = pools.get(&key) {
-            if p.node == node {
-                return p.clone();
-            }
+        if let Some(p) = pools.get(&key)
+            && p.node == node
+        {
+            return p.clone();
         }
         let p = Arc::new(ServerPool::new(key.clone(), node, size));
         pools.insert(key, p.clone());

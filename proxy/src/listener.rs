@@ -1,0 +1,182 @@
+//! The client listener and the state every session shares.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use lagrouter_config::{Config, ConfigHandle};
+use lagrouter_health::SharedSnapshot;
+use lagrouter_routing::Router;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::UserDirectory;
+use crate::cancel::CancelRegistry;
+use crate::protocol::backend::{self, Severity};
+use crate::server::{NodeAddr, Pools};
+use crate::session::patterns::SessionPatterns;
+
+/// Counters the proxy keeps about its clients.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub clients: AtomicUsize,
+    pub pinned_sessions: AtomicUsize,
+}
+
+/// What every session shares. Components get handles, never globals.
+pub struct Shared {
+    pub config: ConfigHandle,
+    pub users: ArcSwap<UserDirectory>,
+    pub nodes: ArcSwap<Vec<Arc<NodeAddr>>>,
+    pub router: Router,
+    pub pools: Pools,
+    pub cancel: Arc<CancelRegistry>,
+    pub tls: Option<TlsAcceptor>,
+    pub patterns: SessionPatterns,
+    pub stats: ProxyStats,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The address of node `i` in the current config.
+    pub fn node_addr(&self, i: usize) -> Option<Arc<NodeAddr>> {
+        self.nodes.load().get(i).cloned()
+    }
+
+    /// Applies a new (validated) config to users and nodes.
+    pub fn apply_config(&self, config: &Config) {
+        self.users
+            .store(Arc::new(UserDirectory::from_config(config)));
+        self.nodes.store(Arc::new(node_addrs(config)));
+    }
+}
+
+fn node_addrs(config: &Config) -> Vec<Arc<NodeAddr>> {
+    config
+        .nodes
+        .iter()
+        .map(|n| {
+            Arc::new(NodeAddr {
+                name: n.name.as_str().into(),
+                host: n.host.clone(),
+                port: n.port,
+            })
+        })
+        .collect()
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A bound proxy, ready to serve.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Proxy {
+    /// Binds `[server] listen` and prepares shared state.
+    pub async fn bind(
+        config: ConfigHandle,
+        health: SharedSnapshot,
+        shutdown: CancellationToken,
+    ) -> Result<Proxy, StartError> {
+        let cfg = config.load_full();
+        let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k).map_err(StartError::Tls)?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(&cfg.server.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.server.listen.clone(),
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            users: ArcSwap::from_pointee(UserDirectory::from_config(&cfg)),
+            nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
+            router: Router::new(config.clone(), health),
+            config,
+            pools: Pools::default(),
+            cancel: Arc::new(CancelRegistry::default()),
+            tls,
+            patterns: SessionPatterns::default(),
+            stats: ProxyStats::default(),
+            shutdown,
+        });
+        Ok(Proxy { shared, listener })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The state sessions share (for the admin console, metrics, reload).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accepts clients until shutdown, then waits up to
+    /// `server.shutdown_timeout` for sessions to finish.
+    pub async fn run(self) {
+        let max = self.shared.config.load().server.max_client_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => break,
+                a = self.listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            while tasks.try_join_next().is_some() {}
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tasks.spawn(too_many_clients(tcp, max));
+                continue;
+            };
+            let shared = self.shared.clone();
+            tasks.spawn(async move {
+                tracing::trace!(%peer, "client connected");
+                crate::session::handle_client(shared, tcp).await;
+                drop(permit);
+            });
+        }
+        let grace = self.shared.config.load().server.shutdown_timeout;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+}
+
+async fn too_many_clients(mut tcp: TcpStream, max: usize) {
+    let mut out = BytesMut::new();
+    backend::error_response(
+        &mut out,
+        Severity::Fatal,
+        "53300",
+        &format!("lagrouter: sorry, too many clients already (max_client_connections = {max})"),
+        Some("Raise [server] max_client_connections or use fewer connections."),
+    );
+    let _ = tcp.write_all(&out).await;
+}

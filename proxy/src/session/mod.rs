@@ -1,0 +1,24 @@
+//! A client session: one task per client, from startup to Terminate.
+//!
+//! In transaction mode a server connection is attached at the first
+//! message of a transaction and released at `ReadyForQuery` 'I' once
+//! nothing is owed, so the session must carry what PostgreSQL would keep
+//! for it: named prepared statements (re-prepared on whichever server runs
+//! the `Bind`), reported settings (restored with `SET` on attach), and a
+//! pin to one server when a statement leaves state that outlives the
+//! transaction.
+//!
+//! Layout:
+//! - `startup`: TLS negotiation, startup packet, authentication, welcome.
+//! - `forward`: the forwarding loop and per-message handling.
+//! - `params`: tracked settings and the `SET`s that restore them.
+//! - `statements`: the client's prepared statements and their server names.
+//! - `patterns`: statements that pin a session or drop server statements.
+
+mod forward;
+pub mod params;
+pub mod patterns;
+pub mod startup;
+pub mod statements;
+
+pub use startup::handle_client;

@@ -1,0 +1,105 @@
+//! Statements that change how the proxy must treat a session: those whose
+//! effect outlives the transaction (pin the client to its server
+//! connection) and those that drop server-side prepared statements.
+//!
+//! Matching is lexical and errs towards pinning: a false match only costs
+//! pooling for that one client.
+
+use regex::RegexSet;
+
+/// What a statement does to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Effects {
+    /// State that lives beyond the transaction: the session keeps its server.
+    pub pins: bool,
+    /// `DISCARD`/`DEALLOCATE`: server-side prepared statements are gone.
+    pub drops_statements: bool,
+}
+
+const PIN: &[&str] = &[
+    r"(?i)\blisten\b",
+    r"(?i)\bpg_(try_)?advisory_lock(_shared)?\s*\(",
+    r"(?i)\b(temp|temporary)\s+(table|view|sequence)\b",
+    r"(?i)\binto\s+(temp|temporary)\b",
+    r"(?i)\bwith\s+hold\b",
+    r"(?i)(^|;)\s*prepare\s",
+    r"(?i)\bset\s+(session\s+)?(role|session\s+authorization)\b",
+];
+
+const DROP_STATEMENTS: &[&str] = &[r"(?i)\b(discard|deallocate)\b"];
+
+/// Compiled matchers, shared by all sessions.
+pub struct SessionPatterns {
+    set: RegexSet,
+}
+
+impl Default for SessionPatterns {
+    fn default() -> Self {
+        let all: Vec<&str> = PIN.iter().chain(DROP_STATEMENTS).copied().collect();
+        SessionPatterns {
+            set: RegexSet::new(all).expect("patterns are valid"),
+        }
+    }
+}
+
+impl SessionPatterns {
+    /// What `sql` does to the session.
+    pub fn effects(&self, sql: &str) -> Effects {
+        if !sql
+            .bytes()
+            .any(|b| matches!(b | 0x20, b'l' | b'p' | b't' | b'h' | b'r' | b'd'))
+        {
+            return Effects::default();
+        }
+        let m = self.set.matches(sql);
+        if !m.matched_any() {
+            return Effects::default();
+        }
+        Effects {
+            pins: (0..PIN.len()).any(|i| m.matched(i)),
+            drops_statements: (PIN.len()..PIN.len() + DROP_STATEMENTS.len()).any(|i| m.matched(i)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_session_state() {
+        let p = SessionPatterns::default();
+        for sql in [
+            "LISTEN chan",
+            "select pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock_shared (1)",
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary table t as select 1",
+            "SELECT 1 INTO TEMP t",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE p AS SELECT 1",
+            "select 1; prepare p as select 2",
+            "SET ROLE other",
+            "SET SESSION AUTHORIZATION other",
+        ] {
+            assert!(p.effects(sql).pins, "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select pg_advisory_xact_lock(1)",
+            "UPDATE t SET listener = 1",
+            "SELECT * FROM holdings",
+            "SET LOCAL role_x = 1",
+        ] {
+            assert!(!p.effects(sql).pins, "{sql}");
+        }
+    }
+
+    #[test]
+    fn statement_dropping_commands() {
+        let p = SessionPatterns::default();
+        assert!(p.effects("DISCARD ALL").drops_statements);
+        assert!(p.effects("deallocate all").drops_statements);
+        assert!(!p.effects("SELECT 1").drops_statements);
+    }
+}

@@ -1,0 +1,535 @@
+//! From accept to an authenticated session: TLS negotiation, the startup
+//! packet, authentication by the proxy, and the welcome messages.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::forward::Session;
+use super::params::{SessionParams, parse_options};
+use crate::auth::{AuthError, Credential, ScramExchange, ScramSecret, UserAuth, check_md5};
+use crate::error::ProxyError;
+use crate::listener::Shared;
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::expect::Req;
+use crate::protocol::frontend::{self, PROTOCOL_3_0, StartupPacket};
+use crate::protocol::{split_frame, split_startup};
+
+/// Most bytes of a message accepted during authentication.
+const AUTH_MESSAGE_LIMIT: usize = 64 * 1024;
+
+/// A failed startup: what to tell the client (FATAL) before closing.
+struct Refusal {
+    code: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(e: ProxyError) -> Self {
+        let code: &'static str = match e.sqlstate() {
+            "08006" => "08006",
+            "53300" => "53300",
+            "57P03" => "57P03",
+            "28P01" => "28P01",
+            "28000" => "28000",
+            "3D000" => "3D000",
+            _ => "08P01",
+        };
+        Refusal {
+            code,
+            message: e.to_string(),
+            hint: e.hint().map(str::to_string),
+        }
+    }
+}
+
+/// Serves one client connection from accept to close. Never panics on
+/// client input; every refusal is a FATAL ErrorResponse with a SQLSTATE.
+pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = shared.config.load().server.client_login_timeout;
+    let first = tokio::time::timeout(timeout, negotiate(&shared, &mut tcp, &mut buf)).await;
+    match first {
+        Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt).await,
+        Ok(Ok(Negotiated::Tls)) => {
+            let Some(acceptor) = shared.tls.clone() else {
+                return;
+            };
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut tls = tls;
+            match tokio::time::timeout(timeout, read_startup(&mut tls, &mut buf)).await {
+                Ok(Ok(StartupPacket::Cancel { pid, secret })) => {
+                    shared.cancel.cancel(pid, &secret).await
+                }
+                Ok(Ok(pkt @ StartupPacket::Startup { .. })) => login(shared, tls, buf, pkt).await,
+                Ok(Ok(_)) => {
+                    refuse(
+                        &mut tls,
+                        Refusal::new(
+                            "08P01",
+                            "unexpected SSL/GSS request after TLS was established",
+                        ),
+                    )
+                    .await
+                }
+                Ok(Err(r)) => refuse(&mut tls, r).await,
+                Err(_) => {
+                    refuse(
+                        &mut tls,
+                        Refusal::new("08006", "timed out waiting for the startup packet"),
+                    )
+                    .await
+                }
+            }
+        }
+        Ok(Ok(Negotiated::Done)) => {}
+        Ok(Err(r)) => refuse(&mut tcp, r).await,
+        Err(_) => {
+            refuse(
+                &mut tcp,
+                Refusal::new("08006", "timed out waiting for the startup packet"),
+            )
+            .await
+        }
+    }
+}
+
+enum Negotiated {
+    /// A startup packet on the plain socket.
+    Plain(StartupPacket),
+    /// The client asked for TLS and got 'S'.
+    Tls,
+    /// Nothing more to do (cancel request handled).
+    Done,
+}
+
+async fn negotiate(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Negotiated, Refusal> {
+    let mut gss_asked = false;
+    loop {
+        match read_startup(tcp, buf).await? {
+            StartupPacket::Ssl => {
+                if !buf.is_empty() {
+                    // Bytes sent before our answer could be injected in
+                    // the clear ahead of TLS (CVE-2021-23214's class).
+                    return Err(Refusal::new(
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    ));
+                }
+                if shared.tls.is_some() {
+                    tcp.write_all(b"S")
+                        .await
+                        .map_err(|_| Refusal::new("08006", "client went away"))?;
+                    return Ok(Negotiated::Tls);
+                }
+                tcp.write_all(b"N")
+                    .await
+                    .map_err(|_| Refusal::new("08006", "client went away"))?;
+            }
+            StartupPacket::GssEnc if !gss_asked => {
+                gss_asked = true;
+                tcp.write_all(b"N")
+                    .await
+                    .map_err(|_| Refusal::new("08006", "client went away"))?;
+            }
+            StartupPacket::GssEnc => return Err(Refusal::new("08P01", "repeated GSSENC request")),
+            StartupPacket::Cancel { pid, secret } => {
+                shared.cancel.cancel(pid, &secret).await;
+                return Ok(Negotiated::Done);
+            }
+            pkt @ StartupPacket::Startup { .. } => return Ok(Negotiated::Plain(pkt)),
+        }
+    }
+}
+
+async fn read_startup<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, Refusal> {
+    loop {
+        match split_startup(buf) {
+            Ok(Some(body)) => {
+                return frontend::decode_startup(&body)
+                    .map_err(|e| Refusal::new("08P01", format!("invalid startup packet: {e}")));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Refusal::new(
+                    "08P01",
+                    format!("invalid startup packet: {e}"),
+                ));
+            }
+        }
+        match s.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(Refusal::new(
+                    "08006",
+                    "client closed the connection during startup",
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, r: Refusal) {
+    let mut out = BytesMut::new();
+    backend::error_response(
+        &mut out,
+        Severity::Fatal,
+        r.code,
+        &r.message,
+        r.hint.as_deref(),
+    );
+    let _ = s.write_all(&out).await;
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+}
+
+async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    shared: Arc<Shared>,
+    mut client: S,
+    mut buf: BytesMut,
+    pkt: StartupPacket,
+) {
+    let StartupPacket::Startup { version, params } = pkt else {
+        return;
+    };
+    let timeout = shared.config.load().server.client_login_timeout;
+    let started = tokio::time::timeout(
+        timeout,
+        authenticate(&shared, &mut client, &mut buf, version, params),
+    )
+    .await;
+    let (user, database, startup_params) = match started {
+        Ok(Ok(x)) => x,
+        Ok(Err(r)) => return refuse(&mut client, r).await,
+        Err(_) => {
+            return refuse(
+                &mut client,
+                Refusal::new("08006", "timed out during authentication"),
+            )
+            .await;
+        }
+    };
+    let cancel = shared.cancel.register();
+    let (pid, secret) = (cancel.pid, cancel.secret);
+    let mut session = Session::new(
+        client,
+        shared.clone(),
+        user,
+        database,
+        cancel,
+        startup_params,
+        buf,
+    );
+    if let Err(r) = welcome(&mut session, pid, secret).await {
+        return refuse(&mut session.client, r).await;
+    }
+    shared.stats.clients.fetch_add(1, Ordering::Relaxed);
+    let end = session.run().await;
+    shared.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    tracing::trace!("session ended: {end:?}");
+}
+
+type Authenticated = (Arc<UserAuth>, Arc<str>, SessionParams);
+
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut S,
+    buf: &mut BytesMut,
+    version: i32,
+    params: Vec<(String, String)>,
+) -> Result<Authenticated, Refusal> {
+    let mut out = BytesMut::new();
+    let unrecognised: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if version != PROTOCOL_3_0 || !unrecognised.is_empty() {
+        // Newer minor versions and protocol extensions: speak 3.0.
+        backend::negotiate_protocol_version(&mut out, &unrecognised);
+    }
+    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    let Some(user_name) = get("user").filter(|u| !u.is_empty()) else {
+        return Err(Refusal::new(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    };
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(Refusal::new(
+            "08P01",
+            "lagrouter does not proxy replication connections",
+        ));
+    }
+    let database: Arc<str> = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user_name)
+        .into();
+    let mut settings: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "options")
+        .cloned()
+        .collect();
+    if let Some(opts) = get("options") {
+        settings.extend(
+            parse_options(opts)
+                .map_err(|e| Refusal::new("08P01", format!("invalid options: {e}")))?,
+        );
+    }
+    let users = shared.users.load();
+    let user = users.get(user_name);
+    let credential = user.as_ref().map(|u| u.credential.clone());
+    let failed = || {
+        let mut r = Refusal::new(
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        );
+        r.hint = None;
+        r
+    };
+    match credential {
+        Some(Credential::Trust) => {}
+        Some(Credential::Md5(stored)) => {
+            let salt: [u8; 4] = rand::random();
+            backend::auth_md5(&mut out, salt);
+            send(client, &mut out).await?;
+            let msg = read_auth_message(client, buf).await?;
+            let pw = frontend::decode_password(&msg)
+                .map_err(|e| Refusal::new("08P01", e.to_string()))?;
+            check_md5(&stored, salt, pw).map_err(|_| failed())?;
+        }
+        Some(Credential::Scram(secret)) => scram(client, buf, &mut out, secret)
+            .await
+            .map_err(|e| auth_refusal(e, failed()))?,
+        None => {
+            tracing::info!(user = user_name, "login for a user that is not configured");
+            scram(client, buf, &mut out, ScramSecret::impossible())
+                .await
+                .map_err(|e| auth_refusal(e, failed()))?;
+            return Err(failed());
+        }
+    }
+    let user = user.expect("known user");
+    backend::auth_ok(&mut out);
+    send(client, &mut out).await?;
+    Ok((user, database, SessionParams::from_pairs(settings)))
+}
+
+fn auth_refusal(e: AuthError, failed: Refusal) -> Refusal {
+    match e {
+        AuthError::WrongPassword => failed,
+        AuthError::Protocol(d) => Refusal::new("08P01", format!("invalid SCRAM exchange: {d}")),
+    }
+}
+
+async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    secret: ScramSecret,
+) -> Result<(), AuthError> {
+    backend::auth_sasl(out);
+    send(client, out)
+        .await
+        .map_err(|_| AuthError::Protocol("client went away"))?;
+    let first = read_auth_message(client, buf)
+        .await
+        .map_err(|_| AuthError::Protocol("no SASL response"))?;
+    let (mech, data) = frontend::decode_sasl_initial(&first)
+        .map_err(|_| AuthError::Protocol("malformed SASLInitialResponse"))?;
+    if mech != "SCRAM-SHA-256" {
+        return Err(AuthError::Protocol("only SCRAM-SHA-256 is offered"));
+    }
+    let (ex, server_first) = ScramExchange::start(secret, data)?;
+    backend::auth_sasl_data(out, 11, server_first.as_bytes());
+    send(client, out)
+        .await
+        .map_err(|_| AuthError::Protocol("client went away"))?;
+    let fin = read_auth_message(client, buf)
+        .await
+        .map_err(|_| AuthError::Protocol("no SASL response"))?;
+    let server_final = ex.finish(&fin)?;
+    backend::auth_sasl_data(out, 12, server_final.as_bytes());
+    Ok(())
+}
+
+async fn send<S: AsyncWrite + Unpin>(client: &mut S, out: &mut BytesMut) -> Result<(), Refusal> {
+    let r = client.write_all(out).await.and(client.flush().await);
+    out.clear();
+    r.map_err(|_| Refusal::new("08006", "client went away during authentication"))
+}
+
+/// Reads a 'p' message body during authentication.
+async fn read_auth_message<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, Refusal> {
+    loop {
+        match split_frame(buf, AUTH_MESSAGE_LIMIT) {
+            Ok(Some(f)) if f.tag == b'p' => return Ok(f.body().to_vec()),
+            Ok(Some(f)) => {
+                return Err(Refusal::new(
+                    "08P01",
+                    format!("expected a password message, got '{}'", f.tag as char),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Refusal::new(
+                    "08P01",
+                    format!("invalid authentication message: {e}"),
+                ));
+            }
+        }
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(Refusal::new(
+                    "08006",
+                    "client closed the connection during authentication",
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Checks out a server connection for the session's first contact: applies
+/// the client's startup settings (a bad one is refused like PostgreSQL
+/// would), then sends the server's parameters, the proxy's cancel key and
+/// ReadyForQuery.
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    session: &mut Session<S>,
+    pid: i32,
+    secret: i32,
+) -> Result<(), Refusal> {
+    let shared = session.shared.clone();
+    let decision = shared
+        .router
+        .route(&mut session.routing, "", std::time::Instant::now())
+        .map_err(ProxyError::from)?;
+    let pool = session.pool_for(decision.node)?;
+    let config = shared.config.load_full();
+    let mut pc = pool
+        .checkout(&config.pool, session.user.backend_password.as_deref())
+        .await?;
+    let conn = pc.conn();
+    let mut reported = conn.params.clone();
+    let current = |k: &str| conn.params.get(k).map(String::as_str);
+    if let Some((sql, set)) = session.params.sync_sql(current) {
+        let mut out = BytesMut::new();
+        frontend::encode_query(&mut out, &sql);
+        conn.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| Refusal::new("08006", e.to_string()))?;
+        let mut expect = crate::protocol::expect::Expect::new();
+        expect.push(Req::Query, true);
+        let mut error = None;
+        while !expect.is_empty() {
+            let f = loop {
+                if let Some(f) = split_frame(&mut conn.read_buf, crate::protocol::MAX_MESSAGE_LEN)
+                    .map_err(|e| Refusal::new("08P01", e.to_string()))?
+                {
+                    break f;
+                }
+                conn.read_buf.reserve(4096);
+                match conn.stream.read_buf(&mut conn.read_buf).await {
+                    Ok(0) | Err(_) => {
+                        return Err(Refusal::new(
+                            "08006",
+                            format!("lost connection to node \"{}\"", conn.node.name),
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            };
+            let status = if f.tag == b'Z' {
+                f.body().first().copied().unwrap_or(b'I')
+            } else {
+                0
+            };
+            expect
+                .on_server(f.tag, status)
+                .map_err(|e| Refusal::new("08P01", e.to_string()))?;
+            match f.tag {
+                b'S' => {
+                    if let Ok((k, v)) = backend::decode_parameter_status(f.body()) {
+                        conn.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                b'E' => error = Some(backend::decode_error_fields(f.body()).unwrap_or_default()),
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            // The connection is fine but its settings are now unknown: close it.
+            drop(pc);
+            let code = match e.code.as_str() {
+                "22023" => "22023",
+                "42704" => "42704",
+                _ => "08P01",
+            };
+            return Err(Refusal::new(
+                code,
+                format!("invalid startup setting: {}", e.message),
+            ));
+        }
+        reported = conn.params.clone();
+        // Settings the server does not report are remembered as set.
+        for (k, v) in set {
+            conn.params.entry(k).or_insert(v);
+        }
+    }
+    // The client now believes what the server reports (normalised values).
+    for (k, v) in &reported {
+        session.params.set(k, v);
+    }
+    conn.synced_to = session.params.fingerprint();
+    let mut out = BytesMut::new();
+    for (k, v) in &reported {
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key(&mut out, pid, secret);
+    backend::ready_for_query(&mut out, b'I');
+    pc.release();
+    session
+        .client
+        .write_all(&out)
+        .await
+        .map_err(|_| Refusal::new("08006", "client went away"))?;
+    session
+        .client
+        .flush()
+        .await
+        .map_err(|_| Refusal::new("08006", "client went away"))?;
+    Ok(())
+}

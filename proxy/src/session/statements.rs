@@ -1,0 +1,115 @@
+//! A client's named prepared statements, mapped to server-side names.
+//!
+//! The server-side name is derived from the statement's text and parameter
+//! types, so every client preparing the same statement shares it on a
+//! server connection, and a connection that has it needs no new `Parse`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// Most named statements one client may hold.
+pub const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
+
+/// A statement the client prepared.
+#[derive(Debug)]
+pub struct Statement {
+    /// Name used on server connections (`lr_` + 128 bits of SHA-256).
+    pub server_name: Arc<str>,
+    pub query: Arc<str>,
+    /// Parameter type tail of the `Parse` message, as sent.
+    pub param_types: Bytes,
+}
+
+/// Server-side name for a statement's text and parameter types.
+pub fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
+    let mut h = Sha256::new();
+    h.update(query.as_bytes());
+    h.update([0]);
+    h.update(param_types);
+    let d = h.finalize();
+    let mut s = String::with_capacity(35);
+    s.push_str("lr_");
+    for b in &d[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.into()
+}
+
+/// The client's statements by client-side name.
+#[derive(Default)]
+pub struct Statements {
+    by_name: HashMap<String, Arc<Statement>>,
+}
+
+impl Statements {
+    /// Records `name`; `None` when the client already holds the most allowed.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        query: &str,
+        param_types: &[u8],
+    ) -> Option<Arc<Statement>> {
+        if let Some(s) = self.by_name.get(name)
+            && &*s.query == query
+            && s.param_types == param_types
+        {
+            return Some(s.clone());
+        }
+        if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
+            return None;
+        }
+        let s = Arc::new(Statement {
+            server_name: server_name(query, param_types),
+            query: query.into(),
+            param_types: Bytes::copy_from_slice(param_types),
+        });
+        self.by_name.insert(name.to_string(), s.clone());
+        Some(s)
+    }
+
+    /// The statement called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// Forgets `name` (Close).
+    pub fn remove(&mut self, name: &str) {
+        self.by_name.remove(name);
+    }
+
+    /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_and_types_share_a_server_name() {
+        let mut a = Statements::default();
+        let mut b = Statements::default();
+        let x = a.insert("P_1", "SELECT 1", &[0, 0]).unwrap();
+        let y = b.insert("other", "SELECT 1", &[0, 0]).unwrap();
+        assert_eq!(x.server_name, y.server_name);
+        let z = b.insert("z", "SELECT 1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        assert_ne!(x.server_name, z.server_name);
+        assert_eq!(x.server_name.len(), 35);
+    }
+
+    #[test]
+    fn reprepare_with_new_text_replaces() {
+        let mut a = Statements::default();
+        a.insert("s", "SELECT 1", &[0, 0]).unwrap();
+        let t = a.insert("s", "SELECT 2", &[0, 0]).unwrap();
+        assert_eq!(&*a.get("s").unwrap().query, "SELECT 2");
+        assert_eq!(a.get("s").unwrap().server_name, t.server_name);
+        a.remove("s");
+        assert!(a.get("s").is_none());
+    }
+}

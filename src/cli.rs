@@ -1,0 +1,88 @@
+//! What the CLI commands do, kept out of `main` so tests can call them.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use lagrouter_config::{Config, ConfigError, ConfigHandle};
+use lagrouter_health::HealthSnapshot;
+use tokio_util::sync::CancellationToken;
+
+/// `lagrouter check-config FILE`: prints every problem with its line and
+/// key; exit status 1 when there is any.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} node(s), {} user(s), listen {})",
+                path.display(),
+                c.nodes.len(),
+                c.users.len(),
+                c.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_error(path, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config_error(path: &Path, e: &ConfigError) {
+    match e {
+        ConfigError::Io { .. } => eprintln!("{e}"),
+        _ => {
+            for p in e.problems() {
+                eprintln!("{}: {p}", path.display());
+            }
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `lagrouter run -c FILE`: serves until SIGINT or SIGTERM.
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|e| {
+        print_config_error(path, &e);
+        anyhow::anyhow!("invalid configuration in {}", path.display())
+    })?;
+    let handle = ConfigHandle::new(config);
+    let shutdown = CancellationToken::new();
+    let health = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(HealthSnapshot::initial(
+        &handle.load(),
+    )));
+    let proxy = lagrouter_proxy::Proxy::bind(handle.clone(), health, shutdown.clone())
+        .await
+        .context("starting the proxy")?;
+    tracing::info!(listen = %proxy.local_addr()?, "lagrouter is accepting clients");
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new clients; waiting for transactions in flight");
+        signals.cancel();
+    });
+    proxy.run().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
