@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lagrouter_config::{Config, ConfigError, ConfigHandle};
-use lagrouter_health::HealthSnapshot;
 use tokio_util::sync::CancellationToken;
 
 /// `lagrouter check-config FILE`: prints every problem with its line and
@@ -58,20 +57,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     })?;
     let handle = ConfigHandle::new(config);
     let shutdown = CancellationToken::new();
-    let health = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(HealthSnapshot::initial(
-        &handle.load(),
-    )));
-    let proxy = lagrouter_proxy::Proxy::bind(handle.clone(), health, shutdown.clone())
+    let running = crate::app::start(handle, shutdown.clone())
         .await
         .context("starting the proxy")?;
-    tracing::info!(listen = %proxy.local_addr()?, "lagrouter is accepting clients");
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: no new clients; waiting for transactions in flight");
-        signals.cancel();
-    });
-    proxy.run().await;
+    tracing::info!(listen = %running.addr, "lagrouter is accepting clients");
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new clients; waiting for transactions in flight");
+    running.stop().await;
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! shared with the integration tests.
 //!
 //! Layout:
+//! - `app`: starts a whole lagrouter in-process (health, proxy).
 //! - `cli`: what `lagrouter run` and `check-config` do.
 //! - `pgcluster`: starts a throwaway PostgreSQL primary with streaming
 //!   replicas on loopback (used by `lagrouter demo` and the tests).
 
+pub mod app;
 pub mod cli;
 pub mod pgcluster;

@@ -537,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let addr = self
             .shared
             .node_addr(node)
-            .ok_or({ ProxyError::Route(lagrouter_routing::RouteError::NoPrimary) })?;
+            .ok_or(ProxyError::Route(lagrouter_routing::RouteError::NoPrimary))?;
         let key = PoolKey {
             node: addr.name.clone(),
             user: self.user.name.as_str().into(),

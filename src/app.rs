@@ -1,0 +1,57 @@
+//! Starts a whole lagrouter in-process: health monitor, proxy listener.
+//! `lagrouter run`, `lagrouter demo` and the integration tests all start
+//! through here, so they run the same wiring.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lagrouter_config::ConfigHandle;
+use lagrouter_health::HealthMonitor;
+use lagrouter_proxy::{Proxy, Shared, StartError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running lagrouter.
+pub struct Running {
+    /// Address clients connect to.
+    pub addr: SocketAddr,
+    /// State shared by sessions (pools, users, router).
+    pub shared: Arc<Shared>,
+    /// The lag monitor.
+    pub health: HealthMonitor,
+    /// Cancel to stop; `join` then waits for the listener to drain.
+    pub shutdown: CancellationToken,
+    /// The listener task.
+    pub join: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits for sessions (bounded by `shutdown_timeout`).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+}
+
+/// Starts the monitor (one first round, bounded by `check_timeout`) and
+/// the proxy on `[server] listen`.
+pub async fn start(
+    config: ConfigHandle,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let health = HealthMonitor::start(config.clone(), shutdown.child_token()).await;
+    let proxy = Proxy::bind(config, health.shared(), shutdown.clone()).await?;
+    let addr = proxy.local_addr().map_err(|source| StartError::Listen {
+        addr: "bound socket".into(),
+        source,
+    })?;
+    let shared = proxy.shared();
+    let join = tokio::spawn(proxy.run());
+    Ok(Running {
+        addr,
+        shared,
+        health,
+        shutdown,
+        join,
+    })
+}
