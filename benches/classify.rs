@@ -1,1 +1,53 @@
-fn main() {}
+//! Classifier benchmarks: the hot path of routing.
+//!
+//! Budgets: a cached statement at most 200 ns; a first-seen 200-byte
+//! SELECT at most 1 µs (lex + classify + cache insert).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use lagrouter_routing::{Classifier, FunctionCatalog, ReadOnlyFunctions, analyze};
+
+/// A typical ORM read, 200 bytes.
+const SELECT_200: &str = "SELECT o.id, o.created_at, lower(c.name) AS name, o.total FROM orders o \
+JOIN customers c ON c.id = o.customer_id WHERE o.customer_id = $1 AND o.status = 'open' \
+ORDER BY o.created_at DESC LIMIT 20 /*x*/";
+
+fn benches(c: &mut Criterion) {
+    assert!(
+        (195..=205).contains(&SELECT_200.len()),
+        "{}",
+        SELECT_200.len()
+    );
+
+    let classifier = Classifier::new(10_000);
+    classifier.classify(SELECT_200);
+    c.bench_function("classify/cached_200B", |b| {
+        b.iter(|| classifier.classify(black_box(SELECT_200)))
+    });
+
+    let catalog = FunctionCatalog::builtin();
+    let extra = ReadOnlyFunctions::default();
+    c.bench_function("classify/uncached_analyze_200B", |b| {
+        b.iter(|| analyze(black_box(SELECT_200), &catalog, &extra))
+    });
+
+    // First sight through the cache: a new text each time (a different
+    // comment), so every call lexes, classifies and inserts.
+    let n = AtomicU64::new(0);
+    c.bench_function("classify/first_seen_200B", |b| {
+        b.iter_batched(
+            || {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                let base = SELECT_200.strip_suffix(" /*x*/").unwrap();
+                format!("{base} /*{:06}*/", i % 1_000_000)
+            },
+            |sql| classifier.classify(&sql),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(classify, benches);
+criterion_main!(classify);

@@ -73,9 +73,19 @@ impl StatementCache {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The key of `sql` (hash once, then [`Self::get_keyed`] and
+    /// [`Self::insert_keyed`] on a miss).
+    pub fn key(&self, sql: &str) -> u64 {
+        self.hasher.hash_one(sql)
+    }
+
     /// The cached analysis of `sql` computed at `epoch`, if any.
     pub fn get(&self, sql: &str, epoch: u64) -> Option<Arc<Analysis>> {
-        let hash = self.hasher.hash_one(sql);
+        self.get_keyed(self.key(sql), sql, epoch)
+    }
+
+    /// [`Self::get`] with the key already computed.
+    pub fn get_keyed(&self, hash: u64, sql: &str, epoch: u64) -> Option<Arc<Analysis>> {
         let mut shard = self.shard(hash);
         if let Some(e) = shard.current.get(&hash) {
             return (e.epoch == epoch && &*e.text == sql).then(|| e.analysis.clone());
@@ -94,10 +104,14 @@ impl StatementCache {
     /// Caches `analysis` for `sql` at `epoch` (replacing whatever shared its
     /// hash). Texts over [`MAX_CACHED_TEXT`] are not cached.
     pub fn insert(&self, sql: &str, epoch: u64, analysis: Arc<Analysis>) {
+        self.insert_keyed(self.key(sql), sql, epoch, analysis)
+    }
+
+    /// [`Self::insert`] with the key already computed.
+    pub fn insert_keyed(&self, hash: u64, sql: &str, epoch: u64, analysis: Arc<Analysis>) {
         if sql.len() > MAX_CACHED_TEXT {
             return;
         }
-        let hash = self.hasher.hash_one(sql);
         let entry = Entry {
             text: sql.into(),
             epoch,
@@ -214,11 +228,12 @@ impl Classifier {
     /// The analysis of `sql`, from the cache when possible.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
         let inputs = self.inputs.load();
-        if let Some(a) = self.cache.get(sql, inputs.epoch) {
+        let key = self.cache.key(sql);
+        if let Some(a) = self.cache.get_keyed(key, sql, inputs.epoch) {
             return a;
         }
         let a = Arc::new(analyze(sql, &inputs.catalog, &inputs.extra));
-        self.cache.insert(sql, inputs.epoch, a.clone());
+        self.cache.insert_keyed(key, sql, inputs.epoch, a.clone());
         a
     }
 
