@@ -1,0 +1,167 @@
+//! A lagrouter started in-process on `127.0.0.1:0` in front of the shared
+//! cluster, configured from TOML like a user would.
+
+use std::net::SocketAddr;
+
+use lagrouter::pgcluster::Cluster;
+use lagrouter_config::{Config, ConfigHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Builds the TOML of one proxy. By default: the cluster's nodes (primary
+/// and replicas), user `app`/`app` with SCRAM, default pool, health on the
+/// app database.
+pub struct ProxyBuilder {
+    server: Vec<String>,
+    pool: Vec<String>,
+    users: Vec<String>,
+    nodes: Option<String>,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyBuilder {
+    pub fn new() -> ProxyBuilder {
+        ProxyBuilder {
+            server: Vec::new(),
+            pool: Vec::new(),
+            users: vec!["name = \"app\"\npassword = \"app\"".into()],
+            nodes: None,
+        }
+    }
+
+    /// One `key = value` line of `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.into());
+        self
+    }
+
+    /// One `key = value` line of `[pool]`.
+    pub fn pool(mut self, line: &str) -> Self {
+        self.pool.push(line.into());
+        self
+    }
+
+    /// `[pool] size`.
+    pub fn pool_size(self, n: usize) -> Self {
+        self.pool(&format!("size = {n}"))
+    }
+
+    /// Replaces the default users with none (add them with [`Self::user`]).
+    pub fn no_default_user(mut self) -> Self {
+        self.users.clear();
+        self
+    }
+
+    /// The body of one more `[[users]]` table.
+    pub fn user(mut self, body: &str) -> Self {
+        self.users.push(body.into());
+        self
+    }
+
+    /// Replaces the cluster's nodes with these `[[nodes]]` tables (full TOML).
+    pub fn nodes(mut self, toml: &str) -> Self {
+        self.nodes = Some(toml.into());
+        self
+    }
+
+    /// The configuration file text.
+    pub fn toml(&self, c: &Cluster) -> String {
+        let mut t = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        for l in &self.server {
+            t.push_str(l);
+            t.push('\n');
+        }
+        t.push_str("[pool]\n");
+        for l in &self.pool {
+            t.push_str(l);
+            t.push('\n');
+        }
+        for u in &self.users {
+            t.push_str("[[users]]\n");
+            t.push_str(u);
+            t.push('\n');
+        }
+        match &self.nodes {
+            Some(n) => t.push_str(n),
+            None => t.push_str(&cluster_nodes(c)),
+        }
+        t.push_str(&format!(
+            "[health]\ndatabase = \"{}\"\ncheck_interval = \"250ms\"\n",
+            c.database()
+        ));
+        t
+    }
+
+    /// Starts it (and the shared cluster, on first use).
+    pub async fn start(self) -> TestProxy {
+        super::init_logs();
+        let c = super::blocking(|c| c).await;
+        let text = self.toml(c);
+        let config = Config::from_toml_str(&text)
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        let shutdown = CancellationToken::new();
+        let running = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            lagrouter::app::start(ConfigHandle::new(config), shutdown.clone()),
+        )
+        .await
+        .expect("proxy start timed out")
+        .expect("proxy starts");
+        TestProxy {
+            addr: running.addr,
+            shutdown,
+            _running: running,
+        }
+    }
+}
+
+/// `[[nodes]]` for every node of the cluster (node 0 primary).
+pub fn cluster_nodes(c: &Cluster) -> String {
+    let mut t = String::new();
+    for i in 0..c.node_count() {
+        let role = if i == c.primary_index() {
+            "primary"
+        } else {
+            "replica"
+        };
+        t.push_str(&format!(
+            "[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
+            c.node_name(i),
+            c.host(),
+            c.port(i)
+        ));
+    }
+    t
+}
+
+/// A running proxy; stops (without waiting) when dropped.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    _running: lagrouter::app::Running,
+}
+
+impl TestProxy {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style connection string for `user`/`password` on the app database.
+    pub fn conn_str(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=app \
+             connect_timeout=10",
+            self.port()
+        )
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
