@@ -39,13 +39,20 @@ pub async fn start(
     config: ConfigHandle,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
+    install_metrics(&config);
     let health = HealthMonitor::start(config.clone(), shutdown.child_token()).await;
-    let proxy = Proxy::bind(config, health.shared(), shutdown.clone()).await?;
+    let proxy = Proxy::bind(config.clone(), health.shared(), shutdown.clone()).await?;
     let addr = proxy.local_addr().map_err(|source| StartError::Listen {
         addr: "bound socket".into(),
         source,
     })?;
     let shared = proxy.shared();
+    tokio::spawn(crate::catalog::keep_loaded(
+        config,
+        health.clone(),
+        shared.router.clone(),
+        shutdown.child_token(),
+    ));
     let join = tokio::spawn(proxy.run());
     Ok(Running {
         addr,
@@ -54,4 +61,21 @@ pub async fn start(
         shutdown,
         join,
     })
+}
+
+/// Serves `/metrics` on `[server] metrics_listen`. The exporter installs a
+/// process-wide recorder (the `metrics` crate's design), so only the first
+/// lagrouter started in a process exports; later ones log and go on.
+fn install_metrics(config: &ConfigHandle) {
+    let Some(addr) = config.load().server.metrics_listen.clone() else {
+        return;
+    };
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return;
+    };
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr);
+    match builder.install() {
+        Ok(()) => tracing::info!(%addr, "serving Prometheus metrics at /metrics"),
+        Err(e) => tracing::warn!(%addr, "metrics endpoint not started: {e}"),
+    }
 }

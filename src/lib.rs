@@ -3,10 +3,12 @@
 //!
 //! Layout:
 //! - `app`: starts a whole lagrouter in-process (health, proxy).
+//! - `catalog`: keeps the classifier's function volatility loaded from `pg_proc`.
 //! - `cli`: what `lagrouter run` and `check-config` do.
 //! - `pgcluster`: starts a throwaway PostgreSQL primary with streaming
 //!   replicas on loopback (used by `lagrouter demo` and the tests).
 
 pub mod app;
+pub mod catalog;
 pub mod cli;
 pub mod pgcluster;

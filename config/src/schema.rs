@@ -338,6 +338,11 @@ pub struct RoutingConfig {
     /// After a session writes, its reads go only to nodes that replayed the
     /// write. Default `true`. Live.
     pub read_your_writes: bool,
+    /// How long a read that must see the session's last write may wait for
+    /// a healthy replica to replay it before falling back to the primary;
+    /// `0s` falls back at once. Default `50ms`. Live.
+    #[serde(with = "humantime_serde")]
+    pub read_your_writes_wait: Duration,
     /// Most share of reads that may fall back to the primary before the
     /// breaker opens, 0.0–1.0. Default `0.20`. Live.
     pub primary_read_cap: f64,
@@ -365,6 +370,7 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             read_your_writes: true,
+            read_your_writes_wait: Duration::from_millis(50),
             primary_read_cap: 0.20,
             breaker_window: Duration::from_secs(10),
             breaker_min_reads: 100,

@@ -55,8 +55,13 @@ pub enum BreakerUse {
     ReplicaRead,
     /// A read falling back to the primary: needs admission. `stale` is the
     /// replica `serve_stale` may use instead (never one that has not
-    /// replayed the session's required LSN).
-    Fallback { stale: Option<usize> },
+    /// replayed the session's required LSN). `catch_up` is a healthy
+    /// replica that only lacks the session's required LSN: worth a short
+    /// wait instead of the fallback.
+    Fallback {
+        stale: Option<usize>,
+        catch_up: Option<usize>,
+    },
 }
 
 /// Picks the target. Pure.
@@ -102,6 +107,7 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
                 reason,
                 write,
                 notice: notice.clone(),
+                catch_up: None,
             },
             breaker: BreakerUse::None,
         })
@@ -172,6 +178,7 @@ fn read(
                 reason,
                 write: false,
                 notice,
+                catch_up: None,
             },
             breaker: BreakerUse::ReplicaRead,
         });
@@ -194,6 +201,10 @@ fn read(
             )
         })
         .map(|(i, _)| i);
+    let catch_up = match (reason, ctx.required_lsn) {
+        (Reason::ReadYourWrites, Some(_)) => pick(ctx, replicas().filter(|(_, n)| fresh(n))),
+        _ => None,
+    };
     let node = primary_index(snap)?;
     Ok(Decided {
         decision: RouteDecision {
@@ -202,8 +213,9 @@ fn read(
             reason,
             write: false,
             notice,
+            catch_up: None,
         },
-        breaker: BreakerUse::Fallback { stale },
+        breaker: BreakerUse::Fallback { stale, catch_up },
     })
 }
 
@@ -250,7 +262,7 @@ pub fn settle(
             breaker.record_read(settings, now);
             Ok(decided.decision)
         }
-        BreakerUse::Fallback { stale } => match breaker.admit_fallback(settings, now) {
+        BreakerUse::Fallback { stale, .. } => match breaker.admit_fallback(settings, now) {
             Admission::Admitted => Ok(decided.decision),
             Admission::Refused { share } => match (action, stale) {
                 (BreakerOpenAction::ServeStale, Some(node)) => {
@@ -261,6 +273,7 @@ pub fn settle(
                         reason: Reason::StaleServed,
                         write: false,
                         notice: Some(stale_notice(&snap.nodes[node], share, settings.cap)),
+                        catch_up: None,
                     })
                 }
                 _ => Err(RouteError::BreakerOpen {

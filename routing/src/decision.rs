@@ -57,6 +57,24 @@ pub struct RouteDecision {
     pub write: bool,
     /// A NOTICE to send the client before the results (stale read served).
     pub notice: Option<String>,
+    /// A read pinned to the primary only by read-your-writes, while a
+    /// healthy replica may catch up in a moment: the proxy may wait (up to
+    /// `routing.read_your_writes_wait`) for `replica` to replay `lsn`, then
+    /// report with [`crate::Router::catch_up_done`]. The breaker has not
+    /// counted this read yet.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// A replica worth waiting for (see [`RouteDecision::catch_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Index of the replica.
+    pub replica: usize,
+    /// The LSN it must have replayed.
+    pub lsn: lagrouter_health::Lsn,
+    /// The replica `serve_stale` may use if the read falls back and the
+    /// breaker is open.
+    pub stale: Option<usize>,
 }
 
 /// A transaction routing refused. Sent to the client as an ErrorResponse.

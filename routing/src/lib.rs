@@ -48,7 +48,7 @@ pub use cache::{Classifier, MAX_CACHED_TEXT, StatementCache};
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
 pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};
-pub use decision::{Reason, RouteDecision, RouteError};
+pub use decision::{CatchUp, Reason, RouteDecision, RouteError};
 pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};

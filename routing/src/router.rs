@@ -17,9 +17,9 @@ use crate::session::SessionRouting;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::cache::Classifier;
-use crate::decide::{RouteContext, decide, settle};
+use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
-use crate::{RouteDecision, RouteError};
+use crate::{CatchUp, Reason, RouteDecision, RouteError};
 
 /// Statements the classification cache holds at most.
 pub const CACHE_CAPACITY: usize = 10_000;
@@ -129,6 +129,25 @@ impl Router {
             in_use,
         };
         let decided = decide(&ctx)?;
+        if let (
+            BreakerUse::Fallback {
+                stale,
+                catch_up: Some(replica),
+            },
+            Some(lsn),
+        ) = (decided.breaker, ctx.required_lsn)
+            && !rc.read_your_writes_wait.is_zero()
+        {
+            // Let the proxy wait for the replica first; the breaker counts
+            // this read once the outcome is known (`catch_up_done`).
+            let mut decision = decided.decision;
+            decision.catch_up = Some(CatchUp {
+                replica,
+                lsn,
+                stale,
+            });
+            return Ok(decision);
+        }
         let settings = BreakerSettings::from_config(rc);
         settle(
             decided,
@@ -147,6 +166,51 @@ impl Router {
     /// `lagrouter.last_write_lsn`.
     pub fn record_write(&self, session: &mut SessionRouting, lsn: Lsn) {
         session.record_write(lsn);
+    }
+
+    /// Settles a decision that proposed a catch-up wait: `caught_up` when
+    /// the replica replayed the LSN in time (a replica read), otherwise the
+    /// read falls back to the primary through the breaker as usual.
+    pub fn catch_up_done(
+        &self,
+        decision: &RouteDecision,
+        caught_up: bool,
+        now: Instant,
+    ) -> Result<RouteDecision, RouteError> {
+        let config = self.config.load();
+        let settings = BreakerSettings::from_config(&config.routing);
+        let Some(cu) = decision.catch_up else {
+            return Ok(decision.clone());
+        };
+        let mut primary = decision.clone();
+        primary.catch_up = None;
+        if caught_up {
+            self.breaker().record_read(&settings, now);
+            return Ok(RouteDecision {
+                node: cu.replica,
+                primary: false,
+                reason: Reason::ReadYourWrites,
+                write: false,
+                notice: primary.notice,
+                catch_up: None,
+            });
+        }
+        let decided = Decided {
+            decision: primary,
+            breaker: BreakerUse::Fallback {
+                stale: cu.stale,
+                catch_up: None,
+            },
+        };
+        let snap = self.health.load();
+        settle(
+            decided,
+            &mut self.breaker(),
+            &settings,
+            config.routing.on_breaker_open,
+            &snap,
+            now,
+        )
     }
 
     /// The breaker's state and the primary read share, as of `now`.
@@ -207,11 +271,59 @@ mod tests {
         assert_eq!(s.last_write_lsn(), Some(Lsn(150)));
         let d = r.route(&mut s, "SELECT 1", now).unwrap();
         assert_eq!((d.node, d.reason), (0, Reason::ReadYourWrites));
+        let cu = d.catch_up.expect("a healthy replica is worth waiting for");
+        assert_eq!((cu.replica, cu.lsn), (1, Lsn(150)));
         // The replica catches up.
         let mut snap = (**r.health()).clone();
         snap.nodes[1].replay_lsn = Some(Lsn(150));
         r.health.store(Arc::new(snap));
         assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+    }
+
+    #[test]
+    fn catch_up_settles_the_breaker_by_outcome() {
+        let r = router(1, |c, s| {
+            c.routing.breaker_min_reads = 4;
+            s.nodes[1].replay_lsn = Some(Lsn(100));
+        });
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        r.record_write(&mut s, Lsn(150));
+        // Caught up in time: a replica read, and the breaker counts it so.
+        for _ in 0..8 {
+            let d = r.route(&mut s, "SELECT 1", now).unwrap();
+            let done = r.catch_up_done(&d, true, now).unwrap();
+            assert_eq!(
+                (done.node, done.primary, done.reason),
+                (1, false, Reason::ReadYourWrites)
+            );
+            assert!(done.catch_up.is_none());
+        }
+        assert_eq!(r.breaker_status(now).fallbacks, 0);
+        // Not caught up: primary fallbacks until the cap opens the breaker,
+        // and then the read-your-writes read is refused, never served stale.
+        let mut refused = 0;
+        for _ in 0..8 {
+            let d = r.route(&mut s, "SELECT 1", now).unwrap();
+            match r.catch_up_done(&d, false, now) {
+                Ok(done) => assert_eq!((done.node, done.primary), (0, true)),
+                Err(RouteError::BreakerOpen { .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 0, "the breaker must open on fallbacks");
+    }
+
+    #[test]
+    fn no_catch_up_wait_when_disabled() {
+        let r = router(1, |c, s| {
+            c.routing.read_your_writes_wait = Duration::ZERO;
+            s.nodes[1].replay_lsn = Some(Lsn(100));
+        });
+        let mut s = SessionRouting::new();
+        r.record_write(&mut s, Lsn(150));
+        let d = r.route(&mut s, "SELECT 1", Instant::now()).unwrap();
+        assert_eq!((d.node, d.catch_up), (0, None));
     }
 
     #[test]

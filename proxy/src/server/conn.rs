@@ -258,6 +258,50 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query on this idle connection and returns the first
+    /// column of its first row (`None` for no row or NULL). For the proxy's
+    /// own short queries, never for client traffic.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProxyError> {
+        let mut out = BytesMut::new();
+        crate::protocol::frontend::encode_query(&mut out, sql);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| self.lost(e.to_string()))?;
+        let mut value = None;
+        let mut error = None;
+        loop {
+            let msg = self.read_message().await?;
+            match msg.tag {
+                b'D' if value.is_none() => {
+                    let mut r = crate::protocol::reader::Reader::new(msg.body(), "DataRow");
+                    let cols = r.i16().map_err(|e| self.protocol_error(e.to_string()))?;
+                    if cols > 0 {
+                        let len = r.i32().map_err(|e| self.protocol_error(e.to_string()))?;
+                        if len >= 0 {
+                            let b = r
+                                .bytes(len as usize)
+                                .map_err(|e| self.protocol_error(e.to_string()))?;
+                            value = Some(String::from_utf8_lossy(b).into_owned());
+                        }
+                    }
+                }
+                b'E' => error = Some(backend::decode_error_fields(msg.body()).unwrap_or_default()),
+                b'S' => {
+                    if let Ok((k, v)) = backend::decode_parameter_status(msg.body()) {
+                        self.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(self.protocol_error(format!("{sql}: {} ({})", e.message, e.code))),
+            None => Ok(value),
+        }
+    }
+
     /// Whether the connection looks usable without a round trip: no bytes
     /// pending and the peer has not closed it.
     pub fn looks_alive(&self) -> bool {

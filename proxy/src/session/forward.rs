@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use lagrouter_config::{Config, PoolMode};
-use lagrouter_routing::SessionRouting;
+use lagrouter_health::Lsn;
+use lagrouter_routing::{ProxyCommand, SessionRouting, parse_proxy_command};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::local::{self, LocalStatements};
 use super::params::SessionParams;
 use super::statements::{Statement, Statements};
 use crate::auth::UserAuth;
@@ -29,6 +31,17 @@ const READ_AHEAD_LIMIT: usize = 4 * 1024 * 1024;
 /// A server connection holding more prepared statements is closed on release.
 const MAX_SERVER_STATEMENTS: usize = 5_000;
 const READ_CHUNK: usize = 16 * 1024;
+/// Before routing, an extended-protocol batch is read up to its Sync or
+/// Flush so every statement in it is classified; larger batches are routed
+/// on what is buffered (a write among them still goes to the primary if it
+/// is in the buffer; see `batch_text`).
+const BATCH_LOOKAHEAD_LIMIT: usize = 1024 * 1024;
+/// Asks the primary, after a writing transaction, for a position at or past
+/// its commit record (the insert position covers commits whose WAL is not
+/// flushed yet, as with synchronous_commit = off).
+const COMMIT_LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+/// A replica's replay position, polled while a read waits for it.
+const REPLAY_LSN_QUERY: &str = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -68,6 +81,15 @@ pub struct Session<S> {
     /// After a proxy error in the extended protocol: drop messages up to Sync.
     pub(super) discard_until_sync: bool,
     pub(super) pools: Vec<Option<Arc<ServerPool>>>,
+    /// Statements and portals the proxy answers itself.
+    local: LocalStatements,
+    /// The attached transaction was routed as a write.
+    txn_write: bool,
+    /// The commit-LSN query is in flight; its DataRow carries the LSN.
+    capturing_lsn: bool,
+    /// Client bytes arrived during the capture and wait to be routed.
+    held_client: bool,
+    captured_lsn: Option<Lsn>,
     client_stream: Passthrough,
     server_stream: Passthrough,
 }
@@ -102,6 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             to_server: BytesMut::with_capacity(READ_CHUNK),
             discard_until_sync: false,
             pools: Vec::new(),
+            local: LocalStatements::default(),
+            txn_write: false,
+            capturing_lsn: false,
+            held_client: false,
+            captured_lsn: None,
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
         }
@@ -136,7 +163,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 shared,
                 ..
             } = self;
-            let got_client = if let Some(pc) = server.as_mut() {
+            let got_client = if server.is_none() && self.held_client {
+                // Messages held back while the last write's LSN was fetched.
+                self.held_client = false;
+                true
+            } else if let Some(pc) = server.as_mut() {
                 let conn = pc.conn();
                 if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
                     conn.read_buf.reserve(READ_CHUNK);
@@ -180,6 +211,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return e;
             }
             self.maybe_release();
+            if let Err(e) = self.write_server().await {
+                return e;
+            }
         }
     }
 
@@ -187,6 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn on_client_data(&mut self) -> Result<(), End> {
         loop {
+            if self.capturing_lsn && self.client_stream.remaining == 0 {
+                // The transaction is over; what comes next is routed anew
+                // once the connection is released.
+                self.held_client = !self.cbuf.is_empty();
+                return Ok(());
+            }
             if self.client_stream.remaining > 0 {
                 let n = self.client_stream.remaining.min(self.cbuf.len());
                 if n == 0 {
@@ -204,6 +244,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.frame_error(e).await),
             };
+            if self.server.is_none()
+                && matches!(tag, b'P' | b'B' | b'D' | b'E')
+                && self.cbuf.len() < BATCH_LOOKAHEAD_LIMIT
+                && !batch_complete(&self.cbuf)
+            {
+                // Route only once the whole batch is here.
+                self.cbuf.reserve(READ_CHUNK);
+                return Ok(());
+            }
             if self.cbuf.len() < total {
                 if tag == b'd' && total > STREAM_THRESHOLD {
                     // Large CopyData: pass it through as it arrives.
@@ -219,6 +268,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             let frame = self.cbuf.split_to(total).freeze();
             self.on_client_message(tag, frame).await?;
+            self.drain_synthetic();
+            self.forget_failed_parses();
             if self.to_server.len() > READ_AHEAD_LIMIT {
                 self.write_server().await?;
             }
@@ -246,7 +297,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Ok(s) => s,
                     Err(e) => return Err(self.fatal_error(e).await),
                 };
-                if let Err(e) = self.attach(sql).await {
+                if let Some(cmd) = parse_proxy_command(sql) {
+                    let mut m = BytesMut::new();
+                    local::execute(&mut m, &mut self.routing, &cmd, true);
+                    self.expect.push_synthetic(m.freeze());
+                    self.synthetic_ready();
+                    self.drain_synthetic();
+                    return Ok(());
+                }
+                if let Err(e) = self.attach(sql, None).await {
                     self.synthetic_error(&e);
                     self.synthetic_ready();
                     return Ok(());
@@ -264,6 +323,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             .await);
                     }
                 };
+                if let Some(cmd) = parse_proxy_command(p.query) {
+                    self.statements.remove(p.name);
+                    self.local.prepare(p.name, cmd);
+                    self.synthetic_empty(b'1');
+                    self.drain_synthetic();
+                    return Ok(());
+                }
+                self.local.forget_statement(p.name);
                 if !p.name.is_empty() && self.server.is_none() {
                     // A named Parse outside a transaction needs no server: it
                     // is prepared on whichever server runs its Bind. Waiting
@@ -286,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
-                if let Err(e) = self.attach(p.query).await {
+                if let Err(e) = self.attach(p.query, Some(&frame)).await {
                     self.fail_extended(&e);
                     return Ok(());
                 }
@@ -328,13 +395,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             .await);
                     }
                 };
+                if let Some(cmd) = self.local.statement(b.statement).cloned() {
+                    self.local.bind(b.portal, cmd);
+                    self.synthetic_empty(b'2');
+                    self.drain_synthetic();
+                    return Ok(());
+                }
+                self.local.forget_portal(b.portal);
                 let stmt = if b.statement.is_empty() {
                     None
                 } else {
                     self.statements.get(b.statement).cloned()
                 };
                 let sql = stmt.as_ref().map(|s| s.query.clone());
-                if let Err(e) = self.attach(sql.as_deref().unwrap_or("")).await {
+                if let Err(e) = self
+                    .attach(sql.as_deref().unwrap_or(""), Some(&frame))
+                    .await
+                {
                     self.fail_extended(&e);
                     return Ok(());
                 }
@@ -362,13 +439,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             .await);
                     }
                 };
+                let local_cmd = if t.kind == b'S' {
+                    self.local.statement(t.name)
+                } else {
+                    self.local.portal(t.name)
+                };
+                if let Some(cmd) = local_cmd {
+                    let mut m = BytesMut::new();
+                    if t.kind == b'S' {
+                        local::describe_statement(&mut m, cmd);
+                    } else {
+                        local::describe_portal(&mut m, cmd);
+                    }
+                    self.expect.push_synthetic(m.freeze());
+                    self.drain_synthetic();
+                    return Ok(());
+                }
                 let stmt = if t.kind == b'S' && !t.name.is_empty() {
                     self.statements.get(t.name).cloned()
                 } else {
                     None
                 };
                 let sql = stmt.as_ref().map(|s| s.query.clone());
-                if let Err(e) = self.attach(sql.as_deref().unwrap_or("")).await {
+                if let Err(e) = self
+                    .attach(sql.as_deref().unwrap_or(""), Some(&frame))
+                    .await
+                {
                     self.fail_extended(&e);
                     return Ok(());
                 }
@@ -390,7 +486,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             .await);
                     }
                 };
-                if t.kind == b'S' && !t.name.is_empty() {
+                let was_local = if t.kind == b'S' {
+                    self.local.forget_statement(t.name)
+                } else {
+                    self.local.forget_portal(t.name)
+                };
+                if was_local {
+                    self.synthetic_empty(b'3');
+                } else if t.kind == b'S' && !t.name.is_empty() {
                     // The server keeps it: other clients may share it.
                     self.statements.remove(t.name);
                     self.synthetic_empty(b'3');
@@ -401,8 +504,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.synthetic_empty(b'3');
                 }
             }
+            b'E' if self.local.portal(portal_name(body)).is_some() => {
+                let cmd = self
+                    .local
+                    .portal(portal_name(body))
+                    .cloned()
+                    .expect("checked");
+                self.execute_local(&cmd);
+            }
             b'E' | b'F' => {
-                if let Err(e) = self.attach("").await {
+                if let Err(e) = self.attach("", Some(&frame)).await {
                     if tag == b'F' {
                         self.synthetic_error(&e);
                         self.synthetic_ready();
@@ -493,20 +604,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Attaches a server connection for the transaction that starts with
-    /// `sql`, if none is attached.
-    async fn attach(&mut self, sql: &str) -> Result<(), ProxyError> {
+    /// `sql`, if none is attached. For an extended-protocol message
+    /// (`frame`), the rest of its batch is classified with it.
+    async fn attach(&mut self, sql: &str, frame: Option<&Bytes>) -> Result<(), ProxyError> {
         if self.server.is_some() {
             return Ok(());
         }
         self.config = self.shared.config.load_full();
-        let decision = self
-            .shared
-            .router
-            .route(&mut self.routing, sql, Instant::now())?;
-        let pool = self.pool_for(decision.node)?;
-        let mut pc = pool
-            .checkout(&self.config.pool, self.user.backend_password.as_deref())
-            .await?;
+        let batch = frame.and_then(|_| self.batch_text(sql));
+        let text = batch.as_deref().unwrap_or(sql);
+        let shared = self.shared.clone();
+        let pools = &self.pools;
+        let in_use = |node: usize| {
+            pools
+                .get(node)
+                .and_then(|p| p.as_ref())
+                .map_or(0, |p| p.stats.in_use.load(Ordering::Relaxed))
+        };
+        let mut routed =
+            shared
+                .router
+                .route_with_load(&mut self.routing, text, Instant::now(), &in_use);
+        let mut caught_up = None;
+        if let Ok(d) = &routed
+            && let Some(cu) = d.catch_up
+        {
+            caught_up = self.catch_up(cu.replica, cu.lsn).await;
+            routed = shared
+                .router
+                .catch_up_done(d, caught_up.is_some(), Instant::now());
+        }
+        let decision = match routed {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = match &e {
+                    lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
+                    _ => "no_primary",
+                };
+                metrics::counter!("lagrouter_route_decisions_total",
+                    "node" => "none", "target" => "none", "reason" => reason)
+                .increment(1);
+                return Err(e.into());
+            }
+        };
+        if let Some(node) = self.shared.node_addr(decision.node) {
+            let target = if decision.primary {
+                "primary"
+            } else {
+                "replica"
+            };
+            metrics::counter!("lagrouter_route_decisions_total",
+                "node" => node.name.to_string(), "target" => target, "reason" => decision.reason.as_str())
+            .increment(1);
+        }
+        if let Some(notice) = &decision.notice {
+            backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
+        }
+        self.txn_write = decision.write && decision.primary;
+        let mut pc = match caught_up {
+            Some(pc) if !decision.primary => pc,
+            _ => self.checkout(decision.node).await?,
+        };
         let conn = pc.conn();
         if conn.synced_to != self.params.fingerprint() {
             let current = |k: &str| conn.params.get(k).map(String::as_str);
@@ -526,6 +684,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }));
         self.server = Some(pc);
         Ok(())
+    }
+
+    async fn checkout(&mut self, node: usize) -> Result<PooledConn, ProxyError> {
+        let pool = self.pool_for(node)?;
+        pool.checkout(&self.config.pool, self.user.backend_password.as_deref())
+            .await
+    }
+
+    /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
+    /// `lsn`, polling its replay position on a pooled connection that is
+    /// then used for the read. `None` when it did not catch up in time (or
+    /// could not be asked): the read falls back to the primary.
+    async fn catch_up(&mut self, replica: usize, lsn: Lsn) -> Option<PooledConn> {
+        let deadline = Instant::now() + self.config.routing.read_your_writes_wait;
+        let pool = self.pool_for(replica).ok()?;
+        let mut cfg = self.config.pool.clone();
+        cfg.checkout_timeout = self.config.routing.read_your_writes_wait;
+        let mut pc = pool
+            .checkout(&cfg, self.user.backend_password.as_deref())
+            .await
+            .ok()?;
+        loop {
+            let replayed = pc.conn().query_value(REPLAY_LSN_QUERY).await.ok()?;
+            if replayed
+                .and_then(|v| v.parse::<Lsn>().ok())
+                .is_some_and(|r| r >= lsn)
+            {
+                return Some(pc);
+            }
+            if Instant::now() >= deadline {
+                pc.release();
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        }
     }
 
     pub(super) fn pool_for(&mut self, node: usize) -> Result<Arc<ServerPool>, ProxyError> {
@@ -606,6 +799,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             to_client,
             params,
             server_stream,
+            capturing_lsn,
+            captured_lsn,
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
@@ -673,6 +868,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
+                b'D' if !forward && *capturing_lsn => {
+                    *captured_lsn = first_column_text(&frame[5..]).and_then(|t| t.parse().ok());
+                }
                 b'E' if !forward => {
                     let f = backend::decode_error_fields(&frame[5..]).unwrap_or_default();
                     tracing::warn!(node = %conn.node.name, code = %f.code, "restoring session settings failed: {}", f.message);
@@ -713,8 +911,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             || !self.to_server.is_empty()
             || self.server_stream.remaining > 0
             || self.client_stream.remaining > 0
-            || self.config.pool.mode == PoolMode::Session
         {
+            return;
+        }
+        if self.txn_write {
+            // Learn where the write landed before the connection goes back
+            // (the client already has its ReadyForQuery).
+            self.txn_write = false;
+            self.capturing_lsn = true;
+            frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
+            self.expect.push(Req::Query, false);
+            return;
+        }
+        if self.capturing_lsn {
+            self.capturing_lsn = false;
+            if let Some(lsn) = self.captured_lsn.take() {
+                self.shared.router.record_write(&mut self.routing, lsn);
+                backend::parameter_status(
+                    &mut self.to_client,
+                    "lagrouter.last_write_lsn",
+                    &lsn.to_string(),
+                );
+            }
+        }
+        self.local.end_transaction();
+        if self.config.pool.mode == PoolMode::Session {
             return;
         }
         self.release();
@@ -801,6 +1022,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::debug!(user = %self.user.name, code = e.sqlstate(), "{e}");
     }
 
+    fn execute_local(&mut self, cmd: &ProxyCommand) {
+        let mut m = BytesMut::new();
+        let failed = local::execute(&mut m, &mut self.routing, cmd, false);
+        self.expect.push_synthetic(m.freeze());
+        if failed {
+            self.discard_until_sync = true;
+        }
+    }
+
+    /// The statement texts of the rest of the buffered batch (up to Sync
+    /// or Flush) joined to `sql`, when there is more than `sql`, so the
+    /// batch is routed as the one implicit transaction it is.
+    fn batch_text(&self, sql: &str) -> Option<String> {
+        let mut texts: Vec<&str> = Vec::new();
+        let mut rest: &[u8] = &self.cbuf;
+        while let Ok(Some((tag, total))) = peek_header(rest, MAX_MESSAGE_LEN) {
+            if rest.len() < total || matches!(tag, b'S' | b'H') {
+                break;
+            }
+            let body = &rest[5..total];
+            match tag {
+                b'P' => {
+                    if let Ok(p) = frontend::decode_parse(body) {
+                        texts.push(p.query);
+                    }
+                }
+                b'B' => {
+                    if let Ok(b) = frontend::decode_bind(body)
+                        && let Some(s) = self.statements.get(b.statement)
+                    {
+                        texts.push(&s.query);
+                    }
+                }
+                _ => {}
+            }
+            rest = &rest[total..];
+        }
+        texts.retain(|t| !t.is_empty() && *t != sql);
+        if texts.is_empty() {
+            return None;
+        }
+        let mut all = String::from(sql);
+        for t in texts {
+            all.push_str(";\n");
+            all.push_str(t);
+        }
+        Some(all)
+    }
+
     fn fail_extended(&mut self, e: &ProxyError) {
         self.synthetic_error(e);
         self.discard_until_sync = true;
@@ -852,4 +1122,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::warn!(user = %self.user.name, "{e}");
         self.fatal_error(e).await
     }
+}
+
+/// Whether the buffered client bytes hold a complete batch: a Sync or
+/// Flush message, or a message that ends the lookahead.
+fn batch_complete(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    loop {
+        match peek_header(rest, MAX_MESSAGE_LEN) {
+            Ok(Some((tag, total))) => {
+                if matches!(tag, b'S' | b'H' | b'Q' | b'X' | b'F') {
+                    return true;
+                }
+                if rest.len() < total {
+                    return false;
+                }
+                rest = &rest[total..];
+            }
+            Ok(None) => return false,
+            Err(_) => return true, // let the frame error surface
+        }
+    }
+}
+
+/// The portal name at the front of an Execute body.
+fn portal_name(body: &[u8]) -> &str {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(0);
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+/// The text of the first column of a DataRow body.
+fn first_column_text(body: &[u8]) -> Option<&str> {
+    let mut r = crate::protocol::reader::Reader::new(body, "DataRow");
+    if r.i16().ok()? < 1 {
+        return None;
+    }
+    let len = r.i32().ok()?;
+    if len < 0 {
+        return None;
+    }
+    std::str::from_utf8(r.bytes(len as usize).ok()?).ok()
 }
