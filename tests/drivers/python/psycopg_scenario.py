@@ -38,6 +38,7 @@ def plain(v):
 def run(w, rep, out):
     def rec(step, v):
         out.append({"w": w, "rep": rep, "i": len(out), "step": step, "v": plain(v)})
+        print(f"progress w{w} rep{rep} {step}", file=sys.stderr, flush=True)
 
     table = f"drv_psycopg_w{w}"
     notices = []
