@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use lagrouter::pgcluster::Cluster;
 use lagrouter_config::{Config, ConfigHandle};
+use lagrouter_health::NodeState;
 use tokio_util::sync::CancellationToken;
 
 /// Builds the TOML of one proxy. By default: the cluster's nodes (primary
@@ -15,6 +16,8 @@ pub struct ProxyBuilder {
     pool: Vec<String>,
     users: Vec<String>,
     nodes: Option<String>,
+    routing: Vec<String>,
+    wait_healthy: bool,
 }
 
 impl Default for ProxyBuilder {
@@ -30,6 +33,12 @@ impl ProxyBuilder {
             pool: Vec::new(),
             users: vec!["name = \"app\"\npassword = \"app\"".into()],
             nodes: None,
+            // These tests are about the protocol, not the primary-read
+            // breaker: reads that fall back to the primary (replicas not yet
+            // healthy after start, or lagging under a 10 MB COPY) must not
+            // be refused.
+            routing: vec!["primary_read_cap = 1.0".into()],
+            wait_healthy: true,
         }
     }
 
@@ -62,6 +71,25 @@ impl ProxyBuilder {
         self
     }
 
+    /// One `key = value` line of `[routing]`.
+    pub fn routing(mut self, line: &str) -> Self {
+        self.routing.push(line.into());
+        self
+    }
+
+    /// Keeps the default `[routing]` (primary-read breaker at 20%).
+    pub fn default_routing(mut self) -> Self {
+        self.routing.clear();
+        self
+    }
+
+    /// Do not wait for every node to be healthy before returning from
+    /// [`Self::start`] (for proxies in front of dead nodes).
+    pub fn no_wait_healthy(mut self) -> Self {
+        self.wait_healthy = false;
+        self
+    }
+
     /// Replaces the cluster's nodes with these `[[nodes]]` tables (full TOML).
     pub fn nodes(mut self, toml: &str) -> Self {
         self.nodes = Some(toml.into());
@@ -89,6 +117,11 @@ impl ProxyBuilder {
             Some(n) => t.push_str(n),
             None => t.push_str(&cluster_nodes(c)),
         }
+        t.push_str("[routing]\n");
+        for l in &self.routing {
+            t.push_str(l);
+            t.push('\n');
+        }
         t.push_str(&format!(
             "[health]\ndatabase = \"{}\"\ncheck_interval = \"250ms\"\n",
             c.database()
@@ -111,6 +144,20 @@ impl ProxyBuilder {
         .await
         .expect("proxy start timed out")
         .expect("proxy starts");
+        if self.wait_healthy {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let snap = running.health.snapshot();
+                if snap.nodes.iter().all(|n| n.state == NodeState::Healthy) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nodes not all healthy 20 s after proxy start: {snap:#?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         TestProxy {
             addr: running.addr,
             shutdown,

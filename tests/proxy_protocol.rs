@@ -1,0 +1,920 @@
+//! The client protocol through the proxy, against the real cluster: simple
+//! and extended queries, named prepared statements across a churning pool,
+//! session parameters tracked across pooled connections, pinning (LISTEN,
+//! temp tables, advisory locks), COPY both ways, notices, errors inside
+//! transactions and pipelines, a 50 MiB row, a client vanishing
+//! mid-transaction, FunctionCall, and CancelRequest.
+//!
+//! Each test starts its own proxy (cheap) on the shared cluster and uses its
+//! own tables, channels, lock keys or roles, so tests run in parallel.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::process::{psql, run};
+use support::raw::{RawConn, message, query};
+use support::*;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn proxy(pool_size: usize) -> TestProxy {
+    ProxyBuilder::new().pool_size(pool_size).start().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_extended_queries() {
+    within(
+        Duration::from_secs(180),
+        "test simple_and_extended_queries",
+        async {
+            let proxy = proxy(4).await;
+            let c = connect(&proxy).await;
+            let msgs = c
+                .simple_query("select 1 as a; select 'two' as b")
+                .await
+                .unwrap();
+            let rows: Vec<String> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).unwrap().to_owned())
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(rows, ["1", "two"]);
+            let row = c
+                .query_one("select $1::int + 1, $2::text || '!'", &[&41i32, &"hi"])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i32>(0), 42);
+            assert_eq!(row.get::<_, String>(1), "hi!");
+            // Writes reach the primary and are read back.
+            c.batch_execute(
+                "create table if not exists lr_simple (id int primary key, v text);\
+         truncate lr_simple",
+            )
+            .await
+            .unwrap();
+            for i in 0..20i32 {
+                c.execute(
+                    "insert into lr_simple values ($1, $2)",
+                    &[&i, &format!("v{i}")],
+                )
+                .await
+                .unwrap();
+            }
+            let n: i64 = c
+                .query_one("select count(*) from lr_simple", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 20);
+            // NULLs and many rows.
+            let rows = c
+                .query("select nullif(g, 3) from generate_series(1, 10000) g", &[])
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 10000);
+            assert_eq!(rows[2].get::<_, Option<i32>>(0), None);
+        },
+    )
+    .await
+}
+
+/// 8 clients on a pool of 2, each with 3 named statements (distinct SQL per
+/// client), 200 transactions each: every Bind must run the client's own
+/// statement, whichever server connection the transaction gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_survive_pool_churn() {
+    within(
+        Duration::from_secs(180),
+        "test named_prepared_statements_survive_pool_churn",
+        async {
+            let proxy = proxy(2).await;
+            let mut tasks = Vec::new();
+            for k in 0..8i32 {
+                let c = connect(&proxy).await;
+                tasks.push(tokio::spawn(async move {
+                    let mul = c
+                        .prepare(&format!("select $1::int * {}", k + 2))
+                        .await
+                        .unwrap();
+                    let cat = c
+                        .prepare(&format!("select $1::text || '-client{k}'"))
+                        .await
+                        .unwrap();
+                    let sum = c
+                        .prepare(&format!(
+                            "select sum(g)::int + {k} from generate_series(1, $1::int) g"
+                        ))
+                        .await
+                        .unwrap();
+                    let mut c = c;
+                    for i in 0..200i32 {
+                        let tx = c.client.transaction().await.unwrap();
+                        let a: i32 = tx.query_one(&mul, &[&i]).await.unwrap().get(0);
+                        assert_eq!(a, i * (k + 2), "client {k} txn {i}: wrong statement ran");
+                        let b: String = tx
+                            .query_one(&cat, &[&format!("t{i}")])
+                            .await
+                            .unwrap()
+                            .get(0);
+                        assert_eq!(b, format!("t{i}-client{k}"));
+                        let n = i % 50 + 1;
+                        let s: i32 = tx.query_one(&sum, &[&n]).await.unwrap().get(0);
+                        assert_eq!(s, n * (n + 1) / 2 + k);
+                        tx.commit().await.unwrap();
+                        // Outside a transaction too (each statement its own checkout).
+                        if i % 10 == 0 {
+                            let a: i32 = c.query_one(&mul, &[&7i32]).await.unwrap().get(0);
+                            assert_eq!(a, 7 * (k + 2));
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                within(Duration::from_secs(120), "8 clients x 200 transactions", t)
+                    .await
+                    .expect("client task panicked");
+            }
+        },
+    )
+    .await
+}
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    scalar(c, &format!("show {name}"))
+        .await
+        .unwrap_or_else(|| panic!("show {name}: no value"))
+}
+
+/// Pool size 1: A and B share one server connection. A's SETs follow A and
+/// never leak to B; SET LOCAL and rolled-back SETs do not stick; RESET works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_parameters_follow_the_client_across_pooled_connections() {
+    within(
+        Duration::from_secs(180),
+        "test session_parameters_follow_the_client_across_pooled_connections",
+        async {
+            let proxy = proxy(1).await;
+            let a = connect(&proxy).await;
+            let b = connect(&proxy).await;
+            let b_tz = show(&b, "TimeZone").await;
+            let b_app = show(&b, "application_name").await;
+            let b_ds = show(&b, "DateStyle").await;
+            assert_ne!(b_tz, "Asia/Tokyo");
+            a.batch_execute(
+                "SET TimeZone = 'Asia/Tokyo'; SET application_name = 'client_a'; \
+         SET DateStyle = 'SQL, DMY'",
+            )
+            .await
+            .unwrap();
+            for i in 0..30 {
+                assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo", "round {i}");
+                assert_eq!(
+                    show(&b, "TimeZone").await,
+                    b_tz,
+                    "round {i}: A's TimeZone leaked"
+                );
+                assert_eq!(show(&a, "application_name").await, "client_a");
+                assert_eq!(show(&b, "application_name").await, b_app);
+                assert_eq!(show(&a, "DateStyle").await, "SQL, DMY");
+                assert_eq!(show(&b, "DateStyle").await, b_ds);
+                // Extended protocol and explicit transactions see the same.
+                let tz: String = a
+                    .query_one("select current_setting('TimeZone')", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(tz, "Asia/Tokyo");
+                b.batch_execute("begin; select 1; commit").await.unwrap();
+                let tz: String = b
+                    .query_one("select current_setting('TimeZone')", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(tz, b_tz);
+            }
+            // SET LOCAL ends with its transaction; a rolled-back SET is undone.
+            a.batch_execute("begin; set local application_name = 'only_here'; commit")
+                .await
+                .unwrap();
+            assert_eq!(
+                show(&a, "application_name").await,
+                "client_a",
+                "SET LOCAL stuck"
+            );
+            a.batch_execute("begin; set DateStyle = 'German'; rollback")
+                .await
+                .unwrap();
+            assert_eq!(show(&b, "DateStyle").await, b_ds);
+            assert_eq!(
+                show(&a, "DateStyle").await,
+                "SQL, DMY",
+                "rolled-back SET stuck"
+            );
+            a.batch_execute("reset TimeZone").await.unwrap();
+            assert_eq!(show(&b, "TimeZone").await, b_tz);
+            assert_eq!(
+                show(&a, "TimeZone").await,
+                b_tz,
+                "RESET did not restore the default"
+            );
+        },
+    )
+    .await
+}
+
+/// LISTEN pins the session; a NOTIFY from another client reaches the
+/// listener while it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_reaches_an_idle_listener() {
+    within(
+        Duration::from_secs(180),
+        "test listen_notify_reaches_an_idle_listener",
+        async {
+            let proxy = proxy(3).await;
+            let mut l = connect(&proxy).await;
+            let n = connect(&proxy).await;
+            l.batch_execute("LISTEN lr_chan").await.unwrap();
+            // Other clients churn the pool meanwhile.
+            for i in 0..20 {
+                n.batch_execute(&format!("select {i}")).await.unwrap();
+            }
+            n.batch_execute("NOTIFY lr_chan, 'hello from n'")
+                .await
+                .unwrap();
+            let got = l.next_message(Duration::from_secs(5)).await;
+            let got = match got {
+                Some(m) => m,
+                None => {
+                    // Tell a late delivery (only on the next query) from a lost one.
+                    l.batch_execute("select 1").await.unwrap();
+                    let late = l.next_message(Duration::from_secs(2)).await;
+                    panic!("no notification while idle within 5 s; after a query: {late:?}");
+                }
+            };
+            match got {
+                AsyncMessage::Notification(note) => {
+                    assert_eq!(note.channel(), "lr_chan");
+                    assert_eq!(note.payload(), "hello from n");
+                }
+                other => panic!("expected a notification, got {other:?}"),
+            }
+            // A second one after more traffic on the listener itself.
+            l.batch_execute("select 1").await.unwrap();
+            n.batch_execute("select pg_notify('lr_chan', 'second')")
+                .await
+                .unwrap();
+            match l.next_message(Duration::from_secs(5)).await {
+                Some(AsyncMessage::Notification(note)) => assert_eq!(note.payload(), "second"),
+                other => panic!("second notification: {other:?}"),
+            }
+        },
+    )
+    .await
+}
+
+/// A temp table pins its session: with a pool of 3 and two other clients
+/// holding transactions, A keeps its server connection and its table; the
+/// others never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_table_survives_across_transactions() {
+    within(
+        Duration::from_secs(180),
+        "test temp_table_survives_across_transactions",
+        async {
+            let proxy = proxy(3).await;
+            let a = connect(&proxy).await;
+            let b1 = connect(&proxy).await;
+            let b2 = connect(&proxy).await;
+            a.batch_execute("create temp table lr_tmp (x int); insert into lr_tmp values (1)")
+                .await
+                .unwrap();
+            let pid = scalar(&a, "select pg_backend_pid()").await;
+            for i in 0..20 {
+                b1.batch_execute("begin; select 1").await.unwrap();
+                b2.batch_execute("begin; select 1").await.unwrap();
+                let n = within(
+                    Duration::from_secs(10),
+                    "A's query while B1 and B2 hold transactions",
+                    a.query_one("select count(*) from lr_tmp", &[]),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {i}: temp table lost: {}", describe(&e)));
+                assert_eq!(n.get::<_, i64>(0), 1 + i);
+                a.execute("insert into lr_tmp values ($1)", &[&(i as i32)])
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    scalar(&a, "select pg_backend_pid()").await,
+                    pid,
+                    "round {i}"
+                );
+                for b in [&b1, &b2] {
+                    assert_eq!(
+                        scalar(b, "select to_regclass('lr_tmp')::text").await,
+                        None,
+                        "another client sees A's temp table"
+                    );
+                    b.batch_execute("commit").await.unwrap();
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// A session advisory lock pins the session: the lock stays A's across
+/// transactions (others cannot take it), A can release it, and it is
+/// released when A disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_advisory_lock_is_held_by_the_session() {
+    within(
+        Duration::from_secs(180),
+        "test session_advisory_lock_is_held_by_the_session",
+        async {
+            let proxy = proxy(3).await;
+            let a = connect(&proxy).await;
+            let b = connect(&proxy).await;
+            a.batch_execute("select pg_advisory_lock(424242)")
+                .await
+                .unwrap();
+            for i in 0..20 {
+                a.batch_execute("select 1").await.unwrap();
+                let got = scalar(&b, "select pg_try_advisory_lock(424242)").await;
+                if got.as_deref() == Some("t") {
+                    b.batch_execute("select pg_advisory_unlock(424242)")
+                        .await
+                        .unwrap();
+                    panic!("round {i}: B took the lock A holds");
+                }
+            }
+            assert_eq!(
+                scalar(&a, "select pg_advisory_unlock(424242)")
+                    .await
+                    .as_deref(),
+                Some("t"),
+                "A's unlock ran on a connection that does not hold the lock"
+            );
+            assert_eq!(
+                scalar(&b, "select pg_try_advisory_lock(424242)")
+                    .await
+                    .as_deref(),
+                Some("t")
+            );
+            b.batch_execute("select pg_advisory_unlock(424242)")
+                .await
+                .unwrap();
+            // Locked again by A, then A vanishes: the lock must go with it.
+            a.batch_execute("select pg_advisory_lock(424242)")
+                .await
+                .unwrap();
+            a.kill().await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if scalar(&b, "select pg_try_advisory_lock(424242)")
+                    .await
+                    .as_deref()
+                    == Some("t")
+                {
+                    b.batch_execute("select pg_advisory_unlock(424242)")
+                        .await
+                        .unwrap();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "lock of a disconnected client still held after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await
+}
+
+const COPY_ROWS: usize = 100_000;
+const COPY_LINE: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_10_mb() {
+    within(
+        Duration::from_secs(180),
+        "test copy_from_stdin_10_mb",
+        async {
+            let proxy = proxy(4).await;
+            let c = connect(&proxy).await;
+            c.batch_execute(
+                "create table if not exists lr_copy_in (line text); truncate lr_copy_in",
+            )
+            .await
+            .unwrap();
+            let mut data = Vec::with_capacity(COPY_ROWS * COPY_LINE);
+            for i in 0..COPY_ROWS {
+                let line = format!("{i:08}{}", "z".repeat(COPY_LINE - 9));
+                data.extend_from_slice(line.as_bytes());
+                data.push(b'\n');
+            }
+            assert_eq!(data.len(), 10_000_000);
+            let out = run(
+                psql(
+                    proxy.port(),
+                    "sslmode=disable",
+                    &[
+                        "-c",
+                        "copy lr_copy_in from stdin",
+                        "-c",
+                        "select count(*) from lr_copy_in",
+                    ],
+                ),
+                Some(data),
+                Duration::from_secs(90),
+            )
+            .await;
+            assert!(out.status.success(), "psql copy in: {}", out.stderr);
+            assert_eq!(out.stdout_text().trim(), COPY_ROWS.to_string());
+            let row = c
+        .query_one(
+            "select count(*), sum(length(line))::bigint, count(distinct line) from lr_copy_in",
+            &[],
+        )
+        .await
+        .unwrap();
+            assert_eq!(row.get::<_, i64>(0), COPY_ROWS as i64);
+            assert_eq!(row.get::<_, i64>(1), (COPY_ROWS * (COPY_LINE - 1)) as i64);
+            assert_eq!(row.get::<_, i64>(2), COPY_ROWS as i64);
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_10_mb() {
+    within(Duration::from_secs(180), "test copy_to_stdout_10_mb", async {
+    let proxy = proxy(4).await;
+    let sql = format!(
+        "copy (select lpad(g::text, 8, '0') || repeat('y', {}) from generate_series(0, {}) g) \
+         to stdout",
+        COPY_LINE - 9,
+        COPY_ROWS - 1
+    );
+    let out = run(
+        psql(
+            proxy.port(),
+            "sslmode=disable",
+            &["-c", &sql, "-c", "select 'after copy'"],
+        ),
+        None,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(out.status.success(), "psql copy out: {}", out.stderr);
+    let tail = b"after copy\n";
+    assert!(out.stdout.ends_with(tail), "session broken after COPY OUT");
+    let body = &out.stdout[..out.stdout.len() - tail.len()];
+    assert_eq!(body.len(), COPY_ROWS * COPY_LINE, "COPY OUT byte count");
+    for (i, line) in body.split(|b| *b == b'\n').take(COPY_ROWS).enumerate() {
+        assert_eq!(line.len(), COPY_LINE - 1, "line {i}");
+        assert_eq!(&line[..8], format!("{i:08}").as_bytes(), "line {i} out of order");
+    }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notice_is_delivered() {
+    within(
+        Duration::from_secs(180),
+        "test notice_is_delivered",
+        async {
+            let proxy = proxy(2).await;
+            let mut c = connect(&proxy).await;
+            c.batch_execute("DO $$ BEGIN RAISE NOTICE 'hello %', 42; END $$")
+                .await
+                .unwrap();
+            match c.next_message(Duration::from_secs(5)).await {
+                Some(AsyncMessage::Notice(n)) => {
+                    assert_eq!(n.message(), "hello 42");
+                    assert_eq!(n.severity(), "NOTICE");
+                }
+                other => panic!("expected a notice, got {other:?}"),
+            }
+            // Also from the extended protocol, and a WARNING.
+            c.execute("DO $$ BEGIN RAISE WARNING 'careful'; END $$", &[])
+                .await
+                .unwrap();
+            match c.next_message(Duration::from_secs(5)).await {
+                Some(AsyncMessage::Notice(n)) => assert_eq!(n.message(), "careful"),
+                other => panic!("expected a warning, got {other:?}"),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_inside_a_transaction_then_rollback() {
+    within(
+        Duration::from_secs(180),
+        "test error_inside_a_transaction_then_rollback",
+        async {
+            let proxy = proxy(2).await;
+            let mut c = connect(&proxy).await;
+            c.batch_execute(
+                "create table if not exists lr_txn_err (v text); delete from lr_txn_err",
+            )
+            .await
+            .unwrap();
+            let tx = c.client.transaction().await.unwrap();
+            tx.execute("insert into lr_txn_err values ('doomed')", &[])
+                .await
+                .unwrap();
+            expect_sqlstate(
+                tx.query("select 1/0", &[]).await,
+                "22012",
+                "division by zero",
+            );
+            expect_sqlstate(
+                tx.query("select 1", &[]).await,
+                "25P02",
+                "statement in an aborted transaction",
+            );
+            tx.rollback().await.unwrap();
+            let n: i64 = c
+                .query_one("select count(*) from lr_txn_err", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "rolled-back row visible");
+            // Simple protocol: the error stops the multi-statement query.
+            let r = c
+                .simple_query("begin; insert into lr_txn_err values ('x'); select 1/0; commit")
+                .await;
+            expect_sqlstate(r, "22012", "simple query error");
+            // The implicit COMMIT never ran: we are in a failed transaction.
+            expect_sqlstate(c.simple_query("select 1").await, "25P02", "after error");
+            c.batch_execute("rollback").await.unwrap();
+            assert_eq!(
+                scalar(&c, "select count(*) from lr_txn_err")
+                    .await
+                    .as_deref(),
+                Some("0")
+            );
+            assert_eq!(scalar(&c, "select 'fine'").await.as_deref(), Some("fine"));
+        },
+    )
+    .await
+}
+
+/// Pipelined extended-protocol queries (each with its own Sync): a failing
+/// one in the middle fails alone; those before and after succeed in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_in_the_middle_of_a_pipeline() {
+    within(
+        Duration::from_secs(180),
+        "test error_in_the_middle_of_a_pipeline",
+        async {
+            let proxy = proxy(2).await;
+            let c = connect(&proxy).await;
+            let good = c.prepare("select $1::int").await.unwrap();
+            let bad = c.prepare("select 1 / $1::int").await.unwrap();
+            for round in 0..20i32 {
+                let (zero, next) = (0i32, round + 1);
+                type P<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync); 1];
+                let (p1, p2, p3): (P, P, P) = ([&round], [&zero], [&next]);
+                let (r1, r2, r3, r4) = tokio::join!(
+                    c.query_one(&good, &p1),
+                    c.query_one(&bad, &p2),
+                    c.query_one(&good, &p3),
+                    c.query_one("select 'unprepared'::text", &[]),
+                );
+                assert_eq!(r1.unwrap().get::<_, i32>(0), round);
+                expect_sqlstate(r2, "22012", "pipelined division by zero");
+                assert_eq!(r3.unwrap().get::<_, i32>(0), next);
+                assert_eq!(r4.unwrap().get::<_, String>(0), "unprepared");
+            }
+            // A failing query followed by a good one, one after the other.
+            expect_sqlstate(
+                c.query("select * from lr_no_such_table", &[]).await,
+                "42P01",
+                "missing table",
+            );
+            assert_eq!(scalar(&c, "select 'next'").await.as_deref(), Some("next"));
+        },
+    )
+    .await
+}
+
+/// A 50 MiB value comes back whole, and a 20 MiB parameter goes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_both_ways() {
+    within(
+        Duration::from_secs(180),
+        "test large_values_both_ways",
+        async {
+            let proxy = proxy(2).await;
+            let c = connect(&proxy).await;
+            let n = 5 * 1024 * 1024;
+            let row = within(
+                Duration::from_secs(60),
+                "50 MiB row",
+                c.query_one("select repeat('0123456789', $1::int)", &[&(n as i32)]),
+            )
+            .await
+            .unwrap();
+            let v: &str = row.get(0);
+            assert_eq!(v.len(), 10 * n);
+            assert!(
+                v.as_bytes().chunks(10).all(|chunk| chunk == b"0123456789"),
+                "50 MiB value corrupted"
+            );
+            let param: Vec<u8> = (0..20 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+            let row = within(
+                Duration::from_secs(60),
+                "20 MiB parameter",
+                c.query_one("select length($1::bytea), md5($1::bytea)", &[&param]),
+            )
+            .await
+            .unwrap();
+            assert_eq!(row.get::<_, i32>(0), param.len() as i32);
+            // Compare with the server's own md5 of the same bytes generated there.
+            let expect: String = c
+        .query_one(
+            "select md5(string_agg(set_byte('\\x00'::bytea, 0, g % 251), ''::bytea order by g)) \
+             from generate_series(0, $1::int - 1) g",
+            &[&(param.len() as i32)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+            assert_eq!(
+                row.get::<_, String>(1),
+                expect,
+                "20 MiB parameter corrupted"
+            );
+        },
+    )
+    .await
+}
+
+/// BEGIN; INSERT; the client vanishes. The row must not commit and the
+/// pooled server connection must not stay in the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_transaction_leaves_nothing_behind() {
+    within(
+        Duration::from_secs(180),
+        "test client_vanishing_mid_transaction_leaves_nothing_behind",
+        async {
+            ensure_role("lr_ghost").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .user("name = \"lr_ghost\"\npassword = \"lr_ghost\"")
+                .start()
+                .await;
+            let setup = connect_as(&proxy, "lr_ghost", "lr_ghost").await;
+            setup
+                .batch_execute(
+                    "create table if not exists lr_ghost_t (v text); delete from lr_ghost_t",
+                )
+                .await
+                .unwrap();
+            drop(setup);
+            for graceful in [false, true] {
+                let a = connect_as(&proxy, "lr_ghost", "lr_ghost").await;
+                a.batch_execute("begin; insert into lr_ghost_t values ('ghost')")
+                    .await
+                    .unwrap();
+                if graceful {
+                    // Terminate message while in the transaction.
+                    drop(a);
+                } else {
+                    a.kill().await;
+                }
+                let b = connect_as(&proxy, "lr_ghost", "lr_ghost").await;
+                let what = if graceful {
+                    "Terminate"
+                } else {
+                    "dropped socket"
+                };
+                assert_eq!(
+                    scalar(&b, "select txid_current_if_assigned()::text").await,
+                    None,
+                    "{what}: next client inherited a transaction with a txid"
+                );
+                assert_eq!(
+                    scalar(&b, "select (now() = statement_timestamp())::text")
+                        .await
+                        .as_deref(),
+                    Some("true"),
+                    "{what}: next client runs inside an old transaction"
+                );
+                assert_eq!(
+                    scalar(&b, "select count(*) from lr_ghost_t")
+                        .await
+                        .as_deref(),
+                    Some("0"),
+                    "{what}: the vanished client's row is visible"
+                );
+                drop(b);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let idle_in_txn = blocking(|c| {
+                        c.sql(
+                            c.primary_index(),
+                            "select count(*) from pg_stat_activity where usename = 'lr_ghost' \
+                     and state like 'idle in transaction%'",
+                        )
+                        .unwrap()
+                    })
+                    .await;
+                    if idle_in_txn == "0" {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{what}: {idle_in_txn} server connection(s) idle in transaction after 10 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            let c = connect_as(&proxy, "lr_ghost", "lr_ghost").await;
+            assert_eq!(
+                scalar(&c, "select count(*) from lr_ghost_t")
+                    .await
+                    .as_deref(),
+                Some("0")
+            );
+        },
+    )
+    .await
+}
+
+/// CancelRequest reaches the server connection running the client's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_cancels_the_running_query() {
+    within(
+        Duration::from_secs(180),
+        "test cancel_request_cancels_the_running_query",
+        async {
+            let proxy = proxy(2).await;
+            let c = connect(&proxy).await;
+            let token = c.cancel_token();
+            let started = Instant::now();
+            let (r, _) = tokio::join!(c.query("select pg_sleep(10)", &[]), async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                token.cancel_query(NoTls).await.expect("send cancel");
+            });
+            expect_sqlstate(r, "57014", "cancelled query");
+            assert!(
+                started.elapsed() < Duration::from_millis(2500),
+                "cancel took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(scalar(&c, "select 'alive'").await.as_deref(), Some("alive"));
+        },
+    )
+    .await
+}
+
+/// A cancel from an idle client must not hit another client's query that
+/// now runs on the server connection the idle client used last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_an_idle_client_does_not_hit_another_client() {
+    within(
+        Duration::from_secs(180),
+        "test cancel_from_an_idle_client_does_not_hit_another_client",
+        async {
+            let proxy = proxy(1).await;
+            let idle = connect(&proxy).await;
+            let busy = connect(&proxy).await;
+            idle.batch_execute("select 1").await.unwrap();
+            let token = idle.cancel_token();
+            let (r, _) = tokio::join!(busy.query("select pg_sleep(1.5)", &[]), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                token.cancel_query(NoTls).await.expect("send cancel");
+            });
+            if let Err(e) = r {
+                panic!("idle client's cancel hit another client: {}", describe(&e));
+            }
+        },
+    )
+    .await
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// FunctionCall ('F') is forwarded and answered with FunctionCallResponse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_message() {
+    within(
+        Duration::from_secs(180),
+        "test function_call_message",
+        async {
+            ensure_role("lr_raw").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(2)
+                .user("name = \"lr_raw\"\npassword = \"lr_raw\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut raw = RawConn::login_trust(proxy.addr, "lr_raw").await;
+            raw.send(&query("select 'int4pl'::regproc::oid"))
+                .await
+                .unwrap();
+            let msgs = raw.until_ready(T).await;
+            let row = msgs.iter().find(|m| m.tag == b'D').expect("oid row");
+            let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
+            let oid: i32 = std::str::from_utf8(&row.body[6..6 + len])
+                .unwrap()
+                .parse()
+                .unwrap();
+            for (a, b) in [(40i32, 2i32), (-5, 5), (1000, 337)] {
+                let mut body = Vec::new();
+                body.extend_from_slice(&oid.to_be_bytes());
+                body.extend_from_slice(&1i16.to_be_bytes()); // one format code
+                body.extend_from_slice(&1i16.to_be_bytes()); // binary
+                body.extend_from_slice(&2i16.to_be_bytes()); // two arguments
+                for v in [a, b] {
+                    body.extend_from_slice(&4i32.to_be_bytes());
+                    body.extend_from_slice(&v.to_be_bytes());
+                }
+                body.extend_from_slice(&1i16.to_be_bytes()); // binary result
+                raw.send(&message(b'F', &body)).await.unwrap();
+                let msgs = raw.until_ready(T).await;
+                let v = msgs
+                    .iter()
+                    .find(|m| m.tag == b'V')
+                    .unwrap_or_else(|| panic!("no FunctionCallResponse: {msgs:?}"));
+                assert_eq!(&v.body[..4], &4i32.to_be_bytes());
+                assert_eq!(i32::from_be_bytes(v.body[4..8].try_into().unwrap()), a + b);
+            }
+            // The session still answers queries.
+            raw.send(&query("select 1")).await.unwrap();
+            let msgs = raw.until_ready(T).await;
+            assert!(msgs.iter().any(|m| m.tag == b'D'), "{msgs:?}");
+        },
+    )
+    .await
+}
+
+/// Two sessions use the same statement name for different SQL on a pool of
+/// one server connection: each Bind runs its own session's statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_statement_name_in_two_sessions() {
+    within(
+        Duration::from_secs(180),
+        "test same_statement_name_in_two_sessions",
+        async {
+            ensure_role("lr_raw").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .user("name = \"lr_raw\"\npassword = \"lr_raw\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut sessions = Vec::new();
+            for who in ["A", "B"] {
+                let mut raw = RawConn::login_trust(proxy.addr, "lr_raw").await;
+                let mut parse = cstr("stmt");
+                parse.extend(cstr(&format!("select '{who}'::text")));
+                parse.extend_from_slice(&0i16.to_be_bytes());
+                let mut batch = message(b'P', &parse);
+                batch.extend(message(b'S', &[]));
+                raw.send(&batch).await.unwrap();
+                let msgs = raw.until_ready(T).await;
+                assert!(msgs.iter().any(|m| m.tag == b'1'), "{who}: {msgs:?}");
+                sessions.push((who, raw));
+            }
+            let mut bind = cstr("");
+            bind.extend(cstr("stmt"));
+            bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, params, result formats
+            let mut exec = cstr("");
+            exec.extend_from_slice(&0i32.to_be_bytes());
+            let mut batch = message(b'B', &bind);
+            batch.extend(message(b'E', &exec));
+            batch.extend(message(b'S', &[]));
+            for round in 0..20 {
+                for (who, raw) in sessions.iter_mut() {
+                    raw.send(&batch).await.unwrap();
+                    let msgs = raw.until_ready(T).await;
+                    let row = msgs
+                        .iter()
+                        .find(|m| m.tag == b'D')
+                        .unwrap_or_else(|| panic!("round {round} {who}: {msgs:?}"));
+                    assert_eq!(
+                        &row.body[6..],
+                        who.as_bytes(),
+                        "round {round}: wrong statement"
+                    );
+                }
+            }
+        },
+    )
+    .await
+}
