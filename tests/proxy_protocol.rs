@@ -918,3 +918,24 @@ async fn same_statement_name_in_two_sessions() {
     )
     .await
 }
+
+/// `txid_current()` assigns a transaction id: it is a write and must run on
+/// the primary (a replica refuses it with 25006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: select txid_current() is routed to a replica (25006 during recovery)"]
+async fn txid_current_runs_on_the_primary() {
+    within(
+        Duration::from_secs(60),
+        "test txid_current_runs_on_the_primary",
+        async {
+            let proxy = proxy(2).await;
+            let c = connect(&proxy).await;
+            for i in 0..20 {
+                if let Err(e) = c.query_one("select txid_current()", &[]).await {
+                    panic!("round {i}: {}", describe(&e));
+                }
+            }
+        },
+    )
+    .await
+}
