@@ -1,0 +1,102 @@
+//! pgbench through lagrouter (pool size 8, 16 clients, 2 threads, 5 s):
+//! select-only in simple, extended and prepared mode, and the default
+//! TPC-B-like script in prepared mode. Each run must exit 0 with no failed
+//! transactions, no aborted client and a positive tps; a hang is killed
+//! after 60 s and fails the test.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::process::{Output, run};
+use support::*;
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+/// One pgbench at a time: they share the 2 cores and the pgbench tables.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+async fn init_once() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    blocking(|c| {
+        INIT.get_or_init(|| c.pgbench_init(10).expect("pgbench -i -s 10"));
+    })
+    .await;
+}
+
+async fn pgbench(mode: &str, select_only: bool) -> Output {
+    init_once().await;
+    let proxy = ProxyBuilder::new().pool_size(8).start().await;
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-n", "-c", "16", "-j", "2", "-T", "5", "-M", mode])
+        .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
+        .args(["-U", "app", "app"])
+        .env("PGPASSWORD", "app")
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10");
+    if select_only {
+        cmd.arg("-S");
+    }
+    let out = run(cmd, None, Duration::from_secs(60)).await;
+    drop(proxy);
+    out
+}
+
+fn check(out: &Output, what: &str) -> f64 {
+    let text = out.stdout_text();
+    let all = format!("stdout:\n{text}\nstderr:\n{}", out.stderr);
+    assert!(
+        out.status.success(),
+        "{what}: pgbench failed ({}):\n{all}",
+        out.status
+    );
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "{what}: failed transactions:\n{all}"
+    );
+    assert!(
+        !text.contains("aborted") && !out.stderr.contains("aborted"),
+        "{what}: aborted clients:\n{all}"
+    );
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no tps line:\n{all}"));
+    assert!(tps > 0.0, "{what}: tps {tps}:\n{all}");
+    let processed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no processed count:\n{all}"));
+    assert!(processed > 0, "{what}: nothing processed:\n{all}");
+    eprintln!("{what}: tps {tps:.0}, {processed} transactions");
+    tps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_only_simple() {
+    let _serial = SERIAL.lock().await;
+    check(&pgbench("simple", true).await, "-S -M simple");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_only_extended() {
+    let _serial = SERIAL.lock().await;
+    check(&pgbench("extended", true).await, "-S -M extended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_only_prepared() {
+    let _serial = SERIAL.lock().await;
+    check(&pgbench("prepared", true).await, "-S -M prepared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpcb_like_prepared() {
+    let _serial = SERIAL.lock().await;
+    check(&pgbench("prepared", false).await, "TPC-B-like -M prepared");
+}
