@@ -26,7 +26,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lagrouter::pgcluster::Cluster;
 
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
 pub use proxy::*;
 
 /// Logs from the proxy into the test output; `RUST_LOG` overrides.
