@@ -283,8 +283,9 @@ mod tests {
         let lags: Vec<_> = s.nodes.iter().map(|n| n.lag_bytes).collect();
         assert_eq!(lags, [Some(0), Some(500), Some(2000)]);
         let states: Vec<_> = s.nodes.iter().map(|n| n.state).collect();
-        let rec1 = NodeState::Recovering { good_checks: 1 };
-        assert_eq!(states, [rec1, rec1, NodeState::Lagging]);
+        // First checks: a node never demoted is admitted by its first good one.
+        let ok = NodeState::Healthy;
+        assert_eq!(states, [ok, ok, NodeState::Lagging]);
         assert_eq!(s.nodes[1].lag_time, Some(Duration::from_millis(300)));
         assert_eq!(
             s.nodes[0].replay_lsn,
@@ -388,10 +389,7 @@ mod tests {
         assert_eq!(r2.replay_lsn, Some(Lsn(4900)));
         assert_eq!(r2.lag_bytes, None);
         assert_eq!(r2.in_recovery, Some(true));
-        assert_eq!(
-            a.snapshot.nodes[1].state,
-            NodeState::Recovering { good_checks: 2 }
-        );
+        assert_eq!(a.snapshot.nodes[1].state, NodeState::Healthy);
         assert_eq!(a.snapshot.seq, 2);
     }
 
@@ -480,10 +478,7 @@ mod tests {
             &PrimaryHistory::default(),
             t0,
         );
-        assert_eq!(
-            a.snapshot.nodes[1].state,
-            NodeState::Recovering { good_checks: 1 }
-        );
+        assert_eq!(a.snapshot.nodes[1].state, NodeState::Healthy);
         assert_eq!(a.snapshot.nodes[2].state, NodeState::Lagging);
         assert_eq!(a.snapshot.nodes[2].lag_bytes, None);
         assert_eq!(a.snapshot.nodes[2].timeline, Some(1));
@@ -516,10 +511,6 @@ mod tests {
             NodeState::Lagging,
             "10 bytes behind, heartbeat 300ms old"
         );
-        assert_eq!(
-            s.nodes[2].state,
-            NodeState::Recovering { good_checks: 1 },
-            "caught up"
-        );
+        assert_eq!(s.nodes[2].state, NodeState::Healthy, "caught up");
     }
 }

@@ -146,8 +146,8 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    /// A node nobody has checked yet: not serving reads until it has passed
-    /// `recover_after_checks` checks, like one that just recovered.
+    /// A node nobody has checked yet: it serves reads once its first check
+    /// is good (see [`next_status`]); until then it does not.
     pub fn unchecked(now: Instant) -> NodeStatus {
         NodeStatus {
             state: NodeState::Recovering { good_checks: 0 },
@@ -169,6 +169,14 @@ pub fn next_status(prev: &NodeStatus, v: &Verdict, t: &Thresholds, now: Instant)
             let good = prev.good_checks.saturating_add(1);
             match prev.state {
                 NodeState::Healthy => (NodeState::Healthy, good),
+                // Never checked (a bad check always leaves Lagging or
+                // Unreachable behind): nothing to recover from, so the
+                // first good check admits it. Hysteresis is for re-admission
+                // after a demotion; without this, every read at start-up
+                // would fall back to the primary and trip the breaker.
+                NodeState::Recovering { good_checks: 0 } if prev.good_checks == 0 => {
+                    (NodeState::Healthy, good)
+                }
                 NodeState::Lagging | NodeState::Unreachable | NodeState::Recovering { .. } => {
                     if good >= needed {
                         (NodeState::Healthy, good)
@@ -408,15 +416,25 @@ mod tests {
     }
 
     #[test]
-    fn unchecked_node_needs_full_recovery() {
+    fn unchecked_node_is_admitted_by_its_first_good_check() {
         let t0 = Instant::now();
-        let mut s = NodeStatus::unchecked(t0);
-        for _ in 0..2 {
+        let s = step(NodeStatus::unchecked(t0), good(), t0);
+        assert_eq!((s.state, s.good_checks), (NodeState::Healthy, 1));
+        // ...but once demoted, it needs the full recovery.
+        let mut s = step(s, lagging(), t0);
+        assert_eq!(s.state, NodeState::Lagging);
+        for n in 1..3 {
             s = step(s, good(), t0);
-            assert!(matches!(s.state, NodeState::Recovering { .. }));
+            assert_eq!(s.state, NodeState::Recovering { good_checks: n });
         }
-        s = step(s, good(), t0);
-        assert_eq!(s.state, NodeState::Healthy);
+        assert_eq!(step(s, good(), t0).state, NodeState::Healthy);
+        // A node unreachable at its first check recovers slowly too.
+        let s = step(NodeStatus::unchecked(t0), down(), t0);
+        assert_eq!(s.state, NodeState::Unreachable);
+        assert_eq!(
+            step(s, good(), t0).state,
+            NodeState::Recovering { good_checks: 1 }
+        );
     }
 
     #[test]

@@ -125,13 +125,42 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
 fn primary_index(snap: &HealthSnapshot) -> Result<usize, RouteError> {
     match &snap.primary {
         PrimaryStatus::One(i) => Ok(*i),
-        PrimaryStatus::None => Err(RouteError::NoPrimary),
+        PrimaryStatus::None => Err(no_primary(snap)),
         PrimaryStatus::SplitBrain(ix) => Err(RouteError::SplitBrain(
             ix.iter()
                 .map(|i| snap.nodes.get(*i).map_or("?", |n| n.name.as_str()))
                 .collect::<Vec<_>>()
                 .join(", "),
         )),
+    }
+}
+
+/// Why there is no primary, naming the node(s) that should be it.
+pub(crate) fn no_primary(snap: &HealthSnapshot) -> RouteError {
+    let down: Vec<String> = snap
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.role != lagrouter_config::NodeRole::Replica && n.state == NodeState::Unreachable
+        })
+        .map(|n| match &n.unreachable_reason {
+            Some(r) => format!("node \"{}\" is unreachable ({r})", n.name),
+            None => format!("node \"{}\" is unreachable", n.name),
+        })
+        .collect();
+    if !down.is_empty() {
+        return RouteError::NoPrimary {
+            detail: down.join("; "),
+            unreachable: true,
+        };
+    }
+    let detail = snap
+        .primary_problem
+        .clone()
+        .unwrap_or_else(|| "no node is out of recovery".into());
+    RouteError::NoPrimary {
+        detail,
+        unreachable: false,
     }
 }
 
@@ -206,6 +235,13 @@ fn read(
         _ => None,
     };
     let node = primary_index(snap)?;
+    // With no replica configured at all, the primary is the only place
+    // reads can go: that is no fallback, and the breaker stays out of it.
+    let breaker = if snap.nodes.len() <= 1 {
+        BreakerUse::None
+    } else {
+        BreakerUse::Fallback { stale, catch_up }
+    };
     Ok(Decided {
         decision: RouteDecision {
             node,
@@ -215,7 +251,7 @@ fn read(
             notice,
             catch_up: None,
         },
-        breaker: BreakerUse::Fallback { stale, catch_up },
+        breaker,
     })
 }
 

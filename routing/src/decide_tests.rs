@@ -114,8 +114,25 @@ fn default_transaction_read_only_makes_begin_a_read() {
 fn writes_refused_without_a_single_primary() {
     let mut c = Case::new(1);
     c.snap.primary = PrimaryStatus::None;
-    assert_eq!(c.decide("DELETE FROM t"), Err(RouteError::NoPrimary));
+    assert!(matches!(
+        c.decide("DELETE FROM t"),
+        Err(RouteError::NoPrimary {
+            unreachable: false,
+            ..
+        })
+    ));
     assert_eq!(c.route("SELECT 1").0, 1, "reads still flow");
+    // A primary that does not answer: 08006, naming the node and why.
+    c.snap.nodes[0].state = NodeState::Unreachable;
+    c.snap.nodes[0].unreachable_reason = Some("connection refused".into());
+    let e = c.decide("DELETE FROM t").unwrap_err();
+    assert_eq!(e.sqlstate(), "08006");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"primary\"") && msg.contains("connection refused"),
+        "{msg}"
+    );
+    c.snap.nodes[0].state = NodeState::Healthy;
     c.snap.primary = PrimaryStatus::SplitBrain(vec![0, 1]);
     assert_eq!(
         c.decide("DELETE FROM t"),
@@ -185,6 +202,11 @@ fn fallback_reasons() {
     c.snap.nodes[2].state = NodeState::Unreachable;
     assert_eq!(c.route("SELECT 1"), (0, Reason::NoReplica));
     assert_eq!(Case::new(0).route("SELECT 1"), (0, Reason::NoReplica));
+    // No replica configured: reads on the primary are not fallbacks.
+    assert_eq!(
+        Case::new(0).decide("SELECT 1").unwrap().breaker,
+        BreakerUse::None
+    );
 }
 
 #[test]

@@ -80,9 +80,10 @@ pub struct CatchUp {
 /// A transaction routing refused. Sent to the client as an ErrorResponse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouteError {
-    /// No node is known to be primary.
-    #[error("lagrouter: no primary is available for writes")]
-    NoPrimary,
+    /// No node is known to be primary. `detail` says why (naming the
+    /// node); `unreachable` when the would-be primary does not answer.
+    #[error("lagrouter: no primary is available for writes: {detail}")]
+    NoPrimary { detail: String, unreachable: bool },
     /// Several nodes claim to be primary; writes are refused rather than split.
     #[error("lagrouter: split brain: nodes {0} all claim to be primary; writes are refused")]
     SplitBrain(String),
@@ -100,7 +101,10 @@ impl RouteError {
     /// SQLSTATE sent to the client.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            RouteError::NoPrimary | RouteError::SplitBrain(_) => "57P03", // cannot_connect_now
+            RouteError::NoPrimary {
+                unreachable: true, ..
+            } => "08006", // connection_failure
+            RouteError::NoPrimary { .. } | RouteError::SplitBrain(_) => "57P03", // cannot_connect_now
             RouteError::BreakerOpen { .. } => "53400", // configuration_limit_exceeded
         }
     }
@@ -108,7 +112,7 @@ impl RouteError {
     /// What the client can do about it.
     pub fn hint(&self) -> &'static str {
         match self {
-            RouteError::NoPrimary => {
+            RouteError::NoPrimary { .. } => {
                 "Retry once the primary is back; check SHOW NODES in the admin console."
             }
             RouteError::SplitBrain(_) => {

@@ -119,6 +119,10 @@ impl FunctionCatalog {
         schema: Option<&str>,
         name: &str,
     ) -> bool {
+        // Stable in pg_proc, yet they fail on a server in recovery.
+        if PRIMARY_ONLY.contains(&name) {
+            return false;
+        }
         if extra.contains(schema, name) {
             return true;
         }
@@ -189,6 +193,21 @@ impl ReadOnlyFunctions {
 /// Built-in functions that are immutable or stable (`provolatile` `i`/`s`)
 /// in PostgreSQL 12 and later. Deliberately short: a function missing here
 /// only sends reads to the primary until the catalog is loaded.
+/// Functions `pg_proc` marks stable that raise an error during recovery
+/// (they assign a transaction id or read the primary's WAL position):
+/// statements calling them go to the primary whatever the catalog says.
+const PRIMARY_ONLY: &[&str] = &[
+    "txid_current",
+    "txid_current_if_assigned",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_walfile_name",
+    "pg_walfile_name_offset",
+];
+
 const BUILTIN_READ_ONLY: &[&str] = &[
     // aggregates
     "count",
@@ -479,5 +498,18 @@ mod tests {
         assert!(c.is_read_only_call(&extra, Some("app"), "f"));
         assert!(!c.is_read_only_call(&extra, None, "f"));
         assert!(!c.is_read_only_call(&extra, Some("other"), "f"));
+    }
+
+    #[test]
+    fn primary_only_functions_never_read_only() {
+        let cat = FunctionCatalog::from_rows([
+            ("txid_current", 's'),
+            ("pg_current_wal_lsn", 'v'),
+            ("lower", 'i'),
+        ]);
+        let extra = ReadOnlyFunctions::new(&["txid_current".to_string()]);
+        assert!(!cat.is_read_only_call(&extra, None, "txid_current"));
+        assert!(!cat.is_read_only_call(&extra, Some("pg_catalog"), "pg_current_wal_lsn"));
+        assert!(cat.is_read_only_call(&extra, None, "lower"));
     }
 }

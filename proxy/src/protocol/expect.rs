@@ -71,6 +71,10 @@ pub struct Expect {
     in_copy: bool,
     /// Transaction status from the last `ReadyForQuery`.
     status: u8,
+    /// Extended-protocol messages were sent since the last `ReadyForQuery`:
+    /// the server is not at a sync point even when nothing is owed (after
+    /// a Flush), so the connection must not be released.
+    unsynced: bool,
     /// Named statements whose `Parse` the server skipped or refused.
     failed_parses: Vec<Arc<str>>,
 }
@@ -101,6 +105,9 @@ impl Expect {
             }
             self.skipping = false;
         }
+        if !matches!(req, Req::Query | Req::FunctionCall | Req::Sync) {
+            self.unsynced = true;
+        }
         self.queue.push_back(Entry::Server { req, forward, name });
     }
 
@@ -125,10 +132,15 @@ impl Expect {
         }
     }
 
-    /// Nothing is owed: the server connection may be released (when the
-    /// transaction status is also idle).
+    /// Nothing is owed: no response is outstanding.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Nothing is owed and the server is at a sync point outside a
+    /// transaction: the connection may go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && !self.unsynced && self.status == b'I'
     }
 
     /// Whether any request still waits for a server answer.
@@ -238,6 +250,7 @@ impl Expect {
             }
             b'Z' if req == Req::Sync || simple => {
                 self.status = rfq_status;
+                self.unsynced = false;
                 self.in_copy = false;
                 self.pop(forward)
             }
@@ -260,6 +273,20 @@ mod tests {
         tags.iter()
             .map(|&t| e.on_server(t, b'I').unwrap())
             .collect()
+    }
+
+    #[test]
+    fn flush_without_sync_is_not_idle() {
+        // asyncpg: Parse + Describe + Flush, answers, and no Sync yet.
+        let mut e = Expect::new();
+        e.push(Req::Parse, true);
+        e.push(Req::Describe(b'S'), true);
+        assert_eq!(feed(&mut e, b"1tT"), vec![Forward; 3]);
+        assert!(e.is_empty() && !e.is_idle());
+        // A simple query then ends the extended-protocol episode.
+        e.push(Req::Query, true);
+        assert_eq!(feed(&mut e, b"CZ"), vec![Forward; 2]);
+        assert!(e.is_idle());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct ServerConn {
     pub secret: Vec<u8>,
     /// Parameters as the server last reported them, plus values the proxy set.
     pub params: BTreeMap<String, String>,
+    /// Parameters as reported at login: the server's defaults for this
+    /// user and database, which a new client session starts from.
+    pub defaults: Arc<BTreeMap<String, String>>,
     /// Fingerprint of the session parameters this connection was last
     /// brought in line with (0: none). Lets a session skip the comparison.
     pub synced_to: u64,
@@ -97,6 +100,7 @@ impl ServerConn {
             pid: 0,
             secret: Vec::new(),
             params: BTreeMap::new(),
+            defaults: Arc::default(),
             synced_to: 0,
             prepared: HashSet::new(),
             read_buf: BytesMut::with_capacity(16 * 1024),
@@ -111,6 +115,7 @@ impl ServerConn {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         conn.login(user, password).await?;
+        conn.defaults = Arc::new(conn.params.clone());
         Ok(conn)
     }
 

@@ -727,10 +727,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return Ok(p.clone());
         }
-        let addr = self
-            .shared
-            .node_addr(node)
-            .ok_or(ProxyError::Route(lagrouter_routing::RouteError::NoPrimary))?;
+        let addr = self.shared.node_addr(node).ok_or_else(|| {
+            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
+                detail: format!("node {node} is no longer in the configuration"),
+                unreachable: false,
+            })
+        })?;
         let key = PoolKey {
             node: addr.name.clone(),
             user: self.user.name.as_str().into(),
@@ -906,8 +908,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn maybe_release(&mut self) {
         if self.server.is_none()
             || self.pinned
-            || !self.expect.is_empty()
-            || self.expect.status() != b'I'
+            || !self.expect.is_idle()
             || !self.to_server.is_empty()
             || self.server_stream.remaining > 0
             || self.client_stream.remaining > 0
@@ -963,8 +964,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .pinned_sessions
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        let clean =
-            self.expect.is_empty() && self.expect.status() == b'I' && self.to_server.is_empty();
+        let clean = self.expect.is_idle() && self.to_server.is_empty();
         if clean && !self.pinned && self.config.pool.mode == PoolMode::Transaction {
             self.release();
         } else {

@@ -83,6 +83,20 @@ impl SessionParams {
         p
     }
 
+    /// Adds the server's default for a setting the client did not choose.
+    pub fn default_to(&mut self, defaults: &BTreeMap<String, String>) {
+        let mut changed = false;
+        for (k, v) in defaults {
+            if settable(k) && !self.values.contains_key(k) {
+                self.values.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            self.refresh();
+        }
+    }
+
     /// Records a value the server reported to this client.
     pub fn set(&mut self, name: &str, value: &str) {
         if !settable(name) || self.values.get(name).is_some_and(|v| v == value) {

@@ -442,6 +442,9 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .checkout(&config.pool, session.user.backend_password.as_deref())
         .await?;
     let conn = pc.conn();
+    // Start from the server's defaults, not from whatever the last client
+    // left on this pooled connection.
+    session.params.default_to(&conn.defaults);
     let mut reported = conn.params.clone();
     let current = |k: &str| conn.params.get(k).map(String::as_str);
     if let Some((sql, set)) = session.params.sync_sql(current) {
