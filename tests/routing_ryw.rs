@@ -1,0 +1,628 @@
+//! Read-your-writes through lagrouter against the shared primary and two
+//! streaming replicas.
+//!
+//! - 16 sessions each insert a row and read it back at once, for 16 s,
+//!   while replica1's replay is paused for 5 s in the middle: no read may
+//!   miss its own row, and while the replicas are healthy most reads must
+//!   still be served by replicas (read-your-writes must not simply send
+//!   everything to the primary).
+//! - Causal tokens: a write's LSN (`SHOW lagrouter.last_write_lsn` and the
+//!   `lagrouter.last_write_lsn` ParameterStatus) handed to other connections
+//!   with `SET lagrouter.min_lsn` or a `/* lagrouter:min_lsn=… */` comment
+//!   makes their reads see the write while both replicas are paused; a
+//!   connection without the token is served by a stale replica (the control
+//!   that shows the check can fail).
+//!
+//! Which node served a read is identified inside the read itself with
+//! `inet_server_port()`. The scenarios pause replay on the shared cluster,
+//! so they run one at a time (`SERIAL`), and a guard resumes replay on drop,
+//! even when an assertion fails.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use lagrouter::pgcluster::Cluster;
+use lagrouter_config::{Config, ConfigHandle};
+use lagrouter_health::{Lsn, NodeState};
+use support::raw::{RawConn, query};
+use support::{ProxyBuilder, blocking, describe, scalar, try_connect_str, within};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_util::sync::CancellationToken;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+// ---------------------------------------------------------------------------
+// Helpers (this file's own; tests/support is shared and not changed).
+
+/// A lagrouter started in-process whose health snapshot the test can read.
+struct Lr {
+    running: lagrouter::app::Running,
+    /// Port of each cluster node, by node index (0 = primary).
+    ports: Vec<u16>,
+}
+
+impl Drop for Lr {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+    }
+}
+
+impl Lr {
+    /// Starts a proxy from `builder`'s TOML with `check_interval = 100ms`
+    /// and the extra `[health]` lines, then waits until every node is healthy.
+    async fn start(builder: ProxyBuilder, health: &str) -> Lr {
+        support::init_logs();
+        let c = blocking(|c| c).await;
+        let mut text = builder.toml(c);
+        assert!(text.contains("check_interval = \"250ms\"\n"), "{text}");
+        text = text.replace(
+            "check_interval = \"250ms\"\n",
+            "check_interval = \"100ms\"\n",
+        );
+        text.push_str(health);
+        let config = Config::from_toml_str(&text)
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        let running = within(
+            Duration::from_secs(30),
+            "proxy start",
+            lagrouter::app::start(ConfigHandle::new(config), CancellationToken::new()),
+        )
+        .await
+        .expect("proxy starts");
+        let lr = Lr {
+            running,
+            ports: (0..c.node_count()).map(|i| c.port(i)).collect(),
+        };
+        lr.wait_all_healthy(Duration::from_secs(20)).await;
+        lr
+    }
+
+    fn conn_str(&self, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={user} dbname=app connect_timeout=10",
+            self.running.addr.port()
+        )
+    }
+
+    async fn connect(&self) -> support::Conn {
+        try_connect_str(&self.conn_str("app"))
+            .await
+            .unwrap_or_else(|e| panic!("connect through the proxy: {}", describe(&e)))
+    }
+
+    fn all_healthy(&self) -> bool {
+        self.running
+            .health
+            .snapshot()
+            .nodes
+            .iter()
+            .all(|n| n.state == NodeState::Healthy)
+    }
+
+    async fn wait_all_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.all_healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "nodes not all healthy after {within:?}: {:#?}",
+                self.running.health.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node index listening on `port`.
+    fn node_of(&self, port: i32) -> usize {
+        self.ports
+            .iter()
+            .position(|p| i32::from(*p) == port)
+            .unwrap_or_else(|| panic!("port {port} is no cluster node ({:?})", self.ports))
+    }
+}
+
+/// Pauses replay on replicas; resumes them when dropped (also on panic).
+struct Paused(Vec<usize>);
+
+impl Paused {
+    async fn new(nodes: &[usize]) -> Paused {
+        let guard = Paused(nodes.to_vec());
+        for &n in nodes {
+            blocking(move |c| c.pause_replay(n))
+                .await
+                .unwrap_or_else(|e| panic!("pause replay on node {n}: {e}"));
+        }
+        guard
+    }
+
+    async fn resume(mut self) {
+        let nodes = std::mem::take(&mut self.0);
+        blocking(move |c| {
+            for n in nodes {
+                c.resume_replay(n).expect("resume replay");
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let c = Cluster::shared();
+        for &n in &self.0 {
+            if let Err(e) = c.resume_replay(n) {
+                eprintln!("could not resume replay on node {n}: {e}");
+            }
+        }
+    }
+}
+
+async fn caught_up() {
+    blocking(|c| c.wait_caught_up(Duration::from_secs(30)))
+        .await
+        .expect("replicas catch up");
+}
+
+/// Rows of a simple query, as text.
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = within(Duration::from_secs(30), sql, client.simple_query(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+
+const SESSIONS: i64 = 16;
+const RUN: Duration = Duration::from_secs(16);
+const PAUSE_AT: Duration = Duration::from_secs(5);
+const PAUSE_FOR: Duration = Duration::from_secs(5);
+
+/// Phases of the concurrent run.
+const HEALTHY: u8 = 0;
+const PAUSED: u8 = 1;
+const RECOVERING: u8 = 2;
+const HEALTHY_AGAIN: u8 = 3;
+const PHASES: [&str; 4] = ["healthy", "replica1 paused", "recovering", "healthy again"];
+
+#[derive(Default)]
+struct Tally {
+    /// Reads by phase and serving node.
+    served: [[u64; 3]; 4],
+    /// Reads that did not see their own session's committed row.
+    violations: Vec<String>,
+    /// Any other failure.
+    errors: Vec<String>,
+}
+
+async fn ryw_session(
+    conn_str: String,
+    ports: Vec<u16>,
+    session: i64,
+    started: Instant,
+    phase: Arc<AtomicU8>,
+) -> Tally {
+    let mut t = Tally::default();
+    let conn = match try_connect_str(&conn_str).await {
+        Ok(c) => c,
+        Err(e) => {
+            t.errors
+                .push(format!("session {session}: connect: {}", describe(&e)));
+            return t;
+        }
+    };
+    let prepared = async {
+        let ins = conn
+            .prepare("INSERT INTO ryw_rows (id, session) VALUES ($1, $2)")
+            .await?;
+        let sel = conn
+            .prepare("SELECT id, inet_server_port() FROM ryw_rows WHERE id = $1")
+            .await?;
+        Ok::<_, tokio_postgres::Error>((ins, sel))
+    };
+    let (ins, sel) = match prepared.await {
+        Ok(p) => p,
+        Err(e) => {
+            t.errors
+                .push(format!("session {session}: prepare: {}", describe(&e)));
+            return t;
+        }
+    };
+    let step = Duration::from_secs(10);
+    let mut n: i64 = 0;
+    while started.elapsed() < RUN {
+        n += 1;
+        let id = session * 1_000_000_000 + n;
+        let s32 = session as i32;
+        match tokio::time::timeout(step, conn.execute(&ins, &[&id, &s32])).await {
+            Ok(Ok(1)) => {}
+            Ok(Ok(k)) => {
+                t.errors
+                    .push(format!("session {session}: insert {id} affected {k} rows"));
+                continue;
+            }
+            Ok(Err(e)) => {
+                t.errors
+                    .push(format!("session {session}: insert {id}: {}", describe(&e)));
+                continue;
+            }
+            Err(_) => {
+                t.errors
+                    .push(format!("session {session}: insert {id} took over {step:?}"));
+                return t;
+            }
+        }
+        let before = phase.load(Ordering::SeqCst);
+        let at = started.elapsed();
+        let r = tokio::time::timeout(step, conn.query_opt(&sel, &[&id])).await;
+        let after = phase.load(Ordering::SeqCst);
+        match r {
+            Ok(Ok(Some(row))) => {
+                let port: i32 = row.get(1);
+                let node = ports
+                    .iter()
+                    .position(|p| i32::from(*p) == port)
+                    .expect("served by a cluster node");
+                // A read that straddles a phase change counts in neither.
+                if before == after {
+                    t.served[usize::from(before)][node] += 1;
+                }
+            }
+            Ok(Ok(None)) => {
+                // Which node answered "no such row"? Ask again the same way.
+                let again = conn
+                    .query_one("SELECT inet_server_port()", &[])
+                    .await
+                    .map(|r| r.get::<_, i32>(0));
+                t.violations.push(format!(
+                    "session {session}: row {id} missing right after its INSERT \
+                     (at {at:?}, phase {}; a plain read then went to port {again:?})",
+                    PHASES[usize::from(before)]
+                ));
+            }
+            Ok(Err(e)) => t
+                .errors
+                .push(format!("session {session}: select {id}: {}", describe(&e))),
+            Err(_) => {
+                t.errors
+                    .push(format!("session {session}: select {id} took over {step:?}"));
+                return t;
+            }
+        }
+    }
+    t
+}
+
+/// 16 sessions write-then-read for 16 s; replica1 is paused from 5 s to 10 s.
+/// `max_lag_bytes` is large so that the paused replica stays `Healthy` in
+/// the snapshot: only the LSN bookkeeping can keep reads off it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_read_their_own_writes_while_a_replica_pauses() {
+    let _serial = SERIAL.lock().await;
+    caught_up().await;
+    let lr = Lr::start(
+        ProxyBuilder::new().pool_size(20),
+        "max_lag_bytes = 268435456\n",
+    )
+    .await;
+    {
+        let setup = lr.connect().await;
+        setup
+            .batch_execute(
+                "DROP TABLE IF EXISTS ryw_rows; \
+                 CREATE TABLE ryw_rows (id bigint PRIMARY KEY, session int NOT NULL, \
+                 at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create table: {}", describe(&e)));
+    }
+    caught_up().await;
+    lr.wait_all_healthy(Duration::from_secs(10)).await;
+
+    let phase = Arc::new(AtomicU8::new(HEALTHY));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 1..=SESSIONS {
+        tasks.push(tokio::spawn(ryw_session(
+            lr.conn_str("app"),
+            lr.ports.clone(),
+            s,
+            started,
+            phase.clone(),
+        )));
+    }
+
+    tokio::time::sleep_until((started + PAUSE_AT).into()).await;
+    phase.store(PAUSED, Ordering::SeqCst);
+    let paused = Paused::new(&[1]).await;
+    let paused_at = started.elapsed();
+    let r1_lsn_paused = blocking(|c| c.sql(1, "select pg_last_wal_replay_lsn()"))
+        .await
+        .unwrap();
+    tokio::time::sleep(PAUSE_FOR).await;
+    let r1_state_paused = lr.running.health.snapshot().nodes[1].clone();
+    let primary_lsn = blocking(|c| c.sql(0, "select pg_current_wal_lsn()"))
+        .await
+        .unwrap();
+    phase.store(RECOVERING, Ordering::SeqCst);
+    paused.resume().await;
+    let resumed_at = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lr.all_healthy() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let healthy_again_at = started.elapsed();
+    phase.store(HEALTHY_AGAIN, Ordering::SeqCst);
+
+    let mut total = Tally::default();
+    for t in tasks {
+        let t = within(Duration::from_secs(40), "a session to finish", t)
+            .await
+            .expect("session task panicked");
+        for p in 0..4 {
+            for n in 0..3 {
+                total.served[p][n] += t.served[p][n];
+            }
+        }
+        total.violations.extend(t.violations);
+        total.errors.extend(t.errors);
+    }
+    let elapsed = started.elapsed();
+
+    eprintln!(
+        "run {elapsed:?}: replica1 paused {paused_at:?}..{resumed_at:?} at replay LSN \
+         {r1_lsn_paused} (primary at {primary_lsn} before resume; replica1 was {} with \
+         lag {:?} bytes), all healthy again at {healthy_again_at:?}",
+        r1_state_paused.state.as_str(),
+        r1_state_paused.lag_bytes
+    );
+    for (p, name) in PHASES.iter().enumerate() {
+        let s = total.served[p];
+        eprintln!(
+            "  {name:>14}: {} reads: primary {}, replica1 {}, replica2 {}",
+            s.iter().sum::<u64>(),
+            s[0],
+            s[1],
+            s[2]
+        );
+    }
+    eprintln!(
+        "  violations {}, other errors {}",
+        total.violations.len(),
+        total.errors.len()
+    );
+
+    assert!(
+        total.violations.is_empty(),
+        "{} read-your-writes violations, first ones:\n{}",
+        total.violations.len(),
+        total.violations[..total.violations.len().min(20)].join("\n")
+    );
+    assert!(
+        total.errors.is_empty(),
+        "{} errors, first ones:\n{}",
+        total.errors.len(),
+        total.errors[..total.errors.len().min(20)].join("\n")
+    );
+    let reads: u64 = total.served.iter().flatten().sum();
+    assert!(reads >= 500, "only {reads} reads in {RUN:?}");
+    // While replica1 was paused, its replay position was frozen below every
+    // row written after the pause: it may not have served any of those.
+    // (Reads it served right at the start of the phase predate the pause.)
+    let healthy: Vec<[u64; 3]> = vec![total.served[HEALTHY as usize], total.served[3]];
+    let healthy_reads: u64 = healthy.iter().flatten().sum();
+    let replica_reads: u64 = healthy.iter().map(|s| s[1] + s[2]).sum();
+    let share = replica_reads as f64 / healthy_reads.max(1) as f64;
+    eprintln!(
+        "  while all healthy: {replica_reads} of {healthy_reads} reads on replicas ({:.1}%)",
+        share * 100.0
+    );
+    assert!(
+        healthy_reads >= 200,
+        "only {healthy_reads} reads while healthy"
+    );
+    assert!(
+        share >= 0.5,
+        "read-your-writes sent most reads to the primary while replicas were healthy: \
+         {replica_reads} of {healthy_reads} on replicas"
+    );
+}
+
+/// Reads messages until a `lagrouter.last_write_lsn` ParameterStatus, or
+/// `None` after `within`.
+async fn last_write_lsn_status(raw: &mut RawConn, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = raw.recv(left).await.ok()?;
+        if m.tag == b'E' {
+            panic!("error from the proxy: {:?}", m.fields());
+        }
+        if m.tag == b'S' {
+            let mut parts = m.body.split(|b| *b == 0);
+            let name = parts.next().unwrap_or_default();
+            let value = parts.next().unwrap_or_default();
+            if name == b"lagrouter.last_write_lsn" {
+                return Some(String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+}
+
+/// Causal tokens across connections, with both replicas paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_token_makes_other_connections_see_the_write() {
+    let _serial = SERIAL.lock().await;
+    caught_up().await;
+    support::ensure_role("lr_tok").await;
+    let lr = Lr::start(
+        ProxyBuilder::new().user("name = \"lr_tok\"\npassword = \"lr_tok\"\nauth = \"trust\""),
+        "max_lag_bytes = 268435456\n",
+    )
+    .await;
+    let a = lr.connect().await;
+    a.batch_execute(
+        "DROP TABLE IF EXISTS tok_rows; \
+         CREATE TABLE tok_rows (id int PRIMARY KEY, who text); \
+         GRANT ALL ON tok_rows TO lr_tok",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create table: {}", describe(&e)));
+    caught_up().await;
+    lr.wait_all_healthy(Duration::from_secs(10)).await;
+
+    let paused = Paused::new(&[1, 2]).await;
+
+    // A writes and asks for its token at once.
+    a.execute("INSERT INTO tok_rows VALUES (1, 'a')", &[])
+        .await
+        .unwrap_or_else(|e| panic!("insert: {}", describe(&e)));
+    let token = scalar(&a, "SHOW lagrouter.last_write_lsn")
+        .await
+        .expect("SHOW lagrouter.last_write_lsn has a value after a write");
+    let lsn: Lsn = token
+        .parse()
+        .unwrap_or_else(|e| panic!("token {token:?} is no LSN: {e:?}"));
+    eprintln!("token after A's insert: {token}");
+    // The token is a real position: at or before the primary's, and past
+    // what the paused replicas replayed (else this test could not fail).
+    let check = format!(
+        "select pg_current_wal_lsn() >= '{lsn}'::pg_lsn, \
+         exists (select from tok_rows where id = 1)"
+    );
+    assert_eq!(
+        blocking(move |c| c.sql(0, &check)).await.unwrap(),
+        "t|t",
+        "primary is past the token and has the row"
+    );
+    for r in [1, 2] {
+        let check =
+            format!("select pg_last_wal_replay_lsn() < '{lsn}'::pg_lsn, count(*) from tok_rows");
+        assert_eq!(
+            blocking(move |c| c.sql(r, &check)).await.unwrap(),
+            "t|0",
+            "paused replica {r} has not replayed the token's write"
+        );
+    }
+
+    let sel = "SELECT count(*), inet_server_port() FROM tok_rows WHERE id = 1";
+
+    // Control: a connection without the token reads from a (stale) replica.
+    let d = lr.connect().await;
+    let r = rows(&d, sel).await;
+    let served = lr.node_of(r[0][1].as_deref().unwrap().parse().unwrap());
+    eprintln!("no token: count {:?} from node {served}", r[0][0]);
+    assert_ne!(
+        served, 0,
+        "a fresh connection without a token should be served by a healthy replica"
+    );
+    assert_eq!(r[0][0].as_deref(), Some("0"), "paused replica has the row?");
+
+    // B: SET lagrouter.min_lsn.
+    let b = lr.connect().await;
+    b.batch_execute(&format!("SET lagrouter.min_lsn = '{token}'"))
+        .await
+        .unwrap_or_else(|e| panic!("SET lagrouter.min_lsn: {}", describe(&e)));
+    let shown = scalar(&b, "SHOW lagrouter.min_lsn").await;
+    eprintln!("B: SHOW lagrouter.min_lsn = {shown:?}");
+    for proto in ["simple", "extended"] {
+        let (count, port) = if proto == "simple" {
+            let r = rows(&b, sel).await;
+            (
+                r[0][0].clone().unwrap(),
+                r[0][1].as_deref().unwrap().parse::<i32>().unwrap(),
+            )
+        } else {
+            let r = b
+                .query_one(sel, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sel}: {}", describe(&e)));
+            (r.get::<_, i64>(0).to_string(), r.get::<_, i32>(1))
+        };
+        let node = lr.node_of(port);
+        eprintln!("B (SET min_lsn, {proto}): count {count} from node {node}");
+        assert_eq!(count, "1", "B with the token did not see A's row ({proto})");
+        assert_eq!(node, 0, "only the primary has replayed the token");
+    }
+
+    // C: the comment form, per statement.
+    let c = lr.connect().await;
+    let hinted = format!("/* lagrouter:min_lsn={token} */ {sel}");
+    let r = rows(&c, &hinted).await;
+    let node = lr.node_of(r[0][1].as_deref().unwrap().parse().unwrap());
+    eprintln!("C (comment): count {:?} from node {node}", r[0][0]);
+    assert_eq!(
+        r[0][0].as_deref(),
+        Some("1"),
+        "C with the comment token did not see A's row"
+    );
+    assert_eq!(node, 0);
+    let r = c
+        .query_one(&hinted, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{hinted}: {}", describe(&e)));
+    assert_eq!(
+        (r.get::<_, i64>(0), lr.node_of(r.get(1))),
+        (1, 0),
+        "C with the comment token, extended protocol"
+    );
+
+    // The ParameterStatus form: a raw client writes, takes the token from
+    // the ParameterStatus that follows, and hands it to a new connection.
+    let mut raw = RawConn::login_trust(lr.running.addr, "lr_tok").await;
+    raw.send(&query("INSERT INTO tok_rows VALUES (2, 'raw')"))
+        .await
+        .unwrap();
+    let status = last_write_lsn_status(&mut raw, Duration::from_secs(5))
+        .await
+        .expect("a lagrouter.last_write_lsn ParameterStatus after a write");
+    eprintln!("ParameterStatus lagrouter.last_write_lsn = {status}");
+    let status_lsn: Lsn = status.parse().expect("ParameterStatus value is an LSN");
+    assert!(status_lsn > lsn, "second write's token {status} <= {token}");
+    let e = lr.connect().await;
+    e.batch_execute(&format!("SET lagrouter.min_lsn TO '{status}'"))
+        .await
+        .unwrap_or_else(|err| panic!("SET lagrouter.min_lsn: {}", describe(&err)));
+    let r = rows(
+        &e,
+        "SELECT count(*), inet_server_port() FROM tok_rows WHERE id = 2",
+    )
+    .await;
+    assert_eq!(
+        r[0][0].as_deref(),
+        Some("1"),
+        "token from ParameterStatus did not show the raw write"
+    );
+    assert_eq!(lr.node_of(r[0][1].as_deref().unwrap().parse().unwrap()), 0);
+
+    // Resumed: the token no longer pins B to the primary once a replica has
+    // replayed it (within the health interval plus the catch-up wait).
+    paused.resume().await;
+    caught_up().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = rows(&b, sel).await;
+        assert_eq!(r[0][0].as_deref(), Some("1"));
+        let node = lr.node_of(r[0][1].as_deref().unwrap().parse().unwrap());
+        if node != 0 {
+            eprintln!("B served by replica node {node} after resume");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B still pinned to the primary 10 s after the replicas caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((a, b, c, d, e));
+}
