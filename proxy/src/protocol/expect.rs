@@ -148,6 +148,17 @@ impl Expect {
         self.queue.iter().any(|e| matches!(e, Entry::Server { .. }))
     }
 
+    /// Between a Flush and the next Sync outside a transaction: nothing is
+    /// owed, no transaction is open, but the server is not at a sync point.
+    pub fn unsynced_idle(&self) -> bool {
+        self.queue.is_empty() && self.unsynced && self.status == b'I'
+    }
+
+    /// Records that the proxy brought the server to a sync point itself.
+    pub fn synced_by_proxy(&mut self) {
+        self.unsynced = false;
+    }
+
     /// Transaction status of the last `ReadyForQuery` ('I', 'T' or 'E').
     pub fn status(&self) -> u8 {
         self.status

@@ -307,6 +307,28 @@ impl ServerConn {
         }
     }
 
+    /// Sends Sync on a connection that owes nothing and waits for its
+    /// ReadyForQuery: ends an extended-protocol episode the client left
+    /// open with a Flush. Returns the transaction status.
+    pub async fn sync(&mut self) -> Result<u8, ProxyError> {
+        self.stream
+            .write_all(b"S\0\0\0\x04")
+            .await
+            .map_err(|e| self.lost(e.to_string()))?;
+        loop {
+            let msg = self.read_message().await?;
+            match msg.tag {
+                b'Z' => return Ok(msg.body().first().copied().unwrap_or(b'I')),
+                b'S' => {
+                    if let Ok((k, v)) = backend::decode_parameter_status(msg.body()) {
+                        self.params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Whether the connection looks usable without a round trip: no bytes
     /// pending and the peer has not closed it.
     pub fn looks_alive(&self) -> bool {

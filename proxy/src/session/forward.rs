@@ -85,6 +85,8 @@ pub struct Session<S> {
     local: LocalStatements,
     /// The attached transaction was routed as a write.
     txn_write: bool,
+    /// The attached server is a replica.
+    on_replica: bool,
     /// The commit-LSN query is in flight; its DataRow carries the LSN.
     capturing_lsn: bool,
     /// Client bytes arrived during the capture and wait to be routed.
@@ -126,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             pools: Vec::new(),
             local: LocalStatements::default(),
             txn_write: false,
+            on_replica: false,
             capturing_lsn: false,
             held_client: false,
             captured_lsn: None,
@@ -277,6 +280,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn on_client_message(&mut self, tag: u8, frame: Bytes) -> Result<(), End> {
+        if self.on_replica && self.expect.unsynced_idle() && matches!(tag, b'Q' | b'P' | b'B') {
+            self.leave_replica_for_write(tag, &frame).await?;
+        }
         if self.discard_until_sync {
             match tag {
                 b'S' => {
@@ -546,8 +552,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             b'd' | b'c' | b'f' => {
-                // Copy messages outside a COPY are ignored, as PostgreSQL does.
-                if self.server.is_some() && self.expect.in_copy() {
+                // Clients may send COPY data right behind the COPY query,
+                // before CopyInResponse (asyncpg does): the server takes it
+                // or ignores it outside a COPY, as it would directly.
+                if self.server.is_some() {
                     self.to_server.extend_from_slice(&frame);
                 }
             }
@@ -563,6 +571,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.drain_synthetic();
         self.forget_failed_parses();
         Ok(())
+    }
+
+    /// A client that ended an extended-protocol read with Flush (no Sync)
+    /// is still attached to its replica, outside any transaction. If the
+    /// next statement writes, end that episode with a Sync and release the
+    /// replica, so the write is routed to the primary instead of failing on
+    /// the replica. (Only a describe/read ran there: nothing is lost.)
+    async fn leave_replica_for_write(&mut self, tag: u8, frame: &Bytes) -> Result<(), End> {
+        let body = &frame[5..];
+        let sql: Option<String> = match tag {
+            b'Q' => frontend::decode_query(body).ok().map(str::to_string),
+            b'P' => frontend::decode_parse(body)
+                .ok()
+                .map(|p| p.query.to_string()),
+            b'B' => frontend::decode_bind(body).ok().and_then(|b| {
+                self.statements
+                    .get(b.statement)
+                    .map(|s| s.query.to_string())
+            }),
+            _ => None,
+        };
+        let Some(sql) = sql else { return Ok(()) };
+        if !self.shared.router.classifier().classify(&sql).is_write() {
+            return Ok(());
+        }
+        let Some(pc) = self.server.as_mut() else {
+            return Ok(());
+        };
+        match pc.conn().sync().await {
+            Ok(b'I') => {
+                self.expect.synced_by_proxy();
+                self.local.end_transaction();
+                self.release();
+                Ok(())
+            }
+            Ok(_) => Ok(()), // a transaction is open after all: stay
+            Err(e) => Err(self.server_lost(e.to_string()).await),
+        }
     }
 
     /// Prepares `stmt` on the attached server first if it lacks it; the
@@ -661,6 +707,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
         self.txn_write = decision.write && decision.primary;
+        self.on_replica = !decision.primary;
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,
             _ => self.checkout(decision.node).await?,
