@@ -27,12 +27,39 @@ enum Command {
         /// Configuration file (TOML).
         config: PathBuf,
     },
+    /// Start a primary, two streaming replicas and lagrouter in a temporary
+    /// directory, run a checked workload through it while replica1 lags,
+    /// then stop everything and clean up.
+    Demo {
+        /// How long the workload runs: 60s, 2m, 90 (seconds); at least 10s.
+        #[arg(long, default_value = "60s", value_parser = lagrouter::demo::parse_duration)]
+        duration: std::time::Duration,
+        /// Keep the data directory and logs afterwards (servers still stop).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => lagrouter::cli::check_config(&config),
+        Command::Demo { duration, keep } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("lagrouter: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(lagrouter::demo::run(lagrouter::demo::DemoOptions {
+                duration,
+                keep,
+            }))
+        }
         Command::Run { config } => {
             lagrouter::cli::init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,101 @@
+//! The lagrouter the demo puts in front of its cluster: which ports it
+//! listens on and the configuration it runs with.
+
+use std::net::{SocketAddr, TcpListener};
+
+use lagrouter_config::{Config, ConfigError};
+
+use crate::pgcluster::Cluster;
+
+/// Where clients connect by default, so the printed psql line is the one
+/// the README shows; used only when free.
+const PREFERRED_LISTEN: &str = "127.0.0.1:6432";
+/// The conventional postgres-exporter port; used only when free.
+const PREFERRED_METRICS: &str = "127.0.0.1:9187";
+
+/// The addresses the demo's lagrouter will use.
+pub struct Addresses {
+    /// Client listener; its port may be 0 (then the bound one is printed).
+    pub listen: SocketAddr,
+    /// Prometheus endpoint.
+    pub metrics: SocketAddr,
+}
+
+impl Addresses {
+    /// The preferred ports when nobody holds them, otherwise free ones.
+    /// Probing then releasing leaves a small race with other programs; the
+    /// client listener falls back to port 0 rather than failing on it.
+    pub fn choose() -> Addresses {
+        Addresses {
+            listen: free_or(PREFERRED_LISTEN, false),
+            metrics: free_or(PREFERRED_METRICS, true),
+        }
+    }
+}
+
+/// `preferred` if it can be bound now; otherwise a free port chosen by the
+/// kernel (`concrete`) or port 0 (not `concrete`: the listener binds it).
+fn free_or(preferred: &str, concrete: bool) -> SocketAddr {
+    let preferred: SocketAddr = preferred.parse().expect("constant address");
+    if TcpListener::bind(preferred).is_ok() {
+        return preferred;
+    }
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    if !concrete {
+        return any;
+    }
+    // The metrics exporter does not report the port it bound, so we must
+    // name one ourselves.
+    TcpListener::bind(any)
+        .and_then(|l| l.local_addr())
+        .unwrap_or(any)
+}
+
+/// The demo's configuration: fast checks so a demotion shows within a
+/// second, a heartbeat so time lag is measured, the defaults elsewhere
+/// (read-your-writes on, breaker cap 20%) because those are what users get.
+pub fn config(cluster: &Cluster, addrs: &Addresses) -> Result<Config, ConfigError> {
+    let mut t = format!(
+        r#"[server]
+listen = "{listen}"
+metrics_listen = "{metrics}"
+shutdown_timeout = "5s"
+
+[[users]]
+name = "{user}"
+password = "{password}"
+admin = true
+
+[pool]
+size = 10
+
+[health]
+database = "{database}"
+check_interval = "250ms"
+check_timeout = "1s"
+max_lag_bytes = 1048576
+max_lag_time = "2s"
+heartbeat_interval = "500ms"
+recover_after_checks = 3
+"#,
+        listen = addrs.listen,
+        metrics = addrs.metrics,
+        user = cluster.app_user(),
+        password = cluster.app_password(),
+        database = cluster.database(),
+    );
+    for i in 0..cluster.node_count() {
+        let role = if i == cluster.primary_index() {
+            "primary"
+        } else {
+            "replica"
+        };
+        t.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
+            cluster.node_name(i),
+            cluster.host(),
+            cluster.port(i)
+        ));
+    }
+    Config::from_toml_str(&t)
+}
