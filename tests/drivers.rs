@@ -290,7 +290,6 @@ async fn python_with(module: &str) -> OsString {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a new client inherits the TimeZone another client SET on the pooled server connection (tz_initial shows e.g. America/New_York instead of the server default Etc/UTC)"]
 async fn psycopg3_matches_direct() {
     let py = python_with("psycopg").await;
     let script = drivers_dir().join("python").join("psycopg_scenario.py");
@@ -298,7 +297,6 @@ async fn psycopg3_matches_direct() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: copy_records_to_table (Parse+Describe+Flush then a simple Query COPY, no Sync between) hangs through the proxy"]
 async fn asyncpg_matches_direct() {
     let py = python_with("asyncpg").await;
     let script = drivers_dir().join("python").join("asyncpg_scenario.py");
@@ -306,7 +304,6 @@ async fn asyncpg_matches_direct() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a new client inherits the TimeZone another client SET on the pooled server connection (tz_initial shows e.g. America/New_York instead of the server default Etc/UTC); also hangs intermittently with more clients than pool.size"]
 async fn node_postgres_matches_direct() {
     let dir = drivers_dir().join("node");
     assert!(

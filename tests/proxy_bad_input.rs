@@ -223,7 +223,6 @@ async fn bad_messages_after_login() {
 
 /// A proxy whose only node is down: login fails with 08xxx naming the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a down primary gives 57P03 'no primary is available for writes' without naming the node"]
 async fn node_down_fails_login_naming_the_node() {
     within(Duration::from_secs(120), "test node_down_fails_login_naming_the_node", async {
     let port = closed_port();

@@ -922,7 +922,6 @@ async fn same_statement_name_in_two_sessions() {
 /// `txid_current()` assigns a transaction id: it is a write and must run on
 /// the primary (a replica refuses it with 25006).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: select txid_current() is routed to a replica (25006 during recovery)"]
 async fn txid_current_runs_on_the_primary() {
     within(
         Duration::from_secs(60),
