@@ -37,6 +37,10 @@ pub struct RouteContext<'a> {
     pub ticket: usize,
     /// Server connections in use per node index, for `least_connections`.
     pub in_use: &'a dyn Fn(usize) -> usize,
+    /// Nodes an operator drained (admin console `DRAIN`), by name: they get
+    /// no new reads, not even stale ones, while transactions already on
+    /// them finish undisturbed.
+    pub drained: &'a [String],
 }
 
 /// A decision before the breaker has had its say.
@@ -195,7 +199,7 @@ fn read(
         snap.nodes
             .iter()
             .enumerate()
-            .filter(|(i, n)| is_replica(snap, *i, n))
+            .filter(|(i, n)| is_replica(snap, *i, n) && !ctx.drained.contains(&n.name))
     };
     let fresh = |n: &NodeHealth| n.state == NodeState::Healthy && within_max_lag(n, max_lag);
     let eligible = replicas().filter(|(_, n)| fresh(n) && has_replayed(n, ctx.required_lsn));

@@ -37,6 +37,7 @@ struct Case {
     session_route: RouteOverride,
     default_read_only: bool,
     ticket: usize,
+    drained: Vec<String>,
 }
 
 impl Case {
@@ -49,6 +50,7 @@ impl Case {
             session_route: RouteOverride::Default,
             default_read_only: false,
             ticket: 0,
+            drained: Vec::new(),
         }
     }
 
@@ -73,6 +75,7 @@ impl Case {
             snapshot: &self.snap,
             ticket: self.ticket,
             in_use,
+            drained: &self.drained,
         })
     }
 
@@ -342,4 +345,30 @@ fn settle_applies_the_breaker() {
     let d = c.decide("SELECT 1").unwrap();
     let err = settle(d, &mut b, &s, BreakerOpenAction::ServeStale, &c.snap, now).unwrap_err();
     assert!(matches!(err, RouteError::BreakerOpen { .. }));
+}
+
+#[test]
+fn drained_replicas_get_no_reads() {
+    let mut c = Case::new(2);
+    c.drained = vec!["replica1".into()];
+    for t in 0..8 {
+        c.ticket = t;
+        assert_eq!(c.route("SELECT 1"), (2, Reason::Healthy));
+    }
+    // All replicas drained: reads fall back to the primary as if there
+    // were none, and a drained node is never offered as a stale read.
+    c.drained.push("replica2".into());
+    let d = c.decide("SELECT 1").unwrap();
+    assert_eq!((d.decision.node, d.decision.reason), (0, Reason::NoReplica));
+    assert_eq!(
+        d.breaker,
+        BreakerUse::Fallback {
+            stale: None,
+            catch_up: None
+        }
+    );
+    // Draining never affects writes.
+    assert_eq!(c.route("DELETE FROM t"), (0, Reason::Write));
+    c.drained.clear();
+    assert_eq!(c.route("SELECT 1").1, Reason::Healthy);
 }

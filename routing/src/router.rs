@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use lagrouter_config::ConfigHandle;
 use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
@@ -40,6 +41,9 @@ struct Shared {
     classifier: Classifier,
     breaker: Mutex<Breaker>,
     ticket: AtomicUsize,
+    /// Drained node names. ArcSwap: every read decision loads it, an
+    /// operator rarely changes it.
+    drained: ArcSwap<Vec<String>>,
 }
 
 /// Shared router: reads the latest health snapshot and config, decides.
@@ -60,6 +64,7 @@ impl Router {
                 classifier: Classifier::new(CACHE_CAPACITY),
                 breaker: Mutex::new(Breaker::new()),
                 ticket: AtomicUsize::new(0),
+                drained: ArcSwap::from_pointee(Vec::new()),
             }),
         }
     }
@@ -67,6 +72,18 @@ impl Router {
     /// The latest health snapshot.
     pub fn health(&self) -> arc_swap::Guard<Arc<HealthSnapshot>> {
         self.health.load()
+    }
+
+    /// Sets the drained nodes (by name): from the next decision on they get
+    /// no reads; transactions already running on them are not touched.
+    /// Writes still go to the primary whatever this says.
+    pub fn set_drained(&self, names: Vec<String>) {
+        self.shared.drained.store(Arc::new(names));
+    }
+
+    /// The drained nodes, by name.
+    pub fn drained(&self) -> Vec<String> {
+        self.shared.drained.load().as_ref().clone()
     }
 
     /// Installs the function catalog loaded from the primary's `pg_proc`
@@ -117,6 +134,7 @@ impl Router {
             session.apply_effect(e);
         }
         let snap = self.health.load();
+        let drained = self.shared.drained.load();
         let ctx = RouteContext {
             sql,
             analysis: &analysis,
@@ -127,6 +145,7 @@ impl Router {
             snapshot: &snap,
             ticket: self.shared.ticket.fetch_add(1, Ordering::Relaxed),
             in_use,
+            drained: &drained,
         };
         let decided = decide(&ctx)?;
         if let (
@@ -396,6 +415,23 @@ mod tests {
         r.set_function_catalog(FunctionCatalog::from_rows([("calc", 's')]));
         assert_eq!(r.route(&mut s, "SELECT calc()", now).unwrap().node, 1);
         assert!(r.classifier().classify("SELECT nextval('s')").is_write());
+    }
+
+    #[test]
+    fn drained_nodes_are_skipped_until_undrained() {
+        let r = router(2, |_, _| {});
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        r.set_drained(vec!["replica1".into()]);
+        assert_eq!(r.drained(), vec!["replica1".to_string()]);
+        for _ in 0..6 {
+            assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 2);
+        }
+        r.set_drained(Vec::new());
+        let nodes: Vec<usize> = (0..6)
+            .map(|_| r.route(&mut s, "SELECT 1", now).unwrap().node)
+            .collect();
+        assert!(nodes.contains(&1), "{nodes:?}");
     }
 
     #[test]
