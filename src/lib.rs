@@ -7,6 +7,7 @@
 //! - `cli`: what `lagrouter run` and `check-config` do.
 //! - `demo`: `lagrouter demo`: a cluster, lagrouter and a checked workload
 //!   with a replica that falls behind and catches up, shown live.
+//! - `watch`: live reload on SIGHUP and on changes to the config file.
 //! - `pgcluster`: starts a throwaway PostgreSQL primary with streaming
 //!   replicas on loopback (used by `lagrouter demo` and the tests).
 
@@ -15,3 +16,4 @@ pub mod catalog;
 pub mod cli;
 pub mod demo;
 pub mod pgcluster;
+pub mod watch;

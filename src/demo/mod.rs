@@ -29,9 +29,9 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lagrouter_config::ConfigHandle;
 use lagrouter_health::NodeState;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,8 @@ const WRITERS: usize = 4;
 const READERS: usize = 4;
 /// Redraw interval of the live view.
 const TICK: Duration = Duration::from_millis(500);
+/// Interval of "still creating" notes while the cluster starts.
+const CREATING_NOTE: Duration = Duration::from_secs(5);
 /// Shortest run that leaves time for a demotion and a re-admission.
 const MIN_DURATION: Duration = Duration::from_secs(10);
 /// How long the replicas may take to be admitted before the workload starts.
@@ -87,7 +89,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// could not start, 130: stopped by Ctrl-C).
 pub async fn run(opts: DemoOptions) -> ExitCode {
     let interrupted = CancellationToken::new();
-    tokio::spawn(watch_ctrl_c(interrupted.clone()));
+    let redrawing = Arc::new(AtomicBool::new(false));
+    tokio::spawn(watch_ctrl_c(interrupted.clone(), redrawing.clone()));
     say(&format!(
         "lagrouter demo: a primary, two streaming replicas and lagrouter in front, for {}s.\n\
          creating the PostgreSQL cluster (initdb, two base backups)…",
@@ -99,7 +102,8 @@ pub async fn run(opts: DemoOptions) -> ExitCode {
         ..ClusterOptions::default()
     };
     // Not cancellable half-way; on Ctrl-C we finish starting, then clean up.
-    let cluster = match tokio::task::spawn_blocking(move || Cluster::start(cluster_opts)).await {
+    let creating = tokio::task::spawn_blocking(move || Cluster::start(cluster_opts));
+    let cluster = match still_creating(creating, started).await {
         Ok(Ok(c)) => Arc::new(c),
         Ok(Err(e)) => {
             eprintln!("lagrouter demo: cannot start the cluster: {e}");
@@ -115,16 +119,15 @@ pub async fn run(opts: DemoOptions) -> ExitCode {
         started.elapsed().as_secs_f64(),
         cluster.dir().display()
     ));
+    if interrupted.is_cancelled() {
+        return finish(cluster, opts.keep, ExitCode::from(INTERRUPTED)).await;
+    }
     let log = cluster.dir().join("log").join("lagrouter.log");
     log_to(&log);
-    let verdict = match start_proxy(&cluster).await {
+    let verdict = match setup::start_proxy(&cluster).await {
         Ok((running, metrics)) => {
-            print_ports(&cluster, &running, metrics, &log);
-            let verdict = if interrupted.is_cancelled() {
-                None
-            } else {
-                demo(&cluster, &running, &opts, &interrupted).await
-            };
+            say(&setup::ports_text(&cluster, &running, metrics, &log));
+            let verdict = demo(&cluster, &running, &opts, &interrupted, &redrawing).await;
             let _ = tokio::time::timeout(STOP_TIMEOUT, running.stop()).await;
             verdict
         }
@@ -150,6 +153,7 @@ async fn demo(
     running: &Running,
     opts: &DemoOptions,
     interrupted: &CancellationToken,
+    redrawing: &AtomicBool,
 ) -> Option<summary::Outcome> {
     let conn_str = format!(
         "host={} port={} user={} password={} dbname={} application_name=lagrouter-demo",
@@ -190,7 +194,9 @@ async fn demo(
         stop.clone(),
     ));
 
-    let mut view = LiveView::new(std::io::stdout().is_terminal());
+    let tty = std::io::stdout().is_terminal();
+    let mut view = LiveView::new(tty);
+    redrawing.store(tty, Ordering::Relaxed);
     let draw = |view: &mut LiveView, phase: &str, force: bool| {
         let snapshot = running.health.snapshot();
         let breaker = running.shared.router.breaker_status(Instant::now());
@@ -220,7 +226,7 @@ async fn demo(
             break;
         }
         let phase = if waiting {
-            format!("waiting for {paused} to be re-admitted")
+            format!("waiting for {paused}")
         } else {
             "running".to_owned()
         };
@@ -228,6 +234,7 @@ async fn demo(
     }
     stop.cancel();
     let _ = tokio::time::timeout(STOP_TIMEOUT, workload.join()).await;
+    redrawing.store(false, Ordering::Relaxed);
     let phase = if interrupted.is_cancelled() {
         "stopped by Ctrl-C"
     } else {
@@ -248,6 +255,25 @@ async fn demo(
     });
     say(&outcome.text);
     Some(outcome)
+}
+
+/// Waits for the cluster, saying every few seconds that it is still coming:
+/// on a busy machine initdb and the base backups can take a while.
+async fn still_creating<T>(
+    mut creating: tokio::task::JoinHandle<T>,
+    started: Instant,
+) -> Result<T, tokio::task::JoinError> {
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + CREATING_NOTE, CREATING_NOTE);
+    loop {
+        tokio::select! {
+            done = &mut creating => return done,
+            _ = every.tick() => say(&format!(
+                "  … still creating ({}s)",
+                started.elapsed().as_secs()
+            )),
+        }
+    }
 }
 
 /// Whether the paused replica has been demoted and serves reads again (or
@@ -298,50 +324,6 @@ async fn prepare(cluster: &Arc<Cluster>, running: &Running, conn_str: &str) -> R
     Ok(())
 }
 
-/// Starts lagrouter on the preferred ports, or on any when they are taken.
-async fn start_proxy(cluster: &Cluster) -> Result<(Running, std::net::SocketAddr), String> {
-    let mut addrs = setup::Addresses::choose();
-    for attempt in 0..2 {
-        let config = setup::config(cluster, &addrs).map_err(|e| format!("demo config: {e}"))?;
-        match crate::app::start(ConfigHandle::new(config), CancellationToken::new()).await {
-            Ok(r) => return Ok((r, addrs.metrics)),
-            // Someone took the preferred port since we probed it.
-            Err(_) if attempt == 0 => addrs.listen.set_port(0),
-            Err(e) => return Err(format!("cannot start lagrouter: {e}")),
-        }
-    }
-    unreachable!("the second attempt returns")
-}
-
-fn print_ports(cluster: &Cluster, running: &Running, metrics: std::net::SocketAddr, log: &Path) {
-    let mut t = String::new();
-    for i in 0..cluster.node_count() {
-        t.push_str(&format!(
-            "  {:<10} {}:{}\n",
-            cluster.node_name(i),
-            cluster.host(),
-            cluster.port(i)
-        ));
-    }
-    let conn = format!(
-        "host={} port={} user={} password={}",
-        running.addr.ip(),
-        running.addr.port(),
-        cluster.app_user(),
-        cluster.app_password()
-    );
-    t.push_str(&format!(
-        "  {:<10} {}   metrics http://{metrics}/metrics   log {}\n\
-         connect while it runs:\n  psql \"{conn} dbname={}\"\n  \
-         psql \"{conn} dbname=lagrouter\"   (admin console: SHOW NODES; SHOW BREAKER;)",
-        "lagrouter",
-        running.addr,
-        log.display(),
-        cluster.database()
-    ));
-    say(&t);
-}
-
 /// Stops the servers and removes the directory (unless `keep`), off the
 /// runtime because stopping PostgreSQL blocks; returns `code`.
 async fn finish(cluster: Arc<Cluster>, keep: bool, code: ExitCode) -> ExitCode {
@@ -362,12 +344,16 @@ async fn finish(cluster: Arc<Cluster>, keep: bool, code: ExitCode) -> ExitCode {
 }
 
 /// First Ctrl-C: stop gracefully. Second: leave at once; the cluster's
-/// janitor still stops the servers and removes the directory.
-async fn watch_ctrl_c(interrupted: CancellationToken) {
+/// janitor still stops the servers and removes the directory. While the
+/// block is redrawn in place its last frame says it instead: a line printed
+/// under it would shift the redraw.
+async fn watch_ctrl_c(interrupted: CancellationToken, redrawing: Arc<AtomicBool>) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
-    say("\nCtrl-C: stopping (again to quit at once)…");
+    if !redrawing.load(Ordering::Relaxed) {
+        say("\nCtrl-C: stopping (again to quit at once)…");
+    }
     interrupted.cancel();
     if tokio::signal::ctrl_c().await.is_ok() {
         std::process::exit(i32::from(INTERRUPTED));

@@ -1,10 +1,13 @@
 //! The lagrouter the demo puts in front of its cluster: which ports it
-//! listens on and the configuration it runs with.
+//! listens on, the configuration it runs with, and starting it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 
-use lagrouter_config::{Config, ConfigError};
+use lagrouter_config::{Config, ConfigError, ConfigHandle};
+use tokio_util::sync::CancellationToken;
 
+use crate::app::Running;
 use crate::pgcluster::Cluster;
 
 /// Where clients connect by default, so the printed psql line is the one
@@ -98,4 +101,49 @@ recover_after_checks = 3
         ));
     }
     Config::from_toml_str(&t)
+}
+
+/// Starts lagrouter on the preferred ports, or on any when they are taken.
+pub async fn start_proxy(cluster: &Cluster) -> Result<(Running, SocketAddr), String> {
+    let mut addrs = Addresses::choose();
+    for attempt in 0..2 {
+        let config = config(cluster, &addrs).map_err(|e| format!("demo config: {e}"))?;
+        match crate::app::start(ConfigHandle::new(config), CancellationToken::new()).await {
+            Ok(r) => return Ok((r, addrs.metrics)),
+            // Someone took the preferred port since we probed it.
+            Err(_) if attempt == 0 => addrs.listen.set_port(0),
+            Err(e) => return Err(format!("cannot start lagrouter: {e}")),
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// Where everything listens, and how to connect with psql.
+pub fn ports_text(cluster: &Cluster, running: &Running, metrics: SocketAddr, log: &Path) -> String {
+    let mut t = String::new();
+    for i in 0..cluster.node_count() {
+        t.push_str(&format!(
+            "  {:<10} {}:{}\n",
+            cluster.node_name(i),
+            cluster.host(),
+            cluster.port(i)
+        ));
+    }
+    let conn = format!(
+        "host={} port={} user={} password={}",
+        running.addr.ip(),
+        running.addr.port(),
+        cluster.app_user(),
+        cluster.app_password()
+    );
+    t.push_str(&format!(
+        "  {:<10} {}   metrics http://{metrics}/metrics   log {}\n\
+         connect while it runs:\n  psql \"{conn} dbname={}\"\n  \
+         psql \"{conn} dbname=lagrouter\"   (admin console: SHOW NODES; SHOW BREAKER;)",
+        "lagrouter",
+        running.addr,
+        log.display(),
+        cluster.database()
+    ));
+    t
 }

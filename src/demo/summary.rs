@@ -97,6 +97,9 @@ pub fn summarize(r: &Report<'_>) -> Outcome {
     }
     let events = r.timeline.events();
     let _ = writeln!(t, "events:");
+    if events.is_empty() {
+        let _ = writeln!(t, "  (none)");
+    }
     for e in &events[events.len().saturating_sub(SUMMARY_EVENTS)..] {
         let _ = writeln!(t, "  {:>6.1}s  {}", e.at.as_secs_f64(), e.text);
     }
@@ -149,6 +152,10 @@ pub fn summarize(r: &Report<'_>) -> Outcome {
                 d.at.as_secs_f64(),
                 d.detail
             );
+            false
+        }
+        _ if r.interrupted => {
+            let _ = writeln!(t, "  {}: stopped before its demotion", r.paused);
             false
         }
         _ => {

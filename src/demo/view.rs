@@ -15,6 +15,8 @@ use super::workload::Stats;
 const BAR: usize = 30;
 /// Events shown in the block on a terminal.
 const EVENT_LINES: usize = 4;
+/// Widest event text in the block (the rest of the line is indent and time).
+const EVENT_WIDTH: usize = 64;
 /// Interval between status lines when not on a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
 
@@ -61,8 +63,9 @@ impl LiveView {
             }
             let lines = block(f);
             for l in &lines {
-                // Clear each line: the previous frame's may be longer.
-                out.push_str("\x1b[2K");
+                // Back to column 0 (a `^C` echo may have moved the cursor)
+                // and clear: the previous frame's line may be longer.
+                out.push_str("\r\x1b[2K");
                 out.push_str(l);
                 out.push('\n');
             }
@@ -111,22 +114,22 @@ fn block(f: &Frame<'_>) -> Vec<String> {
         ));
     }
     l.push(format!(
-        "  breaker {} · primary-read share {:.0}% · writes {} · reads {} · errors {}",
+        "  breaker {}, primary-read share {:.0}%",
         f.breaker.state.as_str(),
         f.breaker.share * 100.0,
-        f.stats.writes(),
-        f.stats.reads(),
-        f.stats.error_count()
     ));
     l.push(format!(
-        "  read-your-writes violations: {}",
+        "  writes {} · reads {} · errors {} · read-your-writes violations: {}",
+        f.stats.writes(),
+        f.stats.reads(),
+        f.stats.error_count(),
         verdict_count(f.stats.violations())
     ));
     l.push("  events:".to_owned());
     let recent = &f.events[f.events.len().saturating_sub(EVENT_LINES)..];
     for i in 0..EVENT_LINES {
         l.push(match recent.get(i) {
-            Some(e) => format!("    {:>6.1}s  {}", e.at.as_secs_f64(), e.text),
+            Some(e) => format!("    {:>6.1}s  {}", e.at.as_secs_f64(), clip(&e.text)),
             None => String::new(),
         });
     }
@@ -140,15 +143,21 @@ fn status_line(f: &Frame<'_>) -> String {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "{} {} lag {} {} ms reads {}",
+        .map(|(i, n)| match n.in_recovery {
+            Some(false) => format!(
+                "{} {} reads {}",
+                n.name,
+                state_label(n),
+                f.stats.reads_on(i)
+            ),
+            _ => format!(
+                "{} {} lag {}/{} ms reads {}",
                 n.name,
                 state_label(n),
                 lag_bytes(n),
                 lag_ms(n),
                 f.stats.reads_on(i)
-            )
+            ),
         })
         .collect();
     format!(
@@ -163,6 +172,15 @@ fn status_line(f: &Frame<'_>) -> String {
         f.stats.error_count(),
         f.stats.violations()
     )
+}
+
+/// An event cut to fit an 80-column terminal: a wrapped line would throw
+/// off the cursor-up count of the next redraw.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(EVENT_WIDTH) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 fn progress_bar(elapsed: Duration, total: Duration) -> String {
