@@ -53,6 +53,10 @@ pub async fn start(
         shared.router.clone(),
         shutdown.child_token(),
     ));
+    tokio::spawn(close_idle_connections(
+        shared.clone(),
+        shutdown.child_token(),
+    ));
     let join = tokio::spawn(proxy.run());
     Ok(Running {
         addr,
@@ -77,5 +81,25 @@ fn install_metrics(config: &ConfigHandle) {
     match builder.install() {
         Ok(()) => tracing::info!(%addr, "serving Prometheus metrics at /metrics"),
         Err(e) => tracing::warn!(%addr, "metrics endpoint not started: {e}"),
+    }
+}
+
+/// Closes server connections idle past `[pool] idle_timeout`, checking a
+/// few times per timeout (at most every 30 s).
+async fn close_idle_connections(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let timeout = shared.config.load().pool.idle_timeout;
+        let every = (timeout / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(30),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let closed = shared.pools.close_idle(timeout);
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle server connections");
+        }
     }
 }

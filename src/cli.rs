@@ -61,6 +61,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let running = crate::app::start(handle, shutdown.clone())
         .await
         .context("starting the proxy")?;
+    crate::watch::spawn(
+        running.shared.clone(),
+        path.to_path_buf(),
+        shutdown.child_token(),
+    );
     tracing::info!(listen = %running.addr, "lagrouter is accepting clients");
     wait_for_signal().await;
     tracing::info!("shutting down: no new clients; waiting for transactions in flight");

@@ -10,6 +10,7 @@
 //! - `session`: one client's session: startup, forwarding, session state.
 //! - `cancel`: CancelRequest routing.
 //! - `tls`: client TLS (rustls with ring).
+//! - `reload`: live configuration reload.
 //! - `listener`: the accept loop and [`Shared`] state.
 //! - `error`: [`ProxyError`], every error a client can get from the proxy.
 
@@ -18,6 +19,7 @@ pub mod cancel;
 pub mod error;
 pub mod listener;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -39,6 +39,7 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     pub patterns: SessionPatterns,
     pub stats: ProxyStats,
+    pub reload: crate::reload::ReloadState,
     pub shutdown: CancellationToken,
 }
 
@@ -116,6 +117,7 @@ impl Proxy {
             tls,
             patterns: SessionPatterns::default(),
             stats: ProxyStats::default(),
+            reload: crate::reload::ReloadState::default(),
             shutdown,
         });
         Ok(Proxy { shared, listener })

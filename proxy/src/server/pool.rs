@@ -14,6 +14,9 @@ use lagrouter_config::PoolConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{NodeAddr, ServerConn};
+
+/// Idle time after which a pooled connection is probed before reuse.
+const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::error::ProxyError;
 
 /// Identifies a pool.
@@ -103,7 +106,9 @@ impl ServerPool {
             let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(conn) = conn else { break };
             let idle_for = now.saturating_duration_since(conn.last_used);
-            if idle_for > cfg.idle_timeout || !conn.looks_alive() {
+            // Probing costs a syscall: only for connections idle long enough
+            // that the server (or a middlebox) may have closed them.
+            if idle_for > cfg.idle_timeout || (idle_for > PROBE_AFTER_IDLE && !conn.looks_alive()) {
                 self.stats.open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
@@ -229,6 +234,24 @@ impl Pools {
         let p = Arc::new(ServerPool::new(key.clone(), node, size));
         pools.insert(key, p.clone());
         p
+    }
+
+    /// Closes idle connections unused for longer than `idle_timeout`.
+    /// Returns how many were closed.
+    pub fn close_idle(&self, idle_timeout: std::time::Duration) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for pool in self.all() {
+            let Ok(mut idle) = pool.idle.lock() else {
+                continue;
+            };
+            let before = idle.len();
+            idle.retain(|c| now.saturating_duration_since(c.last_used) <= idle_timeout);
+            let n = before - idle.len();
+            pool.stats.open.fetch_sub(n, Ordering::Relaxed);
+            closed += n;
+        }
+        closed
     }
 
     /// Every pool, for metrics and the admin console.
