@@ -191,10 +191,29 @@ async fn paused_replay_lags_then_recovers_after_exactly_three_good_checks() {
         seen_after <= INTERVAL + TIMEOUT,
         "Lagging only {seen_after:?} after the write"
     );
-    assert_eq!(
-        lagging.nodes[2].state,
-        NodeState::Healthy,
-        "replica2 still replays"
+    // replica2 still replays: it may trail the big write for a round or two
+    // on a loaded machine, but it is (back) under the threshold while
+    // replica1 stays Lagging.
+    let rounds = std::cell::Cell::new(0);
+    if lagging.nodes[2].state != NodeState::Healthy {
+        obs.until(
+            Duration::from_secs(10),
+            "replica2 healthy while replica1 lags",
+            |s| {
+                assert_eq!(
+                    s.nodes[1].state,
+                    NodeState::Lagging,
+                    "replica1 is still paused"
+                );
+                rounds.set(rounds.get() + 1);
+                s.nodes[2].state == NodeState::Healthy
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "replica2 healthy {} round(s) after replica1 was seen lagging",
+        rounds.get()
     );
 
     // Stays lagging while paused.

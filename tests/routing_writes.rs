@@ -550,7 +550,6 @@ async fn serializable_transaction_statement_by_statement_goes_to_primary() {
 /// serializable mode, so the query goes to a replica, which refuses it:
 /// `ERROR 0A000: cannot use serializable mode in a hot standby`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: BEGIN ISOLATION LEVEL SERIALIZABLE …; SELECT …; COMMIT in one query is routed to a replica (0A000)"]
 async fn serializable_transaction_in_one_query_goes_to_primary() {
     let p = &proxy().await;
     let mut failed = Vec::new();
@@ -575,7 +574,6 @@ async fn serializable_transaction_in_one_query_goes_to_primary() {
 /// DESIGN: the replica override is "not honoured for statements classified
 /// as writes".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: SET lagrouter.route = replica sends nextval/setval/txid_current/lo_create/pg_notify/writing user functions to a replica (25006)"]
 async fn route_replica_override_keeps_known_writers_on_the_primary() {
     let p = &proxy().await;
     let mut failed = Vec::new();
@@ -613,7 +611,6 @@ async fn route_replica_override_keeps_known_writers_on_the_primary() {
 /// that replica's connection; every later statement of the session,
 /// writes included, then runs on the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a session pinned to a replica connection (advisory lock under route=replica) sends later writes to the replica (25006)"]
 async fn session_pinned_on_a_replica_still_writes_on_the_primary() {
     let p = &proxy().await;
     let c = connect(p).await;

@@ -85,6 +85,7 @@ impl Default for ServerConfig {
 pub enum AuthMethod {
     /// SCRAM-SHA-256 (the default).
     #[default]
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     /// MD5 challenge-response.
     Md5,

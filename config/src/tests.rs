@@ -117,6 +117,25 @@ fn heartbeat_table_must_be_a_plain_name() {
 }
 
 #[test]
+fn auth_methods_use_the_documented_names() {
+    for (name, want) in [
+        ("scram-sha-256", AuthMethod::ScramSha256),
+        ("md5", AuthMethod::Md5),
+        ("trust", AuthMethod::Trust),
+    ] {
+        let text = MINIMAL.replace(
+            "password = \"secret\"",
+            &format!("password = \"secret\"\nauth = \"{name}\""),
+        );
+        assert_eq!(
+            Config::from_toml_str(&text).unwrap().users[0].auth,
+            want,
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn secrets_are_redacted_in_debug() {
     let c = Config::from_toml_str(MINIMAL).unwrap();
     let dbg = format!("{c:?}");

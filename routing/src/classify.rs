@@ -184,6 +184,9 @@ pub(crate) enum Stmt {
 fn combine(stmts: impl Iterator<Item = Stmt>) -> Class {
     let (mut read, mut unknown) = (false, false);
     let mut open: Option<TxnMode> = None;
+    // A block closed within the text still decides where the text runs: a
+    // standby refuses serializable and read-write transactions.
+    let mut needs_primary = false;
     for s in stmts {
         match s {
             Stmt::Read => read = true,
@@ -198,12 +201,20 @@ fn combine(stmts: impl Iterator<Item = Stmt>) -> Class {
                 }
             }
             Stmt::End { chain } => {
+                if let Some(m) = open
+                    && (m.serializable || m.read_only == Some(false))
+                {
+                    needs_primary = true;
+                }
                 if !chain {
                     open = None;
                 }
             }
             Stmt::Neutral => {}
         }
+    }
+    if needs_primary {
+        return Class::Write;
     }
     match (unknown, open, read) {
         (true, _, _) => Class::Unknown,
@@ -400,6 +411,11 @@ impl Scan<'_> {
                             return Stmt::Write;
                         }
                         Some("for") if is_word(sql, next, &["update", "share", "no", "key"]) => {
+                            return Stmt::Write;
+                        }
+                        // Certain writers are writes, not "unknown": no hint
+                        // or rule may send them to a replica.
+                        Some(w) if call && crate::functions::is_known_writer(w) => {
                             return Stmt::Write;
                         }
                         Some("with")

@@ -97,12 +97,40 @@ fn writes() {
 }
 
 #[test]
+fn known_writers_are_writes_not_unknown() {
+    assert_class(
+        Class::Write,
+        &[
+            "SELECT nextval('s')",
+            "SELECT setval('s', 1)",
+            "select NEXTVAL('s')",
+            "SELECT txid_current()",
+            "SELECT pg_current_xact_id()",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT lo_create(0)",
+            "SELECT 1 FROM t WHERE a = nextval('s')",
+        ],
+    );
+}
+
+#[test]
+fn blocks_closed_in_the_text_keep_their_needs() {
+    for sql in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SELECT 1; COMMIT",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE; SELECT 1; COMMIT",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SELECT 1; COMMIT",
+        "BEGIN READ WRITE; SELECT 1; COMMIT",
+    ] {
+        assert_eq!(class(sql), Class::Write, "{sql}");
+    }
+    assert_eq!(class("BEGIN READ ONLY; SELECT 1; COMMIT"), Class::Read);
+}
+
+#[test]
 fn unknown_functions_and_operators() {
     assert_class(
         Class::Unknown,
         &[
-            "SELECT nextval('s')",
-            "SELECT setval('s', 1)",
             "SELECT pg_advisory_lock(1)",
             "SELECT set_config('a.b', 'c', false)",
             "SELECT my_func(1)",
@@ -178,10 +206,7 @@ fn transactions() {
         class("BEGIN; SELECT 1; COMMIT AND CHAIN"),
         Class::Begin(TxnMode::default())
     );
-    assert_eq!(
-        class("BEGIN READ ONLY; SELECT nextval('s')"),
-        Class::Unknown
-    );
+    assert_eq!(class("BEGIN READ ONLY; SELECT nextval('s')"), Class::Write);
     assert_eq!(
         class("BEGIN; SAVEPOINT a; SELECT 1; ROLLBACK TO SAVEPOINT a; COMMIT"),
         Class::Read

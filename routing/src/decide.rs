@@ -91,12 +91,15 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
         Class::Begin(m) => m.is_read_only(ctx.default_read_only),
         Class::Unknown | Class::Write => false,
     };
-    // What a `replica` override may send to a replica: anything not proven
-    // to write and not explicitly a read-write transaction.
+    // What a `replica` override may send to a replica: only what is not a
+    // write. An unknown function may write, and only the primary may ever
+    // receive a write; `routing.read_only_functions` is how an operator
+    // vouches for a function. A transaction opened without READ WRITE or
+    // SERIALIZABLE may go (the replica refuses writes inside it).
     let replica_ok = match a.class {
-        Class::Read | Class::Unknown => true,
+        Class::Read => true,
         Class::Begin(m) => m.read_only != Some(false) && !m.serializable,
-        Class::Write => false,
+        Class::Unknown | Class::Write => false,
     };
     let notice = a
         .hints

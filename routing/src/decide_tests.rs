@@ -237,12 +237,19 @@ fn hints_then_session_then_rules_then_class() {
             route: lagrouter_config::RuleRoute::Primary,
         },
         RuleConfig {
-            pattern: regex::Regex::new("report_fn").unwrap(),
+            pattern: regex::Regex::new("report").unwrap(),
             route: lagrouter_config::RuleRoute::Replica,
         },
     ];
     assert_eq!(c.route("SELECT * FROM orders"), (0, Reason::Rule));
-    assert_eq!(c.route("SELECT report_fn()"), (1, Reason::Rule));
+    assert_eq!(c.route("SELECT * FROM report_rows"), (1, Reason::Rule));
+    // A function not known to be read-only may write: no rule or hint sends
+    // it to a replica (read_only_functions is how an operator vouches).
+    assert_eq!(c.route("SELECT report_fn()"), (0, Reason::Write));
+    assert_eq!(
+        c.route("/* lagrouter:route=replica */ SELECT report_fn()"),
+        (0, Reason::Write)
+    );
     assert_eq!(
         c.route("/* lagrouter:route=replica */ SELECT * FROM orders"),
         (1, Reason::Hint)

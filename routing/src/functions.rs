@@ -208,6 +208,36 @@ const PRIMARY_ONLY: &[&str] = &[
     "pg_walfile_name_offset",
 ];
 
+/// Built-in functions that write, assign a transaction id or need the
+/// primary: a statement calling one is a write, whatever hints say.
+const KNOWN_WRITERS: &[&str] = &[
+    "nextval",
+    "setval",
+    "pg_notify",
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+];
+
+/// Whether `name` (lowercase, unqualified) is a built-in that writes or
+/// only works on the primary.
+pub fn is_known_writer(name: &str) -> bool {
+    KNOWN_WRITERS.contains(&name) || PRIMARY_ONLY.contains(&name)
+}
+
 const BUILTIN_READ_ONLY: &[&str] = &[
     // aggregates
     "count",
