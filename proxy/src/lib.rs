@@ -11,9 +11,12 @@
 //! - `cancel`: CancelRequest routing.
 //! - `tls`: client TLS (rustls with ring).
 //! - `reload`: live configuration reload.
+//! - `admin`: the admin console (`[server] admin_database`) and the client
+//!   registry and routing counters it shows.
 //! - `listener`: the accept loop and [`Shared`] state.
 //! - `error`: [`ProxyError`], every error a client can get from the proxy.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod error;

@@ -40,6 +40,10 @@ pub struct Shared {
     pub patterns: SessionPatterns,
     pub stats: ProxyStats,
     pub reload: crate::reload::ReloadState,
+    /// Connected clients, for the admin console's `SHOW CLIENTS`.
+    pub clients: crate::admin::registry::ClientRegistry,
+    /// Routing decisions per node and reason, for `SHOW NODES` / `SHOW STATS`.
+    pub route_counters: crate::admin::registry::RouteCounters,
     pub shutdown: CancellationToken,
 }
 
@@ -118,6 +122,8 @@ impl Proxy {
             patterns: SessionPatterns::default(),
             stats: ProxyStats::default(),
             reload: crate::reload::ReloadState::default(),
+            clients: Default::default(),
+            route_counters: Default::default(),
             shutdown,
         });
         Ok(Proxy { shared, listener })
@@ -159,11 +165,13 @@ impl Proxy {
                 continue;
             };
             let shared = self.shared.clone();
-            tasks.spawn(async move {
+            // The peer address rides along as a task-local so the client
+            // registry can show it whatever stream (TLS or not) wraps it.
+            tasks.spawn(crate::admin::registry::PEER.scope(peer, async move {
                 tracing::trace!(%peer, "client connected");
                 crate::session::handle_client(shared, tcp).await;
                 drop(permit);
-            });
+            }));
         }
         let grace = self.shared.config.load().server.shutdown_timeout;
         let _ =

@@ -94,6 +94,8 @@ pub struct Session<S> {
     captured_lsn: Option<Lsn>,
     client_stream: Passthrough,
     server_stream: Passthrough,
+    /// This session in the admin console's client list (while it runs).
+    registered: Option<crate::admin::registry::ClientEntry>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -134,11 +136,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             captured_lsn: None,
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
+            registered: None,
         }
     }
 
     /// Runs until the client leaves or the session must end.
     pub async fn run(&mut self) -> End {
+        let entry = self
+            .shared
+            .clients
+            .register(&self.user.name, self.database.clone());
+        self.registered = Some(entry);
         let end = self.run_inner().await;
         match &end {
             End::Closed(msg) => tracing::debug!(user = %self.user.name, "session closed: {msg}"),
@@ -148,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             End::Client => {}
         }
         self.finish();
+        self.registered = None;
         end
     }
 
@@ -712,6 +721,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
                     _ => "no_primary",
                 };
+                shared.route_counters.refused(reason == "breaker_open");
                 metrics::counter!("lagrouter_route_decisions_total",
                     "node" => "none", "target" => "none", "reason" => reason)
                 .increment(1);
@@ -727,6 +737,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             metrics::counter!("lagrouter_route_decisions_total",
                 "node" => node.name.to_string(), "target" => target, "reason" => decision.reason.as_str())
             .increment(1);
+            self.shared.route_counters.record(
+                &node.name,
+                decision.primary,
+                decision.write,
+                decision.reason.as_str(),
+            );
         }
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
@@ -755,6 +771,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             secret: conn.secret.clone(),
         }));
         self.server = Some(pc);
+        if let Some(c) = &self.registered {
+            c.attached(decision.node);
+        }
         Ok(())
     }
 
@@ -1016,6 +1035,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn release(&mut self) {
         if let Some(mut pc) = self.server.take() {
+            if let Some(c) = &self.registered {
+                c.released();
+            }
             self.cancel.slot.set(None);
             let conn = pc.conn();
             conn.synced_to = self.params.fingerprint();

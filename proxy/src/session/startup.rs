@@ -238,6 +238,9 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
             .await;
         }
     };
+    if *database == *shared.config.load().server.admin_database {
+        return crate::admin::serve(shared, client, buf, user).await;
+    }
     let cancel = shared.cancel.register();
     let (pid, secret) = (cancel.pid, cancel.secret);
     let mut session = Session::new(

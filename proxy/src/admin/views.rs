@@ -1,0 +1,302 @@
+//! The tables `SHOW …` answers with, built from the shared state. Every
+//! value is text (as psql shows it); a missing value is NULL.
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use lagrouter_health::PrimaryStatus;
+
+use super::commands::{HELP, Show};
+use super::settings::{config_rows, snake};
+use crate::listener::Shared;
+
+/// A result set: column names and rows of text values.
+pub struct Table {
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    pub(super) fn new(columns: &[&'static str]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub(super) fn row(&mut self, values: Vec<Option<String>>) {
+        self.rows.push(values);
+    }
+
+    /// A two-column `key | value` row.
+    pub(super) fn kv(&mut self, key: &str, value: impl ToString) {
+        self.rows
+            .push(vec![Some(key.to_string()), Some(value.to_string())]);
+    }
+}
+
+/// The table for `show`.
+pub fn show(shared: &Shared, show: Show) -> Table {
+    match show {
+        Show::Help => help(),
+        Show::Nodes => nodes(shared),
+        Show::Pools => pools(shared),
+        Show::Clients => clients(shared),
+        Show::Servers => servers(shared),
+        Show::Stats => stats(shared),
+        Show::Breaker => breaker(shared),
+        Show::Config => config(shared),
+        Show::Reload => reload(shared),
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn help() -> Table {
+    let mut t = Table::new(&["command", "description"]);
+    for (c, d) in HELP {
+        t.row(vec![s(c), s(d)]);
+    }
+    t
+}
+
+fn nodes(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "name",
+        "role",
+        "state",
+        "write_target",
+        "drained",
+        "lag_bytes",
+        "lag_ms",
+        "good_checks",
+        "replay_lsn",
+        "last_check_ms_ago",
+        "reads_served",
+        "writes_served",
+        "problem",
+    ]);
+    let snap = shared.router.health();
+    let drained = shared.router.drained();
+    let now = Instant::now();
+    for (i, n) in snap.nodes.iter().enumerate() {
+        let target = match &snap.primary {
+            PrimaryStatus::One(p) => *p == i,
+            _ => false,
+        };
+        let counts = shared.route_counters.node(&n.name.as_str().into());
+        t.row(vec![
+            s(&n.name),
+            s(snake(&format!("{:?}", n.role))),
+            s(n.state.as_str()),
+            s(target),
+            s(drained.contains(&n.name)),
+            n.lag_bytes.map(|b| b.to_string()),
+            n.lag_time.map(|l| l.as_millis().to_string()),
+            s(n.good_checks),
+            n.replay_lsn.map(|l| l.to_string()),
+            n.last_check
+                .map(|c| now.saturating_duration_since(c).as_millis().to_string()),
+            s(counts.reads.load(Ordering::Relaxed)),
+            s(counts.writes.load(Ordering::Relaxed)),
+            n.unreachable_reason.clone(),
+        ]);
+    }
+    t
+}
+
+fn pools(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "node",
+        "user",
+        "database",
+        "size",
+        "open",
+        "in_use",
+        "idle",
+        "waiting",
+        "checkouts",
+        "timeouts",
+    ]);
+    let mut pools = shared.pools.all();
+    pools.sort_by_key(|p| p.label());
+    for p in pools {
+        let st = &p.stats;
+        t.row(vec![
+            s(&p.key.node),
+            s(&p.key.user),
+            s(&p.key.database),
+            s(p.size()),
+            s(st.open.load(Ordering::Relaxed)),
+            s(st.in_use.load(Ordering::Relaxed)),
+            s(p.idle_count()),
+            s(st.waiting.load(Ordering::Relaxed)),
+            s(st.checkouts.load(Ordering::Relaxed)),
+            s(st.timeouts.load(Ordering::Relaxed)),
+        ]);
+    }
+    t
+}
+
+fn clients(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "id",
+        "user",
+        "database",
+        "addr",
+        "port",
+        "connected_unix",
+        "connected_s",
+        "state",
+        "node",
+        "transactions",
+    ]);
+    let names: Vec<String> = shared
+        .nodes
+        .load()
+        .iter()
+        .map(|n| n.name.to_string())
+        .collect();
+    let now = SystemTime::now();
+    for c in shared.clients.list() {
+        let node = c.attached_node();
+        let since = c
+            .since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let age = now
+            .duration_since(c.since)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        t.row(vec![
+            s(c.id),
+            s(&c.user),
+            s(&c.database),
+            c.peer.map(|p| p.ip().to_string()),
+            c.peer.map(|p| p.port().to_string()),
+            s(since),
+            s(age),
+            s(if node.is_some() { "active" } else { "idle" }),
+            node.map(|i| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"))),
+            s(c.transactions.load(Ordering::Relaxed)),
+        ]);
+    }
+    t
+}
+
+/// Per pool rather than per connection: the pool keeps counts, and a
+/// per-connection list would need a lock on every checkout.
+fn servers(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "node", "host", "port", "user", "database", "open", "active", "idle",
+    ]);
+    let mut pools = shared.pools.all();
+    pools.sort_by_key(|p| p.label());
+    for p in pools {
+        t.row(vec![
+            s(&p.key.node),
+            s(&p.node.host),
+            s(p.node.port),
+            s(&p.key.user),
+            s(&p.key.database),
+            s(p.stats.open.load(Ordering::Relaxed)),
+            s(p.stats.in_use.load(Ordering::Relaxed)),
+            s(p.idle_count()),
+        ]);
+    }
+    t
+}
+
+fn stats(shared: &Shared) -> Table {
+    let mut t = Table::new(&["stat", "value"]);
+    let rc = &shared.route_counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    t.kv("clients", shared.stats.clients.load(Ordering::Relaxed));
+    t.kv(
+        "pinned_sessions",
+        shared.stats.pinned_sessions.load(Ordering::Relaxed),
+    );
+    t.kv("transactions_primary", load(&rc.to_primary));
+    t.kv("transactions_replica", load(&rc.to_replica));
+    for (reason, n) in rc.reasons() {
+        t.kv(&format!("decisions_{reason}"), n);
+    }
+    t.kv("refused_breaker_open", load(&rc.refused_breaker_open));
+    t.kv("refused_no_primary", load(&rc.refused_no_primary));
+    let pools = shared.pools.all();
+    let sum = |f: fn(&crate::server::pool::PoolStats) -> usize| -> usize {
+        pools.iter().map(|p| f(&p.stats)).sum()
+    };
+    t.kv("pools", pools.len());
+    t.kv(
+        "server_connections",
+        sum(|s| s.open.load(Ordering::Relaxed)),
+    );
+    t.kv("checkouts", sum(|s| s.checkouts.load(Ordering::Relaxed)));
+    t.kv(
+        "checkout_timeouts",
+        sum(|s| s.timeouts.load(Ordering::Relaxed)),
+    );
+    t
+}
+
+fn breaker(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "state",
+        "primary_read_share",
+        "reads",
+        "fallbacks",
+        "cap",
+        "window",
+        "min_reads",
+        "on_open",
+    ]);
+    let b = shared.router.breaker_status(Instant::now());
+    let config = shared.config.load();
+    let rc = &config.routing;
+    t.row(vec![
+        s(b.state.as_str()),
+        s(format!("{:.3}", b.share)),
+        s(b.reads),
+        s(b.fallbacks),
+        s(rc.primary_read_cap),
+        s(format!("{:?}", rc.breaker_window)),
+        s(rc.breaker_min_reads),
+        s(snake(&format!("{:?}", rc.on_breaker_open))),
+    ]);
+    t
+}
+
+fn config(shared: &Shared) -> Table {
+    let mut t = Table::new(&["key", "value"]);
+    config_rows(&mut t, &shared.config.load());
+    let (file, error) = reload_state(shared);
+    t.kv("reload.file", file.unwrap_or_else(|| "(none)".into()));
+    t.kv(
+        "reload.last_error",
+        error.unwrap_or_else(|| "(none)".into()),
+    );
+    t
+}
+
+fn reload(shared: &Shared) -> Table {
+    let mut t = Table::new(&["file", "last_error"]);
+    let (file, error) = reload_state(shared);
+    t.row(vec![file, error]);
+    t
+}
+
+/// The reload file and the last failed reload's error.
+fn reload_state(shared: &Shared) -> (Option<String>, Option<String>) {
+    let file = shared
+        .reload
+        .path
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref().map(|p| p.display().to_string()));
+    let error = shared.reload.last_error.lock().ok().and_then(|e| e.clone());
+    (file, error)
+}

@@ -1,0 +1,206 @@
+//! The admin console through a proxy in front of the shared cluster:
+//! `SHOW NODES` / `POOLS` / `CLIENTS` / `SERVERS` / `STATS` / `BREAKER` /
+//! `CONFIG` / `RELOAD` / `HELP`, `RELOAD` without a file, `DRAIN` and
+//! `UNDRAIN` of a replica checked by where reads land
+//! (`inet_server_port()`), the primary not drainable, errors for unknown
+//! commands and the extended protocol, and non-admin users refused (42501).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn proxy() -> TestProxy {
+    ProxyBuilder::new()
+        .server("admin_database = \"lagrouter\"")
+        .user("name = \"lradmin\"\npassword = \"adminpw\"\nadmin = true")
+        // Equally fresh replicas take turns, so an undrained one is seen soon.
+        .routing("balance = \"round_robin\"")
+        .start()
+        .await
+}
+
+fn admin_str(proxy: &TestProxy, user: &str, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname=lagrouter connect_timeout=10",
+        proxy.port()
+    )
+}
+
+async fn admin(proxy: &TestProxy) -> Conn {
+    try_connect_str(&admin_str(proxy, "lradmin", "adminpw"))
+        .await
+        .unwrap_or_else(|e| panic!("admin console connect: {}", describe(&e)))
+}
+
+/// The rows of a console command, each as column → value ("" for NULL).
+async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
+    let msgs = within(T, sql, c.simple_query(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ports of `n` reads of `inet_server_port()`, each its own transaction.
+async fn read_ports(c: &Client, n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let v = scalar(c, "SELECT inet_server_port()")
+            .await
+            .expect("a port");
+        ports.push(v.parse().expect("port number"));
+    }
+    ports
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_state_and_drains_replicas() {
+    within(Duration::from_secs(180), "admin console test", async {
+        let proxy = proxy().await;
+        let cluster = blocking(|c| c).await;
+        let replica1 = cluster.node_name(1).to_string();
+        let replica1_port = cluster.port(1);
+        let app = connect(&proxy).await;
+        // Until the function catalog is loaded from the primary,
+        // inet_server_port() is an unknown function and goes to the
+        // primary as a possible write: wait for replica reads.
+        let primary_port = cluster.port(cluster.primary_index());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while read_ports(&app, 1).await == [primary_port] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reads never left the primary"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        read_ports(&app, 4).await;
+        let a = admin(&proxy).await;
+
+        let nodes = rows(&a, "SHOW NODES").await;
+        assert_eq!(nodes.len(), 3, "{nodes:?}");
+        for n in &nodes {
+            assert_eq!(n["state"], "healthy", "{n:?}");
+            assert!(n.contains_key("lag_bytes") && n.contains_key("good_checks"));
+        }
+        let served: u64 = nodes
+            .iter()
+            .map(|n| n["reads_served"].parse::<u64>().unwrap())
+            .sum();
+        assert!(served >= 5, "reads served: {nodes:?}");
+        assert_eq!(
+            nodes.iter().filter(|n| n["write_target"] == "true").count(),
+            1
+        );
+
+        let pools = rows(&a, "show pools;").await;
+        assert!(
+            pools
+                .iter()
+                .any(|p| p["user"] == "app" && p["database"] == "app"),
+            "{pools:?}"
+        );
+        assert!(!rows(&a, "SHOW SERVERS").await.is_empty());
+        let clients = rows(&a, "SHOW CLIENTS").await;
+        assert!(
+            clients
+                .iter()
+                .any(|c| c["user"] == "app" && c["addr"] == "127.0.0.1"),
+            "{clients:?}"
+        );
+        let stats = rows(&a, "Show Stats").await;
+        assert!(
+            stats.iter().any(|s| s["stat"] == "transactions_replica"),
+            "{stats:?}"
+        );
+        let breaker = rows(&a, "SHOW BREAKER").await;
+        assert_eq!(breaker.len(), 1);
+        assert_eq!(breaker[0]["state"], "closed", "{breaker:?}");
+        let config = rows(&a, "SHOW CONFIG").await;
+        let text = format!("{config:?}");
+        assert!(!text.contains("adminpw") && !text.contains("\"app\\npassword"));
+        let user = config
+            .iter()
+            .find(|r| r["key"] == "users.lradmin")
+            .expect("users.lradmin row");
+        assert!(
+            user["value"].contains("password=<redacted>") && user["value"].contains("admin=true"),
+            "{user:?}"
+        );
+        assert_eq!(rows(&a, "SHOW HELP").await.len(), 12);
+
+        // No file to reload: a clear error, and the console stays usable.
+        let e = expect_sqlstate(a.simple_query("RELOAD").await, "F0000", "RELOAD");
+        assert!(e.contains("no configuration file"), "{e}");
+        let reload = rows(&a, "SHOW RELOAD").await;
+        assert_eq!(reload.len(), 1, "{reload:?}");
+
+        let e = expect_sqlstate(a.simple_query("SHOW everything").await, "42601", "bad");
+        assert!(e.contains("everything"), "{e}");
+        expect_sqlstate(a.simple_query("DRAIN nosuchnode").await, "42704", "unknown");
+        let primary = cluster.node_name(cluster.primary_index()).to_string();
+        let e = expect_sqlstate(
+            a.simple_query(&format!("DRAIN {primary}")).await,
+            "55000",
+            "drain primary",
+        );
+        assert!(e.contains("primary"), "{e}");
+        // The extended protocol is refused, the connection survives.
+        expect_sqlstate(a.query("SHOW NODES", &[]).await, "0A000", "extended");
+
+        // Drained: no read reaches replica1 (a session already open included).
+        rows(&a, &format!("drain {replica1};")).await;
+        let n = rows(&a, "SHOW NODES").await;
+        let r1 = n.iter().find(|r| r["name"] == replica1).unwrap();
+        assert_eq!(r1["drained"], "true", "{r1:?}");
+        let ports = read_ports(&app, 20).await;
+        assert!(
+            !ports.contains(&replica1_port),
+            "drained but read: {ports:?}"
+        );
+        let fresh = connect(&proxy).await;
+        let ports = read_ports(&fresh, 20).await;
+        assert!(
+            !ports.contains(&replica1_port),
+            "drained but read: {ports:?}"
+        );
+
+        // Undrained: replica1 serves reads again.
+        rows(&a, &format!("UNDRAIN \"{replica1}\"")).await;
+        let ports = read_ports(&app, 40).await;
+        assert!(
+            ports.contains(&replica1_port),
+            "undrained, unused: {ports:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_users_are_refused() {
+    within(Duration::from_secs(120), "non-admin refusal", async {
+        let proxy = proxy().await;
+        let r = try_connect_str(&admin_str(&proxy, "app", "app")).await;
+        let e = expect_sqlstate(r.map(|_| ()), "42501", "non-admin user");
+        assert!(e.contains("admin console"), "{e}");
+        // Wrong password to the console: refused like any login.
+        let r = try_connect_str(&admin_str(&proxy, "lradmin", "wrong")).await;
+        expect_sqlstate(r.map(|_| ()), "28P01", "bad password");
+    })
+    .await;
+}
