@@ -204,3 +204,63 @@ async fn non_admin_users_are_refused() {
     })
     .await;
 }
+
+/// A proxy started from a file, as `lagrouter run -c` does, so RELOAD has
+/// something to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_errors_show_in_the_console() {
+    within(Duration::from_secs(120), "reload through the console", async {
+        init_logs();
+        let c = blocking(|c| c).await;
+        let dir = TempDir::new("admin-reload");
+        let path = dir.path().join("lagrouter.toml");
+        let builder = ProxyBuilder::new()
+            .server("admin_database = \"lagrouter\"")
+            .user("name = \"lradmin\"\npassword = \"adminpw\"\nadmin = true");
+        let text = builder.toml(c);
+        std::fs::write(&path, &text).unwrap();
+        let config = lagrouter_config::Config::from_toml_str(&text).unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = lagrouter::app::start(
+            lagrouter_config::ConfigHandle::new(config),
+            shutdown.clone(),
+        )
+        .await
+        .expect("proxy starts");
+        let _stop = shutdown.clone().drop_guard();
+        running.shared.set_config_path(path.clone());
+        let conn_str = format!(
+            "host=127.0.0.1 port={} user=lradmin password=adminpw dbname=lagrouter connect_timeout=10",
+            running.addr.port()
+        );
+        let a = try_connect_str(&conn_str)
+            .await
+            .unwrap_or_else(|e| panic!("admin console: {}", describe(&e)));
+
+        rows(&a, "RELOAD").await;
+        let r = rows(&a, "SHOW RELOAD").await;
+        assert_eq!(r[0]["file"], path.display().to_string(), "{r:?}");
+        assert_eq!(r[0]["last_error"], "", "{r:?}");
+
+        // A file that does not parse: refused, the error stays visible.
+        std::fs::write(&path, "[pool]\nsize = \"lots\"\n").unwrap();
+        let e = expect_sqlstate(a.simple_query("reload;").await, "F0000", "bad file");
+        assert!(e.contains("size"), "{e}");
+        let r = rows(&a, "SHOW RELOAD").await;
+        assert!(r[0]["last_error"].contains("size"), "{r:?}");
+        let cfg = rows(&a, "SHOW CONFIG").await;
+        let last = cfg.iter().find(|r| r["key"] == "reload.last_error").unwrap();
+        assert!(last["value"].contains("size"), "{last:?}");
+        let size = cfg.iter().find(|r| r["key"] == "pool.size").unwrap();
+        assert_eq!(size["value"], "20", "the running config is kept");
+
+        // Fixed (and changed): applied, and the error is cleared.
+        std::fs::write(&path, text.replace("[pool]\n", "[pool]\nsize = 7\n")).unwrap();
+        rows(&a, "RELOAD").await;
+        let cfg = rows(&a, "SHOW CONFIG").await;
+        let size = cfg.iter().find(|r| r["key"] == "pool.size").unwrap();
+        assert_eq!(size["value"], "7");
+        assert_eq!(rows(&a, "SHOW RELOAD").await[0]["last_error"], "");
+    })
+    .await;
+}

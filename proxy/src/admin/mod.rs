@@ -30,6 +30,10 @@ use crate::protocol::{frontend, split_frame};
 /// keeps a misbehaving client from making the proxy buffer a gigabyte.
 pub const ADMIN_MESSAGE_LIMIT: usize = 64 * 1024;
 
+/// Serialises DRAIN/UNDRAIN's read-modify-write of the drained list, so two
+/// consoles changing it at once cannot lose one change.
+static DRAIN_EDIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What a command failed with: SQLSTATE, message, hint.
 struct Failure {
     code: &'static str,
@@ -208,6 +212,7 @@ fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), Fail
         }
         Command::Drain(name) => {
             check_drainable(shared, &name)?;
+            let _edit = DRAIN_EDIT.lock().unwrap_or_else(|p| p.into_inner());
             let mut drained = shared.router.drained();
             if !drained.contains(&name) {
                 drained.push(name.clone());
@@ -217,6 +222,7 @@ fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), Fail
             backend::command_complete(out, "DRAIN");
         }
         Command::Undrain(name) => {
+            let _edit = DRAIN_EDIT.lock().unwrap_or_else(|p| p.into_inner());
             let mut drained = shared.router.drained();
             if !drained.contains(&name) && !node_exists(shared, &name) {
                 return Err(unknown_node(shared, &name));
