@@ -264,3 +264,57 @@ async fn reload_errors_show_in_the_console() {
     })
     .await;
 }
+
+/// What drivers never send: empty queries, several commands in one text,
+/// extended-protocol messages, an oversized message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_bad_input() {
+    use support::raw::{RawConn, message, query, startup_message};
+    within(Duration::from_secs(120), "console bad input", async {
+        let proxy = ProxyBuilder::new()
+            .server("admin_database = \"lagrouter\"")
+            .user("name = \"rawadmin\"\nauth = \"trust\"\nadmin = true")
+            .start()
+            .await;
+        let mut c = RawConn::connect(proxy.addr).await;
+        let startup = startup_message(196608, &[("user", "rawadmin"), ("database", "lagrouter")]);
+        c.send(&startup).await.unwrap();
+        let welcome = c.until_ready(T).await;
+        assert!(welcome.iter().any(|m| m.tag == b'K'), "{welcome:?}");
+
+        c.send(&query(" ; ")).await.unwrap();
+        let tags: Vec<u8> = c.until_ready(T).await.iter().map(|m| m.tag).collect();
+        assert_eq!(tags, b"IZ");
+        // Two commands, the second bad: the first answers, then the error.
+        c.send(&query("show breaker; show nonsense; show nodes"))
+            .await
+            .unwrap();
+        let tags: Vec<u8> = c.until_ready(T).await.iter().map(|m| m.tag).collect();
+        assert_eq!(tags, b"TDCEZ");
+        // Parse/Bind/Execute/Sync: one 0A000, then ReadyForQuery.
+        let mut ext = message(b'P', b"\0SHOW NODES\0\0\0");
+        ext.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        ext.extend(message(b'E', b"\0\0\0\0\0"));
+        ext.extend(message(b'S', b""));
+        c.send(&ext).await.unwrap();
+        let msgs = c.until_ready(T).await;
+        let errors: Vec<String> = msgs
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| m.code())
+            .collect();
+        assert_eq!(errors, ["0A000"], "{msgs:?}");
+        // Still usable.
+        c.send(&query("SHOW HELP")).await.unwrap();
+        assert_eq!(c.until_ready(T).await.last().unwrap().tag, b'Z');
+        // Over 64 KiB: FATAL, closed.
+        c.send(&query(&"x".repeat(100_000))).await.unwrap();
+        // (The close may reset the socket before the error is read, since
+        // the client is still sending: then only the close is seen.)
+        if let Some(e) = c.error_or_close(T).await {
+            assert_eq!(e.code(), "08P01", "{:?}", e.fields());
+            c.closed(T).await;
+        }
+    })
+    .await;
+}
