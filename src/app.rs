@@ -57,6 +57,10 @@ pub async fn start(
         shared.clone(),
         shutdown.child_token(),
     ));
+    tokio::spawn(crate::telemetry::export(
+        shared.clone(),
+        shutdown.child_token(),
+    ));
     let join = tokio::spawn(proxy.run());
     Ok(Running {
         addr,

@@ -8,6 +8,7 @@
 //! - `demo`: `lagrouter demo`: a cluster, lagrouter and a checked workload
 //!   with a replica that falls behind and catches up, shown live.
 //! - `watch`: live reload on SIGHUP and on changes to the config file.
+//! - `telemetry`: exports the proxy's pool, client, breaker and byte counters.
 //! - `pgcluster`: starts a throwaway PostgreSQL primary with streaming
 //!   replicas on loopback (used by `lagrouter demo` and the tests).
 
@@ -16,4 +17,5 @@ pub mod catalog;
 pub mod cli;
 pub mod demo;
 pub mod pgcluster;
+pub mod telemetry;
 pub mod watch;

@@ -69,6 +69,30 @@ async fn reload_applies_a_rule_and_rejects_a_broken_file() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Load through lagrouter during both reloads; it must see no error.
+    blocking(|c| c.pgbench_init(1))
+        .await
+        .expect("pgbench tables");
+    let mut load = tokio::process::Command::new("pgbench");
+    load.args([
+        "-n", "-S", "-c", "4", "-j", "2", "-T", "6", "-M", "prepared",
+    ])
+    .args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &running.addr.port().to_string(),
+        "-U",
+        "app",
+        "app",
+    ])
+    .env("PGPASSWORD", "app")
+    .kill_on_drop(true);
+    let load = load.output();
+    let load =
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(60), load).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // A rule and a tighter threshold, written the way editors do (rename).
     // (The rule table goes after the [routing] keys, before [health].)
     let with_rule = base.replace(
@@ -127,6 +151,23 @@ async fn reload_applies_a_rule_and_rejects_a_broken_file() {
         .simple_query("SELECT 1")
         .await
         .expect("serving on the old config");
+
+    let out = load
+        .await
+        .unwrap()
+        .expect("pgbench within 60 s")
+        .expect("pgbench runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench under reload:\n{text}");
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "errors under reload:\n{text}"
+    );
+    assert!(
+        !text.contains("aborted"),
+        "aborted clients under reload:\n{text}"
+    );
 
     // An explicit reload of a good file clears the error.
     std::fs::write(&path, &with_rule).unwrap();

@@ -26,6 +26,10 @@ use crate::session::patterns::SessionPatterns;
 pub struct ProxyStats {
     pub clients: AtomicUsize,
     pub pinned_sessions: AtomicUsize,
+    /// Bytes written to servers (client traffic and the proxy's own).
+    pub bytes_to_servers: std::sync::atomic::AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_to_clients: std::sync::atomic::AtomicU64,
 }
 
 /// What every session shares. Components get handles, never globals.

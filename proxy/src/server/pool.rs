@@ -145,8 +145,14 @@ impl ServerPool {
                 limit: cfg.max_waiters,
             });
         }
-        match tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await
-        {
+        let started = Instant::now();
+        let got =
+            tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await;
+        // Only checkouts that had to wait are timed: the fast path stays
+        // free of metrics work.
+        metrics::histogram!("lagrouter_pool_checkout_wait_seconds", "node" => self.key.node.to_string())
+            .record(started.elapsed().as_secs_f64());
+        match got {
             Ok(Ok(p)) => Ok(p),
             _ => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);

@@ -876,6 +876,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 },
             }
         }
+        self.shared
+            .stats
+            .bytes_to_servers
+            .fetch_add(pos as u64, Ordering::Relaxed);
         self.to_server.clear();
         match lost {
             Some(detail) => Err(self.server_lost(detail).await),
@@ -1179,6 +1183,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.client.flush().await
         }
         .await;
+        self.shared
+            .stats
+            .bytes_to_clients
+            .fetch_add(self.to_client.len() as u64, Ordering::Relaxed);
         self.to_client.clear();
         if self.to_client.capacity() > READ_AHEAD_LIMIT * 2 {
             self.to_client = BytesMut::with_capacity(READ_CHUNK);
