@@ -52,6 +52,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The address of the node called `name` in the current config.
+    pub fn node_addr_named(&self, name: &str) -> Option<Arc<NodeAddr>> {
+        self.nodes.load().iter().find(|n| &*n.name == name).cloned()
+    }
+
     /// The address of node `i` in the current config.
     pub fn node_addr(&self, i: usize) -> Option<Arc<NodeAddr>> {
         self.nodes.load().get(i).cloned()

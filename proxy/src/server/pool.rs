@@ -260,6 +260,15 @@ impl Pools {
         closed
     }
 
+    /// Connections in use in the pool of (`node`, `user`, `database`).
+    pub fn in_use(&self, node: &str, user: &str, database: &str) -> usize {
+        let pools = self.pools.lock().expect("pool map lock");
+        pools
+            .iter()
+            .find(|(k, _)| &*k.node == node && &*k.user == user && &*k.database == database)
+            .map_or(0, |(_, p)| p.stats.in_use.load(Ordering::Relaxed))
+    }
+
     /// Every pool, for metrics and the admin console.
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
         self.pools

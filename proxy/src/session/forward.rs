@@ -80,7 +80,8 @@ pub struct Session<S> {
     pub(super) to_server: BytesMut,
     /// After a proxy error in the extended protocol: drop messages up to Sync.
     pub(super) discard_until_sync: bool,
-    pub(super) pools: Vec<Option<Arc<ServerPool>>>,
+    /// Pools this session used, by node (looked up by name).
+    pub(super) pools: Vec<Arc<ServerPool>>,
     /// Statements and portals the proxy answers itself.
     local: LocalStatements,
     /// The attached transaction was routed as a write.
@@ -669,17 +670,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
-        let pools = &self.pools;
-        let in_use = |node: usize| {
-            pools
-                .get(node)
-                .and_then(|p| p.as_ref())
-                .map_or(0, |p| p.stats.in_use.load(Ordering::Relaxed))
-        };
-        let mut routed =
+        let mut routed = {
+            // Only `balance = "least_connections"` asks: connections in use
+            // to a node by everyone, in this user's and database's pool.
+            let snap = shared.router.health();
+            let (user, database) = (self.user.name.as_str(), &*self.database);
+            let in_use = |node: usize| {
+                snap.nodes
+                    .get(node)
+                    .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
+            };
             shared
                 .router
-                .route_with_load(&mut self.routing, text, Instant::now(), &in_use);
+                .route_with_load(&mut self.routing, text, Instant::now(), &in_use)
+        };
         let mut caught_up = None;
         if let Ok(d) = &routed
             && let Some(cu) = d.catch_up
@@ -812,18 +816,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// The pool for the node routing picked. Routing names nodes by their
+    /// index in its health snapshot; the pool is found by the node's *name*,
+    /// so a reload that reorders, adds or removes nodes (snapshots follow a
+    /// round later) can never send a transaction to the wrong node.
     pub(super) fn pool_for(&mut self, node: usize) -> Result<Arc<ServerPool>, ProxyError> {
-        if let Some(Some(p)) = self.pools.get(node)
+        let gone = |what: String| {
+            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
+                detail: format!("{what} is no longer in the configuration"),
+                unreachable: false,
+            })
+        };
+        let snap = self.shared.router.health();
+        let name = snap
+            .nodes
+            .get(node)
+            .map(|n| n.name.as_str())
+            .ok_or_else(|| gone(format!("node #{node}")))?;
+        let addr = self
+            .shared
+            .node_addr_named(name)
+            .ok_or_else(|| gone(format!("node \"{name}\"")))?;
+        if let Some(p) = self.pools.iter().find(|p| p.node == addr)
             && p.size() == self.config.pool.size
         {
             return Ok(p.clone());
         }
-        let addr = self.shared.node_addr(node).ok_or_else(|| {
-            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
-                detail: format!("node {node} is no longer in the configuration"),
-                unreachable: false,
-            })
-        })?;
         let key = PoolKey {
             node: addr.name.clone(),
             user: self.user.name.as_str().into(),
@@ -833,10 +851,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if pool.size() != self.config.pool.size {
             pool.resize(self.config.pool.size);
         }
-        if self.pools.len() <= node {
-            self.pools.resize(node + 1, None);
-        }
-        self.pools[node] = Some(pool.clone());
+        self.pools.retain(|p| p.key.node != pool.key.node);
+        self.pools.push(pool.clone());
         Ok(pool)
     }
 
