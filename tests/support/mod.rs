@@ -19,6 +19,7 @@ pub mod client;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod routing;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
