@@ -17,11 +17,11 @@ use crate::auth::UserAuth;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::error::ProxyError;
 use crate::listener::Shared;
+use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Expect, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
-use crate::protocol::{FrameError, MAX_MESSAGE_LEN};
 use crate::server::{PoolKey, PooledConn, ServerPool};
 
 /// Messages larger than this are streamed through instead of buffered whole.
@@ -255,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let (tag, total) = match peek_header(&self.cbuf, MAX_MESSAGE_LEN) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(self.frame_error(e).await),
+                Err(e) => return Err(self.malformed(e).await),
             };
             if self.server.is_none()
                 && matches!(tag, b'P' | b'B' | b'D' | b'E')
@@ -333,11 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             b'P' => {
                 let p = match frontend::decode_parse(body) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return Err(self
-                            .fatal_error(ProxyError::ClientProtocol(e.to_string()))
-                            .await);
-                    }
+                    Err(e) => return Err(self.malformed(e).await),
                 };
                 if let Some(cmd) = parse_proxy_command(p.query) {
                     self.statements.remove(p.name);
@@ -405,11 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             b'B' => {
                 let b = match frontend::decode_bind(body) {
                     Ok(b) => b,
-                    Err(e) => {
-                        return Err(self
-                            .fatal_error(ProxyError::ClientProtocol(e.to_string()))
-                            .await);
-                    }
+                    Err(e) => return Err(self.malformed(e).await),
                 };
                 if let Some(cmd) = self.local.statement(b.statement).cloned() {
                     self.local.bind(b.portal, cmd);
@@ -449,11 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             b'D' => {
                 let t = match frontend::decode_target(body, "Describe") {
                     Ok(t) => t,
-                    Err(e) => {
-                        return Err(self
-                            .fatal_error(ProxyError::ClientProtocol(e.to_string()))
-                            .await);
-                    }
+                    Err(e) => return Err(self.malformed(e).await),
                 };
                 let local_cmd = if t.kind == b'S' {
                     self.local.statement(t.name)
@@ -496,11 +484,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             b'C' => {
                 let t = match frontend::decode_target(body, "Close") {
                     Ok(t) => t,
-                    Err(e) => {
-                        return Err(self
-                            .fatal_error(ProxyError::ClientProtocol(e.to_string()))
-                            .await);
-                    }
+                    Err(e) => return Err(self.malformed(e).await),
                 };
                 let was_local = if t.kind == b'S' {
                     self.local.forget_statement(t.name)
@@ -1220,7 +1204,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.fatal(e.sqlstate(), &e.to_string(), e.hint()).await
     }
 
-    async fn frame_error(&mut self, e: FrameError) -> End {
+    /// A client message that cannot be framed or decoded: FATAL 08P01 and
+    /// the session ends (only this client is affected).
+    async fn malformed(&mut self, e: impl std::fmt::Display) -> End {
         self.fatal_error(ProxyError::ClientProtocol(e.to_string()))
             .await
     }
