@@ -57,12 +57,17 @@ pub async fn blocking<T: Send + 'static>(
 /// use the app database and schema, unless it exists. Tests that look at
 /// `pg_stat_activity` or need a pool of their own use their own role.
 pub async fn ensure_role(name: &'static str) {
+    // Tests run in parallel threads: concurrent CREATE ROLE collides on the
+    // unique index and concurrent GRANTs on "tuple concurrently updated".
+    static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = ROLES.lock().await;
     blocking(move |c| {
         c.sql(
             c.primary_index(),
             &format!(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') \
-                 THEN CREATE ROLE {name} LOGIN PASSWORD '{name}'; END IF; END $$;\n\
+                 THEN CREATE ROLE {name} LOGIN PASSWORD '{name}'; END IF; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;\n\
                  GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {name};\n\
                  GRANT USAGE, CREATE ON SCHEMA public TO {name};",
                 db = c.database()
