@@ -410,22 +410,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 self.local.forget_portal(b.portal);
-                let stmt = if b.statement.is_empty() {
-                    None
-                } else {
-                    self.statements.get(b.statement).cloned()
+                let stmt = match self.attach_for(b.statement, &frame).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.fail_extended(&e);
+                        return Ok(());
+                    }
                 };
-                let sql = stmt.as_ref().map(|s| s.query.clone());
-                if let Err(e) = self
-                    .attach(sql.as_deref().unwrap_or(""), Some(&frame))
-                    .await
-                {
-                    self.fail_extended(&e);
-                    return Ok(());
-                }
                 match stmt {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt);
                         frontend::encode_bind(
                             &mut self.to_server,
                             b.portal,
@@ -459,22 +452,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
-                let stmt = if t.kind == b'S' && !t.name.is_empty() {
-                    self.statements.get(t.name).cloned()
-                } else {
-                    None
+                let name = if t.kind == b'S' { t.name } else { "" };
+                let stmt = match self.attach_for(name, &frame).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.fail_extended(&e);
+                        return Ok(());
+                    }
                 };
-                let sql = stmt.as_ref().map(|s| s.query.clone());
-                if let Err(e) = self
-                    .attach(sql.as_deref().unwrap_or(""), Some(&frame))
-                    .await
-                {
-                    self.fail_extended(&e);
-                    return Ok(());
-                }
                 match stmt {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt);
                         frontend::encode_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
                     }
                     None => self.to_server.extend_from_slice(&frame),
@@ -603,6 +590,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(_) => Ok(()), // a transaction is open after all: stay
             Err(e) => Err(self.server_lost(e.to_string()).await),
         }
+    }
+
+    /// Attaches for an extended-protocol message that names the client's
+    /// statement `name` (routing by its text) and makes sure the attached
+    /// server has it prepared. `None` for the unnamed statement and for
+    /// names the client never prepared (sent on as they are; the server
+    /// answers 26000).
+    async fn attach_for(
+        &mut self,
+        name: &str,
+        frame: &Bytes,
+    ) -> Result<Option<Arc<Statement>>, ProxyError> {
+        let stmt = if name.is_empty() {
+            None
+        } else {
+            self.statements.get(name).cloned()
+        };
+        let sql = stmt.as_ref().map(|s| s.query.clone());
+        self.attach(sql.as_deref().unwrap_or(""), Some(frame))
+            .await?;
+        if let Some(s) = &stmt {
+            self.ensure_prepared(s);
+        }
+        Ok(stmt)
     }
 
     /// Prepares `stmt` on the attached server first if it lacks it; the
