@@ -380,21 +380,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         ));
                         return Ok(());
                     };
-                    let conn = self.server.as_mut().expect("attached").conn();
-                    if conn.prepared.contains(&stmt.server_name) {
-                        let mut m = BytesMut::new();
-                        backend::empty(&mut m, b'1');
-                        self.expect.push_synthetic(m.freeze());
-                    } else {
-                        frontend::encode_parse(
-                            &mut self.to_server,
-                            &stmt.server_name,
-                            &stmt.query,
-                            &stmt.param_types,
-                        );
-                        conn.prepared.insert(stmt.server_name.clone());
-                        self.expect
-                            .push_named(Req::Parse, true, Some(stmt.server_name.clone()));
+                    // The server's ParseComplete answers the client; if the
+                    // server already has the statement, the proxy answers.
+                    if !self.ensure_prepared(&stmt, true) {
+                        self.synthetic_empty(b'1');
                     }
                 }
             }
@@ -611,26 +600,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.attach(sql.as_deref().unwrap_or(""), Some(frame))
             .await?;
         if let Some(s) = &stmt {
-            self.ensure_prepared(s);
+            self.ensure_prepared(s, false);
         }
         Ok(stmt)
     }
 
-    /// Prepares `stmt` on the attached server first if it lacks it; the
-    /// answer to that injected `Parse` is dropped.
-    fn ensure_prepared(&mut self, stmt: &Statement) {
+    /// Prepares `stmt` on the attached server if it lacks it, and says
+    /// whether a `Parse` was sent. `forward`: the client asked for this
+    /// Parse, so the server's ParseComplete goes to it; otherwise the Parse
+    /// is injected (before a Bind or Describe) and its answer dropped.
+    fn ensure_prepared(&mut self, stmt: &Statement, forward: bool) -> bool {
         let conn = self.server.as_mut().expect("attached").conn();
-        if !conn.prepared.contains(&stmt.server_name) {
-            frontend::encode_parse(
-                &mut self.to_server,
-                &stmt.server_name,
-                &stmt.query,
-                &stmt.param_types,
-            );
-            conn.prepared.insert(stmt.server_name.clone());
-            self.expect
-                .push_named(Req::Parse, false, Some(stmt.server_name.clone()));
+        if conn.prepared.contains(&stmt.server_name) {
+            return false;
         }
+        frontend::encode_parse(
+            &mut self.to_server,
+            &stmt.server_name,
+            &stmt.query,
+            &stmt.param_types,
+        );
+        conn.prepared.insert(stmt.server_name.clone());
+        self.expect
+            .push_named(Req::Parse, forward, Some(stmt.server_name.clone()));
+        true
     }
 
     fn note_effects(&mut self, sql: &str) {
