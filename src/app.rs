@@ -41,7 +41,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     install_metrics(&config);
     let health = HealthMonitor::start(config.clone(), shutdown.child_token()).await;
-    let proxy = Proxy::bind(config.clone(), health.shared(), shutdown.clone()).await?;
+    let proxy = Proxy::bind(config.clone(), &health, shutdown.clone()).await?;
     let addr = proxy.local_addr().map_err(|source| StartError::Listen {
         addr: "bound socket".into(),
         source,

@@ -15,13 +15,40 @@ const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// Runs until `shutdown`.
 pub async fn export(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut gate_was_open = true;
     loop {
         export_once(&shared);
+        gate_was_open = export_gate(&shared, gate_was_open);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
     }
+}
+
+/// The write gate's gauges, and a log line when it closes or opens.
+/// Returns whether it is open now.
+fn export_gate(shared: &Shared, was_open: bool) -> bool {
+    let g = shared.router.gate_status();
+    gauge!("lagrouter_write_gate_open").set(if g.open { 1.0 } else { 0.0 });
+    gauge!("lagrouter_write_gate_replicas").set(g.counted as f64);
+    if let Some(limits) = g.gate {
+        if was_open && !g.open {
+            tracing::warn!(
+                counted = g.counted,
+                required = limits.min_replicas,
+                max_lag = %limits.limit(),
+                "write gate closed: too few replicas are caught up; writes are refused (53000)"
+            );
+        } else if !was_open && g.open {
+            tracing::info!(
+                counted = g.counted,
+                required = limits.min_replicas,
+                "write gate open: writes are accepted again"
+            );
+        }
+    }
+    g.open
 }
 
 fn export_once(shared: &Shared) {

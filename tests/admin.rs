@@ -142,7 +142,7 @@ async fn console_shows_state_and_drains_replicas() {
             user["value"].contains("password=<redacted>") && user["value"].contains("admin=true"),
             "{user:?}"
         );
-        assert_eq!(rows(&a, "SHOW HELP").await.len(), 12);
+        assert_eq!(rows(&a, "SHOW HELP").await.len(), 14);
 
         // No file to reload: a clear error, and the console stays usable.
         let e = expect_sqlstate(a.simple_query("RELOAD").await, "F0000", "RELOAD");

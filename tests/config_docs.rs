@@ -26,6 +26,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("HealthConfig", "health"),
     ("RoutingConfig", "routing"),
     ("RuleConfig", "routing.rules"),
+    ("SafetyConfig", "safety"),
 ];
 
 fn root() -> PathBuf {

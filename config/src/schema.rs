@@ -33,6 +33,9 @@ pub struct Config {
     /// `[routing]`: where reads go, read-your-writes and the primary-read breaker.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// `[safety]`: refuse writes while too few replicas are caught up.
+    #[serde(default)]
+    pub safety: SafetyConfig,
 }
 
 /// `[server]`
@@ -381,5 +384,36 @@ impl Default for RoutingConfig {
             read_only_functions: Vec::new(),
             rules: Vec::new(),
         }
+    }
+}
+
+/// `[safety]`: the write gate (Redis' `min-replicas-to-write` /
+/// `min-replicas-max-lag`, at the proxy).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetyConfig {
+    /// Writes through lagrouter are refused (SQLSTATE 53000) while fewer
+    /// than this many replicas are within `min_replicas_max_lag_*`. `0`
+    /// turns the gate off. Default 0. Live.
+    pub min_replicas_to_write: u32,
+    /// A replica further behind than this many bytes does not count toward
+    /// the gate. Default unset: `[health] max_lag_bytes`. Live.
+    pub min_replicas_max_lag_bytes: Option<u64>,
+    /// A replica whose heartbeat is older than this (or unknown) does not
+    /// count toward the gate. Default unset: `[health] max_lag_time`. Live.
+    #[serde(with = "humantime_serde")]
+    pub min_replicas_max_lag_time: Option<Duration>,
+}
+
+impl SafetyConfig {
+    /// The byte limit in force (`[health] max_lag_bytes` when unset).
+    pub fn max_lag_bytes(&self, health: &HealthConfig) -> u64 {
+        self.min_replicas_max_lag_bytes
+            .unwrap_or(health.max_lag_bytes)
+    }
+
+    /// The time limit in force (`[health] max_lag_time` when unset).
+    pub fn max_lag_time(&self, health: &HealthConfig) -> Option<Duration> {
+        self.min_replicas_max_lag_time.or(health.max_lag_time)
     }
 }

@@ -17,6 +17,7 @@ impl Config {
         self.validate_nodes(&mut p);
         self.validate_health(&mut p);
         self.validate_routing(&mut p);
+        self.validate_safety(&mut p);
         if p.0.is_empty() { Ok(()) } else { Err(p.0) }
     }
 
@@ -193,6 +194,25 @@ impl Config {
         if h.database.is_empty() {
             p.add("health.database", "must not be empty");
         }
+    }
+
+    fn validate_safety(&self, p: &mut Problems) {
+        let s = &self.safety;
+        if s.min_replicas_max_lag_time.is_some_and(|t| t.is_zero()) {
+            p.add(
+                "safety.min_replicas_max_lag_time",
+                "must be more than 0s (leave it unset to use [health] max_lag_time)",
+            );
+        }
+        if s.min_replicas_max_lag_time.is_some() && self.health.heartbeat_interval.is_zero() {
+            p.add(
+                "safety.min_replicas_max_lag_time",
+                "needs the heartbeat: set [health] heartbeat_interval above 0s",
+            );
+        }
+        // More than the configured replicas is allowed: it refuses every
+        // write, which is what an operator who sets it asks for (and how
+        // replicas being added later is prepared for).
     }
 
     fn validate_routing(&self, p: &mut Problems) {

@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use lagrouter_config::{HealthConfig, NodeConfig};
+use lagrouter_config::{HealthConfig, NodeConfig, SafetyConfig};
 
 use crate::error::ProbeError;
 use crate::lag::{PrimaryHistory, PrimarySample, byte_lag, time_lag};
 use crate::observation::Observation;
 use crate::primary::{PrimaryEvidence, detect_primary};
+use crate::risk::{Follower, data_at_risk};
 use crate::state::{Check, NodeStatus, Thresholds, Verdict, next_status, verdict};
 use crate::{HealthSnapshot, NodeHealth, PrimaryStatus};
 
@@ -72,10 +73,16 @@ pub fn assemble(
     nodes: &[NodeConfig],
     results: &[Result<Observation, ProbeError>],
     h: &HealthConfig,
+    safety: &SafetyConfig,
     history: &PrimaryHistory,
     now: Instant,
 ) -> Assembled {
     let thresholds = Thresholds::from_config(h);
+    let gate_thresholds = Thresholds {
+        max_lag_bytes: safety.max_lag_bytes(h),
+        max_lag_time: safety.max_lag_time(h),
+        recover_after_checks: h.recover_after_checks,
+    };
     let heartbeat_on = !h.heartbeat_interval.is_zero();
     let decision = detect_primary(&evidence(prev, nodes, results), h.prefer_highest_timeline);
     let target = match decision.status {
@@ -92,6 +99,7 @@ pub fn assemble(
         .and_then(|o| o.timeline);
 
     let mut changes = Vec::new();
+    let mut followers = Vec::new();
     let mut out = Vec::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
         let last = prev.nodes.get(i).filter(|p| p.name == n.name);
@@ -127,11 +135,32 @@ pub fn assemble(
             Ok(o) => {
                 let b = byte_lag(o, sample.as_ref());
                 let t = time_lag(o, b, heartbeat_on, history);
+                followers.push(Follower {
+                    replay_lag: b,
+                    receive_lag: sample
+                        .zip(o.receive_lsn)
+                        .map(|(p, r)| p.lsn.0.saturating_sub(r.0)),
+                    time_lag: t,
+                });
                 (answered((b, t)), b, t)
             }
         };
         let v = verdict(&check, &thresholds);
         let to = next_status(&from, &v, &thresholds, now);
+        let gate_from = match last {
+            Some(l) => NodeStatus {
+                state: l.gate_state,
+                good_checks: l.gate_good_checks,
+                since: l.gate_since.unwrap_or(now),
+            },
+            None => NodeStatus::unchecked(now),
+        };
+        let gate = next_status(
+            &gate_from,
+            &verdict(&check, &gate_thresholds),
+            &gate_thresholds,
+            now,
+        );
         if to.state != from.state || last.is_none() {
             changes.push(StateChange {
                 node: i,
@@ -140,10 +169,15 @@ pub fn assemble(
                 verdict: v.clone(),
             });
         }
-        out.push(node_health(
-            n, last, &result, to, lag_bytes, lag_time, &v, now,
-        ));
+        let mut health = node_health(n, last, &result, to, lag_bytes, lag_time, &v, now);
+        health.gate_state = gate.state;
+        health.gate_good_checks = gate.good_checks;
+        health.gate_since = Some(gate.since);
+        out.push(health);
     }
+    let primary_side = target
+        .and_then(|p| results.get(p)?.as_ref().ok())
+        .and_then(|o| o.primary_side.as_ref());
     let snapshot = HealthSnapshot {
         seq: prev.seq + 1,
         nodes: out,
@@ -151,6 +185,7 @@ pub fn assemble(
         primary_lsn: sample.map(|s| s.lsn),
         primary_lsn_sampled_at: sample.map(|s| s.sent_at),
         primary_problem: decision.problem,
+        risk: data_at_risk(&followers, primary_side),
     };
     Assembled { snapshot, changes }
 }
@@ -215,6 +250,10 @@ fn node_health(
             Verdict::Unreachable(r) => Some(r.clone()),
             _ => None,
         },
+        // Set by the caller.
+        gate_state: to.state,
+        gate_good_checks: 0,
+        gate_since: None,
     }
 }
 
@@ -245,6 +284,7 @@ mod tests {
             receive_lsn: in_recovery.then_some(Lsn(lsn)),
             last_replay_age: None,
             heartbeat: hb,
+            primary_side: None,
             sent_at: at,
             answered_at: at,
         }
@@ -271,6 +311,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             ms(t0, 3),
         );
@@ -297,6 +338,51 @@ mod tests {
     }
 
     #[test]
+    fn the_write_gate_has_its_own_limit_and_the_same_hysteresis() {
+        // Routing allows 1000 bytes, the gate only 400.
+        let cfg = config("[safety]\nmin_replicas_to_write = 1\nmin_replicas_max_lag_bytes = 400\n");
+        let t0 = Instant::now();
+        let round = |prev: &HealthSnapshot, r1: u64, at: u64| {
+            let results = [
+                Ok(obs(false, 5000, ms(t0, at + 1), HeartbeatSeen::NotRead)),
+                Ok(obs(true, r1, ms(t0, at), HB)),
+                Ok(obs(true, 5000, ms(t0, at), HB)),
+            ];
+            assemble(
+                prev,
+                &cfg.nodes,
+                &results,
+                &cfg.health,
+                &cfg.safety,
+                &PrimaryHistory::default(),
+                ms(t0, at + 2),
+            )
+            .snapshot
+        };
+        let s = round(&HealthSnapshot::initial(&cfg), 4500, 0);
+        // r1 is 500 behind: fine for reads, out of the gate.
+        assert_eq!(s.nodes[1].state, NodeState::Healthy);
+        assert_eq!(s.nodes[1].gate_state, NodeState::Lagging);
+        assert_eq!(s.nodes[2].gate_state, NodeState::Healthy);
+        assert_eq!(s.gate_replicas(), 1, "the primary never counts");
+        // Back within 400: recovering for two checks, counted on the third.
+        let s = round(&s, 4900, 10);
+        assert_eq!(
+            s.nodes[1].gate_state,
+            NodeState::Recovering { good_checks: 1 }
+        );
+        let s = round(&s, 4900, 20);
+        assert_eq!(s.gate_replicas(), 1);
+        let s = round(&s, 4900, 30);
+        assert_eq!(s.nodes[1].gate_state, NodeState::Healthy);
+        assert_eq!(s.gate_replicas(), 2);
+        // Data at risk: the freshest replica has everything.
+        assert_eq!(s.risk.following_replicas, 2);
+        assert_eq!(s.risk.unreplayed_bytes, Some(0));
+        assert_eq!(s.risk.unreceived_bytes, Some(0));
+    }
+
+    #[test]
     fn caught_up_replica_has_zero_time_lag_and_heartbeat_off_is_unknown() {
         let t0 = Instant::now();
         for (extra, want) in [
@@ -314,6 +400,7 @@ mod tests {
                 &cfg.nodes,
                 &results,
                 &cfg.health,
+                &cfg.safety,
                 &PrimaryHistory::default(),
                 t0,
             );
@@ -336,6 +423,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         );
@@ -361,6 +449,7 @@ mod tests {
             &cfg.nodes,
             &ok,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         )
@@ -375,6 +464,7 @@ mod tests {
             &cfg.nodes,
             &down,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             ms(t0, 13),
         );
@@ -407,6 +497,7 @@ mod tests {
             &cfg.nodes,
             &ok,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         )
@@ -421,6 +512,7 @@ mod tests {
             &cfg.nodes,
             &p_down,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         )
@@ -445,6 +537,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         )
@@ -475,6 +568,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         );
@@ -502,6 +596,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t0,
         )

@@ -138,6 +138,7 @@ mod tests {
             receive_lsn: replay.map(Lsn),
             last_replay_age: None,
             heartbeat: hb,
+            primary_side: None,
             sent_at: answered_at,
             answered_at,
         }

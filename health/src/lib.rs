@@ -26,6 +26,9 @@
 //! - `conn`: opening the monitor's connections.
 //! - `backoff`: reconnect backoff.
 //! - `heartbeat`: the heartbeat writer.
+//! - `risk`: pure; what a primary crash would lose (data at risk, slots,
+//!   synchronous replication).
+//! - `replay`: [`ReplayWaiter`], fast replay-LSN polling for `wait_replicas`.
 //! - `telemetry`: metrics (names documented there) and state-change logs.
 //! - `error`: [`ProbeError`], why a check failed.
 //! - `monitor`: [`HealthMonitor`], which starts it all.
@@ -41,6 +44,8 @@ mod monitor;
 mod observation;
 mod primary;
 mod probe;
+mod replay;
+mod risk;
 mod round;
 mod snapshot;
 mod state;
@@ -51,5 +56,7 @@ pub use error::ProbeError;
 pub use lsn::{Lsn, ParseLsnError};
 pub use monitor::HealthMonitor;
 pub use primary::{PrimaryDecision, PrimaryEvidence, detect_primary};
+pub use replay::ReplayWaiter;
+pub use risk::{DataAtRisk, SlotInfo, SyncSettings};
 pub use snapshot::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus, SharedSnapshot};
 pub use state::{Check, LagExcess, NodeStatus, Thresholds, Verdict, next_status, verdict};

@@ -22,6 +22,7 @@ use crate::assemble::assemble;
 use crate::conn::ConnTarget;
 use crate::lag::{PrimaryHistory, PrimarySample};
 use crate::probe::{NodeProber, ProbeResult};
+use crate::replay::ReplayWaiter;
 use crate::round::run_round;
 use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
 
@@ -29,6 +30,7 @@ use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
 #[derive(Clone, Debug)]
 pub struct HealthMonitor {
     inner: Arc<Inner>,
+    replay: ReplayWaiter,
 }
 
 #[derive(Debug)]
@@ -46,7 +48,8 @@ impl HealthMonitor {
     /// configured primary, no replica serving reads) stays until it ends.
     pub async fn start(config: ConfigHandle, shutdown: CancellationToken) -> HealthMonitor {
         let cfg = config.load_full();
-        let monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
+        let mut monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
+        monitor.replay = ReplayWaiter::start(config.clone(), monitor.shared(), shutdown.clone());
         tokio::spawn(coordinate(config.clone(), monitor.clone()));
         tokio::spawn(heartbeat::run(
             config,
@@ -62,9 +65,11 @@ impl HealthMonitor {
     /// A monitor publishing `initial` and running nothing.
     fn idle(initial: HealthSnapshot, shutdown: CancellationToken) -> HealthMonitor {
         let (seq, _) = watch::channel(initial.seq);
+        let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(initial));
         HealthMonitor {
+            replay: ReplayWaiter::idle(shared.clone(), shutdown.clone()),
             inner: Arc::new(Inner {
-                shared: Arc::new(ArcSwap::from_pointee(initial)),
+                shared,
                 seq,
                 shutdown,
             }),
@@ -74,6 +79,11 @@ impl HealthMonitor {
     /// The `ArcSwap` routing reads, lock-free.
     pub fn shared(&self) -> SharedSnapshot {
         self.inner.shared.clone()
+    }
+
+    /// Waits for replicas to replay an LSN (`lagrouter.wait_replicas`).
+    pub fn replay_waiter(&self) -> ReplayWaiter {
+        self.replay.clone()
     }
 
     /// The latest snapshot.
@@ -166,7 +176,15 @@ async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
         };
         let results: Vec<ProbeResult> = outcomes.iter().map(|o| o.result.clone()).collect();
         let now = tokio::time::Instant::now().into_std();
-        let assembled = assemble(&prev, &cfg.nodes, &results, &cfg.health, &history, now);
+        let assembled = assemble(
+            &prev,
+            &cfg.nodes,
+            &results,
+            &cfg.health,
+            &cfg.safety,
+            &history,
+            now,
+        );
         telemetry::record_round(&prev, &assembled, &outcomes);
         let snap = &assembled.snapshot;
         let sample = snap

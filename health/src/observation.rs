@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::Lsn;
+use crate::risk::{PrimarySide, SyncSettings};
 
 /// How the check query treats the heartbeat table on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +51,26 @@ pub fn check_sql(hb: &HeartbeatQuery) -> String {
          extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::text, \
          CASE WHEN r.rec THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
          (SELECT timeline_id FROM pg_control_checkpoint()))::text END, \
-         {hb_col} \
+         {hb_col}, \
+         CASE WHEN NOT r.rec THEN {SLOTS_SQL} END, \
+         CASE WHEN NOT r.rec THEN current_setting('synchronous_standby_names') END, \
+         CASE WHEN NOT r.rec THEN current_setting('synchronous_commit') END, \
+         CASE WHEN NOT r.rec THEN (SELECT count(*) FROM pg_stat_replication \
+         WHERE sync_state IN ('sync', 'quorum'))::text END \
          FROM r"
     )
 }
 
+/// The primary's replication slots as a JSON array of
+/// `[name, type, active, retained_bytes, wal_status]`, at most
+/// [`crate::risk::MAX_SLOTS`] (bounded answer, bounded metric series).
+const SLOTS_SQL: &str = "(SELECT coalesce(json_agg(json_build_array(slot_name, slot_type, active, \
+     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status) \
+     ORDER BY slot_name), '[]')::text \
+     FROM (SELECT * FROM pg_replication_slots ORDER BY slot_name LIMIT 100) s)";
+
 /// Number of columns [`check_sql`] returns.
-pub const CHECK_COLUMNS: usize = 8;
+pub const CHECK_COLUMNS: usize = 12;
 
 /// What the heartbeat column said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +105,9 @@ pub struct Observation {
     pub last_replay_age: Option<Duration>,
     /// The heartbeat column.
     pub heartbeat: HeartbeatSeen,
+    /// Out of recovery only: the node's replication slots and synchronous
+    /// replication settings (what a crash of this node as primary would lose).
+    pub primary_side: Option<PrimarySide>,
     /// The query was sent at or after this instant.
     pub sent_at: Instant,
     /// The answer had fully arrived by this instant.
@@ -159,6 +176,14 @@ pub fn parse_answer(
         receive_lsn: lsn(4, "pg_last_wal_receive_lsn()")?,
         last_replay_age: cols[5].and_then(parse_age),
         heartbeat,
+        primary_side: (!in_recovery).then(|| PrimarySide {
+            slots: cols[8].and_then(crate::risk::parse_slots),
+            sync: SyncSettings {
+                standby_names: cols[9].unwrap_or("").to_string(),
+                commit: cols[10].unwrap_or("").to_string(),
+                sync_standbys: cols[11].and_then(|n| n.parse().ok()),
+            },
+        }),
         sent_at,
         answered_at,
     })
@@ -189,7 +214,14 @@ mod tests {
         let t = Instant::now();
         let mut all = cols[..6].to_vec();
         all.extend([None, cols[6]]);
-        parse_answer(&all, hb, t, t)
+        parse_answer(&pad(&all), hb, t, t)
+    }
+
+    /// The first eight columns, the primary-side ones NULL.
+    fn pad<'a>(cols: &[Option<&'a str>]) -> Vec<Option<&'a str>> {
+        let mut v = cols.to_vec();
+        v.resize(CHECK_COLUMNS, None);
+        v
     }
 
     #[test]
@@ -205,7 +237,7 @@ mod tests {
             Some("3"),
             None,
         ];
-        let o = parse_answer(&cols, &HeartbeatQuery::Off, t, t).unwrap();
+        let o = parse_answer(&pad(&cols), &HeartbeatQuery::Off, t, t).unwrap();
         assert_eq!(o.timeline, Some(3));
         let cols = [
             Some("t"),
@@ -218,7 +250,7 @@ mod tests {
             None,
         ];
         assert_eq!(
-            parse_answer(&cols, &HeartbeatQuery::Off, t, t)
+            parse_answer(&pad(&cols), &HeartbeatQuery::Off, t, t)
                 .unwrap()
                 .timeline,
             None
@@ -344,6 +376,45 @@ mod tests {
     }
 
     #[test]
+    fn primary_side_columns_are_parsed_leniently() {
+        let t = Instant::now();
+        let mut cols = pad(&[Some("f"), Some("0/10"), None, None, None, None, None, None]);
+        cols[8] = Some(r#"[["s1","physical",false,4096,"reserved"]]"#);
+        cols[9] = Some("r1");
+        cols[10] = Some("on");
+        cols[11] = Some("1");
+        let o = parse_answer(&cols, &HeartbeatQuery::Off, t, t).unwrap();
+        let side = o.primary_side.unwrap();
+        let slots = side.slots.unwrap();
+        assert_eq!(slots.len(), 1);
+        assert_eq!((slots[0].name.as_str(), slots[0].active), ("s1", false));
+        assert_eq!(slots[0].retained_bytes, Some(4096));
+        assert_eq!(side.sync.sync_standbys, Some(1));
+        assert!(side.sync.guarantees());
+        // Garbage in the slot column loses the slots, not the check.
+        cols[8] = Some("{not json");
+        let o = parse_answer(&cols, &HeartbeatQuery::Off, t, t).unwrap();
+        assert!(o.primary_side.unwrap().slots.is_none());
+        // A replica reports no primary side.
+        let r = pad(&[
+            Some("t"),
+            None,
+            None,
+            Some("0/1"),
+            Some("0/1"),
+            None,
+            None,
+            None,
+        ]);
+        assert!(
+            parse_answer(&r, &HeartbeatQuery::Off, t, t)
+                .unwrap()
+                .primary_side
+                .is_none()
+        );
+    }
+
+    #[test]
     fn sql_mentions_every_function_the_issue_lists() {
         let sql = check_sql(&HeartbeatQuery::Read("s.hb".into()));
         for f in [
@@ -353,6 +424,10 @@ mod tests {
             "pg_last_wal_receive_lsn()",
             "pg_last_xact_replay_timestamp()",
             "FROM s.hb WHERE id = 1",
+            "pg_replication_slots",
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)",
+            "synchronous_standby_names",
+            "synchronous_commit",
         ] {
             assert!(sql.contains(f), "{f} missing from {sql}");
         }

@@ -186,6 +186,7 @@ mod tests {
                     receive_lsn: None,
                     last_replay_age: None,
                     heartbeat: HeartbeatSeen::NotRead,
+                    primary_side: None,
                     sent_at: sent.into_std(),
                     answered_at: Instant::now().into_std(),
                 };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use lagrouter_config::{Config, NodeRole};
 
 use crate::Lsn;
+use crate::risk::DataAtRisk;
 
 /// A node's health as routing sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,14 @@ pub struct NodeHealth {
     pub state_since: Option<Instant>,
     /// Why the last check failed, when `state` is `Unreachable`.
     pub unreachable_reason: Option<String>,
+    /// The node's state against `[safety]`'s lag limits, with the same
+    /// hysteresis: a replica counts toward `min_replicas_to_write` only
+    /// while this is `Healthy`.
+    pub gate_state: NodeState,
+    /// Consecutive good checks against `[safety]`'s limits.
+    pub gate_good_checks: u32,
+    /// Since when `gate_state` holds.
+    pub gate_since: Option<Instant>,
 }
 
 /// Who may receive writes.
@@ -91,6 +100,8 @@ pub struct HealthSnapshot {
     /// When `primary` is not `One`: why, in words fit for a client error
     /// ("split brain: primary and replica1 both report …").
     pub primary_problem: Option<String>,
+    /// What a crash of the write target would lose, as of this round.
+    pub risk: DataAtRisk,
 }
 
 impl HealthSnapshot {
@@ -115,6 +126,9 @@ impl HealthSnapshot {
                 good_checks: 0,
                 state_since: None,
                 unreachable_reason: None,
+                gate_state: NodeState::Recovering { good_checks: 0 },
+                gate_good_checks: 0,
+                gate_since: None,
             })
             .collect();
         let primary = match config
@@ -135,7 +149,24 @@ impl HealthSnapshot {
                 _ => Some("no node has been checked yet (no node has role = \"primary\")".into()),
             },
             primary,
+            risk: DataAtRisk::default(),
         }
+    }
+
+    /// Replicas that count toward `[safety] min_replicas_to_write`: not
+    /// the write target, in recovery at the last check, and `Healthy`
+    /// against `[safety]`'s limits.
+    pub fn gate_replicas(&self) -> usize {
+        let target = self.primary_index();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                Some(*i) != target
+                    && n.in_recovery == Some(true)
+                    && n.gate_state == NodeState::Healthy
+            })
+            .count()
     }
 
     /// Index of the write target, if exactly one.

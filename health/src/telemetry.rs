@@ -20,8 +20,28 @@
 //! - `lagrouter_health_split_brain` (gauge, no label): 1 while more than
 //!   one node claims to be primary.
 //! - `lagrouter_heartbeat_failures_total` (counter, from the writer).
+//! - `lagrouter_node_gate_state` (gauge, label `node`): 1 while the node
+//!   counts toward `[safety] min_replicas_to_write`.
+//!
+//! Data at risk (no `node` label; see `risk`):
+//! - `lagrouter_data_at_risk_bytes` (gauge, label `stage` = `unreplayed`,
+//!   `unreceived`): WAL the freshest following replica has not replayed /
+//!   received; NaN while unknown (no following replica, no primary LSN).
+//! - `lagrouter_data_at_risk_seconds` (gauge): time lag of the freshest
+//!   following replica (heartbeat); NaN while unknown.
+//! - `lagrouter_following_replicas` (gauge): replicas that answered and
+//!   follow the write target.
+//! - `lagrouter_replication_slot_retained_bytes` (gauge, labels `slot`,
+//!   `active`): WAL each slot on the primary holds back; NaN once the slot
+//!   is gone (or its `active` changed).
+//! - `lagrouter_replication_slots_inactive` (gauge): slots with no receiver.
+//! - `lagrouter_synchronous_replication` (gauge): 1 when a commit waits for
+//!   a connected synchronous standby, else 0.
+//! - `lagrouter_wait_replicas_waiting` (gauge, from `replay`): clients in
+//!   `lagrouter.wait_replicas` now.
 
 use crate::assemble::{Assembled, StateChange};
+use crate::risk::DataAtRisk;
 use crate::round::Outcome;
 use crate::state::Verdict;
 use crate::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus};
@@ -44,6 +64,12 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
         }
         metrics::gauge!("lagrouter_node_good_checks", "node" => node.clone())
             .set(n.good_checks as f64);
+        let counts = n.gate_state == NodeState::Healthy && n.in_recovery == Some(true);
+        metrics::gauge!("lagrouter_node_gate_state", "node" => node.clone()).set(if counts {
+            1.0
+        } else {
+            0.0
+        });
         let target = snap.primary_index() == Some(i);
         metrics::gauge!("lagrouter_node_write_target", "node" => node.clone()).set(if target {
             1.0
@@ -61,12 +87,52 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
     }
     let split = matches!(snap.primary, PrimaryStatus::SplitBrain(_));
     metrics::gauge!("lagrouter_health_split_brain").set(if split { 1.0 } else { 0.0 });
+    record_risk(&prev.risk, &snap.risk);
 
     for c in &a.changes {
         log_change(&snap.nodes[c.node], c);
     }
     if prev.primary != snap.primary || (prev.seq == 0 && snap.seq == 1) {
         log_primary(snap);
+    }
+}
+
+/// Data-at-risk gauges (names in the crate docs of `risk`). A slot that
+/// disappeared, or changed its `active` label, gets NaN in its old series:
+/// the exporter cannot delete a series, and NaN never crosses a threshold.
+fn record_risk(prev: &DataAtRisk, r: &DataAtRisk) {
+    let nan = f64::NAN;
+    metrics::gauge!("lagrouter_data_at_risk_bytes", "stage" => "unreplayed")
+        .set(r.unreplayed_bytes.map_or(nan, |b| b as f64));
+    metrics::gauge!("lagrouter_data_at_risk_bytes", "stage" => "unreceived")
+        .set(r.unreceived_bytes.map_or(nan, |b| b as f64));
+    metrics::gauge!("lagrouter_data_at_risk_seconds")
+        .set(r.unreplayed_time.map_or(nan, |t| t.as_secs_f64()));
+    metrics::gauge!("lagrouter_following_replicas").set(r.following_replicas as f64);
+    let active = |a: bool| if a { "true" } else { "false" };
+    for s in &r.slots {
+        metrics::gauge!("lagrouter_replication_slot_retained_bytes",
+            "slot" => s.name.clone(), "active" => active(s.active))
+        .set(s.retained_bytes.map_or(0.0, |b| b as f64));
+    }
+    for s in &prev.slots {
+        if !r
+            .slots
+            .iter()
+            .any(|n| n.name == s.name && n.active == s.active)
+        {
+            metrics::gauge!("lagrouter_replication_slot_retained_bytes",
+                "slot" => s.name.clone(), "active" => active(s.active))
+            .set(nan);
+        }
+    }
+    metrics::gauge!("lagrouter_replication_slots_inactive").set(r.inactive_slots().count() as f64);
+    if let Some(sync) = &r.sync {
+        metrics::gauge!("lagrouter_synchronous_replication").set(if sync.guarantees() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -198,6 +264,7 @@ mod tests {
             receive_lsn: None,
             last_replay_age: None,
             heartbeat: HeartbeatSeen::NotRead,
+            primary_side: None,
             sent_at: t,
             answered_at: t,
         };
@@ -211,6 +278,7 @@ mod tests {
             &cfg.nodes,
             &results,
             &cfg.health,
+            &cfg.safety,
             &PrimaryHistory::default(),
             t,
         );

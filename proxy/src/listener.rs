@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use lagrouter_config::{Config, ConfigHandle};
-use lagrouter_health::SharedSnapshot;
+use lagrouter_health::{HealthMonitor, ReplayWaiter};
 use lagrouter_routing::Router;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -48,6 +48,8 @@ pub struct Shared {
     pub clients: crate::admin::registry::ClientRegistry,
     /// Routing decisions per node and reason, for `SHOW NODES` / `SHOW STATS`.
     pub route_counters: crate::admin::registry::RouteCounters,
+    /// Replay positions for `lagrouter.wait_replicas`.
+    pub replay: ReplayWaiter,
     pub shutdown: CancellationToken,
 }
 
@@ -106,7 +108,7 @@ impl Proxy {
     /// Binds `[server] listen` and prepares shared state.
     pub async fn bind(
         config: ConfigHandle,
-        health: SharedSnapshot,
+        health: &HealthMonitor,
         shutdown: CancellationToken,
     ) -> Result<Proxy, StartError> {
         let cfg = config.load_full();
@@ -123,7 +125,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             users: ArcSwap::from_pointee(UserDirectory::from_config(&cfg)),
             nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
-            router: Router::new(config.clone(), health),
+            router: Router::new(config.clone(), health.shared()),
             config,
             pools: Pools::default(),
             cancel: Arc::new(CancelRegistry::default()),
@@ -133,6 +135,7 @@ impl Proxy {
             reload: crate::reload::ReloadState::default(),
             clients: Default::default(),
             route_counters: Default::default(),
+            replay: health.replay_waiter(),
             shutdown,
         });
         Ok(Proxy { shared, listener })

@@ -7,6 +7,8 @@
 //! follow PostgreSQL's own `SET`: `SET [SESSION] name {= | TO} value`, the
 //! value quoted or not, `DEFAULT` to reset, keywords case-insensitive.
 
+use std::time::Duration;
+
 use lagrouter_health::Lsn;
 
 use crate::hints::RouteOverride;
@@ -52,6 +54,10 @@ pub enum ProxyCommand {
     SetRoute(RouteOverride),
     /// `SHOW lagrouter.<setting>`.
     Show(ProxySetting),
+    /// `SELECT lagrouter.wait_replicas(n, timeout_ms)`: wait until `n`
+    /// replicas replayed the session's last write (or causal token), at
+    /// most `timeout`; answer how many did.
+    WaitReplicas { replicas: u32, timeout: Duration },
     /// A `lagrouter.*` statement that is wrong: answer with this error.
     Error(CommandError),
 }
@@ -103,6 +109,9 @@ pub fn parse_proxy_command(sql: &str) -> Option<ProxyCommand> {
 /// [`parse_proxy_command`] over one statement's code tokens.
 pub(crate) fn parse_tokens(sql: &str, t: &[Token]) -> Option<ProxyCommand> {
     let first = t.first()?;
+    if first.is_word(sql, "select") {
+        return wait_replicas(sql, &t[1..]);
+    }
     if first.is_word(sql, "show") {
         let (name, rest) = setting_name(sql, &t[1..])?;
         if !rest.is_empty() {
@@ -158,6 +167,88 @@ pub(crate) fn parse_tokens(sql: &str, t: &[Token]) -> Option<ProxyCommand> {
         sql[value[0].start as usize..value[value.len() - 1].end as usize].to_string()
     };
     Some(assign(&name, Some(&raw)))
+}
+
+/// Longest `wait_replicas` timeout: one hour.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Most replicas one may wait for (more than any cluster has).
+pub const MAX_WAIT_REPLICAS: u32 = 1000;
+
+const WAIT_HINT: &str = "Call it as SELECT lagrouter.wait_replicas(numreplicas, timeout_ms) with \
+    two integer literals, alone in its statement.";
+
+/// `lagrouter.wait_replicas(n, ms)` after `SELECT`; `None` when the
+/// statement does not call a `lagrouter.` function (it goes to a server).
+fn wait_replicas(sql: &str, t: &[Token]) -> Option<ProxyCommand> {
+    let (name, rest) = setting_name(sql, t)?;
+    let bad = |message: String| {
+        Some(ProxyCommand::Error(CommandError {
+            sqlstate: "22023", // invalid_parameter_value
+            message,
+            hint: WAIT_HINT,
+        }))
+    };
+    if name != "wait_replicas" {
+        return Some(ProxyCommand::Error(CommandError {
+            sqlstate: "42883", // undefined_function
+            message: format!("function lagrouter.{name} does not exist"),
+            hint: WAIT_HINT,
+        }));
+    }
+    let args = match rest {
+        [l, args @ .., r] if l.kind == TokenKind::LParen && r.kind == TokenKind::RParen => args,
+        _ => return bad("lagrouter.wait_replicas needs its arguments in parentheses".into()),
+    };
+    let int = |tok: &Token| -> Option<u64> {
+        (tok.kind == TokenKind::Number)
+            .then(|| tok.text(sql).parse().ok())
+            .flatten()
+    };
+    let (n, ms) = match args {
+        [a, comma, b] if comma.kind == TokenKind::Punct && comma.text(sql) == "," => {
+            match (int(a), int(b)) {
+                (Some(n), Some(ms)) => (n, ms),
+                _ => {
+                    return bad(format!(
+                        "lagrouter.wait_replicas takes two non-negative integer literals, got ({})",
+                        args_text(sql, args)
+                    ));
+                }
+            }
+        }
+        _ => {
+            return bad(format!(
+                "lagrouter.wait_replicas takes two arguments (numreplicas, timeout_ms), got ({})",
+                args_text(sql, args)
+            ));
+        }
+    };
+    if n > MAX_WAIT_REPLICAS as u64 {
+        return bad(format!(
+            "numreplicas {n} is out of range (0 to {MAX_WAIT_REPLICAS})"
+        ));
+    }
+    if ms > MAX_WAIT.as_millis() as u64 {
+        return bad(format!(
+            "timeout_ms {ms} is out of range (0 to {})",
+            MAX_WAIT.as_millis()
+        ));
+    }
+    Some(ProxyCommand::WaitReplicas {
+        replicas: n as u32,
+        timeout: Duration::from_millis(ms),
+    })
+}
+
+/// The argument text for an error message, cut short.
+fn args_text(sql: &str, args: &[Token]) -> String {
+    match (args.first(), args.last()) {
+        (Some(a), Some(b)) => sql[a.start as usize..b.end as usize]
+            .chars()
+            .take(64)
+            .collect(),
+        _ => String::new(),
+    }
 }
 
 /// `lagrouter.<name>` (or `"lagrouter.<name>"`) at the head of `t`: the
@@ -245,6 +336,48 @@ fn string_value(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use ProxyCommand::*;
+
+    #[test]
+    fn wait_replicas_forms_and_errors() {
+        let want = Some(WaitReplicas {
+            replicas: 1,
+            timeout: Duration::from_millis(500),
+        });
+        for sql in [
+            "SELECT lagrouter.wait_replicas(1, 500)",
+            "select LAGROUTER.Wait_Replicas ( 1 , 500 ) ;",
+            "/* x */ SELECT \"lagrouter.wait_replicas\"(1,500)",
+        ] {
+            assert_eq!(parse_proxy_command(sql), want, "{sql}");
+        }
+        let code = |sql: &str| match parse_proxy_command(sql) {
+            Some(Error(e)) => e.sqlstate,
+            other => panic!("{sql}: {other:?}"),
+        };
+        for bad in [
+            "SELECT lagrouter.wait_replicas(1)",
+            "SELECT lagrouter.wait_replicas(-1, 5)",
+            "SELECT lagrouter.wait_replicas(1.5, 5)",
+            "SELECT lagrouter.wait_replicas($1, $2)",
+            "SELECT lagrouter.wait_replicas('1', 5)",
+            "SELECT lagrouter.wait_replicas(1, 3600001)",
+            "SELECT lagrouter.wait_replicas(1001, 5)",
+            "SELECT lagrouter.wait_replicas(99999999999999999999999, 5)",
+            "SELECT lagrouter.wait_replicas",
+        ] {
+            assert_eq!(code(bad), "22023", "{bad}");
+        }
+        assert_eq!(code("SELECT lagrouter.wait_for(1, 5)"), "42883");
+        // Not ours: goes to a server.
+        for other in [
+            "SELECT 1",
+            "SELECT wait_replicas(1, 5)",
+            "SELECT lagrouter.wait_replicas(1, 5); SELECT 1",
+            "SELECT x.lagrouter(1)",
+        ] {
+            assert_eq!(parse_proxy_command(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn set_min_lsn_in_every_spelling() {

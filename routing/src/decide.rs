@@ -7,7 +7,8 @@
 //! replica that has replayed the LSN the session must see (and meets a
 //! `max_lag` hint); `balance` picks among those. Without one, the read
 //! falls back to the primary, and [`settle`] asks the breaker whether it
-//! may. Writes go to the primary the snapshot names, or are refused.
+//! may. Writes go to the primary the snapshot names, or are refused
+//! (no primary, split brain, or the write gate of `[safety]` closed).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use lagrouter_health::{HealthSnapshot, Lsn, NodeHealth, NodeState, PrimaryStatus
 
 use crate::breaker::{Admission, Breaker, BreakerSettings};
 use crate::classify::{Analysis, Class};
+use crate::gate::WriteGate;
 use crate::hints::RouteOverride;
 use crate::{Reason, RouteDecision, RouteError};
 
@@ -41,6 +43,9 @@ pub struct RouteContext<'a> {
     /// no new reads, not even stale ones, while transactions already on
     /// them finish undisturbed.
     pub drained: &'a [String],
+    /// `[safety] min_replicas_to_write`, when on: writes are refused while
+    /// too few replicas are caught up.
+    pub gate: Option<WriteGate>,
 }
 
 /// A decision before the breaker has had its say.
@@ -106,8 +111,12 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
         .ignored
         .as_ref()
         .map(|h| format!("lagrouter: ignored invalid hint(s): {h}"));
-    let to_primary = |reason, write| {
-        primary_index(ctx.snapshot).map(|node| Decided {
+    let to_primary = |reason, write: bool| {
+        let node = primary_index(ctx.snapshot)?;
+        if write && let Some(g) = &ctx.gate {
+            g.check(ctx.snapshot)?;
+        }
+        Ok(Decided {
             decision: RouteDecision {
                 node,
                 primary: true,
@@ -129,7 +138,7 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
 }
 
 /// The primary's index, or why there is none.
-fn primary_index(snap: &HealthSnapshot) -> Result<usize, RouteError> {
+pub(crate) fn primary_index(snap: &HealthSnapshot) -> Result<usize, RouteError> {
     match &snap.primary {
         PrimaryStatus::One(i) => Ok(*i),
         PrimaryStatus::None => Err(no_primary(snap)),

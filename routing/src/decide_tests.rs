@@ -22,6 +22,7 @@ pub(crate) fn cluster(replicas: usize) -> (Config, HealthSnapshot) {
     let mut snap = HealthSnapshot::initial(&config);
     for (i, n) in snap.nodes.iter_mut().enumerate() {
         n.state = NodeState::Healthy;
+        n.gate_state = NodeState::Healthy;
         n.in_recovery = Some(i != 0);
         n.replay_lsn = Some(Lsn(1000));
         n.lag_bytes = Some(0);
@@ -38,6 +39,7 @@ struct Case {
     default_read_only: bool,
     ticket: usize,
     drained: Vec<String>,
+    gate: Option<WriteGate>,
 }
 
 impl Case {
@@ -51,6 +53,7 @@ impl Case {
             default_read_only: false,
             ticket: 0,
             drained: Vec::new(),
+            gate: None,
         }
     }
 
@@ -76,6 +79,7 @@ impl Case {
             ticket: self.ticket,
             in_use,
             drained: &self.drained,
+            gate: self.gate,
         })
     }
 
@@ -378,4 +382,42 @@ fn drained_replicas_get_no_reads() {
     assert_eq!(c.route("DELETE FROM t"), (0, Reason::Write));
     c.drained.clear();
     assert_eq!(c.route("SELECT 1").1, Reason::Healthy);
+}
+
+#[test]
+fn the_write_gate_refuses_writes_and_lets_reads_through() {
+    let mut c = Case::new(2);
+    c.gate = Some(WriteGate {
+        min_replicas: 1,
+        max_lag_bytes: 4096,
+        max_lag_time: None,
+    });
+    assert!(
+        c.decide("INSERT INTO t VALUES (1)").is_ok(),
+        "both replicas count"
+    );
+    for n in &mut c.snap.nodes[1..] {
+        n.gate_state = NodeState::Lagging;
+    }
+    for w in [
+        "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "BEGIN READ WRITE",
+        "SELECT f_unknown()",
+        "SELECT 1; DELETE FROM t",
+        "/* lagrouter:route=primary */ UPDATE t SET a = 1",
+    ] {
+        let e = c.decide(w).expect_err(w);
+        assert_eq!(e.sqlstate(), "53000", "{w}");
+    }
+    for r in [
+        "SELECT 1",
+        "BEGIN READ ONLY",
+        "/* lagrouter:route=primary */ SELECT 1",
+    ] {
+        assert!(c.decide(r).is_ok(), "{r}");
+    }
+    // Routing's own state is separate: lagging for the gate, still healthy
+    // for reads.
+    assert_ne!(c.route("SELECT 1").0, 0);
 }

@@ -95,6 +95,20 @@ pub enum RouteError {
         share_percent: f64,
         cap_percent: f64,
     },
+    /// The write gate (`[safety] min_replicas_to_write`) is closed.
+    #[error(
+        "writes refused: {counted} of the {total} replicas are within [safety] \
+         min_replicas_max_lag ({limit}), and min_replicas_to_write = {required} \
+         ({replicas}); lagrouter refuses writes rather than acknowledge what a \
+         failover would lose"
+    )]
+    WritesRefused {
+        counted: usize,
+        total: usize,
+        required: u32,
+        limit: String,
+        replicas: String,
+    },
 }
 
 impl RouteError {
@@ -106,6 +120,7 @@ impl RouteError {
             } => "08006", // connection_failure
             RouteError::NoPrimary { .. } | RouteError::SplitBrain(_) => "57P03", // cannot_connect_now
             RouteError::BreakerOpen { .. } => "53400", // configuration_limit_exceeded
+            RouteError::WritesRefused { .. } => "53000", // insufficient_resources
         }
     }
 
@@ -120,6 +135,11 @@ impl RouteError {
             }
             RouteError::BreakerOpen { .. } => {
                 "Replicas are lagging; retry shortly, or route this read with /* lagrouter:route=primary */."
+            }
+            RouteError::WritesRefused { .. } => {
+                "Reads still work. Writes resume by themselves once enough replicas have caught up \
+                 for [health] recover_after_checks consecutive checks; SHOW SAFETY in the admin \
+                 console shows the gate."
             }
         }
     }

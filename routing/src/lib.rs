@@ -25,6 +25,7 @@
 //! - `session`: [`SessionRouting`], per-client read-your-writes state.
 //! - `breaker`: [`Breaker`], the primary-read circuit breaker.
 //! - `decide`: [`decide`] and [`settle`], the pure decision.
+//! - `gate`: [`WriteGate`], `[safety] min_replicas_to_write`.
 //! - `router`: [`Router`], the shared entry point.
 //! - `decision`: [`RouteDecision`], [`Reason`], [`RouteError`].
 
@@ -35,6 +36,7 @@ mod command;
 mod decide;
 mod decision;
 mod functions;
+mod gate;
 mod hash;
 mod hints;
 mod keywords;
@@ -50,6 +52,7 @@ pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command}
 pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};
 pub use decision::{CatchUp, Reason, RouteDecision, RouteError};
 pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
+pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
 pub use session::{CommandOutcome, SessionRouting};

@@ -20,6 +20,7 @@ use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::cache::Classifier;
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
+use crate::gate::{GateStatus, WriteGate, gate_status};
 use crate::{CatchUp, Reason, RouteDecision, RouteError};
 
 /// Statements the classification cache holds at most.
@@ -146,6 +147,7 @@ impl Router {
             ticket: self.shared.ticket.fetch_add(1, Ordering::Relaxed),
             in_use,
             drained: &drained,
+            gate: WriteGate::from_config(&config),
         };
         let decided = decide(&ctx)?;
         if let (
@@ -230,6 +232,18 @@ impl Router {
             &snap,
             now,
         )
+    }
+
+    /// The node that takes writes now, or why there is none. Not gated by
+    /// `[safety]`: for connections that do not write (a client's login).
+    pub fn write_target(&self) -> Result<usize, RouteError> {
+        crate::decide::primary_index(&self.health.load())
+    }
+
+    /// The write gate (`[safety] min_replicas_to_write`) as of the latest
+    /// health snapshot.
+    pub fn gate_status(&self) -> GateStatus {
+        gate_status(&self.config.load(), &self.health.load())
     }
 
     /// The breaker's state and the primary read share, as of `now`.

@@ -30,6 +30,14 @@ pub enum CommandOutcome {
     Done { tag: &'static str },
     /// `SHOW`: reply one row, one text column named `name`.
     Show { name: &'static str, value: String },
+    /// `lagrouter.wait_replicas`: the proxy waits until `replicas` replicas
+    /// replayed `lsn` (every replica has when `None`) or `timeout` passes,
+    /// then replies one int4 row named `wait_replicas`: how many did.
+    Wait {
+        lsn: Option<Lsn>,
+        replicas: u32,
+        timeout: std::time::Duration,
+    },
     /// Reply an ErrorResponse.
     Error(CommandError),
 }
@@ -108,6 +116,13 @@ impl SessionRouting {
                     ProxySetting::MinLsn => lsn_text(self.min_lsn),
                     ProxySetting::Route => self.route.as_str().to_string(),
                 },
+            },
+            ProxyCommand::WaitReplicas { replicas, timeout } => CommandOutcome::Wait {
+                // Whatever this session must see: its own last write and
+                // any causal token it was handed.
+                lsn: self.last_write_lsn.max(self.min_lsn),
+                replicas: *replicas,
+                timeout: *timeout,
             },
             ProxyCommand::Error(e) => CommandOutcome::Error(e.clone()),
         }

@@ -15,12 +15,14 @@ pub enum Show {
     Servers,
     Stats,
     Breaker,
+    Safety,
+    Slots,
     Config,
     Reload,
 }
 
 impl Show {
-    const ALL: [(&'static str, Show); 9] = [
+    const ALL: [(&'static str, Show); 11] = [
         ("help", Show::Help),
         ("nodes", Show::Nodes),
         ("pools", Show::Pools),
@@ -28,6 +30,8 @@ impl Show {
         ("servers", Show::Servers),
         ("stats", Show::Stats),
         ("breaker", Show::Breaker),
+        ("safety", Show::Safety),
+        ("slots", Show::Slots),
         ("config", Show::Config),
         ("reload", Show::Reload),
     ];
@@ -43,7 +47,7 @@ pub enum Command {
 }
 
 /// Every command with a one-line description, for `SHOW HELP` and hints.
-pub const HELP: [(&str, &str); 12] = [
+pub const HELP: [(&str, &str); 14] = [
     ("SHOW HELP", "this list"),
     (
         "SHOW NODES",
@@ -57,6 +61,14 @@ pub const HELP: [(&str, &str); 12] = [
         "totals: transactions by target, decisions by reason",
     ),
     ("SHOW BREAKER", "the primary-read breaker"),
+    (
+        "SHOW SAFETY",
+        "the write gate, data at risk, synchronous replication, waiters",
+    ),
+    (
+        "SHOW SLOTS",
+        "replication slots on the primary and the WAL they retain",
+    ),
     (
         "SHOW CONFIG",
         "the running configuration (secrets redacted)",

@@ -136,6 +136,7 @@ pub struct RouteCounters {
     pub to_replica: AtomicU64,
     pub refused_breaker_open: AtomicU64,
     pub refused_no_primary: AtomicU64,
+    pub refused_write_gate: AtomicU64,
 }
 
 impl RouteCounters {
@@ -154,11 +155,13 @@ impl RouteCounters {
     }
 
     /// Counts a transaction the router refused (`breaker_open` or not).
-    pub fn refused(&self, breaker_open: bool) {
-        let c = if breaker_open {
-            &self.refused_breaker_open
-        } else {
-            &self.refused_no_primary
+    /// Counts a refused transaction by its `lagrouter_route_decisions_total`
+    /// reason (`breaker_open`, `write_gate`, `no_primary`).
+    pub fn refused(&self, reason: &str) {
+        let c = match reason {
+            "breaker_open" => &self.refused_breaker_open,
+            "write_gate" => &self.refused_write_gate,
+            _ => &self.refused_no_primary,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }

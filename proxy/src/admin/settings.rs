@@ -109,6 +109,17 @@ pub fn config_rows(t: &mut Table, c: &Config) {
             ),
         );
     }
+    let sf = &c.safety;
+    t.kv("safety.min_replicas_to_write", sf.min_replicas_to_write);
+    t.kv(
+        "safety.min_replicas_max_lag_bytes",
+        sf.max_lag_bytes(&c.health),
+    );
+    t.kv(
+        "safety.min_replicas_max_lag_time",
+        sf.max_lag_time(&c.health)
+            .map_or_else(|| "unset".to_string(), |d| format!("{d:?}")),
+    );
 }
 
 /// `LeastConnections` → `least_connections`: enum names as the config

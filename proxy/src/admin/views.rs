@@ -45,6 +45,8 @@ pub fn show(shared: &Shared, show: Show) -> Table {
         Show::Servers => servers(shared),
         Show::Stats => stats(shared),
         Show::Breaker => breaker(shared),
+        Show::Safety => safety(shared),
+        Show::Slots => slots(shared),
         Show::Config => config(shared),
         Show::Reload => reload(shared),
     }
@@ -226,6 +228,7 @@ fn stats(shared: &Shared) -> Table {
     }
     t.kv("refused_breaker_open", load(&rc.refused_breaker_open));
     t.kv("refused_no_primary", load(&rc.refused_no_primary));
+    t.kv("refused_write_gate", load(&rc.refused_write_gate));
     let pools = shared.pools.all();
     let sum = |f: fn(&crate::server::pool::PoolStats) -> usize| -> usize {
         pools.iter().map(|p| f(&p.stats)).sum()
@@ -240,6 +243,79 @@ fn stats(shared: &Shared) -> Table {
         "checkout_timeouts",
         sum(|s| s.timeouts.load(Ordering::Relaxed)),
     );
+    t
+}
+
+fn safety(shared: &Shared) -> Table {
+    let mut t = Table::new(&["item", "value"]);
+    let gate = shared.router.gate_status();
+    let snap = shared.router.health();
+    t.kv("write_gate", if gate.open { "open" } else { "refusing" });
+    match gate.gate {
+        Some(g) => {
+            t.kv("min_replicas_to_write", g.min_replicas);
+            t.kv("min_replicas_max_lag", g.limit());
+        }
+        None => t.kv("min_replicas_to_write", "0 (gate off)"),
+    }
+    t.kv("replicas_counted", gate.counted);
+    let target = snap.primary_index();
+    for (i, n) in snap.nodes.iter().enumerate() {
+        if Some(i) != target {
+            t.kv(&format!("gate_state_{}", n.name), n.gate_state.as_str());
+        }
+    }
+    t.kv(
+        "refused_writes",
+        shared
+            .route_counters
+            .refused_write_gate
+            .load(Ordering::Relaxed),
+    );
+    let risk = &snap.risk;
+    let opt = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |b| b.to_string());
+    t.kv("following_replicas", risk.following_replicas);
+    t.kv("unreplayed_bytes", opt(risk.unreplayed_bytes));
+    t.kv("unreceived_bytes", opt(risk.unreceived_bytes));
+    t.kv(
+        "unreplayed_ms",
+        opt(risk.unreplayed_time.map(|d| d.as_millis() as u64)),
+    );
+    t.kv("inactive_slots", risk.inactive_slots().count());
+    t.kv(
+        "inactive_slots_retained_bytes",
+        risk.inactive_slots()
+            .filter_map(|s| s.retained_bytes)
+            .sum::<u64>(),
+    );
+    t.kv(
+        "synchronous_replication",
+        risk.sync.as_ref().map_or_else(
+            || "unknown (no primary answer yet)".into(),
+            |s| s.describe(),
+        ),
+    );
+    t.kv("wait_replicas_waiting", shared.replay.waiting());
+    t
+}
+
+fn slots(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        "slot_name",
+        "slot_type",
+        "active",
+        "retained_bytes",
+        "wal_status",
+    ]);
+    for sl in &shared.router.health().risk.slots {
+        t.row(vec![
+            s(&sl.name),
+            s(&sl.slot_type),
+            s(sl.active),
+            sl.retained_bytes.map(|b| b.to_string()),
+            sl.wal_status.clone(),
+        ]);
+    }
     t
 }
 

@@ -238,13 +238,43 @@ pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
     message(out, b'T', |b| {
         b.put_i16(columns.len() as i16);
         for c in columns {
-            put_cstr(b, c);
-            b.put_i32(0); // table oid
-            b.put_i16(0); // column number
-            b.put_i32(25); // text
-            b.put_i16(-1);
-            b.put_i32(-1);
-            b.put_i16(0); // text format
+            column_description(b, c, TEXT_OID);
+        }
+    });
+}
+
+/// Type OID of `text`.
+pub const TEXT_OID: i32 = 25;
+/// Type OID of `int4`.
+pub const INT4_OID: i32 = 23;
+
+/// `RowDescription` of text-format columns of the given types.
+pub fn row_description_typed(out: &mut BytesMut, columns: &[(&str, i32)]) {
+    message(out, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for (c, oid) in columns {
+            column_description(b, c, *oid);
+        }
+    });
+}
+
+fn column_description(b: &mut BytesMut, name: &str, oid: i32) {
+    put_cstr(b, name);
+    b.put_i32(0); // table oid
+    b.put_i16(0); // column number
+    b.put_i32(oid);
+    b.put_i16(if oid == INT4_OID { 4 } else { -1 }); // type size
+    b.put_i32(-1); // type modifier
+    b.put_i16(0); // text format
+}
+
+/// `DataRow` of raw (e.g. binary-format) values.
+pub fn data_row_bytes(out: &mut BytesMut, values: &[&[u8]]) {
+    message(out, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            b.put_i32(v.len() as i32);
+            b.put_slice(v);
         }
     });
 }

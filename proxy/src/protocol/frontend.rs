@@ -137,6 +137,26 @@ pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, DecodeError> {
     })
 }
 
+/// Whether a `Bind` (the `rest` after its names) asks for the first
+/// result column in binary format.
+pub fn bind_first_result_binary(rest: &[u8]) -> Result<bool, DecodeError> {
+    let mut r = Reader::new(rest, "Bind");
+    let formats = r.i16()?;
+    for _ in 0..formats.max(0) {
+        r.i16()?;
+    }
+    let params = r.i16()?;
+    for _ in 0..params.max(0) {
+        let len = r.i32()?;
+        if len > 0 {
+            r.bytes(len as usize)?;
+        }
+    }
+    let results = r.i16()?;
+    // No code: all text; one code: applies to every column.
+    Ok(results > 0 && r.i16()? == 1)
+}
+
 /// Encodes a `Bind` with a rewritten statement name.
 pub fn encode_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
     let len = 4 + portal.len() + 1 + statement.len() + 1 + rest.len();
@@ -206,6 +226,31 @@ pub fn decode_password(body: &[u8]) -> Result<&str, DecodeError> {
 fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
     out.put_u8(0);
+}
+
+#[cfg(test)]
+mod bind_format_tests {
+    use super::*;
+
+    #[test]
+    fn first_result_format_is_read_past_the_parameters() {
+        // 1 param format (binary), 2 params ("ab", NULL), 1 result format.
+        let mut b = BytesMut::new();
+        b.put_i16(1);
+        b.put_i16(1);
+        b.put_i16(2);
+        b.put_i32(2);
+        b.put_slice(b"ab");
+        b.put_i32(-1);
+        b.put_i16(1);
+        b.put_i16(1);
+        assert!(bind_first_result_binary(&b).unwrap());
+        let text = [0u8, 0, 0, 0, 0, 0];
+        assert!(!bind_first_result_binary(&text).unwrap());
+        // Truncated: an error, not a panic.
+        assert!(bind_first_result_binary(&b[..7]).is_err());
+        assert!(bind_first_result_binary(&[0, 0, 0, 1, 0, 0, 0, 9]).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -315,7 +315,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 if let Some(cmd) = parse_proxy_command(sql) {
                     let mut m = BytesMut::new();
-                    local::execute(&mut m, &mut self.routing, &cmd, true);
+                    if let local::Executed::Wait(w) =
+                        local::execute(&mut m, &mut self.routing, &cmd, true)
+                    {
+                        let n = self.wait_replicas(w).await?;
+                        local::wait_answer(&mut m, n, true, false);
+                    }
                     self.expect.push_synthetic(m.freeze());
                     self.synthetic_ready();
                     self.drain_synthetic();
@@ -393,7 +398,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Err(e) => return Err(self.malformed(e).await),
                 };
                 if let Some(cmd) = self.local.statement(b.statement).cloned() {
-                    self.local.bind(b.portal, cmd);
+                    let binary = match frontend::bind_first_result_binary(b.rest) {
+                        Ok(binary) => binary,
+                        Err(e) => return Err(self.malformed(e).await),
+                    };
+                    self.local.bind(b.portal, cmd, binary);
                     self.synthetic_empty(b'2');
                     self.drain_synthetic();
                     return Ok(());
@@ -481,12 +490,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             b'E' if self.local.portal(portal_name(body)).is_some() => {
-                let cmd = self
-                    .local
-                    .portal(portal_name(body))
-                    .cloned()
-                    .expect("checked");
-                self.execute_local(&cmd);
+                let name = portal_name(body);
+                let cmd = self.local.portal(name).cloned().expect("checked");
+                let binary = self.local.portal_binary(name);
+                self.execute_local(&cmd, binary).await?;
             }
             b'E' | b'F' => {
                 if let Err(e) = self.attach("", Some(&frame)).await {
@@ -711,9 +718,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => {
                 let reason = match &e {
                     lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
+                    lagrouter_routing::RouteError::WritesRefused { .. } => {
+                        metrics::counter!("lagrouter_writes_refused_total").increment(1);
+                        "write_gate"
+                    }
                     _ => "no_primary",
                 };
-                shared.route_counters.refused(reason == "breaker_open");
+                shared.route_counters.refused(reason);
                 metrics::counter!("lagrouter_route_decisions_total",
                     "node" => "none", "target" => "none", "reason" => reason)
                 .increment(1);
@@ -1124,12 +1135,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         tracing::debug!(user = %self.user.name, code = e.sqlstate(), "{e}");
     }
 
-    fn execute_local(&mut self, cmd: &ProxyCommand) {
+    async fn execute_local(&mut self, cmd: &ProxyCommand, binary: bool) -> Result<(), End> {
         let mut m = BytesMut::new();
-        let failed = local::execute(&mut m, &mut self.routing, cmd, false);
+        match local::execute(&mut m, &mut self.routing, cmd, false) {
+            local::Executed::Answered { failed } => {
+                if failed {
+                    self.discard_until_sync = true;
+                }
+            }
+            local::Executed::Wait(w) => {
+                let n = self.wait_replicas(w).await?;
+                local::wait_answer(&mut m, n, false, binary);
+            }
+        }
         self.expect.push_synthetic(m.freeze());
-        if failed {
-            self.discard_until_sync = true;
+        Ok(())
+    }
+
+    /// `lagrouter.wait_replicas`: waits on the health monitor's replay
+    /// positions, holding no server connection (unless the client's own
+    /// transaction holds one), and answers how many replicas replayed the
+    /// session's LSN. Anything the client has sent meanwhile waits in the
+    /// socket.
+    async fn wait_replicas(&mut self, w: local::Wait) -> Result<usize, End> {
+        // A write pipelined right before the wait must be acknowledged and
+        // its commit LSN known first.
+        self.settle_server().await?;
+        let mut lsn = w.lsn;
+        if self.pinned
+            && let Some(pc) = self.server.as_mut()
+            && !self.expect.awaits_server()
+        {
+            // A pinned session's commits are not captured one by one: wait
+            // for everything its server (the primary) has written so far.
+            match pc
+                .conn()
+                .query_value("SELECT pg_current_wal_lsn()::text")
+                .await
+            {
+                Ok(v) => lsn = lsn.max(v.and_then(|v| v.parse::<Lsn>().ok())),
+                Err(e) => return Err(self.server_lost(e.to_string()).await),
+            }
+        }
+        // Answers already due (e.g. a write's CommandComplete) go first.
+        self.drain_synthetic();
+        self.flush_client().await?;
+        let started = Instant::now();
+        let n = self
+            .shared
+            .replay
+            .wait(lsn, w.replicas as usize, w.timeout)
+            .await;
+        let outcome = if n >= w.replicas as usize {
+            "reached"
+        } else {
+            "timeout"
+        };
+        metrics::counter!("lagrouter_wait_replicas_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("lagrouter_wait_replicas_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(n)
+    }
+
+    /// Runs the server side until nothing sent is still unanswered and a
+    /// finished write's commit LSN is recorded.
+    async fn settle_server(&mut self) -> Result<(), End> {
+        loop {
+            // A finished write starts its LSN query here.
+            self.maybe_release();
+            self.write_server().await?;
+            let owed = self.expect.awaits_server() || self.capturing_lsn;
+            let Some(pc) = self.server.as_mut().filter(|_| owed) else {
+                return Ok(());
+            };
+            let conn = pc.conn();
+            if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
+                conn.read_buf.reserve(READ_CHUNK);
+            }
+            match conn.stream.read_buf(&mut conn.read_buf).await {
+                Ok(0) => {
+                    return Err(self
+                        .server_lost("the node closed the connection".into())
+                        .await);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.server_lost(e.to_string()).await),
+            }
+            self.on_server_data().await?;
         }
     }
 

@@ -1,4 +1,5 @@
-//! Statements the proxy answers itself (`SET`/`SHOW lagrouter.*`), over
+//! Statements the proxy answers itself (`SET`/`SHOW lagrouter.*`,
+//! `SELECT lagrouter.wait_replicas(n, ms)`), over
 //! the simple and the extended protocol, without a server connection.
 
 use std::collections::HashMap;
@@ -12,7 +13,8 @@ use crate::protocol::backend::{self, Severity};
 #[derive(Default)]
 pub struct LocalStatements {
     statements: HashMap<String, ProxyCommand>,
-    portals: HashMap<String, ProxyCommand>,
+    /// The command and whether its result column goes out in binary.
+    portals: HashMap<String, (ProxyCommand, bool)>,
 }
 
 impl LocalStatements {
@@ -24,12 +26,17 @@ impl LocalStatements {
         self.statements.get(name)
     }
 
-    pub fn bind(&mut self, portal: &str, cmd: ProxyCommand) {
-        self.portals.insert(portal.to_string(), cmd);
+    pub fn bind(&mut self, portal: &str, cmd: ProxyCommand, binary: bool) {
+        self.portals.insert(portal.to_string(), (cmd, binary));
     }
 
     pub fn portal(&self, name: &str) -> Option<&ProxyCommand> {
-        self.portals.get(name)
+        self.portals.get(name).map(|(c, _)| c)
+    }
+
+    /// Whether the portal's result column was bound in binary format.
+    pub fn portal_binary(&self, name: &str) -> bool {
+        self.portals.get(name).is_some_and(|(_, b)| *b)
     }
 
     /// Forgets a statement (a normal Parse reused its name, or Close).
@@ -47,17 +54,56 @@ impl LocalStatements {
     }
 }
 
-/// Whether the command returns a row (SHOW) rather than a tag.
+/// Whether the command returns a row (SHOW, wait_replicas) rather than a tag.
 pub fn returns_row(cmd: &ProxyCommand) -> bool {
-    matches!(cmd, ProxyCommand::Show(_))
+    matches!(
+        cmd,
+        ProxyCommand::Show(_) | ProxyCommand::WaitReplicas { .. }
+    )
 }
 
-/// The column name of a SHOW command's one-row answer.
-fn column_name(cmd: &ProxyCommand) -> &'static str {
+/// The column of a row-returning command's answer: name and type OID.
+fn column(cmd: &ProxyCommand) -> (&'static str, i32) {
     match cmd {
-        ProxyCommand::Show(s) => s.name(),
-        _ => "",
+        ProxyCommand::Show(s) => (s.name(), backend::TEXT_OID),
+        ProxyCommand::WaitReplicas { .. } => (WAIT_COLUMN, backend::INT4_OID),
+        _ => ("", backend::TEXT_OID),
     }
+}
+
+/// The column `lagrouter.wait_replicas` answers in, like a function's.
+pub const WAIT_COLUMN: &str = "wait_replicas";
+
+/// A command that needs the proxy to wait before it can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub lsn: Option<lagrouter_health::Lsn>,
+    pub replicas: u32,
+    pub timeout: std::time::Duration,
+}
+
+/// What [`execute`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executed {
+    /// Answered (an ErrorResponse when `failed`).
+    Answered { failed: bool },
+    /// Nothing written yet: wait, then answer with [`wait_answer`].
+    Wait(Wait),
+}
+
+/// The answer to a finished wait: `count` replicas replayed the LSN.
+/// `binary`: the client bound the result column in binary format.
+pub fn wait_answer(out: &mut BytesMut, count: usize, with_description: bool, binary: bool) {
+    if with_description {
+        backend::row_description_typed(out, &[(WAIT_COLUMN, backend::INT4_OID)]);
+    }
+    let n = i32::try_from(count).unwrap_or(i32::MAX);
+    if binary {
+        backend::data_row_bytes(out, &[&n.to_be_bytes()]);
+    } else {
+        backend::data_row(out, &[Some(&n.to_string())]);
+    }
+    backend::command_complete(out, "SELECT 1");
 }
 
 /// Describe of a local statement: no parameters, then its row shape.
@@ -71,24 +117,35 @@ pub fn describe_statement(out: &mut BytesMut, cmd: &ProxyCommand) {
 /// Describe of a local portal: its row shape or NoData.
 pub fn describe_portal(out: &mut BytesMut, cmd: &ProxyCommand) {
     if returns_row(cmd) {
-        backend::row_description(out, &[column_name(cmd)]);
+        backend::row_description_typed(out, &[column(cmd)]);
     } else {
         backend::empty(out, b'n');
     }
 }
 
 /// Runs the command against the session; writes the answer (rows or tag,
-/// or an error) and says whether it failed.
+/// or an error), or says what to wait for first.
 pub fn execute(
     out: &mut BytesMut,
     session: &mut SessionRouting,
     cmd: &ProxyCommand,
     with_description: bool,
-) -> bool {
-    match session.apply(cmd) {
+) -> Executed {
+    let failed = match session.apply(cmd) {
         CommandOutcome::Done { tag } => {
             backend::command_complete(out, tag);
             false
+        }
+        CommandOutcome::Wait {
+            lsn,
+            replicas,
+            timeout,
+        } => {
+            return Executed::Wait(Wait {
+                lsn,
+                replicas,
+                timeout,
+            });
         }
         CommandOutcome::Show { name, value } => {
             if with_description {
@@ -102,5 +159,6 @@ pub fn execute(
             backend::error_response(out, Severity::Error, e.sqlstate, &e.message, Some(e.hint));
             true
         }
-    }
+    };
+    Executed::Answered { failed }
 }

@@ -435,11 +435,10 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
     secret: i32,
 ) -> Result<(), Refusal> {
     let shared = session.shared.clone();
-    let decision = shared
-        .router
-        .route(&mut session.routing, "", std::time::Instant::now())
-        .map_err(ProxyError::from)?;
-    let pool = session.pool_for(decision.node)?;
+    // The primary, as for a write, but not through the write gate: a login
+    // writes nothing, and reads must keep working while writes are refused.
+    let node = shared.router.write_target().map_err(ProxyError::from)?;
+    let pool = session.pool_for(node)?;
     let config = shared.config.load_full();
     let mut pc = pool
         .checkout(&config.pool, session.user.backend_password.as_deref())

@@ -1,0 +1,249 @@
+//! [`ReplayWaiter`]: "how many replicas have replayed LSN X", answered
+//! within milliseconds, for `SELECT lagrouter.wait_replicas(n, ms)`.
+//!
+//! The check rounds run every `check_interval` (250 ms by default), too
+//! slow to confirm a write, and hurrying them would also hurry the
+//! re-admission hysteresis. So while anyone waits, one poller task asks
+//! each following replica `pg_last_wal_replay_lsn()` every
+//! [`POLL_INTERVAL`] over its own connection (never a client pool's) and
+//! publishes the positions; waiters only watch them. One poll serves every
+//! waiter, so the load on the replicas does not grow with the number of
+//! waiters, and with no waiter there is no polling at all. Connections idle
+//! for [`IDLE_CLOSE`] are closed.
+//!
+//! Which replicas count comes from the latest health snapshot: not the
+//! write target, in recovery, answering, and on the write target's
+//! timeline (a replica of another timeline may be past the LSN without
+//! having the write).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lagrouter_config::ConfigHandle;
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{ConnTarget, connect};
+use crate::{HealthSnapshot, Lsn, NodeState, SharedSnapshot};
+
+/// How often replicas are polled while someone waits.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Poll connections unused this long are closed.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// Replay positions by node name, as last polled.
+type Positions = HashMap<String, Lsn>;
+
+/// Waits for replicas to replay an LSN. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReplayWaiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    health: SharedSnapshot,
+    positions: watch::Sender<Positions>,
+    waiters: AtomicUsize,
+    wake: Notify,
+    shutdown: CancellationToken,
+}
+
+/// Decrements the waiter count however the wait ends.
+struct Waiting<'a>(&'a Inner);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("lagrouter_wait_replicas_waiting").decrement(1.0);
+    }
+}
+
+impl ReplayWaiter {
+    /// Starts the poller task (idle until someone waits; stops on `shutdown`).
+    pub fn start(
+        config: ConfigHandle,
+        health: SharedSnapshot,
+        shutdown: CancellationToken,
+    ) -> ReplayWaiter {
+        let w = ReplayWaiter::idle(health, shutdown);
+        tokio::spawn(poll(config, w.inner.clone()));
+        w
+    }
+
+    /// A waiter with no poller: it only sees the health snapshots.
+    pub fn idle(health: SharedSnapshot, shutdown: CancellationToken) -> ReplayWaiter {
+        ReplayWaiter {
+            inner: Arc::new(Inner {
+                health,
+                positions: watch::channel(Positions::new()).0,
+                waiters: AtomicUsize::new(0),
+                wake: Notify::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Clients waiting now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiters.load(Ordering::Relaxed)
+    }
+
+    /// Replicas that have replayed `lsn` now (every following replica when
+    /// `lsn` is `None`).
+    pub fn count(&self, lsn: Option<Lsn>) -> usize {
+        count(
+            &self.inner.health.load(),
+            &self.inner.positions.borrow(),
+            lsn,
+        )
+    }
+
+    /// Waits until at least `n` replicas have replayed `lsn`, or `limit`
+    /// passes (or shutdown); returns how many had, which may be fewer.
+    pub async fn wait(&self, lsn: Option<Lsn>, n: usize, limit: Duration) -> usize {
+        let now = self.count(lsn);
+        if now >= n || limit.is_zero() {
+            return now;
+        }
+        let deadline = Instant::now() + limit;
+        let inner = &*self.inner;
+        inner.waiters.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("lagrouter_wait_replicas_waiting").increment(1.0);
+        let _waiting = Waiting(inner);
+        inner.wake.notify_one();
+        let mut rx = inner.positions.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let got = self.count(lsn);
+            if got >= n {
+                return got;
+            }
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return got,
+                r = timeout_at(deadline, rx.changed()) => {
+                    if !matches!(r, Ok(Ok(()))) {
+                        return self.count(lsn);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Indices of the replicas whose replay counts: see the module docs.
+fn following(snap: &HealthSnapshot) -> impl Iterator<Item = usize> + '_ {
+    let target = snap.primary_index();
+    let tl = target.and_then(|t| snap.nodes[t].timeline);
+    snap.nodes.iter().enumerate().filter_map(move |(i, n)| {
+        let same_tl = match (tl, n.timeline) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (Some(i) != target
+            && n.in_recovery == Some(true)
+            && n.state != NodeState::Unreachable
+            && same_tl)
+            .then_some(i)
+    })
+}
+
+/// How many following replicas have replayed `lsn`, by the snapshot or
+/// the later polled positions (replay only moves forward).
+fn count(snap: &HealthSnapshot, polled: &Positions, lsn: Option<Lsn>) -> usize {
+    following(snap)
+        .filter(|&i| {
+            let n = &snap.nodes[i];
+            let pos = n.replay_lsn.max(polled.get(&n.name).copied());
+            lsn.is_none_or(|want| pos.is_some_and(|p| p >= want))
+        })
+        .count()
+}
+
+async fn poll(config: ConfigHandle, inner: Arc<Inner>) {
+    let mut clients: HashMap<String, (ConnTarget, Arc<Client>)> = HashMap::new();
+    let mut last_busy = Instant::now();
+    loop {
+        if inner.waiters.load(Ordering::Relaxed) == 0 {
+            let idle_left = (last_busy + IDLE_CLOSE).saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = inner.wake.notified() => {}
+                _ = sleep(idle_left), if !clients.is_empty() => {
+                    clients.clear();
+                    continue;
+                }
+            }
+        }
+        last_busy = Instant::now();
+        let cfg = config.load_full();
+        let snap = inner.health.load_full();
+        let asks: Vec<_> = following(&snap)
+            .filter_map(|i| {
+                let name = &snap.nodes[i].name;
+                let node = cfg.nodes.iter().find(|n| &n.name == name)?;
+                Some((name.clone(), ConnTarget::new(&cfg, node)))
+            })
+            .collect();
+        clients.retain(|name, (t, c)| {
+            !c.is_closed() && asks.iter().any(|a| &a.0 == name && &a.1 == t)
+        });
+        let limit = cfg.health.check_timeout;
+        let mut polls = tokio::task::JoinSet::new();
+        for (name, target) in asks {
+            let existing = clients.get(&name).map(|(_, c)| c.clone());
+            polls.spawn(async move {
+                let r = timeout(limit, async {
+                    let client = match existing {
+                        Some(c) => c,
+                        None => Arc::new(connect(&target).await.ok()?),
+                    };
+                    let lsn = replay_lsn(&client).await;
+                    Some((client, lsn))
+                })
+                .await;
+                (name, target, r.ok().flatten())
+            });
+        }
+        let answers = polls.join_all().await;
+        let mut got = Positions::new();
+        for (name, target, r) in answers {
+            match r {
+                Some((client, lsn)) => {
+                    if let Some(lsn) = lsn {
+                        got.insert(name.clone(), lsn);
+                    }
+                    clients.insert(name, (target, client));
+                }
+                None => {
+                    clients.remove(&name);
+                }
+            }
+        }
+        inner.positions.send_modify(|p| {
+            for (name, lsn) in got {
+                let e = p.entry(name).or_insert(lsn);
+                *e = (*e).max(lsn);
+            }
+        });
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = sleep(POLL_INTERVAL) => {}
+        }
+    }
+}
+
+async fn replay_lsn(client: &Client) -> Option<Lsn> {
+    let msgs = client
+        .simple_query("SELECT pg_last_wal_replay_lsn()::text")
+        .await
+        .ok()?;
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+        _ => None,
+    })
+}
