@@ -24,6 +24,8 @@ pub struct CancelTarget {
 pub struct CancelSlot {
     secret: i32,
     target: Mutex<Option<CancelTarget>>,
+    /// Wakes a wait the proxy runs itself (`lagrouter.wait_replicas`).
+    pub local: tokio::sync::Notify,
 }
 
 impl CancelSlot {
@@ -70,6 +72,7 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret,
                 target: Mutex::new(None),
+                local: tokio::sync::Notify::new(),
             });
             slots.insert(pid, slot.clone());
             return CancelKey {
@@ -91,6 +94,8 @@ impl CancelRegistry {
             };
             match slots.get(&pid) {
                 Some(slot) if constant_time_eq(&slot.secret.to_be_bytes(), secret) => {
+                    // Only a wait in progress is woken; no permit is kept.
+                    slot.local.notify_waiters();
                     slot.target.lock().ok().and_then(|t| t.clone())
                 }
                 _ => None,

@@ -318,8 +318,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let local::Executed::Wait(w) =
                         local::execute(&mut m, &mut self.routing, &cmd, true)
                     {
-                        let n = self.wait_replicas(w).await?;
-                        local::wait_answer(&mut m, n, true, false);
+                        match self.wait_replicas(w).await? {
+                            Some(n) => local::wait_answer(&mut m, n, true, false),
+                            None => local::wait_cancelled(&mut m),
+                        }
                     }
                     self.expect.push_synthetic(m.freeze());
                     self.synthetic_ready();
@@ -1143,10 +1145,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.discard_until_sync = true;
                 }
             }
-            local::Executed::Wait(w) => {
-                let n = self.wait_replicas(w).await?;
-                local::wait_answer(&mut m, n, false, binary);
-            }
+            local::Executed::Wait(w) => match self.wait_replicas(w).await? {
+                Some(n) => local::wait_answer(&mut m, n, false, binary),
+                None => {
+                    local::wait_cancelled(&mut m);
+                    self.discard_until_sync = true;
+                }
+            },
         }
         self.expect.push_synthetic(m.freeze());
         Ok(())
@@ -1157,7 +1162,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// transaction holds one), and answers how many replicas replayed the
     /// session's LSN. Anything the client has sent meanwhile waits in the
     /// socket.
-    async fn wait_replicas(&mut self, w: local::Wait) -> Result<usize, End> {
+    /// `None`: the client cancelled it (CancelRequest).
+    async fn wait_replicas(&mut self, w: local::Wait) -> Result<Option<usize>, End> {
         // A write pipelined right before the wait must be acknowledged and
         // its commit LSN known first.
         self.settle_server().await?;
@@ -1181,15 +1187,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.drain_synthetic();
         self.flush_client().await?;
         let started = Instant::now();
-        let n = self
-            .shared
-            .replay
-            .wait(lsn, w.replicas as usize, w.timeout)
-            .await;
-        let outcome = if n >= w.replicas as usize {
-            "reached"
-        } else {
-            "timeout"
+        let replay = self.shared.replay.clone();
+        let slot = self.cancel.slot.clone();
+        let wait = replay.wait(lsn, w.replicas as usize, w.timeout);
+        let cancelled = slot.local.notified();
+        tokio::pin!(wait, cancelled);
+        let n = loop {
+            let room = self.cbuf.len() < READ_AHEAD_LIMIT;
+            tokio::select! {
+                n = &mut wait => break Some(n),
+                _ = &mut cancelled => break None,
+                // Notice a client that leaves; keep what it sends for later.
+                r = self.client.read_buf(&mut self.cbuf), if room => match r {
+                    Ok(0) => return Err(End::Client),
+                    Ok(_) => {}
+                    Err(e) => return Err(End::ClientIo(e)),
+                },
+            }
+        };
+        let outcome = match n {
+            None => "cancelled",
+            Some(n) if n >= w.replicas as usize => "reached",
+            Some(_) => "timeout",
         };
         metrics::counter!("lagrouter_wait_replicas_total", "outcome" => outcome).increment(1);
         metrics::histogram!("lagrouter_wait_replicas_seconds")

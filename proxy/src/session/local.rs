@@ -92,6 +92,17 @@ pub enum Executed {
 }
 
 /// The answer to a finished wait: `count` replicas replayed the LSN.
+/// The answer to a wait the client cancelled, as PostgreSQL words it.
+pub fn wait_cancelled(out: &mut BytesMut) {
+    backend::error_response(
+        out,
+        Severity::Error,
+        "57014", // query_canceled
+        "canceling statement due to user request",
+        None,
+    );
+}
+
 /// `binary`: the client bound the result column in binary format.
 pub fn wait_answer(out: &mut BytesMut, count: usize, with_description: bool, binary: bool) {
     if with_description {
