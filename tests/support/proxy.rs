@@ -17,6 +17,7 @@ pub struct ProxyBuilder {
     users: Vec<String>,
     nodes: Option<String>,
     routing: Vec<String>,
+    safety: Vec<String>,
     wait_healthy: bool,
 }
 
@@ -38,6 +39,7 @@ impl ProxyBuilder {
             // healthy after start, or lagging under a 10 MB COPY) must not
             // be refused.
             routing: vec!["primary_read_cap = 1.0".into()],
+            safety: Vec::new(),
             wait_healthy: true,
         }
     }
@@ -74,6 +76,13 @@ impl ProxyBuilder {
     /// One `key = value` line of `[routing]`.
     pub fn routing(mut self, line: &str) -> Self {
         self.routing.push(line.into());
+        self
+    }
+
+    /// One `key = value` line of `[safety]` (the section is written only
+    /// when there is at least one line, between `[routing]` and `[health]`).
+    pub fn safety(mut self, line: &str) -> Self {
+        self.safety.push(line.into());
         self
     }
 
@@ -121,6 +130,13 @@ impl ProxyBuilder {
         for l in &self.routing {
             t.push_str(l);
             t.push('\n');
+        }
+        if !self.safety.is_empty() {
+            t.push_str("[safety]\n");
+            for l in &self.safety {
+                t.push_str(l);
+                t.push('\n');
+            }
         }
         t.push_str(&format!(
             "[health]\ndatabase = \"{}\"\ncheck_interval = \"250ms\"\n",
