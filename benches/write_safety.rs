@@ -1,0 +1,671 @@
+//! What write safety costs: a pgbench write script through lagrouter
+//! (a) plain, (b) each write followed by `SELECT lagrouter.wait_replicas(1,
+//! 1000)`, (c) with the write gate on (`[safety] min_replicas_to_write = 1`,
+//! replicas healthy) and (d) followed by `wait_replicas(2, 1000)`,
+//! interleaved over `-r` repeats. Prints median TPS and latency, the ratios
+//! to (a), the proxy's CPU per transaction, and how many waits returned
+//! fewer replicas than asked (from `lagrouter_wait_replicas_total` on the
+//! proxy's /metrics, before and after each run).
+//!
+//! `cargo bench --bench write_safety -- [options]` (see `USAGE`).
+//! Results: target/write-safety/<timestamp>.tsv, raw logs (pgbench, the
+//! proxies, their configs, the scripts) in target/write-safety/<timestamp>/.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use lagrouter::pgcluster::{Cluster, ClusterOptions};
+
+const USAGE: &str = "options: -T SECS (10) -c CLIENTS (8) -j THREADS (2) -r REPEATS (3)
+  -M simple|extended|prepared (simple)   --scale N (10)   --warmup SECS (2, 0 = none)
+  --variants plain,wait1,gate,wait2 (all four)";
+const ALL_VARIANTS: [&str; 4] = ["plain", "wait1", "gate", "wait2"];
+/// Extra time a pgbench gets beyond -T before it counts as hung.
+const GRACE: Duration = Duration::from_secs(60);
+/// How long a freshly started proxy may take to answer `select 1` and to
+/// see its replicas healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const POOL_SIZE: u32 = 20;
+/// How long each wait_replicas call may wait, in milliseconds.
+const WAIT_MS: u32 = 1000;
+
+struct Opts {
+    secs: u64,
+    clients: u32,
+    threads: u32,
+    repeats: u32,
+    mode: String,
+    scale: u32,
+    warmup: u64,
+    variants: Vec<String>,
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_args(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        secs: 10,
+        clients: 8,
+        threads: 2,
+        repeats: 3,
+        mode: "simple".into(),
+        scale: 10,
+        warmup: 2,
+        variants: list(&ALL_VARIANTS.join(",")),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .ok_or_else(|| anyhow!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--bench" => {} // cargo bench passes it to harness = false targets
+            "-T" => o.secs = val()?.parse()?,
+            "-c" => o.clients = val()?.parse()?,
+            "-j" => o.threads = val()?.parse()?,
+            "-r" => o.repeats = val()?.parse()?,
+            "-M" => o.mode = val()?.clone(),
+            "--scale" => o.scale = val()?.parse()?,
+            "--warmup" => o.warmup = val()?.parse()?,
+            "--variants" => o.variants = list(val()?),
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    if let Some(v) = o
+        .variants
+        .iter()
+        .find(|v| !ALL_VARIANTS.contains(&v.as_str()))
+    {
+        bail!("unknown variant {v}\n{USAGE}");
+    }
+    if !["simple", "extended", "prepared"].contains(&o.mode.as_str()) {
+        bail!("unknown mode {}\n{USAGE}", o.mode);
+    }
+    if o.secs == 0 || o.clients == 0 || o.threads == 0 || o.repeats == 0 || o.scale == 0 {
+        bail!("-T, -c, -j, -r and --scale must be > 0");
+    }
+    if o.variants.is_empty() {
+        bail!("no variant to run\n{USAGE}");
+    }
+    Ok(o)
+}
+
+/// A child process that is stopped when dropped, so an error return or a
+/// panic never leaves a proxy or a pgbench behind.
+struct Proc(Child);
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr to `log`.
+    fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // Drop does not run when this process is killed: then the kernel
+        // sends the child SIGTERM.
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        let on_parent_death = || {
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            Ok(())
+        };
+        unsafe { cmd.pre_exec(on_parent_death) };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        Ok(Proc(child))
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
+    /// Waits at most `limit`; on expiry stops it and returns None.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            sleep(Duration::from_millis(50));
+        }
+        self.stop();
+        None
+    }
+
+    /// SIGTERM first, SIGKILL after 5 s.
+    fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped, so the pid is its.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.exited().is_none() && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running lagrouter.
+struct Proxy {
+    name: &'static str,
+    port: u16,
+    metrics_port: u16,
+    proc: Proc,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The release binary cargo bench builds next to this bench.
+fn lagrouter_bin() -> Result<PathBuf> {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lagrouter"));
+    if !bin.exists() {
+        bail!(
+            "{} missing: run `cargo build --release` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The shipped defaults plus a metrics endpoint; `gate` adds
+/// `[safety] min_replicas_to_write = 1` (lag limits: `[health]`'s).
+fn lagrouter_config(c: &Cluster, port: u16, metrics_port: u16, gate: bool) -> String {
+    let (user, password) = (c.app_user(), c.app_password());
+    let mut t = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+         [pool]\nsize = {POOL_SIZE}\n\n\
+         [[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
+    );
+    for i in 0..c.node_count() {
+        let role = if i == c.primary_index() {
+            "primary"
+        } else {
+            "replica"
+        };
+        let (name, host, port) = (c.node_name(i), c.host(), c.port(i));
+        t += &format!(
+            "\n[[nodes]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\nrole = \"{role}\"\n"
+        );
+    }
+    t += &format!("\n[health]\ndatabase = \"{}\"\n", c.database());
+    if gate {
+        t += "\n[safety]\nmin_replicas_to_write = 1\n";
+    }
+    t
+}
+
+fn start_lagrouter(c: &Cluster, name: &'static str, gate: bool, out: &Path) -> Result<Proxy> {
+    let (port, metrics_port) = (free_port()?, free_port()?);
+    let conf = out.join(format!("{name}.toml"));
+    fs::write(&conf, lagrouter_config(c, port, metrics_port, gate))?;
+    let mut cmd = Command::new(lagrouter_bin()?);
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&conf)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    let proc = Proc::spawn(&mut cmd, &out.join(format!("{name}.log")))?;
+    let mut p = Proxy {
+        name,
+        port,
+        metrics_port,
+        proc,
+    };
+    wait_ready(c, &mut p, out)?;
+    Ok(p)
+}
+
+/// Polls (bounded) until `select 1` works through the proxy and its
+/// /metrics shows both replicas healthy and, for the gate, the gate open.
+fn wait_ready(c: &Cluster, p: &mut Proxy, out: &Path) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let log = out.join(format!("{}-ready.log", p.name));
+    let mut answered = false;
+    loop {
+        if let Some(status) = p.proc.exited() {
+            let text = fs::read_to_string(out.join(format!("{}.log", p.name)));
+            bail!(
+                "{} exited ({status}) at startup:\n{}",
+                p.name,
+                text.unwrap_or_default()
+            );
+        }
+        if !answered && TcpStream::connect(("127.0.0.1", p.port)).is_ok() {
+            let mut cmd = pg_tool(c, "psql", p.port);
+            cmd.args(["-X", "-At", "-c", "select 1", c.database()]);
+            let status = Proc::spawn(&mut cmd, &log)?.wait_for(Duration::from_secs(10));
+            answered = status.is_some_and(|s| s.success());
+        }
+        if answered && let Ok(m) = scrape(p.metrics_port) {
+            let healthy = (1..c.node_count())
+                .filter(|&i| {
+                    let series = format!(
+                        "lagrouter_node_state{{node=\"{}\",state=\"healthy\"}}",
+                        c.node_name(i)
+                    );
+                    value(&m, &series) == Some(1.0)
+                })
+                .count();
+            let gate_open = !m.contains("lagrouter_write_gate_open")
+                || value(&m, "lagrouter_write_gate_open") == Some(1.0);
+            if healthy == c.node_count() - 1 && gate_open {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            let err = fs::read_to_string(&log).unwrap_or_default();
+            let m = scrape(p.metrics_port).unwrap_or_default();
+            bail!(
+                "{} not ready after {READY_TIMEOUT:?} (answered: {answered}): {err}\n{m}",
+                p.name
+            );
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// A client tool of the cluster's PostgreSQL, to 127.0.0.1:`port` as the
+/// app user.
+fn pg_tool(c: &Cluster, tool: &str, port: u16) -> Command {
+    let mut cmd = Command::new(c.bindir().join(tool));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        c.app_user(),
+    ]);
+    cmd.env("PGPASSWORD", c.app_password())
+        .env("PGCONNECT_TIMEOUT", "5");
+    cmd
+}
+
+/// GET /metrics (plain HTTP/1.1, no client library).
+fn scrape(port: u16) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The value of the series written exactly as `series` (name{labels}), or
+/// the sum over every series of that name when `series` is a bare name.
+fn value(text: &str, series: &str) -> Option<f64> {
+    let bare = !series.contains('{');
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let matches = if bare {
+            name == series || name.starts_with(&format!("{series}{{"))
+        } else {
+            name == series
+        };
+        if matches && let Ok(v) = v.parse::<f64>() {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// Waits counted by outcome so far: (reached, timeout).
+fn wait_counts(port: u16) -> Option<(f64, f64)> {
+    let m = scrape(port).ok()?;
+    let of = |outcome: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("lagrouter_wait_replicas_total{"))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    Some((of("reached"), of("timeout")))
+}
+
+/// User + system CPU time of a process so far, in seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Some(ticks as f64 / per_sec as f64)
+}
+
+/// The pgbench script of a variant.
+fn script(variant: &str) -> String {
+    let mut s = String::from(
+        "\\set aid random(1, 100000 * :scale)\n\
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n",
+    );
+    match variant {
+        "wait1" => s += &format!("SELECT lagrouter.wait_replicas(1, {WAIT_MS});\n"),
+        "wait2" => s += &format!("SELECT lagrouter.wait_replicas(2, {WAIT_MS});\n"),
+        _ => {}
+    }
+    s
+}
+
+/// Replicas each wait of a variant asks for (0: no waits).
+fn asked(variant: &str) -> u32 {
+    match variant {
+        "wait1" => 1,
+        "wait2" => 2,
+        _ => 0,
+    }
+}
+
+/// One pgbench run.
+#[derive(Default)]
+struct Run {
+    rep: u32,
+    variant: String,
+    tps: Option<f64>,
+    lat_ms: Option<f64>,
+    xacts: u64,
+    failed: u64,
+    aborted: u32,
+    status: String,
+    cpu_us: Option<f64>,
+    waits_reached: Option<u64>,
+    waits_short: Option<u64>,
+    error: String,
+}
+
+/// The number after `prefix` on the first line starting with it.
+fn field(text: &str, prefix: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    line[prefix.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn parse_pgbench(run: &mut Run, text: &str, status: Option<ExitStatus>, clients: u32) {
+    run.tps = field(text, "tps = ");
+    run.lat_ms = field(text, "latency average = ");
+    run.xacts = field(text, "number of transactions actually processed: ").unwrap_or(0.) as u64;
+    run.failed = field(text, "number of failed transactions: ").unwrap_or(0.) as u64;
+    run.aborted = text.matches("aborted in command").count() as u32;
+    let abort = text.lines().find(|l| l.contains("aborted in command"));
+    let error = text
+        .lines()
+        .find(|l| l.contains("error") || l.contains("FATAL"));
+    let first = abort.or(error).unwrap_or("").replace('\t', " ");
+    run.error = first.chars().take(200).collect();
+    run.status = match (status, run.tps) {
+        (None, _) => "TIMEOUT".into(),
+        (_, None) => "FAIL".into(),
+        _ if run.aborted >= clients => "ABORT(all)".into(),
+        _ if run.aborted > 0 => format!("ABORT({})", run.aborted),
+        (Some(s), _) if !s.success() => format!("rc={}", s.code().unwrap_or(-1)),
+        _ => "ok".into(),
+    };
+}
+
+/// Runs the variant's script through `p` for `secs`.
+fn run_pgbench(
+    c: &Cluster,
+    o: &Opts,
+    p: &Proxy,
+    variant: &str,
+    secs: u64,
+    out: &Path,
+    log: &Path,
+) -> Result<Run> {
+    let file = out.join(format!("{variant}.sql"));
+    fs::write(&file, script(variant))?;
+    let mut cmd = pg_tool(c, "pgbench", p.port);
+    let args = format!(
+        "-n -M {} -c {} -j {} -T {secs} -s {}",
+        o.mode, o.clients, o.threads, o.scale
+    );
+    cmd.args(args.split_whitespace())
+        .arg("-f")
+        .arg(&file)
+        .arg(c.database());
+    let pid = p.proc.0.id();
+    let (cpu_before, waits_before) = (cpu_secs(pid), wait_counts(p.metrics_port));
+    let status = Proc::spawn(&mut cmd, log)?.wait_for(Duration::from_secs(secs) + GRACE);
+    let (cpu_after, waits_after) = (cpu_secs(pid), wait_counts(p.metrics_port));
+    let mut run = Run {
+        variant: variant.into(),
+        ..Run::default()
+    };
+    let text = fs::read_to_string(log).unwrap_or_default();
+    parse_pgbench(&mut run, &text, status, o.clients);
+    let cpu = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
+    run.cpu_us = cpu.map(|(a, b)| (b - a) * 1e6 / run.xacts as f64);
+    if asked(variant) > 0
+        && let Some((before, after)) = waits_before.zip(waits_after)
+    {
+        run.waits_reached = Some((after.0 - before.0).max(0.0) as u64);
+        run.waits_short = Some((after.1 - before.1).max(0.0) as u64);
+    }
+    Ok(run)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+/// Median of `value` over the clean runs of `variant`.
+fn median_of(runs: &[Run], variant: &str, value: fn(&Run) -> Option<f64>) -> Option<f64> {
+    let clean = runs
+        .iter()
+        .filter(|r| r.variant == variant && r.status == "ok");
+    median(clean.filter_map(value).collect())
+}
+
+fn describe(variant: &str) -> String {
+    match variant {
+        "plain" => "UPDATE".into(),
+        "wait1" => format!("UPDATE; wait_replicas(1, {WAIT_MS})"),
+        "wait2" => format!("UPDATE; wait_replicas(2, {WAIT_MS})"),
+        "gate" => "UPDATE, min_replicas_to_write = 1".into(),
+        _ => variant.into(),
+    }
+}
+
+fn print_table(o: &Opts, runs: &[Run]) {
+    let (c, j, s, r, m, scale) = (o.clients, o.threads, o.secs, o.repeats, &o.mode, o.scale);
+    println!("\npgbench -M {m} -c {c} -j {j} -T {s}, scale {scale}: median of {r} run(s)");
+    println!("(runs with aborted clients excluded; * = some runs not ok)");
+    println!(
+        "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16}",
+        "variant", "script", "TPS", "lat ms", "TPS/a", "lat/a", "CPU us", "waits short/all"
+    );
+    let tps = |v: &str| median_of(runs, v, |r| r.tps);
+    let lat = |v: &str| median_of(runs, v, |r| r.lat_ms);
+    let fmt = |x: Option<f64>, digits: usize| x.map_or("-".into(), |x| format!("{x:.digits$}"));
+    for v in &o.variants {
+        let v = v.as_str();
+        let bad = runs.iter().any(|r| r.variant == v && r.status != "ok");
+        let star = if bad { "*" } else { "" };
+        let tps_ratio = tps(v).zip(tps("plain")).map(|(a, b)| a / b);
+        let lat_ratio = lat(v).zip(lat("plain")).map(|(a, b)| a / b);
+        let cpu = median_of(runs, v, |r| r.cpu_us);
+        let waits = if asked(v) == 0 {
+            "-".to_owned()
+        } else {
+            let of = |f: fn(&Run) -> Option<u64>| -> Option<u64> {
+                runs.iter().filter(|r| r.variant == v).map(f).sum()
+            };
+            match (of(|r| r.waits_short), of(|r| r.waits_reached)) {
+                (Some(short), Some(reached)) => format!("{short}/{}", short + reached),
+                _ => "?".to_owned(),
+            }
+        };
+        println!(
+            "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16}",
+            v,
+            describe(v),
+            format!("{}{star}", fmt(tps(v), 0)),
+            fmt(lat(v), 2),
+            fmt(tps_ratio, 2),
+            fmt(lat_ratio, 2),
+            fmt(cpu, 1),
+            waits
+        );
+    }
+    println!("(TPS/a, lat/a: against plain; CPU us: lagrouter's user+sys CPU per transaction;");
+    println!(" waits short: wait_replicas calls that returned fewer replicas than asked, i.e.");
+    println!(" timed out after {WAIT_MS} ms, summed over all runs)");
+    for r in runs.iter().filter(|r| r.status != "ok") {
+        println!("not ok: r{} {}: {} {}", r.rep, r.variant, r.status, r.error);
+    }
+}
+
+fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
+    let mut f = File::create(path)?;
+    let head = "rep variant tps lat_ms xacts failed aborted_clients status cpu_us_per_txn \
+                waits_reached waits_short first_error";
+    writeln!(f, "{}", head.replace(' ', "\t"))?;
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+    let int = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+    for r in runs {
+        let cells = [
+            r.rep.to_string(),
+            r.variant.clone(),
+            opt(r.tps),
+            opt(r.lat_ms),
+            r.xacts.to_string(),
+            r.failed.to_string(),
+            r.aborted.to_string(),
+            r.status.clone(),
+            opt(r.cpu_us),
+            int(r.waits_reached),
+            int(r.waits_short),
+            r.error.clone(),
+        ];
+        writeln!(f, "{}", cells.join("\t"))?;
+    }
+    Ok(())
+}
+
+/// target/write-safety/<UTC timestamp>/, in the target directory the
+/// lagrouter binary was built in (honours CARGO_TARGET_DIR).
+fn out_dir() -> Result<PathBuf> {
+    let bin = lagrouter_bin()?;
+    let target = bin.parent().and_then(Path::parent);
+    let stamp = Command::new("date")
+        .arg("-u")
+        .arg("+%Y%m%d-%H%M%SZ")
+        .output()?;
+    let stamp = String::from_utf8_lossy(&stamp.stdout).trim().to_owned();
+    let dir = target
+        .context("no target directory")?
+        .join("write-safety")
+        .join(stamp);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --benches` runs bench targets without --bench.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("write_safety: run it with `cargo bench --bench write_safety`");
+        return Ok(());
+    }
+    let o = parse_args(&args)?;
+    let out = out_dir()?;
+    println!(
+        "starting a primary and 2 replicas; pgbench -i -s {} ...",
+        o.scale
+    );
+    let c = Cluster::start(ClusterOptions::default()).context("starting the cluster")?;
+    c.pgbench_init(o.scale)?;
+    c.sql(0, "vacuum analyze")?;
+    c.wait_caught_up(Duration::from_secs(120))?;
+    let plain = start_lagrouter(&c, "lagrouter", false, &out)?;
+    let gate = if o.variants.iter().any(|v| v == "gate") {
+        Some(start_lagrouter(&c, "lagrouter-gate", true, &out)?)
+    } else {
+        None
+    };
+    println!(
+        "lagrouter: 127.0.0.1:{} (metrics :{}){}",
+        plain.port,
+        plain.metrics_port,
+        gate.as_ref().map_or(String::new(), |g| format!(
+            "; lagrouter-gate: 127.0.0.1:{} (metrics :{})",
+            g.port, g.metrics_port
+        ))
+    );
+    let proxy_of = |v: &str| {
+        if v == "gate" {
+            gate.as_ref()
+        } else {
+            Some(&plain)
+        }
+    };
+    // Warm-up, not reported: caches, pools, the function catalog.
+    if o.warmup > 0 {
+        for p in [Some(&plain), gate.as_ref()].into_iter().flatten() {
+            let log = out.join(format!("warmup-{}.log", p.name));
+            run_pgbench(&c, &o, p, "plain", o.warmup, &out, &log)?;
+        }
+    }
+    let total = o.variants.len() * o.repeats as usize;
+    let mut runs = Vec::new();
+    for rep in 1..=o.repeats {
+        for v in &o.variants {
+            let p = proxy_of(v).context("no proxy for the variant")?;
+            print!(
+                "[{}/{total}] {v} ({}) {}s ... ",
+                runs.len() + 1,
+                p.name,
+                o.secs
+            );
+            std::io::stdout().flush()?;
+            let log = out.join(format!("r{rep}-{v}.log"));
+            let mut run = run_pgbench(&c, &o, p, v, o.secs, &out, &log)?;
+            run.rep = rep;
+            let waits = match (run.waits_short, run.waits_reached) {
+                (Some(s), Some(r)) => format!(", {s}/{} waits short", s + r),
+                _ => String::new(),
+            };
+            println!(
+                "{:.0} tps, {:.2} ms{waits} {}",
+                run.tps.unwrap_or(0.),
+                run.lat_ms.unwrap_or(0.),
+                run.status
+            );
+            runs.push(run);
+        }
+    }
+    drop(gate);
+    drop(plain);
+    print_table(&o, &runs);
+    let tsv = out.with_extension("tsv");
+    write_tsv(&tsv, &runs)?;
+    println!("\nresults: {} (raw logs: {})", tsv.display(), out.display());
+    Ok(())
+}
