@@ -31,7 +31,7 @@ use crate::conn::{ConnTarget, connect};
 use crate::{HealthSnapshot, Lsn, NodeState, SharedSnapshot};
 
 /// How often replicas are polled while someone waits.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Poll connections unused this long are closed.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
@@ -224,11 +224,17 @@ async fn poll(config: ConfigHandle, inner: Arc<Inner>) {
                 }
             }
         }
-        inner.positions.send_modify(|p| {
+        // Wake the waiters only when a position moved.
+        inner.positions.send_if_modified(|p| {
+            let mut moved = false;
             for (name, lsn) in got {
-                let e = p.entry(name).or_insert(lsn);
-                *e = (*e).max(lsn);
+                let e = p.entry(name).or_insert(Lsn(0));
+                if lsn > *e {
+                    *e = lsn;
+                    moved = true;
+                }
             }
+            moved
         });
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
