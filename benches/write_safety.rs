@@ -25,7 +25,9 @@ use lagrouter::pgcluster::{Cluster, ClusterOptions};
 
 const USAGE: &str = "options: -T SECS (10) -c CLIENTS (8) -j THREADS (2) -r REPEATS (3)
   -M simple|extended|prepared (simple)   --scale N (10)   --warmup SECS (2, 0 = none)
-  --variants plain,wait1,gate,wait2 (all four)";
+  --variants plain,wait1,gate,wait2 (all four)
+  --gate-lag BYTES (67108864: [safety] min_replicas_max_lag_bytes of the gate variant;
+                    0 = unset, i.e. [health] max_lag_bytes, 1 MiB by default)";
 const ALL_VARIANTS: [&str; 4] = ["plain", "wait1", "gate", "wait2"];
 /// Extra time a pgbench gets beyond -T before it counts as hung.
 const GRACE: Duration = Duration::from_secs(60);
@@ -45,6 +47,7 @@ struct Opts {
     scale: u32,
     warmup: u64,
     variants: Vec<String>,
+    gate_lag: u64,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -64,6 +67,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         scale: 10,
         warmup: 2,
         variants: list(&ALL_VARIANTS.join(",")),
+        gate_lag: 64 << 20,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -81,6 +85,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--scale" => o.scale = val()?.parse()?,
             "--warmup" => o.warmup = val()?.parse()?,
             "--variants" => o.variants = list(val()?),
+            "--gate-lag" => o.gate_lag = val()?.parse()?,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -192,8 +197,9 @@ fn lagrouter_bin() -> Result<PathBuf> {
 }
 
 /// The shipped defaults plus a metrics endpoint; `gate` adds
-/// `[safety] min_replicas_to_write = 1` (lag limits: `[health]`'s).
-fn lagrouter_config(c: &Cluster, port: u16, metrics_port: u16, gate: bool) -> String {
+/// `[safety] min_replicas_to_write = 1` and, unless `gate_lag` is 0,
+/// `min_replicas_max_lag_bytes = gate_lag`.
+fn lagrouter_config(c: &Cluster, port: u16, metrics_port: u16, gate: Option<u64>) -> String {
     let (user, password) = (c.app_user(), c.app_password());
     let mut t = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
@@ -212,13 +218,21 @@ fn lagrouter_config(c: &Cluster, port: u16, metrics_port: u16, gate: bool) -> St
         );
     }
     t += &format!("\n[health]\ndatabase = \"{}\"\n", c.database());
-    if gate {
+    if let Some(lag) = gate {
         t += "\n[safety]\nmin_replicas_to_write = 1\n";
+        if lag > 0 {
+            t += &format!("min_replicas_max_lag_bytes = {lag}\n");
+        }
     }
     t
 }
 
-fn start_lagrouter(c: &Cluster, name: &'static str, gate: bool, out: &Path) -> Result<Proxy> {
+fn start_lagrouter(
+    c: &Cluster,
+    name: &'static str,
+    gate: Option<u64>,
+    out: &Path,
+) -> Result<Proxy> {
     let (port, metrics_port) = (free_port()?, free_port()?);
     let conf = out.join(format!("{name}.toml"));
     fs::write(&conf, lagrouter_config(c, port, metrics_port, gate))?;
@@ -336,8 +350,9 @@ fn value(text: &str, series: &str) -> Option<f64> {
     found
 }
 
-/// Waits counted by outcome so far: (reached, timeout).
-fn wait_counts(port: u16) -> Option<(f64, f64)> {
+/// Writes the gate refused so far, and waits counted by outcome so far:
+/// (refused, reached, timeout).
+fn counts(port: u16) -> Option<(f64, f64, f64)> {
     let m = scrape(port).ok()?;
     let of = |outcome: &str| {
         m.lines()
@@ -346,7 +361,8 @@ fn wait_counts(port: u16) -> Option<(f64, f64)> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    Some((of("reached"), of("timeout")))
+    let refused = value(&m, "lagrouter_writes_refused_total").unwrap_or(0.0);
+    Some((refused, of("reached"), of("timeout")))
 }
 
 /// User + system CPU time of a process so far, in seconds.
@@ -396,6 +412,7 @@ struct Run {
     cpu_us: Option<f64>,
     waits_reached: Option<u64>,
     waits_short: Option<u64>,
+    refused: Option<u64>,
     error: String,
 }
 
@@ -449,9 +466,9 @@ fn run_pgbench(
         .arg(&file)
         .arg(c.database());
     let pid = p.proc.0.id();
-    let (cpu_before, waits_before) = (cpu_secs(pid), wait_counts(p.metrics_port));
+    let (cpu_before, counts_before) = (cpu_secs(pid), counts(p.metrics_port));
     let status = Proc::spawn(&mut cmd, log)?.wait_for(Duration::from_secs(secs) + GRACE);
-    let (cpu_after, waits_after) = (cpu_secs(pid), wait_counts(p.metrics_port));
+    let (cpu_after, counts_after) = (cpu_secs(pid), counts(p.metrics_port));
     let mut run = Run {
         variant: variant.into(),
         ..Run::default()
@@ -460,11 +477,13 @@ fn run_pgbench(
     parse_pgbench(&mut run, &text, status, o.clients);
     let cpu = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
     run.cpu_us = cpu.map(|(a, b)| (b - a) * 1e6 / run.xacts as f64);
-    if asked(variant) > 0
-        && let Some((before, after)) = waits_before.zip(waits_after)
-    {
-        run.waits_reached = Some((after.0 - before.0).max(0.0) as u64);
-        run.waits_short = Some((after.1 - before.1).max(0.0) as u64);
+    if let Some((before, after)) = counts_before.zip(counts_after) {
+        let delta = |a: f64, b: f64| Some((a - b).max(0.0) as u64);
+        run.refused = delta(after.0, before.0);
+        if asked(variant) > 0 {
+            run.waits_reached = delta(after.1, before.1);
+            run.waits_short = delta(after.2, before.2);
+        }
     }
     Ok(run)
 }
@@ -497,9 +516,23 @@ fn print_table(o: &Opts, runs: &[Run]) {
     let (c, j, s, r, m, scale) = (o.clients, o.threads, o.secs, o.repeats, &o.mode, o.scale);
     println!("\npgbench -M {m} -c {c} -j {j} -T {s}, scale {scale}: median of {r} run(s)");
     println!("(runs with aborted clients excluded; * = some runs not ok)");
+    if o.variants.iter().any(|v| v == "gate") {
+        match o.gate_lag {
+            0 => println!("(gate: min_replicas_max_lag_bytes unset, i.e. [health] max_lag_bytes)"),
+            b => println!("(gate: min_replicas_max_lag_bytes = {b})"),
+        }
+    }
     println!(
-        "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16}",
-        "variant", "script", "TPS", "lat ms", "TPS/a", "lat/a", "CPU us", "waits short/all"
+        "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16} {:>8}",
+        "variant",
+        "script",
+        "TPS",
+        "lat ms",
+        "TPS/a",
+        "lat/a",
+        "CPU us",
+        "waits short/all",
+        "refused"
     );
     let tps = |v: &str| median_of(runs, v, |r| r.tps);
     let lat = |v: &str| median_of(runs, v, |r| r.lat_ms);
@@ -522,8 +555,13 @@ fn print_table(o: &Opts, runs: &[Run]) {
                 _ => "?".to_owned(),
             }
         };
+        let refused: Option<u64> = runs
+            .iter()
+            .filter(|r| r.variant == v)
+            .map(|r| r.refused)
+            .sum();
         println!(
-            "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16}",
+            "{:<8} {:<40} {:>9} {:>9} {:>8} {:>8} {:>9} {:>16} {:>8}",
             v,
             describe(v),
             format!("{}{star}", fmt(tps(v), 0)),
@@ -531,12 +569,14 @@ fn print_table(o: &Opts, runs: &[Run]) {
             fmt(tps_ratio, 2),
             fmt(lat_ratio, 2),
             fmt(cpu, 1),
-            waits
+            waits,
+            refused.map_or("?".into(), |n| n.to_string())
         );
     }
     println!("(TPS/a, lat/a: against plain; CPU us: lagrouter's user+sys CPU per transaction;");
     println!(" waits short: wait_replicas calls that returned fewer replicas than asked, i.e.");
-    println!(" timed out after {WAIT_MS} ms, summed over all runs)");
+    println!(" timed out after {WAIT_MS} ms, summed over all runs; refused: writes the gate");
+    println!(" refused (53000), summed over all runs)");
     for r in runs.iter().filter(|r| r.status != "ok") {
         println!("not ok: r{} {}: {} {}", r.rep, r.variant, r.status, r.error);
     }
@@ -545,7 +585,7 @@ fn print_table(o: &Opts, runs: &[Run]) {
 fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
     let mut f = File::create(path)?;
     let head = "rep variant tps lat_ms xacts failed aborted_clients status cpu_us_per_txn \
-                waits_reached waits_short first_error";
+                waits_reached waits_short refused first_error";
     writeln!(f, "{}", head.replace(' ', "\t"))?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     let int = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
@@ -562,6 +602,7 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
             opt(r.cpu_us),
             int(r.waits_reached),
             int(r.waits_short),
+            int(r.refused),
             r.error.clone(),
         ];
         writeln!(f, "{}", cells.join("\t"))?;
@@ -604,9 +645,14 @@ fn main() -> Result<()> {
     c.pgbench_init(o.scale)?;
     c.sql(0, "vacuum analyze")?;
     c.wait_caught_up(Duration::from_secs(120))?;
-    let plain = start_lagrouter(&c, "lagrouter", false, &out)?;
+    let plain = start_lagrouter(&c, "lagrouter", None, &out)?;
     let gate = if o.variants.iter().any(|v| v == "gate") {
-        Some(start_lagrouter(&c, "lagrouter-gate", true, &out)?)
+        Some(start_lagrouter(
+            &c,
+            "lagrouter-gate",
+            Some(o.gate_lag),
+            &out,
+        )?)
     } else {
         None
     };
@@ -648,10 +694,13 @@ fn main() -> Result<()> {
             let log = out.join(format!("r{rep}-{v}.log"));
             let mut run = run_pgbench(&c, &o, p, v, o.secs, &out, &log)?;
             run.rep = rep;
-            let waits = match (run.waits_short, run.waits_reached) {
+            let mut waits = match (run.waits_short, run.waits_reached) {
                 (Some(s), Some(r)) => format!(", {s}/{} waits short", s + r),
                 _ => String::new(),
             };
+            if let Some(n) = run.refused.filter(|&n| n > 0) {
+                waits += &format!(", {n} writes refused");
+            }
             println!(
                 "{:.0} tps, {:.2} ms{waits} {}",
                 run.tps.unwrap_or(0.),
