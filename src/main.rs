@@ -40,6 +40,11 @@ enum Command {
     },
 }
 
+/// mimalloc: the forwarding path allocates small buffers per message and
+/// per transaction; glibc's malloc was 15% of lagrouter's user time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -1,5 +1,5 @@
 //! Exports what the proxy counts in atomics (pools, clients, breaker,
-//! bytes) as Prometheus gauges and counters, once a second, so the
+//! bytes, routing decisions) as Prometheus gauges and counters, once a second, so the
 //! forwarding path never touches the metrics registry for them.
 
 use std::sync::Arc;
@@ -82,6 +82,27 @@ fn export_once(shared: &Shared) {
         .absolute(st.bytes_to_servers.load(Ordering::Relaxed));
     counter!("lagrouter_forwarded_bytes_total", "direction" => "to_clients")
         .absolute(st.bytes_to_clients.load(Ordering::Relaxed));
+    let rc = &shared.route_counters;
+    for ((node, primary, reason), n) in rc.decisions() {
+        let target = if primary { "primary" } else { "replica" };
+        counter!("lagrouter_route_decisions_total",
+            "node" => node.to_string(), "target" => target, "reason" => reason)
+        .absolute(n);
+    }
+    for (reason, c) in [
+        ("breaker_open", &rc.refused_breaker_open),
+        ("write_gate", &rc.refused_write_gate),
+        ("no_primary", &rc.refused_no_primary),
+    ] {
+        let n = c.load(Ordering::Relaxed);
+        if n > 0 {
+            counter!("lagrouter_route_decisions_total",
+                "node" => "none", "target" => "none", "reason" => reason)
+            .absolute(n);
+        }
+    }
+    counter!("lagrouter_writes_refused_total")
+        .absolute(rc.refused_write_gate.load(Ordering::Relaxed));
     let b = shared.router.breaker_status(Instant::now());
     for state in BREAKER_STATES {
         let on = if b.state.as_str() == state { 1.0 } else { 0.0 };

@@ -23,14 +23,14 @@ pub struct CancelTarget {
 #[derive(Debug)]
 pub struct CancelSlot {
     secret: i32,
-    target: Mutex<Option<CancelTarget>>,
+    target: Mutex<Option<Arc<CancelTarget>>>,
     /// Wakes a wait the proxy runs itself (`lagrouter.wait_replicas`).
     pub local: tokio::sync::Notify,
 }
 
 impl CancelSlot {
     /// Sets (attach) or clears (release) the target.
-    pub fn set(&self, target: Option<CancelTarget>) {
+    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
         if let Ok(mut t) = self.target.lock() {
             *t = target;
         }

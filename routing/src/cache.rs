@@ -8,6 +8,9 @@
 //! back to `current`, so hot statements survive. Memory stays bounded by
 //! entry count and by text bytes, and eviction costs no bookkeeping per hit.
 //!
+//! [`Classifier`] caches a text only the second time it sees it, so texts
+//! with inlined literals, seen once, do not churn the cache.
+//!
 //! Entries are keyed by a seeded 64-bit hash of the text and store the text
 //! to confirm a hit (a collision is a miss, never a wrong answer). Each
 //! entry also stores the epoch of the function catalog it was computed
@@ -16,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -182,7 +186,15 @@ struct Inputs {
 pub struct Classifier {
     cache: StatementCache,
     inputs: ArcSwap<Inputs>,
+    /// Admission filter: a text is cached only when it is seen a second
+    /// time (its hash is still in its slot here). Texts with inlined
+    /// literals are mostly seen once; caching them would only churn the
+    /// cache (allocate, evict, free) at every statement.
+    seen: Box<[AtomicU64]>,
 }
+
+/// Slots of the admission filter (a power of two).
+const SEEN_SLOTS: usize = 4096;
 
 impl Classifier {
     /// A classifier caching up to `capacity` statements, with the built-in
@@ -196,6 +208,7 @@ impl Classifier {
                 extra_source: Vec::new(),
                 epoch: 0,
             }),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -233,7 +246,11 @@ impl Classifier {
             return a;
         }
         let a = Arc::new(analyze(sql, &inputs.catalog, &inputs.extra));
-        self.cache.insert_keyed(key, sql, inputs.epoch, a.clone());
+        // The low bits pick the slot (the shard uses the top ones).
+        let slot = &self.seen[key as usize & (SEEN_SLOTS - 1)];
+        if slot.swap(key, Ordering::Relaxed) == key {
+            self.cache.insert_keyed(key, sql, inputs.epoch, a.clone());
+        }
         a
     }
 

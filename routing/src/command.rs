@@ -89,6 +89,11 @@ fn unknown_setting(name: &str) -> ProxyCommand {
 /// a proxy command; `SET lagrouter.*` inside one still takes effect through
 /// routing.
 pub fn parse_proxy_command(sql: &str) -> Option<ProxyCommand> {
+    // Every statement the proxy answers names `lagrouter`: skip lexing the
+    // others (every query a client sends comes through here).
+    if !mentions_lagrouter(sql) {
+        return None;
+    }
     let lexed = lex(sql, Backslash::Literal);
     if lexed.failed() {
         return None;
@@ -104,6 +109,14 @@ pub fn parse_proxy_command(sql: &str) -> Option<ProxyCommand> {
         return None;
     }
     parse_tokens(sql, toks)
+}
+
+/// Whether `sql` contains `lagrouter` in any letter case.
+fn mentions_lagrouter(sql: &str) -> bool {
+    const WORD: &[u8] = b"lagrouter";
+    sql.as_bytes()
+        .windows(WORD.len())
+        .any(|w| w[0] | 0x20 == b'l' && w.eq_ignore_ascii_case(WORD))
 }
 
 /// [`parse_proxy_command`] over one statement's code tokens.

@@ -127,11 +127,16 @@ pub struct NodeCounts {
     pub writes: AtomicU64,
 }
 
-/// Routing decisions, counted since start.
+/// A `lagrouter_route_decisions_total` series: node, `primary`, reason.
+pub type DecisionKey = (Arc<str>, bool, &'static str);
+
+/// Routing decisions, counted since start. The forwarding path only bumps
+/// atomics; the metrics exporter reads them once a second.
 #[derive(Default)]
 pub struct RouteCounters {
     nodes: ArcSwap<HashMap<Arc<str>, Arc<NodeCounts>>>,
     reasons: ArcSwap<HashMap<&'static str, Arc<AtomicU64>>>,
+    decisions: ArcSwap<HashMap<DecisionKey, Arc<AtomicU64>>>,
     pub to_primary: AtomicU64,
     pub to_replica: AtomicU64,
     pub refused_breaker_open: AtomicU64,
@@ -152,9 +157,18 @@ impl RouteCounters {
         let kind = if write { &counts.writes } else { &counts.reads };
         kind.fetch_add(1, Ordering::Relaxed);
         counted(&self.reasons, reason).fetch_add(1, Ordering::Relaxed);
+        counted(&self.decisions, (node.clone(), primary, reason)).fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a transaction the router refused (`breaker_open` or not).
+    /// Every (node, primary, reason) series with its count.
+    pub fn decisions(&self) -> Vec<(DecisionKey, u64)> {
+        self.decisions
+            .load()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Counts a refused transaction by its `lagrouter_route_decisions_total`
     /// reason (`breaker_open`, `write_gate`, `no_primary`).
     pub fn refused(&self, reason: &str) {

@@ -36,6 +36,9 @@ pub struct ServerConn {
     /// Backend process id and secret key, for CancelRequest.
     pub pid: i32,
     pub secret: Vec<u8>,
+    /// Where a client's CancelRequest goes while it runs on this connection
+    /// (built once, shared with the client's cancel slot).
+    cancel_target: Option<Arc<crate::cancel::CancelTarget>>,
     /// Parameters as the server last reported them, plus values the proxy set.
     pub params: BTreeMap<String, String>,
     /// Parameters as reported at login: the server's defaults for this
@@ -53,6 +56,20 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// The cancel target of this connection's backend.
+    pub fn cancel_target(&mut self) -> Arc<crate::cancel::CancelTarget> {
+        let (node, pid, secret) = (&self.node, self.pid, &self.secret);
+        self.cancel_target
+            .get_or_insert_with(|| {
+                Arc::new(crate::cancel::CancelTarget {
+                    addr: node.addr(),
+                    pid,
+                    secret: secret.clone(),
+                })
+            })
+            .clone()
+    }
+
     /// Connects and logs in; returns when the server is ready for queries.
     pub async fn connect(
         node: Arc<NodeAddr>,
@@ -99,6 +116,7 @@ impl ServerConn {
             node: node.clone(),
             pid: 0,
             secret: Vec::new(),
+            cancel_target: None,
             params: BTreeMap::new(),
             defaults: Arc::default(),
             synced_to: 0,

@@ -14,7 +14,7 @@ use super::local::{self, LocalStatements};
 use super::params::SessionParams;
 use super::statements::{Statement, Statements};
 use crate::auth::UserAuth;
-use crate::cancel::{CancelKey, CancelTarget};
+use crate::cancel::CancelKey;
 use crate::error::ProxyError;
 use crate::listener::Shared;
 use crate::protocol::MAX_MESSAGE_LEN;
@@ -718,30 +718,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let decision = match routed {
             Ok(d) => d,
             Err(e) => {
-                let reason = match &e {
+                shared.route_counters.refused(match &e {
                     lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
-                    lagrouter_routing::RouteError::WritesRefused { .. } => {
-                        metrics::counter!("lagrouter_writes_refused_total").increment(1);
-                        "write_gate"
-                    }
+                    lagrouter_routing::RouteError::WritesRefused { .. } => "write_gate",
                     _ => "no_primary",
-                };
-                shared.route_counters.refused(reason);
-                metrics::counter!("lagrouter_route_decisions_total",
-                    "node" => "none", "target" => "none", "reason" => reason)
-                .increment(1);
+                });
                 return Err(e.into());
             }
         };
         if let Some(node) = self.shared.node_addr(decision.node) {
-            let target = if decision.primary {
-                "primary"
-            } else {
-                "replica"
-            };
-            metrics::counter!("lagrouter_route_decisions_total",
-                "node" => node.name.to_string(), "target" => target, "reason" => decision.reason.as_str())
-            .increment(1);
             self.shared.route_counters.record(
                 &node.name,
                 decision.primary,
@@ -770,11 +755,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             conn.synced_to = self.params.fingerprint();
         }
-        self.cancel.slot.set(Some(CancelTarget {
-            addr: conn.node.addr(),
-            pid: conn.pid,
-            secret: conn.secret.clone(),
-        }));
+        self.cancel.slot.set(Some(conn.cancel_target()));
         self.server = Some(pc);
         if let Some(c) = &self.registered {
             c.attached(decision.node);
