@@ -32,6 +32,8 @@ use crate::{HealthSnapshot, Lsn, NodeState, SharedSnapshot};
 
 /// How often replicas are polled while someone waits.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// A node whose poll failed is not asked again for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Poll connections unused this long are closed.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
@@ -166,6 +168,9 @@ fn count(snap: &HealthSnapshot, polled: &Positions, lsn: Option<Lsn>) -> usize {
 
 async fn poll(config: ConfigHandle, inner: Arc<Inner>) {
     let mut clients: HashMap<String, (ConnTarget, Arc<Client>)> = HashMap::new();
+    // A node whose poll failed is left alone for a while: the health
+    // rounds will mark it unreachable; no reconnect storm every poll.
+    let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut last_busy = Instant::now();
     loop {
         if inner.waiters.load(Ordering::Relaxed) == 0 {
@@ -182,9 +187,14 @@ async fn poll(config: ConfigHandle, inner: Arc<Inner>) {
         last_busy = Instant::now();
         let cfg = config.load_full();
         let snap = inner.health.load_full();
+        let now = Instant::now();
+        failed.retain(|_, until| *until > now);
         let asks: Vec<_> = following(&snap)
             .filter_map(|i| {
                 let name = &snap.nodes[i].name;
+                if failed.contains_key(name) {
+                    return None;
+                }
                 let node = cfg.nodes.iter().find(|n| &n.name == name)?;
                 Some((name.clone(), ConnTarget::new(&cfg, node)))
             })
@@ -221,6 +231,7 @@ async fn poll(config: ConfigHandle, inner: Arc<Inner>) {
                 }
                 None => {
                     clients.remove(&name);
+                    failed.insert(name, Instant::now() + RETRY_AFTER);
                 }
             }
         }
@@ -252,4 +263,73 @@ async fn replay_lsn(client: &Client) -> Option<Lsn> {
         SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arc_swap::ArcSwap;
+    use lagrouter_config::Config;
+
+    fn snapshot() -> HealthSnapshot {
+        let cfg = Config::from_toml_str(
+            "[[users]]\nname = \"app\"\npassword = \"app\"\n\
+             [[nodes]]\nname = \"p\"\nhost = \"h\"\nrole = \"primary\"\n\
+             [[nodes]]\nname = \"r1\"\nhost = \"h\"\nrole = \"replica\"\n\
+             [[nodes]]\nname = \"r2\"\nhost = \"h\"\nrole = \"replica\"\n",
+        )
+        .unwrap();
+        let mut s = HealthSnapshot::initial(&cfg);
+        for (i, n) in s.nodes.iter_mut().enumerate() {
+            n.state = NodeState::Healthy;
+            n.in_recovery = Some(i != 0);
+            n.timeline = Some(1);
+            n.replay_lsn = Some(Lsn(100));
+        }
+        s
+    }
+
+    #[test]
+    fn counts_following_replicas_that_replayed() {
+        let mut s = snapshot();
+        let polled = Positions::from([("r2".to_string(), Lsn(300))]);
+        assert_eq!(count(&s, &polled, None), 2);
+        assert_eq!(count(&s, &polled, Some(Lsn(100))), 2);
+        assert_eq!(
+            count(&s, &polled, Some(Lsn(200))),
+            1,
+            "r2 by its polled position"
+        );
+        s.nodes[2].timeline = Some(2);
+        assert_eq!(
+            count(&s, &polled, Some(Lsn(200))),
+            0,
+            "another timeline never counts"
+        );
+        s.nodes[1].state = NodeState::Unreachable;
+        assert_eq!(count(&s, &polled, None), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_returns_when_a_poll_shows_the_lsn_or_at_the_timeout() {
+        let w = ReplayWaiter::idle(
+            Arc::new(ArcSwap::from_pointee(snapshot())),
+            CancellationToken::new(),
+        );
+        assert_eq!(w.wait(Some(Lsn(100)), 2, Duration::from_secs(1)).await, 2);
+        let t0 = Instant::now();
+        assert_eq!(w.wait(Some(Lsn(150)), 1, Duration::from_secs(2)).await, 0);
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        let waiter = tokio::spawn({
+            let w = w.clone();
+            async move { w.wait(Some(Lsn(150)), 1, Duration::from_secs(60)).await }
+        });
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(w.waiting(), 1);
+        w.inner.positions.send_modify(|p| {
+            p.insert("r1".into(), Lsn(150));
+        });
+        assert_eq!(waiter.await.unwrap(), 1);
+        assert_eq!(w.waiting(), 0);
+    }
 }
