@@ -1141,9 +1141,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// `lagrouter.wait_replicas`: waits on the health monitor's replay
     /// positions, holding no server connection (unless the client's own
     /// transaction holds one), and answers how many replicas replayed the
-    /// session's LSN. Anything the client has sent meanwhile waits in the
-    /// socket.
-    /// `None`: the client cancelled it (CancelRequest).
+    /// session's LSN; `None` when the client cancelled it (CancelRequest).
+    /// What the client sends meanwhile is read into its buffer (up to the
+    /// read-ahead limit) and handled after the answer.
     async fn wait_replicas(&mut self, w: local::Wait) -> Result<Option<usize>, End> {
         // A write pipelined right before the wait must be acknowledged and
         // its commit LSN known first.
