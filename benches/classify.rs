@@ -1,7 +1,8 @@
 //! Classifier benchmarks: the hot path of routing.
 //!
 //! Budgets: a cached statement at most 200 ns; a first-seen 200-byte
-//! SELECT at most 1 µs (lex + classify + cache insert).
+//! SELECT at most 1 µs (lex + classify + cache insert); a text with
+//! inlined literals whose shape was seen before, a cached statement.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,19 +35,49 @@ fn benches(c: &mut Criterion) {
     });
 
     // First sight through the cache: a new text each time (a different
-    // comment), so every call lexes, classifies and inserts.
+    // comment, in letters: texts that differ only in digits share an
+    // entry), so every call lexes and classifies.
     let n = AtomicU64::new(0);
     c.bench_function("classify/first_seen_200B", |b| {
         b.iter_batched(
             || {
                 let i = n.fetch_add(1, Ordering::Relaxed);
                 let base = SELECT_200.strip_suffix(" /*x*/").unwrap();
-                format!("{base} /*{:06}*/", i % 1_000_000)
+                format!("{base} /*{}*/", letters(i % 1_000_000))
             },
             |sql| classifier.classify(&sql),
             BatchSize::SmallInput,
         )
     });
+
+    // Inlined literals, as `pgbench -S` sends: a new text each time, but
+    // of one shape, so a cache hit.
+    let n = AtomicU64::new(0);
+    c.bench_function("classify/inlined_literal", |b| {
+        b.iter_batched(
+            || {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                    i % 1_000_000
+                )
+            },
+            |sql| classifier.classify(&sql),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// `i` in base 26, as letters.
+fn letters(mut i: u64) -> String {
+    let mut s = String::new();
+    loop {
+        s.push((b'a' + (i % 26) as u8) as char);
+        i /= 26;
+        if i == 0 {
+            return s;
+        }
+    }
 }
 
 criterion_group!(classify, benches);

@@ -19,7 +19,6 @@ use crate::auth::UserDirectory;
 use crate::cancel::CancelRegistry;
 use crate::protocol::backend::{self, Severity};
 use crate::server::{NodeAddr, Pools};
-use crate::session::patterns::SessionPatterns;
 
 /// Counters the proxy keeps about its clients.
 #[derive(Debug, Default)]
@@ -41,7 +40,6 @@ pub struct Shared {
     pub pools: Pools,
     pub cancel: Arc<CancelRegistry>,
     pub tls: Option<TlsAcceptor>,
-    pub patterns: SessionPatterns,
     pub stats: ProxyStats,
     pub reload: crate::reload::ReloadState,
     /// Connected clients, for the admin console's `SHOW CLIENTS`.
@@ -130,7 +128,6 @@ impl Proxy {
             pools: Pools::default(),
             cancel: Arc::new(CancelRegistry::default()),
             tls,
-            patterns: SessionPatterns::default(),
             stats: ProxyStats::default(),
             reload: crate::reload::ReloadState::default(),
             clients: Default::default(),

@@ -11,14 +11,15 @@
 //! [`Classifier`] caches a text only the second time it sees it, so texts
 //! with inlined literals, seen once, do not churn the cache.
 //!
-//! Entries are keyed by a seeded 64-bit hash of the text and store the text
-//! to confirm a hit (a collision is a miss, never a wrong answer). Each
+//! Entries are keyed by a seeded 64-bit hash of the text's shape
+//! (`crate::shape`: texts that differ only in their numbers share an
+//! entry, unless their digits may matter) and store the text to confirm a
+//! hit (a collision is a miss, never a wrong answer). Each
 //! entry also stores the epoch of the function catalog it was computed
 //! with: a new catalog or `read_only_functions` list invalidates everything
 //! at once without a sweep.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +28,8 @@ use arc_swap::ArcSwap;
 use crate::classify::{Analysis, Class, analyze};
 use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
 use crate::hash::{FxBuild, IdentityBuild};
+use crate::server_effects::{ServerEffects, server_effects};
+use crate::shape::{digits_matter, same_shape, shape_hash};
 
 /// Statements longer than this are classified every time, not cached (a
 /// huge text is rare and would crowd out many small ones).
@@ -36,8 +39,24 @@ const SHARDS: usize = 16;
 
 struct Entry {
     text: Box<str>,
+    /// Whether the analysis holds for every text of this one's shape (its
+    /// digits do not matter), or only for this exact text.
+    shaped: bool,
     epoch: u64,
     analysis: Arc<Analysis>,
+}
+
+impl Entry {
+    /// Whether this entry answers for `sql` at `epoch`.
+    fn answers(&self, sql: &str, epoch: u64) -> bool {
+        self.epoch == epoch
+            && if self.shaped {
+                // Texts of one shape agree on whether digits matter.
+                same_shape(&self.text, sql)
+            } else {
+                &*self.text == sql
+            }
+    }
 }
 
 #[derive(Default)]
@@ -77,10 +96,10 @@ impl StatementCache {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key of `sql` (hash once, then [`Self::get_keyed`] and
-    /// [`Self::insert_keyed`] on a miss).
+    /// The key of `sql`: the hash of its shape (computed once, then
+    /// [`Self::get_keyed`] and [`Self::insert_keyed`] on a miss).
     pub fn key(&self, sql: &str) -> u64 {
-        self.hasher.hash_one(sql)
+        shape_hash(&self.hasher, sql)
     }
 
     /// The cached analysis of `sql` computed at `epoch`, if any.
@@ -92,10 +111,10 @@ impl StatementCache {
     pub fn get_keyed(&self, hash: u64, sql: &str, epoch: u64) -> Option<Arc<Analysis>> {
         let mut shard = self.shard(hash);
         if let Some(e) = shard.current.get(&hash) {
-            return (e.epoch == epoch && &*e.text == sql).then(|| e.analysis.clone());
+            return e.answers(sql, epoch).then(|| e.analysis.clone());
         }
         let e = shard.previous.remove(&hash)?;
-        if e.epoch != epoch || &*e.text != sql {
+        if !e.answers(sql, epoch) {
             return None;
         }
         let analysis = e.analysis.clone();
@@ -118,6 +137,7 @@ impl StatementCache {
         }
         let entry = Entry {
             text: sql.into(),
+            shaped: !digits_matter(sql),
             epoch,
             analysis,
         };
@@ -254,6 +274,18 @@ impl Classifier {
         a
     }
 
+    /// What `sql` does to its server connection: from the cached analysis
+    /// when there is one, else by matching the text (cheaper than a full
+    /// analysis, for statements that are not routed: those inside a
+    /// transaction).
+    pub fn server_effects(&self, sql: &str) -> ServerEffects {
+        let epoch = self.inputs.load().epoch;
+        match self.cache.get_keyed(self.cache.key(sql), sql, epoch) {
+            Some(a) => a.server,
+            None => server_effects(sql),
+        }
+    }
+
     /// The class of `sql`, from the cache when possible.
     pub fn classify(&self, sql: &str) -> Class {
         self.analyze(sql).class
@@ -274,6 +306,7 @@ mod tests {
             class,
             hints: Default::default(),
             effects: Box::new([]),
+            server: Default::default(),
         })
     }
 
@@ -282,8 +315,52 @@ mod tests {
         let c = StatementCache::new(100);
         c.insert("SELECT 1", 0, analysis(Class::Read));
         assert_eq!(c.get("SELECT 1", 0).unwrap().class, Class::Read);
-        assert!(c.get("SELECT 2", 0).is_none());
+        assert!(c.get("SELECT a", 0).is_none());
         assert!(c.get("SELECT 1", 1).is_none(), "a new epoch invalidates");
+    }
+
+    #[test]
+    fn texts_of_one_shape_share_an_entry() {
+        let c = StatementCache::new(100);
+        c.insert("SELECT * FROM t WHERE id = 1", 0, analysis(Class::Read));
+        assert!(c.get("SELECT * FROM t WHERE id = 12345", 0).is_some());
+        assert!(c.get("SELECT * FROM t WHERE id = a", 0).is_none());
+        assert!(c.get("SELECT * FROM t1 WHERE id = 1", 0).is_none());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn texts_whose_digits_matter_are_keyed_exactly() {
+        let k = Classifier::new(100);
+        for _ in 0..2 {
+            assert_eq!(
+                k.classify("BEGIN; SET transaction_read_only = 1"),
+                Class::Begin(crate::TxnMode {
+                    read_only: Some(true),
+                    serializable: false
+                })
+            );
+            assert_eq!(
+                k.classify("BEGIN; SET transaction_read_only = 2"),
+                Class::Write
+            );
+        }
+        for _ in 0..2 {
+            let a = k.analyze("SET default_transaction_read_only = 1");
+            assert!(!a.effects.is_empty());
+            let b = k.analyze("SET default_transaction_read_only = 7");
+            assert!(b.effects.is_empty());
+        }
+    }
+
+    #[test]
+    fn server_effects_come_from_the_cache_or_the_text() {
+        let k = Classifier::new(100);
+        assert!(k.server_effects("LISTEN c1").pins, "not cached yet");
+        k.analyze("LISTEN c1");
+        k.analyze("LISTEN c1");
+        assert!(k.server_effects("LISTEN c1").pins, "cached");
+        assert!(!k.server_effects("SELECT 1").pins);
     }
 
     #[test]

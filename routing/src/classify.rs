@@ -20,6 +20,7 @@ use crate::keywords::{
     is_builtin_operator, is_col_name_keyword, is_grammar_pair, is_infix_keyword, is_reserved,
 };
 use crate::lexer::{Backslash, Lexed, Token, TokenKind, lex};
+use crate::server_effects::{ServerEffects, server_effects};
 use crate::statements::{reset_statement, set_statement, txn_mode};
 
 /// A transaction's declared characteristics (`BEGIN ...`, `SET TRANSACTION ...`).
@@ -108,6 +109,9 @@ pub struct Analysis {
     pub class: Class,
     pub hints: Hints,
     pub effects: Box<[SessionEffect]>,
+    /// What it does to the server connection (pins it, drops prepared
+    /// statements).
+    pub server: ServerEffects,
 }
 
 /// Classifies `sql` with function volatility from `catalog` and the
@@ -128,6 +132,7 @@ pub fn analyze(sql: &str, catalog: &FunctionCatalog, extra: &ReadOnlyFunctions) 
             a.class = other.class;
         }
     }
+    a.server = server_effects(sql);
     a
 }
 
@@ -161,6 +166,7 @@ fn analyze_lexed(
         class,
         hints,
         effects: effects.into_boxed_slice(),
+        server: ServerEffects::default(),
     }
 }
 

@@ -78,6 +78,14 @@ impl FxBuild {
     }
 }
 
+#[cfg(test)]
+impl FxBuild {
+    /// A builder with a fixed seed, for tests.
+    pub(crate) fn with_seed(seed: u64) -> Self {
+        Self { seed }
+    }
+}
+
 impl Default for FxBuild {
     fn default() -> Self {
         Self::random()

@@ -20,6 +20,10 @@
 //! - `hash`: the fast seeded hasher for the cache and catalog.
 //! - `cache`: [`StatementCache`] (bounded, sharded, generational) and
 //!   [`Classifier`] (cache + catalog).
+//! - `server_effects`: [`server_effects`]: statements that pin a client
+//!   to its server connection or drop its prepared statements.
+//! - `shape`: texts that differ only in their numbers share one cached
+//!   analysis.
 //! - `hints`: `/* lagrouter:route=… min_lsn=… max_lag=… */` ([`Hints`]).
 //! - `command`: [`parse_proxy_command`]: `SET/RESET/SHOW lagrouter.*`.
 //! - `session`: [`SessionRouting`], per-client read-your-writes state.
@@ -42,7 +46,9 @@ mod hints;
 mod keywords;
 mod lexer;
 mod router;
+mod server_effects;
 mod session;
+mod shape;
 mod statements;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
@@ -55,4 +61,5 @@ pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
+pub use server_effects::{ServerEffects, server_effects};
 pub use session::{CommandOutcome, SessionRouting};

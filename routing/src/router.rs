@@ -21,7 +21,7 @@ use crate::cache::Classifier;
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
 use crate::gate::{GateStatus, WriteGate, gate_status};
-use crate::{CatchUp, Reason, RouteDecision, RouteError};
+use crate::{Analysis, CatchUp, Reason, RouteDecision, RouteError};
 
 /// Statements the classification cache holds at most.
 pub const CACHE_CAPACITY: usize = 10_000;
@@ -126,11 +126,30 @@ impl Router {
         now: Instant,
         in_use: &dyn Fn(usize) -> usize,
     ) -> Result<RouteDecision, RouteError> {
+        let analysis = self.analyze(sql);
+        self.route_analyzed(session, sql, &analysis, now, in_use)
+    }
+
+    /// The analysis of `sql` (cached), with the configured
+    /// `read_only_functions`.
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let classifier = &self.shared.classifier;
+        classifier.sync_read_only_functions(&self.config.load().routing.read_only_functions);
+        classifier.analyze(sql)
+    }
+
+    /// [`Router::route_with_load`] with `analysis` of `sql` from
+    /// [`Router::analyze`], for a caller that needs it too.
+    pub fn route_analyzed(
+        &self,
+        session: &mut SessionRouting,
+        sql: &str,
+        analysis: &Analysis,
+        now: Instant,
+        in_use: &dyn Fn(usize) -> usize,
+    ) -> Result<RouteDecision, RouteError> {
         let config = self.config.load();
         let rc = &config.routing;
-        let classifier = &self.shared.classifier;
-        classifier.sync_read_only_functions(&rc.read_only_functions);
-        let analysis = classifier.analyze(sql);
         for e in analysis.effects.iter() {
             session.apply_effect(e);
         }
@@ -138,7 +157,7 @@ impl Router {
         let drained = self.shared.drained.load();
         let ctx = RouteContext {
             sql,
-            analysis: &analysis,
+            analysis,
             session_route: session.route_override(),
             default_read_only: session.default_read_only(),
             required_lsn: session.required_lsn(rc.read_your_writes, analysis.hints.min_lsn),

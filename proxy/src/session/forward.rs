@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use lagrouter_config::{Config, PoolMode};
 use lagrouter_health::Lsn;
-use lagrouter_routing::{ProxyCommand, SessionRouting, parse_proxy_command};
+use lagrouter_routing::{ProxyCommand, ServerEffects, SessionRouting, parse_proxy_command};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::local::{self, LocalStatements};
@@ -328,12 +328,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
-                if let Err(e) = self.attach(sql, None).await {
-                    self.synthetic_error(&e);
-                    self.synthetic_ready();
-                    return Ok(());
-                }
-                self.note_effects(sql);
+                let fx = match self.attach(sql, None).await {
+                    Ok(fx) => fx,
+                    Err(e) => {
+                        self.synthetic_error(&e);
+                        self.synthetic_ready();
+                        return Ok(());
+                    }
+                };
+                self.note_effects(sql, fx);
                 self.to_server.extend_from_slice(&frame);
                 self.expect.push(Req::Query, true);
             }
@@ -367,16 +370,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         ));
                         return Ok(());
                     }
-                    self.note_effects(p.query);
+                    self.note_effects(p.query, None);
                     self.synthetic_empty(b'1');
                     self.drain_synthetic();
                     return Ok(());
                 }
-                if let Err(e) = self.attach(p.query, Some(&frame)).await {
-                    self.fail_extended(&e);
-                    return Ok(());
-                }
-                self.note_effects(p.query);
+                let fx = match self.attach(p.query, Some(&frame)).await {
+                    Ok(fx) => fx,
+                    Err(e) => {
+                        self.fail_extended(&e);
+                        return Ok(());
+                    }
+                };
+                self.note_effects(p.query, fx);
                 if p.name.is_empty() {
                     self.to_server.extend_from_slice(&frame);
                     self.expect.push(Req::Parse, true);
@@ -635,8 +641,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         true
     }
 
-    fn note_effects(&mut self, sql: &str) {
-        let fx = self.shared.patterns.effects(sql);
+    /// Applies what `sql` does to the server connection; `known` when
+    /// routing just analyzed it.
+    fn note_effects(&mut self, sql: &str, known: Option<ServerEffects>) {
+        let fx = known.unwrap_or_else(|| self.shared.router.classifier().server_effects(sql));
         if fx.drops_statements {
             if let Some(pc) = self.server.as_mut() {
                 pc.conn().prepared.clear();
@@ -658,15 +666,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Attaches a server connection for the transaction that starts with
     /// `sql`, if none is attached. For an extended-protocol message
-    /// (`frame`), the rest of its batch is classified with it.
-    async fn attach(&mut self, sql: &str, frame: Option<&Bytes>) -> Result<(), ProxyError> {
+    /// (`frame`), the rest of its batch is classified with it. Returns what
+    /// `sql` does to its server connection when it analyzed `sql` alone.
+    async fn attach(
+        &mut self,
+        sql: &str,
+        frame: Option<&Bytes>,
+    ) -> Result<Option<ServerEffects>, ProxyError> {
         if self.server.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         self.config = self.shared.config.load_full();
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
+        let analysis = shared.router.analyze(text);
         let mut routed = {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
@@ -677,9 +691,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .get(node)
                     .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
             };
-            shared
-                .router
-                .route_with_load(&mut self.routing, text, Instant::now(), &in_use)
+            shared.router.route_analyzed(
+                &mut self.routing,
+                text,
+                &analysis,
+                Instant::now(),
+                &in_use,
+            )
         };
         let mut caught_up = None;
         if let Ok(d) = &routed
@@ -695,7 +713,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // the session's later writes would follow it to a replica.
         if let Ok(d) = &routed
             && !d.primary
-            && self.shared.patterns.effects(text).pins
+            && analysis.server.pins
         {
             if let Some(pc) = caught_up.take() {
                 pc.release();
@@ -760,7 +778,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(c) = &self.registered {
             c.attached(decision.node);
         }
-        Ok(())
+        Ok(batch.is_none().then_some(analysis.server))
     }
 
     async fn checkout(&mut self, node: usize) -> Result<PooledConn, ProxyError> {

@@ -14,12 +14,10 @@
 //! - `local`: `SET`/`SHOW lagrouter.*`, answered by the proxy itself.
 //! - `params`: tracked settings and the `SET`s that restore them.
 //! - `statements`: the client's prepared statements and their server names.
-//! - `patterns`: statements that pin a session or drop server statements.
 
 mod forward;
 mod local;
 pub mod params;
-pub mod patterns;
 pub mod startup;
 pub mod statements;
 

@@ -1,15 +1,19 @@
-//! Statements that change how the proxy must treat a session: those whose
-//! effect outlives the transaction (pin the client to its server
-//! connection) and those that drop server-side prepared statements.
+//! Statements whose effect reaches past the proxy's view of a transaction,
+//! into the server connection: those whose state outlives the transaction
+//! (the client must keep its server connection: it is *pinned*) and those
+//! that drop server-side prepared statements.
 //!
 //! Matching is lexical and errs towards pinning: a false match only costs
-//! pooling for that one client.
+//! pooling for that one client. No pattern contains a digit, so texts of
+//! the same shape (`crate::shape`) always match alike.
+
+use std::sync::LazyLock;
 
 use regex::{Regex, RegexSet};
 
-/// What a statement does to the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Effects {
+/// What a statement does to the server connection it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ServerEffects {
     /// State that lives beyond the transaction: the session keeps its server.
     pub pins: bool,
     /// `DISCARD`/`DEALLOCATE`: server-side prepared statements are gone.
@@ -33,36 +37,35 @@ const DROP_STATEMENTS: &[&str] = &[r"(?i)\b(discard|deallocate)\b"];
 const KEYWORDS: &str =
     r"(?i)listen|advisory|temp|hold|prepare|role|authorization|discard|deallocate";
 
-/// Compiled matchers, shared by all sessions.
-pub struct SessionPatterns {
+/// Compiled matchers: immutable, built on first use.
+struct Patterns {
     keywords: Regex,
     set: RegexSet,
 }
 
-impl Default for SessionPatterns {
-    fn default() -> Self {
-        let all: Vec<&str> = PIN.iter().chain(DROP_STATEMENTS).copied().collect();
-        SessionPatterns {
-            keywords: Regex::new(KEYWORDS).expect("keywords are valid"),
-            set: RegexSet::new(all).expect("patterns are valid"),
-        }
+static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| {
+    let all: Vec<&str> = PIN.iter().chain(DROP_STATEMENTS).copied().collect();
+    Patterns {
+        keywords: Regex::new(KEYWORDS).expect("keywords are valid"),
+        set: RegexSet::new(all).expect("patterns are valid"),
     }
-}
+});
 
-impl SessionPatterns {
-    /// What `sql` does to the session.
-    pub fn effects(&self, sql: &str) -> Effects {
-        if !self.keywords.is_match(sql) {
-            return Effects::default();
-        }
-        let m = self.set.matches(sql);
-        if !m.matched_any() {
-            return Effects::default();
-        }
-        Effects {
-            pins: (0..PIN.len()).any(|i| m.matched(i)),
-            drops_statements: (PIN.len()..PIN.len() + DROP_STATEMENTS.len()).any(|i| m.matched(i)),
-        }
+/// What `sql` does to the server connection it runs on. Cached with the
+/// rest of a text's analysis: see [`crate::Analysis::server`] and
+/// [`crate::Classifier::server_effects`].
+pub fn server_effects(sql: &str) -> ServerEffects {
+    let p = &*PATTERNS;
+    if !p.keywords.is_match(sql) {
+        return ServerEffects::default();
+    }
+    let m = p.set.matches(sql);
+    if !m.matched_any() {
+        return ServerEffects::default();
+    }
+    ServerEffects {
+        pins: (0..PIN.len()).any(|i| m.matched(i)),
+        drops_statements: (PIN.len()..PIN.len() + DROP_STATEMENTS.len()).any(|i| m.matched(i)),
     }
 }
 
@@ -72,7 +75,6 @@ mod tests {
 
     #[test]
     fn pins_session_state() {
-        let p = SessionPatterns::default();
         for sql in [
             "LISTEN chan",
             "select pg_advisory_lock(1)",
@@ -86,7 +88,7 @@ mod tests {
             "SET ROLE other",
             "SET SESSION AUTHORIZATION other",
         ] {
-            assert!(p.effects(sql).pins, "{sql}");
+            assert!(server_effects(sql).pins, "{sql}");
         }
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
@@ -95,7 +97,15 @@ mod tests {
             "SELECT * FROM holdings",
             "SET LOCAL role_x = 1",
         ] {
-            assert!(!p.effects(sql).pins, "{sql}");
+            assert!(!server_effects(sql).pins, "{sql}");
+        }
+    }
+
+    #[test]
+    fn no_pattern_names_a_digit() {
+        // Texts of the same shape share one cached analysis (crate::shape).
+        for p in PIN.iter().chain(DROP_STATEMENTS).chain([&KEYWORDS]) {
+            assert!(!p.bytes().any(|b| b.is_ascii_digit()), "{p}");
         }
     }
 
@@ -121,9 +131,8 @@ mod tests {
 
     #[test]
     fn statement_dropping_commands() {
-        let p = SessionPatterns::default();
-        assert!(p.effects("DISCARD ALL").drops_statements);
-        assert!(p.effects("deallocate all").drops_statements);
-        assert!(!p.effects("SELECT 1").drops_statements);
+        assert!(server_effects("DISCARD ALL").drops_statements);
+        assert!(server_effects("deallocate all").drops_statements);
+        assert!(!server_effects("SELECT 1").drops_statements);
     }
 }
