@@ -57,11 +57,6 @@ impl Shared {
         self.nodes.load().iter().find(|n| &*n.name == name).cloned()
     }
 
-    /// The address of node `i` in the current config.
-    pub fn node_addr(&self, i: usize) -> Option<Arc<NodeAddr>> {
-        self.nodes.load().get(i).cloned()
-    }
-
     /// Applies a new (validated) config to users and nodes.
     pub fn apply_config(&self, config: &Config) {
         self.users

@@ -27,6 +27,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; 9] = [
+        Reason::Write,
+        Reason::Healthy,
+        Reason::ReadYourWrites,
+        Reason::LagThresholdExceeded,
+        Reason::NoReplica,
+        Reason::Rule,
+        Reason::Hint,
+        Reason::BreakerOpen,
+        Reason::StaleServed,
+    ];
+
+    /// Its position in [`Reason::ALL`], to index counters by.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -141,6 +159,18 @@ impl RouteError {
                  for [health] recover_after_checks consecutive checks; SHOW SAFETY in the admin \
                  console shows the gate."
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_listed_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use lagrouter_routing::Reason;
 
 tokio::task_local! {
     /// The peer address of the client the current task serves. Set by the
@@ -120,53 +121,91 @@ impl Drop for ClientEntry {
     }
 }
 
-/// Transactions a node was given, by kind.
+/// Transactions routed to one node, by target kind (primary or replica),
+/// by whether they may write, and by [`Reason`]. Sessions hold it through
+/// their pool: counting is one atomic add.
 #[derive(Debug, Default)]
 pub struct NodeCounts {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
+    by: [[AtomicU64; Reason::ALL.len()]; 4],
+}
+
+impl NodeCounts {
+    /// Counts one transaction.
+    pub fn record(&self, primary: bool, write: bool, reason: Reason) {
+        self.by[slot(primary, write)][reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Transactions matching `primary`, `write` and `reason` (`None`: any).
+    fn count(&self, primary: Option<bool>, write: Option<bool>, reason: Option<Reason>) -> u64 {
+        let mut n = 0;
+        for p in [false, true] {
+            for w in [false, true] {
+                if primary.is_some_and(|x| x != p) || write.is_some_and(|x| x != w) {
+                    continue;
+                }
+                let row = &self.by[slot(p, w)];
+                n += match reason {
+                    Some(r) => row[r.index()].load(Ordering::Relaxed),
+                    None => row.iter().map(|c| c.load(Ordering::Relaxed)).sum(),
+                };
+            }
+        }
+        n
+    }
+
+    /// Read transactions.
+    pub fn reads(&self) -> u64 {
+        self.count(None, Some(false), None)
+    }
+
+    /// Transactions that may write.
+    pub fn writes(&self) -> u64 {
+        self.count(None, Some(true), None)
+    }
+}
+
+fn slot(primary: bool, write: bool) -> usize {
+    (primary as usize) << 1 | write as usize
 }
 
 /// A `lagrouter_route_decisions_total` series: node, `primary`, reason.
 pub type DecisionKey = (Arc<str>, bool, &'static str);
 
-/// Routing decisions, counted since start. The forwarding path only bumps
-/// atomics; the metrics exporter reads them once a second.
+/// Routing decisions, counted since start, per node. The forwarding path
+/// only bumps atomics ([`NodeCounts::record`]); the metrics exporter and
+/// the admin console sum them when asked.
 #[derive(Default)]
 pub struct RouteCounters {
     nodes: ArcSwap<HashMap<Arc<str>, Arc<NodeCounts>>>,
-    reasons: ArcSwap<HashMap<&'static str, Arc<AtomicU64>>>,
-    decisions: ArcSwap<HashMap<DecisionKey, Arc<AtomicU64>>>,
-    pub to_primary: AtomicU64,
-    pub to_replica: AtomicU64,
     pub refused_breaker_open: AtomicU64,
     pub refused_no_primary: AtomicU64,
     pub refused_write_gate: AtomicU64,
 }
 
 impl RouteCounters {
-    /// Counts a transaction routed to `node`.
-    pub fn record(&self, node: &Arc<str>, primary: bool, write: bool, reason: &'static str) {
-        let target = if primary {
-            &self.to_primary
-        } else {
-            &self.to_replica
-        };
-        target.fetch_add(1, Ordering::Relaxed);
-        let counts = self.node(node);
-        let kind = if write { &counts.writes } else { &counts.reads };
-        kind.fetch_add(1, Ordering::Relaxed);
-        counted(&self.reasons, reason).fetch_add(1, Ordering::Relaxed);
-        counted(&self.decisions, (node.clone(), primary, reason)).fetch_add(1, Ordering::Relaxed);
+    /// Every (node, primary, reason) series that counted something.
+    pub fn decisions(&self) -> Vec<(DecisionKey, u64)> {
+        let mut v = Vec::new();
+        for (node, c) in self.nodes.load().iter() {
+            for primary in [false, true] {
+                for r in Reason::ALL {
+                    let n = c.count(Some(primary), None, Some(r));
+                    if n > 0 {
+                        v.push(((node.clone(), primary, r.as_str()), n));
+                    }
+                }
+            }
+        }
+        v
     }
 
-    /// Every (node, primary, reason) series with its count.
-    pub fn decisions(&self) -> Vec<(DecisionKey, u64)> {
-        self.decisions
-            .load()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.load(Ordering::Relaxed)))
-            .collect()
+    /// Transactions sent to a primary (`true`) or a replica (`false`).
+    pub fn routed(&self, primary: bool) -> u64 {
+        let nodes = self.nodes.load();
+        nodes
+            .values()
+            .map(|c| c.count(Some(primary), None, None))
+            .sum()
     }
 
     /// Counts a refused transaction by its `lagrouter_route_decisions_total`
@@ -180,44 +219,38 @@ impl RouteCounters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counts of `node` (zero if it never got a transaction).
+    /// The counts of `node`, created on first use (copy-on-write: rare).
     pub fn node(&self, node: &Arc<str>) -> Arc<NodeCounts> {
-        counted(&self.nodes, node.clone())
+        if let Some(c) = self.nodes.load().get(node) {
+            return c.clone();
+        }
+        let fresh = Arc::new(NodeCounts::default());
+        let mut out = fresh.clone();
+        self.nodes.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            out = m
+                .entry(node.clone())
+                .or_insert_with(|| fresh.clone())
+                .clone();
+            m
+        });
+        out
     }
 
-    /// Decisions by reason, sorted by reason.
+    /// Decisions that counted something, by reason, sorted by reason.
     pub fn reasons(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> = self
-            .reasons
-            .load()
+        let nodes = self.nodes.load();
+        let mut v: Vec<_> = Reason::ALL
             .iter()
-            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .map(|&r| {
+                let n = nodes.values().map(|c| c.count(None, None, Some(r))).sum();
+                (r.as_str(), n)
+            })
+            .filter(|&(_, n)| n > 0)
             .collect();
         v.sort();
         v
     }
-}
-
-/// The counter under `key`, inserted on first use (copy-on-write: rare).
-fn counted<K, V>(map: &ArcSwap<HashMap<K, Arc<V>>>, key: K) -> Arc<V>
-where
-    K: std::hash::Hash + Eq + Clone,
-    V: Default,
-{
-    if let Some(c) = map.load().get(&key) {
-        return c.clone();
-    }
-    let fresh = Arc::new(V::default());
-    let mut out = fresh.clone();
-    map.rcu(|m| {
-        let mut m = HashMap::clone(m);
-        out = m
-            .entry(key.clone())
-            .or_insert_with(|| fresh.clone())
-            .clone();
-        m
-    });
-    out
 }
 
 #[cfg(test)]
@@ -246,12 +279,29 @@ mod tests {
     fn counters_count_by_node_and_reason() {
         let c = RouteCounters::default();
         let r1: Arc<str> = "replica1".into();
-        c.record(&r1, false, false, "healthy");
-        c.record(&r1, false, false, "healthy");
-        c.record(&"primary".into(), true, true, "write");
-        assert_eq!(c.node(&r1).reads.load(Ordering::Relaxed), 2);
-        assert_eq!(c.node(&"nope".into()).reads.load(Ordering::Relaxed), 0);
-        assert_eq!(c.reasons(), vec![("healthy", 2), ("write", 1)]);
-        assert_eq!(c.to_primary.load(Ordering::Relaxed), 1);
+        let primary = c.node(&"primary".into());
+        c.node(&r1).record(false, false, Reason::Healthy);
+        c.node(&r1).record(false, false, Reason::Healthy);
+        primary.record(true, true, Reason::Write);
+        primary.record(true, false, Reason::ReadYourWrites);
+        assert_eq!(c.node(&r1).reads(), 2);
+        assert_eq!((primary.reads(), primary.writes()), (1, 1));
+        assert_eq!(c.node(&"nope".into()).reads(), 0);
+        assert_eq!(
+            c.reasons(),
+            vec![("healthy", 2), ("read_your_writes", 1), ("write", 1)]
+        );
+        assert_eq!((c.routed(true), c.routed(false)), (2, 2));
+        let mut d = c.decisions();
+        d.sort();
+        let key = |n: &str, p, r| (Arc::<str>::from(n), p, r);
+        assert_eq!(
+            d,
+            vec![
+                (key("primary", true, "read_your_writes"), 1),
+                (key("primary", true, "write"), 1),
+                (key("replica1", false, "healthy"), 2),
+            ]
+        );
     }
 }

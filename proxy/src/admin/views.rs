@@ -101,8 +101,8 @@ fn nodes(shared: &Shared) -> Table {
             n.replay_lsn.map(|l| l.to_string()),
             n.last_check
                 .map(|c| now.saturating_duration_since(c).as_millis().to_string()),
-            s(counts.reads.load(Ordering::Relaxed)),
-            s(counts.writes.load(Ordering::Relaxed)),
+            s(counts.reads()),
+            s(counts.writes()),
             n.unreachable_reason.clone(),
         ]);
     }
@@ -221,8 +221,8 @@ fn stats(shared: &Shared) -> Table {
         "pinned_sessions",
         shared.stats.pinned_sessions.load(Ordering::Relaxed),
     );
-    t.kv("transactions_primary", load(&rc.to_primary));
-    t.kv("transactions_replica", load(&rc.to_replica));
+    t.kv("transactions_primary", rc.routed(true));
+    t.kv("transactions_replica", rc.routed(false));
     for (reason, n) in rc.reasons() {
         t.kv(&format!("decisions_{reason}"), n);
     }

@@ -14,6 +14,7 @@ use lagrouter_config::PoolConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{NodeAddr, ServerConn};
+use crate::admin::registry::NodeCounts;
 
 /// Idle time after which a pooled connection is probed before reuse.
 const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -45,13 +46,17 @@ pub struct ServerPool {
     permits: Arc<Semaphore>,
     size: AtomicUsize,
     pub stats: PoolStats,
+    /// The node's routing decisions (shared by its pools), counted where
+    /// the pool is picked.
+    pub counts: Arc<NodeCounts>,
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, node: Arc<NodeAddr>, size: usize) -> ServerPool {
+    fn new(key: PoolKey, node: Arc<NodeAddr>, size: usize, counts: Arc<NodeCounts>) -> ServerPool {
         ServerPool {
             key,
             node,
+            counts,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
@@ -229,15 +234,23 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The pool for `key`, created with `size` if new.
-    pub fn get(&self, key: PoolKey, node: Arc<NodeAddr>, size: usize) -> Arc<ServerPool> {
+    /// The pool for `key`, created with `size` and the node's decision
+    /// counters (`counts(node name)`) if new.
+    pub fn get(
+        &self,
+        key: PoolKey,
+        node: Arc<NodeAddr>,
+        size: usize,
+        counts: impl FnOnce(&Arc<str>) -> Arc<NodeCounts>,
+    ) -> Arc<ServerPool> {
         let mut pools = self.pools.lock().expect("pool map lock");
         if let Some(p) = pools.get(&key)
             && p.node == node
         {
             return p.clone();
         }
-        let p = Arc::new(ServerPool::new(key.clone(), node, size));
+        let counts = counts(&key.node);
+        let p = Arc::new(ServerPool::new(key.clone(), node, size, counts));
         pools.insert(key, p.clone());
         p
     }

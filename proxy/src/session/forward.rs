@@ -744,14 +744,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(e.into());
             }
         };
-        if let Some(node) = self.shared.node_addr(decision.node) {
-            self.shared.route_counters.record(
-                &node.name,
-                decision.primary,
-                decision.write,
-                decision.reason.as_str(),
-            );
-        }
+        let pool = self.pool_for(decision.node)?;
+        pool.counts
+            .record(decision.primary, decision.write, decision.reason);
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
@@ -759,7 +754,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.on_replica = !decision.primary;
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,
-            _ => self.checkout(decision.node).await?,
+            _ => {
+                pool.checkout(&self.config.pool, self.user.backend_password.as_deref())
+                    .await?
+            }
         };
         let conn = pc.conn();
         if conn.synced_to != self.params.fingerprint() {
@@ -779,12 +777,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             c.attached(decision.node);
         }
         Ok(batch.is_none().then_some(analysis.server))
-    }
-
-    async fn checkout(&mut self, node: usize) -> Result<PooledConn, ProxyError> {
-        let pool = self.pool_for(node)?;
-        pool.checkout(&self.config.pool, self.user.backend_password.as_deref())
-            .await
     }
 
     /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
@@ -847,7 +839,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             user: self.user.name.as_str().into(),
             database: self.database.clone(),
         };
-        let pool = self.shared.pools.get(key, addr, self.config.pool.size);
+        let pool = self
+            .shared
+            .pools
+            .get(key, addr, self.config.pool.size, |name| {
+                self.shared.route_counters.node(name)
+            });
         if pool.size() != self.config.pool.size {
             pool.resize(self.config.pool.size);
         }
