@@ -3,7 +3,7 @@
 //! session parameters tracked across pooled connections, pinning (LISTEN,
 //! temp tables, advisory locks), COPY both ways, notices, errors inside
 //! transactions and pipelines, a 50 MiB row, a client vanishing
-//! mid-transaction, FunctionCall, and CancelRequest.
+//! mid-transaction, FunctionCall, CancelRequest, and shutdown.
 //!
 //! Each test starts its own proxy (cheap) on the shared cluster and uses its
 //! own tables, channels, lock keys or roles, so tests run in parallel.
@@ -934,6 +934,47 @@ async fn txid_current_runs_on_the_primary() {
                     panic!("round {i}: {}", describe(&e));
                 }
             }
+        },
+    )
+    .await
+}
+
+/// Shutdown: an idle client gets 57P01 at once; a client inside a
+/// transaction finishes it, then gets 57P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_idle_sessions_and_lets_transactions_finish() {
+    within(
+        Duration::from_secs(180),
+        "test shutdown_ends_idle_sessions_and_lets_transactions_finish",
+        async {
+            ensure_role("lr_stop").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(2)
+                .user("name = \"lr_stop\"\npassword = \"lr_stop\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut idle = RawConn::login_trust(proxy.addr, "lr_stop").await;
+            let mut busy = RawConn::login_trust(proxy.addr, "lr_stop").await;
+            idle.send(&query("select 1")).await.unwrap();
+            idle.until_ready(T).await;
+            busy.send(&query("begin; select 1")).await.unwrap();
+            busy.until_ready(T).await;
+            proxy.shut_down();
+            let e = idle
+                .error_or_close(T)
+                .await
+                .expect("an error, not a bare close");
+            assert_eq!(e.code(), "57P01", "{:?}", e.fields());
+            idle.closed(T).await;
+            busy.send(&query("select 2; commit")).await.unwrap();
+            let msgs = busy.until_ready(T).await;
+            assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+            let e = busy
+                .error_or_close(T)
+                .await
+                .expect("an error, not a bare close");
+            assert_eq!(e.code(), "57P01", "{:?}", e.fields());
+            busy.closed(T).await;
         },
     )
     .await

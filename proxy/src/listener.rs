@@ -169,14 +169,13 @@ impl Proxy {
                 continue;
             };
             let shared = self.shared.clone();
-            // The peer address rides along as a task-local so the client
-            // registry can show it whatever stream (TLS or not) wraps it.
-            tasks.spawn(crate::admin::registry::PEER.scope(peer, async move {
+            tasks.spawn(async move {
                 tracing::trace!(%peer, "client connected");
-                crate::session::handle_client(shared, tcp).await;
+                crate::session::handle_client(shared, tcp, peer).await;
                 drop(permit);
-            }));
+            });
         }
+        self.shared.clients.stop_all();
         let grace = self.shared.config.load().server.shutdown_timeout;
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;

@@ -213,6 +213,11 @@ impl TestProxy {
         self.addr.port()
     }
 
+    /// Starts the proxy's shutdown (as SIGTERM does), without waiting.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
     /// A libpq-style connection string for `user`/`password` on the app database.
     pub fn conn_str(&self, user: &str, password: &str) -> String {
         format!(

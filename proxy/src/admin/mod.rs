@@ -21,6 +21,7 @@ use lagrouter_health::PrimaryStatus;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use self::commands::{Command, split_statements};
+use self::registry::ClientEntry;
 use crate::auth::UserAuth;
 use crate::listener::Shared;
 use crate::protocol::backend::{self, Severity};
@@ -59,6 +60,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut client: S,
     mut buf: BytesMut,
     user: Arc<UserAuth>,
+    entry: ClientEntry,
 ) {
     let mut out = BytesMut::new();
     if !user.admin {
@@ -88,11 +90,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     // No cancel key leads anywhere: console commands are instant.
     backend::backend_key(&mut out, rand::random::<i32>() & i32::MAX, rand::random());
     backend::ready_for_query(&mut out, b'I');
-    // Admin sessions are listed in SHOW CLIENTS too (never attached).
-    let _entry = shared.clients.register(
-        &user.name,
-        shared.config.load().server.admin_database.as_str().into(),
-    );
     // After an extended-protocol message: skip to Sync, as PostgreSQL does.
     let mut skipping = false;
     loop {
@@ -106,7 +103,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Ok(Some(f)) => f,
             Ok(None) => {
                 let read = tokio::select! {
-                    _ = shared.shutdown.cancelled() => {
+                    _ = entry.stopping() => {
                         fatal(&mut client, &mut out, "57P01", "lagrouter is shutting down").await;
                         return;
                     }

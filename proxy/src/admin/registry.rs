@@ -9,19 +9,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use atomic_waker::AtomicWaker;
 use lagrouter_routing::Reason;
-
-tokio::task_local! {
-    /// The peer address of the client the current task serves. Set by the
-    /// accept loop, which is the only place that knows it before TLS wraps
-    /// the socket.
-    pub static PEER: SocketAddr;
-}
 
 /// One connected client, as `SHOW CLIENTS` shows it.
 #[derive(Debug)]
@@ -36,6 +31,8 @@ pub struct ClientInfo {
     attached: AtomicUsize,
     /// Transactions routed for this client.
     pub transactions: AtomicU64,
+    /// Woken by [`ClientRegistry::stop_all`].
+    stop_waker: AtomicWaker,
 }
 
 impl ClientInfo {
@@ -64,20 +61,28 @@ type ClientMap = Arc<Mutex<HashMap<u64, Arc<ClientInfo>>>>;
 pub struct ClientRegistry {
     next: AtomicU64,
     clients: ClientMap,
+    /// Set once, when the proxy shuts down.
+    stopping: Arc<AtomicBool>,
 }
 
 impl ClientRegistry {
     /// Registers a client; it is unregistered when the returned entry is
     /// dropped, whichever way the session ends.
-    pub fn register(&self, user: &str, database: Arc<str>) -> ClientEntry {
+    pub fn register(
+        &self,
+        user: &str,
+        database: Arc<str>,
+        peer: Option<SocketAddr>,
+    ) -> ClientEntry {
         let info = Arc::new(ClientInfo {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
             user: user.to_string(),
             database,
-            peer: PEER.try_with(|p| *p).ok(),
+            peer,
             since: SystemTime::now(),
             attached: AtomicUsize::new(0),
             transactions: AtomicU64::new(0),
+            stop_waker: AtomicWaker::new(),
         });
         if let Ok(mut m) = self.clients.lock() {
             m.insert(info.id, info.clone());
@@ -85,6 +90,18 @@ impl ClientRegistry {
         ClientEntry {
             info,
             map: self.clients.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+
+    /// Tells every session, present and future, that the proxy is shutting
+    /// down ([`ClientEntry::stopping`]).
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Ok(m) = self.clients.lock() {
+            for c in m.values() {
+                c.stop_waker.wake();
+            }
         }
     }
 
@@ -104,6 +121,23 @@ impl ClientRegistry {
 pub struct ClientEntry {
     info: Arc<ClientInfo>,
     map: ClientMap,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ClientEntry {
+    /// Resolves once the proxy is shutting down. A session awaits it each
+    /// time it goes idle, so it takes no lock: one atomic waker per client
+    /// and one shared flag.
+    pub fn stopping(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.info.stop_waker.register(cx.waker());
+            if self.stopping.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 impl std::ops::Deref for ClientEntry {
@@ -260,8 +294,8 @@ mod tests {
     #[test]
     fn clients_unregister_on_drop() {
         let r = ClientRegistry::default();
-        let a = r.register("app", "db".into());
-        let b = r.register("other", "db".into());
+        let a = r.register("app", "db".into(), None);
+        let b = r.register("other", "db".into(), None);
         assert_eq!(a.attached_node(), None);
         a.attached(2);
         assert_eq!(a.attached_node(), Some(2));

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::local::{self, LocalStatements};
 use super::params::SessionParams;
 use super::statements::{Statement, Statements};
+use crate::admin::registry::ClientEntry;
 use crate::auth::UserAuth;
 use crate::cancel::CancelKey;
 use crate::error::ProxyError;
@@ -96,7 +97,7 @@ pub struct Session<S> {
     client_stream: Passthrough,
     server_stream: Passthrough,
     /// This session in the admin console's client list (while it runs).
-    registered: Option<crate::admin::registry::ClientEntry>,
+    registered: Option<ClientEntry>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -141,12 +142,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// Runs until the client leaves or the session must end.
-    pub async fn run(&mut self) -> End {
-        let entry = self
-            .shared
-            .clients
-            .register(&self.user.name, self.database.clone());
+    /// Runs until the client leaves or the session must end; `entry` lists
+    /// it in `SHOW CLIENTS` meanwhile.
+    pub async fn run(&mut self, entry: ClientEntry) -> End {
         self.registered = Some(entry);
         let end = self.run_inner().await;
         match &end {
@@ -173,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 client,
                 server,
                 cbuf,
-                shared,
+                registered,
                 ..
             } = self;
             let got_client = if server.is_none() && self.held_client {
@@ -200,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 tokio::select! {
                     biased;
-                    _ = shared.shutdown.cancelled() => {
+                    _ = stopping(registered.as_ref()) => {
                         return self.fatal("57P01", "lagrouter is shutting down", None).await;
                     }
                     r = client.read_buf(cbuf) => match r {
@@ -1341,6 +1339,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// Whether the buffered client bytes hold a complete batch: a Sync or
 /// Flush message, or a message that ends the lookahead.
+/// Resolves when the proxy shuts down (never for an unregistered session).
+async fn stopping(entry: Option<&ClientEntry>) {
+    match entry {
+        Some(e) => e.stopping().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn batch_complete(buf: &[u8]) -> bool {
     let mut rest = buf;
     loop {

@@ -1,6 +1,7 @@
 //! From accept to an authenticated session: TLS negotiation, the startup
 //! packet, authentication by the proxy, and the welcome messages.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -59,13 +60,13 @@ impl From<ProxyError> for Refusal {
 
 /// Serves one client connection from accept to close. Never panics on
 /// client input; every refusal is a FATAL ErrorResponse with a SQLSTATE.
-pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream) {
+pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let timeout = shared.config.load().server.client_login_timeout;
     let first = tokio::time::timeout(timeout, negotiate(&shared, &mut tcp, &mut buf)).await;
     match first {
-        Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt).await,
+        Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt, peer).await,
         Ok(Ok(Negotiated::Tls)) => {
             let Some(acceptor) = shared.tls.clone() else {
                 return;
@@ -83,7 +84,9 @@ pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream) {
                 Ok(Ok(StartupPacket::Cancel { pid, secret })) => {
                     shared.cancel.cancel(pid, &secret).await
                 }
-                Ok(Ok(pkt @ StartupPacket::Startup { .. })) => login(shared, tls, buf, pkt).await,
+                Ok(Ok(pkt @ StartupPacket::Startup { .. })) => {
+                    login(shared, tls, buf, pkt, peer).await
+                }
                 Ok(Ok(_)) => {
                     refuse(
                         &mut tls,
@@ -217,6 +220,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut client: S,
     mut buf: BytesMut,
     pkt: StartupPacket,
+    peer: SocketAddr,
 ) {
     let StartupPacket::Startup { version, params } = pkt else {
         return;
@@ -238,8 +242,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
             .await;
         }
     };
+    // Listed in SHOW CLIENTS from here on, admin sessions too.
+    let entry = shared
+        .clients
+        .register(&user.name, database.clone(), Some(peer));
     if *database == *shared.config.load().server.admin_database {
-        return crate::admin::serve(shared, client, buf, user).await;
+        return crate::admin::serve(shared, client, buf, user, entry).await;
     }
     let cancel = shared.cancel.register();
     let (pid, secret) = (cancel.pid, cancel.secret);
@@ -256,7 +264,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         return refuse(&mut session.client, r).await;
     }
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
-    let end = session.run().await;
+    let end = session.run(entry).await;
     shared.stats.clients.fetch_sub(1, Ordering::Relaxed);
     tracing::trace!("session ended: {end:?}");
 }
