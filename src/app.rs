@@ -82,7 +82,18 @@ fn install_metrics(config: &ConfigHandle) {
         return;
     };
     let builder = metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr);
-    match builder.install() {
+    // Installed from a thread outside any runtime, the exporter gets a
+    // thread and runtime of its own: it serves for the life of the process,
+    // whichever runtime started this lagrouter, and never competes with the
+    // sessions' event loop.
+    let installed = std::thread::scope(|s| s.spawn(|| builder.install()).join());
+    match installed.unwrap_or_else(|_| {
+        Err(
+            metrics_exporter_prometheus::BuildError::FailedToCreateRuntime(
+                "the install thread panicked".into(),
+            ),
+        )
+    }) {
         Ok(()) => tracing::info!(%addr, "serving Prometheus metrics at /metrics"),
         Err(e) => tracing::warn!(%addr, "metrics endpoint not started: {e}"),
     }

@@ -50,12 +50,52 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// `lagrouter run -c FILE`: serves until SIGINT or SIGTERM.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path).map_err(|e| {
-        print_config_error(path, &e);
-        anyhow::anyhow!("invalid configuration in {}", path.display())
-    })?;
+/// `lagrouter run -c FILE`: serves until SIGINT or SIGTERM, on a runtime
+/// of `server.workers` threads.
+pub fn serve(path: &Path) -> ExitCode {
+    init_tracing();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_config_error(path, &e);
+            eprintln!("lagrouter: invalid configuration in {}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime(config.server.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lagrouter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lagrouter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runtime `lagrouter run` serves on: `workers` = 1 is one event loop
+/// on the calling thread (no work stealing, no cross-thread wakeups: the
+/// least CPU per transaction); more is a work-stealing pool of that many
+/// threads.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
+async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
+    tracing::info!(workers = config.server.workers, "starting");
     let handle = ConfigHandle::new(config);
     let shutdown = CancellationToken::new();
     let running = crate::app::start(handle, shutdown.clone())

@@ -65,25 +65,6 @@ fn main() -> ExitCode {
                 keep,
             }))
         }
-        Command::Run { config } => {
-            lagrouter::cli::init_tracing();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("lagrouter: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(lagrouter::cli::run(&config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("lagrouter: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => lagrouter::cli::serve(&config),
     }
 }

@@ -221,10 +221,7 @@ async fn reload_errors_show_in_the_console() {
         std::fs::write(&path, &text).unwrap();
         let config = lagrouter_config::Config::from_toml_str(&text).unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let running = lagrouter::app::start(
-            lagrouter_config::ConfigHandle::new(config),
-            shutdown.clone(),
-        )
+        let running = start_lagrouter(config, shutdown.clone())
         .await
         .expect("proxy starts");
         let _stop = shutdown.clone().drop_guard();

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
-use lagrouter_config::{Config, ConfigHandle};
-use support::{ProxyBuilder, TempDir, blocking, try_connect_str, within};
+use lagrouter_config::Config;
+use support::{ProxyBuilder, TempDir, blocking, start_lagrouter, try_connect_str, within};
 use tokio_util::sync::CancellationToken;
 
 /// Starts lagrouter from a file, with the reload watcher, as `lagrouter run` does.
@@ -21,7 +21,7 @@ async fn start_from_file(path: &std::path::Path) -> (lagrouter::app::Running, Ca
     let running = within(
         Duration::from_secs(30),
         "starting lagrouter",
-        lagrouter::app::start(ConfigHandle::new(config), shutdown.clone()),
+        start_lagrouter(config, shutdown.clone()),
     )
     .await
     .expect("lagrouter starts");
@@ -183,7 +183,7 @@ async fn idle_server_connections_are_closed_after_idle_timeout() {
     let text = ProxyBuilder::new().pool("idle_timeout = \"400ms\"").toml(c);
     let config = Config::from_toml_str(&text).expect("valid");
     let shutdown = CancellationToken::new();
-    let running = lagrouter::app::start(ConfigHandle::new(config), shutdown.clone())
+    let running = start_lagrouter(config, shutdown.clone())
         .await
         .expect("starts");
     let conn = try_connect_str(&conn_str(&running)).await.expect("connect");

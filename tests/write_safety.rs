@@ -39,9 +39,11 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
-use lagrouter_config::{Config, ConfigHandle};
+use lagrouter_config::Config;
 use support::routing::{Lr, Paused, caught_up, rows};
-use support::{ProxyBuilder, TempDir, blocking, describe, sqlstate, try_connect_str, within};
+use support::{
+    ProxyBuilder, TempDir, blocking, describe, sqlstate, start_lagrouter, try_connect_str, within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
@@ -755,7 +757,7 @@ fn reload_raises_and_lowers_min_replicas_to_write() {
         let running = within(
             Duration::from_secs(30),
             "proxy start",
-            lagrouter::app::start(ConfigHandle::new(config), shutdown.clone()),
+            start_lagrouter(config, shutdown.clone()),
         )
         .await
         .expect("proxy starts");

@@ -53,6 +53,11 @@ pub struct ServerConfig {
     /// Most client connections at once; more are refused with 53300.
     /// Default 10000. Restart.
     pub max_client_connections: usize,
+    /// Threads that run sessions. 1 runs one event loop on one thread, as
+    /// PgBouncer does: the least CPU per transaction. More spread sessions
+    /// over that many threads, for a proxy with cores of its own. Default
+    /// 1. Restart.
+    pub workers: usize,
     /// PEM certificate chain for client TLS. Set together with `tls_key`.
     /// Default unset (SSLRequest answered 'N'). Restart.
     pub tls_cert: Option<PathBuf>,
@@ -74,6 +79,7 @@ impl Default for ServerConfig {
             admin_database: "lagrouter".into(),
             metrics_listen: None,
             max_client_connections: 10_000,
+            workers: 1,
             tls_cert: None,
             tls_key: None,
             client_login_timeout: Duration::from_secs(15),

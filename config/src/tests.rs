@@ -16,6 +16,7 @@ role = "primary"
 fn minimal_config_gets_documented_defaults() {
     let c = Config::from_toml_str(MINIMAL).unwrap();
     assert_eq!(c.server.listen, "127.0.0.1:6432");
+    assert_eq!(c.server.workers, 1);
     assert_eq!(c.pool.size, 20);
     assert_eq!(c.pool.mode, PoolMode::Transaction);
     assert_eq!(
@@ -151,4 +152,22 @@ fn handle_swaps_whole_configs() {
     h.store(next);
     assert_eq!(before.pool.size, 20);
     assert_eq!(h.load().pool.size, 3);
+}
+
+#[test]
+fn workers_must_be_between_1_and_256() {
+    for (n, ok) in [(0, false), (1, true), (256, true), (257, false)] {
+        let text = format!("[server]\nworkers = {n}\n{MINIMAL}");
+        match Config::from_toml_str(&text) {
+            Ok(c) => {
+                assert!(ok, "workers = {n} accepted");
+                assert_eq!(c.server.workers, n);
+            }
+            Err(e) => {
+                assert!(!ok, "workers = {n} refused: {e}");
+                assert_eq!(e.problems()[0].key, "server.workers");
+                assert_eq!(e.problems()[0].line, Some(2));
+            }
+        }
+    }
 }

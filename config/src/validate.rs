@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use crate::error::Problem;
 use crate::schema::{AuthMethod, Config, NodeRole, is_password_hash};
 
+/// Most `server.workers`.
+const MAX_WORKERS: usize = 256;
+
 impl Config {
     /// Every problem in the configuration, or `Ok` if there are none.
     /// Lines are filled in by the caller that has the text.
@@ -39,6 +42,12 @@ impl Config {
         }
         if s.admin_database.is_empty() {
             p.add("server.admin_database", "must not be empty");
+        }
+        if !(1..=MAX_WORKERS).contains(&s.workers) {
+            p.add(
+                "server.workers",
+                format!("must be between 1 and {MAX_WORKERS}, got {}", s.workers),
+            );
         }
         if s.max_client_connections == 0 {
             p.add("server.max_client_connections", "must be at least 1");

@@ -64,6 +64,7 @@ impl Shared {
                         "server.max_client_connections",
                         old.server.max_client_connections != new.server.max_client_connections,
                     ),
+                    ("server.workers", old.server.workers != new.server.workers),
                 ] {
                     if changed {
                         tracing::warn!(

@@ -155,7 +155,7 @@ impl ProxyBuilder {
         let shutdown = CancellationToken::new();
         let running = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            lagrouter::app::start(ConfigHandle::new(config), shutdown.clone()),
+            start_lagrouter(config, shutdown.clone()),
         )
         .await
         .expect("proxy start timed out")
@@ -199,6 +199,56 @@ pub fn cluster_nodes(c: &Cluster) -> String {
         ));
     }
     t
+}
+
+/// Starts lagrouter as `lagrouter run` does: on a runtime of its own, of
+/// `server.workers` threads (one event loop by default), in a thread of
+/// its own, so the tests exercise the runtime users get. The runtime lives
+/// until the listener has drained after `shutdown`; `Running::join` ends
+/// then.
+pub async fn start_lagrouter(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<lagrouter::app::Running, lagrouter_proxy::StartError> {
+    let workers = config.server.workers;
+    let handle = ConfigHandle::new(config);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("lagrouter".into())
+        .spawn(move || {
+            let rt = lagrouter::cli::runtime(workers).expect("lagrouter's runtime starts");
+            rt.block_on(async move {
+                match lagrouter::app::start(handle, shutdown).await {
+                    Ok(running) => {
+                        let lagrouter::app::Running {
+                            addr,
+                            shared,
+                            health,
+                            shutdown,
+                            join,
+                        } = running;
+                        let _ = started_tx.send(Ok((addr, shared, health, shutdown)));
+                        let _ = join.await;
+                        let _ = done_tx.send(());
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .expect("spawn lagrouter's thread");
+    let (addr, shared, health, shutdown) = started_rx.await.expect("lagrouter's thread ran")?;
+    Ok(lagrouter::app::Running {
+        addr,
+        shared,
+        health,
+        shutdown,
+        join: tokio::spawn(async move {
+            let _ = done_rx.await;
+        }),
+    })
 }
 
 /// A running proxy; stops (without waiting) when dropped.

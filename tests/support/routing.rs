@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
-use lagrouter_config::{Config, ConfigHandle};
+use lagrouter_config::Config;
 use lagrouter_health::NodeState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,7 @@ impl Lr {
         let running = within(
             Duration::from_secs(30),
             "proxy start",
-            lagrouter::app::start(ConfigHandle::new(config), CancellationToken::new()),
+            super::start_lagrouter(config, CancellationToken::new()),
         )
         .await
         .expect("proxy starts");

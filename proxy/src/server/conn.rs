@@ -218,13 +218,23 @@ impl ServerConn {
                             scram = Some(s);
                         }
                         AuthRequest::SaslContinue(data) => {
-                            let s = scram.as_mut().ok_or_else(|| {
+                            let mut s = scram.take().ok_or_else(|| {
                                 self.protocol_error("SASL continue before start".into())
                             })?;
-                            s.update(data)
-                                .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
+                            // The salted password takes the node's iteration
+                            // count (4096 by default: about a millisecond)
+                            // of hashing: off the event loop.
+                            let data = data.to_vec();
+                            let (s, done) = tokio::task::spawn_blocking(move || {
+                                let done = s.update(&data);
+                                (s, done)
+                            })
+                            .await
+                            .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
+                            done.map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
                             frontend::sasl_response(s.message(), &mut out)
                                 .map_err(|e| self.protocol_error(e.to_string()))?;
+                            scram = Some(s);
                         }
                         AuthRequest::SaslFinal(data) => {
                             let mut s = scram.take().ok_or_else(|| {
