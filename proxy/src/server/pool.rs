@@ -95,18 +95,20 @@ impl ServerPool {
         }
     }
 
-    /// Takes a connection, waiting at most `cfg.checkout_timeout`.
+    /// Takes a connection, waiting at most `cfg.checkout_timeout`. `now` is
+    /// the caller's clock reading (one less per transaction), retaken after
+    /// a wait.
     pub async fn checkout(
         self: &Arc<Self>,
         cfg: &PoolConfig,
         password: Option<&str>,
+        now: Instant,
     ) -> Result<PooledConn, ProxyError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => self.wait_permit(cfg).await?,
+        let (permit, now) = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => (p, now),
+            Err(_) => (self.wait_permit(cfg).await?, Instant::now()),
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
         loop {
             let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(conn) = conn else { break };

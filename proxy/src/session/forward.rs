@@ -679,6 +679,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
         let analysis = shared.router.analyze(text);
+        let now = Instant::now();
         let mut routed = {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
@@ -689,13 +690,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .get(node)
                     .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
             };
-            shared.router.route_analyzed(
-                &mut self.routing,
-                text,
-                &analysis,
-                Instant::now(),
-                &in_use,
-            )
+            shared
+                .router
+                .route_analyzed(&mut self.routing, text, &analysis, now, &in_use)
         };
         let mut caught_up = None;
         if let Ok(d) = &routed
@@ -753,8 +750,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,
             _ => {
-                pool.checkout(&self.config.pool, self.user.backend_password.as_deref())
-                    .await?
+                pool.checkout(
+                    &self.config.pool,
+                    self.user.backend_password.as_deref(),
+                    now,
+                )
+                .await?
             }
         };
         let conn = pc.conn();
@@ -787,7 +788,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut cfg = self.config.pool.clone();
         cfg.checkout_timeout = self.config.routing.read_your_writes_wait;
         let mut pc = pool
-            .checkout(&cfg, self.user.backend_password.as_deref())
+            .checkout(&cfg, self.user.backend_password.as_deref(), Instant::now())
             .await
             .ok()?;
         loop {

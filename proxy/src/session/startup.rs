@@ -449,7 +449,11 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let pool = session.pool_for(node)?;
     let config = shared.config.load_full();
     let mut pc = pool
-        .checkout(&config.pool, session.user.backend_password.as_deref())
+        .checkout(
+            &config.pool,
+            session.user.backend_password.as_deref(),
+            std::time::Instant::now(),
+        )
         .await?;
     let conn = pc.conn();
     // Start from the server's defaults, not from whatever the last client
