@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use lagrouter_config::{Config, PoolMode};
 use lagrouter_health::Lsn;
 use lagrouter_routing::{ProxyCommand, ServerEffects, SessionRouting, parse_proxy_command};
@@ -32,6 +32,9 @@ const READ_AHEAD_LIMIT: usize = 4 * 1024 * 1024;
 /// A server connection holding more prepared statements is closed on release.
 const MAX_SERVER_STATEMENTS: usize = 5_000;
 const READ_CHUNK: usize = 16 * 1024;
+/// Client messages up to this size are copied out of the read buffer to be
+/// handled; larger ones are split off it (no copy).
+const COPIED_FRAME: usize = 8 * 1024;
 /// Before routing, an extended-protocol batch is read up to its Sync or
 /// Flush so every statement in it is classified; larger batches are routed
 /// on what is buffered (a write among them still goes to the primary if it
@@ -98,6 +101,8 @@ pub struct Session<S> {
     server_stream: Passthrough,
     /// This session in the admin console's client list (while it runs).
     registered: Option<ClientEntry>,
+    /// The client message being handled (see [`COPIED_FRAME`]), reused.
+    frame_buf: BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -139,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
             registered: None,
+            frame_buf: BytesMut::new(),
         }
     }
 
@@ -277,8 +283,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.cbuf.reserve(total - self.cbuf.len());
                 return Ok(());
             }
-            let frame = self.cbuf.split_to(total).freeze();
-            self.on_client_message(tag, frame).await?;
+            if total <= COPIED_FRAME {
+                // Copied out (cheaper than splitting the buffer, which makes
+                // it shared and reference-counts every message), so the
+                // client buffer stays free for the batch lookahead.
+                let mut frame = std::mem::take(&mut self.frame_buf);
+                frame.clear();
+                frame.extend_from_slice(&self.cbuf[..total]);
+                self.cbuf.advance(total);
+                let handled = self.on_client_message(tag, &frame).await;
+                self.frame_buf = frame;
+                handled?;
+            } else {
+                let frame = self.cbuf.split_to(total);
+                self.on_client_message(tag, &frame).await?;
+            }
             self.drain_synthetic();
             self.forget_failed_parses();
             if self.to_server.len() > READ_AHEAD_LIMIT {
@@ -287,9 +306,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    async fn on_client_message(&mut self, tag: u8, frame: Bytes) -> Result<(), End> {
+    async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
         if self.on_replica && self.expect.unsynced_idle() && matches!(tag, b'Q' | b'P' | b'B') {
-            self.leave_replica_for_write(tag, &frame).await?;
+            self.leave_replica_for_write(tag, frame).await?;
         }
         if self.discard_until_sync {
             match tag {
@@ -335,7 +354,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 };
                 self.note_effects(sql, fx);
-                self.to_server.extend_from_slice(&frame);
+                self.to_server.extend_from_slice(frame);
                 self.expect.push(Req::Query, true);
             }
             b'P' => {
@@ -373,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
-                let fx = match self.attach(p.query, Some(&frame)).await {
+                let fx = match self.attach(p.query, Some(frame)).await {
                     Ok(fx) => fx,
                     Err(e) => {
                         self.fail_extended(&e);
@@ -382,7 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 self.note_effects(p.query, fx);
                 if p.name.is_empty() {
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Parse, true);
                 } else {
                     let Some(stmt) = self.statements.insert(p.name, p.query, p.param_types) else {
@@ -414,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 self.local.forget_portal(b.portal);
-                let stmt = match self.attach_for(b.statement, &frame).await {
+                let stmt = match self.attach_for(b.statement, frame).await {
                     Ok(s) => s,
                     Err(e) => {
                         self.fail_extended(&e);
@@ -431,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         );
                     }
                     // Unknown names go through as sent: the server answers 26000.
-                    None => self.to_server.extend_from_slice(&frame),
+                    None => self.to_server.extend_from_slice(frame),
                 }
                 self.expect.push(Req::Bind, true);
             }
@@ -457,7 +476,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 let name = if t.kind == b'S' { t.name } else { "" };
-                let stmt = match self.attach_for(name, &frame).await {
+                let stmt = match self.attach_for(name, frame).await {
                     Ok(s) => s,
                     Err(e) => {
                         self.fail_extended(&e);
@@ -468,7 +487,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Some(stmt) => {
                         frontend::encode_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
                     }
-                    None => self.to_server.extend_from_slice(&frame),
+                    None => self.to_server.extend_from_slice(frame),
                 }
                 self.expect.push(Req::Describe(t.kind), true);
             }
@@ -489,7 +508,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.statements.remove(t.name);
                     self.synthetic_empty(b'3');
                 } else if self.server.is_some() {
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Close, true);
                 } else {
                     self.synthetic_empty(b'3');
@@ -502,7 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.execute_local(&cmd, binary).await?;
             }
             b'E' | b'F' => {
-                if let Err(e) = self.attach("", Some(&frame)).await {
+                if let Err(e) = self.attach("", Some(frame)).await {
                     if tag == b'F' {
                         self.synthetic_error(&e);
                         self.synthetic_ready();
@@ -511,7 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     return Ok(());
                 }
-                self.to_server.extend_from_slice(&frame);
+                self.to_server.extend_from_slice(frame);
                 self.expect.push(
                     if tag == b'E' {
                         Req::Execute
@@ -523,7 +542,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             b'S' => {
                 if self.server.is_some() {
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Sync, true);
                 } else {
                     self.synthetic_ready();
@@ -531,7 +550,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             b'H' => {
                 if self.server.is_some() {
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame);
                 }
             }
             b'd' | b'c' | b'f' => {
@@ -539,7 +558,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // before CopyInResponse (asyncpg does): the server takes it
                 // or ignores it outside a COPY, as it would directly.
                 if self.server.is_some() {
-                    self.to_server.extend_from_slice(&frame);
+                    self.to_server.extend_from_slice(frame);
                 }
             }
             b'X' => return Err(End::Client),
@@ -561,7 +580,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// next statement writes, end that episode with a Sync and release the
     /// replica, so the write is routed to the primary instead of failing on
     /// the replica. (Only a describe/read ran there: nothing is lost.)
-    async fn leave_replica_for_write(&mut self, tag: u8, frame: &Bytes) -> Result<(), End> {
+    async fn leave_replica_for_write(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
         let body = &frame[5..];
         let sql: Option<String> = match tag {
             b'Q' => frontend::decode_query(body).ok().map(str::to_string),
@@ -602,7 +621,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn attach_for(
         &mut self,
         name: &str,
-        frame: &Bytes,
+        frame: &[u8],
     ) -> Result<Option<Arc<Statement>>, ProxyError> {
         let stmt = if name.is_empty() {
             None
@@ -669,7 +688,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn attach(
         &mut self,
         sql: &str,
-        frame: Option<&Bytes>,
+        frame: Option<&[u8]>,
     ) -> Result<Option<ServerEffects>, ProxyError> {
         if self.server.is_some() {
             return Ok(None);
@@ -920,10 +939,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if n == 0 {
                     break;
                 }
-                let chunk = conn.read_buf.split_to(n);
                 if server_stream.forward {
-                    to_client.extend_from_slice(&chunk);
+                    to_client.extend_from_slice(&conn.read_buf[..n]);
                 }
+                conn.read_buf.advance(n);
                 server_stream.remaining -= n;
                 continue;
             }
@@ -954,7 +973,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 conn.read_buf.reserve(total - conn.read_buf.len());
                 break;
             }
-            let frame = conn.read_buf.split_to(total);
+            // Read in place, consumed at the end of the iteration.
+            let frame = &conn.read_buf[..total];
             let status = if tag == b'Z' {
                 frame.get(5).copied().unwrap_or(b'I')
             } else {
@@ -987,8 +1007,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 _ => {}
             }
             if forward {
-                to_client.extend_from_slice(&frame);
+                to_client.extend_from_slice(frame);
             }
+            conn.read_buf.advance(total);
             while let Some(m) = expect.pop_synthetic() {
                 to_client.extend_from_slice(&m);
             }
@@ -1093,6 +1114,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     fn forget_failed_parses(&mut self) {
         let failed = self.expect.take_failed_parses();
+        if failed.is_empty() {
+            return;
+        }
         if let Some(pc) = self.server.as_mut() {
             for n in failed {
                 pc.conn().prepared.remove(&n);
@@ -1257,7 +1281,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'B' => {
+                    // The unnamed statement is never kept: its Parse is in
+                    // the batch.
                     if let Ok(b) = frontend::decode_bind(body)
+                        && !b.statement.is_empty()
                         && let Some(s) = self.statements.get(b.statement)
                     {
                         texts.push(&s.query);

@@ -22,7 +22,13 @@ impl LocalStatements {
         self.statements.insert(name.to_string(), cmd);
     }
 
+    // Every extended-protocol message asks; there is rarely anything: the
+    // emptiness checks skip hashing the name.
+
     pub fn statement(&self, name: &str) -> Option<&ProxyCommand> {
+        if self.statements.is_empty() {
+            return None;
+        }
         self.statements.get(name)
     }
 
@@ -31,6 +37,9 @@ impl LocalStatements {
     }
 
     pub fn portal(&self, name: &str) -> Option<&ProxyCommand> {
+        if self.portals.is_empty() {
+            return None;
+        }
         self.portals.get(name).map(|(c, _)| c)
     }
 
@@ -41,16 +50,18 @@ impl LocalStatements {
 
     /// Forgets a statement (a normal Parse reused its name, or Close).
     pub fn forget_statement(&mut self, name: &str) -> bool {
-        self.statements.remove(name).is_some()
+        !self.statements.is_empty() && self.statements.remove(name).is_some()
     }
 
     pub fn forget_portal(&mut self, name: &str) -> bool {
-        self.portals.remove(name).is_some()
+        !self.portals.is_empty() && self.portals.remove(name).is_some()
     }
 
     /// Portals end with the transaction.
     pub fn end_transaction(&mut self) {
-        self.portals.clear();
+        if !self.portals.is_empty() {
+            self.portals.clear();
+        }
     }
 }
 
