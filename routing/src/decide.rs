@@ -271,29 +271,44 @@ fn read(
     })
 }
 
-/// `balance` among eligible replicas. Ties go round-robin by ticket, so
-/// equally fresh replicas share the load.
+/// `balance` among eligible replicas. Ties go to the `ticket % ties`-th
+/// (in node order), so equally good replicas share the load.
 fn pick<'n>(
     ctx: &RouteContext<'_>,
     eligible: impl Iterator<Item = (usize, &'n NodeHealth)>,
 ) -> Option<usize> {
-    let mut best: Vec<(usize, (u64, u64))> = Vec::new();
+    // Ties in a fixed array (no allocation per decision); a cluster with
+    // more tied replicas than that spills into `more`.
+    let mut ties = [0usize; 16];
+    let mut more: Vec<usize> = Vec::new();
+    let mut count = 0;
+    let mut best = None;
     for (i, n) in eligible {
         let key = match ctx.config.balance {
             Balance::RoundRobin => (0, 0),
             Balance::LeastLag => (n.lag_bytes.unwrap_or(u64::MAX), 0),
             Balance::LeastConnections => ((ctx.in_use)(i) as u64, n.lag_bytes.unwrap_or(u64::MAX)),
         };
-        match best.first() {
-            Some((_, k)) if key > *k => {}
-            Some((_, k)) if key == *k => best.push((i, key)),
+        match best {
+            Some(k) if key > k => continue,
+            Some(k) if key == k => {}
             _ => {
-                best.clear();
-                best.push((i, key));
+                best = Some(key);
+                count = 0;
+                more.clear();
             }
         }
+        match ties.get_mut(count) {
+            Some(slot) => *slot = i,
+            None => more.push(i),
+        }
+        count += 1;
     }
-    (!best.is_empty()).then(|| best[ctx.ticket % best.len()].0)
+    if count == 0 {
+        return None;
+    }
+    let j = ctx.ticket % count;
+    Some(ties.get(j).copied().unwrap_or_else(|| more[j - ties.len()]))
 }
 
 /// Applies the breaker to a decision: fallbacks need admission; when

@@ -421,3 +421,18 @@ fn the_write_gate_refuses_writes_and_lets_reads_through() {
     // for reads.
     assert_ne!(c.route("SELECT 1").0, 0);
 }
+
+#[test]
+fn ties_beyond_the_inline_array_are_picked_too() {
+    let mut c = Case::new(20);
+    for n in c.snap.nodes.iter_mut().skip(1) {
+        n.lag_bytes = Some(0);
+    }
+    let picks: std::collections::BTreeSet<usize> = (0..20)
+        .map(|t| {
+            c.ticket = t;
+            c.route("SELECT 1").0
+        })
+        .collect();
+    assert_eq!(picks, (1..=20).collect());
+}

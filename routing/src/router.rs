@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use lagrouter_config::ConfigHandle;
+use lagrouter_config::{Balance, ConfigHandle};
 use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
 use crate::session::SessionRouting;
@@ -163,7 +163,13 @@ impl Router {
             required_lsn: session.required_lsn(rc.read_your_writes, analysis.hints.min_lsn),
             config: rc,
             snapshot: &snap,
-            ticket: self.shared.ticket.fetch_add(1, Ordering::Relaxed),
+            // round_robin spreads transactions; the other policies break
+            // ties by session, so a session keeps its replica while the
+            // replicas tie (fewer server connections, warmer caches).
+            ticket: match rc.balance {
+                Balance::RoundRobin => self.shared.ticket.fetch_add(1, Ordering::Relaxed),
+                _ => session.affinity(|| self.shared.ticket.fetch_add(1, Ordering::Relaxed)),
+            },
             in_use,
             drained: &drained,
             gate: WriteGate::from_config(&config),
@@ -309,6 +315,44 @@ mod tests {
             ConfigHandle::new(config),
             Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
         )
+    }
+
+    #[test]
+    fn sessions_keep_their_replica_while_replicas_tie() {
+        let r = router(2, |_, s| {
+            s.nodes[1].lag_bytes = Some(0);
+            s.nodes[2].lag_bytes = Some(0);
+        });
+        let now = Instant::now();
+        let mut sessions: Vec<SessionRouting> = (0..4).map(|_| SessionRouting::new()).collect();
+        let mut first = Vec::new();
+        for s in sessions.iter_mut() {
+            first.push(r.route(s, "SELECT 1", now).unwrap().node);
+        }
+        assert_eq!(first.iter().filter(|&&n| n == 1).count(), 2, "{first:?}");
+        for _ in 0..10 {
+            for (s, want) in sessions.iter_mut().zip(&first) {
+                assert_eq!(r.route(s, "SELECT 1", now).unwrap().node, *want);
+            }
+        }
+        // No longer tied: every session goes to the fresher replica.
+        let mut snap = (**r.health()).clone();
+        snap.nodes[1].lag_bytes = Some(500);
+        r.health.store(Arc::new(snap));
+        for s in sessions.iter_mut() {
+            assert_eq!(r.route(s, "SELECT 1", now).unwrap().node, 2);
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_one_sessions_transactions() {
+        let r = router(2, |c, _| c.routing.balance = Balance::RoundRobin);
+        let now = Instant::now();
+        let mut s = SessionRouting::new();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| r.route(&mut s, "SELECT 1", now).unwrap().node)
+            .collect();
+        assert_eq!(picks.iter().filter(|&&n| n == 1).count(), 2, "{picks:?}");
     }
 
     #[test]

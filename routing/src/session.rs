@@ -21,6 +21,9 @@ pub struct SessionRouting {
     min_lsn: Option<Lsn>,
     route: RouteOverride,
     default_read_only: bool,
+    /// This session's tie-break among equally good replicas (taken on its
+    /// first routed read), so that it keeps one replica while they tie.
+    affinity: Option<usize>,
 }
 
 /// What the proxy answers to a [`ProxyCommand`].
@@ -52,6 +55,11 @@ impl SessionRouting {
     /// the client as `lagrouter.last_write_lsn` (its causal token).
     pub fn last_write_lsn(&self) -> Option<Lsn> {
         self.last_write_lsn
+    }
+
+    /// The session's tie-break ticket, taken from `next` the first time.
+    pub(crate) fn affinity(&mut self, next: impl FnOnce() -> usize) -> usize {
+        *self.affinity.get_or_insert_with(next)
     }
 
     /// The causal token set with `SET lagrouter.min_lsn`, if any.
