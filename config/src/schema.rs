@@ -305,12 +305,14 @@ pub enum BreakerOpenAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// The replica with the smallest byte lag (the default).
+    /// The replica with the smallest byte lag (the default). Ties: each
+    /// session keeps one of the tied replicas.
     #[default]
     LeastLag,
     /// Each eligible replica in turn.
     RoundRobin,
-    /// The replica with the fewest server connections in use.
+    /// The replica with the fewest server connections in use. Ties as for
+    /// `LeastLag`.
     LeastConnections,
 }
 
