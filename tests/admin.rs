@@ -7,11 +7,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::*;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -36,25 +35,6 @@ async fn admin(proxy: &TestProxy) -> Conn {
     try_connect_str(&admin_str(proxy, "lradmin", "adminpw"))
         .await
         .unwrap_or_else(|e| panic!("admin console connect: {}", describe(&e)))
-}
-
-/// The rows of a console command, each as column → value ("" for NULL).
-async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
-    let msgs = within(T, sql, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Ports of `n` reads of `inet_server_port()`, each its own transaction.
@@ -92,7 +72,7 @@ async fn console_shows_state_and_drains_replicas() {
         read_ports(&app, 4).await;
         let a = admin(&proxy).await;
 
-        let nodes = rows(&a, "SHOW NODES").await;
+        let nodes = console_rows(&a, "SHOW NODES").await;
         assert_eq!(nodes.len(), 3, "{nodes:?}");
         for n in &nodes {
             assert_eq!(n["state"], "healthy", "{n:?}");
@@ -108,30 +88,30 @@ async fn console_shows_state_and_drains_replicas() {
             1
         );
 
-        let pools = rows(&a, "show pools;").await;
+        let pools = console_rows(&a, "show pools;").await;
         assert!(
             pools
                 .iter()
                 .any(|p| p["user"] == "app" && p["database"] == "app"),
             "{pools:?}"
         );
-        assert!(!rows(&a, "SHOW SERVERS").await.is_empty());
-        let clients = rows(&a, "SHOW CLIENTS").await;
+        assert!(!console_rows(&a, "SHOW SERVERS").await.is_empty());
+        let clients = console_rows(&a, "SHOW CLIENTS").await;
         assert!(
             clients
                 .iter()
                 .any(|c| c["user"] == "app" && c["addr"] == "127.0.0.1"),
             "{clients:?}"
         );
-        let stats = rows(&a, "Show Stats").await;
+        let stats = console_rows(&a, "Show Stats").await;
         assert!(
             stats.iter().any(|s| s["stat"] == "transactions_replica"),
             "{stats:?}"
         );
-        let breaker = rows(&a, "SHOW BREAKER").await;
+        let breaker = console_rows(&a, "SHOW BREAKER").await;
         assert_eq!(breaker.len(), 1);
         assert_eq!(breaker[0]["state"], "closed", "{breaker:?}");
-        let config = rows(&a, "SHOW CONFIG").await;
+        let config = console_rows(&a, "SHOW CONFIG").await;
         let text = format!("{config:?}");
         assert!(!text.contains("adminpw") && !text.contains("\"app\\npassword"));
         let user = config
@@ -142,12 +122,12 @@ async fn console_shows_state_and_drains_replicas() {
             user["value"].contains("password=<redacted>") && user["value"].contains("admin=true"),
             "{user:?}"
         );
-        assert_eq!(rows(&a, "SHOW HELP").await.len(), 14);
+        assert_eq!(console_rows(&a, "SHOW HELP").await.len(), 14);
 
         // No file to reload: a clear error, and the console stays usable.
         let e = expect_sqlstate(a.simple_query("RELOAD").await, "F0000", "RELOAD");
         assert!(e.contains("no configuration file"), "{e}");
-        let reload = rows(&a, "SHOW RELOAD").await;
+        let reload = console_rows(&a, "SHOW RELOAD").await;
         assert_eq!(reload.len(), 1, "{reload:?}");
 
         let e = expect_sqlstate(a.simple_query("SHOW everything").await, "42601", "bad");
@@ -164,8 +144,8 @@ async fn console_shows_state_and_drains_replicas() {
         expect_sqlstate(a.query("SHOW NODES", &[]).await, "0A000", "extended");
 
         // Drained: no read reaches replica1 (a session already open included).
-        rows(&a, &format!("drain {replica1};")).await;
-        let n = rows(&a, "SHOW NODES").await;
+        console_rows(&a, &format!("drain {replica1};")).await;
+        let n = console_rows(&a, "SHOW NODES").await;
         let r1 = n.iter().find(|r| r["name"] == replica1).unwrap();
         assert_eq!(r1["drained"], "true", "{r1:?}");
         let ports = read_ports(&app, 20).await;
@@ -181,7 +161,7 @@ async fn console_shows_state_and_drains_replicas() {
         );
 
         // Undrained: replica1 serves reads again.
-        rows(&a, &format!("UNDRAIN \"{replica1}\"")).await;
+        console_rows(&a, &format!("UNDRAIN \"{replica1}\"")).await;
         let ports = read_ports(&app, 40).await;
         assert!(
             ports.contains(&replica1_port),
@@ -234,8 +214,8 @@ async fn reload_errors_show_in_the_console() {
             .await
             .unwrap_or_else(|e| panic!("admin console: {}", describe(&e)));
 
-        rows(&a, "RELOAD").await;
-        let r = rows(&a, "SHOW RELOAD").await;
+        console_rows(&a, "RELOAD").await;
+        let r = console_rows(&a, "SHOW RELOAD").await;
         assert_eq!(r[0]["file"], path.display().to_string(), "{r:?}");
         assert_eq!(r[0]["last_error"], "", "{r:?}");
 
@@ -243,9 +223,9 @@ async fn reload_errors_show_in_the_console() {
         std::fs::write(&path, "[pool]\nsize = \"lots\"\n").unwrap();
         let e = expect_sqlstate(a.simple_query("reload;").await, "F0000", "bad file");
         assert!(e.contains("size"), "{e}");
-        let r = rows(&a, "SHOW RELOAD").await;
+        let r = console_rows(&a, "SHOW RELOAD").await;
         assert!(r[0]["last_error"].contains("size"), "{r:?}");
-        let cfg = rows(&a, "SHOW CONFIG").await;
+        let cfg = console_rows(&a, "SHOW CONFIG").await;
         let last = cfg.iter().find(|r| r["key"] == "reload.last_error").unwrap();
         assert!(last["value"].contains("size"), "{last:?}");
         let size = cfg.iter().find(|r| r["key"] == "pool.size").unwrap();
@@ -253,11 +233,11 @@ async fn reload_errors_show_in_the_console() {
 
         // Fixed (and changed): applied, and the error is cleared.
         std::fs::write(&path, text.replace("[pool]\n", "[pool]\nsize = 7\n")).unwrap();
-        rows(&a, "RELOAD").await;
-        let cfg = rows(&a, "SHOW CONFIG").await;
+        console_rows(&a, "RELOAD").await;
+        let cfg = console_rows(&a, "SHOW CONFIG").await;
         let size = cfg.iter().find(|r| r["key"] == "pool.size").unwrap();
         assert_eq!(size["value"], "7");
-        assert_eq!(rows(&a, "SHOW RELOAD").await[0]["last_error"], "");
+        assert_eq!(console_rows(&a, "SHOW RELOAD").await[0]["last_error"], "");
     })
     .await;
 }

@@ -33,7 +33,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -42,7 +41,8 @@ use lagrouter::pgcluster::Cluster;
 use lagrouter_config::Config;
 use support::routing::{Lr, Paused, caught_up, rows};
 use support::{
-    ProxyBuilder, TempDir, blocking, describe, sqlstate, start_lagrouter, try_connect_str, within,
+    ProxyBuilder, TempDir, blocking, console_rows, describe, sqlstate, start_lagrouter,
+    try_connect_str, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -118,28 +118,9 @@ async fn admin(lr: &Lr) -> support::Conn {
         .unwrap_or_else(|e| panic!("admin console: {}", describe(&e)))
 }
 
-/// The rows of a console command, each as column → value ("" for NULL).
-async fn console(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
-    let msgs = within(Duration::from_secs(30), sql, c.simple_query(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
 /// `SHOW SAFETY`'s value of `item`.
 async fn safety_item(a: &Client, item: &str) -> Option<String> {
-    let rows = console(a, "SHOW SAFETY").await;
+    let rows = console_rows(a, "SHOW SAFETY").await;
     rows.iter()
         .find(|r| r.get("item").map(String::as_str) == Some(item))
         .map(|r| r["value"].clone())
@@ -160,13 +141,13 @@ async fn wait_gate(a: &Client, want: &str) -> Duration {
     panic!(
         "write_gate not {want} after {:?}: {:?}",
         start.elapsed(),
-        console(a, "SHOW SAFETY").await
+        console_rows(a, "SHOW SAFETY").await
     );
 }
 
 /// Sum of `in_use` over every pool (`SHOW POOLS`).
 async fn pools_in_use(a: &Client) -> u64 {
-    console(a, "SHOW POOLS")
+    console_rows(a, "SHOW POOLS")
         .await
         .iter()
         .map(|p| p["in_use"].parse::<u64>().unwrap())
@@ -175,7 +156,7 @@ async fn pools_in_use(a: &Client) -> u64 {
 
 /// Sum of `checkouts` over every pool (`SHOW POOLS`).
 async fn pools_checkouts(a: &Client) -> u64 {
-    console(a, "SHOW POOLS")
+    console_rows(a, "SHOW POOLS")
         .await
         .iter()
         .map(|p| p["checkouts"].parse::<u64>().unwrap())
@@ -448,7 +429,7 @@ fn gate_refuses_writes_while_replicas_lag_and_reopens_after_one_recovers() {
         let (p1, p2, wal) = both_paused_past_gate(&lr).await;
         let closed_in = wait_gate(&a, "refusing").await;
         eprintln!("gate refusing {closed_in:?} after both replicas were past the limit");
-        eprintln!("SHOW SAFETY: {:?}", console(&a, "SHOW SAFETY").await);
+        eprintln!("SHOW SAFETY: {:?}", console_rows(&a, "SHOW SAFETY").await);
 
         // Every kind of write, each refused before a server sees it: no
         // pool checkout moves while they are refused.
@@ -629,7 +610,7 @@ fn gate_refuses_writes_while_replicas_lag_and_reopens_after_one_recovers() {
                 resumed.elapsed() < Duration::from_secs(20) && next_id < 1000,
                 "writes still refused {:?} after replica1 resumed: {:?}",
                 resumed.elapsed(),
-                console(&a, "SHOW SAFETY").await
+                console_rows(&a, "SHOW SAFETY").await
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
@@ -1017,7 +998,7 @@ fn hundred_waiters_hold_no_server_connection() {
             conns.push(c);
         }
         let base_in_use = pools_in_use(&a).await;
-        let pool_rows = console(&a, "SHOW POOLS").await;
+        let pool_rows = console_rows(&a, "SHOW POOLS").await;
         eprintln!("{WAITERS} writers connected; in_use {base_in_use}; pools {pool_rows:?}");
 
         let started = Instant::now();
@@ -1036,7 +1017,7 @@ fn hundred_waiters_hold_no_server_connection() {
             && started.elapsed() < Duration::from_millis(1800)
             && samples < 100
         {
-            let pools = console(&a, "SHOW POOLS").await;
+            let pools = console_rows(&a, "SHOW POOLS").await;
             let in_use: u64 = pools
                 .iter()
                 .map(|p| p["in_use"].parse::<u64>().unwrap())
@@ -1047,7 +1028,7 @@ fn hundred_waiters_hold_no_server_connection() {
                 .sum();
             max_in_use = max_in_use.max(in_use);
             max_pool_waiting = max_pool_waiting.max(waiting);
-            let clients = console(&a, "SHOW CLIENTS").await;
+            let clients = console_rows(&a, "SHOW CLIENTS").await;
             let active = clients.iter().filter(|c| c["state"] == "active").count();
             active_clients_max = active_clients_max.max(active);
             let m = scrape().await;
@@ -1207,7 +1188,7 @@ fn inactive_slot_shows_in_metrics_and_show_slots() {
             lines_of(&m, "lagrouter_data_at_risk")
         );
 
-        let slots = console(&a, "SHOW SLOTS").await;
+        let slots = console_rows(&a, "SHOW SLOTS").await;
         eprintln!("SHOW SLOTS: {slots:?}");
         let row = slots
             .iter()
@@ -1252,7 +1233,7 @@ fn inactive_slot_shows_in_metrics_and_show_slots() {
                 &[&slot_label]
             )
         );
-        let slots = console(&a, "SHOW SLOTS").await;
+        let slots = console_rows(&a, "SHOW SLOTS").await;
         assert!(!slots.iter().any(|r| r["slot_name"] == SLOT), "{slots:?}");
     });
 }

@@ -163,3 +163,26 @@ pub async fn scalar(client: &Client, sql: &str) -> Option<String> {
         _ => None,
     })?
 }
+
+/// The rows of a console command (or any simple query), each as column →
+/// value ("" for NULL); panics with the server's message on error.
+pub async fn console_rows(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let msgs = super::within(std::time::Duration::from_secs(30), sql, c.simple_query(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", super::describe(&e)));
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
