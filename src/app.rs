@@ -53,6 +53,11 @@ pub async fn start(
         shared.router.clone(),
         shutdown.child_token(),
     ));
+    tokio::spawn(lagrouter_proxy::stalls::abandon_stalled_nodes(
+        shared.clone(),
+        health.clone(),
+        shutdown.child_token(),
+    ));
     tokio::spawn(close_idle_connections(
         shared.clone(),
         shutdown.child_token(),

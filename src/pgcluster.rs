@@ -20,9 +20,12 @@
 //! - `tools`: psql, pgbench and the other client tools, bounded in time.
 //! - `process`: the keeper thread, bounded tool runs, stopping, the janitor.
 //! - `setup`: binaries, OS user, ports, configuration file contents.
+//! - `faults`: a node's PIDs (for SIGSTOP), an immediate stop, re-pointing
+//!   a replica after a promotion.
 
 mod bootstrap;
 mod error;
+mod faults;
 mod process;
 mod server;
 mod setup;

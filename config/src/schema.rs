@@ -242,8 +242,9 @@ pub struct HealthConfig {
     /// How often each node is checked. Default `250ms`. Live.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
-    /// A check not answered within this makes the node `Unreachable`.
-    /// Default `1s`. Live.
+    /// A check not answered within this is missed: the node keeps its
+    /// state until `timeouts_before_unreachable` checks in a row are missed
+    /// (at once when its client traffic is stuck too). Default `1s`. Live.
     #[serde(with = "humantime_serde")]
     pub check_timeout: Duration,
     /// A replica further behind the primary than this many bytes of WAL is
@@ -256,6 +257,11 @@ pub struct HealthConfig {
     /// Consecutive good checks before a demoted replica serves reads again.
     /// Default 3. Live.
     pub recover_after_checks: u32,
+    /// Consecutive checks without an answer within `check_timeout` before
+    /// a node is `Unreachable`. A refused or broken connection makes it
+    /// `Unreachable` at once, and so does a slow check while the node's
+    /// client traffic makes no progress either. Default 2. Live.
+    pub timeouts_before_unreachable: u32,
     /// How often the heartbeat row is written on the primary; `0s` disables
     /// it (time lag then reads as unknown). Default `500ms`. Live.
     #[serde(with = "humantime_serde")]
@@ -280,6 +286,7 @@ impl Default for HealthConfig {
             max_lag_bytes: 1 << 20,
             max_lag_time: None,
             recover_after_checks: 3,
+            timeouts_before_unreachable: 2,
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_table: "lagrouter_heartbeat".into(),
             user: None,
@@ -305,8 +312,10 @@ pub enum BreakerOpenAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// The replica with the smallest byte lag (the default). Ties: each
-    /// session keeps one of the tied replicas.
+    /// The replica with the smallest byte lag (the default), compared in
+    /// steps of `[health] max_lag_bytes / 16`. Ties: each session keeps one
+    /// of the tied replicas (rendezvous hashing), and moves back to a
+    /// replica that rejoins the tied set.
     #[default]
     LeastLag,
     /// Each eligible replica in turn.

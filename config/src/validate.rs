@@ -171,6 +171,9 @@ impl Config {
         if h.check_timeout.is_zero() {
             p.add("health.check_timeout", "must be more than 0s");
         }
+        if h.timeouts_before_unreachable == 0 {
+            p.add("health.timeouts_before_unreachable", "must be at least 1");
+        }
         if h.recover_after_checks == 0 {
             p.add("health.recover_after_checks", "must be at least 1");
         }

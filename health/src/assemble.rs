@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use lagrouter_config::{HealthConfig, NodeConfig, SafetyConfig};
 
 use crate::error::ProbeError;
-use crate::lag::{PrimaryHistory, PrimarySample, byte_lag, time_lag};
+use crate::lag::{PrimaryHistory, PrimarySample, byte_lag, estimated_lag, time_lag};
 use crate::observation::Observation;
 use crate::primary::{PrimaryEvidence, detect_primary};
 use crate::risk::{Follower, data_at_risk};
-use crate::state::{Check, NodeStatus, Thresholds, Verdict, next_status, verdict};
-use crate::{HealthSnapshot, NodeHealth, PrimaryStatus};
+use crate::state::{Cause, Check, NodeStatus, Thresholds, Verdict, next_status, verdict};
+use crate::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus};
 
 /// A node whose state changed this round, with what caused it.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +82,7 @@ pub fn assemble(
         max_lag_bytes: safety.max_lag_bytes(h),
         max_lag_time: safety.max_lag_time(h),
         recover_after_checks: h.recover_after_checks,
+        timeouts_before_unreachable: h.timeouts_before_unreachable,
     };
     let heartbeat_on = !h.heartbeat_interval.is_zero();
     let decision = detect_primary(&evidence(prev, nodes, results), h.prefer_highest_timeline);
@@ -97,6 +98,17 @@ pub fn assemble(
     let target_timeline = target
         .and_then(|p| results.get(p)?.as_ref().ok())
         .and_then(|o| o.timeline);
+    // Evidence for replicas without a paired sample (see `lag`): what the
+    // furthest replica received, and whether the primary may be writing.
+    let received = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter(|o| o.in_recovery && !on_other_timeline(o, target_timeline))
+        .filter_map(|o| o.receive_lsn)
+        .max();
+    let primary_refused = target
+        .and_then(|p| results.get(p))
+        .is_some_and(|r| matches!(r, Err(e) if e.cause() == Cause::Refused));
 
     let mut changes = Vec::new();
     let mut followers = Vec::new();
@@ -108,6 +120,7 @@ pub fn assemble(
                 state: l.state,
                 good_checks: l.good_checks,
                 since: l.state_since.unwrap_or(now),
+                missed: l.missed_checks,
             },
             None => NodeStatus::unchecked(now),
         };
@@ -115,10 +128,19 @@ pub fn assemble(
             .get(i)
             .cloned()
             .unwrap_or(Err(ProbeError::Task("no result")));
+        let mut estimated = false;
         let (check, lag_bytes, lag_time) = match &result {
+            Err(e) if e.is_slow() => (
+                Check::Missed {
+                    reason: e.to_string(),
+                },
+                None,
+                None,
+            ),
             Err(e) => (
                 Check::Unreachable {
                     reason: e.to_string(),
+                    cause: e.cause(),
                 },
                 None,
                 None,
@@ -133,8 +155,20 @@ pub fn assemble(
             // are not comparable, and it will never see the target's writes.
             Ok(o) if on_other_timeline(o, target_timeline) => (Check::NotFollowing, None, None),
             Ok(o) => {
-                let b = byte_lag(o, sample.as_ref());
-                let t = time_lag(o, b, heartbeat_on, history);
+                let (b, t) = match byte_lag(o, sample.as_ref()) {
+                    Some(b) => (Some(b), time_lag(o, Some(b), heartbeat_on, history)),
+                    None => {
+                        let e =
+                            estimated_lag(o, sample.as_ref(), history, received, !primary_refused);
+                        estimated = e.is_some();
+                        let b = e.map(|e| e.bytes);
+                        // Judged as of the newest sample: the heartbeat could
+                        // not advance in the silence, which the bytes cover.
+                        let silence = e.map_or(Duration::ZERO, |e| e.silence);
+                        let t = time_lag(o, b, heartbeat_on, history);
+                        (b, t.map(|t| t.saturating_sub(silence)))
+                    }
+                };
                 followers.push(Follower {
                     replay_lag: b,
                     receive_lag: sample
@@ -152,6 +186,7 @@ pub fn assemble(
                 state: l.gate_state,
                 good_checks: l.gate_good_checks,
                 since: l.gate_since.unwrap_or(now),
+                missed: l.missed_checks,
             },
             None => NodeStatus::unchecked(now),
         };
@@ -170,6 +205,7 @@ pub fn assemble(
             });
         }
         let mut health = node_health(n, last, &result, to, lag_bytes, lag_time, &v, now);
+        health.lag_estimated = estimated;
         health.gate_state = gate.state;
         health.gate_good_checks = gate.good_checks;
         health.gate_since = Some(gate.since);
@@ -246,8 +282,19 @@ fn node_health(
         last_check: Some(now),
         good_checks: to.good_checks,
         state_since: Some(to.since),
-        unreachable_reason: match v {
-            Verdict::Unreachable(r) => Some(r.clone()),
+        missed_checks: to.missed,
+        cause: match to.state {
+            NodeState::Healthy => None,
+            _ => v.cause().or(match v {
+                Verdict::Missed(_) if to.state == NodeState::Unreachable => Some(Cause::Timeout),
+                _ => last.and_then(|l| l.cause),
+            }),
+        },
+        lag_estimated: false,
+        unreachable_reason: match (v, to.state) {
+            (Verdict::Unreachable { reason, .. }, _) => Some(reason.clone()),
+            (Verdict::Missed(r), NodeState::Unreachable) => Some(r.clone()),
+            (Verdict::Missed(_), _) => last.and_then(|l| l.unreachable_reason.clone()),
             _ => None,
         },
         // Set by the caller.
@@ -410,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn unordered_pairing_is_unknown_and_demotes() {
+    fn unordered_pairing_is_estimated_from_the_sample_and_the_write_rate() {
         let cfg = config("");
         let t0 = Instant::now();
         let results = [
@@ -418,21 +465,119 @@ mod tests {
             Ok(obs(true, 5000, ms(t0, 2), HB)), // answered after the primary was asked
             Ok(obs(true, 5000, ms(t0, 1), HB)),
         ];
-        let a = assemble(
+        let run = |history: &PrimaryHistory| {
+            assemble(
+                &HealthSnapshot::initial(&cfg),
+                &cfg.nodes,
+                &results,
+                &cfg.health,
+                &cfg.safety,
+                history,
+                t0,
+            )
+        };
+        // No earlier samples: no known write rate, the sample is the estimate.
+        let a = run(&PrimaryHistory::default());
+        let r1 = &a.snapshot.nodes[1];
+        assert_eq!((r1.lag_bytes, r1.lag_estimated), (Some(0), true));
+        assert_eq!(r1.state, NodeState::Healthy);
+        assert!(!a.snapshot.nodes[2].lag_estimated, "r2 was paired");
+        // 4 MB/s lately: 1ms of it may be missing (4000 > 1000 allowed).
+        let a = run(&history(
+            &[(0, 0), (250, 1_000_000)],
+            ms(t0, 0) - Duration::from_secs(1),
+        ));
+        let r1 = &a.snapshot.nodes[1];
+        assert_eq!(r1.lag_bytes, Some(4000));
+        assert_eq!(r1.state, NodeState::Lagging);
+        assert_eq!(r1.cause, Some(Cause::Lag));
+    }
+
+    fn history(points: &[(u64, u64)], t0: Instant) -> PrimaryHistory {
+        let mut h = PrimaryHistory::default();
+        for &(at, lsn) in points {
+            h.record(
+                Some("p"),
+                Some(PrimarySample {
+                    lsn: Lsn(lsn),
+                    sent_at: ms(t0, at),
+                }),
+            );
+        }
+        h
+    }
+
+    /// Rounds in which the primary does not answer: replicas are judged
+    /// on their own evidence and the estimated writes, not demoted for
+    /// missing a sample.
+    #[test]
+    fn a_silent_primary_does_not_demote_fresh_replicas() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let ok = [
+            Ok(obs(false, 5000, ms(t0, 2), HeartbeatSeen::NotRead)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+            Ok(obs(true, 5000, ms(t0, 1), HB)),
+        ];
+        // 400 B/s of heartbeats lately.
+        let h = history(&[(0, 4900), (250, 5000)], t0 - Duration::from_millis(250));
+        let first = assemble(
             &HealthSnapshot::initial(&cfg),
             &cfg.nodes,
-            &results,
+            &ok,
             &cfg.health,
             &cfg.safety,
-            &PrimaryHistory::default(),
+            &h,
             t0,
+        )
+        .snapshot;
+        let mut h = h;
+        h.record(
+            Some("p"),
+            Some(PrimarySample {
+                lsn: Lsn(5000),
+                sent_at: ms(t0, 2),
+            }),
         );
-        assert_eq!(a.snapshot.nodes[1].lag_bytes, None);
-        assert_eq!(a.snapshot.nodes[1].state, NodeState::Lagging);
-        assert_eq!(
-            a.changes[1].verdict,
-            Verdict::OverThreshold(crate::LagExcess::BytesUnknown)
-        );
+        let mut prev = first;
+        for (round, primary) in [
+            ProbeError::Timeout(Duration::from_secs(1)),
+            ProbeError::Timeout(Duration::from_secs(1)),
+            ProbeError::Connect("connection refused".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = 1000 * (round as u64 + 1);
+            let silent = [
+                Err(primary),
+                Ok(obs(true, 5000, ms(t0, at), HB)),
+                Ok(obs(true, 5000, ms(t0, at), HB)),
+            ];
+            let s = assemble(
+                &prev,
+                &cfg.nodes,
+                &silent,
+                &cfg.health,
+                &cfg.safety,
+                &h,
+                ms(t0, at),
+            )
+            .snapshot;
+            for r in &s.nodes[1..] {
+                assert_eq!(r.state, NodeState::Healthy, "round {round}: {r:?}");
+                assert!(r.lag_estimated);
+                assert!(
+                    r.lag_bytes.unwrap() <= 400 * (round as u64 + 1) + 1,
+                    "{r:?}"
+                );
+            }
+            prev = s;
+        }
+        let p = &prev.nodes[0];
+        assert_eq!(p.state, NodeState::Unreachable);
+        assert_eq!(p.cause, Some(Cause::Refused));
+        assert_eq!(prev.primary, PrimaryStatus::One(0), "writes still go there");
     }
 
     #[test]
@@ -454,22 +599,33 @@ mod tests {
             t0,
         )
         .snapshot;
-        let down = [
+        let slow = [
             Ok(obs(false, 6000, ms(t0, 12), HeartbeatSeen::NotRead)),
             Ok(obs(true, 6000, ms(t0, 11), HB)),
             Err(ProbeError::Timeout(Duration::from_secs(1))),
         ];
-        let a = assemble(
-            &first,
-            &cfg.nodes,
-            &down,
-            &cfg.health,
-            &cfg.safety,
-            &PrimaryHistory::default(),
-            ms(t0, 13),
-        );
+        let round = |prev: &HealthSnapshot, results: &[Result<Observation, ProbeError>]| {
+            assemble(
+                prev,
+                &cfg.nodes,
+                results,
+                &cfg.health,
+                &cfg.safety,
+                &PrimaryHistory::default(),
+                ms(t0, 13),
+            )
+        };
+        // One slow check is missing evidence: state kept.
+        let a = round(&first, &slow);
+        let r2 = &a.snapshot.nodes[2];
+        assert_eq!((r2.state, r2.missed_checks), (NodeState::Healthy, 1));
+        assert_eq!(r2.lag_bytes, None);
+        assert!(a.changes.is_empty());
+        // The second in a row (timeouts_before_unreachable = 2) is not.
+        let a = round(&a.snapshot, &slow);
         let r2 = &a.snapshot.nodes[2];
         assert_eq!(r2.state, NodeState::Unreachable);
+        assert_eq!(r2.cause, Some(Cause::Timeout));
         assert!(
             r2.unreachable_reason
                 .as_deref()
@@ -477,10 +633,19 @@ mod tests {
                 .contains("check_timeout")
         );
         assert_eq!(r2.replay_lsn, Some(Lsn(4900)));
-        assert_eq!(r2.lag_bytes, None);
         assert_eq!(r2.in_recovery, Some(true));
         assert_eq!(a.snapshot.nodes[1].state, NodeState::Healthy);
-        assert_eq!(a.snapshot.seq, 2);
+        assert_eq!(a.snapshot.seq, 3);
+        // A refused connection, or a stall seen on the data path, at once.
+        for e in [
+            ProbeError::Connect("connection refused".into()),
+            ProbeError::Stalled(Duration::from_millis(250)),
+        ] {
+            let cause = e.cause();
+            let down = [slow[0].clone(), slow[1].clone(), Err(e)];
+            let r2 = round(&first, &down).snapshot.nodes[2].clone();
+            assert_eq!((r2.state, r2.cause), (NodeState::Unreachable, Some(cause)));
+        }
     }
 
     #[test]

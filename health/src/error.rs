@@ -1,7 +1,8 @@
 //! Why a check of a node failed.
 //!
-//! Every variant makes the node `Unreachable` for that round; none of them
-//! is ever fatal to the monitor. Errors are stored as text so a snapshot
+//! A slow check ([`ProbeError::is_slow`]) is missing evidence; every other
+//! variant makes the node `Unreachable` for that round (see `state`). None
+//! of them is ever fatal to the monitor. Errors are stored as text so a snapshot
 //! and a log line can carry them (`tokio_postgres::Error` is not `Clone`).
 
 use std::time::Duration;
@@ -35,17 +36,44 @@ pub enum ProbeError {
     /// The node's check task is gone or still busy with an earlier check.
     #[error("check task unavailable: {0}")]
     Task(&'static str),
+    /// The check was slow and the proxy's own traffic to the node made no
+    /// progress either (or a connection to it failed) meanwhile.
+    #[error("no answer for {0:?} while lagrouter's client traffic to the node was stuck too")]
+    Stalled(Duration),
 }
 
 impl ProbeError {
     /// Short label for the `reason` of `lagrouter_health_check_failures_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ProbeError::Timeout(_) => "timeout",
+            ProbeError::Timeout(_) | ProbeError::Stalled(_) => "timeout",
             ProbeError::Connect(_) | ProbeError::Backoff { .. } => "connect",
             ProbeError::Query(_) => "query",
             ProbeError::BadAnswer(_) => "bad_answer",
             ProbeError::Task(_) => "internal",
+        }
+    }
+}
+
+impl ProbeError {
+    /// The node may be fine but did not answer in time: the check timed out
+    /// or its task was still busy with an earlier, slow one.
+    pub fn is_slow(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Timeout(_)
+                | ProbeError::Task("still busy with earlier checks" | "no answer by the deadline")
+        )
+    }
+
+    /// Why a failed check takes the node down.
+    pub fn cause(&self) -> crate::Cause {
+        use crate::Cause;
+        match self {
+            ProbeError::Timeout(_) => Cause::Timeout,
+            ProbeError::Stalled(_) => Cause::Stalled,
+            ProbeError::Connect(_) | ProbeError::Backoff { .. } => Cause::Refused,
+            ProbeError::Query(_) | ProbeError::BadAnswer(_) | ProbeError::Task(_) => Cause::Error,
         }
     }
 }

@@ -8,6 +8,13 @@
 //! during split brain. `heartbeat_interval = "0s"` stops it (checked every
 //! `check_interval` so turning it back on by reload works).
 //!
+//! A user that may not create or write the table (PostgreSQL 15 lets only
+//! the database owner create tables in `public`, and the default database
+//! is `postgres`) still gets a heartbeat: the writer then commits a
+//! transaction id (`SELECT txid_current()`, which any user may run), and
+//! replicas' time lag is read from `pg_last_xact_replay_timestamp()` (see
+//! `lag`). The log says, once per connection, what to grant to use the table.
+//!
 //! Writes are timed right after a round publishes, not on a free-running
 //! timer: a timer drifts into phase with the rounds, and a heartbeat
 //! committed between a replica's sample and the primary's shows as byte lag
@@ -20,6 +27,7 @@ use lagrouter_config::ConfigHandle;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::SharedSnapshot;
@@ -40,8 +48,33 @@ pub fn heartbeat_sql(table: &str) -> (String, String) {
     )
 }
 
+/// How a connection beats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beat {
+    /// Upsert the heartbeat row.
+    Table,
+    /// Commit a transaction id: no table, no privilege needed.
+    Xid,
+}
+
+/// The heartbeat without a table.
+const XID_BEAT: &str = "SELECT txid_current()";
+
+/// What to tell an operator whose monitor user may not use the table.
+fn grant_advice(user: Option<&str>, table: &str, database: &str, node: &str) -> String {
+    let user = user.unwrap_or("the monitor user");
+    format!(
+        "user {user} may not create or write the heartbeat table {table} in database \
+         {database} on {node}; beating with txid_current() instead (time lag from \
+         pg_last_xact_replay_timestamp()). To use the table, run as a superuser in database \
+         {database}: CREATE TABLE {table} (id integer PRIMARY KEY, ts timestamptz NOT NULL); \
+         GRANT SELECT, INSERT, UPDATE ON {table} TO {user}; or set [health] database to a \
+         database {user} owns"
+    )
+}
+
 struct Writer {
-    client: Option<(ConnTarget, String, Client)>,
+    client: Option<(ConnTarget, String, Client, Beat)>,
     backoff: Backoff,
     failing: bool,
 }
@@ -116,7 +149,7 @@ impl Writer {
         if self
             .client
             .as_ref()
-            .is_some_and(|(t, tb, c)| *t != target || tb != table || c.is_closed())
+            .is_some_and(|(t, tb, c, _)| *t != target || tb != table || c.is_closed())
         {
             self.client = None;
         }
@@ -128,28 +161,63 @@ impl Writer {
             let client = timeout(limit, connect(&target))
                 .await
                 .map_err(|_| format!("connect to {node} timed out"))??;
-            timeout(limit, client.simple_query(&create))
+            // CREATE TABLE IF NOT EXISTS needs CREATE on the schema even
+            // when the table exists: look first.
+            let exists = format!("SELECT to_regclass('{table}') IS NOT NULL");
+            let found = timeout(limit, client.simple_query(&exists))
                 .await
-                .map_err(|_| format!("creating {table} on {node} timed out"))?
-                .map_err(|e| format!("creating {table} on {node}: {}", describe_pg_error(&e)))?;
+                .map_err(|_| format!("looking for {table} on {node} timed out"))?
+                .map_err(|e| format!("looking for {table} on {node}: {}", describe_pg_error(&e)))?;
+            let beat = if first_value(&found) == Some("t") {
+                Beat::Table
+            } else {
+                match timeout(limit, client.simple_query(&create)).await {
+                    Err(_) => return Err(format!("creating {table} on {node} timed out")),
+                    Ok(Ok(_)) => Beat::Table,
+                    Ok(Err(e)) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                        let advice =
+                            grant_advice(target.user.as_deref(), table, &target.database, node);
+                        tracing::warn!(node, "heartbeat: {advice}");
+                        Beat::Xid
+                    }
+                    Ok(Err(e)) => {
+                        return Err(format!(
+                            "creating {table} on {node}: {}",
+                            describe_pg_error(&e)
+                        ));
+                    }
+                }
+            };
             self.backoff.succeeded();
-            self.client = Some((target, table.to_string(), client));
+            self.client = Some((target, table.to_string(), client, beat));
         }
-        let Some((_, _, client)) = &self.client else {
+        let Some((t, _, client, beat)) = &mut self.client else {
             return Err("no connection".into());
         };
-        match timeout(limit, client.simple_query(&upsert)).await {
+        let sql = match beat {
+            Beat::Table => upsert.as_str(),
+            Beat::Xid => XID_BEAT,
+        };
+        match timeout(limit, client.simple_query(sql)).await {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(e))
+                if *beat == Beat::Table && e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                let advice = grant_advice(t.user.as_deref(), table, &t.database, node);
+                tracing::warn!(node, "heartbeat: {advice}");
+                *beat = Beat::Xid;
+                Ok(())
+            }
             Ok(Err(e)) => {
                 let msg = describe_pg_error(&e);
                 if client.is_closed() {
                     self.client = None;
                 }
-                Err(format!("upsert on {node}: {msg}"))
+                Err(format!("heartbeat on {node}: {msg}"))
             }
             Err(_) => {
                 self.client = None;
-                Err(format!("upsert on {node} timed out after {limit:?}"))
+                Err(format!("heartbeat on {node} timed out after {limit:?}"))
             }
         }
     }
@@ -174,6 +242,14 @@ impl Writer {
     }
 }
 
+/// The first column of the first row, as text.
+fn first_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> {
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +259,13 @@ mod tests {
         let (create, upsert) = heartbeat_sql("lagrouter_heartbeat");
         assert!(create.starts_with("CREATE TABLE IF NOT EXISTS lagrouter_heartbeat"));
         assert!(upsert.contains("ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts"));
+    }
+
+    #[test]
+    fn advice_names_the_statements_and_the_user() {
+        let a = grant_advice(Some("app"), "lagrouter_heartbeat", "postgres", "primary");
+        assert!(a.contains("GRANT SELECT, INSERT, UPDATE ON lagrouter_heartbeat TO app"));
+        assert!(a.contains("in database postgres"));
+        assert!(a.contains("txid_current()"));
     }
 }

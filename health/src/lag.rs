@@ -22,7 +22,23 @@
 //! everything the primary had at `tj`, so it is at most `t1 - tj` stale.
 //! That second bound uses only the monitor's monotonic clock (no clock
 //! skew) and is exact to within one `check_interval`. With the heartbeat
-//! off the time lag is unknown (`None`), never zero.
+//! off the time lag is unknown (`None`), never zero. Where the heartbeat
+//! table cannot be written (no privilege), the heartbeat is a committed
+//! transaction id and the replica's `pg_last_xact_replay_timestamp()` age
+//! stands in for the row's.
+//!
+//! **No primary sample.** A round whose primary answered late, or not at
+//! all, or was asked before a replica's answer was in, has no paired
+//! sample for that replica. Missing evidence is not bad evidence: the
+//! replica is then judged by [`estimated_lag`] against an *estimated*
+//! primary position, the newest primary sample plus what the primary can
+//! have written since at its fastest recent rate ([`PrimaryHistory::write_rate`]),
+//! and never less than what any replica has already received from it. The
+//! estimate can under-report only if the primary writes faster than it did
+//! over the last [`PrimaryHistory::RATE_ROUNDS`] rounds while no replica
+//! receives it. A primary whose connection was refused writes nothing, so
+//! then the rate term is left out. Time lag is then judged as of the last
+//! sample: the silence itself is in the byte estimate.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -77,6 +93,32 @@ impl PrimaryHistory {
         }
     }
 
+    /// Rounds over which the write rate is taken: 10 s at the default
+    /// 250ms interval, long enough to include the last burst, short
+    /// enough to forget yesterday's bulk load.
+    pub const RATE_ROUNDS: usize = 40;
+
+    /// The newest sample.
+    pub fn newest(&self) -> Option<PrimarySample> {
+        self.samples.back().copied()
+    }
+
+    /// The fastest WAL write rate between consecutive samples of the last
+    /// [`Self::RATE_ROUNDS`] rounds, in bytes per second (0 with fewer
+    /// than two samples).
+    pub fn write_rate(&self) -> f64 {
+        let skip = self.samples.len().saturating_sub(Self::RATE_ROUNDS);
+        let recent: Vec<&PrimarySample> = self.samples.iter().skip(skip).collect();
+        recent
+            .windows(2)
+            .filter_map(|w| {
+                let dt = w[1].sent_at.saturating_duration_since(w[0].sent_at);
+                (dt >= Duration::from_millis(1))
+                    .then(|| w[1].lsn.bytes_after(w[0].lsn) as f64 / dt.as_secs_f64())
+            })
+            .fold(0.0, f64::max)
+    }
+
     /// Upper bound of the replica's staleness: the time since the newest
     /// earlier primary sample the replica had replayed when it answered.
     pub fn staleness_bound(&self, replica: &Observation) -> Option<Duration> {
@@ -100,6 +142,49 @@ pub fn byte_lag(replica: &Observation, primary: Option<&PrimarySample>) -> Optio
     Some(p.lsn.bytes_after(replica.replay_lsn?))
 }
 
+/// How a replica's lag was found when the round had no paired sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Bytes behind the estimated primary position.
+    pub bytes: u64,
+    /// How long before the replica's answer the newest real sample was taken.
+    pub silence: Duration,
+}
+
+/// The replica's byte lag against an estimated primary position (see the
+/// module docs): the newest sample taken before the replica answered
+/// (`current`, this round's, if it was taken before; else the history's),
+/// plus `write_rate × silence` when `rate_applies`, and at least
+/// `received`, the furthest position any replica received this round.
+/// `None` without any primary sample or replay position.
+pub fn estimated_lag(
+    replica: &Observation,
+    current: Option<&PrimarySample>,
+    history: &PrimaryHistory,
+    received: Option<Lsn>,
+    rate_applies: bool,
+) -> Option<Estimate> {
+    let replay = replica.replay_lsn?;
+    let base = current
+        .filter(|c| c.sent_at <= replica.answered_at)
+        .copied()
+        .or_else(|| history.newest())?;
+    let silence = replica.answered_at.saturating_duration_since(base.sent_at);
+    let written = if rate_applies {
+        (history.write_rate() * silence.as_secs_f64()).ceil() as u64
+    } else {
+        0
+    };
+    let mut position = Lsn(base.lsn.0.saturating_add(written));
+    if let Some(r) = received {
+        position = position.max(r);
+    }
+    Some(Estimate {
+        bytes: position.bytes_after(replay),
+        silence,
+    })
+}
+
 /// The replica's time lag: zero when provably caught up, else the smaller
 /// of the heartbeat's age and the history bound; `None` when the heartbeat
 /// is off, or when neither bound is known yet.
@@ -117,7 +202,10 @@ pub fn time_lag(
     }
     let heartbeat = match replica.heartbeat {
         HeartbeatSeen::Age(a) => Some(a),
-        _ => None,
+        // The writer beats with txid_current() where it may not write the
+        // table: the newest replayed commit is then the heartbeat.
+        HeartbeatSeen::TableMissing | HeartbeatSeen::RowMissing => replica.last_replay_age,
+        HeartbeatSeen::NotRead | HeartbeatSeen::TableExists => None,
     };
     match (heartbeat, history.staleness_bound(replica)) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -277,6 +365,72 @@ mod tests {
         // Samples taken after the replica answered prove nothing.
         let r = replica(Some(300), ms(400), HeartbeatSeen::RowMissing);
         assert_eq!(h.staleness_bound(&r), Some(Duration::from_millis(150)));
+    }
+
+    fn history(points: &[(u64, u64)], t0: Instant) -> PrimaryHistory {
+        let mut h = PrimaryHistory::default();
+        for &(at, lsn) in points {
+            h.record(
+                Some("p"),
+                Some(PrimarySample {
+                    lsn: Lsn(lsn),
+                    sent_at: t0 + Duration::from_millis(at),
+                }),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn write_rate_is_the_fastest_recent_step() {
+        let t0 = Instant::now();
+        let h = history(&[(0, 0), (250, 1000), (500, 1500), (500, 9000)], t0);
+        // 1000 bytes in 250ms = 4000 B/s; the zero-time pair is skipped.
+        assert_eq!(h.write_rate(), 4000.0);
+        assert_eq!(history(&[(0, 5)], t0).write_rate(), 0.0);
+    }
+
+    #[test]
+    fn estimated_lag_counts_the_writes_since_the_last_sample() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let h = history(&[(0, 0), (250, 1000), (500, 2000)], t0);
+        // The primary went silent after 500ms; the replica had everything
+        // then and answers at 1500ms: 1s at 4000 B/s may be missing.
+        let r = replica(Some(2000), ms(1500), HeartbeatSeen::NotRead);
+        let e = estimated_lag(&r, None, &h, None, true).unwrap();
+        assert_eq!(e.bytes, 4000);
+        assert_eq!(e.silence, Duration::from_secs(1));
+        // A refused primary writes nothing.
+        assert_eq!(estimated_lag(&r, None, &h, None, false).unwrap().bytes, 0);
+        // What a replica received is a floor for the primary's position.
+        let got = estimated_lag(&r, None, &h, Some(Lsn(9000)), false).unwrap();
+        assert_eq!(got.bytes, 7000);
+        // This round's sample, if taken before the answer, is the base.
+        let cur = PrimarySample {
+            lsn: Lsn(2500),
+            sent_at: ms(1400),
+        };
+        let e = estimated_lag(&r, Some(&cur), &h, None, true).unwrap();
+        assert_eq!(
+            (e.bytes, e.silence),
+            (500 + 400, Duration::from_millis(100))
+        );
+        // No sample at all: unknown.
+        let empty = PrimaryHistory::default();
+        assert_eq!(estimated_lag(&r, None, &empty, Some(Lsn(1)), true), None);
+    }
+
+    #[test]
+    fn without_the_table_the_newest_replayed_commit_is_the_heartbeat() {
+        let t0 = Instant::now();
+        let h = PrimaryHistory::default();
+        let mut r = replica(Some(1), t0, HeartbeatSeen::TableMissing);
+        r.last_replay_age = Some(Duration::from_millis(300));
+        assert_eq!(
+            time_lag(&r, Some(10), true, &h),
+            Some(Duration::from_millis(300))
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@
 //! - `replay`: [`ReplayWaiter`], fast replay-LSN polling for `wait_replicas`.
 //! - `telemetry`: metrics (names documented there) and state-change logs.
 //! - `error`: [`ProbeError`], why a check failed.
+//! - `traffic`: [`Traffic`], the proxy's own traffic per node, the second
+//!   path that tells a slow node from a stopped one.
 //! - `monitor`: [`HealthMonitor`], which starts it all.
 
 mod assemble;
@@ -50,6 +52,7 @@ mod round;
 mod snapshot;
 mod state;
 mod telemetry;
+mod traffic;
 
 pub use conn::APPLICATION_NAME;
 pub use error::ProbeError;
@@ -59,4 +62,5 @@ pub use primary::{PrimaryDecision, PrimaryEvidence, detect_primary};
 pub use replay::ReplayWaiter;
 pub use risk::{DataAtRisk, SlotInfo, SyncSettings};
 pub use snapshot::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus, SharedSnapshot};
-pub use state::{Check, LagExcess, NodeStatus, Thresholds, Verdict, next_status, verdict};
+pub use state::{Cause, Check, LagExcess, NodeStatus, Thresholds, Verdict, next_status, verdict};
+pub use traffic::{NodeTraffic, Traffic, TrafficSample};

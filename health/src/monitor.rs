@@ -8,6 +8,11 @@
 //! settings change on reload, the per-node check tasks are rebuilt (keeping
 //! it simple) and nodes whose name and address are unchanged keep their
 //! state; others start unchecked.
+//!
+//! Everything the monitor runs (check tasks, coordinator, heartbeat writer,
+//! replay poller) runs on a runtime of its own, on its own thread
+//! (`lagrouter-health`): a saturated proxy event loop must never make a
+//! check late, since a late check is read as a slow node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +29,7 @@ use crate::lag::{PrimaryHistory, PrimarySample};
 use crate::probe::{NodeProber, ProbeResult};
 use crate::replay::ReplayWaiter;
 use crate::round::run_round;
+use crate::traffic::Traffic;
 use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
 
 /// The lag monitor. Cheap to clone; every clone sees the same snapshots.
@@ -38,25 +44,34 @@ struct Inner {
     shared: SharedSnapshot,
     seq: watch::Sender<u64>,
     shutdown: CancellationToken,
+    traffic: Traffic,
 }
 
 impl HealthMonitor {
     /// Spawns the per-node check tasks, the round coordinator and the
-    /// heartbeat writer (all tokio tasks, stopped by `shutdown`), and waits
-    /// for the first round, at most `check_timeout`, so the first snapshot
-    /// is meaningful. If the round takes longer, the initial snapshot (the
-    /// configured primary, no replica serving reads) stays until it ends.
+    /// heartbeat writer (all tokio tasks, stopped by `shutdown`) on the
+    /// monitor's own thread and runtime, and waits for the first round, at
+    /// most `check_timeout`, so the first snapshot is meaningful. If the
+    /// round takes longer, the initial snapshot (the configured primary, no
+    /// replica serving reads) stays until it ends.
     pub async fn start(config: ConfigHandle, shutdown: CancellationToken) -> HealthMonitor {
         let cfg = config.load_full();
         let mut monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
-        monitor.replay = ReplayWaiter::start(config.clone(), monitor.shared(), shutdown.clone());
-        tokio::spawn(coordinate(config.clone(), monitor.clone()));
-        tokio::spawn(heartbeat::run(
-            config,
-            monitor.shared(),
-            monitor.subscribe(),
-            shutdown,
-        ));
+        let runtime = own_runtime(&shutdown);
+        {
+            // Spawned onto the monitor's runtime (or, if it could not be
+            // built, the caller's).
+            let _entered = runtime.as_ref().map(|h| h.enter());
+            monitor.replay =
+                ReplayWaiter::start(config.clone(), monitor.shared(), shutdown.clone());
+            tokio::spawn(coordinate(config.clone(), monitor.clone()));
+            tokio::spawn(heartbeat::run(
+                config,
+                monitor.shared(),
+                monitor.subscribe(),
+                shutdown,
+            ));
+        }
         let mut rx = monitor.subscribe();
         let _ = timeout(cfg.health.check_timeout, rx.wait_for(|seq| *seq >= 1)).await;
         monitor
@@ -72,8 +87,14 @@ impl HealthMonitor {
                 shared,
                 seq,
                 shutdown,
+                traffic: Traffic::default(),
             }),
         }
+    }
+
+    /// Where the proxy reports its own traffic per node (see `traffic`).
+    pub fn traffic(&self) -> Traffic {
+        self.inner.traffic.clone()
     }
 
     /// The `ArcSwap` routing reads, lock-free.
@@ -134,6 +155,39 @@ impl HealthMonitor {
     }
 }
 
+/// A current-thread runtime driven by a thread of its own until
+/// `shutdown`; `None` (and a warning) if the OS refuses the thread.
+fn own_runtime(shutdown: &CancellationToken) -> Option<tokio::runtime::Handle> {
+    // Built on the thread itself, so a runtime is never dropped on the
+    // caller's (async) thread, which tokio forbids.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = shutdown.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lagrouter-health".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            rt.block_on(stop.cancelled());
+            // Dropping the runtime here ends the monitor's tasks and closes
+            // their connections.
+        });
+    let got = match spawned {
+        Ok(_) => rx.recv().unwrap_or_else(|_| Err("the thread ended".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    got.map_err(|e| tracing::warn!("health monitor shares the proxy's runtime: {e}"))
+        .ok()
+}
+
 /// The running check tasks and what they were built for.
 struct NodeSet {
     key: Vec<(NodeConfig, ConnTarget)>,
@@ -172,7 +226,7 @@ async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
         let started = tokio::time::Instant::now();
         let outcomes = tokio::select! {
             _ = shutdown.cancelled() => return,
-            o = run_round(&nodes.probers, &prev, &cfg) => o,
+            o = run_round(&nodes.probers, &prev, &cfg, &monitor.inner.traffic) => o,
         };
         let results: Vec<ProbeResult> = outcomes.iter().map(|o| o.result.clone()).collect();
         let now = tokio::time::Instant::now().into_std();
@@ -194,9 +248,14 @@ async fn coordinate(config: ConfigHandle, monitor: HealthMonitor) {
         let primary = snap.primary_index().map(|i| snap.nodes[i].name.as_str());
         history.record(primary, sample);
         monitor.publish(assembled.snapshot);
+        // A failed client connection to a node cuts the wait short (but
+        // never below a tenth of the interval, so a flapping node cannot
+        // make the monitor spin).
+        let earliest = started + cfg.health.check_interval / 10;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = sleep_until(started + cfg.health.check_interval) => {}
+            _ = monitor.inner.traffic.urgent() => sleep_until(earliest).await,
         }
     }
 }

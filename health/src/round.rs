@@ -7,6 +7,13 @@
 //! snapshot, or the configured role before the first answer. If the round
 //! finds a different write target than expected, sampled in phase A, phase
 //! C asks it once more so this round still has a correctly ordered sample.
+//!
+//! A node that has not answered after the *look* time (`check_interval`,
+//! at least a quarter of `check_timeout`) is looked at through the proxy's
+//! own traffic (see `traffic`): if that is stuck too, the node is given up
+//! on there and then ([`ProbeError::Stalled`]), so a stopped node stops
+//! getting reads well before `check_timeout`; otherwise the round waits on
+//! until `check_timeout` and a late answer is only a missed check.
 
 use std::time::Duration;
 
@@ -20,7 +27,9 @@ use crate::assemble::evidence;
 use crate::error::ProbeError;
 use crate::primary::detect_primary;
 use crate::probe::{NodeProber, ProbeRequest, ProbeResult};
+use crate::traffic::{NodeTraffic, Traffic};
 use lagrouter_config::NodeRole;
+use std::sync::Arc;
 
 /// A check result and how long the round waited for it.
 #[derive(Debug)]
@@ -44,13 +53,18 @@ pub async fn run_round(
     probers: &[NodeProber],
     prev: &HealthSnapshot,
     config: &Config,
+    traffic: &Traffic,
 ) -> Vec<Outcome> {
     let n = probers.len().min(config.nodes.len());
+    let paths: Vec<Arc<NodeTraffic>> = config.nodes[..n]
+        .iter()
+        .map(|node| traffic.node(&node.name))
+        .collect();
     let (phase_b, phase_a): (Vec<usize>, Vec<usize>) =
         (0..n).partition(|&i| expect_primary(prev, config, i));
     let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
     for phase in [phase_a, phase_b.clone()] {
-        for (i, o) in ask(probers, &phase, config).await {
+        for (i, o) in ask(probers, &phase, config, &paths).await {
             outcomes[i] = Some(o);
         }
     }
@@ -77,7 +91,10 @@ pub async fn run_round(
         // Phase C: the write target was sampled among the replicas; ask it
         // again now that they have all answered. Keep the old answer if
         // this one fails: pairing then reports the lag as unknown.
-        let again = ask(probers, &[p], config).await.pop().map(|(_, o)| o);
+        let again = ask(probers, &[p], config, &paths)
+            .await
+            .pop()
+            .map(|(_, o)| o);
         if let Some(o) = again.filter(|o| o.result.is_ok()) {
             outcomes[p] = o;
         }
@@ -86,7 +103,12 @@ pub async fn run_round(
 }
 
 /// Asks `nodes` at once and waits for all answers until `check_timeout`.
-async fn ask(probers: &[NodeProber], nodes: &[usize], config: &Config) -> Vec<(usize, Outcome)> {
+async fn ask(
+    probers: &[NodeProber],
+    nodes: &[usize],
+    config: &Config,
+    paths: &[Arc<NodeTraffic>],
+) -> Vec<(usize, Outcome)> {
     if nodes.is_empty() {
         return Vec::new();
     }
@@ -111,16 +133,15 @@ async fn ask(probers: &[NodeProber], nodes: &[usize], config: &Config) -> Vec<(u
     // Each answer is awaited on its own so `took` is that node's time,
     // not the time until the round got round to looking at it.
     let grace = deadline + h.check_timeout / 10;
+    let look = start
+        + h.check_interval
+            .max(h.check_timeout / 4)
+            .min(h.check_timeout);
     let mut set = tokio::task::JoinSet::new();
     for (i, rx) in pending {
+        let path = paths.get(i).cloned().unwrap_or_default();
         set.spawn(async move {
-            // The node task answers `Timeout` itself at the deadline; the
-            // grace period only covers a task too busy to do even that.
-            let result = match timeout_at(grace, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(ProbeError::Task("stopped")),
-                Err(_) => Err(ProbeError::Task("no answer by the deadline")),
-            };
+            let result = answer(rx, &path, start, look, grace).await;
             (
                 i,
                 Outcome {
@@ -141,6 +162,45 @@ async fn ask(probers: &[NodeProber], nodes: &[usize], config: &Config) -> Vec<(u
     out
 }
 
+/// Waits for one node's answer. At `look` and at the end, a slow check
+/// whose node's data path was stuck meanwhile becomes `Stalled`.
+async fn answer(
+    mut rx: oneshot::Receiver<ProbeResult>,
+    path: &NodeTraffic,
+    start: Instant,
+    look: Instant,
+    grace: Instant,
+) -> ProbeResult {
+    let before = path.sample();
+    let stalled = |at: Instant| {
+        before
+            .stuck_until(&path.sample())
+            .then(|| ProbeError::Stalled(at.saturating_duration_since(start)))
+    };
+    let early = match timeout_at(look, &mut rx).await {
+        Ok(r) => Some(r),
+        Err(_) => match stalled(look) {
+            Some(e) => return Err(e),
+            None => None,
+        },
+    };
+    // The node task answers `Timeout` itself at the deadline; the grace
+    // period only covers a task too busy to do even that.
+    let got = match early {
+        Some(r) => Ok(r),
+        None => timeout_at(grace, &mut rx).await,
+    };
+    let result = match got {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(ProbeError::Task("stopped")),
+        Err(_) => Err(ProbeError::Task("no answer by the deadline")),
+    };
+    match result {
+        Err(e) if e.is_slow() => Err(stalled(Instant::now()).unwrap_or(e)),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +218,8 @@ mod tests {
             delay_ms: u64,
         },
         Hang,
+        /// Keeps the request (and so the reply channel) without answering.
+        Hold,
     }
 
     type Log = Arc<Mutex<Vec<(usize, &'static str, Instant)>>>;
@@ -165,8 +227,13 @@ mod tests {
     fn fake(i: usize, script: Script, log: Log) -> NodeProber {
         let (tx, mut rx) = mpsc::channel::<ProbeRequest>(2);
         tokio::spawn(async move {
+            let mut held = Vec::new();
             while let Some(req) = rx.recv().await {
                 log.lock().unwrap().push((i, "asked", Instant::now()));
+                if let Script::Hold = script {
+                    held.push(req);
+                    continue;
+                }
                 let Script::Answer {
                     in_recovery,
                     lsn,
@@ -251,7 +318,7 @@ mod tests {
             ),
         ];
         let prev = HealthSnapshot::initial(&cfg);
-        let out = run_round(&probers, &prev, &cfg).await;
+        let out = run_round(&probers, &prev, &cfg, &Traffic::default()).await;
         let primary_asked = at(&log, 0, "asked")[0];
         for r in [1, 2] {
             assert!(at(&log, r, "answered")[0] <= primary_asked);
@@ -296,7 +363,13 @@ mod tests {
             ),
         ];
         let t0 = Instant::now();
-        let out = run_round(&probers, &HealthSnapshot::initial(&cfg), &cfg).await;
+        let out = run_round(
+            &probers,
+            &HealthSnapshot::initial(&cfg),
+            &cfg,
+            &Traffic::default(),
+        )
+        .await;
         // The fake drops the request, so the round sees the task give up.
         assert!(matches!(out[1].result, Err(ProbeError::Task(_))));
         assert!(out[1].took <= Duration::from_millis(1100));
@@ -305,6 +378,56 @@ mod tests {
             at(&log, 0, "asked")[0] - t0 <= Duration::from_millis(1100),
             "bounded by the timeout"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_replica_is_given_up_at_once_only_when_its_traffic_is_stuck() {
+        let cfg = config(["primary", "replica", "replica"]);
+        let answer = |lsn| Script::Answer {
+            in_recovery: true,
+            lsn,
+            delay_ms: 1,
+        };
+        for stuck in [false, true] {
+            let log: Log = Arc::default();
+            let probers = [
+                fake(
+                    0,
+                    Script::Answer {
+                        in_recovery: false,
+                        lsn: 900,
+                        delay_ms: 1,
+                    },
+                    log.clone(),
+                ),
+                fake(1, Script::Hold, log.clone()),
+                fake(2, answer(200), log.clone()),
+            ];
+            let traffic = Traffic::default();
+            let path = traffic.node("n1");
+            path.started(); // a client's transaction waits on n1
+            if !stuck {
+                // ...and bytes keep arriving from it.
+                let path = path.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        path.progressed();
+                    }
+                });
+            }
+            let out = run_round(&probers, &HealthSnapshot::initial(&cfg), &cfg, &traffic).await;
+            let look = Duration::from_millis(250);
+            if stuck {
+                assert_eq!(out[1].result, Err(ProbeError::Stalled(look)));
+                assert_eq!(out[1].took, look);
+                assert!(at(&log, 0, "asked")[0] - at(&log, 1, "asked")[0] <= look);
+            } else {
+                let r = out[1].result.clone().unwrap_err();
+                assert!(r.is_slow(), "only missed: {r:?}");
+                assert!(out[1].took >= Duration::from_secs(1));
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -340,7 +463,13 @@ mod tests {
                 log.clone(),
             ),
         ];
-        let out = run_round(&probers, &HealthSnapshot::initial(&cfg), &cfg).await;
+        let out = run_round(
+            &probers,
+            &HealthSnapshot::initial(&cfg),
+            &cfg,
+            &Traffic::default(),
+        )
+        .await;
         let asked = at(&log, 1, "asked");
         assert_eq!(asked.len(), 2, "phase A, then phase C");
         assert!(at(&log, 2, "answered")[0] <= asked[1]);
@@ -389,7 +518,7 @@ mod tests {
                 log.clone(),
             ),
         ];
-        run_round(&probers, &prev, &cfg).await;
+        run_round(&probers, &prev, &cfg, &Traffic::default()).await;
         assert_eq!(at(&log, 2, "asked").len(), 1, "no phase C needed");
         assert!(at(&log, 0, "answered")[0] <= at(&log, 2, "asked")[0]);
     }

@@ -7,6 +7,7 @@ use lagrouter_config::{Config, NodeRole};
 
 use crate::Lsn;
 use crate::risk::DataAtRisk;
+use crate::state::Cause;
 
 /// A node's health as routing sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,14 @@ pub struct NodeHealth {
     pub state_since: Option<Instant>,
     /// Why the last check failed, when `state` is `Unreachable`.
     pub unreachable_reason: Option<String>,
+    /// Why the node does not serve reads (`None` while `Healthy`): the
+    /// cause of its last demotion.
+    pub cause: Option<Cause>,
+    /// Consecutive checks missed (no answer in time) so far.
+    pub missed_checks: u32,
+    /// `lag_bytes` was estimated: the round had no primary sample taken
+    /// after this node answered (see `lag`).
+    pub lag_estimated: bool,
     /// The node's state against `[safety]`'s lag limits, with the same
     /// hysteresis: a replica counts toward `min_replicas_to_write` only
     /// while this is `Healthy`.
@@ -126,6 +135,9 @@ impl HealthSnapshot {
                 good_checks: 0,
                 state_since: None,
                 unreachable_reason: None,
+                cause: None,
+                missed_checks: 0,
+                lag_estimated: false,
                 gate_state: NodeState::Recovering { good_checks: 0 },
                 gate_good_checks: 0,
                 gate_since: None,

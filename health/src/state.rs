@@ -3,8 +3,11 @@
 //!
 //! Demote fast, promote slow: a single bad check demotes at once; a demoted
 //! node serves reads again only after `recover_after_checks` consecutive good
-//! checks. Pure: no IO, no clock (time is passed in), so every transition is
-//! unit-tested below.
+//! checks. Missing evidence is not bad evidence: a check that is merely slow
+//! ([`Check::Missed`]) keeps the node where it is, and only
+//! `timeouts_before_unreachable` misses in a row make it `Unreachable`
+//! (a refused or broken connection does so at once). Pure: no IO, no clock
+//! (time is passed in), so every transition is unit-tested below.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -22,6 +25,8 @@ pub struct Thresholds {
     pub max_lag_time: Option<Duration>,
     /// Consecutive good checks before a demoted node is `Healthy` again.
     pub recover_after_checks: u32,
+    /// Consecutive missed (slow) checks before a node is `Unreachable`.
+    pub timeouts_before_unreachable: u32,
 }
 
 impl Thresholds {
@@ -31,6 +36,56 @@ impl Thresholds {
             max_lag_bytes: h.max_lag_bytes,
             max_lag_time: h.max_lag_time,
             recover_after_checks: h.recover_after_checks,
+            timeouts_before_unreachable: h.timeouts_before_unreachable,
+        }
+    }
+}
+
+/// Why a node does not serve reads: the label of
+/// `lagrouter_node_demotions_total`, the `cause` column of `SHOW NODES`
+/// and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Measured (or estimated) over a lag threshold.
+    Lag,
+    /// Lag could not be measured nor estimated.
+    Unknown,
+    /// Does not follow the write target.
+    NotFollowing,
+    /// The connection was refused or broke.
+    Refused,
+    /// No answer in time, `timeouts_before_unreachable` checks in a row.
+    Timeout,
+    /// No answer in time while lagrouter's own traffic to the node was
+    /// stuck too: the node has stopped. Its in-flight transactions are
+    /// abandoned with 08006.
+    Stalled,
+    /// The node answered with an error or something unusable.
+    Error,
+}
+
+impl Cause {
+    /// Every cause, for metrics.
+    pub const ALL: [Cause; 7] = [
+        Cause::Lag,
+        Cause::Unknown,
+        Cause::NotFollowing,
+        Cause::Refused,
+        Cause::Timeout,
+        Cause::Stalled,
+        Cause::Error,
+    ];
+
+    /// Short lowercase name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cause::Lag => "lag",
+            Cause::Unknown => "unknown",
+            Cause::NotFollowing => "not_following",
+            Cause::Refused => "refused",
+            Cause::Timeout => "timeout",
+            Cause::Stalled => "stalled",
+            Cause::Error => "error",
         }
     }
 }
@@ -49,8 +104,12 @@ pub enum Check {
     /// "replica"`), or replaying another timeline. It has no lag to
     /// measure and is never fresh.
     NotFollowing,
-    /// The node did not answer within `check_timeout`, or the connection failed.
-    Unreachable { reason: String },
+    /// The connection was refused or broke, the node answered an error,
+    /// or it did not answer while its client traffic was stuck too.
+    Unreachable { reason: String, cause: Cause },
+    /// The node did not answer in time, and nothing else says it is down:
+    /// missing evidence, which keeps the node's state (see [`next_status`]).
+    Missed { reason: String },
 }
 
 /// How a check compares to the thresholds.
@@ -60,8 +119,27 @@ pub enum Verdict {
     Good,
     /// Answered, but over a threshold or not provably under it.
     OverThreshold(LagExcess),
-    /// Did not answer.
-    Unreachable(String),
+    /// Did not answer, and is taken as down.
+    Unreachable { reason: String, cause: Cause },
+    /// Did not answer in time; not (yet) taken as down.
+    Missed(String),
+}
+
+impl Verdict {
+    /// The cause a bad verdict demotes for; `None` for good and missed.
+    pub fn cause(&self) -> Option<Cause> {
+        match self {
+            Verdict::Good | Verdict::Missed(_) => None,
+            Verdict::Unreachable { cause, .. } => Some(*cause),
+            Verdict::OverThreshold(LagExcess::Bytes { .. } | LagExcess::Time { .. }) => {
+                Some(Cause::Lag)
+            }
+            Verdict::OverThreshold(LagExcess::NotFollowing) => Some(Cause::NotFollowing),
+            Verdict::OverThreshold(LagExcess::BytesUnknown | LagExcess::TimeUnknown { .. }) => {
+                Some(Cause::Unknown)
+            }
+        }
+    }
 }
 
 /// Which threshold a lagging check broke, with the numbers, for the log line.
@@ -105,7 +183,11 @@ impl fmt::Display for LagExcess {
 /// the config says "further behind than".
 pub fn verdict(check: &Check, t: &Thresholds) -> Verdict {
     match check {
-        Check::Unreachable { reason } => Verdict::Unreachable(reason.clone()),
+        Check::Unreachable { reason, cause } => Verdict::Unreachable {
+            reason: reason.clone(),
+            cause: *cause,
+        },
+        Check::Missed { reason } => Verdict::Missed(reason.clone()),
         Check::NotFollowing => Verdict::OverThreshold(LagExcess::NotFollowing),
         Check::Answered {
             lag_bytes,
@@ -143,6 +225,8 @@ pub struct NodeStatus {
     pub good_checks: u32,
     /// When `state` was entered.
     pub since: Instant,
+    /// Consecutive missed checks (reset by any answer).
+    pub missed: u32,
 }
 
 impl NodeStatus {
@@ -153,6 +237,7 @@ impl NodeStatus {
             state: NodeState::Recovering { good_checks: 0 },
             good_checks: 0,
             since: now,
+            missed: 0,
         }
     }
 }
@@ -162,8 +247,18 @@ pub fn next_status(prev: &NodeStatus, v: &Verdict, t: &Thresholds, now: Instant)
     // recover_after_checks = 0 is rejected by config validation; treat it as
     // 1 anyway so a good check always counts for something.
     let needed = t.recover_after_checks.max(1);
+    let mut missed = 0;
     let (state, good_checks) = match v {
-        Verdict::Unreachable(_) => (NodeState::Unreachable, 0),
+        Verdict::Unreachable { .. } => (NodeState::Unreachable, 0),
+        Verdict::Missed(_) => {
+            missed = prev.missed.saturating_add(1);
+            if missed >= t.timeouts_before_unreachable.max(1) {
+                (NodeState::Unreachable, 0)
+            } else {
+                // Hold: neither a good check nor a bad one.
+                (prev.state, prev.good_checks)
+            }
+        }
         Verdict::OverThreshold(_) => (NodeState::Lagging, 0),
         Verdict::Good => {
             let good = prev.good_checks.saturating_add(1);
@@ -194,6 +289,7 @@ pub fn next_status(prev: &NodeStatus, v: &Verdict, t: &Thresholds, now: Instant)
         state,
         good_checks,
         since: if same_phase { prev.since } else { now },
+        missed,
     }
 }
 
@@ -205,6 +301,7 @@ mod tests {
         max_lag_bytes: 1000,
         max_lag_time: None,
         recover_after_checks: 3,
+        timeouts_before_unreachable: 2,
     };
 
     fn good() -> Check {
@@ -221,7 +318,13 @@ mod tests {
     }
     fn down() -> Check {
         Check::Unreachable {
-            reason: "timeout".into(),
+            reason: "refused".into(),
+            cause: Cause::Refused,
+        }
+    }
+    fn slow() -> Check {
+        Check::Missed {
+            reason: "no answer within check_timeout".into(),
         }
     }
 
@@ -230,6 +333,7 @@ mod tests {
             state,
             good_checks,
             since,
+            missed: 0,
         }
     }
 
@@ -477,6 +581,68 @@ mod tests {
         let t0 = Instant::now();
         let s = step(status(NodeState::Healthy, u32::MAX, t0), good(), t0);
         assert_eq!(s.good_checks, u32::MAX);
+    }
+
+    #[test]
+    fn a_missed_check_holds_the_state_until_the_limit() {
+        let t0 = Instant::now();
+        let s = step(status(NodeState::Healthy, 9, t0), slow(), t0);
+        assert_eq!(
+            (s.state, s.good_checks, s.missed),
+            (NodeState::Healthy, 9, 1)
+        );
+        assert_eq!(s.since, t0);
+        let s = step(s, slow(), t0);
+        assert_eq!((s.state, s.missed), (NodeState::Unreachable, 2));
+        // An answer resets the count.
+        let s = step(status(NodeState::Healthy, 9, t0), slow(), t0);
+        let s = step(s, good(), t0);
+        assert_eq!((s.state, s.missed), (NodeState::Healthy, 0));
+        assert_eq!(step(s, slow(), t0).state, NodeState::Healthy);
+    }
+
+    #[test]
+    fn a_missed_check_neither_counts_for_nor_resets_recovery() {
+        let t0 = Instant::now();
+        let r = status(NodeState::Recovering { good_checks: 2 }, 2, t0);
+        let s = step(r, slow(), t0);
+        assert_eq!(s.state, NodeState::Recovering { good_checks: 2 });
+        assert_eq!(step(s, good(), t0).state, NodeState::Healthy);
+        let s = step(status(NodeState::Lagging, 0, t0), slow(), t0);
+        assert_eq!(s.state, NodeState::Lagging);
+    }
+
+    #[test]
+    fn causes_name_what_demoted() {
+        let t = Thresholds {
+            max_lag_time: Some(Duration::from_millis(1)),
+            ..T
+        };
+        assert_eq!(verdict(&lagging(), &T).cause(), Some(Cause::Lag));
+        assert_eq!(verdict(&down(), &T).cause(), Some(Cause::Refused));
+        assert_eq!(verdict(&slow(), &T).cause(), None);
+        assert_eq!(verdict(&good(), &T).cause(), None);
+        let unknown = Check::Answered {
+            lag_bytes: Some(0),
+            lag_time: None,
+        };
+        assert_eq!(verdict(&unknown, &t).cause(), Some(Cause::Unknown));
+        assert_eq!(
+            verdict(&Check::NotFollowing, &T).cause(),
+            Some(Cause::NotFollowing)
+        );
+        let names: Vec<_> = Cause::ALL.iter().map(Cause::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "lag",
+                "unknown",
+                "not_following",
+                "refused",
+                "timeout",
+                "error"
+            ]
+        );
     }
 
     #[test]

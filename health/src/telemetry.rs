@@ -16,7 +16,18 @@
 //!   connect included, as the round waited for it.
 //! - `lagrouter_health_check_failures_total` (counter, extra label `reason`
 //!   = `timeout`, `connect`, `query`, `bad_answer`, `internal`): checks
-//!   that made the node `Unreachable`. Lagging is not a failure.
+//!   that failed, missed (slow) ones included. Lagging is not a failure.
+//! - `lagrouter_health_checks_missed_total` (counter): checks without an
+//!   answer in time that did not (yet) make the node `Unreachable`.
+//! - `lagrouter_node_demotions_total` (counter, extra label `cause` =
+//!   `lag`, `unknown`, `not_following`, `refused`, `timeout`, `stalled`,
+//!   `error`):
+//!   changes into `Lagging` or `Unreachable`, by what caused them.
+//! - `lagrouter_node_cause` (gauge, extra label `cause`): 1 for the cause
+//!   the node is out of service for now, 0 for the others (all 0 while
+//!   `Healthy`).
+//! - `lagrouter_node_lag_estimated` (gauge): 1 while the byte lag is an
+//!   estimate (the round had no primary sample after the node answered).
 //! - `lagrouter_health_split_brain` (gauge, no label): 1 while more than
 //!   one node claims to be primary.
 //! - `lagrouter_heartbeat_failures_total` (counter, from the writer).
@@ -43,7 +54,7 @@
 use crate::assemble::{Assembled, StateChange};
 use crate::risk::DataAtRisk;
 use crate::round::Outcome;
-use crate::state::Verdict;
+use crate::state::{Cause, Verdict};
 use crate::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus};
 
 const STATES: [&str; 4] = ["healthy", "lagging", "recovering", "unreachable"];
@@ -76,10 +87,23 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
         } else {
             0.0
         });
+        for c in Cause::ALL {
+            let v = if n.cause == Some(c) { 1.0 } else { 0.0 };
+            metrics::gauge!("lagrouter_node_cause", "node" => node.clone(), "cause" => c.as_str())
+                .set(v);
+        }
+        metrics::gauge!("lagrouter_node_lag_estimated", "node" => node.clone())
+            .set(if n.lag_estimated { 1.0 } else { 0.0 });
         if let Some(o) = outcomes.get(i) {
             metrics::histogram!("lagrouter_health_check_duration_seconds", "node" => node.clone())
                 .record(o.took.as_secs_f64());
             if let Err(e) = &o.result {
+                if e.is_slow() && n.state != NodeState::Unreachable {
+                    metrics::counter!("lagrouter_health_checks_missed_total", "node" => node.clone())
+                        .increment(1);
+                    tracing::debug!(node = %n.name, missed = n.missed_checks, error = %e,
+                        "health check missed; state kept");
+                }
                 metrics::counter!("lagrouter_health_check_failures_total", "node" => node, "reason" => e.kind())
                     .increment(1);
             }
@@ -90,7 +114,15 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
     record_risk(&prev.risk, &snap.risk);
 
     for c in &a.changes {
-        log_change(&snap.nodes[c.node], c);
+        let n = &snap.nodes[c.node];
+        if matches!(c.to.state, NodeState::Lagging | NodeState::Unreachable)
+            && let Some(cause) = n.cause
+        {
+            metrics::counter!("lagrouter_node_demotions_total",
+                "node" => n.name.clone(), "cause" => cause.as_str())
+            .increment(1);
+        }
+        log_change(n, c);
     }
     if prev.primary != snap.primary || (prev.seq == 0 && snap.seq == 1) {
         log_primary(snap);
@@ -154,13 +186,20 @@ fn log_change(n: &NodeHealth, c: &StateChange) {
         .replay_lsn
         .map(|l| l.to_string())
         .unwrap_or_else(|| "unknown".into());
+    let cause = n.cause.map_or("none", |c| c.as_str());
     match (&c.verdict, c.to.state) {
-        (Verdict::Unreachable(reason), _) => tracing::warn!(
-            node = %n.name, from, to, %reason, previous_state_for = ?was_for,
+        (Verdict::Unreachable { reason, .. }, _) => tracing::warn!(
+            node = %n.name, from, to, cause, %reason, previous_state_for = ?was_for,
             "node unreachable: health check failed"
         ),
+        (Verdict::Missed(reason), _) => tracing::warn!(
+            node = %n.name, from, to, cause, %reason, missed = n.missed_checks,
+            previous_state_for = ?was_for,
+            "node unreachable: too many checks in a row without an answer"
+        ),
         (Verdict::OverThreshold(why), _) => tracing::warn!(
-            node = %n.name, from, to, lag_bytes, lag_time, replay_lsn = %replay, previous_state_for = ?was_for,
+            node = %n.name, from, to, cause, lag_bytes, lag_time, estimated = n.lag_estimated,
+            replay_lsn = %replay, previous_state_for = ?was_for,
             "node lagging: {why}"
         ),
         (Verdict::Good, NodeState::Recovering { good_checks }) => tracing::info!(

@@ -13,6 +13,7 @@
 //! - `reload`: live configuration reload.
 //! - `admin`: the admin console (`[server] admin_database`) and the client
 //!   registry and routing counters it shows.
+//! - `stalls`: ends transactions stuck on a node that stopped answering.
 //! - `listener`: the accept loop and [`Shared`] state.
 //! - `error`: [`ProxyError`], every error a client can get from the proxy.
 
@@ -25,6 +26,7 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod stalls;
 pub mod tls;
 
 pub use error::ProxyError;

@@ -120,7 +120,7 @@ impl Proxy {
             nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
             router: Router::new(config.clone(), health.shared()),
             config,
-            pools: Pools::default(),
+            pools: Pools::new(health.traffic()),
             cancel: Arc::new(CancelRegistry::default()),
             tls,
             stats: ProxyStats::default(),

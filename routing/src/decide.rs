@@ -39,6 +39,9 @@ pub struct RouteContext<'a> {
     pub ticket: usize,
     /// Server connections in use per node index, for `least_connections`.
     pub in_use: &'a dyn Fn(usize) -> usize,
+    /// Byte lags that differ by less than this tie (`least_lag`,
+    /// `least_connections`): `[health] max_lag_bytes / 16`.
+    pub lag_tie_bytes: u64,
     /// Nodes an operator drained (admin console `DRAIN`), by name: they get
     /// no new reads, not even stale ones, while transactions already on
     /// them finish undisturbed.
@@ -271,34 +274,51 @@ fn read(
     })
 }
 
-/// `balance` among eligible replicas. Ties go to the `ticket % ties`-th
-/// (in node order), so equally good replicas share the load.
+/// `balance` among eligible replicas. `round_robin` takes the
+/// `ticket % n`-th of them, so consecutive tickets spread. The other
+/// policies compare lag in steps of `lag_tie_bytes` (byte lags a few
+/// hundred bytes apart are equally fresh) and break ties by rendezvous
+/// hashing of the session's ticket with each replica: a session stays on
+/// one replica while the tied set is unchanged, and when a replica joins
+/// the set again (recovered, restarted) the sessions that hash to it move
+/// back at once, while no other session moves.
 fn pick<'n>(
     ctx: &RouteContext<'_>,
     eligible: impl Iterator<Item = (usize, &'n NodeHealth)>,
 ) -> Option<usize> {
-    // Ties in a fixed array (no allocation per decision); a cluster with
-    // more tied replicas than that spills into `more`.
-    let mut ties = [0usize; 16];
-    let mut more: Vec<usize> = Vec::new();
-    let mut count = 0;
-    let mut best = None;
+    if ctx.config.balance == Balance::RoundRobin {
+        return nth_of(eligible, ctx.ticket);
+    }
+    let step = ctx.lag_tie_bytes.max(1);
+    let lag = |n: &NodeHealth| n.lag_bytes.map_or(u64::MAX, |b| b / step);
+    let mut best: Option<((u64, u64), u64, usize)> = None;
     for (i, n) in eligible {
         let key = match ctx.config.balance {
-            Balance::RoundRobin => (0, 0),
-            Balance::LeastLag => (n.lag_bytes.unwrap_or(u64::MAX), 0),
-            Balance::LeastConnections => ((ctx.in_use)(i) as u64, n.lag_bytes.unwrap_or(u64::MAX)),
+            Balance::LeastConnections => ((ctx.in_use)(i) as u64, lag(n)),
+            _ => (lag(n), 0),
         };
-        match best {
-            Some(k) if key > k => continue,
-            Some(k) if key == k => {}
-            _ => {
-                best = Some(key);
-                count = 0;
-                more.clear();
-            }
+        let score = rendezvous(ctx.ticket, i);
+        let better = match best {
+            None => true,
+            Some((k, s, _)) => key < k || (key == k && score > s),
+        };
+        if better {
+            best = Some((key, score, i));
         }
-        match ties.get_mut(count) {
+    }
+    best.map(|(_, _, i)| i)
+}
+
+/// The `ticket % n`-th item, without allocating for the usual few.
+fn nth_of<'n>(
+    eligible: impl Iterator<Item = (usize, &'n NodeHealth)>,
+    ticket: usize,
+) -> Option<usize> {
+    let mut first = [0usize; 16];
+    let mut more: Vec<usize> = Vec::new();
+    let mut count = 0;
+    for (i, _) in eligible {
+        match first.get_mut(count) {
             Some(slot) => *slot = i,
             None => more.push(i),
         }
@@ -307,8 +327,25 @@ fn pick<'n>(
     if count == 0 {
         return None;
     }
-    let j = ctx.ticket % count;
-    Some(ties.get(j).copied().unwrap_or_else(|| more[j - ties.len()]))
+    let j = ticket % count;
+    Some(
+        first
+            .get(j)
+            .copied()
+            .unwrap_or_else(|| more[j - first.len()]),
+    )
+}
+
+/// The weight of replica `node` for the session holding `ticket`
+/// (splitmix64 of the pair): highest weight wins.
+fn rendezvous(ticket: usize, node: usize) -> u64 {
+    let mut z = (ticket as u64)
+        ^ (node as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Applies the breaker to a decision: fallbacks need admission; when

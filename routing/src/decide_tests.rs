@@ -78,6 +78,7 @@ impl Case {
             snapshot: &self.snap,
             ticket: self.ticket,
             in_use,
+            lag_tie_bytes: 1024,
             drained: &self.drained,
             gate: self.gate,
         })
@@ -288,17 +289,18 @@ fn ignored_hints_become_a_notice() {
 #[test]
 fn balance_policies() {
     let mut c = Case::new(3);
-    c.snap.nodes[1].lag_bytes = Some(300);
+    c.snap.nodes[1].lag_bytes = Some(3000);
     c.snap.nodes[2].lag_bytes = Some(100);
-    c.snap.nodes[3].lag_bytes = Some(100);
-    // least_lag: ties share by ticket.
-    let picks: Vec<usize> = (0..4)
+    c.snap.nodes[3].lag_bytes = Some(900);
+    // least_lag: 100 and 900 bytes are one 1024-byte step: a tie, which
+    // sessions (tickets) share; 3000 is a step further.
+    let picks: std::collections::BTreeSet<usize> = (0..64)
         .map(|t| {
             c.ticket = t;
             c.route("SELECT 1").0
         })
         .collect();
-    assert_eq!(picks, vec![2, 3, 2, 3]);
+    assert_eq!(picks, [2, 3].into());
     c.cfg.balance = Balance::RoundRobin;
     let picks: Vec<usize> = (0..3)
         .map(|t| {
@@ -312,6 +314,40 @@ fn balance_policies() {
     let load = |i: usize| [0, 1, 5, 1][i];
     // 1 and 3 tie on connections; 3 has less lag.
     assert_eq!(c.decide_with("SELECT 1", &load).unwrap().decision.node, 3);
+}
+
+/// Rendezvous: a session keeps its replica while the tied set is
+/// unchanged; when a replica leaves, only its sessions move, and when it
+/// comes back exactly those sessions return to it.
+#[test]
+fn sessions_follow_a_replica_out_and_back() {
+    let mut c = Case::new(3);
+    let sessions = 300;
+    let place = |c: &mut Case| -> Vec<usize> {
+        (0..sessions)
+            .map(|t| {
+                c.ticket = t;
+                c.route("SELECT 1").0
+            })
+            .collect()
+    };
+    let before = place(&mut c);
+    for r in 1..=3 {
+        let n = before.iter().filter(|&&p| p == r).count();
+        assert!((60..=140).contains(&n), "replica{r} has {n} of {sessions}");
+    }
+    assert_eq!(place(&mut c), before, "stable while nothing changes");
+    c.snap.nodes[2].state = NodeState::Unreachable;
+    let during = place(&mut c);
+    for (b, d) in before.iter().zip(&during) {
+        if *b == 2 {
+            assert_ne!(*d, 2);
+        } else {
+            assert_eq!(b, d, "sessions on other replicas stay");
+        }
+    }
+    c.snap.nodes[2].state = NodeState::Healthy;
+    assert_eq!(place(&mut c), before, "back to where they were");
 }
 
 #[test]
@@ -428,7 +464,7 @@ fn ties_beyond_the_inline_array_are_picked_too() {
     for n in c.snap.nodes.iter_mut().skip(1) {
         n.lag_bytes = Some(0);
     }
-    let picks: std::collections::BTreeSet<usize> = (0..20)
+    let picks: std::collections::BTreeSet<usize> = (0..400)
         .map(|t| {
             c.ticket = t;
             c.route("SELECT 1").0

@@ -12,10 +12,13 @@
 //! - `raw`: [`raw::RawConn`], a byte-level protocol client.
 //! - `process`: child processes with a timeout.
 //! - `tls`: self-signed certificates and a rustls connector for tokio-postgres.
+//! - `faults`: stopped and crashed nodes, a recorded read load, the health
+//!   states seen, for the fault-injection tests.
 
 #![allow(dead_code)]
 
 pub mod client;
+pub mod faults;
 pub mod process;
 pub mod proxy;
 pub mod raw;

@@ -31,13 +31,17 @@ pub struct ClientInfo {
     attached: AtomicUsize,
     /// Transactions routed for this client.
     pub transactions: AtomicU64,
-    /// Woken by [`ClientRegistry::stop_all`].
+    /// Woken by [`ClientRegistry::stop_all`] and [`ClientRegistry::abandon_node`].
     stop_waker: AtomicWaker,
+    /// Node index + 1 whose in-flight work this client must abandon (the
+    /// node stopped answering), or 0.
+    abandon: AtomicUsize,
 }
 
 impl ClientInfo {
     /// A server connection on node `node` (index) is now attached.
     pub fn attached(&self, node: usize) {
+        self.abandon.store(0, Ordering::Relaxed);
         self.attached
             .store(node.saturating_add(1), Ordering::Relaxed);
         self.transactions.fetch_add(1, Ordering::Relaxed);
@@ -51,6 +55,21 @@ impl ClientInfo {
     /// The node index of the attached server connection, if any.
     pub fn attached_node(&self) -> Option<usize> {
         self.attached.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Resolves with the node index once the node this client is attached
+    /// to has been declared stopped ([`ClientRegistry::abandon_node`]).
+    /// Polled with every wait on a server: one atomic waker, two loads.
+    pub fn abandoned(&self) -> impl Future<Output = usize> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.stop_waker.register(cx.waker());
+            let a = self.abandon.load(Ordering::SeqCst);
+            if a != 0 && a == self.attached.load(Ordering::Relaxed) {
+                Poll::Ready(a - 1)
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -83,6 +102,7 @@ impl ClientRegistry {
             attached: AtomicUsize::new(0),
             transactions: AtomicU64::new(0),
             stop_waker: AtomicWaker::new(),
+            abandon: AtomicUsize::new(0),
         });
         if let Ok(mut m) = self.clients.lock() {
             m.insert(info.id, info.clone());
@@ -103,6 +123,24 @@ impl ClientRegistry {
                 c.stop_waker.wake();
             }
         }
+    }
+
+    /// Wakes every client attached to node `node` (index) so it abandons
+    /// its transaction with 08006: the node stopped answering. Returns how
+    /// many were told.
+    pub fn abandon_node(&self, node: usize) -> usize {
+        let Ok(m) = self.clients.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in m.values() {
+            if c.attached_node() == Some(node) {
+                c.abandon.store(node + 1, Ordering::SeqCst);
+                c.stop_waker.wake();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Every connected client, oldest first.

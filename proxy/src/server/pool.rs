@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lagrouter_config::PoolConfig;
+use lagrouter_health::{NodeTraffic, Traffic};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{NodeAddr, ServerConn};
@@ -49,14 +50,24 @@ pub struct ServerPool {
     /// The node's routing decisions (shared by its pools), counted where
     /// the pool is picked.
     pub counts: Arc<NodeCounts>,
+    /// The node's traffic as the health monitor sees it (shared by its
+    /// pools): checkouts, bytes arriving, failures.
+    pub traffic: Arc<NodeTraffic>,
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, node: Arc<NodeAddr>, size: usize, counts: Arc<NodeCounts>) -> ServerPool {
+    fn new(
+        key: PoolKey,
+        node: Arc<NodeAddr>,
+        size: usize,
+        counts: Arc<NodeCounts>,
+        traffic: Arc<NodeTraffic>,
+    ) -> ServerPool {
         ServerPool {
             key,
             node,
             counts,
+            traffic,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
@@ -120,6 +131,7 @@ impl ServerPool {
                 continue;
             }
             self.stats.in_use.fetch_add(1, Ordering::Relaxed);
+            self.traffic.started();
             return Ok(PooledConn {
                 conn: Some(conn),
                 _permit: permit,
@@ -133,9 +145,15 @@ impl ServerPool {
             &self.key.database,
             cfg.connect_timeout,
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ProxyError::NodeConnect { .. }) {
+                self.traffic.failed();
+            }
+        })?;
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.in_use.fetch_add(1, Ordering::Relaxed);
+        self.traffic.started();
         Ok(PooledConn {
             conn: Some(conn),
             _permit: permit,
@@ -206,15 +224,22 @@ impl PooledConn {
         self.conn.as_ref().expect("present until released")
     }
 
-    /// The pool it came from.
-    pub fn pool(&self) -> &Arc<ServerPool> {
-        &self.pool
+    /// The connection and its node's traffic counters, borrowed apart.
+    pub fn conn_and_traffic(&mut self) -> (&mut ServerConn, &NodeTraffic) {
+        let conn = self.conn.as_mut().expect("present until released");
+        (conn, &self.pool.traffic)
+    }
+
+    /// The connection broke: tell the health monitor's second path.
+    pub fn report_failure(&self) {
+        self.pool.traffic.failed();
     }
 
     /// Returns a clean, idle connection to the pool.
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
             self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.traffic.ended();
             self.pool.give_back(c);
         }
     }
@@ -224,6 +249,7 @@ impl Drop for PooledConn {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
             self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.traffic.ended();
             self.pool.stats.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -233,9 +259,18 @@ impl Drop for PooledConn {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+    traffic: Traffic,
 }
 
 impl Pools {
+    /// Pools that report their traffic to `traffic` (the health monitor's).
+    pub fn new(traffic: Traffic) -> Pools {
+        Pools {
+            pools: Mutex::default(),
+            traffic,
+        }
+    }
+
     /// The pool for `key`, created with `size` and the node's decision
     /// counters (`counts(node name)`) if new.
     pub fn get(
@@ -252,7 +287,8 @@ impl Pools {
             return p.clone();
         }
         let counts = counts(&key.node);
-        let p = Arc::new(ServerPool::new(key.clone(), node, size, counts));
+        let traffic = self.traffic.node(&key.node);
+        let p = Arc::new(ServerPool::new(key.clone(), node, size, counts, traffic));
         pools.insert(key, p.clone());
         p
     }

@@ -185,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.held_client = false;
                 true
             } else if let Some(pc) = server.as_mut() {
-                let conn = pc.conn();
+                let (conn, traffic) = pc.conn_and_traffic();
                 if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
                     conn.read_buf.reserve(READ_CHUNK);
                 }
@@ -197,9 +197,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     },
                     r = conn.stream.read_buf(&mut conn.read_buf) => match r {
                         Ok(0) => return self.server_lost("the node closed the connection".into()).await,
-                        Ok(_) => false,
+                        Ok(_) => {
+                            traffic.progressed();
+                            false
+                        }
                         Err(e) => return self.server_lost(e.to_string()).await,
                     },
+                    node = abandoned(registered.as_ref()) => {
+                        return self.server_lost(self.stopped_answering(node)).await;
+                    }
                 }
             } else {
                 tokio::select! {
@@ -1348,8 +1354,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await
     }
 
+    /// Why the session abandons its transaction on `node`.
+    fn stopped_answering(&self, node: usize) -> String {
+        let snap = self.shared.router.health();
+        let why = snap
+            .nodes
+            .get(node)
+            .and_then(|n| n.unreachable_reason.clone())
+            .unwrap_or_else(|| "no answer".into());
+        format!("the node stopped answering ({why}); the transaction was abandoned")
+    }
+
     async fn server_lost(&mut self, detail: String) -> End {
-        let node = self.server.as_ref().map(|pc| pc.get().node.clone());
+        let node = self.server.as_ref().map(|pc| {
+            pc.report_failure();
+            pc.get().node.clone()
+        });
         self.server = None; // dropped: never returned to the pool
         self.cancel.slot.set(None);
         let e = match node {
@@ -1367,6 +1387,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// Whether the buffered client bytes hold a complete batch: a Sync or
 /// Flush message, or a message that ends the lookahead.
+/// Resolves when the attached node was declared stopped (never for an
+/// unregistered session).
+async fn abandoned(entry: Option<&ClientEntry>) -> usize {
+    match entry {
+        Some(e) => e.abandoned().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the proxy shuts down (never for an unregistered session).
 async fn stopping(entry: Option<&ClientEntry>) {
     match entry {

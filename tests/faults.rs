@@ -1,0 +1,274 @@
+//! Faults on real processes under a read load, through lagrouter with its
+//! default settings, against this binary's own primary and two replicas:
+//! the primary stalled (SIGSTOP) for 3 s, a replica stalled for 8 s, a
+//! replica crashed (immediate stop) and restarted. Each test states its
+//! numbers (errors seen, longest wait, time to recover) in its assertions
+//! and prints them.
+//!
+//! The scenarios stop nodes of the shared cluster, so they run one at a
+//! time (`SERIAL`); a stopped node is continued, and a crashed one
+//! restarted, even when an assertion fails.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use lagrouter_health::{Cause, NodeState};
+use support::faults::{Frozen, Lagrouter, Read, ReadLoad, StateLog};
+use support::{ProxyBuilder, blocking};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const READERS: usize = 8;
+/// No load runs longer than this, whatever happens.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
+
+async fn start() -> Lagrouter {
+    let c = blocking(|c| {
+        c.wait_caught_up(Duration::from_secs(30))
+            .expect("caught up");
+        c
+    })
+    .await;
+    Lagrouter::start(c, ProxyBuilder::new().default_routing(), "").await
+}
+
+fn errors(reads: &[Read]) -> Vec<&Read> {
+    reads.iter().filter(|r| r.outcome.is_err()).collect()
+}
+
+fn longest(reads: &[&Read]) -> Duration {
+    reads.iter().map(|r| r.took()).max().unwrap_or_default()
+}
+
+/// Restarts a crashed node when dropped, even on panic.
+struct Restart(usize);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let c = lagrouter::pgcluster::Cluster::shared();
+        if !c.is_running(self.0)
+            && let Err(e) = c.start_node(self.0)
+        {
+            eprintln!("could not restart node {}: {e}", self.0);
+        }
+    }
+}
+
+/// The primary stops for 3 s: reads keep going to the replicas, which are
+/// not demoted for the missing primary sample, and no read waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_stall_costs_reads_nothing() {
+    let _serial = SERIAL.lock().await;
+    let lr = start().await;
+    let log = StateLog::start(lr.health());
+    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let frozen = Frozen::node(0).await;
+    let stall_began = frozen.at;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stall_ended = frozen.thaw();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = load.finish().await;
+    let seen = log.snapshot();
+
+    let during: Vec<&Read> = reads
+        .iter()
+        .filter(|r| r.started >= stall_began && r.started < stall_ended)
+        .collect();
+    let errs = errors(&reads);
+    let demotions: Vec<_> = [1, 2].iter().flat_map(|&i| log.demotions(i)).collect();
+    let primary_unreachable = seen.iter().any(|s| s.states[0] == NodeState::Unreachable);
+    eprintln!(
+        "primary stall 3 s: {} reads ({} during the stall), {} errors, longest read started \
+         during the stall {:?}, replica demotions {demotions:?}, primary went {:?}",
+        reads.len(),
+        during.len(),
+        errs.len(),
+        longest(&during),
+        primary_unreachable,
+    );
+    assert!(
+        during.len() > 100,
+        "the load kept reading: {}",
+        during.len()
+    );
+    assert_eq!(errs.len(), 0, "read errors: {errs:?}");
+    assert!(
+        longest(&during) <= Duration::from_secs(1),
+        "a read started during the stall waited {:?}",
+        longest(&during)
+    );
+    assert!(
+        during.iter().all(|r| r.outcome != Ok(0)),
+        "reads went to the primary"
+    );
+    assert_eq!(demotions, [], "replica demotions");
+}
+
+/// A replica stops for 8 s: within a second, reads no longer go to it; the
+/// reads that were in flight on it end with 08006 naming it; after it
+/// continues it is re-admitted and serves reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_stall_moves_reads_and_ends_the_stuck_ones() {
+    let _serial = SERIAL.lock().await;
+    let lr = start().await;
+    let log = StateLog::start(lr.health());
+    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let frozen = Frozen::node(2).await;
+    let stall_began = frozen.at;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stall_ended = frozen.thaw();
+    let healthy_again = lr.wait_healthy(Duration::from_secs(15), |i| i == 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = load.finish().await;
+    let down = log
+        .first(2, |s| s == NodeState::Unreachable)
+        .expect("replica2 was seen unreachable");
+    let seen = log.finish().await;
+
+    let detected = down.at.saturating_duration_since(stall_began);
+    let late: Vec<&Read> = reads
+        .iter()
+        .filter(|r| r.started >= stall_began + Duration::from_secs(1) && r.started < stall_ended)
+        .collect();
+    let errs = errors(&reads);
+    let stuck_for = longest(&errs);
+    let back = reads
+        .iter()
+        .filter(|r| r.started > healthy_again && r.outcome == Ok(2))
+        .count();
+    eprintln!(
+        "replica stall 8 s: unreachable after {detected:?} (cause {:?}); {} reads started 1 s \
+         or more into the stall, longest {:?}, none on replica2: {}; {} errors, each ended after \
+         at most {stuck_for:?}; healthy {:?} after it continued; {back} reads on it since",
+        down.causes[2],
+        late.len(),
+        longest(&late),
+        late.iter().all(|r| r.outcome != Ok(2)),
+        errs.len(),
+        healthy_again.saturating_duration_since(stall_ended),
+    );
+    assert!(
+        detected <= Duration::from_secs(1),
+        "detected after {detected:?}"
+    );
+    assert_eq!(down.causes[2], Some(Cause::Stalled));
+    assert!(late.len() > 100, "the load kept reading: {}", late.len());
+    assert!(
+        late.iter().all(|r| r.outcome.is_ok() && r.outcome != Ok(2)),
+        "a read started 1 s into the stall failed or went to replica2"
+    );
+    assert!(
+        longest(&late) <= Duration::from_secs(1),
+        "a read started 1 s into the stall waited {:?}",
+        longest(&late)
+    );
+    for e in &errs {
+        let (code, msg) = e.outcome.clone().unwrap_err();
+        assert_eq!(code, "08006", "{msg}");
+        assert!(msg.contains("replica2"), "{msg}");
+        assert!(e.started < stall_began + Duration::from_secs(1), "{e:?}");
+    }
+    assert!(
+        stuck_for <= Duration::from_secs(2),
+        "a stuck read ended only after {stuck_for:?}"
+    );
+    assert!(back > 0, "replica2 serves reads again");
+    assert!(
+        seen.iter().all(|s| s.states[1] == NodeState::Healthy),
+        "replica1 stayed healthy"
+    );
+}
+
+/// A replica crashes (immediate stop) and restarts under load: errors only
+/// for reads in flight when it went down, and existing sessions reach it
+/// again within 2 s of it being healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_crash_and_restart_under_load() {
+    let _serial = SERIAL.lock().await;
+    let lr = start().await;
+    let log = StateLog::start(lr.health());
+    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let restart = Restart(2);
+    let crashed = Instant::now();
+    blocking(|c| c.crash_node(2).expect("crash replica2")).await;
+    let down = loop {
+        if let Some(s) = log.first(2, |s| s == NodeState::Unreachable) {
+            break s;
+        }
+        assert!(crashed.elapsed() < Duration::from_secs(5), "not detected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = blocking(|c| {
+        c.start_node(2).expect("restart replica2");
+        Instant::now()
+    })
+    .await;
+    drop(restart);
+    let healthy = lr.wait_healthy(Duration::from_secs(15), |i| i == 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reads = load.finish().await;
+    log.finish().await;
+
+    let errs = errors(&reads);
+    // Sessions that existed before the crash and read from replica2 again.
+    let back: Vec<&Read> = reads
+        .iter()
+        .filter(|r| r.started >= healthy && r.outcome == Ok(2))
+        .collect();
+    let first_back = back
+        .iter()
+        .map(|r| r.ended.saturating_duration_since(healthy))
+        .min();
+    // Sessions already connected when the node restarted (the ones whose
+    // read failed at the crash reconnected before the restart).
+    let existing: std::collections::HashSet<(usize, usize)> = reads
+        .iter()
+        .filter(|r| r.started < restarted)
+        .map(|r| (r.reader, r.connection))
+        .collect();
+    let old_sessions = back
+        .iter()
+        .filter(|r| existing.contains(&(r.reader, r.connection)))
+        .count();
+    eprintln!(
+        "replica crash: unreachable {:?} after the crash (cause {:?}); {} errors, the last \
+         started {:?} after the crash; restart to healthy {:?}; first read on it {:?} after \
+         healthy, {old_sessions} of {} by sessions from before the restart",
+        down.at.saturating_duration_since(crashed),
+        down.causes[2],
+        errs.len(),
+        errs.iter()
+            .map(|e| e.started.saturating_duration_since(crashed))
+            .max(),
+        healthy.saturating_duration_since(restarted),
+        first_back,
+        back.len()
+    );
+    assert_eq!(down.causes[2], Some(Cause::Refused));
+    for e in &errs {
+        let (code, msg) = e.outcome.clone().unwrap_err();
+        assert_eq!(code, "08006", "{msg}");
+        assert!(msg.contains("replica2"), "{msg}");
+        assert!(
+            e.started <= down.at,
+            "a read started after replica2 was known down failed: {e:?}"
+        );
+    }
+    assert!(
+        first_back.is_some_and(|d| d <= Duration::from_secs(2)),
+        "replica2 got no read within 2 s of being healthy: {first_back:?}"
+    );
+    assert!(
+        old_sessions > 0,
+        "no session from before the crash came back"
+    );
+}
