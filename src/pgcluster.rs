@@ -321,6 +321,11 @@ impl Cluster {
         self.psql(node, &self.database, sql)
     }
 
+    /// [`Cluster::sql`] in another database of the node.
+    pub fn sql_in(&self, node: usize, database: &str, sql: &str) -> Result<String, ClusterError> {
+        self.psql(node, database, sql)
+    }
+
     /// Pauses WAL replay on a replica and returns once it has paused (or the
     /// pause is pending: then no further record is applied either).
     pub fn pause_replay(&self, node: usize) -> Result<(), ClusterError> {

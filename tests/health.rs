@@ -39,6 +39,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce(&'static Cluster) -> T + Sen
 }
 
 fn config(c: &Cluster, health: &str) -> Config {
+    let t = config_text(c, health);
+    Config::from_toml_str(&t).expect("test config is valid")
+}
+
+fn config_text(c: &Cluster, health: &str) -> String {
     let mut t = format!(
         "[[users]]\nname = \"{}\"\npassword = \"{}\"\n",
         c.app_user(),
@@ -60,7 +65,7 @@ fn config(c: &Cluster, health: &str) -> Config {
         INTERVAL.as_millis(),
         TIMEOUT.as_millis()
     ));
-    Config::from_toml_str(&t).expect("test config is valid")
+    t
 }
 
 /// A running monitor that stops when dropped.
@@ -379,4 +384,67 @@ async fn heartbeat_off_reports_time_lag_unknown() {
             assert!(n.lag_bytes.is_some());
         }
     }
+}
+
+/// On a fresh install the monitor's user (here `app`, not a superuser) may
+/// not create tables in the `postgres` database, lagrouter's default: the
+/// heartbeat then commits transaction ids instead, and time lag stays
+/// known and small, without any table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_works_where_the_user_may_not_create_the_table() {
+    let _serial = SERIAL.lock().await;
+    init_logs();
+    let c = Cluster::shared();
+    let text = config_text(c, "heartbeat_interval = \"200ms\"\nmax_lag_time = \"1s\"\n")
+        .replace(&format!("database = \"{}\"", c.database()), "");
+    let cfg = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(cfg.health.database, "postgres", "the default");
+    let stop = CancellationToken::new();
+    let run = Running {
+        monitor: HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await,
+        stop,
+    };
+    let mut obs = Observer::new(&run.monitor);
+    obs.until(Duration::from_secs(15), "all healthy", all_healthy)
+        .await;
+    // Without any other write for 2 s, replicas keep replaying fresh
+    // commits: the heartbeat's transaction ids.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let age: f64 = blocking(|c| {
+        c.sql(
+            1,
+            "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())",
+        )
+    })
+    .await
+    .unwrap()
+    .parse()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let s = obs.next(deadline, "20 rounds").await;
+        for n in &s.nodes[1..] {
+            assert_eq!(n.state, NodeState::Healthy, "{n:?}");
+            times.push(n.lag_time.expect("time lag known without the table"));
+        }
+    }
+    let max = times.iter().max().unwrap();
+    eprintln!(
+        "no heartbeat table: newest replayed commit on replica1 {age:.3} s old after 2 s \
+         without writes; {} samples, max time lag {max:?}",
+        times.len()
+    );
+    assert!(age < 1.0, "the heartbeat commits: newest is {age} s old");
+    assert!(*max < Duration::from_secs(1), "time lag {max:?}");
+    let table = blocking(|c| {
+        c.sql_in(
+            0,
+            "postgres",
+            "SELECT to_regclass('lagrouter_heartbeat') IS NULL",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(table, "t", "no table was created in postgres");
 }
