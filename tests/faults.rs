@@ -272,3 +272,114 @@ async fn replica_crash_and_restart_under_load() {
         "no session from before the crash came back"
     );
 }
+
+/// How long the saturation load runs.
+const SATURATION: Duration = Duration::from_secs(60);
+
+/// pgbench through lagrouter with `args`, as app/app, bounded in time.
+fn pgbench(port: u16, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("pgbench");
+    cmd.args(["-n", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .args(["-U", "app", "app"])
+        .env("PGPASSWORD", "app")
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10");
+    cmd
+}
+
+fn check_pgbench(out: &support::process::Output, what: &str) -> String {
+    let text = out.stdout_text();
+    let all = format!("stdout:\n{text}\nstderr:\n{}", out.stderr);
+    assert!(out.status.success(), "{what}: pgbench failed:\n{all}");
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "{what}: failed transactions:\n{all}"
+    );
+    assert!(
+        !text.contains("aborted") && !out.stderr.contains("aborted"),
+        "{what}: aborted clients:\n{all}"
+    );
+    text.lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("no tps line")
+        .to_string()
+}
+
+/// Both cores saturated for 60 s: 64 select-only clients (extended
+/// protocol) plus 200 writes a second, through lagrouter with its
+/// defaults. No client is aborted, and no replica is demoted while the
+/// true lag, sampled on the primary itself, stays under the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_saturation_demotes_nothing() {
+    let _serial = SERIAL.lock().await;
+    blocking(|c| c.pgbench_init(1).expect("pgbench -i -s 1")).await;
+    let lr = start().await;
+    let max_lag = lr.running.shared.config.load().health.max_lag_bytes;
+    let log = StateLog::start(lr.health());
+    let port = lr.running.addr.port();
+    let secs = SATURATION.as_secs().to_string();
+    let limit = SATURATION + Duration::from_secs(60);
+    let reads = support::process::run(
+        pgbench(
+            port,
+            &["-S", "-M", "extended", "-c", "64", "-j", "2", "-T", &secs],
+        ),
+        None,
+        limit,
+    );
+    let writes = support::process::run(
+        pgbench(
+            port,
+            &["-N", "-R", "200", "-c", "4", "-j", "1", "-T", &secs],
+        ),
+        None,
+        limit,
+    );
+    // The true lag, straight from the primary's pg_stat_replication.
+    let primary = blocking(|c| c.conn_string(0)).await;
+    let sampler = tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&primary, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the primary");
+        tokio::spawn(conn);
+        let end = Instant::now() + SATURATION;
+        let mut max = 0i64;
+        while Instant::now() < end {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)), 0)\
+                     ::bigint FROM pg_stat_replication",
+                    &[],
+                )
+                .await
+                .expect("sample the lag");
+            max = max.max(row.get(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        max
+    });
+    let (reads, writes) = tokio::join!(reads, writes);
+    let true_lag = sampler.await.expect("sampler");
+    let demotions: Vec<_> = [1, 2].iter().flat_map(|&i| log.demotions(i)).collect();
+    let seen = log.finish().await;
+    let r = check_pgbench(&reads, "select-only");
+    let w = check_pgbench(&writes, "writes");
+    eprintln!(
+        "CPU saturation {SATURATION:?}: reads {r}; writes {w}; true lag at most {true_lag} \
+         bytes (threshold {max_lag}); replica demotions {demotions:?}; {} snapshots",
+        seen.len()
+    );
+    assert!(
+        seen.len() > 100,
+        "the monitor kept publishing: {}",
+        seen.len()
+    );
+    if (true_lag as u64) < max_lag {
+        assert_eq!(
+            demotions,
+            [],
+            "demotions while the true lag stayed under {max_lag}"
+        );
+    }
+}
