@@ -291,6 +291,11 @@ fn node_health(
             }),
         },
         lag_estimated: false,
+        promoted_at: match (result, last) {
+            (Ok(o), Some(l)) if !o.in_recovery && l.in_recovery == Some(true) => l.replay_lsn,
+            (Ok(o), _) if o.in_recovery => None,
+            _ => last.and_then(|l| l.promoted_at),
+        },
         unreachable_reason: match (v, to.state) {
             (Verdict::Unreachable { reason, .. }, _) => Some(reason.clone()),
             (Verdict::Missed(r), NodeState::Unreachable) => Some(r.clone()),
@@ -772,5 +777,38 @@ mod tests {
             "10 bytes behind, heartbeat 300ms old"
         );
         assert_eq!(s.nodes[2].state, NodeState::Healthy, "caught up");
+    }
+
+    #[test]
+    fn a_promotion_remembers_where_the_node_left_recovery() {
+        let cfg = config("");
+        let t0 = Instant::now();
+        let round = |prev: &HealthSnapshot, r1_primary: bool, at: u64| {
+            let results = [
+                Err(ProbeError::Connect("refused".into())),
+                Ok(obs(!r1_primary, 4000 + at, ms(t0, at), HB)),
+                Ok(obs(true, 4000, ms(t0, at), HB)),
+            ];
+            assemble(
+                prev,
+                &cfg.nodes,
+                &results,
+                &cfg.health,
+                &cfg.safety,
+                &PrimaryHistory::default(),
+                ms(t0, at),
+            )
+            .snapshot
+        };
+        let s = round(&HealthSnapshot::initial(&cfg), false, 0);
+        assert_eq!(s.nodes[1].promoted_at, None);
+        let s = round(&s, true, 10);
+        assert_eq!(
+            s.nodes[1].promoted_at,
+            Some(Lsn(4000)),
+            "its last replay LSN"
+        );
+        let s = round(&s, true, 20);
+        assert_eq!(s.nodes[1].promoted_at, Some(Lsn(4000)), "kept");
     }
 }

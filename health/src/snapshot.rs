@@ -69,6 +69,10 @@ pub struct NodeHealth {
     pub cause: Option<Cause>,
     /// Consecutive checks missed (no answer in time) so far.
     pub missed_checks: u32,
+    /// When the node was seen leave recovery (promoted): its replay LSN at
+    /// the last check before. Writes at or before it are on its new
+    /// timeline too; later ones of the old primary may be lost.
+    pub promoted_at: Option<Lsn>,
     /// `lag_bytes` was estimated: the round had no primary sample taken
     /// after this node answered (see `lag`).
     pub lag_estimated: bool,
@@ -138,6 +142,7 @@ impl HealthSnapshot {
                 cause: None,
                 missed_checks: 0,
                 lag_estimated: false,
+                promoted_at: None,
                 gate_state: NodeState::Recovering { good_checks: 0 },
                 gate_good_checks: 0,
                 gate_since: None,

@@ -640,6 +640,7 @@ mod tests {
                 "not_following",
                 "refused",
                 "timeout",
+                "stalled",
                 "error"
             ]
         );

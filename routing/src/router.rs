@@ -154,6 +154,10 @@ impl Router {
             session.apply_effect(e);
         }
         let snap = self.health.load();
+        if let Some(p) = snap.primary_index() {
+            let target = &snap.nodes[p];
+            session.reconcile_timeline(target.timeline, target.promoted_at);
+        }
         let drained = self.shared.drained.load();
         let ctx = RouteContext {
             sql,
@@ -175,7 +179,14 @@ impl Router {
             drained: &drained,
             gate: WriteGate::from_config(&config),
         };
-        let decided = decide(&ctx)?;
+        let mut decided = decide(&ctx)?;
+        if let Some(lost) = session.take_lost_write_notice() {
+            let d = &mut decided.decision;
+            d.notice = Some(match d.notice.take() {
+                Some(other) => format!("{lost}\n{other}"),
+                None => lost,
+            });
+        }
         if let (
             BreakerUse::Fallback {
                 stale,
@@ -212,7 +223,9 @@ impl Router {
     /// `routing.read_your_writes` is on), and it becomes the session's
     /// `lagrouter.last_write_lsn`.
     pub fn record_write(&self, session: &mut SessionRouting, lsn: Lsn) {
-        session.record_write(lsn);
+        let snap = self.health.load();
+        let timeline = snap.primary_index().and_then(|p| snap.nodes[p].timeline);
+        session.record_write(lsn, timeline);
     }
 
     /// Settles a decision that proposed a catch-up wait: `caught_up` when

@@ -18,6 +18,12 @@ use crate::hints::RouteOverride;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SessionRouting {
     last_write_lsn: Option<Lsn>,
+    /// The write target's timeline when the last write committed: LSNs of
+    /// two timelines compare only up to the point where they forked.
+    last_write_timeline: Option<u32>,
+    /// Told to the client with its next routed transaction: its last
+    /// write may have been lost in a failover.
+    lost_write_notice: Option<String>,
     min_lsn: Option<Lsn>,
     route: RouteOverride,
     default_read_only: bool,
@@ -86,9 +92,48 @@ impl SessionRouting {
     }
 
     /// Records that a transaction of this session wrote and committed at
-    /// `lsn`. Never moves backwards.
-    pub fn record_write(&mut self, lsn: Lsn) {
+    /// `lsn`, on a primary on `timeline` (if known). Never moves backwards.
+    pub fn record_write(&mut self, lsn: Lsn, timeline: Option<u32>) {
         self.last_write_lsn = self.last_write_lsn.max(Some(lsn));
+        self.last_write_timeline = timeline.or(self.last_write_timeline);
+    }
+
+    /// After a failover: the session's last write committed on another
+    /// timeline than the write target's (`target_timeline`), which was
+    /// promoted after replaying up to `promoted_at`. If the write is at or
+    /// before that point it is on the new timeline too, and nothing
+    /// changes. Otherwise it may have been lost with the old primary: no
+    /// node can be proven to have it, so waiting would hang; the session's
+    /// read-your-writes position is dropped and
+    /// [`SessionRouting::take_lost_write_notice`] has the text that tells
+    /// the client.
+    pub fn reconcile_timeline(&mut self, target_timeline: Option<u32>, promoted_at: Option<Lsn>) {
+        let (Some(written_on), Some(now_on), Some(lsn)) = (
+            self.last_write_timeline,
+            target_timeline,
+            self.last_write_lsn,
+        ) else {
+            return;
+        };
+        if written_on == now_on {
+            return;
+        }
+        self.last_write_timeline = Some(now_on);
+        if promoted_at.is_some_and(|p| lsn <= p) {
+            return;
+        }
+        self.last_write_lsn = None;
+        self.lost_write_notice = Some(format!(
+            "lagrouter: your last write (LSN {lsn} on timeline {written_on}) is not known to \
+             be on the current primary (timeline {now_on}{}); it may have been lost in a \
+             failover, and reads no longer wait for it",
+            promoted_at.map_or(String::new(), |p| format!(", promoted at {p}"))
+        ));
+    }
+
+    /// The notice [`SessionRouting::reconcile_timeline`] left, once.
+    pub fn take_lost_write_notice(&mut self) -> Option<String> {
+        self.lost_write_notice.take()
     }
 
     /// The LSN a read must see: the session's last write (when
@@ -165,8 +210,8 @@ mod tests {
     fn required_lsn_takes_the_furthest_floor() {
         let mut s = SessionRouting::new();
         assert_eq!(s.required_lsn(true, None), None);
-        s.record_write(Lsn(100));
-        s.record_write(Lsn(50)); // late report of an older commit: ignored
+        s.record_write(Lsn(100), None);
+        s.record_write(Lsn(50), None); // late report of an older commit: ignored
         assert_eq!(s.last_write_lsn(), Some(Lsn(100)));
         assert_eq!(s.required_lsn(true, None), Some(Lsn(100)));
         assert_eq!(
@@ -191,7 +236,7 @@ mod tests {
             o => panic!("{o:?}"),
         };
         assert_eq!(show(&mut s, "SHOW lagrouter.last_write_lsn"), "0/0");
-        s.record_write(Lsn(0x1_0000_00FF));
+        s.record_write(Lsn(0x1_0000_00FF), None);
         assert_eq!(show(&mut s, "SHOW lagrouter.last_write_lsn"), "1/FF");
         assert_eq!(
             run(&mut s, "SET lagrouter.route = primary"),
@@ -211,7 +256,7 @@ mod tests {
     #[test]
     fn reset_all_keeps_read_your_writes() {
         let mut s = SessionRouting::new();
-        s.record_write(Lsn(7));
+        s.record_write(Lsn(7), None);
         s.apply_effect(&SessionEffect::DefaultReadOnly(true));
         s.apply_effect(&SessionEffect::Proxy(ProxyCommand::SetRoute(
             RouteOverride::Replica,
@@ -221,5 +266,29 @@ mod tests {
         assert!(!s.default_read_only());
         assert_eq!(s.route_override(), RouteOverride::Default);
         assert_eq!(s.last_write_lsn(), Some(Lsn(7)));
+    }
+
+    #[test]
+    fn a_write_from_before_a_failover_counts_only_if_the_new_primary_had_it() {
+        let mut s = SessionRouting::new();
+        s.record_write(Lsn(500), Some(1));
+        s.reconcile_timeline(Some(1), None);
+        assert_eq!(s.take_lost_write_notice(), None, "same timeline");
+        // Promoted after replaying past the write: it survived.
+        s.reconcile_timeline(Some(2), Some(Lsn(600)));
+        assert_eq!(s.take_lost_write_notice(), None);
+        assert_eq!(s.required_lsn(true, None), Some(Lsn(500)));
+        // Promoted before it: the client is told and reads stop waiting.
+        let mut s = SessionRouting::new();
+        s.record_write(Lsn(500), Some(1));
+        s.reconcile_timeline(Some(2), Some(Lsn(400)));
+        let told = s.take_lost_write_notice().expect("told");
+        assert!(
+            told.contains("0/1F4") && told.contains("timeline 2"),
+            "{told}"
+        );
+        assert_eq!(s.required_lsn(true, None), None);
+        s.reconcile_timeline(Some(2), Some(Lsn(400)));
+        assert_eq!(s.take_lost_write_notice(), None, "told once");
     }
 }

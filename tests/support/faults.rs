@@ -92,8 +92,38 @@ pub struct Frozen {
 }
 
 impl Frozen {
+    /// Every process of node `i` of the shared cluster.
     pub async fn node(i: usize) -> Frozen {
         let pids = blocking(move |c| c.pids(i)).await.expect("node pids");
+        Frozen::pids(pids)
+    }
+
+    /// The WAL senders of node `i` of `c` (the primary): nothing it
+    /// commits from now on reaches a replica, while it keeps answering.
+    pub fn wal_senders(c: &Cluster, i: usize) -> Frozen {
+        let pids = c.pids(i).expect("node pids");
+        let senders: Vec<i32> = pids
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("walsender"))
+            })
+            .collect();
+        assert!(!senders.is_empty(), "node {i} has WAL senders");
+        Frozen::pids(senders)
+    }
+
+    /// Kills the stopped processes (SIGKILL): what they had not sent is
+    /// never sent.
+    pub fn kill(mut self) {
+        for pid in std::mem::take(&mut self.pids) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// These processes, in this order.
+    pub fn pids(pids: Vec<i32>) -> Frozen {
         for &pid in &pids {
             // SAFETY: kill(2) with a PID we just read; a process that has
             // exited in between makes it fail harmlessly.
