@@ -30,6 +30,9 @@ pub enum ProbeError {
     /// The connection was up but the query failed.
     #[error("check query failed: {0}")]
     Query(String),
+    /// The connection broke during the check (the node closed it, or died).
+    #[error("connection lost: {0}")]
+    Broken(String),
     /// The node answered something unusable.
     #[error(transparent)]
     BadAnswer(#[from] BadAnswer),
@@ -47,7 +50,9 @@ impl ProbeError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProbeError::Timeout(_) | ProbeError::Stalled(_) => "timeout",
-            ProbeError::Connect(_) | ProbeError::Backoff { .. } => "connect",
+            ProbeError::Connect(_) | ProbeError::Backoff { .. } | ProbeError::Broken(_) => {
+                "connect"
+            }
             ProbeError::Query(_) => "query",
             ProbeError::BadAnswer(_) => "bad_answer",
             ProbeError::Task(_) => "internal",
@@ -72,7 +77,9 @@ impl ProbeError {
         match self {
             ProbeError::Timeout(_) => Cause::Timeout,
             ProbeError::Stalled(_) => Cause::Stalled,
-            ProbeError::Connect(_) | ProbeError::Backoff { .. } => Cause::Refused,
+            ProbeError::Connect(_) | ProbeError::Backoff { .. } | ProbeError::Broken(_) => {
+                Cause::Refused
+            }
             ProbeError::Query(_) | ProbeError::BadAnswer(_) | ProbeError::Task(_) => Cause::Error,
         }
     }

@@ -169,11 +169,16 @@ impl NodeTask {
             Err(QueryError::UndefinedTable) => {
                 Err(ProbeError::Query("heartbeat table vanished".into()))
             }
+            Err(QueryError::Gone(e)) => {
+                self.client = None;
+                Err(ProbeError::Broken(e))
+            }
             Err(QueryError::Pg(e)) => {
                 // Keep a healthy connection through a server-side error
                 // (reconnecting would not fix it); drop a broken one.
                 if self.client.as_ref().is_none_or(|c| c.is_closed()) {
                     self.client = None;
+                    return Err(ProbeError::Broken(e));
                 }
                 Err(ProbeError::Query(e))
             }
@@ -219,6 +224,9 @@ impl NodeTask {
 enum QueryError {
     UndefinedTable,
     Pg(String),
+    /// The server is going away (57P01-57P03, class 08) or the connection
+    /// already closed.
+    Gone(String),
     Bad(BadAnswer),
 }
 
@@ -226,8 +234,11 @@ async fn query(client: &Client, hb: &HeartbeatQuery) -> Result<Observation, Quer
     let sql = check_sql(hb);
     let sent_at = Instant::now();
     let msgs = client.simple_query(&sql).await.map_err(|e| {
+        let code = e.code().map(|c| c.code()).unwrap_or("");
         if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
             QueryError::UndefinedTable
+        } else if e.is_closed() || code.starts_with("57P") || code.starts_with("08") {
+            QueryError::Gone(describe_pg_error(&e))
         } else {
             QueryError::Pg(describe_pg_error(&e))
         }
