@@ -58,6 +58,7 @@ pub async fn start(
         health.clone(),
         shutdown.child_token(),
     ));
+    tokio::spawn(release_idle_buffers(shared.clone(), shutdown.child_token()));
     tokio::spawn(close_idle_connections(
         shared.clone(),
         shutdown.child_token(),
@@ -101,6 +102,25 @@ fn install_metrics(config: &ConfigHandle) {
     }) {
         Ok(()) => tracing::info!(%addr, "serving Prometheus metrics at /metrics"),
         Err(e) => tracing::warn!(%addr, "metrics endpoint not started: {e}"),
+    }
+}
+
+/// How often sessions that ran no transaction since the last sweep are
+/// asked to give back their buffers: an idle client then costs a few
+/// hundred bytes instead of its read and write buffers, and one that is
+/// busy is never asked (it would grow them again at once).
+const IDLE_BUFFER_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn release_idle_buffers(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(IDLE_BUFFER_SWEEP) => {}
+        }
+        let asked = shared.clients.release_idle_buffers();
+        if asked > 0 {
+            tracing::debug!(asked, "idle sessions give back their buffers");
+        }
     }
 }
 

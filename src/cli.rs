@@ -62,6 +62,13 @@ pub fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match fit_open_files(&config) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => {
+            eprintln!("lagrouter: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,6 +83,55 @@ pub fn serve(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Files lagrouter keeps open besides clients and pooled server
+/// connections: listeners, the health monitor's and replay poller's
+/// connections, the config watch, logs.
+const SPARE_FILES: u64 = 64;
+
+/// Raises the open-file soft limit to the hard limit and checks that
+/// `max_client_connections`, every pool at its size and [`SPARE_FILES`]
+/// fit under it. Returns the limit in force.
+pub fn fit_open_files(config: &Config) -> Result<u64, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let pools = (config.pool.size * config.nodes.len() * config.users.len().max(1)) as u64;
+    let clients = config.server.max_client_connections as u64;
+    let needed = clients + pools + SPARE_FILES;
+    if needed > lim.rlim_cur {
+        return Err(format!(
+            "max_client_connections ({clients}) plus server connections ({} per pool x {} \
+             node(s) x {} user(s) = {pools}) plus {SPARE_FILES} spare need {needed} open files, \
+             but the open-file limit is {} (hard limit {}): raise it (ulimit -n, LimitNOFILE= \
+             for systemd) or lower [server] max_client_connections",
+            config.pool.size,
+            config.nodes.len(),
+            config.users.len().max(1),
+            lim.rlim_cur,
+            lim.rlim_max,
+        ));
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// The runtime `lagrouter run` serves on: `workers` = 1 is one event loop

@@ -63,6 +63,14 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for client TLS. Default unset. Restart.
     pub tls_key: Option<PathBuf>,
+    /// Largest message a client may send, in bytes, for the types
+    /// PostgreSQL allows to be large (Query, Parse, Bind, CopyData,
+    /// FunctionCall); every other type is limited to 10000 bytes, as in
+    /// PostgreSQL. A larger message gets 54000 and the connection is
+    /// closed. Memory grows only with the bytes that actually arrive.
+    /// Default 1073741824 (1 GiB, PostgreSQL's own limit). Live (new
+    /// messages).
+    pub max_message_size: usize,
     /// How long a client may take to finish startup and authentication.
     /// Default `15s`. Live.
     #[serde(with = "humantime_serde")]
@@ -82,6 +90,7 @@ impl Default for ServerConfig {
             workers: 1,
             tls_cert: None,
             tls_key: None,
+            max_message_size: 1 << 30,
             client_login_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(30),
         }

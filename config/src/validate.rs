@@ -52,6 +52,15 @@ impl Config {
         if s.max_client_connections == 0 {
             p.add("server.max_client_connections", "must be at least 1");
         }
+        if !(10_000..=1 << 30).contains(&s.max_message_size) {
+            p.add(
+                "server.max_message_size",
+                format!(
+                    "must be between 10000 and 1073741824 (PostgreSQL's limit), got {}",
+                    s.max_message_size
+                ),
+            );
+        }
         match (&s.tls_cert, &s.tls_key) {
             (Some(_), None) => p.add(
                 "server.tls_key",

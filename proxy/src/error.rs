@@ -42,6 +42,11 @@ pub enum ProxyError {
     /// The client broke the protocol.
     #[error("lagrouter: invalid message from client: {0}")]
     ClientProtocol(String),
+    /// A client message longer than its type may be.
+    #[error(
+        "lagrouter: message of type '{tag}' is {len} bytes long, over the limit of {limit} bytes for it"
+    )]
+    MessageTooLarge { tag: char, len: usize, limit: usize },
 }
 
 impl ProxyError {
@@ -53,7 +58,7 @@ impl ProxyError {
             ProxyError::NodeProtocol { .. } | ProxyError::ClientProtocol(_) => "08P01",
             ProxyError::CheckoutTimeout { .. } | ProxyError::TooManyWaiters { .. } => "53300",
             ProxyError::Route(e) => e.sqlstate(),
-            ProxyError::TooManyStatements(_) => "54000",
+            ProxyError::TooManyStatements(_) | ProxyError::MessageTooLarge { .. } => "54000",
         }
     }
 
@@ -75,6 +80,9 @@ impl ProxyError {
             ProxyError::Route(e) => e.hint(),
             ProxyError::TooManyStatements(_) => {
                 "Close (DEALLOCATE) statements that are no longer needed."
+            }
+            ProxyError::MessageTooLarge { .. } => {
+                "Query, Parse, Bind, CopyData and FunctionCall may be up to [server] max_message_size; other messages up to 10000 bytes."
             }
             ProxyError::ClientProtocol(_) => return None,
         })

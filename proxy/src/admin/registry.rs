@@ -36,6 +36,11 @@ pub struct ClientInfo {
     /// Node index + 1 whose in-flight work this client must abandon (the
     /// node stopped answering), or 0.
     abandon: AtomicUsize,
+    /// Set by [`ClientRegistry::release_idle_buffers`]: the session should
+    /// give back its buffers while it waits.
+    shrink: AtomicBool,
+    /// `transactions` at the last sweep (an idle client's does not move).
+    swept_at: AtomicU64,
 }
 
 impl ClientInfo {
@@ -103,6 +108,8 @@ impl ClientRegistry {
             transactions: AtomicU64::new(0),
             stop_waker: AtomicWaker::new(),
             abandon: AtomicUsize::new(0),
+            shrink: AtomicBool::new(false),
+            swept_at: AtomicU64::new(0),
         });
         if let Ok(mut m) = self.clients.lock() {
             m.insert(info.id, info.clone());
@@ -143,6 +150,26 @@ impl ClientRegistry {
         n
     }
 
+    /// Asks every client that has no server connection and has run no
+    /// transaction since the last call to give back its buffers: an idle
+    /// session then costs its task and a few small structs, not its read
+    /// and write buffers. Returns how many were asked.
+    pub fn release_idle_buffers(&self) -> usize {
+        let Ok(m) = self.clients.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in m.values() {
+            let t = c.transactions.load(Ordering::Relaxed);
+            let idle = c.swept_at.swap(t, Ordering::Relaxed) == t;
+            if idle && c.attached_node().is_none() && !c.shrink.swap(true, Ordering::SeqCst) {
+                c.stop_waker.wake();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Every connected client, oldest first.
     pub fn list(&self) -> Vec<Arc<ClientInfo>> {
         let mut v: Vec<_> = self
@@ -162,19 +189,36 @@ pub struct ClientEntry {
     stopping: Arc<AtomicBool>,
 }
 
+/// What an idle session is woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleEvent {
+    /// The proxy is shutting down.
+    Stop,
+    /// Give back the buffers ([`ClientRegistry::release_idle_buffers`]).
+    Shrink,
+}
+
 impl ClientEntry {
-    /// Resolves once the proxy is shutting down. A session awaits it each
-    /// time it goes idle, so it takes no lock: one atomic waker per client
-    /// and one shared flag.
-    pub fn stopping(&self) -> impl Future<Output = ()> + '_ {
+    /// Resolves once the proxy is shutting down, or the session should give
+    /// back its buffers. A session awaits it each time it goes idle, so it
+    /// takes no lock: one atomic waker per client and two flags.
+    pub fn idle_event(&self) -> impl Future<Output = IdleEvent> + '_ {
         std::future::poll_fn(move |cx| {
             self.info.stop_waker.register(cx.waker());
             if self.stopping.load(Ordering::SeqCst) {
-                Poll::Ready(())
+                Poll::Ready(IdleEvent::Stop)
+            } else if self.info.shrink.swap(false, Ordering::SeqCst) {
+                Poll::Ready(IdleEvent::Shrink)
             } else {
                 Poll::Pending
             }
         })
+    }
+
+    /// Resolves once the proxy is shutting down (a shrink request is
+    /// ignored: for the admin console, whose buffers are small anyway).
+    pub async fn stopping(&self) {
+        while self.idle_event().await != IdleEvent::Stop {}
     }
 }
 

@@ -8,6 +8,22 @@ pub const MAX_MESSAGE_LEN: usize = 1 << 30;
 /// Largest startup-phase packet accepted (PostgreSQL uses 10000 bytes).
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
+/// PostgreSQL's limit for client messages that are never large
+/// (`PQ_SMALL_MESSAGE_LIMIT`): Sync, Flush, Terminate, Close, Describe,
+/// Execute, CopyDone, CopyFail.
+pub const SMALL_MESSAGE_LEN: usize = 10_000;
+
+/// The length limit (as the length field counts it) for a client message
+/// of type `tag` after login: `large` for the types PostgreSQL lets grow
+/// (Query, Parse, Bind, CopyData, FunctionCall), [`SMALL_MESSAGE_LEN`]
+/// for the rest.
+pub fn client_message_limit(tag: u8, large: usize) -> usize {
+    match tag {
+        b'Q' | b'P' | b'B' | b'd' | b'F' => large,
+        _ => SMALL_MESSAGE_LEN,
+    }
+}
+
 /// A frame that cannot be valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -91,6 +107,16 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<bytes::Bytes>, FrameEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_some_client_messages_may_be_large() {
+        for tag in *b"QPBdF" {
+            assert_eq!(client_message_limit(tag, 1 << 20), 1 << 20);
+        }
+        for tag in *b"SHXCDEcfz" {
+            assert_eq!(client_message_limit(tag, 1 << 20), SMALL_MESSAGE_LEN);
+        }
+    }
 
     #[test]
     fn splits_complete_frames_and_waits_for_partial_ones() {

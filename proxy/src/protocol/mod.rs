@@ -18,4 +18,6 @@ pub mod frame;
 pub mod frontend;
 pub mod reader;
 
-pub use frame::{Frame, FrameError, MAX_MESSAGE_LEN, split_frame, split_startup};
+pub use frame::{
+    Frame, FrameError, MAX_MESSAGE_LEN, client_message_limit, split_frame, split_startup,
+};

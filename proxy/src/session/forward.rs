@@ -13,16 +13,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::local::{self, LocalStatements};
 use super::params::SessionParams;
 use super::statements::{Statement, Statements};
-use crate::admin::registry::ClientEntry;
+use crate::admin::registry::{ClientEntry, IdleEvent};
 use crate::auth::UserAuth;
 use crate::cancel::CancelKey;
 use crate::error::ProxyError;
 use crate::listener::Shared;
-use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Expect, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
+use crate::protocol::{FrameError, MAX_MESSAGE_LEN, client_message_limit};
 use crate::server::{PoolKey, PooledConn, ServerPool};
 
 /// Messages larger than this are streamed through instead of buffered whole.
@@ -131,8 +131,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             server: None,
             pinned: false,
             cbuf,
-            to_client: BytesMut::with_capacity(READ_CHUNK),
-            to_server: BytesMut::with_capacity(READ_CHUNK),
+            // Grown on first use: a client that only connects costs none.
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
             discard_until_sync: false,
             pools: Vec::new(),
             local: LocalStatements::default(),
@@ -170,7 +171,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Err(e) = self.flush_client().await {
                 return e;
             }
-            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+            // A buffer given back while idle (capacity 0) is not grown
+            // before bytes arrive: the read itself takes 64 bytes.
+            if self.cbuf.capacity() != 0 && self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(READ_CHUNK);
             }
             let Session {
@@ -210,9 +213,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 tokio::select! {
                     biased;
-                    _ = stopping(registered.as_ref()) => {
-                        return self.fatal("57P01", "lagrouter is shutting down", None).await;
-                    }
+                    ev = idle_event(registered.as_ref()) => match ev {
+                        IdleEvent::Stop => {
+                            return self.fatal("57P01", "lagrouter is shutting down", None).await;
+                        }
+                        IdleEvent::Shrink => {
+                            self.give_back_buffers();
+                            continue;
+                        }
+                    },
                     r = client.read_buf(cbuf) => match r {
                         Ok(0) => return End::Client,
                         Ok(_) => true,
@@ -265,8 +274,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let (tag, total) = match peek_header(&self.cbuf, MAX_MESSAGE_LEN) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
+                Err(FrameError::TooLong { len, .. }) => {
+                    return Err(self.too_large(self.cbuf[0], len).await);
+                }
                 Err(e) => return Err(self.malformed(e).await),
             };
+            let limit = client_message_limit(tag, self.config.server.max_message_size);
+            if total - 1 > limit {
+                return Err(self.too_large(tag, total - 1).await);
+            }
             if self.server.is_none()
                 && matches!(tag, b'P' | b'B' | b'D' | b'E')
                 && self.cbuf.len() < BATCH_LOOKAHEAD_LIMIT
@@ -286,7 +302,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     continue;
                 }
-                self.cbuf.reserve(total - self.cbuf.len());
+                // No reservation for the declared length: the buffer grows
+                // with the bytes that arrive (see `run_inner`), so a
+                // length field alone commits no memory.
                 return Ok(());
             }
             if total <= COPIED_FRAME {
@@ -1094,6 +1112,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Ends the session: a clean server connection goes back to the pool, a
     /// dirty one (mid-transaction, or carrying pinned session state) is closed.
+    /// An idle session gives back its (empty) buffers; they grow again
+    /// with the next bytes.
+    fn give_back_buffers(&mut self) {
+        if self.cbuf.is_empty() && self.to_client.is_empty() && self.to_server.is_empty() {
+            self.cbuf = BytesMut::new();
+            self.to_client = BytesMut::new();
+            self.to_server = BytesMut::new();
+            self.frame_buf = BytesMut::new();
+        }
+    }
+
     fn finish(&mut self) {
         if self.pinned {
             self.shared
@@ -1349,6 +1378,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// A client message that cannot be framed or decoded: FATAL 08P01 and
     /// the session ends (only this client is affected).
+    async fn too_large(&mut self, tag: u8, len: usize) -> End {
+        let limit = client_message_limit(tag, self.config.server.max_message_size);
+        self.fatal_error(ProxyError::MessageTooLarge {
+            tag: char::from(tag),
+            len,
+            limit,
+        })
+        .await
+    }
+
     async fn malformed(&mut self, e: impl std::fmt::Display) -> End {
         self.fatal_error(ProxyError::ClientProtocol(e.to_string()))
             .await
@@ -1396,10 +1435,11 @@ async fn abandoned(entry: Option<&ClientEntry>) -> usize {
     }
 }
 
-/// Resolves when the proxy shuts down (never for an unregistered session).
-async fn stopping(entry: Option<&ClientEntry>) {
+/// Resolves when the proxy shuts down or asks an idle session for its
+/// buffers (never for an unregistered session).
+async fn idle_event(entry: Option<&ClientEntry>) -> IdleEvent {
     match entry {
-        Some(e) => e.stopping().await,
+        Some(e) => e.idle_event().await,
         None => std::future::pending().await,
     }
 }
