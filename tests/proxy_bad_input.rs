@@ -345,3 +345,37 @@ async fn a_down_replica_does_not_disturb_clients() {
     .await
     .unwrap_or_else(|e| panic!("write: {}", describe(&e)));
 }
+
+/// `client_login_timeout` (2 s here) bounds the whole login, not each
+/// phase: a client that takes 1.5 s to send its startup packet and then
+/// sits on the SCRAM exchange is refused 2 s after it connected, not 2 s
+/// after its last step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_timeout_bounds_the_whole_login() {
+    within(Duration::from_secs(60), "test the_login_timeout", async {
+        let proxy = proxy().await;
+        let started = Instant::now();
+        let mut raw = RawConn::connect(proxy.addr).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        raw.send(&startup_message(
+            196608,
+            &[("user", "app"), ("database", "app")],
+        ))
+        .await
+        .expect("send startup");
+        let sasl = raw.recv(FEW).await.expect("an authentication request");
+        assert_eq!(sasl.tag, b'R');
+        // Say nothing more: the login must end at 2 s after connecting.
+        let e = raw.error_or_close(FEW).await;
+        let took = started.elapsed();
+        eprintln!("login refused after {took:?}: {e:?}");
+        if let Some(e) = e {
+            assert_eq!(e.code(), "08006", "{:?}", e.fields());
+        }
+        assert!(
+            took < Duration::from_millis(2600),
+            "the login took {took:?} with a 2 s timeout"
+        );
+    })
+    .await
+}

@@ -625,15 +625,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(pc) = self.server.as_mut() else {
             return Ok(());
         };
-        match pc.conn().sync().await {
-            Ok(b'I') => {
+        let limit = self.config.health.check_timeout;
+        match tokio::time::timeout(limit, pc.conn().sync()).await {
+            Ok(Ok(b'I')) => {
                 self.expect.synced_by_proxy();
                 self.local.end_transaction();
                 self.release();
                 Ok(())
             }
-            Ok(_) => Ok(()), // a transaction is open after all: stay
-            Err(e) => Err(self.server_lost(e.to_string()).await),
+            Ok(Ok(_)) => Ok(()), // a transaction is open after all: stay
+            Ok(Err(e)) => Err(self.server_lost(e.to_string()).await),
+            Err(_) => Err(self.server_lost(no_answer("Sync", limit)).await),
         }
     }
 
@@ -835,7 +837,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await
             .ok()?;
         loop {
-            let replayed = pc.conn().query_value(REPLAY_LSN_QUERY).await.ok()?;
+            // Bounded by the wait itself: a replica that does not answer in
+            // time is not caught up (its connection, owing an answer, is
+            // dropped, not pooled).
+            let poll =
+                tokio::time::timeout_at(deadline.into(), pc.conn().query_value(REPLAY_LSN_QUERY));
+            let replayed = poll.await.ok()?.ok()?;
             if replayed
                 .and_then(|v| v.parse::<Lsn>().ok())
                 .is_some_and(|r| r >= lsn)
@@ -1228,13 +1235,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             // A pinned session's commits are not captured one by one: wait
             // for everything its server (the primary) has written so far.
-            match pc
-                .conn()
-                .query_value("SELECT pg_current_wal_lsn()::text")
-                .await
-            {
-                Ok(v) => lsn = lsn.max(v.and_then(|v| v.parse::<Lsn>().ok())),
-                Err(e) => return Err(self.server_lost(e.to_string()).await),
+            let limit = self.config.health.check_timeout;
+            let sql = "SELECT pg_current_wal_lsn()::text";
+            match tokio::time::timeout(limit, pc.conn().query_value(sql)).await {
+                Ok(Ok(v)) => lsn = lsn.max(v.and_then(|v| v.parse::<Lsn>().ok())),
+                Ok(Err(e)) => return Err(self.server_lost(e.to_string()).await),
+                Err(_) => return Err(self.server_lost(no_answer(sql, limit)).await),
             }
         }
         // Answers already due (e.g. a write's CommandComplete) go first.
@@ -1426,6 +1432,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
 /// Whether the buffered client bytes hold a complete batch: a Sync or
 /// Flush message, or a message that ends the lookahead.
+/// Why a session gave up on lagrouter's own short query (a Sync, an LSN):
+/// these wait at most `[health] check_timeout`, as a health check does.
+fn no_answer(what: &str, limit: std::time::Duration) -> String {
+    format!("no answer to lagrouter's {what} within check_timeout ({limit:?})")
+}
+
 /// Resolves when the attached node was declared stopped (never for an
 /// unregistered session).
 async fn abandoned(entry: Option<&ClientEntry>) -> usize {

@@ -63,15 +63,17 @@ impl From<ProxyError> for Refusal {
 pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
-    let timeout = shared.config.load().server.client_login_timeout;
-    let first = tokio::time::timeout(timeout, negotiate(&shared, &mut tcp, &mut buf)).await;
+    // One deadline for the whole login (negotiation, TLS, startup packet,
+    // authentication, the first server connection), not one per phase.
+    let deadline = tokio::time::Instant::now() + shared.config.load().server.client_login_timeout;
+    let first = tokio::time::timeout_at(deadline, negotiate(&shared, &mut tcp, &mut buf)).await;
     match first {
-        Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt, peer).await,
+        Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt, peer, deadline).await,
         Ok(Ok(Negotiated::Tls)) => {
             let Some(acceptor) = shared.tls.clone() else {
                 return;
             };
-            let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!("TLS handshake failed: {e}");
@@ -80,12 +82,12 @@ pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: Socket
                 Err(_) => return,
             };
             let mut tls = tls;
-            match tokio::time::timeout(timeout, read_startup(&mut tls, &mut buf)).await {
+            match tokio::time::timeout_at(deadline, read_startup(&mut tls, &mut buf)).await {
                 Ok(Ok(StartupPacket::Cancel { pid, secret })) => {
                     shared.cancel.cancel(pid, &secret).await
                 }
                 Ok(Ok(pkt @ StartupPacket::Startup { .. })) => {
-                    login(shared, tls, buf, pkt, peer).await
+                    login(shared, tls, buf, pkt, peer, deadline).await
                 }
                 Ok(Ok(_)) => {
                     refuse(
@@ -221,13 +223,13 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut buf: BytesMut,
     pkt: StartupPacket,
     peer: SocketAddr,
+    deadline: tokio::time::Instant,
 ) {
     let StartupPacket::Startup { version, params } = pkt else {
         return;
     };
-    let timeout = shared.config.load().server.client_login_timeout;
-    let started = tokio::time::timeout(
-        timeout,
+    let started = tokio::time::timeout_at(
+        deadline,
         authenticate(&shared, &mut client, &mut buf, version, params),
     )
     .await;
@@ -260,8 +262,18 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         startup_params,
         buf,
     );
-    if let Err(r) = welcome(&mut session, pid, secret).await {
-        return refuse(&mut session.client, r).await;
+    match tokio::time::timeout_at(deadline, welcome(&mut session, pid, secret)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return refuse(&mut session.client, r).await,
+        Err(_) => {
+            // The server connection it was using, if any, is dropped (closed).
+            session.server = None;
+            let r = Refusal::new(
+                "08006",
+                "timed out during login (client_login_timeout) waiting for a server connection",
+            );
+            return refuse(&mut session.client, r).await;
+        }
     }
     shared.stats.clients.fetch_add(1, Ordering::Relaxed);
     let end = session.run(entry).await;
