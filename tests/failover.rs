@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::{Cluster, ClusterOptions};
 use support::faults::{Frozen, Lagrouter};
-use support::{ProxyBuilder, describe, sqlstate, try_connect_str};
+use support::{ProxyBuilder, describe, on_cluster, sqlstate, try_connect_str};
 use tokio::task::JoinHandle;
 
 /// One INSERT of the write load.
@@ -83,16 +83,6 @@ fn auto_nodes(c: &Cluster) -> String {
         .collect()
 }
 
-async fn on<T: Send + 'static>(
-    c: &Arc<Cluster>,
-    f: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let c = c.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .expect("harness call panicked")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_write_load() {
     let cluster = Arc::new(
@@ -102,7 +92,7 @@ async fn failover_under_write_load() {
             .expect("own cluster starts"),
     );
     let c = &cluster;
-    on(c, |c| {
+    on_cluster(c, |c| {
         c.sql(
             0,
             "CREATE TABLE failover_writes (id bigserial PRIMARY KEY, writer int NOT NULL, \
@@ -128,7 +118,7 @@ async fn failover_under_write_load() {
 
     // Neither replica receives what comes next; the ryw session's write
     // is acknowledged by the primary alone, then the primary crashes.
-    let senders = on(c, |c| Frozen::wal_senders(c, 0)).await;
+    let senders = on_cluster(c, |c| Frozen::wal_senders(c, 0)).await;
     let lost_id: i64 = ryw
         .query_one(
             "INSERT INTO failover_writes (writer) VALUES (2) RETURNING id",
@@ -139,10 +129,12 @@ async fn failover_under_write_load() {
         .get(0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     senders.kill();
-    on(c, |c| c.crash_node(0)).await.expect("crash the primary");
+    on_cluster(c, |c| c.crash_node(0))
+        .await
+        .expect("crash the primary");
 
     // Promote the replica that received the most, re-point the other.
-    let (promoted, other) = on(c, |c| {
+    let (promoted, other) = on_cluster(c, |c| {
         let received = |i| {
             c.sql(
                 i,
@@ -158,7 +150,7 @@ async fn failover_under_write_load() {
     .await
     .expect("promote");
     let promoted_at = Instant::now();
-    on(c, move |c| c.follow(other, promoted))
+    on_cluster(c, move |c| c.follow(other, promoted))
         .await
         .expect("re-point");
 
@@ -198,7 +190,7 @@ async fn failover_under_write_load() {
 
     // The old primary comes back on its old timeline.
     let restarted = Instant::now();
-    on(c, |c| c.start_node(0))
+    on_cluster(c, |c| c.start_node(0))
         .await
         .expect("old primary restarts");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -208,7 +200,7 @@ async fn failover_under_write_load() {
         writes.extend(w.await.expect("writer"));
     }
     writes.sort_by_key(|w| w.started);
-    let on_old: i64 = on(c, |c| {
+    let on_old: i64 = on_cluster(c, |c| {
         c.sql(
             0,
             "SELECT count(*) FROM failover_writes WHERE at >= pg_postmaster_start_time()",

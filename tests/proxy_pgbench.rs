@@ -9,7 +9,7 @@ mod support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::process::{Output, run};
+use support::process::{Output, pgbench_ok, run};
 use support::*;
 use tokio::process::Command;
 use tokio::sync::Mutex;
@@ -43,60 +43,26 @@ async fn pgbench(mode: &str, select_only: bool) -> Output {
     out
 }
 
-fn check(out: &Output, what: &str) -> f64 {
-    let text = out.stdout_text();
-    let all = format!("stdout:\n{text}\nstderr:\n{}", out.stderr);
-    assert!(
-        out.status.success(),
-        "{what}: pgbench failed ({}):\n{all}",
-        out.status
-    );
-    assert!(
-        text.contains("number of failed transactions: 0"),
-        "{what}: failed transactions:\n{all}"
-    );
-    assert!(
-        !text.contains("aborted") && !out.stderr.contains("aborted"),
-        "{what}: aborted clients:\n{all}"
-    );
-    let tps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: no tps line:\n{all}"));
-    assert!(tps > 0.0, "{what}: tps {tps}:\n{all}");
-    let processed: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: no processed count:\n{all}"));
-    assert!(processed > 0, "{what}: nothing processed:\n{all}");
-    eprintln!("{what}: tps {tps:.0}, {processed} transactions");
-    tps
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select_only_simple() {
     let _serial = SERIAL.lock().await;
-    check(&pgbench("simple", true).await, "-S -M simple");
+    pgbench_ok(&pgbench("simple", true).await, "-S -M simple");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select_only_extended() {
     let _serial = SERIAL.lock().await;
-    check(&pgbench("extended", true).await, "-S -M extended");
+    pgbench_ok(&pgbench("extended", true).await, "-S -M extended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn select_only_prepared() {
     let _serial = SERIAL.lock().await;
-    check(&pgbench("prepared", true).await, "-S -M prepared");
+    pgbench_ok(&pgbench("prepared", true).await, "-S -M prepared");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpcb_like_prepared() {
     let _serial = SERIAL.lock().await;
-    check(&pgbench("prepared", false).await, "TPC-B-like -M prepared");
+    pgbench_ok(&pgbench("prepared", false).await, "TPC-B-like -M prepared");
 }

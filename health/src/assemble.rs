@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(r1.state, NodeState::Healthy);
         assert!(!a.snapshot.nodes[2].lag_estimated, "r2 was paired");
         // 4 MB/s lately: 1ms of it may be missing (4000 > 1000 allowed).
-        let a = run(&history(
+        let a = run(&crate::lag::history_at(
             &[(0, 0), (250, 1_000_000)],
             ms(t0, 0) - Duration::from_secs(1),
         ));
@@ -496,20 +496,6 @@ mod tests {
         assert_eq!(r1.lag_bytes, Some(4000));
         assert_eq!(r1.state, NodeState::Lagging);
         assert_eq!(r1.cause, Some(Cause::Lag));
-    }
-
-    fn history(points: &[(u64, u64)], t0: Instant) -> PrimaryHistory {
-        let mut h = PrimaryHistory::default();
-        for &(at, lsn) in points {
-            h.record(
-                Some("p"),
-                Some(PrimarySample {
-                    lsn: Lsn(lsn),
-                    sent_at: ms(t0, at),
-                }),
-            );
-        }
-        h
     }
 
     /// Rounds in which the primary does not answer: replicas are judged
@@ -525,7 +511,7 @@ mod tests {
             Ok(obs(true, 5000, ms(t0, 1), HB)),
         ];
         // 400 B/s of heartbeats lately.
-        let h = history(&[(0, 4900), (250, 5000)], t0 - Duration::from_millis(250));
+        let h = crate::lag::history_at(&[(0, 4900), (250, 5000)], t0 - Duration::from_millis(250));
         let first = assemble(
             &HealthSnapshot::initial(&cfg),
             &cfg.nodes,

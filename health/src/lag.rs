@@ -213,6 +213,22 @@ pub fn time_lag(
     }
 }
 
+/// A history of `(ms after t0, lsn)` samples of primary `p`, for tests.
+#[cfg(test)]
+pub(crate) fn history_at(points: &[(u64, u64)], t0: Instant) -> PrimaryHistory {
+    let mut h = PrimaryHistory::default();
+    for &(at, lsn) in points {
+        h.record(
+            Some("p"),
+            Some(PrimarySample {
+                lsn: Lsn(lsn),
+                sent_at: t0 + Duration::from_millis(at),
+            }),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,34 +383,20 @@ mod tests {
         assert_eq!(h.staleness_bound(&r), Some(Duration::from_millis(150)));
     }
 
-    fn history(points: &[(u64, u64)], t0: Instant) -> PrimaryHistory {
-        let mut h = PrimaryHistory::default();
-        for &(at, lsn) in points {
-            h.record(
-                Some("p"),
-                Some(PrimarySample {
-                    lsn: Lsn(lsn),
-                    sent_at: t0 + Duration::from_millis(at),
-                }),
-            );
-        }
-        h
-    }
-
     #[test]
     fn write_rate_is_the_fastest_recent_step() {
         let t0 = Instant::now();
-        let h = history(&[(0, 0), (250, 1000), (500, 1500), (500, 9000)], t0);
+        let h = history_at(&[(0, 0), (250, 1000), (500, 1500), (500, 9000)], t0);
         // 1000 bytes in 250ms = 4000 B/s; the zero-time pair is skipped.
         assert_eq!(h.write_rate(), 4000.0);
-        assert_eq!(history(&[(0, 5)], t0).write_rate(), 0.0);
+        assert_eq!(history_at(&[(0, 5)], t0).write_rate(), 0.0);
     }
 
     #[test]
     fn estimated_lag_counts_the_writes_since_the_last_sample() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let h = history(&[(0, 0), (250, 1000), (500, 2000)], t0);
+        let h = history_at(&[(0, 0), (250, 1000), (500, 2000)], t0);
         // The primary went silent after 500ms; the replica had everything
         // then and answers at 1500ms: 1s at 4000 B/s may be missing.
         let r = replica(Some(2000), ms(1500), HeartbeatSeen::NotRead);

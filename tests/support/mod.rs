@@ -56,6 +56,18 @@ pub async fn blocking<T: Send + 'static>(
         .expect("harness call panicked")
 }
 
+/// Runs a blocking harness call on a cluster of the test's own, off the
+/// runtime's workers.
+pub async fn on_cluster<T: Send + 'static>(
+    c: &std::sync::Arc<Cluster>,
+    f: impl FnOnce(&Cluster) -> T + Send + 'static,
+) -> T {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .expect("harness call panicked")
+}
+
 /// Creates a login role (SCRAM-stored password equal to its name) that may
 /// use the app database and schema, unless it exists. Tests that look at
 /// `pg_stat_activity` or need a pool of their own use their own role.

@@ -70,3 +70,39 @@ pub fn psql(port: u16, conninfo: &str, args: &[&str]) -> Command {
     .env_remove("PGSERVICE");
     cmd
 }
+
+/// Checks a pgbench run: exit 0, no failed transaction, no aborted
+/// client, transactions processed; returns its TPS.
+pub fn pgbench_ok(out: &Output, what: &str) -> f64 {
+    let text = out.stdout_text();
+    let all = format!("stdout:\n{text}\nstderr:\n{}", out.stderr);
+    assert!(
+        out.status.success(),
+        "{what}: pgbench failed ({}):\n{all}",
+        out.status
+    );
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "{what}: failed transactions:\n{all}"
+    );
+    assert!(
+        !text.contains("aborted") && !out.stderr.contains("aborted"),
+        "{what}: aborted clients:\n{all}"
+    );
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no tps line:\n{all}"));
+    assert!(tps > 0.0, "{what}: tps {tps}:\n{all}");
+    let processed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no processed count:\n{all}"));
+    assert!(processed > 0, "{what}: nothing processed:\n{all}");
+    eprintln!("{what}: tps {tps:.0}, {processed} transactions");
+    tps
+}
