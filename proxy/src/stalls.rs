@@ -6,7 +6,10 @@
 //! wait for as long as the node stays stopped. Each of them is told to
 //! abandon its transaction: it gets 08006 naming the node, and its server
 //! connection is closed, never reused. A node that is only slow (checks
-//! missed while its traffic still moves) is left alone.
+//! missed while its traffic still moves) is left alone, and so is the
+//! write target: a write abandoned mid-flight may still commit when the
+//! node continues, and there is no other node to retry it on, so its
+//! clients wait for the primary as they would without lagrouter.
 
 use std::sync::Arc;
 
@@ -30,7 +33,9 @@ pub async fn abandon_stalled_nodes(
         }
         let snap = health.snapshot();
         for (i, n) in snap.nodes.iter().enumerate() {
-            let stalled = n.state == NodeState::Unreachable && n.cause == Some(Cause::Stalled);
+            let stalled = n.state == NodeState::Unreachable
+                && n.cause == Some(Cause::Stalled)
+                && snap.primary_index() != Some(i);
             let was = prev
                 .nodes
                 .get(i)
