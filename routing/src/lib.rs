@@ -61,5 +61,5 @@ pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
-pub use server_effects::{ServerEffects, server_effects};
+pub use server_effects::{ServerEffects, deallocated_names, server_effects};
 pub use session::{CommandOutcome, SessionRouting};

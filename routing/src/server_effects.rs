@@ -1,138 +1,167 @@
 //! Statements whose effect reaches past the proxy's view of a transaction,
 //! into the server connection: those whose state outlives the transaction
 //! (the client must keep its server connection: it is *pinned*) and those
-//! that drop server-side prepared statements.
+//! that drop prepared statements.
 //!
-//! Matching is lexical and errs towards pinning: a false match only costs
-//! pooling for that one client. No pattern contains a digit, so texts of
-//! the same shape (`crate::shape`) always match alike.
+//! Found on the classifier's own tokens (`lexer`), statement by statement:
+//! string literals, comments and quoted identifiers never trigger an
+//! effect (`SELECT 'please discard all of these notes'` drops nothing,
+//! `SELECT listen_count FROM t` pins nothing). Text the lexer cannot cut
+//! with certainty errs towards pinning: a false pin only costs pooling for
+//! that one client. Effects depend on words only, never on digits, so
+//! texts of the same shape (`crate::shape`) have the same effects.
 
-use std::sync::LazyLock;
-
-use regex::{Regex, RegexSet};
+use crate::lexer::{Backslash, Token, TokenKind, lex};
 
 /// What a statement does to the server connection it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct ServerEffects {
     /// State that lives beyond the transaction: the session keeps its server.
     pub pins: bool,
-    /// `DISCARD`/`DEALLOCATE`: server-side prepared statements are gone.
+    /// `DEALLOCATE name`: that one prepared statement is gone (its name is
+    /// in the text: [`deallocated_names`]).
     pub drops_statements: bool,
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement is gone.
+    pub drops_all: bool,
 }
 
-const PIN: &[&str] = &[
-    r"(?i)\blisten\b",
-    r"(?i)\bpg_(try_)?advisory_lock(_shared)?\s*\(",
-    r"(?i)\b(temp|temporary)\s+(table|view|sequence)\b",
-    r"(?i)\binto\s+(temp|temporary)\b",
-    r"(?i)\bwith\s+hold\b",
-    r"(?i)(^|;)\s*prepare\s",
-    r"(?i)\bset\s+(session\s+)?(role|session\s+authorization)\b",
+impl ServerEffects {
+    fn or(self, o: ServerEffects) -> ServerEffects {
+        ServerEffects {
+            pins: self.pins || o.pins,
+            drops_statements: self.drops_statements || o.drops_statements,
+            drops_all: self.drops_all || o.drops_all,
+        }
+    }
+}
+
+/// Functions that take a session-level advisory lock.
+const SESSION_LOCKS: [&str; 4] = [
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
 ];
 
-const DROP_STATEMENTS: &[&str] = &[r"(?i)\b(discard|deallocate)\b"];
+/// Every word an effect needs, for a quick test before lexing.
+const KEYWORDS: [&str; 9] = [
+    "listen",
+    "advisory",
+    "temp",
+    "hold",
+    "prepare",
+    "role",
+    "authorization",
+    "discard",
+    "deallocate",
+];
 
-/// A word every pattern above needs: a text without any of them matches
-/// none, and this one literal search is much cheaper than the set.
-const KEYWORDS: &str =
-    r"(?i)listen|advisory|temp|hold|prepare|role|authorization|discard|deallocate";
-
-/// Compiled matchers: immutable, built on first use.
-struct Patterns {
-    keywords: Regex,
-    set: RegexSet,
+fn has_keyword(sql: &str) -> bool {
+    let lower = sql.as_bytes();
+    KEYWORDS.iter().any(|k| {
+        lower
+            .windows(k.len())
+            .any(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+    })
 }
-
-static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| {
-    let all: Vec<&str> = PIN.iter().chain(DROP_STATEMENTS).copied().collect();
-    Patterns {
-        keywords: Regex::new(KEYWORDS).expect("keywords are valid"),
-        set: RegexSet::new(all).expect("patterns are valid"),
-    }
-});
 
 /// What `sql` does to the server connection it runs on. Cached with the
 /// rest of a text's analysis: see [`crate::Analysis::server`] and
 /// [`crate::Classifier::server_effects`].
 pub fn server_effects(sql: &str) -> ServerEffects {
-    let p = &*PATTERNS;
-    if !p.keywords.is_match(sql) {
+    if !has_keyword(sql) {
         return ServerEffects::default();
     }
-    let m = p.set.matches(sql);
-    if !m.matched_any() {
-        return ServerEffects::default();
+    let lexed = lex(sql, Backslash::Literal);
+    let mut fx = effects_of(sql, &lexed.tokens);
+    if lexed.backslash_in_plain_string {
+        // standard_conforming_strings may be off: where the two readings
+        // differ, take both.
+        fx = fx.or(effects_of(sql, &lex(sql, Backslash::Escape).tokens));
     }
-    ServerEffects {
-        pins: (0..PIN.len()).any(|i| m.matched(i)),
-        drops_statements: (PIN.len()..PIN.len() + DROP_STATEMENTS.len()).any(|i| m.matched(i)),
+    fx
+}
+
+fn effects_of(sql: &str, tokens: &[Token]) -> ServerEffects {
+    let mut fx = ServerEffects::default();
+    if tokens.last().is_some_and(|t| t.kind == TokenKind::Error) {
+        // Part of the text could not be cut with certainty.
+        fx.pins = true;
     }
+    for stmt in tokens.split(|t| matches!(t.kind, TokenKind::Semicolon | TokenKind::Error)) {
+        fx = fx.or(statement_effects(sql, stmt));
+    }
+    fx
+}
+
+fn statement_effects(sql: &str, t: &[Token]) -> ServerEffects {
+    let word = |i: usize, kw: &str| t.get(i).is_some_and(|tok| tok.is_word(sql, kw));
+    let mut fx = ServerEffects::default();
+    let first = |kw: &str| word(0, kw);
+    // CREATE [GLOBAL | LOCAL] TEMP | TEMPORARY ... (table, view, sequence).
+    let temp_at = if word(1, "global") || word(1, "local") {
+        2
+    } else {
+        1
+    };
+    let set_at = if word(1, "session") { 2 } else { 1 };
+    fx.pins = first("listen")
+        || first("prepare")
+        || (first("create") && (word(temp_at, "temp") || word(temp_at, "temporary")))
+        || (first("set")
+            && (word(set_at, "role")
+                || (word(1, "session") && word(2, "authorization"))
+                || (word(set_at, "session") && word(set_at + 1, "authorization"))))
+        || (0..t.len()).any(|i| {
+            // SELECT ... INTO TEMP t; DECLARE c CURSOR WITH HOLD; a
+            // session-level advisory lock called anywhere.
+            (word(i, "into") && (word(i + 1, "temp") || word(i + 1, "temporary")))
+                || (word(i, "with") && word(i + 1, "hold"))
+                || (SESSION_LOCKS.iter().any(|f| word(i, f))
+                    && t.get(i + 1).is_some_and(|p| p.kind == TokenKind::LParen))
+        });
+    if first("discard") && word(1, "all") {
+        fx.drops_all = true;
+    }
+    if first("deallocate") {
+        let at = if word(1, "prepare") { 2 } else { 1 };
+        if word(at, "all") {
+            fx.drops_all = true;
+        } else {
+            fx.drops_statements = true;
+        }
+    }
+    fx
+}
+
+/// The statement names `DEALLOCATE [PREPARE] name` statements in `sql`
+/// drop (not `ALL`), as PostgreSQL folds them: unquoted names lowercased,
+/// quoted ones as written.
+pub fn deallocated_names(sql: &str) -> Vec<String> {
+    let lexed = lex(sql, Backslash::Literal);
+    let mut names = Vec::new();
+    for t in lexed.tokens.split(|t| t.kind == TokenKind::Semicolon) {
+        if !t.first().is_some_and(|w| w.is_word(sql, "deallocate")) {
+            continue;
+        }
+        let at = if t.get(1).is_some_and(|w| w.is_word(sql, "prepare")) {
+            2
+        } else {
+            1
+        };
+        match t.get(at) {
+            Some(n) if n.kind == TokenKind::Word && !n.is_word(sql, "all") => {
+                names.push(n.text(sql).to_ascii_lowercase())
+            }
+            Some(n) if n.kind == TokenKind::QuotedIdent && n.text(sql).starts_with('"') => {
+                let q = n.text(sql);
+                names.push(q[1..q.len() - 1].replace("\"\"", "\""));
+            }
+            _ => {}
+        }
+    }
+    names
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pins_session_state() {
-        for sql in [
-            "LISTEN chan",
-            "select pg_advisory_lock(1)",
-            "SELECT pg_try_advisory_lock_shared (1)",
-            "CREATE TEMP TABLE t (a int)",
-            "create temporary table t as select 1",
-            "SELECT 1 INTO TEMP t",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "PREPARE p AS SELECT 1",
-            "select 1; prepare p as select 2",
-            "SET ROLE other",
-            "SET SESSION AUTHORIZATION other",
-        ] {
-            assert!(server_effects(sql).pins, "{sql}");
-        }
-        for sql in [
-            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-            "select pg_advisory_xact_lock(1)",
-            "UPDATE t SET listener = 1",
-            "SELECT * FROM holdings",
-            "SET LOCAL role_x = 1",
-        ] {
-            assert!(!server_effects(sql).pins, "{sql}");
-        }
-    }
-
-    #[test]
-    fn no_pattern_names_a_digit() {
-        // Texts of the same shape share one cached analysis (crate::shape).
-        for p in PIN.iter().chain(DROP_STATEMENTS).chain([&KEYWORDS]) {
-            assert!(!p.bytes().any(|b| b.is_ascii_digit()), "{p}");
-        }
-    }
-
-    #[test]
-    fn every_pattern_needs_a_keyword() {
-        let k = Regex::new(KEYWORDS).unwrap();
-        for sql in [
-            "LISTEN c",
-            "select pg_advisory_lock(1)",
-            "CREATE TEMPORARY TABLE t (a int)",
-            "SELECT 1 INTO TEMP t",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "PREPARE p AS SELECT 1",
-            "SET ROLE x",
-            "SET SESSION AUTHORIZATION x",
-            "DISCARD ALL",
-            "DEALLOCATE p",
-        ] {
-            assert!(k.is_match(sql), "{sql}");
-        }
-        assert!(!k.is_match("SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
-    }
-
-    #[test]
-    fn statement_dropping_commands() {
-        assert!(server_effects("DISCARD ALL").drops_statements);
-        assert!(server_effects("deallocate all").drops_statements);
-        assert!(!server_effects("SELECT 1").drops_statements);
-    }
-}
+mod tests;

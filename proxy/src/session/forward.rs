@@ -688,12 +688,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// routing just analyzed it.
     fn note_effects(&mut self, sql: &str, known: Option<ServerEffects>) {
         let fx = known.unwrap_or_else(|| self.shared.router.classifier().server_effects(sql));
-        if fx.drops_statements {
+        if fx.drops_all {
             if let Some(pc) = self.server.as_mut() {
                 pc.conn().prepared.clear();
             }
-            if sql.to_ascii_lowercase().contains("all") {
-                self.statements.clear();
+            self.statements.clear();
+        } else if fx.drops_statements {
+            // The server keeps its own (mapped) names: only the client's
+            // statement of that name is gone.
+            for name in lagrouter_routing::deallocated_names(sql) {
+                self.statements.remove(&name);
             }
         }
         if fx.pins && !self.pinned {
