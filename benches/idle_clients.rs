@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 
 /// Logins in flight at once.
 const CONCURRENT_LOGINS: usize = 200;
-/// Longer than lagrouter's idle-buffer sweep (5 s), so every idle session
-/// has been asked to give its buffers back.
-const SETTLE: Duration = Duration::from_secs(12);
+/// Long enough for lagrouter's idle-buffer sweeps (1,000 sessions a
+/// second) to have asked every idle session for its buffers.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// The lagrouter child; killed when dropped.
 struct Proc(Child);

@@ -41,6 +41,9 @@ pub struct ClientInfo {
     shrink: AtomicBool,
     /// `transactions` at the last sweep (an idle client's does not move).
     swept_at: AtomicU64,
+    /// `transactions` when the client was last asked for its buffers + 1
+    /// (0: never): it is asked again only after it ran a transaction.
+    asked_at: AtomicU64,
 }
 
 impl ClientInfo {
@@ -110,6 +113,7 @@ impl ClientRegistry {
             abandon: AtomicUsize::new(0),
             shrink: AtomicBool::new(false),
             swept_at: AtomicU64::new(0),
+            asked_at: AtomicU64::new(0),
         });
         if let Ok(mut m) = self.clients.lock() {
             m.insert(info.id, info.clone());
@@ -150,11 +154,14 @@ impl ClientRegistry {
         n
     }
 
-    /// Asks every client that has no server connection and has run no
-    /// transaction since the last call to give back its buffers: an idle
-    /// session then costs its task and a few small structs, not its read
-    /// and write buffers. Returns how many were asked.
-    pub fn release_idle_buffers(&self) -> usize {
+    /// Asks up to `most` clients that have no server connection, ran no
+    /// transaction since the last call, and were not asked since their
+    /// last transaction, to give back their buffers: an idle session then
+    /// costs its task and a few small structs, not its read and write
+    /// buffers. Each client is woken once per idle period, and a sweep
+    /// wakes at most `most` (no burst of thousands of wakeups). Returns how
+    /// many were asked.
+    pub fn release_idle_buffers(&self, most: usize) -> usize {
         let Ok(m) = self.clients.lock() else {
             return 0;
         };
@@ -162,7 +169,13 @@ impl ClientRegistry {
         for c in m.values() {
             let t = c.transactions.load(Ordering::Relaxed);
             let idle = c.swept_at.swap(t, Ordering::Relaxed) == t;
-            if idle && c.attached_node().is_none() && !c.shrink.swap(true, Ordering::SeqCst) {
+            if n < most
+                && idle
+                && c.attached_node().is_none()
+                && c.asked_at.load(Ordering::Relaxed) != t + 1
+            {
+                c.asked_at.store(t + 1, Ordering::Relaxed);
+                c.shrink.store(true, Ordering::SeqCst);
                 c.stop_waker.wake();
                 n += 1;
             }
