@@ -152,6 +152,9 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     tracing::info!(workers = config.server.workers, "starting");
+    // Installed before lagrouter says it accepts clients: a SIGTERM sent
+    // right after that line must stop it cleanly, not kill it.
+    let stop = stop_signals();
     let handle = ConfigHandle::new(config);
     let shutdown = CancellationToken::new();
     let running = crate::app::start(handle, shutdown.clone())
@@ -163,20 +166,30 @@ async fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         shutdown.child_token(),
     );
     tracing::info!(listen = %running.addr, "lagrouter is accepting clients");
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: no new clients; waiting for transactions in flight");
     running.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGINT or SIGTERM; the handlers are installed
+/// when this is called, not when it is first polled.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = recv(int) => {}
+            _ = recv(term) => {}
+        }
     }
 }
