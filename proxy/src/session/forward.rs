@@ -171,9 +171,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Err(e) = self.flush_client().await {
                 return e;
             }
-            // A buffer given back while idle (capacity 0) is not grown
-            // before bytes arrive: the read itself takes 64 bytes.
-            if self.cbuf.capacity() != 0 && self.cbuf.capacity() - self.cbuf.len() < 4096 {
+            // Grown only while bytes are arriving: an empty buffer (a new
+            // session's 1 KiB from startup, or one given back while idle)
+            // waits as it is, so an idle client holds no read chunk.
+            if !self.cbuf.is_empty() && self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(READ_CHUNK);
             }
             let Session {
