@@ -3,12 +3,15 @@
 //! the primary (pg_stat_statements, with everything intact), then split
 //! brain after a promotion while the old primary keeps running.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::{Cluster, ClusterOptions};
 use lagrouter_config::{Config, ConfigHandle};
 use lagrouter_health::{HealthMonitor, HealthSnapshot, NodeState, PrimaryStatus};
+use support::on_cluster;
 use tokio_util::sync::CancellationToken;
 
 fn init_logs() {
@@ -19,16 +22,6 @@ fn init_logs() {
         )
         .with_test_writer()
         .try_init();
-}
-
-async fn blocking<T: Send + 'static>(
-    c: &Arc<Cluster>,
-    f: impl FnOnce(&Cluster) -> T + Send + 'static,
-) -> T {
-    let c = c.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .expect("harness call panicked")
 }
 
 /// `roles[i]` for node `i`; `health` is appended to `[health]`.
@@ -93,7 +86,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
         .expect("own cluster starts"),
     );
     let c = &cluster;
-    blocking(c, |c| {
+    on_cluster(c, |c| {
         c.sql(0, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     })
     .await
@@ -109,7 +102,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
     let per_query = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
                      WHERE userid = 'app'::regrole";
     let commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
-    let before = blocking(c, move |c| {
+    let before = on_cluster(c, move |c| {
         c.sql(0, "SELECT pg_stat_statements_reset()")?;
         c.sql(0, commits)
     })
@@ -117,7 +110,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
     .unwrap();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (calls, after, breakdown) = blocking(c, move |c| {
+    let (calls, after, breakdown) = on_cluster(c, move |c| {
         Ok::<_, lagrouter::pgcluster::ClusterError>((
             c.sql(0, per_query)?,
             c.sql(0, commits)?,
@@ -158,7 +151,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
     })
     .await;
 
-    blocking(c, |c| c.promote(1)).await.unwrap();
+    on_cluster(c, |c| c.promote(1)).await.unwrap();
     let s = wait_for(&fixed, Duration::from_secs(15), "split brain", |s| {
         matches!(s.primary, PrimaryStatus::SplitBrain(_))
     })
