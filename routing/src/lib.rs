@@ -20,8 +20,9 @@
 //! - `hash`: the fast seeded hasher for the cache and catalog.
 //! - `cache`: [`StatementCache`] (bounded, sharded, generational) and
 //!   [`Classifier`] (cache + catalog).
-//! - `server_effects`: [`server_effects`]: statements that pin a client
-//!   to its server connection or drop its prepared statements.
+//! - `server_effects`: [`server_effects`], found on the lexer's tokens:
+//!   statements that pin a client to its server connection or drop its
+//!   prepared statements ([`deallocated_names`]).
 //! - `shape`: texts that differ only in their numbers share one cached
 //!   analysis.
 //! - `hints`: `/* lagrouter:route=… min_lsn=… max_lag=… */` ([`Hints`]).
