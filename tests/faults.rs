@@ -34,6 +34,16 @@ async fn start() -> Lagrouter {
     Lagrouter::start(c, ProxyBuilder::new().default_routing(), "").await
 }
 
+/// lagrouter with its defaults, a log of its health states and
+/// [`READERS`] sessions reading, after one second of steady load.
+async fn under_read_load() -> (Lagrouter, StateLog, ReadLoad) {
+    let lr = start().await;
+    let log = StateLog::start(lr.health());
+    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (lr, log, load)
+}
+
 fn errors(reads: &[Read]) -> Vec<&Read> {
     reads.iter().filter(|r| r.outcome.is_err()).collect()
 }
@@ -61,10 +71,7 @@ impl Drop for Restart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_stall_costs_reads_nothing() {
     let _serial = SERIAL.lock().await;
-    let lr = start().await;
-    let log = StateLog::start(lr.health());
-    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_lr, log, load) = under_read_load().await;
 
     let frozen = Frozen::node(0).await;
     let stall_began = frozen.at;
@@ -114,10 +121,7 @@ async fn primary_stall_costs_reads_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_stall_moves_reads_and_ends_the_stuck_ones() {
     let _serial = SERIAL.lock().await;
-    let lr = start().await;
-    let log = StateLog::start(lr.health());
-    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (lr, log, load) = under_read_load().await;
 
     let frozen = Frozen::node(2).await;
     let stall_began = frozen.at;
@@ -191,10 +195,7 @@ async fn replica_stall_moves_reads_and_ends_the_stuck_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_crash_and_restart_under_load() {
     let _serial = SERIAL.lock().await;
-    let lr = start().await;
-    let log = StateLog::start(lr.health());
-    let load = ReadLoad::start(lr.conn_str(), lr.ports.clone(), READERS, LOAD_LIMIT).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (lr, log, load) = under_read_load().await;
 
     let restart = Restart(2);
     let crashed = Instant::now();
