@@ -62,5 +62,5 @@ pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
-pub use server_effects::{ServerEffects, deallocated_names, server_effects};
+pub use server_effects::{ServerEffects, deallocated_names, server_effects, sole_deallocated_name};
 pub use session::{CommandOutcome, SessionRouting};

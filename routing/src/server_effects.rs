@@ -26,6 +26,11 @@ pub struct ServerEffects {
 }
 
 impl ServerEffects {
+    /// Running it drops one or all prepared statements.
+    pub fn drops(self) -> bool {
+        self.drops_statements || self.drops_all
+    }
+
     fn or(self, o: ServerEffects) -> ServerEffects {
         ServerEffects {
             pins: self.pins || o.pins,
@@ -139,28 +144,58 @@ fn statement_effects(sql: &str, t: &[Token]) -> ServerEffects {
 /// quoted ones as written.
 pub fn deallocated_names(sql: &str) -> Vec<String> {
     let lexed = lex(sql, Backslash::Literal);
-    let mut names = Vec::new();
-    for t in lexed.tokens.split(|t| t.kind == TokenKind::Semicolon) {
-        if !t.first().is_some_and(|w| w.is_word(sql, "deallocate")) {
-            continue;
-        }
-        let at = if t.get(1).is_some_and(|w| w.is_word(sql, "prepare")) {
-            2
-        } else {
-            1
-        };
-        match t.get(at) {
-            Some(n) if n.kind == TokenKind::Word && !n.is_word(sql, "all") => {
-                names.push(n.text(sql).to_ascii_lowercase())
-            }
-            Some(n) if n.kind == TokenKind::QuotedIdent && n.text(sql).starts_with('"') => {
-                let q = n.text(sql);
-                names.push(q[1..q.len() - 1].replace("\"\"", "\""));
-            }
-            _ => {}
-        }
+    lexed
+        .tokens
+        .split(|t| t.kind == TokenKind::Semicolon)
+        .filter_map(|t| deallocated_name(sql, t).map(|(name, _)| name))
+        .collect()
+}
+
+/// The name when `sql` is a single `DEALLOCATE [PREPARE] name` and nothing
+/// else (comments and semicolons aside): a statement the proxy can answer
+/// itself when `name` is one of the client's protocol-level statements.
+pub fn sole_deallocated_name(sql: &str) -> Option<String> {
+    // Every simple query asks: most start with another word.
+    let starts = sql.trim_start().as_bytes().first().copied();
+    if !matches!(starts, Some(b'd' | b'D' | b'/' | b'-')) || !has_keyword(sql) {
+        return None;
     }
-    names
+    let lexed = lex(sql, Backslash::Literal);
+    let mut statements = lexed
+        .tokens
+        .split(|t| t.kind == TokenKind::Semicolon)
+        .filter(|t| !t.is_empty());
+    let only = statements.next()?;
+    if statements.next().is_some() {
+        return None;
+    }
+    match deallocated_name(sql, only) {
+        Some((name, used)) if used == only.len() => Some(name),
+        _ => None,
+    }
+}
+
+/// The name one statement's `DEALLOCATE [PREPARE] name` drops, and how many
+/// tokens that took.
+fn deallocated_name(sql: &str, t: &[Token]) -> Option<(String, usize)> {
+    if !t.first().is_some_and(|w| w.is_word(sql, "deallocate")) {
+        return None;
+    }
+    let at = if t.get(1).is_some_and(|w| w.is_word(sql, "prepare")) {
+        2
+    } else {
+        1
+    };
+    let n = t.get(at)?;
+    let name = match n.kind {
+        TokenKind::Word if !n.is_word(sql, "all") => n.text(sql).to_ascii_lowercase(),
+        TokenKind::QuotedIdent if n.text(sql).starts_with('"') => {
+            let q = n.text(sql);
+            q[1..q.len() - 1].replace("\"\"", "\"")
+        }
+        _ => return None,
+    };
+    Some((name, at + 1))
 }
 
 #[cfg(test)]

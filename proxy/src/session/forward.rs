@@ -370,6 +370,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
+                if self.deallocate_locally(sql) {
+                    return Ok(());
+                }
                 let fx = match self.attach(sql, None).await {
                     Ok(fx) => fx,
                     Err(e) => {
@@ -402,9 +405,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // prepare synchronously (pgbench -M prepared) while
                     // their other connections hold every slot. Cost: a
                     // syntax error is reported at the Bind, not here.
+                    let fx = self.effects_of(p.query, None);
                     if self
                         .statements
-                        .insert(p.name, p.query, p.param_types)
+                        .insert(p.name, p.query, p.param_types, fx.drops())
                         .is_none()
                     {
                         self.fail_extended(&ProxyError::TooManyStatements(
@@ -412,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         ));
                         return Ok(());
                     }
-                    self.note_effects(p.query, None);
+                    self.note_pins(fx);
                     self.synthetic_empty(b'1');
                     self.drain_synthetic();
                     return Ok(());
@@ -424,12 +428,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Ok(());
                     }
                 };
-                self.note_effects(p.query, fx);
+                let fx = self.effects_of(p.query, fx);
+                self.note_pins(fx);
                 if p.name.is_empty() {
+                    self.note_drops(p.query, fx);
                     self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Parse, true);
                 } else {
-                    let Some(stmt) = self.statements.insert(p.name, p.query, p.param_types) else {
+                    let inserted =
+                        self.statements
+                            .insert(p.name, p.query, p.param_types, fx.drops());
+                    let Some(stmt) = inserted else {
                         self.fail_extended(&ProxyError::TooManyStatements(
                             super::statements::MAX_STATEMENTS_PER_CLIENT,
                         ));
@@ -473,6 +482,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             &stmt.server_name,
                             b.rest,
                         );
+                        if stmt.drops {
+                            let fx = self.effects_of(&stmt.query, None);
+                            self.note_drops(&stmt.query, fx);
+                        }
                     }
                     // Unknown names go through as sent: the server answers 26000.
                     None => self.to_server.extend_from_slice(frame),
@@ -685,10 +698,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         true
     }
 
-    /// Applies what `sql` does to the server connection; `known` when
-    /// routing just analyzed it.
+    /// Answers a simple-query `DEALLOCATE name` itself when `name` is one of
+    /// the client's protocol-level statements: the server knows it under
+    /// the proxy's name (or not at all), so forwarding it would fail with
+    /// 26000. The server keeps its copy for other clients. In a failed
+    /// transaction, or behind answers still owed, the text goes on as it is
+    /// (the server answers 25P02 as PostgreSQL would).
+    fn deallocate_locally(&mut self, sql: &str) -> bool {
+        if self.statements.is_empty() && !self.local.has_statements() {
+            return false;
+        }
+        if self.server.is_some() && (!self.expect.is_empty() || self.expect.status() == b'E') {
+            return false;
+        }
+        let Some(name) = lagrouter_routing::sole_deallocated_name(sql) else {
+            return false;
+        };
+        let known = self.statements.remove(&name).is_some();
+        if !(self.local.forget_statement(&name) || known) {
+            return false;
+        }
+        let mut m = BytesMut::new();
+        backend::command_complete(&mut m, "DEALLOCATE");
+        self.expect.push_synthetic(m.freeze());
+        self.synthetic_ready();
+        self.drain_synthetic();
+        true
+    }
+
+    /// What `sql` does to the server connection; `known` when routing just
+    /// analyzed it.
+    fn effects_of(&self, sql: &str, known: Option<ServerEffects>) -> ServerEffects {
+        known.unwrap_or_else(|| self.shared.router.classifier().server_effects(sql))
+    }
+
+    /// A failed transaction runs nothing but its end (25P02): what a
+    /// statement sent into it would do does not happen.
+    fn in_failed_transaction(&self) -> bool {
+        self.server.is_some() && self.expect.is_empty() && self.expect.status() == b'E'
+    }
+
+    /// Applies what `sql`, about to run, does to the server connection.
     fn note_effects(&mut self, sql: &str, known: Option<ServerEffects>) {
-        let fx = known.unwrap_or_else(|| self.shared.router.classifier().server_effects(sql));
+        let fx = self.effects_of(sql, known);
+        self.note_pins(fx);
+        self.note_drops(sql, fx);
+    }
+
+    /// Statements `sql` drops, when it runs (a simple query, the unnamed
+    /// statement, or the Bind of a named statement that drops: a named
+    /// `Parse` of `DEALLOCATE ALL` drops nothing until it is executed).
+    fn note_drops(&mut self, sql: &str, fx: ServerEffects) {
+        if self.in_failed_transaction() {
+            return;
+        }
         if fx.drops_all {
             if let Some(pc) = self.server.as_mut() {
                 pc.conn().prepared.clear();
@@ -701,7 +764,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.statements.remove(&name);
             }
         }
-        if fx.pins && !self.pinned {
+    }
+
+    /// Pins the session when `fx` says so. Done as soon as the statement is
+    /// seen (even a `Parse`): pinning early only costs pooling.
+    fn note_pins(&mut self, fx: ServerEffects) {
+        if fx.pins && !self.pinned && !self.in_failed_transaction() {
             self.pinned = true;
             self.shared
                 .stats

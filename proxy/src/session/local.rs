@@ -48,6 +48,10 @@ impl LocalStatements {
         self.portals.get(name).is_some_and(|(_, b)| *b)
     }
 
+    pub fn has_statements(&self) -> bool {
+        !self.statements.is_empty()
+    }
+
     /// Forgets a statement (a normal Parse reused its name, or Close).
     pub fn forget_statement(&mut self, name: &str) -> bool {
         !self.statements.is_empty() && self.statements.remove(name).is_some()

@@ -21,6 +21,8 @@ pub struct Statement {
     pub query: Arc<str>,
     /// Parameter type tail of the `Parse` message, as sent.
     pub param_types: Bytes,
+    /// Running it drops prepared statements (`DEALLOCATE`, `DISCARD ALL`).
+    pub drops: bool,
 }
 
 /// Server-side name for a statement's text and parameter types.
@@ -51,6 +53,7 @@ impl Statements {
         name: &str,
         query: &str,
         param_types: &[u8],
+        drops: bool,
     ) -> Option<Arc<Statement>> {
         if let Some(s) = self.by_name.get(name)
             && &*s.query == query
@@ -65,6 +68,7 @@ impl Statements {
             server_name: server_name(query, param_types),
             query: query.into(),
             param_types: Bytes::copy_from_slice(param_types),
+            drops,
         });
         self.by_name.insert(name.to_string(), s.clone());
         Some(s)
@@ -75,9 +79,13 @@ impl Statements {
         self.by_name.get(name)
     }
 
-    /// Forgets `name` (Close).
-    pub fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
+    /// Forgets `name` (Close, `DEALLOCATE name`); whether it was known.
+    pub fn remove(&mut self, name: &str) -> Option<Arc<Statement>> {
+        self.by_name.remove(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 
     /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
@@ -94,10 +102,12 @@ mod tests {
     fn same_text_and_types_share_a_server_name() {
         let mut a = Statements::default();
         let mut b = Statements::default();
-        let x = a.insert("P_1", "SELECT 1", &[0, 0]).unwrap();
-        let y = b.insert("other", "SELECT 1", &[0, 0]).unwrap();
+        let x = a.insert("P_1", "SELECT 1", &[0, 0], false).unwrap();
+        let y = b.insert("other", "SELECT 1", &[0, 0], false).unwrap();
         assert_eq!(x.server_name, y.server_name);
-        let z = b.insert("z", "SELECT 1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        let z = b
+            .insert("z", "SELECT 1", &[0, 1, 0, 0, 0, 23], false)
+            .unwrap();
         assert_ne!(x.server_name, z.server_name);
         assert_eq!(x.server_name.len(), 35);
     }
@@ -105,8 +115,8 @@ mod tests {
     #[test]
     fn reprepare_with_new_text_replaces() {
         let mut a = Statements::default();
-        a.insert("s", "SELECT 1", &[0, 0]).unwrap();
-        let t = a.insert("s", "SELECT 2", &[0, 0]).unwrap();
+        a.insert("s", "SELECT 1", &[0, 0], false).unwrap();
+        let t = a.insert("s", "SELECT 2", &[0, 0], false).unwrap();
         assert_eq!(&*a.get("s").unwrap().query, "SELECT 2");
         assert_eq!(a.get("s").unwrap().server_name, t.server_name);
         a.remove("s");

@@ -140,6 +140,31 @@ fn deallocate_drops_one_and_all_drops_all() {
 }
 
 #[test]
+fn a_sole_deallocate_names_its_statement() {
+    for (sql, name) in [
+        ("DEALLOCATE s1", "s1"),
+        ("deallocate prepare S1;", "s1"),
+        ("/* rails */ DEALLOCATE \"a3\" -- evicted", "a3"),
+        ("  DEALLOCATE \"My\"\"S\" ;; ", "My\"S"),
+    ] {
+        assert_eq!(sole_deallocated_name(sql).as_deref(), Some(name), "{sql}");
+    }
+    for sql in [
+        "DEALLOCATE ALL",
+        "deallocate prepare all",
+        "DEALLOCATE a; DEALLOCATE b",
+        "select 1; DEALLOCATE a",
+        "DEALLOCATE a b",
+        "DEALLOCATE",
+        "DEALLOCATE 'a'",
+        "select 'deallocate a'",
+        "deallocate_names",
+    ] {
+        assert_eq!(sole_deallocated_name(sql), None, "{sql}");
+    }
+}
+
+#[test]
 fn text_the_lexer_cannot_cut_errs_towards_pinning() {
     let fx = server_effects("select 'unterminated listen");
     assert!(fx.pins);

@@ -66,6 +66,13 @@ public class Scenario {
         return l;
     }
 
+    static final String[] LITERALS = {
+        "SELECT 'please discard all of these notes'",
+        "SELECT 1 /* deallocate all */",
+        "SELECT $$DISCARD ALL$$",
+        "SELECT 'listen to this' AS listen_count",
+    };
+
     void run() throws Exception {
         String url = "jdbc:postgresql://" + System.getenv("PGHOST") + ":" + System.getenv("PGPORT") + "/"
                 + System.getenv("PGDATABASE") + "?prepareThreshold=1&connectTimeout=10";
@@ -82,13 +89,24 @@ public class Scenario {
                 try (ResultSet r = p.executeQuery()) { r.next(); rec("param", row(r)); }
             }
             List<Object> prepared = new ArrayList<>();
+            List<Object> afterLiterals = new ArrayList<>();
             try (PreparedStatement p = c.prepareStatement("SELECT ?::int * 2 AS d")) {
                 for (int i = 0; i < 6; i++) {
                     p.setInt(1, i);
                     try (ResultSet r = p.executeQuery()) { r.next(); prepared.add(r.getInt(1)); }
                 }
+                // Texts that name session effects only in literals, comments
+                // and aliases: the server-prepared statement must survive them.
+                try (Statement s = c.createStatement()) {
+                    for (String text : LITERALS) s.execute(text);
+                }
+                for (int i = 0; i < 3; i++) {
+                    p.setInt(1, i);
+                    try (ResultSet r = p.executeQuery()) { r.next(); afterLiterals.add(r.getInt(1)); }
+                }
             }
             rec("prepared", prepared);
+            rec("after_literals", afterLiterals);
 
             try (Statement s = c.createStatement()) {
                 s.execute("DROP TABLE IF EXISTS " + table);

@@ -64,6 +64,22 @@ async function run(w, rep, out) {
       prepared.push(res.rows[0].d);
     }
     rec('prepared', prepared);
+    // Texts that name session effects only in literals, comments and
+    // aliases: the named statement must survive them.
+    for (const text of [
+      "SELECT 'please discard all of these notes'",
+      'SELECT 1 /* deallocate all */',
+      'SELECT $$DISCARD ALL$$',
+      "SELECT 'listen to this' AS listen_count",
+    ]) {
+      await client.query(text);
+    }
+    const again = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await client.query({ name: 'q1', text: 'SELECT $1::int * 2 AS d', values: [i] });
+      again.push(res.rows[0].d);
+    }
+    rec('after_literals', again);
 
     await client.query(`DROP TABLE IF EXISTS ${table}`);
     await client.query(`CREATE TABLE ${table} (k int PRIMARY KEY, v text)`);

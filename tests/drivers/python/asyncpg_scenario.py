@@ -18,6 +18,14 @@ import asyncpg
 WORKERS = int(os.environ.get("DRIVER_WORKERS", "4"))
 REPS = int(os.environ.get("DRIVER_REPS", "3"))
 ZONES = ["America/New_York", "Asia/Tokyo", "Europe/Paris", "Australia/Adelaide"]
+# Texts that name session effects only in literals, comments and aliases:
+# the driver's prepared statements must survive them.
+LITERALS = [
+    "SELECT 'please discard all of these notes'",
+    "SELECT 1 /* deallocate all */",
+    "SELECT $$DISCARD ALL$$",
+    "SELECT 'listen to this' AS listen_count",
+]
 
 
 def plain(v):
@@ -61,6 +69,9 @@ async def run(w, rep, out):
         rec("cached", [await conn.fetchval("SELECT $1::int * 3 AS t", i) for i in range(6)])
         stmt = await conn.prepare("SELECT $1::int * 2 AS d")
         rec("prepared", [await stmt.fetchval(i) for i in range(6)])
+        for text in LITERALS:
+            await conn.execute(text)
+        rec("after_literals", [await stmt.fetchval(i) for i in range(3)])
 
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.execute(f"CREATE TABLE {table} (k int PRIMARY KEY, v text)")

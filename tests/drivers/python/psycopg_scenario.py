@@ -18,6 +18,14 @@ import psycopg
 WORKERS = int(os.environ.get("DRIVER_WORKERS", "4"))
 REPS = int(os.environ.get("DRIVER_REPS", "3"))
 ZONES = ["America/New_York", "Asia/Tokyo", "Europe/Paris", "Australia/Adelaide"]
+# Texts that name session effects only in literals, comments and aliases:
+# the driver's prepared statements must survive them.
+LITERALS = [
+    "SELECT 'please discard all of these notes'",
+    "SELECT 1 /* deallocate all */",
+    "SELECT $$DISCARD ALL$$",
+    "SELECT 'listen to this' AS listen_count",
+]
 
 
 def plain(v):
@@ -65,6 +73,19 @@ def run(w, rep, out):
         rec(
             "prepared",
             [conn.execute("SELECT %s::int * 2 AS d", (i,), prepare=True).fetchone()[0] for i in range(6)],
+        )
+        conn.commit()
+        for text in LITERALS:
+            conn.execute(text)
+        rec(
+            "after_literals",
+            [conn.execute("SELECT %s::int * 2 AS d", (i,), prepare=True).fetchone()[0] for i in range(3)],
+        )
+        # psycopg forgets its statements on DEALLOCATE ALL and prepares again.
+        conn.execute("DEALLOCATE ALL")
+        rec(
+            "after_deallocate_all",
+            [conn.execute("SELECT %s::int * 2 AS d", (i,), prepare=True).fetchone()[0] for i in range(3)],
         )
         conn.commit()
 
