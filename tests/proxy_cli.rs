@@ -3,20 +3,17 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::process::{Output, run};
+use support::process::{Output, run, spawn_run, status_bytes, stop};
 use support::{ProxyBuilder, TempDir, blocking};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lagrouter");
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_remove("RUST_LOG");
-    c
+    support::process::lagrouter_cmd(args)
 }
 
 fn good_config() -> String {
@@ -112,58 +109,6 @@ async fn check_config_on_a_missing_file_fails() {
     );
 }
 
-/// Starts `lagrouter run -c` on `toml` and returns the child and the port
-/// it listens on (from its log, which is drained from then on).
-async fn spawn_run(dir: &TempDir, toml: &str) -> (tokio::process::Child, u16) {
-    let path = dir.path().join("run.toml");
-    std::fs::write(&path, toml).unwrap();
-    let mut child = cmd(&["run", "-c", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn lagrouter run");
-    // The listen address is only known from the log line.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + LIMIT;
-    let mut seen = Vec::new();
-    let port = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match tokio::time::timeout(left, lines.next_line()).await {
-            Ok(Ok(Some(l))) => l,
-            other => panic!("no 'accepting clients' log line ({other:?}); log: {seen:#?}"),
-        };
-        if line.contains("accepting clients") {
-            // Colours may wrap the field; the address is "127.0.0.1:PORT".
-            let at = line
-                .find("127.0.0.1:")
-                .unwrap_or_else(|| panic!("no listen address in {line}"));
-            let digits: String = line[at + 10..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            break digits.parse::<u16>().unwrap();
-        }
-        seen.push(line);
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
-}
-
-async fn stop(mut child: tokio::process::Child) {
-    let pid = child.id().expect("child pid") as i32;
-    // SAFETY: signalling our own child by pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(LIMIT, child.wait())
-        .await
-        .expect("lagrouter run did not exit within 30 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-}
-
 async fn answers(port: u16) {
     let conn = support::try_connect_str(&format!(
         "host=127.0.0.1 port={port} user=app password=app dbname=app"
@@ -186,17 +131,6 @@ async fn run_serves_clients_and_stops_on_sigterm() {
     stop(child).await;
 }
 
-/// `VmSize` of a process, in bytes.
-fn vm_size(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmSize");
-    kb * 1024
-}
-
 /// 64 logged-in clients each declare a Query of 1 GiB - 1 bytes and send
 /// 64 KiB of it, while lagrouter runs under an address-space limit of its
 /// size at rest plus 256 MiB (RLIMIT_AS, set on the running process).
@@ -213,7 +147,7 @@ async fn declared_lengths_commit_no_memory_under_an_address_space_limit() {
     let (child, port) = spawn_run(&dir, &toml).await;
     answers(port).await;
     let pid = child.id().expect("pid") as i32;
-    let at_rest = vm_size(pid);
+    let at_rest = status_bytes(pid, "VmSize");
     let headroom = 256u64 << 20;
     let limit = libc::rlimit {
         rlim_cur: at_rest + headroom,
@@ -236,7 +170,7 @@ async fn declared_lengths_commit_no_memory_under_an_address_space_limit() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     answers(port).await;
-    let grown = vm_size(pid).saturating_sub(at_rest);
+    let grown = status_bytes(pid, "VmSize").saturating_sub(at_rest);
     eprintln!(
         "64 clients declaring 1 GiB each: lagrouter's address space grew by {} KiB \
          (limit: {} MiB over its {} MiB at rest)",

@@ -109,6 +109,12 @@ impl RawConn {
         c
     }
 
+    /// The socket, once everything read from it was received.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", &self.buf[..]);
+        self.stream
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await

@@ -976,27 +976,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn write_server(&mut self) -> Result<(), End> {
-        if self.to_server.is_empty() {
-            return Ok(());
-        }
-        let Some(pc) = self.server.as_mut() else {
-            self.to_server.clear();
-            return Ok(());
-        };
-        let conn = pc.conn();
-        let (mut rd, mut wr) = conn.stream.split();
         let mut pos = 0;
         let mut lost = None;
         // Read replies while writing, so a server blocked on sending to us
-        // cannot block our writes to it.
+        // cannot block our writes to it; when READ_AHEAD_LIMIT of them wait,
+        // hand them on to the client before writing more. A client that
+        // pipelines requests must read their answers as it writes, as it
+        // must directly: then nobody waits for anybody.
         while pos < self.to_server.len() {
+            let Some(pc) = self.server.as_mut() else {
+                break;
+            };
+            let conn = pc.conn();
             if conn.read_buf.len() >= READ_AHEAD_LIMIT {
-                if let Err(e) = wr.write_all(&self.to_server[pos..]).await {
+                let before = conn.read_buf.len();
+                self.on_server_data().await?;
+                self.flush_client().await?;
+                let conn = self.server.as_mut().expect("attached").conn();
+                if conn.read_buf.len() < before {
+                    continue;
+                }
+                // Nothing could be handed on (cannot happen with whole
+                // messages or a streamed one): write the rest as before.
+                if let Err(e) = conn.stream.write_all(&self.to_server[pos..]).await {
                     lost = Some(e.to_string());
                 }
                 break;
             }
             conn.read_buf.reserve(READ_CHUNK);
+            let (mut rd, mut wr) = conn.stream.split();
             tokio::select! {
                 biased;
                 r = wr.write(&self.to_server[pos..]) => match r {
