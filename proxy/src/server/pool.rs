@@ -138,13 +138,15 @@ impl ServerPool {
                 pool: self.clone(),
             });
         }
-        let conn = ServerConn::connect(
+        // Boxed: connecting (TCP, TLS, authentication) is rare and its
+        // future large; inline it would size every client's task.
+        let conn = Box::pin(ServerConn::connect(
             self.node.clone(),
             &self.key.user,
             password,
             &self.key.database,
             cfg.connect_timeout,
-        )
+        ))
         .await
         .inspect_err(|e| {
             if matches!(e, ProxyError::NodeConnect { .. }) {

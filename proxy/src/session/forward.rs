@@ -333,7 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
         if self.on_replica && self.expect.unsynced_idle() && matches!(tag, b'Q' | b'P' | b'B') {
-            self.leave_replica_for_write(tag, frame).await?;
+            Box::pin(self.leave_replica_for_write(tag, frame)).await?;
         }
         if self.discard_until_sync {
             match tag {
@@ -360,7 +360,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let local::Executed::Wait(w) =
                         local::execute(&mut m, &mut self.routing, &cmd, true)
                     {
-                        match self.wait_replicas(w).await? {
+                        match Box::pin(self.wait_replicas(w)).await? {
                             Some(n) => local::wait_answer(&mut m, n, true, false),
                             None => local::wait_cancelled(&mut m),
                         }
@@ -816,7 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Ok(d) = &routed
             && let Some(cu) = d.catch_up
         {
-            caught_up = self.catch_up(cu.replica, cu.lsn).await;
+            caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
             routed = shared
                 .router
                 .catch_up_done(d, caught_up.is_some(), Instant::now());
@@ -1287,7 +1287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.discard_until_sync = true;
                 }
             }
-            local::Executed::Wait(w) => match self.wait_replicas(w).await? {
+            local::Executed::Wait(w) => match Box::pin(self.wait_replicas(w)).await? {
                 Some(n) => local::wait_answer(&mut m, n, false, binary),
                 None => {
                     local::wait_cancelled(&mut m);
