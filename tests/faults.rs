@@ -1,7 +1,8 @@
 //! Faults on real processes under a read load, through lagrouter with its
 //! default settings, against this binary's own primary and two replicas:
 //! the primary stalled (SIGSTOP) for 3 s, a replica stalled for 8 s, a
-//! replica crashed (immediate stop) and restarted. Each test states its
+//! replica crashed (immediate stop) and restarted, and the primary stalled
+//! past `primary_stall_timeout` under writing transactions. Each test states its
 //! numbers (errors seen, longest wait, time to recover) in its assertions
 //! and prints them.
 //!
@@ -113,6 +114,130 @@ async fn primary_stall_costs_reads_nothing() {
         "reads went to the primary"
     );
     assert_eq!(demotions, [], "replica demotions");
+}
+
+/// The primary stops and stays stopped while two writing transactions hold
+/// both of a pool's slots: once it has been `Unreachable` for
+/// `primary_stall_timeout` (2 s here) they end with 08006 naming it and
+/// saying their outcome is unknown, and the slots are free: after it
+/// continues, new transactions run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_stall_ends_waiting_writes_after_its_timeout() {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let _serial = SERIAL.lock().await;
+    let c = blocking(|c| {
+        c.wait_caught_up(Duration::from_secs(30))
+            .expect("caught up");
+        c
+    })
+    .await;
+    let primary = c.primary_index();
+    let name = c.node_name(primary).to_owned();
+    let lr = Lagrouter::start(
+        c,
+        ProxyBuilder::new().default_routing().pool_size(2),
+        "primary_stall_timeout = \"2s\"\n",
+    )
+    .await;
+    let log = StateLog::start(lr.health());
+    let a = support::try_connect_str(&lr.conn_str())
+        .await
+        .expect("connect");
+    let b = support::try_connect_str(&lr.conn_str())
+        .await
+        .expect("connect");
+    a.batch_execute("create table if not exists lr_primary_stall (x int)")
+        .await
+        .expect("create");
+    // `a` holds a slot in an open transaction that wrote; `b` will take
+    // the other one (opened now: a connection attempt to a stopped node
+    // fails by itself, after `connect_timeout`) with an autocommit write.
+    a.batch_execute("begin; insert into lr_primary_stall values (1)")
+        .await
+        .expect("first write");
+    b.batch_execute("insert into lr_primary_stall values (0)")
+        .await
+        .expect("first write");
+
+    let frozen = Frozen::node(primary).await;
+    let stalled_at = frozen.at;
+    let write = |conn: support::Conn, v: i32| {
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                conn.batch_execute(&format!("insert into lr_primary_stall values ({v})")),
+            )
+            .await;
+            (r, Instant::now(), conn)
+        })
+    };
+    let (wa, wb) = (write(a, 2), write(b, 3));
+    let (ra, ta, _a) = wa.await.unwrap();
+    let (rb, tb, _b) = wb.await.unwrap();
+    let thawed_at = frozen.thaw();
+    let unreachable_at = log
+        .first(primary, |s| s == NodeState::Unreachable)
+        .map(|s| s.at.saturating_duration_since(stalled_at));
+    let mut ended = Vec::new();
+    for (what, r, t) in [("in a transaction", ra, ta), ("autocommit", rb, tb)] {
+        let e = r
+            .unwrap_or_else(|_| panic!("the write {what} still waited after 20 s"))
+            .expect_err("a write to a stopped primary cannot succeed");
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| support::describe(&e));
+        ended.push((
+            what,
+            e.code().map(|c| c.code().to_owned()),
+            msg,
+            t - stalled_at,
+        ));
+    }
+    eprintln!(
+        "primary stopped with 2 writes waiting (primary_stall_timeout 2 s): Unreachable after \
+         {unreachable_at:?}; the writes ended: {ended:#?}"
+    );
+    for (what, code, msg, after) in &ended {
+        assert_eq!(code.as_deref(), Some("08006"), "{what}: {msg}");
+        assert!(msg.contains(&name), "{what}: the primary not named: {msg}");
+        assert!(msg.contains("unknown"), "{what}: outcome not said: {msg}");
+        assert!(
+            *after >= LIMIT && *after <= LIMIT + Duration::from_millis(2500),
+            "{what} ended {after:?} into the stall"
+        );
+    }
+
+    // Both slots are free again: after the primary continues, two new
+    // sessions write at once (a held slot would make one wait for its
+    // checkout timeout).
+    lr.wait_healthy(Duration::from_secs(10), |i| i == primary)
+        .await;
+    let back = thawed_at.elapsed();
+    let started = Instant::now();
+    let mut fresh = Vec::new();
+    for v in [4, 5] {
+        let conn = support::try_connect_str(&lr.conn_str())
+            .await
+            .expect("connect");
+        conn.batch_execute("begin").await.expect("begin");
+        conn.batch_execute(&format!("insert into lr_primary_stall values ({v})"))
+            .await
+            .expect("write after the primary continued");
+        fresh.push(conn);
+    }
+    let took = started.elapsed();
+    for conn in &fresh {
+        conn.batch_execute("commit").await.expect("commit");
+    }
+    eprintln!(
+        "primary healthy {back:?} after it continued; two new writing transactions in {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "new transactions waited {took:?}"
+    );
+    let _ = log.finish().await;
 }
 
 /// A replica stops for 8 s: within a second, reads no longer go to it; the

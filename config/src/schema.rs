@@ -271,6 +271,14 @@ pub struct HealthConfig {
     /// `Unreachable` at once, and so does a slow check while the node's
     /// client traffic makes no progress either. Default 2. Live.
     pub timeouts_before_unreachable: u32,
+    /// Transactions waiting on a primary that stopped answering (it is
+    /// `Unreachable`: checks missed, or its traffic stuck) are ended with
+    /// 08006 naming it once it has been so for this long; whether such a
+    /// transaction committed is unknown, as after a lost connection. Their
+    /// server connections are closed, so no pool slot waits forever. `0s`:
+    /// they wait as long as the primary stays stopped. Default `10s`. Live.
+    #[serde(with = "humantime_serde")]
+    pub primary_stall_timeout: Duration,
     /// How often the heartbeat row is written on the primary; `0s` disables
     /// it (time lag then reads as unknown). Default `500ms`. Live.
     #[serde(with = "humantime_serde")]
@@ -296,6 +304,7 @@ impl Default for HealthConfig {
             max_lag_time: None,
             recover_after_checks: 3,
             timeouts_before_unreachable: 2,
+            primary_stall_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_table: "lagrouter_heartbeat".into(),
             user: None,

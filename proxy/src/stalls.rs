@@ -6,12 +6,17 @@
 //! wait for as long as the node stays stopped. Each of them is told to
 //! abandon its transaction: it gets 08006 naming the node, and its server
 //! connection is closed, never reused. A node that is only slow (checks
-//! missed while its traffic still moves) is left alone, and so is the
-//! write target: a write abandoned mid-flight may still commit when the
-//! node continues, and there is no other node to retry it on, so its
-//! clients wait for the primary as they would without lagrouter.
+//! missed while its traffic still moves) is left alone.
+//!
+//! The write target gets longer: there is no other node to run its
+//! transactions on, and a write abandoned mid-flight may still commit when
+//! the primary continues. Its clients are told once it has been
+//! `Unreachable` (for any cause but a refused connection, which ends them
+//! by itself) for `[health] primary_stall_timeout`, so that neither they
+//! nor their pool slots wait forever.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use lagrouter_health::{Cause, HealthMonitor, NodeState};
 use tokio_util::sync::CancellationToken;
@@ -26,16 +31,20 @@ pub async fn abandon_stalled_nodes(
 ) {
     let mut rounds = health.subscribe();
     let mut prev = health.snapshot();
+    // The write target stopped answering: its name, since when, and
+    // whether its clients were told.
+    let mut primary_down: Option<(String, Instant, bool)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = rounds.changed() => if changed.is_err() { return },
         }
         let snap = health.snapshot();
+        let target = snap.primary_index();
         for (i, n) in snap.nodes.iter().enumerate() {
             let stalled = n.state == NodeState::Unreachable
                 && n.cause == Some(Cause::Stalled)
-                && snap.primary_index() != Some(i);
+                && target != Some(i);
             let was = prev
                 .nodes
                 .get(i)
@@ -48,6 +57,31 @@ pub async fn abandon_stalled_nodes(
                     "node stopped answering; abandoning the transactions waiting on it"
                 );
             }
+        }
+        let limit = shared.config.load().health.primary_stall_timeout;
+        let down = target.and_then(|i| {
+            let n = &snap.nodes[i];
+            (n.state == NodeState::Unreachable && n.cause != Some(Cause::Refused))
+                .then_some((i, n.name.as_str()))
+        });
+        match (down, &mut primary_down) {
+            (None, _) => primary_down = None,
+            (Some((_, name)), Some((was, _, _))) if was == name => {}
+            (Some((_, name)), _) => primary_down = Some((name.to_string(), Instant::now(), false)),
+        }
+        if let (Some((i, name)), Some((_, since, told))) = (down, &mut primary_down)
+            && !*told
+            && !limit.is_zero()
+            && since.elapsed() >= limit
+        {
+            *told = true;
+            let n = shared.clients.abandon_node(i);
+            tracing::warn!(
+                node = %name,
+                clients = n,
+                "the primary has not answered for {limit:?} (primary_stall_timeout); \
+                 abandoning the transactions waiting on it"
+            );
         }
         prev = snap;
     }

@@ -1488,7 +1488,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .get(node)
             .and_then(|n| n.unreachable_reason.clone())
             .unwrap_or_else(|| "no answer".into());
-        format!("the node stopped answering ({why}); the transaction was abandoned")
+        if snap.primary_index() == Some(node) {
+            format!(
+                "the primary stopped answering ({why}); the transaction was abandoned \
+                 and whether it committed is unknown"
+            )
+        } else {
+            format!("the node stopped answering ({why}); the transaction was abandoned")
+        }
     }
 
     async fn server_lost(&mut self, detail: String) -> End {
