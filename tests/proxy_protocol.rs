@@ -979,3 +979,51 @@ async fn shutdown_ends_idle_sessions_and_lets_transactions_finish() {
     )
     .await
 }
+
+/// Startup settings (`options=-c ...`) are applied on the first server
+/// connection and kept across pooled ones; a bad one is refused at login
+/// with PostgreSQL's own SQLSTATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_are_applied_or_refused() {
+    within(Duration::from_secs(60), "startup settings", async {
+        let proxy = proxy(1).await;
+        let base = proxy.conn_str("app", "app");
+        let good = try_connect_str(&format!(
+            "{base} options='-c search_path=lr_startup,public'"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("good setting refused: {}", describe(&e)));
+        // As PostgreSQL applies it: a list of two schemas (of which only
+        // `public` exists), not one schema called "lr_startup,public".
+        for _ in 0..2 {
+            assert_eq!(
+                scalar(&good, "show search_path").await.as_deref(),
+                Some("lr_startup,public")
+            );
+            assert_eq!(
+                scalar(&good, "select array_to_string(current_schemas(false), ',')")
+                    .await
+                    .as_deref(),
+                Some("public")
+            );
+        }
+        for (setting, code) in [
+            ("statement_timeout=bogus", "22023"),
+            ("no_such_setting=1", "42704"),
+        ] {
+            let err = try_connect_str(&format!("{base} options='-c {setting}'"))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{setting} was accepted"));
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some(code),
+                "{setting}: {}",
+                describe(&err)
+            );
+        }
+        // The refused logins left the pool's one connection usable.
+        assert_eq!(scalar(&good, "select 1").await.as_deref(), Some("1"));
+    })
+    .await
+}

@@ -291,70 +291,65 @@ impl ServerConn {
         }
     }
 
-    /// Runs a simple query on this idle connection and returns the first
-    /// column of its first row (`None` for no row or NULL). For the proxy's
-    /// own short queries, never for client traffic.
-    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProxyError> {
-        let mut out = BytesMut::new();
-        crate::protocol::frontend::encode_query(&mut out, sql);
+    /// Sends `msg` (a simple Query or a Sync) on this connection, which
+    /// owes nothing, and reads up to ReadyForQuery. The one place that
+    /// reads a reply for the proxy itself: ParameterStatus updates
+    /// `params`, the first column of the first row and the first error are
+    /// kept. Never for client traffic.
+    async fn round_trip(&mut self, msg: &[u8]) -> Result<Reply, ProxyError> {
         self.stream
-            .write_all(&out)
+            .write_all(msg)
             .await
             .map_err(|e| self.lost(e.to_string()))?;
-        let mut value = None;
-        let mut error = None;
+        let mut reply = Reply::default();
+        let mut row_seen = false;
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
-                b'D' if value.is_none() => {
-                    let mut r = crate::protocol::reader::Reader::new(msg.body(), "DataRow");
-                    let cols = r.i16().map_err(|e| self.protocol_error(e.to_string()))?;
-                    if cols > 0 {
-                        let len = r.i32().map_err(|e| self.protocol_error(e.to_string()))?;
-                        if len >= 0 {
-                            let b = r
-                                .bytes(len as usize)
-                                .map_err(|e| self.protocol_error(e.to_string()))?;
-                            value = Some(String::from_utf8_lossy(b).into_owned());
-                        }
-                    }
+                b'D' if !row_seen => {
+                    row_seen = true;
+                    reply.value =
+                        first_column(msg.body()).map_err(|e| self.protocol_error(e.to_string()))?;
                 }
-                b'E' => error = Some(backend::decode_error_fields(msg.body()).unwrap_or_default()),
+                b'E' if reply.error.is_none() => {
+                    reply.error = Some(backend::decode_error_fields(msg.body()).unwrap_or_default())
+                }
                 b'S' => {
                     if let Ok((k, v)) = backend::decode_parameter_status(msg.body()) {
                         self.params.insert(k.to_string(), v.to_string());
                     }
                 }
-                b'Z' => break,
+                b'Z' => {
+                    reply.status = msg.body().first().copied().unwrap_or(b'I');
+                    return Ok(reply);
+                }
                 _ => {}
             }
-        }
-        match error {
-            Some(e) => Err(self.protocol_error(format!("{sql}: {} ({})", e.message, e.code))),
-            None => Ok(value),
         }
     }
 
-    /// Sends Sync on a connection that owes nothing and waits for its
-    /// ReadyForQuery: ends an extended-protocol episode the client left
-    /// open with a Flush. Returns the transaction status.
-    pub async fn sync(&mut self) -> Result<u8, ProxyError> {
-        self.stream
-            .write_all(b"S\0\0\0\x04")
-            .await
-            .map_err(|e| self.lost(e.to_string()))?;
-        loop {
-            let msg = self.read_message().await?;
-            match msg.tag {
-                b'Z' => return Ok(msg.body().first().copied().unwrap_or(b'I')),
-                b'S' => {
-                    if let Ok((k, v)) = backend::decode_parameter_status(msg.body()) {
-                        self.params.insert(k.to_string(), v.to_string());
-                    }
-                }
-                _ => {}
-            }
+    /// Runs `sql` as a simple query (see [`Self::round_trip`]).
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Reply, ProxyError> {
+        let mut out = BytesMut::new();
+        crate::protocol::frontend::encode_query(&mut out, sql);
+        self.round_trip(&out).await
+    }
+
+    /// The first column of the first row `sql` returns (`None` for no row
+    /// or NULL); an error answer is a protocol error naming the node.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProxyError> {
+        let reply = self.simple_query(sql).await?;
+        match reply.error {
+            Some(e) => Err(self.protocol_error(format!("{sql}: {} ({})", e.message, e.code))),
+            None => Ok(reply.value),
         }
+    }
+
+    /// Sends Sync and waits for its ReadyForQuery: ends an
+    /// extended-protocol episode the client left open with a Flush.
+    /// Returns the transaction status.
+    pub async fn sync(&mut self) -> Result<u8, ProxyError> {
+        Ok(self.round_trip(b"S\0\0\0\x04").await?.status)
     }
 
     /// Whether the connection looks usable without a round trip: no bytes
@@ -366,4 +361,30 @@ impl ServerConn {
             Ok(_) => false, // EOF or unsolicited bytes: not idle
         }
     }
+}
+
+/// What the server answered to a proxy's own query.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// First column of the first row, as text (`None`: no row, or NULL).
+    pub value: Option<String>,
+    /// The first ErrorResponse.
+    pub error: Option<backend::ErrorFields>,
+    /// Transaction status of the ReadyForQuery.
+    pub status: u8,
+}
+
+/// The first column of a DataRow body, as text.
+fn first_column(body: &[u8]) -> Result<Option<String>, crate::protocol::reader::DecodeError> {
+    let mut r = crate::protocol::reader::Reader::new(body, "DataRow");
+    if r.i16()? <= 0 {
+        return Ok(None);
+    }
+    let len = r.i32()?;
+    if len < 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(r.bytes(len as usize)?).into_owned(),
+    ))
 }

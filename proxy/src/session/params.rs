@@ -122,23 +122,30 @@ impl SessionParams {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// `SET` statements for every setting whose value on the server
-    /// (`current(name)`) differs, and the pairs they set.
+    /// One query that sets every setting whose value on the server
+    /// (`current(name)`) differs, and the pairs it sets.
+    ///
+    /// `set_config(name, value, false)` takes the value as a startup packet
+    /// does: a list such as `search_path=a,b` is two schemas (`SET
+    /// search_path TO 'a,b'` would be one schema called "a,b").
     pub fn sync_sql<'a>(
         &'a self,
         current: impl Fn(&str) -> Option<&'a str>,
     ) -> Option<(String, Vec<(String, String)>)> {
-        let mut sql = String::new();
+        let mut sql = String::from("SELECT ");
         let mut set = Vec::new();
         for (k, v) in &self.values {
             if current(k) == Some(v.as_str()) {
                 continue;
             }
-            sql.push_str("SET ");
-            quote_ident(&mut sql, k);
-            sql.push_str(" TO ");
+            if !set.is_empty() {
+                sql.push_str(", ");
+            }
+            sql.push_str("pg_catalog.set_config(");
+            quote_literal(&mut sql, k);
+            sql.push_str(", ");
             quote_literal(&mut sql, v);
-            sql.push(';');
+            sql.push_str(", false)");
             set.push((k.clone(), v.clone()));
         }
         if set.is_empty() {
@@ -149,15 +156,20 @@ impl SessionParams {
     }
 }
 
-fn quote_ident(out: &mut String, s: &str) {
-    out.push('"');
-    out.push_str(&s.replace('"', "\"\""));
-    out.push('"');
-}
-
+/// A string literal that reads the same whatever
+/// `standard_conforming_strings` is: `E'...'` when it holds a backslash.
 fn quote_literal(out: &mut String, s: &str) {
+    if s.contains('\\') {
+        out.push('E');
+    }
     out.push('\'');
-    out.push_str(&s.replace('\'', "''"));
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
     out.push('\'');
 }
 
@@ -197,7 +209,16 @@ mod tests {
         let (sql, set) = p
             .sync_sql(|k| if k == "TimeZone" { Some("UTC") } else { None })
             .unwrap();
-        assert_eq!(sql, "SET \"application_name\" TO 'it''s';");
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('application_name', 'it''s', false)"
+        );
+        let q = SessionParams::from_pairs([("application_name".into(), r"a\b".into())]);
+        let (sql, _) = q.sync_sql(|_| None).unwrap();
+        assert_eq!(
+            sql,
+            r"SELECT pg_catalog.set_config('application_name', E'a\\b', false)"
+        );
         assert_eq!(set.len(), 1);
         assert!(
             p.sync_sql(|k| p.values.get(k).map(String::as_str))

@@ -15,7 +15,6 @@ use crate::auth::{AuthError, Credential, ScramExchange, ScramSecret, UserAuth, c
 use crate::error::ProxyError;
 use crate::listener::Shared;
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::expect::Req;
 use crate::protocol::frontend::{self, PROTOCOL_3_0, StartupPacket};
 use crate::protocol::{split_frame, split_startup};
 
@@ -485,51 +484,7 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut reported = conn.params.clone();
     let current = |k: &str| conn.params.get(k).map(String::as_str);
     if let Some((sql, set)) = session.params.sync_sql(current) {
-        let mut out = BytesMut::new();
-        frontend::encode_query(&mut out, &sql);
-        conn.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| Refusal::new("08006", e.to_string()))?;
-        let mut expect = crate::protocol::expect::Expect::new();
-        expect.push(Req::Query, true);
-        let mut error = None;
-        while !expect.is_empty() {
-            let f = loop {
-                if let Some(f) = split_frame(&mut conn.read_buf, crate::protocol::MAX_MESSAGE_LEN)
-                    .map_err(|e| Refusal::new("08P01", e.to_string()))?
-                {
-                    break f;
-                }
-                conn.read_buf.reserve(4096);
-                match conn.stream.read_buf(&mut conn.read_buf).await {
-                    Ok(0) | Err(_) => {
-                        return Err(Refusal::new(
-                            "08006",
-                            format!("lost connection to node \"{}\"", conn.node.name),
-                        ));
-                    }
-                    Ok(_) => {}
-                }
-            };
-            let status = if f.tag == b'Z' {
-                f.body().first().copied().unwrap_or(b'I')
-            } else {
-                0
-            };
-            expect
-                .on_server(f.tag, status)
-                .map_err(|e| Refusal::new("08P01", e.to_string()))?;
-            match f.tag {
-                b'S' => {
-                    if let Ok((k, v)) = backend::decode_parameter_status(f.body()) {
-                        conn.params.insert(k.to_string(), v.to_string());
-                    }
-                }
-                b'E' => error = Some(backend::decode_error_fields(f.body()).unwrap_or_default()),
-                _ => {}
-            }
-        }
+        let error = conn.simple_query(&sql).await?.error;
         if let Some(e) = error {
             // The connection is fine but its settings are now unknown: close it.
             drop(pc);
