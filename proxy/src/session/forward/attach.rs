@@ -1,0 +1,262 @@
+//! Attaching a server connection to a transaction: routing, read-your-writes
+//! catch-up, the pool of the chosen node, and restoring the session's settings.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lagrouter_health::Lsn;
+use lagrouter_routing::ServerEffects;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::ProxyError;
+use crate::protocol::MAX_MESSAGE_LEN;
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::expect::Req;
+use crate::protocol::frame::peek_header;
+use crate::protocol::frontend;
+use crate::server::{PoolKey, PooledConn, ServerPool};
+
+use super::*;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Attaches a server connection for the transaction that starts with
+    /// `sql`, if none is attached. For an extended-protocol message
+    /// (`frame`), the rest of its batch is classified with it. Returns what
+    /// `sql` does to its server connection when it analyzed `sql` alone.
+    pub(super) async fn attach(
+        &mut self,
+        sql: &str,
+        frame: Option<&[u8]>,
+    ) -> Result<Option<ServerEffects>, ProxyError> {
+        if self.server.is_some() {
+            return Ok(None);
+        }
+        self.config = self.shared.config.load_full();
+        let batch = frame.and_then(|_| self.batch_text(sql));
+        let text = batch.as_deref().unwrap_or(sql);
+        let shared = self.shared.clone();
+        let analysis = shared.router.analyze(text);
+        let now = Instant::now();
+        let mut routed = {
+            // Only `balance = "least_connections"` asks: connections in use
+            // to a node by everyone, in this user's and database's pool.
+            let snap = shared.router.health();
+            let (user, database) = (self.user.name.as_str(), &*self.database);
+            let in_use = |node: usize| {
+                snap.nodes
+                    .get(node)
+                    .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
+            };
+            shared
+                .router
+                .route_analyzed(&mut self.routing, text, &analysis, now, &in_use)
+        };
+        let mut caught_up = None;
+        if let Ok(d) = &routed
+            && let Some(cu) = d.catch_up
+        {
+            caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
+            routed = shared
+                .router
+                .catch_up_done(d, caught_up.is_some(), Instant::now());
+        }
+        // A statement that pins the session (session locks, LISTEN, temp
+        // tables…) keeps its server for good: that must be the primary, or
+        // the session's later writes would follow it to a replica.
+        if let Ok(d) = &routed
+            && !d.primary
+            && analysis.server.pins
+        {
+            if let Some(pc) = caught_up.take() {
+                pc.release();
+            }
+            routed = match shared.router.health().primary_index() {
+                Some(node) => Ok(lagrouter_routing::RouteDecision {
+                    node,
+                    primary: true,
+                    reason: lagrouter_routing::Reason::Write,
+                    write: true,
+                    notice: None,
+                    catch_up: None,
+                }),
+                None => Err(lagrouter_routing::RouteError::NoPrimary {
+                    detail: "a statement that pins the session needs the primary".into(),
+                    unreachable: false,
+                }),
+            };
+        }
+        let decision = match routed {
+            Ok(d) => d,
+            Err(e) => {
+                shared.route_counters.refused(match &e {
+                    lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
+                    lagrouter_routing::RouteError::WritesRefused { .. } => "write_gate",
+                    _ => "no_primary",
+                });
+                return Err(e.into());
+            }
+        };
+        let pool = self.pool_for(decision.node)?;
+        pool.counts
+            .record(decision.primary, decision.write, decision.reason);
+        if let Some(notice) = &decision.notice {
+            backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
+        }
+        self.txn_write = decision.write && decision.primary;
+        self.on_replica = !decision.primary;
+        let mut pc = match caught_up {
+            Some(pc) if !decision.primary => pc,
+            _ => {
+                pool.checkout(
+                    &self.config.pool,
+                    self.user.backend_password.as_deref(),
+                    now,
+                )
+                .await?
+            }
+        };
+        let conn = pc.conn();
+        if conn.synced_to != self.params.fingerprint() {
+            let current = |k: &str| conn.params.get(k).map(String::as_str);
+            if let Some((sql, set)) = self.params.sync_sql(current) {
+                frontend::encode_query(&mut self.to_server, &sql);
+                self.expect.push(Req::Query, false);
+                for (k, v) in set {
+                    conn.params.insert(k, v);
+                }
+            }
+            conn.synced_to = self.params.fingerprint();
+        }
+        self.cancel.slot.set(Some(conn.cancel_target()));
+        self.server = Some(pc);
+        if let Some(c) = &self.registered {
+            c.attached(decision.node);
+        }
+        Ok(batch.is_none().then_some(analysis.server))
+    }
+
+    /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
+    /// `lsn`, polling its replay position on a pooled connection that is
+    /// then used for the read. `None` when it did not catch up in time (or
+    /// could not be asked): the read falls back to the primary.
+    pub(super) async fn catch_up(&mut self, replica: usize, lsn: Lsn) -> Option<PooledConn> {
+        let deadline = Instant::now() + self.config.routing.read_your_writes_wait;
+        let pool = self.pool_for(replica).ok()?;
+        let mut cfg = self.config.pool.clone();
+        cfg.checkout_timeout = self.config.routing.read_your_writes_wait;
+        let mut pc = pool
+            .checkout(&cfg, self.user.backend_password.as_deref(), Instant::now())
+            .await
+            .ok()?;
+        loop {
+            // Bounded by the wait itself: a replica that does not answer in
+            // time is not caught up (its connection, owing an answer, is
+            // dropped, not pooled).
+            let poll =
+                tokio::time::timeout_at(deadline.into(), pc.conn().query_value(REPLAY_LSN_QUERY));
+            let replayed = poll.await.ok()?.ok()?;
+            if replayed
+                .and_then(|v| v.parse::<Lsn>().ok())
+                .is_some_and(|r| r >= lsn)
+            {
+                return Some(pc);
+            }
+            if Instant::now() >= deadline {
+                pc.release();
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        }
+    }
+
+    /// The pool for the node routing picked. Routing names nodes by their
+    /// index in its health snapshot; the pool is found by the node's *name*,
+    /// so a reload that reorders, adds or removes nodes (snapshots follow a
+    /// round later) can never send a transaction to the wrong node.
+    pub(in crate::session) fn pool_for(
+        &mut self,
+        node: usize,
+    ) -> Result<Arc<ServerPool>, ProxyError> {
+        let gone = |what: String| {
+            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
+                detail: format!("{what} is no longer in the configuration"),
+                unreachable: false,
+            })
+        };
+        let snap = self.shared.router.health();
+        let name = snap
+            .nodes
+            .get(node)
+            .map(|n| n.name.as_str())
+            .ok_or_else(|| gone(format!("node #{node}")))?;
+        let addr = self
+            .shared
+            .node_addr_named(name)
+            .ok_or_else(|| gone(format!("node \"{name}\"")))?;
+        if let Some(p) = self.pools.iter().find(|p| p.node == addr)
+            && p.size() == self.config.pool.size
+        {
+            return Ok(p.clone());
+        }
+        let key = PoolKey {
+            node: addr.name.clone(),
+            user: self.user.name.as_str().into(),
+            database: self.database.clone(),
+        };
+        let pool = self
+            .shared
+            .pools
+            .get(key, addr, self.config.pool.size, |name| {
+                self.shared.route_counters.node(name)
+            });
+        if pool.size() != self.config.pool.size {
+            pool.resize(self.config.pool.size);
+        }
+        self.pools.retain(|p| p.key.node != pool.key.node);
+        self.pools.push(pool.clone());
+        Ok(pool)
+    }
+
+    /// The statement texts of the rest of the buffered batch (up to Sync
+    /// or Flush) joined to `sql`, when there is more than `sql`, so the
+    /// batch is routed as the one implicit transaction it is.
+    pub(super) fn batch_text(&self, sql: &str) -> Option<String> {
+        let mut texts: Vec<&str> = Vec::new();
+        let mut rest: &[u8] = &self.cbuf;
+        while let Ok(Some((tag, total))) = peek_header(rest, MAX_MESSAGE_LEN) {
+            if rest.len() < total || matches!(tag, b'S' | b'H') {
+                break;
+            }
+            let body = &rest[5..total];
+            match tag {
+                b'P' => {
+                    if let Ok(p) = frontend::decode_parse(body) {
+                        texts.push(p.query);
+                    }
+                }
+                b'B' => {
+                    // The unnamed statement is never kept: its Parse is in
+                    // the batch.
+                    if let Ok(b) = frontend::decode_bind(body)
+                        && !b.statement.is_empty()
+                        && let Some(s) = self.statements.get(b.statement)
+                    {
+                        texts.push(&s.query);
+                    }
+                }
+                _ => {}
+            }
+            rest = &rest[total..];
+        }
+        texts.retain(|t| !t.is_empty() && *t != sql);
+        if texts.is_empty() {
+            return None;
+        }
+        let mut all = String::from(sql);
+        for t in texts {
+            all.push_str(";\n");
+            all.push_str(t);
+        }
+        Some(all)
+    }
+}

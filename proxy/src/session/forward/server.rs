@@ -1,0 +1,285 @@
+//! The server side: writing requests, reading answers, and the end of a
+//! transaction (commit-LSN capture, release to the pool).
+
+use std::sync::atomic::Ordering;
+
+use bytes::Buf;
+use lagrouter_config::PoolMode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::MAX_MESSAGE_LEN;
+use crate::protocol::backend;
+use crate::protocol::expect::Req;
+use crate::protocol::frame::peek_header;
+use crate::protocol::frontend;
+
+use super::*;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn write_server(&mut self) -> Result<(), End> {
+        let mut pos = 0;
+        let mut lost = None;
+        // Read replies while writing, so a server blocked on sending to us
+        // cannot block our writes to it; when READ_AHEAD_LIMIT of them wait,
+        // hand them on to the client before writing more. A client that
+        // pipelines requests must read their answers as it writes, as it
+        // must directly: then nobody waits for anybody.
+        while pos < self.to_server.len() {
+            let Some(pc) = self.server.as_mut() else {
+                break;
+            };
+            let conn = pc.conn();
+            if conn.read_buf.len() >= READ_AHEAD_LIMIT {
+                let before = conn.read_buf.len();
+                self.on_server_data().await?;
+                self.flush_client().await?;
+                let conn = self.server.as_mut().expect("attached").conn();
+                if conn.read_buf.len() < before {
+                    continue;
+                }
+                // Nothing could be handed on (cannot happen with whole
+                // messages or a streamed one): write the rest as before.
+                if let Err(e) = conn.stream.write_all(&self.to_server[pos..]).await {
+                    lost = Some(e.to_string());
+                }
+                break;
+            }
+            conn.read_buf.reserve(READ_CHUNK);
+            let (mut rd, mut wr) = conn.stream.split();
+            tokio::select! {
+                biased;
+                r = wr.write(&self.to_server[pos..]) => match r {
+                    Ok(0) => { lost = Some("the node stopped accepting data".into()); break; }
+                    Ok(n) => pos += n,
+                    Err(e) => { lost = Some(e.to_string()); break; }
+                },
+                r = rd.read_buf(&mut conn.read_buf) => match r {
+                    Ok(0) => { lost = Some("the node closed the connection".into()); break; }
+                    Ok(_) => {}
+                    Err(e) => { lost = Some(e.to_string()); break; }
+                },
+            }
+        }
+        self.shared
+            .stats
+            .bytes_to_servers
+            .fetch_add(pos as u64, Ordering::Relaxed);
+        self.to_server.clear();
+        match lost {
+            Some(detail) => Err(self.server_lost(detail).await),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn on_server_data(&mut self) -> Result<(), End> {
+        let Session {
+            server,
+            expect,
+            to_client,
+            params,
+            server_stream,
+            capturing_lsn,
+            captured_lsn,
+            ..
+        } = self;
+        let conn = server.as_mut().expect("attached").conn();
+        let mut desync = None;
+        loop {
+            if server_stream.remaining > 0 {
+                let n = server_stream.remaining.min(conn.read_buf.len());
+                if n == 0 {
+                    break;
+                }
+                if server_stream.forward {
+                    to_client.extend_from_slice(&conn.read_buf[..n]);
+                }
+                conn.read_buf.advance(n);
+                server_stream.remaining -= n;
+                continue;
+            }
+            let (tag, total) = match peek_header(&conn.read_buf, MAX_MESSAGE_LEN) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    desync = Some(e.to_string());
+                    break;
+                }
+            };
+            if conn.read_buf.len() < total {
+                if total > STREAM_THRESHOLD && !matches!(tag, b'Z' | b'S' | b'E') {
+                    match expect.on_server(tag, 0) {
+                        Ok(a) => {
+                            *server_stream = Passthrough {
+                                remaining: total,
+                                forward: a == crate::protocol::expect::Action::Forward,
+                            };
+                            continue;
+                        }
+                        Err(e) => {
+                            desync = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                conn.read_buf.reserve(total - conn.read_buf.len());
+                break;
+            }
+            // Read in place, consumed at the end of the iteration.
+            let frame = &conn.read_buf[..total];
+            let status = if tag == b'Z' {
+                frame.get(5).copied().unwrap_or(b'I')
+            } else {
+                0
+            };
+            let action = match expect.on_server(tag, status) {
+                Ok(a) => a,
+                Err(e) => {
+                    desync = Some(e.to_string());
+                    break;
+                }
+            };
+            let forward = action == crate::protocol::expect::Action::Forward;
+            match tag {
+                b'S' => {
+                    if let Ok((k, v)) = backend::decode_parameter_status(&frame[5..]) {
+                        conn.params.insert(k.to_string(), v.to_string());
+                        if forward {
+                            params.set(k, v);
+                        }
+                    }
+                }
+                b'D' if !forward && *capturing_lsn => {
+                    *captured_lsn = first_column_text(&frame[5..]).and_then(|t| t.parse().ok());
+                }
+                b'E' if !forward => {
+                    let f = backend::decode_error_fields(&frame[5..]).unwrap_or_default();
+                    tracing::warn!(node = %conn.node.name, code = %f.code, "restoring session settings failed: {}", f.message);
+                }
+                _ => {}
+            }
+            if forward {
+                to_client.extend_from_slice(frame);
+            }
+            conn.read_buf.advance(total);
+            while let Some(m) = expect.pop_synthetic() {
+                to_client.extend_from_slice(&m);
+            }
+            if to_client.len() > READ_AHEAD_LIMIT {
+                break;
+            }
+        }
+        for name in expect.take_failed_parses() {
+            conn.prepared.remove(&name);
+        }
+        if let Some(detail) = desync {
+            return Err(self
+                .server_lost(format!("protocol out of step: {detail}"))
+                .await);
+        }
+        if self.to_client.len() > READ_AHEAD_LIMIT {
+            // Flush and come back for the rest of what is buffered.
+            self.flush_client().await?;
+            return Box::pin(self.on_server_data()).await;
+        }
+        Ok(())
+    }
+
+    pub(super) fn maybe_release(&mut self) {
+        if self.server.is_none()
+            || self.pinned
+            || !self.expect.is_idle()
+            || !self.to_server.is_empty()
+            || self.server_stream.remaining > 0
+            || self.client_stream.remaining > 0
+        {
+            return;
+        }
+        if self.txn_write {
+            // Learn where the write landed before the connection goes back
+            // (the client already has its ReadyForQuery).
+            self.txn_write = false;
+            self.capturing_lsn = true;
+            frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
+            self.expect.push(Req::Query, false);
+            return;
+        }
+        if self.capturing_lsn {
+            self.capturing_lsn = false;
+            if let Some(lsn) = self.captured_lsn.take() {
+                self.shared.router.record_write(&mut self.routing, lsn);
+                backend::parameter_status(
+                    &mut self.to_client,
+                    "lagrouter.last_write_lsn",
+                    &lsn.to_string(),
+                );
+            }
+        }
+        self.local.end_transaction();
+        if self.config.pool.mode == PoolMode::Session {
+            return;
+        }
+        self.release();
+    }
+
+    pub(super) fn release(&mut self) {
+        if let Some(mut pc) = self.server.take() {
+            if let Some(c) = &self.registered {
+                c.released();
+            }
+            self.cancel.slot.set(None);
+            let conn = pc.conn();
+            conn.synced_to = self.params.fingerprint();
+            if conn.prepared.len() > MAX_SERVER_STATEMENTS || !conn.read_buf.is_empty() {
+                drop(pc);
+            } else {
+                pc.release();
+            }
+        }
+    }
+
+    /// Ends the session: a clean server connection goes back to the pool, a
+    /// dirty one (mid-transaction, or carrying pinned session state) is closed.
+    pub(super) fn finish(&mut self) {
+        if self.pinned {
+            self.shared
+                .stats
+                .pinned_sessions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        let clean = self.expect.is_idle() && self.to_server.is_empty();
+        if clean && !self.pinned && self.config.pool.mode == PoolMode::Transaction {
+            self.release();
+        } else {
+            self.server = None;
+            self.cancel.slot.set(None);
+        }
+    }
+
+    /// Runs the server side until nothing sent is still unanswered and a
+    /// finished write's commit LSN is recorded.
+    pub(super) async fn settle_server(&mut self) -> Result<(), End> {
+        loop {
+            // A finished write starts its LSN query here.
+            self.maybe_release();
+            self.write_server().await?;
+            let owed = self.expect.awaits_server() || self.capturing_lsn;
+            let Some(pc) = self.server.as_mut().filter(|_| owed) else {
+                return Ok(());
+            };
+            let conn = pc.conn();
+            if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
+                conn.read_buf.reserve(READ_CHUNK);
+            }
+            match conn.stream.read_buf(&mut conn.read_buf).await {
+                Ok(0) => {
+                    return Err(self
+                        .server_lost("the node closed the connection".into())
+                        .await);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.server_lost(e.to_string()).await),
+            }
+            self.on_server_data().await?;
+        }
+    }
+}
