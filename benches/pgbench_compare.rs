@@ -11,14 +11,16 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
+use common::*;
 use lagrouter::pgcluster::{Cluster, ClusterOptions};
 
 const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REPEATS (3)
@@ -45,11 +47,6 @@ struct Opts {
     rw_modes: Vec<String>,
     targets: Vec<String>,
     install_pgbouncer: bool,
-}
-
-fn list(s: &str) -> Vec<String> {
-    let items = s.split(',').filter(|x| !x.is_empty());
-    items.map(String::from).collect()
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
@@ -112,95 +109,11 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// A child process that is stopped when dropped, so an error return or a
-/// panic never leaves a proxy or a pgbench behind.
-struct Proc(Child);
-
-impl Proc {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // Drop does not run when this process is killed: then the kernel
-        // sends the child SIGTERM (PgBouncer loses this when it switches
-        // user; the cluster's servers have their own guard).
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        let on_parent_death = || {
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            Ok(())
-        };
-        unsafe { cmd.pre_exec(on_parent_death) };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        Ok(Proc(child))
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.0.try_wait().ok().flatten()
-    }
-
-    /// Waits at most `limit`; on expiry stops it and returns None.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            sleep(Duration::from_millis(50));
-        }
-        self.stop();
-        None
-    }
-
-    /// SIGTERM first (proxies then close their server connections), SIGKILL
-    /// after 5 s.
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child, not yet reaped, so the pid is its.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.exited().is_none() && Instant::now() < deadline {
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// One endpoint pgbench is pointed at; `proc` is the proxy serving it.
 struct Target {
     name: String,
     port: u16,
     proc: Option<Proc>,
-}
-
-/// A port nobody listens on right now (the race until the proxy binds it is
-/// harmless on a test host).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The release binary cargo bench builds next to this bench.
-fn lagrouter_bin() -> Result<PathBuf> {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lagrouter"));
-    if !bin.exists() {
-        bail!(
-            "{} missing: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// `primary_only` is the pure proxy overhead variant. It needs
@@ -352,35 +265,6 @@ fn wait_ready(c: &Cluster, t: &mut Target, out: &Path) -> Result<()> {
     }
 }
 
-/// A client tool of the cluster's PostgreSQL, to 127.0.0.1:`port` as the
-/// app user.
-fn pg_tool(c: &Cluster, tool: &str, port: u16) -> Command {
-    let mut cmd = Command::new(c.bindir().join(tool));
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        c.app_user(),
-    ]);
-    cmd.env("PGPASSWORD", c.app_password())
-        .env("PGCONNECT_TIMEOUT", "5");
-    cmd
-}
-
-/// User + system CPU time of a process so far, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces: count from after
-    // it. There utime and stime (fields 14 and 15) are the 12th and 13th.
-    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Some(ticks as f64 / per_sec as f64)
-}
-
 /// Transactions committed on the replicas so far.
 fn replica_xacts(c: &Cluster) -> Option<u64> {
     let sql = "select xact_commit from pg_stat_database where datname = current_database()";
@@ -432,45 +316,14 @@ struct Run {
     workload: &'static str,
     mode: String,
     target: String,
-    tps: Option<f64>,
-    lat_ms: Option<f64>,
-    xacts: u64,
-    failed: u64,
-    aborted: u32,
-    status: String,
-    cpu_us: Option<f64>,
-    error: String,
+    pg: Pgbench,
 }
 
-/// The number after `prefix` on the first line starting with it.
-fn field(text: &str, prefix: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with(prefix))?;
-    line[prefix.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// Fills `run` from pgbench's output. Aborted clients are counted from the
-/// "aborted in command" lines; with any, TPS covers the survivors only.
-fn parse_pgbench(run: &mut Run, text: &str, status: Option<ExitStatus>, clients: u32) {
-    run.tps = field(text, "tps = ");
-    run.lat_ms = field(text, "latency average = ");
-    run.xacts = field(text, "number of transactions actually processed: ").unwrap_or(0.) as u64;
-    run.failed = field(text, "number of failed transactions: ").unwrap_or(0.) as u64;
-    run.aborted = text.matches("aborted in command").count() as u32;
-    // The error that aborted a client is the root cause; else the first one.
-    let abort = text.lines().find(|l| l.contains("aborted in command"));
-    let error = text
-        .lines()
-        .find(|l| l.contains("error") || l.contains("FATAL"));
-    let first = abort.or(error).unwrap_or("").replace('\t', " ");
-    run.error = first.chars().take(200).collect();
-    run.status = match (status, run.tps) {
-        (None, _) => "TIMEOUT".into(),
-        (_, None) => "FAIL".into(),
-        _ if run.aborted >= clients => "ABORT(all)".into(),
-        _ if run.aborted > 0 => format!("ABORT({})", run.aborted),
-        (Some(s), _) if !s.success() => format!("rc={}", s.code().unwrap_or(-1)),
-        _ => "ok".into(),
-    };
+impl std::ops::Deref for Run {
+    type Target = Pgbench;
+    fn deref(&self) -> &Pgbench {
+        &self.pg
+    }
 }
 
 /// Runs pgbench against `t` (stopped after T + GRACE), measuring the
@@ -489,23 +342,15 @@ fn run_pgbench(
     cmd.args(args.split_whitespace())
         .args(select_only)
         .arg(c.database());
-    let pid = t.proc.as_ref().map(|p| p.0.id());
-    let cpu_before = pid.and_then(cpu_secs);
-    let status = Proc::spawn(&mut cmd, log)?.wait_for(Duration::from_secs(secs) + GRACE);
-    let cpu_after = pid.and_then(cpu_secs);
-    let mut run = Run::default();
-    (run.workload, run.mode, run.target) = (wm.0, wm.1.clone(), t.name.clone());
-    let text = fs::read_to_string(log).unwrap_or_default();
-    parse_pgbench(&mut run, &text, status, o.clients);
-    let cpu = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
-    run.cpu_us = cpu.map(|(a, b)| (b - a) * 1e6 / run.xacts as f64);
-    Ok(run)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+    let pid = t.proc.as_ref().map(Proc::pid);
+    let pg = Pgbench::run(&mut cmd, log, secs, GRACE, o.clients, pid)?;
+    Ok(Run {
+        rep: 0,
+        workload: wm.0,
+        mode: wm.1.clone(),
+        target: t.name.clone(),
+        pg,
+    })
 }
 
 /// The runs of one workload/mode on one target.
@@ -596,24 +441,6 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
     Ok(())
 }
 
-/// target/pgbench-compare/<UTC timestamp>/, in the target directory the
-/// lagrouter binary was built in (honours CARGO_TARGET_DIR).
-fn out_dir() -> Result<PathBuf> {
-    let bin = lagrouter_bin()?;
-    let target = bin.parent().and_then(Path::parent);
-    let stamp = Command::new("date")
-        .arg("-u")
-        .arg("+%Y%m%d-%H%M%SZ")
-        .output()?;
-    let stamp = String::from_utf8_lossy(&stamp.stdout).trim().to_owned();
-    let dir = target
-        .context("no target directory")?
-        .join("pgbench-compare")
-        .join(stamp);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
 fn direct(c: &Cluster) -> Target {
     let (name, port) = ("direct".into(), c.port(0));
     Target {
@@ -688,7 +515,7 @@ fn main() -> Result<()> {
     if o.install_pgbouncer && pgbouncer_bin().is_none() {
         install_pgbouncer()?;
     }
-    let out = out_dir()?;
+    let out = out_dir("pgbench-compare")?;
     let scale = o.scale;
     println!("starting a primary and 2 replicas; pgbench -i -s {scale} ...");
     let c = Cluster::start(ClusterOptions::default()).context("starting the cluster")?;

@@ -13,14 +13,16 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
+use common::*;
 use lagrouter::pgcluster::{Cluster, ClusterOptions};
 
 const USAGE: &str = "options: -T SECS (10) -c CLIENTS (8) -j THREADS (2) -r REPEATS (3)
@@ -48,13 +50,6 @@ struct Opts {
     warmup: u64,
     variants: Vec<String>,
     gate_lag: u64,
-}
-
-fn list(s: &str) -> Vec<String> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
@@ -108,92 +103,12 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// A child process that is stopped when dropped, so an error return or a
-/// panic never leaves a proxy or a pgbench behind.
-struct Proc(Child);
-
-impl Proc {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // Drop does not run when this process is killed: then the kernel
-        // sends the child SIGTERM.
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        let on_parent_death = || {
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            Ok(())
-        };
-        unsafe { cmd.pre_exec(on_parent_death) };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        Ok(Proc(child))
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.0.try_wait().ok().flatten()
-    }
-
-    /// Waits at most `limit`; on expiry stops it and returns None.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            sleep(Duration::from_millis(50));
-        }
-        self.stop();
-        None
-    }
-
-    /// SIGTERM first, SIGKILL after 5 s.
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child, not yet reaped, so the pid is its.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.exited().is_none() && Instant::now() < deadline {
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A running lagrouter.
 struct Proxy {
     name: &'static str,
     port: u16,
     metrics_port: u16,
     proc: Proc,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The release binary cargo bench builds next to this bench.
-fn lagrouter_bin() -> Result<PathBuf> {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lagrouter"));
-    if !bin.exists() {
-        bail!(
-            "{} missing: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 /// The shipped defaults plus a metrics endpoint; `gate` adds
@@ -302,23 +217,6 @@ fn wait_ready(c: &Cluster, p: &mut Proxy, out: &Path) -> Result<()> {
     }
 }
 
-/// A client tool of the cluster's PostgreSQL, to 127.0.0.1:`port` as the
-/// app user.
-fn pg_tool(c: &Cluster, tool: &str, port: u16) -> Command {
-    let mut cmd = Command::new(c.bindir().join(tool));
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        c.app_user(),
-    ]);
-    cmd.env("PGPASSWORD", c.app_password())
-        .env("PGCONNECT_TIMEOUT", "5");
-    cmd
-}
-
 /// GET /metrics (plain HTTP/1.1, no client library).
 fn scrape(port: u16) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -365,16 +263,6 @@ fn counts(port: u16) -> Option<(f64, f64, f64)> {
     Some((refused, of("reached"), of("timeout")))
 }
 
-/// User + system CPU time of a process so far, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Some(ticks as f64 / per_sec as f64)
-}
-
 /// The pgbench script of a variant.
 fn script(variant: &str) -> String {
     let mut s = String::from(
@@ -403,45 +291,17 @@ fn asked(variant: &str) -> u32 {
 struct Run {
     rep: u32,
     variant: String,
-    tps: Option<f64>,
-    lat_ms: Option<f64>,
-    xacts: u64,
-    failed: u64,
-    aborted: u32,
-    status: String,
-    cpu_us: Option<f64>,
+    pg: Pgbench,
     waits_reached: Option<u64>,
     waits_short: Option<u64>,
     refused: Option<u64>,
-    error: String,
 }
 
-/// The number after `prefix` on the first line starting with it.
-fn field(text: &str, prefix: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with(prefix))?;
-    line[prefix.len()..].split_whitespace().next()?.parse().ok()
-}
-
-fn parse_pgbench(run: &mut Run, text: &str, status: Option<ExitStatus>, clients: u32) {
-    run.tps = field(text, "tps = ");
-    run.lat_ms = field(text, "latency average = ");
-    run.xacts = field(text, "number of transactions actually processed: ").unwrap_or(0.) as u64;
-    run.failed = field(text, "number of failed transactions: ").unwrap_or(0.) as u64;
-    run.aborted = text.matches("aborted in command").count() as u32;
-    let abort = text.lines().find(|l| l.contains("aborted in command"));
-    let error = text
-        .lines()
-        .find(|l| l.contains("error") || l.contains("FATAL"));
-    let first = abort.or(error).unwrap_or("").replace('\t', " ");
-    run.error = first.chars().take(200).collect();
-    run.status = match (status, run.tps) {
-        (None, _) => "TIMEOUT".into(),
-        (_, None) => "FAIL".into(),
-        _ if run.aborted >= clients => "ABORT(all)".into(),
-        _ if run.aborted > 0 => format!("ABORT({})", run.aborted),
-        (Some(s), _) if !s.success() => format!("rc={}", s.code().unwrap_or(-1)),
-        _ => "ok".into(),
-    };
+impl std::ops::Deref for Run {
+    type Target = Pgbench;
+    fn deref(&self) -> &Pgbench {
+        &self.pg
+    }
 }
 
 /// Runs the variant's script through `p` for `secs`.
@@ -465,18 +325,14 @@ fn run_pgbench(
         .arg("-f")
         .arg(&file)
         .arg(c.database());
-    let pid = p.proc.0.id();
-    let (cpu_before, counts_before) = (cpu_secs(pid), counts(p.metrics_port));
-    let status = Proc::spawn(&mut cmd, log)?.wait_for(Duration::from_secs(secs) + GRACE);
-    let (cpu_after, counts_after) = (cpu_secs(pid), counts(p.metrics_port));
+    let counts_before = counts(p.metrics_port);
+    let pg = Pgbench::run(&mut cmd, log, secs, GRACE, o.clients, Some(p.proc.pid()))?;
+    let counts_after = counts(p.metrics_port);
     let mut run = Run {
         variant: variant.into(),
+        pg,
         ..Run::default()
     };
-    let text = fs::read_to_string(log).unwrap_or_default();
-    parse_pgbench(&mut run, &text, status, o.clients);
-    let cpu = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
-    run.cpu_us = cpu.map(|(a, b)| (b - a) * 1e6 / run.xacts as f64);
     if let Some((before, after)) = counts_before.zip(counts_after) {
         let delta = |a: f64, b: f64| Some((a - b).max(0.0) as u64);
         run.refused = delta(after.0, before.0);
@@ -486,12 +342,6 @@ fn run_pgbench(
         }
     }
     Ok(run)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
 /// Median of `value` over the clean runs of `variant`.
@@ -610,24 +460,6 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
     Ok(())
 }
 
-/// target/write-safety/<UTC timestamp>/, in the target directory the
-/// lagrouter binary was built in (honours CARGO_TARGET_DIR).
-fn out_dir() -> Result<PathBuf> {
-    let bin = lagrouter_bin()?;
-    let target = bin.parent().and_then(Path::parent);
-    let stamp = Command::new("date")
-        .arg("-u")
-        .arg("+%Y%m%d-%H%M%SZ")
-        .output()?;
-    let stamp = String::from_utf8_lossy(&stamp.stdout).trim().to_owned();
-    let dir = target
-        .context("no target directory")?
-        .join("write-safety")
-        .join(stamp);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --benches` runs bench targets without --bench.
@@ -636,7 +468,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let o = parse_args(&args)?;
-    let out = out_dir()?;
+    let out = out_dir("write-safety")?;
     println!(
         "starting a primary and 2 replicas; pgbench -i -s {} ...",
         o.scale
