@@ -87,9 +87,38 @@ impl ProxyError {
             ProxyError::ClientProtocol(_) => return None,
         })
     }
+}
 
-    /// Whether the client may simply retry: nothing reached a server.
-    pub fn retry_safe(&self) -> bool {
-        !matches!(self, ProxyError::NodeProtocol { .. })
+/// What a client is told in an ErrorResponse: a refused login (FATAL), a
+/// failed admin command (ERROR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ClientError {
+    pub fn new(code: &str, message: impl Into<String>) -> ClientError {
+        ClientError {
+            code: code.to_string(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hinted(code: &str, message: impl Into<String>, hint: Option<&str>) -> ClientError {
+        ClientError::new(code, message).with_hint(hint)
+    }
+
+    pub fn with_hint(mut self, hint: Option<&str>) -> ClientError {
+        self.hint = hint.map(str::to_string);
+        self
+    }
+}
+
+impl From<ProxyError> for ClientError {
+    fn from(e: ProxyError) -> Self {
+        ClientError::new(e.sqlstate(), e.to_string()).with_hint(e.hint())
     }
 }

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use self::commands::{Command, split_statements};
 use self::registry::ClientEntry;
 use crate::auth::UserAuth;
+use crate::error::ClientError;
 use crate::listener::Shared;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{frontend, split_frame};
@@ -34,23 +35,6 @@ pub const ADMIN_MESSAGE_LIMIT: usize = 64 * 1024;
 /// Serialises DRAIN/UNDRAIN's read-modify-write of the drained list, so two
 /// consoles changing it at once cannot lose one change.
 static DRAIN_EDIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// What a command failed with: SQLSTATE, message, hint.
-struct Failure {
-    code: &'static str,
-    message: String,
-    hint: Option<String>,
-}
-
-impl Failure {
-    fn new(code: &'static str, message: String, hint: Option<&str>) -> Failure {
-        Failure {
-            code,
-            message,
-            hint: hint.map(str::to_string),
-        }
-    }
-}
 
 /// Serves an authenticated client that asked for the admin database: the
 /// client has AuthenticationOk; this sends the rest of the welcome (or
@@ -126,7 +110,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     Ok(text) => run_text(&shared, &mut out, text),
                     Err(e) => error(
                         &mut out,
-                        Failure::new("08P01", format!("malformed query message: {e}"), None),
+                        ClientError::hinted("08P01", format!("malformed query message: {e}"), None),
                     ),
                 }
                 backend::ready_for_query(&mut out, b'I');
@@ -157,10 +141,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-fn extended_refusal() -> Failure {
-    Failure::new(
+fn extended_refusal() -> ClientError {
+    ClientError::hinted(
         "0A000",
-        "the admin console speaks only the simple query protocol".into(),
+        "the admin console speaks only the simple query protocol",
         Some("Use psql, or your driver's simple query mode (e.g. simple_query)."),
     )
 }
@@ -175,7 +159,7 @@ fn run_text(shared: &Shared, out: &mut BytesMut, text: &str) {
     }
     for stmt in stmts {
         let done = commands::parse(stmt)
-            .map_err(|e| Failure::new("42601", e.message, Some(&e.hint)))
+            .map_err(|e| ClientError::hinted("42601", e.message, Some(&e.hint)))
             .and_then(|cmd| execute(shared, out, cmd));
         if let Err(f) = done {
             error(out, f);
@@ -184,7 +168,7 @@ fn run_text(shared: &Shared, out: &mut BytesMut, text: &str) {
     }
 }
 
-fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), Failure> {
+fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), ClientError> {
     match cmd {
         Command::Show(what) => {
             let t = views::show(shared, what);
@@ -203,7 +187,7 @@ fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), Fail
                         "The running configuration is unchanged; SHOW RELOAD repeats this error.",
                     ),
                 };
-                Failure::new("F0000", format!("reload failed: {e}"), hint)
+                ClientError::hinted("F0000", format!("reload failed: {e}"), hint)
             })?;
             backend::command_complete(out, "RELOAD");
         }
@@ -236,7 +220,7 @@ fn execute(shared: &Shared, out: &mut BytesMut, cmd: Command) -> Result<(), Fail
 /// A node may be drained if it exists and is not taking writes: draining
 /// only withholds reads, so draining the primary would promise what it
 /// cannot keep.
-fn check_drainable(shared: &Shared, name: &str) -> Result<(), Failure> {
+fn check_drainable(shared: &Shared, name: &str) -> Result<(), ClientError> {
     if !node_exists(shared, name) {
         return Err(unknown_node(shared, name));
     }
@@ -250,7 +234,7 @@ fn check_drainable(shared: &Shared, name: &str) -> Result<(), Failure> {
         .iter()
         .any(|i| snap.nodes.get(*i).is_some_and(|n| n.name == name))
     {
-        return Err(Failure::new(
+        return Err(ClientError::hinted(
             "55000",
             format!("cannot drain node \"{name}\": it is the primary, and writes must go to it"),
             Some("DRAIN stops reads to a replica. To take the primary out, fail over first."),
@@ -263,22 +247,22 @@ fn node_exists(shared: &Shared, name: &str) -> bool {
     shared.nodes.load().iter().any(|n| &*n.name == name)
 }
 
-fn unknown_node(shared: &Shared, name: &str) -> Failure {
+fn unknown_node(shared: &Shared, name: &str) -> ClientError {
     let names: Vec<String> = shared
         .nodes
         .load()
         .iter()
         .map(|n| n.name.to_string())
         .collect();
-    Failure::new(
+    ClientError::hinted(
         "42704",
         format!("no node named \"{name}\""),
         Some(&format!("Configured nodes: {}.", names.join(", "))),
     )
 }
 
-fn error(out: &mut BytesMut, f: Failure) {
-    backend::error_response(out, Severity::Error, f.code, &f.message, f.hint.as_deref());
+fn error(out: &mut BytesMut, f: ClientError) {
+    backend::error_response(out, Severity::Error, &f.code, &f.message, f.hint.as_deref());
 }
 
 async fn fatal<S: AsyncWrite + Unpin>(client: &mut S, out: &mut BytesMut, code: &str, msg: &str) {

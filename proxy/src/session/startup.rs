@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::forward::Session;
 use super::params::{SessionParams, parse_options};
 use crate::auth::{AuthError, Credential, ScramExchange, ScramSecret, UserAuth, check_md5};
-use crate::error::ProxyError;
+use crate::error::{ClientError, ProxyError};
 use crate::listener::Shared;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, PROTOCOL_3_0, StartupPacket};
@@ -20,42 +20,6 @@ use crate::protocol::{split_frame, split_startup};
 
 /// Most bytes of a message accepted during authentication.
 const AUTH_MESSAGE_LIMIT: usize = 64 * 1024;
-
-/// A failed startup: what to tell the client (FATAL) before closing.
-struct Refusal {
-    code: &'static str,
-    message: String,
-    hint: Option<String>,
-}
-
-impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            message: message.into(),
-            hint: None,
-        }
-    }
-}
-
-impl From<ProxyError> for Refusal {
-    fn from(e: ProxyError) -> Self {
-        let code: &'static str = match e.sqlstate() {
-            "08006" => "08006",
-            "53300" => "53300",
-            "57P03" => "57P03",
-            "28P01" => "28P01",
-            "28000" => "28000",
-            "3D000" => "3D000",
-            _ => "08P01",
-        };
-        Refusal {
-            code,
-            message: e.to_string(),
-            hint: e.hint().map(str::to_string),
-        }
-    }
-}
 
 /// Serves one client connection from accept to close. Never panics on
 /// client input; every refusal is a FATAL ErrorResponse with a SQLSTATE.
@@ -79,7 +43,7 @@ pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: Socket
         Err(_) => {
             refuse(
                 &mut tcp,
-                Refusal::new("08006", "timed out waiting for the startup packet"),
+                ClientError::new("08006", "timed out waiting for the startup packet"),
             )
             .await
         }
@@ -113,7 +77,7 @@ async fn serve_tls(
         Ok(Ok(_)) => {
             refuse(
                 &mut tls,
-                Refusal::new(
+                ClientError::new(
                     "08P01",
                     "unexpected SSL/GSS request after TLS was established",
                 ),
@@ -124,7 +88,7 @@ async fn serve_tls(
         Err(_) => {
             refuse(
                 &mut tls,
-                Refusal::new("08006", "timed out waiting for the startup packet"),
+                ClientError::new("08006", "timed out waiting for the startup packet"),
             )
             .await
         }
@@ -144,7 +108,7 @@ async fn negotiate(
     shared: &Shared,
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Result<Negotiated, Refusal> {
+) -> Result<Negotiated, ClientError> {
     let mut gss_asked = false;
     loop {
         match read_startup(tcp, buf).await? {
@@ -152,7 +116,7 @@ async fn negotiate(
                 if !buf.is_empty() {
                     // Bytes sent before our answer could be injected in
                     // the clear ahead of TLS (CVE-2021-23214's class).
-                    return Err(Refusal::new(
+                    return Err(ClientError::new(
                         "08P01",
                         "received unencrypted data after SSL request",
                     ));
@@ -160,20 +124,22 @@ async fn negotiate(
                 if shared.tls.is_some() {
                     tcp.write_all(b"S")
                         .await
-                        .map_err(|_| Refusal::new("08006", "client went away"))?;
+                        .map_err(|_| ClientError::new("08006", "client went away"))?;
                     return Ok(Negotiated::Tls);
                 }
                 tcp.write_all(b"N")
                     .await
-                    .map_err(|_| Refusal::new("08006", "client went away"))?;
+                    .map_err(|_| ClientError::new("08006", "client went away"))?;
             }
             StartupPacket::GssEnc if !gss_asked => {
                 gss_asked = true;
                 tcp.write_all(b"N")
                     .await
-                    .map_err(|_| Refusal::new("08006", "client went away"))?;
+                    .map_err(|_| ClientError::new("08006", "client went away"))?;
             }
-            StartupPacket::GssEnc => return Err(Refusal::new("08P01", "repeated GSSENC request")),
+            StartupPacket::GssEnc => {
+                return Err(ClientError::new("08P01", "repeated GSSENC request"));
+            }
             StartupPacket::Cancel { pid, secret } => {
                 shared.cancel.cancel(pid, &secret).await;
                 return Ok(Negotiated::Done);
@@ -186,16 +152,17 @@ async fn negotiate(
 async fn read_startup<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
-) -> Result<StartupPacket, Refusal> {
+) -> Result<StartupPacket, ClientError> {
     loop {
         match split_startup(buf) {
             Ok(Some(body)) => {
-                return frontend::decode_startup(&body)
-                    .map_err(|e| Refusal::new("08P01", format!("invalid startup packet: {e}")));
+                return frontend::decode_startup(&body).map_err(|e| {
+                    ClientError::new("08P01", format!("invalid startup packet: {e}"))
+                });
             }
             Ok(None) => {}
             Err(e) => {
-                return Err(Refusal::new(
+                return Err(ClientError::new(
                     "08P01",
                     format!("invalid startup packet: {e}"),
                 ));
@@ -203,7 +170,7 @@ async fn read_startup<S: AsyncRead + Unpin>(
         }
         match s.read_buf(buf).await {
             Ok(0) | Err(_) => {
-                return Err(Refusal::new(
+                return Err(ClientError::new(
                     "08006",
                     "client closed the connection during startup",
                 ));
@@ -213,12 +180,12 @@ async fn read_startup<S: AsyncRead + Unpin>(
     }
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, r: Refusal) {
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, r: ClientError) {
     let mut out = BytesMut::new();
     backend::error_response(
         &mut out,
         Severity::Fatal,
-        r.code,
+        &r.code,
         &r.message,
         r.hint.as_deref(),
     );
@@ -249,7 +216,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Err(_) => {
             return refuse(
                 &mut client,
-                Refusal::new("08006", "timed out during authentication"),
+                ClientError::new("08006", "timed out during authentication"),
             )
             .await;
         }
@@ -278,7 +245,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         Err(_) => {
             // The server connection it was using, if any, is dropped (closed).
             session.server = None;
-            let r = Refusal::new(
+            let r = ClientError::new(
                 "08006",
                 "timed out during login (client_login_timeout) waiting for a server connection",
             );
@@ -299,7 +266,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     version: i32,
     params: Vec<(String, String)>,
-) -> Result<Authenticated, Refusal> {
+) -> Result<Authenticated, ClientError> {
     let mut out = BytesMut::new();
     let unrecognised: Vec<&str> = params
         .iter()
@@ -312,13 +279,13 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
     let Some(user_name) = get("user").filter(|u| !u.is_empty()) else {
-        return Err(Refusal::new(
+        return Err(ClientError::new(
             "28000",
             "no PostgreSQL user name specified in startup packet",
         ));
     };
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(Refusal::new(
+        return Err(ClientError::new(
             "08P01",
             "lagrouter does not proxy replication connections",
         ));
@@ -335,14 +302,14 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(opts) = get("options") {
         settings.extend(
             parse_options(opts)
-                .map_err(|e| Refusal::new("08P01", format!("invalid options: {e}")))?,
+                .map_err(|e| ClientError::new("08P01", format!("invalid options: {e}")))?,
         );
     }
     let users = shared.users.load();
     let user = users.get(user_name);
     let credential = user.as_ref().map(|u| u.credential.clone());
     let failed = || {
-        let mut r = Refusal::new(
+        let mut r = ClientError::new(
             "28P01",
             format!("password authentication failed for user \"{user_name}\""),
         );
@@ -357,7 +324,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             send(client, &mut out).await?;
             let msg = read_auth_message(client, buf).await?;
             let pw = frontend::decode_password(&msg)
-                .map_err(|e| Refusal::new("08P01", e.to_string()))?;
+                .map_err(|e| ClientError::new("08P01", e.to_string()))?;
             check_md5(&stored, salt, pw).map_err(|_| failed())?;
         }
         Some(Credential::Scram(secret)) => scram(client, buf, &mut out, secret)
@@ -377,10 +344,10 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((user, database, SessionParams::from_pairs(settings)))
 }
 
-fn auth_refusal(e: AuthError, failed: Refusal) -> Refusal {
+fn auth_refusal(e: AuthError, failed: ClientError) -> ClientError {
     match e {
         AuthError::WrongPassword => failed,
-        AuthError::Protocol(d) => Refusal::new("08P01", format!("invalid SCRAM exchange: {d}")),
+        AuthError::Protocol(d) => ClientError::new("08P01", format!("invalid SCRAM exchange: {d}")),
     }
 }
 
@@ -415,29 +382,32 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn send<S: AsyncWrite + Unpin>(client: &mut S, out: &mut BytesMut) -> Result<(), Refusal> {
+async fn send<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    out: &mut BytesMut,
+) -> Result<(), ClientError> {
     let r = client.write_all(out).await.and(client.flush().await);
     out.clear();
-    r.map_err(|_| Refusal::new("08006", "client went away during authentication"))
+    r.map_err(|_| ClientError::new("08006", "client went away during authentication"))
 }
 
 /// Reads a 'p' message body during authentication.
 async fn read_auth_message<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
-) -> Result<Vec<u8>, Refusal> {
+) -> Result<Vec<u8>, ClientError> {
     loop {
         match split_frame(buf, AUTH_MESSAGE_LIMIT) {
             Ok(Some(f)) if f.tag == b'p' => return Ok(f.body().to_vec()),
             Ok(Some(f)) => {
-                return Err(Refusal::new(
+                return Err(ClientError::new(
                     "08P01",
                     format!("expected a password message, got '{}'", f.tag as char),
                 ));
             }
             Ok(None) => {}
             Err(e) => {
-                return Err(Refusal::new(
+                return Err(ClientError::new(
                     "08P01",
                     format!("invalid authentication message: {e}"),
                 ));
@@ -445,7 +415,7 @@ async fn read_auth_message<S: AsyncRead + Unpin>(
         }
         match client.read_buf(buf).await {
             Ok(0) | Err(_) => {
-                return Err(Refusal::new(
+                return Err(ClientError::new(
                     "08006",
                     "client closed the connection during authentication",
                 ));
@@ -463,7 +433,7 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
     session: &mut Session<S>,
     pid: i32,
     secret: i32,
-) -> Result<(), Refusal> {
+) -> Result<(), ClientError> {
     let shared = session.shared.clone();
     // The primary, as for a write, but not through the write gate: a login
     // writes nothing, and reads must keep working while writes are refused.
@@ -493,7 +463,7 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 "42704" => "42704",
                 _ => "08P01",
             };
-            return Err(Refusal::new(
+            return Err(ClientError::new(
                 code,
                 format!("invalid startup setting: {}", e.message),
             ));
@@ -520,12 +490,12 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .client
         .write_all(&out)
         .await
-        .map_err(|_| Refusal::new("08006", "client went away"))?;
+        .map_err(|_| ClientError::new("08006", "client went away"))?;
     session
         .client
         .flush()
         .await
-        .map_err(|_| Refusal::new("08006", "client went away"))?;
+        .map_err(|_| ClientError::new("08006", "client went away"))?;
     Ok(())
 }
 
