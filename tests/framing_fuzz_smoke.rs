@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use lagrouter_proxy::protocol::expect::{Expect, Req};
+use lagrouter_proxy::protocol::expect::{Action, Expect, Req};
 use lagrouter_proxy::protocol::{backend, frame, frontend};
 
 struct XorShift(u64);
@@ -175,14 +175,23 @@ const REQS: [Req; 9] = [
 ];
 const SERVER_TAGS: &[u8] = b"123ACDEGHIKNRSTWZcdnstv";
 
+/// Forwarded three times in four, like client requests among injected ones.
+fn answers(rng: &mut XorShift) -> Action {
+    if rng.below(4) != 0 {
+        Action::Forward
+    } else {
+        Action::Drop
+    }
+}
+
 fn expect_sequence(rng: &mut XorShift, steps: usize) {
     let mut e = Expect::new();
     for _ in 0..steps {
         match rng.below(8) {
-            0 | 1 => e.push(REQS[rng.below(REQS.len())], rng.below(4) != 0),
+            0 | 1 => e.push(REQS[rng.below(REQS.len())], answers(rng)),
             2 => e.push_named(
                 REQS[rng.below(REQS.len())],
-                rng.below(4) != 0,
+                answers(rng),
                 Some(Arc::from("s")),
             ),
             3 => e.push_synthetic(Bytes::from_static(b"1\0\0\0\x04")),

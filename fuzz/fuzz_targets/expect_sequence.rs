@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lagrouter_proxy::protocol::expect::{Expect, Req};
+use lagrouter_proxy::protocol::expect::{Action, Expect, Req};
 use libfuzzer_sys::fuzz_target;
 
 const TAGS: &[u8] = b"123ACDEGHIKNRSTWZcdnstv";
@@ -25,14 +25,18 @@ fn req(b: u8) -> Req {
     }
 }
 
+fn answers(arg: u8) -> Action {
+    if arg & 0x80 == 0 { Action::Forward } else { Action::Drop }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut e = Expect::new();
     let mut it = data.chunks_exact(2);
     for pair in &mut it {
         let (op, arg) = (pair[0], pair[1]);
         match op % 8 {
-            0 => e.push(req(arg), arg & 0x80 == 0),
-            1 => e.push_named(req(arg), arg & 0x80 == 0, Some(Arc::from(format!("s{arg}")))),
+            0 => e.push(req(arg), answers(arg)),
+            1 => e.push_named(req(arg), answers(arg), Some(Arc::from(format!("s{arg}")))),
             2 => e.push_synthetic(Bytes::from(vec![arg; 5])),
             3 => drop(e.pop_synthetic()),
             4 => drop(e.take_failed_parses()),

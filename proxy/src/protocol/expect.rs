@@ -88,14 +88,15 @@ impl Expect {
         }
     }
 
-    /// Records a request sent to the server. `forward = false` for
-    /// requests the proxy injected itself.
-    pub fn push(&mut self, req: Req, forward: bool) {
-        self.push_named(req, forward, None);
+    /// Records a request sent to the server, and what to do with its
+    /// answers: `Action::Drop` for requests the proxy injected itself.
+    pub fn push(&mut self, req: Req, answers: Action) {
+        self.push_named(req, answers, None);
     }
 
     /// Records a named `Parse` (server-side name), so a failure can be reported.
-    pub fn push_named(&mut self, req: Req, forward: bool, name: Option<Arc<str>>) {
+    pub fn push_named(&mut self, req: Req, answers: Action, name: Option<Arc<str>>) {
+        let forward = answers == Action::Forward;
         if self.skipping {
             if req != Req::Sync {
                 if let Some(n) = name {
@@ -290,12 +291,12 @@ mod tests {
     fn flush_without_sync_is_not_idle() {
         // asyncpg: Parse + Describe + Flush, answers, and no Sync yet.
         let mut e = Expect::new();
-        e.push(Req::Parse, true);
-        e.push(Req::Describe(b'S'), true);
+        e.push(Req::Parse, Action::Forward);
+        e.push(Req::Describe(b'S'), Action::Forward);
         assert_eq!(feed(&mut e, b"1tT"), vec![Forward; 3]);
         assert!(e.is_empty() && !e.is_idle());
         // A simple query then ends the extended-protocol episode.
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(feed(&mut e, b"CZ"), vec![Forward; 2]);
         assert!(e.is_idle());
     }
@@ -303,7 +304,7 @@ mod tests {
     #[test]
     fn simple_query() {
         let mut e = Expect::new();
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(feed(&mut e, b"TDDC"), vec![Forward; 4]);
         assert!(!e.is_empty());
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
@@ -313,7 +314,7 @@ mod tests {
     #[test]
     fn simple_query_error_then_ready() {
         let mut e = Expect::new();
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
         assert_eq!(e.on_server(b'Z', b'E').unwrap(), Forward);
         assert_eq!(e.status(), b'E');
@@ -325,10 +326,10 @@ mod tests {
         let mut e = Expect::new();
         for _ in 0..2 {
             for r in [Req::Parse, Req::Bind, Req::Describe(b'P'), Req::Execute] {
-                e.push(r, true);
+                e.push(r, Action::Forward);
             }
         }
-        e.push(Req::Sync, true);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"12TDC12TDCZ"), vec![Forward; 11]);
         assert!(e.is_empty());
     }
@@ -336,9 +337,9 @@ mod tests {
     #[test]
     fn describe_statement_has_parameter_description() {
         let mut e = Expect::new();
-        e.push(Req::Parse, true);
-        e.push(Req::Describe(b'S'), true);
-        e.push(Req::Sync, true);
+        e.push(Req::Parse, Action::Forward);
+        e.push(Req::Describe(b'S'), Action::Forward);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"1tnZ"), vec![Forward; 4]);
         assert!(e.is_empty());
     }
@@ -347,10 +348,10 @@ mod tests {
     fn injected_parse_is_dropped_and_synthetic_answers_keep_order() {
         let mut e = Expect::new();
         e.push_synthetic(Bytes::from_static(b"1\0\0\0\x04"));
-        e.push(Req::Parse, false); // re-prepare before Bind
-        e.push(Req::Bind, true);
-        e.push(Req::Execute, true);
-        e.push(Req::Sync, true);
+        e.push(Req::Parse, Action::Drop); // re-prepare before Bind
+        e.push(Req::Bind, Action::Forward);
+        e.push(Req::Execute, Action::Forward);
+        e.push(Req::Sync, Action::Forward);
         assert!(e.pop_synthetic().is_some());
         assert_eq!(e.pop_synthetic(), None);
         assert_eq!(
@@ -364,12 +365,12 @@ mod tests {
     fn error_mid_pipeline_skips_to_sync() {
         let mut e = Expect::new();
         for r in [Req::Parse, Req::Bind, Req::Execute] {
-            e.push(r, true);
+            e.push(r, Action::Forward);
         }
         e.push_synthetic(Bytes::from_static(b"3\0\0\0\x04"));
-        e.push(Req::Sync, true);
-        e.push(Req::Bind, true);
-        e.push(Req::Sync, true);
+        e.push(Req::Sync, Action::Forward);
+        e.push(Req::Bind, Action::Forward);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"1"), vec![Forward]);
         assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
         assert_eq!(e.on_server(b'Z', b'I').unwrap(), Forward);
@@ -380,12 +381,12 @@ mod tests {
     #[test]
     fn error_before_sync_is_sent_skips_later_requests() {
         let mut e = Expect::new();
-        e.push(Req::Parse, true);
+        e.push(Req::Parse, Action::Forward);
         assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
         assert!(e.skipping());
-        e.push(Req::Bind, true);
-        e.push(Req::Execute, true);
-        e.push(Req::Sync, true);
+        e.push(Req::Bind, Action::Forward);
+        e.push(Req::Execute, Action::Forward);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
         assert!(e.is_empty());
     }
@@ -393,13 +394,13 @@ mod tests {
     #[test]
     fn failed_and_skipped_parses_are_reported() {
         let mut e = Expect::new();
-        e.push_named(Req::Parse, true, Some("a".into()));
-        e.push_named(Req::Parse, false, Some("b".into()));
-        e.push(Req::Bind, true);
+        e.push_named(Req::Parse, Action::Forward, Some("a".into()));
+        e.push_named(Req::Parse, Action::Drop, Some("b".into()));
+        e.push(Req::Bind, Action::Forward);
         assert_eq!(feed(&mut e, b"1"), vec![Forward]);
         assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
-        e.push_named(Req::Parse, true, Some("c".into()));
-        e.push(Req::Sync, true);
+        e.push_named(Req::Parse, Action::Forward, Some("c".into()));
+        e.push(Req::Sync, Action::Forward);
         let failed: Vec<_> = e
             .take_failed_parses()
             .iter()
@@ -412,10 +413,10 @@ mod tests {
     #[test]
     fn portal_suspension() {
         let mut e = Expect::new();
-        e.push(Req::Bind, true);
-        e.push(Req::Execute, true);
-        e.push(Req::Execute, true);
-        e.push(Req::Sync, true);
+        e.push(Req::Bind, Action::Forward);
+        e.push(Req::Execute, Action::Forward);
+        e.push(Req::Execute, Action::Forward);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"2DDsDCZ"), vec![Forward; 7]);
         assert!(e.is_empty());
     }
@@ -423,12 +424,12 @@ mod tests {
     #[test]
     fn copy_in_and_out() {
         let mut e = Expect::new();
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(feed(&mut e, b"G"), vec![Forward]);
         assert!(e.in_copy());
         assert_eq!(feed(&mut e, b"CZ"), vec![Forward, Forward]);
         assert!(!e.in_copy() && e.is_empty());
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(feed(&mut e, b"HdddcCZ"), vec![Forward; 7]);
         assert!(e.is_empty());
     }
@@ -436,8 +437,8 @@ mod tests {
     #[test]
     fn injected_query_is_dropped_whole_including_parameter_status() {
         let mut e = Expect::new();
-        e.push(Req::Query, false);
-        e.push(Req::Query, true);
+        e.push(Req::Query, Action::Drop);
+        e.push(Req::Query, Action::Forward);
         assert_eq!(feed(&mut e, b"CSZ"), vec![Drop, Drop, Drop]);
         assert_eq!(feed(&mut e, b"NTDCSZ"), vec![Forward; 6]);
     }
@@ -445,14 +446,14 @@ mod tests {
     #[test]
     fn async_messages_and_notifications_pass() {
         let mut e = Expect::new();
-        e.push(Req::Sync, true);
+        e.push(Req::Sync, Action::Forward);
         assert_eq!(feed(&mut e, b"ANZ"), vec![Forward; 3]);
     }
 
     #[test]
     fn function_call() {
         let mut e = Expect::new();
-        e.push(Req::FunctionCall, true);
+        e.push(Req::FunctionCall, Action::Forward);
         assert_eq!(feed(&mut e, b"VZ"), vec![Forward, Forward]);
         assert!(e.is_empty());
     }
@@ -461,7 +462,7 @@ mod tests {
     fn unexpected_messages_are_desync() {
         let mut e = Expect::new();
         assert!(e.on_server(b'D', 0).is_err());
-        e.push(Req::Parse, true);
+        e.push(Req::Parse, Action::Forward);
         assert!(e.on_server(b'2', 0).is_err());
         assert!(e.on_server(b'Z', 0).is_err());
     }

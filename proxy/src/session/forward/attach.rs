@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::ProxyError;
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::expect::Req;
+use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
 use crate::server::{PoolKey, PooledConn, ServerPool};
@@ -120,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let current = |k: &str| conn.params.get(k).map(String::as_str);
             if let Some((sql, set)) = self.params.sync_sql(current) {
                 frontend::encode_query(&mut self.to_server, &sql);
-                self.expect.push(Req::Query, false);
+                self.expect.push(Req::Query, Action::Drop);
                 for (k, v) in set {
                     conn.params.insert(k, v);
                 }

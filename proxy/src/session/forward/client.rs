@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProxyError;
 use crate::protocol::backend;
-use crate::protocol::expect::Req;
+use crate::protocol::expect::{Action, Req};
 use crate::protocol::frontend;
 use crate::session::local;
 use crate::session::statements::Statement;
@@ -70,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 self.note_effects(sql, fx);
                 self.to_server.extend_from_slice(frame);
-                self.expect.push(Req::Query, true);
+                self.expect.push(Req::Query, Action::Forward);
             }
             b'P' => {
                 let p = match frontend::decode_parse(body) {
@@ -120,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if p.name.is_empty() {
                     self.note_drops(p.query, fx);
                     self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Parse, true);
+                    self.expect.push(Req::Parse, Action::Forward);
                 } else {
                     let inserted =
                         self.statements
@@ -133,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     };
                     // The server's ParseComplete answers the client; if the
                     // server already has the statement, the proxy answers.
-                    if !self.ensure_prepared(&stmt, true) {
+                    if !self.ensure_prepared(&stmt, Action::Forward) {
                         self.synthetic_empty(b'1');
                     }
                 }
@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // Unknown names go through as sent: the server answers 26000.
                     None => self.to_server.extend_from_slice(frame),
                 }
-                self.expect.push(Req::Bind, true);
+                self.expect.push(Req::Bind, Action::Forward);
             }
             b'D' => {
                 let t = match frontend::decode_target(body, "Describe") {
@@ -214,7 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     None => self.to_server.extend_from_slice(frame),
                 }
-                self.expect.push(Req::Describe(t.kind), true);
+                self.expect.push(Req::Describe(t.kind), Action::Forward);
             }
             b'C' => {
                 let t = match frontend::decode_target(body, "Close") {
@@ -234,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.synthetic_empty(b'3');
                 } else if self.server.is_some() {
                     self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Close, true);
+                    self.expect.push(Req::Close, Action::Forward);
                 } else {
                     self.synthetic_empty(b'3');
                 }
@@ -262,13 +262,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     } else {
                         Req::FunctionCall
                     },
-                    true,
+                    Action::Forward,
                 );
             }
             b'S' => {
                 if self.server.is_some() {
                     self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Sync, true);
+                    self.expect.push(Req::Sync, Action::Forward);
                 } else {
                     self.synthetic_ready();
                 }
@@ -363,16 +363,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.attach(sql.as_deref().unwrap_or(""), Some(frame))
             .await?;
         if let Some(s) = &stmt {
-            self.ensure_prepared(s, false);
+            self.ensure_prepared(s, Action::Drop);
         }
         Ok(stmt)
     }
 
     /// Prepares `stmt` on the attached server if it lacks it, and says
-    /// whether a `Parse` was sent. `forward`: the client asked for this
+    /// whether a `Parse` was sent. `Action::Forward`: the client asked for this
     /// Parse, so the server's ParseComplete goes to it; otherwise the Parse
     /// is injected (before a Bind or Describe) and its answer dropped.
-    pub(super) fn ensure_prepared(&mut self, stmt: &Statement, forward: bool) -> bool {
+    pub(super) fn ensure_prepared(&mut self, stmt: &Statement, answers: Action) -> bool {
         let conn = self.server.as_mut().expect("attached").conn();
         if conn.prepared.contains(&stmt.server_name) {
             return false;
@@ -385,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         conn.prepared.insert(stmt.server_name.clone());
         self.expect
-            .push_named(Req::Parse, forward, Some(stmt.server_name.clone()));
+            .push_named(Req::Parse, answers, Some(stmt.server_name.clone()));
         true
     }
 

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend;
-use crate::protocol::expect::Req;
+use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
 
@@ -200,7 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.txn_write = false;
             self.capturing_lsn = true;
             frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
-            self.expect.push(Req::Query, false);
+            self.expect.push(Req::Query, Action::Drop);
             return;
         }
         if self.capturing_lsn {
