@@ -72,6 +72,25 @@ struct Passthrough {
     forward: bool,
 }
 
+/// Where a session is in learning its last write's commit LSN, which
+/// read-your-writes needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// The attached transaction was not routed as a write (or nothing is
+    /// attached).
+    None,
+    /// The attached transaction writes: when it ends, ask for the LSN.
+    Pending,
+    /// The LSN query is in flight; its DataRow, once read, carries the LSN.
+    Capturing(Option<Lsn>),
+}
+
+impl Commit {
+    fn capturing(self) -> bool {
+        matches!(self, Commit::Capturing(_))
+    }
+}
+
 /// An authenticated client session.
 pub struct Session<S> {
     pub(super) client: S,
@@ -95,15 +114,12 @@ pub struct Session<S> {
     pub(super) pools: Vec<Arc<ServerPool>>,
     /// Statements and portals the proxy answers itself.
     local: LocalStatements,
-    /// The attached transaction was routed as a write.
-    txn_write: bool,
+    /// Learning where the attached transaction's write landed.
+    commit: Commit,
     /// The attached server is a replica.
     on_replica: bool,
-    /// The commit-LSN query is in flight; its DataRow carries the LSN.
-    capturing_lsn: bool,
     /// Client bytes arrived during the capture and wait to be routed.
     held_client: bool,
-    captured_lsn: Option<Lsn>,
     client_stream: Passthrough,
     server_stream: Passthrough,
     /// This session in the admin console's client list (while it runs).
@@ -144,11 +160,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discard_until_sync: false,
             pools: Vec::new(),
             local: LocalStatements::default(),
-            txn_write: false,
+            commit: Commit::None,
             on_replica: false,
-            capturing_lsn: false,
             held_client: false,
-            captured_lsn: None,
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
             registered: None,
@@ -259,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn on_client_data(&mut self) -> Result<(), End> {
         loop {
-            if self.capturing_lsn && self.client_stream.remaining == 0 {
+            if self.commit.capturing() && self.client_stream.remaining == 0 {
                 // The transaction is over; what comes next is routed anew
                 // once the connection is released.
                 self.held_client = !self.cbuf.is_empty();

@@ -102,7 +102,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
-        self.txn_write = decision.write && decision.primary;
+        self.commit = if decision.write && decision.primary {
+            Commit::Pending
+        } else {
+            Commit::None
+        };
         self.on_replica = !decision.primary;
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,

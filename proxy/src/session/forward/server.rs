@@ -78,8 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             to_client,
             params,
             server_stream,
-            capturing_lsn,
-            captured_lsn,
+            commit,
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
@@ -148,8 +147,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
-                b'D' if !forward && *capturing_lsn => {
-                    *captured_lsn = first_column_text(&frame[5..]).and_then(|t| t.parse().ok());
+                b'D' if !forward && commit.capturing() => {
+                    *commit = Commit::Capturing(
+                        first_column_text(&frame[5..]).and_then(|t| t.parse().ok()),
+                    );
                 }
                 b'E' if !forward => {
                     let f = backend::decode_error_fields(&frame[5..]).unwrap_or_default();
@@ -194,25 +195,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return;
         }
-        if self.txn_write {
-            // Learn where the write landed before the connection goes back
-            // (the client already has its ReadyForQuery).
-            self.txn_write = false;
-            self.capturing_lsn = true;
-            frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
-            self.expect.push(Req::Query, Action::Drop);
-            return;
-        }
-        if self.capturing_lsn {
-            self.capturing_lsn = false;
-            if let Some(lsn) = self.captured_lsn.take() {
-                self.shared.router.record_write(&mut self.routing, lsn);
-                backend::parameter_status(
-                    &mut self.to_client,
-                    "lagrouter.last_write_lsn",
-                    &lsn.to_string(),
-                );
+        match self.commit {
+            Commit::Pending => {
+                // Learn where the write landed before the connection goes
+                // back (the client already has its ReadyForQuery).
+                self.commit = Commit::Capturing(None);
+                frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
+                self.expect.push(Req::Query, Action::Drop);
+                return;
             }
+            Commit::Capturing(lsn) => {
+                self.commit = Commit::None;
+                if let Some(lsn) = lsn {
+                    self.shared.router.record_write(&mut self.routing, lsn);
+                    backend::parameter_status(
+                        &mut self.to_client,
+                        "lagrouter.last_write_lsn",
+                        &lsn.to_string(),
+                    );
+                }
+            }
+            Commit::None => {}
         }
         self.local.end_transaction();
         if self.config.pool.mode == PoolMode::Session {
@@ -262,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A finished write starts its LSN query here.
             self.maybe_release();
             self.write_server().await?;
-            let owed = self.expect.awaits_server() || self.capturing_lsn;
+            let owed = self.expect.awaits_server() || self.commit.capturing();
             let Some(pc) = self.server.as_mut().filter(|_| owed) else {
                 return Ok(());
             };
