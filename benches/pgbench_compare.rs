@@ -126,17 +126,11 @@ fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool) -> String {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = {POOL_SIZE}\n\n\
          [[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
     );
-    for i in 0..if primary_only { 1 } else { c.node_count() } {
-        let role = if i == c.primary_index() {
-            "primary"
-        } else {
-            "replica"
-        };
-        let (name, host, port) = (c.node_name(i), c.host(), c.port(i));
-        t += &format!(
-            "\n[[nodes]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\nrole = \"{role}\"\n"
-        );
-    }
+    t += &if primary_only {
+        c.node_toml(c.primary_index(), "primary")
+    } else {
+        c.nodes_toml()
+    };
     t += &format!("\n[health]\ndatabase = \"{}\"\n", c.database());
     if primary_only {
         t += "\n[routing]\nprimary_read_cap = 1.0\n";

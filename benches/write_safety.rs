@@ -121,17 +121,7 @@ fn lagrouter_config(c: &Cluster, port: u16, metrics_port: u16, gate: Option<u64>
          [pool]\nsize = {POOL_SIZE}\n\n\
          [[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
     );
-    for i in 0..c.node_count() {
-        let role = if i == c.primary_index() {
-            "primary"
-        } else {
-            "replica"
-        };
-        let (name, host, port) = (c.node_name(i), c.host(), c.port(i));
-        t += &format!(
-            "\n[[nodes]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\nrole = \"{role}\"\n"
-        );
-    }
+    t += &c.nodes_toml();
     t += &format!("\n[health]\ndatabase = \"{}\"\n", c.database());
     if let Some(lag) = gate {
         t += "\n[safety]\nmin_replicas_to_write = 1\n";

@@ -236,6 +236,32 @@ impl Cluster {
         &self.expect_node(i).name
     }
 
+    /// A lagrouter `[[nodes]]` table for node `i` with `role` (`primary`,
+    /// `replica` or `auto`).
+    pub fn node_toml(&self, i: usize, role: &str) -> String {
+        format!(
+            "\n[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
+            self.node_name(i),
+            self.host(),
+            self.port(i)
+        )
+    }
+
+    /// lagrouter `[[nodes]]` tables for every node: the primary as
+    /// `primary`, the others as `replica`.
+    pub fn nodes_toml(&self) -> String {
+        (0..self.node_count())
+            .map(|i| {
+                let role = if i == self.primary_index() {
+                    "primary"
+                } else {
+                    "replica"
+                };
+                self.node_toml(i, role)
+            })
+            .collect()
+    }
+
     /// The TCP port of node `i` (panics if `i` is out of range).
     pub fn port(&self, i: usize) -> u16 {
         self.expect_node(i).port.load(Ordering::Relaxed)

@@ -161,19 +161,7 @@ fn config(c: &Cluster) -> Config {
         c.app_user(),
         c.app_password()
     );
-    for i in 0..c.node_count() {
-        let role = if i == c.primary_index() {
-            "primary"
-        } else {
-            "replica"
-        };
-        t.push_str(&format!(
-            "\n[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            c.node_name(i),
-            c.host(),
-            c.port(i)
-        ));
-    }
+    t.push_str(&c.nodes_toml());
     t.push_str(&format!("\n[health]\ndatabase = \"{}\"\n", c.database()));
     // The drivers' behaviour, not the breaker, is under test: reads that
     // fall back to the primary while the replicas are not yet Healthy (the

@@ -72,14 +72,7 @@ fn writer(conn_str: String, stop: Arc<AtomicBool>, limit: Duration) -> JoinHandl
 
 fn auto_nodes(c: &Cluster) -> String {
     (0..c.node_count())
-        .map(|i| {
-            format!(
-                "[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"auto\"\n",
-                c.node_name(i),
-                c.host(),
-                c.port(i)
-            )
-        })
+        .map(|i| c.node_toml(i, "auto"))
         .collect()
 }
 

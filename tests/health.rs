@@ -49,15 +49,7 @@ fn config_text(c: &Cluster, health: &str) -> String {
         c.app_user(),
         c.app_password()
     );
-    for i in 0..c.node_count() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        t.push_str(&format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            c.node_name(i),
-            c.host(),
-            c.port(i)
-        ));
-    }
+    t.push_str(&c.nodes_toml());
     t.push_str(&format!(
         "[health]\ndatabase = \"{}\"\ncheck_interval = \"{}ms\"\ncheck_timeout = \"{}ms\"\n\
          max_lag_bytes = {MAX_LAG_BYTES}\nrecover_after_checks = 3\n{health}",

@@ -32,12 +32,7 @@ fn config(c: &Cluster, roles: &[&str], health: &str) -> Config {
         c.app_password()
     );
     for (i, role) in roles.iter().enumerate() {
-        t.push_str(&format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            c.node_name(i),
-            c.host(),
-            c.port(i)
-        ));
+        t.push_str(&c.node_toml(i, role));
     }
     t.push_str(&format!(
         "[health]\ndatabase = \"{}\"\n{health}",

@@ -87,19 +87,7 @@ recover_after_checks = 3
         password = cluster.app_password(),
         database = cluster.database(),
     );
-    for i in 0..cluster.node_count() {
-        let role = if i == cluster.primary_index() {
-            "primary"
-        } else {
-            "replica"
-        };
-        t.push_str(&format!(
-            "\n[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            cluster.node_name(i),
-            cluster.host(),
-            cluster.port(i)
-        ));
-    }
+    t.push_str(&cluster.nodes_toml());
     Config::from_toml_str(&t)
 }
 

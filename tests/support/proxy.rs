@@ -184,21 +184,7 @@ impl ProxyBuilder {
 
 /// `[[nodes]]` for every node of the cluster (node 0 primary).
 pub fn cluster_nodes(c: &Cluster) -> String {
-    let mut t = String::new();
-    for i in 0..c.node_count() {
-        let role = if i == c.primary_index() {
-            "primary"
-        } else {
-            "replica"
-        };
-        t.push_str(&format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            c.node_name(i),
-            c.host(),
-            c.port(i)
-        ));
-    }
-    t
+    c.nodes_toml()
 }
 
 /// Starts lagrouter as `lagrouter run` does: on a runtime of its own, of
