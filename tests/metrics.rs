@@ -8,43 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
+use support::metrics::{scrape, sum, value};
 use support::{ProxyBuilder, blocking, connect};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET /metrics over a plain socket (no HTTP client dependency needed).
-async fn scrape(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("metrics endpoint accepts");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut body))
-        .await
-        .expect("scrape finishes")
-        .unwrap();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of the first series whose line starts with `prefix`
-/// (name plus the labels written in the exporter's order).
-fn value(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Sum of every series of `name` whose labels contain all of `labels`.
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
 use lagrouter_config::Config;
+use support::metrics::{lines_of, one, series, sum};
 use support::routing::{Lr, Paused, caught_up, rows};
 use support::{
     ProxyBuilder, TempDir, blocking, console_rows, describe, sqlstate, start_lagrouter,
     try_connect_str, within,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -163,47 +163,8 @@ async fn pools_checkouts(a: &Client) -> u64 {
         .sum()
 }
 
-/// GET /metrics over a plain socket.
 async fn scrape() -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", *METRICS_PORT))
-        .await
-        .expect("metrics endpoint accepts");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = Vec::new();
-    within(Duration::from_secs(10), "scrape", s.read_to_end(&mut body))
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// Values of every series of `name` whose labels contain all of `labels`.
-fn series(text: &str, name: &str, labels: &[&str]) -> Vec<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect()
-}
-
-/// The single series of `name` with `labels`, if there is one.
-fn one(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let v = series(text, name, labels);
-    assert!(v.len() <= 1, "more than one {name} {labels:?}: {v:?}");
-    v.first().copied()
-}
-
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    series(text, name, labels).iter().sum()
-}
-
-/// The lines of `name`, for assertion messages.
-fn lines_of(text: &str, name: &str) -> String {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .collect::<Vec<_>>()
-        .join("\n")
+    support::metrics::scrape(*METRICS_PORT).await
 }
 
 /// Scrapes until `ok` holds for the text (at most `limit`); returns the

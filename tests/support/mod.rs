@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod faults;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod raw;
