@@ -17,6 +17,7 @@ pub mod expect;
 pub mod frame;
 pub mod frontend;
 pub mod reader;
+pub mod tag;
 
 pub use frame::{
     Frame, FrameError, MAX_MESSAGE_LEN, client_message_limit, split_frame, split_startup,

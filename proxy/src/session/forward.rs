@@ -29,6 +29,7 @@ use crate::cancel::CancelKey;
 use crate::listener::Shared;
 use crate::protocol::expect::Expect;
 use crate::protocol::frame::peek_header;
+use crate::protocol::tag::fe;
 use crate::protocol::{FrameError, MAX_MESSAGE_LEN, client_message_limit};
 use crate::server::{PooledConn, ServerPool};
 
@@ -304,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(self.too_large(tag, total - 1).await);
             }
             if self.server.is_none()
-                && matches!(tag, b'P' | b'B' | b'D' | b'E')
+                && matches!(tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE)
                 && self.cbuf.len() < BATCH_LOOKAHEAD_LIMIT
                 && !batch_complete(&self.cbuf)
             {
@@ -313,7 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(());
             }
             if self.cbuf.len() < total {
-                if tag == b'd' && total > STREAM_THRESHOLD {
+                if tag == fe::COPY_DATA && total > STREAM_THRESHOLD {
                     // Large CopyData: pass it through as it arrives.
                     let forward = self.server.is_some() && self.expect.in_copy();
                     self.client_stream = Passthrough {
@@ -415,7 +416,10 @@ fn batch_complete(buf: &[u8]) -> bool {
     loop {
         match peek_header(rest, MAX_MESSAGE_LEN) {
             Ok(Some((tag, total))) => {
-                if matches!(tag, b'S' | b'H' | b'Q' | b'X' | b'F') {
+                if matches!(
+                    tag,
+                    fe::SYNC | fe::FLUSH | fe::QUERY | fe::TERMINATE | fe::FUNCTION_CALL
+                ) {
                     return true;
                 }
                 if rest.len() < total {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::client_message_limit;
+use crate::protocol::tag::status;
 use crate::session::local;
 
 use super::*;
@@ -46,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.server.is_some() {
                 self.expect.status()
             } else {
-                b'I'
+                status::IDLE
             },
         );
         self.expect.push_synthetic(m.freeze());

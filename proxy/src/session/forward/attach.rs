@@ -14,6 +14,7 @@ use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
+use crate::protocol::tag::fe;
 use crate::server::{PoolKey, PooledConn, ServerPool};
 
 use super::*;
@@ -228,17 +229,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut texts: Vec<&str> = Vec::new();
         let mut rest: &[u8] = &self.cbuf;
         while let Ok(Some((tag, total))) = peek_header(rest, MAX_MESSAGE_LEN) {
-            if rest.len() < total || matches!(tag, b'S' | b'H') {
+            if rest.len() < total || matches!(tag, fe::SYNC | fe::FLUSH) {
                 break;
             }
             let body = &rest[5..total];
             match tag {
-                b'P' => {
+                fe::PARSE => {
                     if let Ok(p) = frontend::decode_parse(body) {
                         texts.push(p.query);
                     }
                 }
-                b'B' => {
+                fe::BIND => {
                     // The unnamed statement is never kept: its Parse is in
                     // the batch.
                     if let Ok(b) = frontend::decode_bind(body)

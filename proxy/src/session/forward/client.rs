@@ -12,6 +12,7 @@ use crate::error::ProxyError;
 use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frontend;
+use crate::protocol::tag::{be, fe, status, target};
 use crate::session::local;
 use crate::session::statements::Statement;
 
@@ -19,23 +20,26 @@ use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
-        if self.on_replica && self.expect.unsynced_idle() && matches!(tag, b'Q' | b'P' | b'B') {
+        if self.on_replica
+            && self.expect.unsynced_idle()
+            && matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
+        {
             Box::pin(self.leave_replica_for_write(tag, frame)).await?;
         }
         if self.discard_until_sync {
             match tag {
-                b'S' => {
+                fe::SYNC => {
                     self.discard_until_sync = false;
                     self.synthetic_ready();
                 }
-                b'X' => return Err(End::Client),
+                fe::TERMINATE => return Err(End::Client),
                 _ => {}
             }
             return Ok(());
         }
         let body = &frame[5..];
         match tag {
-            b'Q' => {
+            fe::QUERY => {
                 let sql = frontend::decode_query(body)
                     .map_err(|e| ProxyError::ClientProtocol(e.to_string()));
                 let sql = match sql {
@@ -72,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.to_server.extend_from_slice(frame);
                 self.expect.push(Req::Query, Action::Forward);
             }
-            b'P' => {
+            fe::PARSE => {
                 let p = match frontend::decode_parse(body) {
                     Ok(p) => p,
                     Err(e) => return Err(self.malformed(e).await),
@@ -80,7 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Some(cmd) = parse_proxy_command(p.query) {
                     self.statements.remove(p.name);
                     self.local.prepare(p.name, cmd);
-                    self.synthetic_empty(b'1');
+                    self.synthetic_empty(be::PARSE_COMPLETE);
                     self.drain_synthetic();
                     return Ok(());
                 }
@@ -104,7 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         return Ok(());
                     }
                     self.note_pins(fx);
-                    self.synthetic_empty(b'1');
+                    self.synthetic_empty(be::PARSE_COMPLETE);
                     self.drain_synthetic();
                     return Ok(());
                 }
@@ -134,11 +138,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // The server's ParseComplete answers the client; if the
                     // server already has the statement, the proxy answers.
                     if !self.ensure_prepared(&stmt, Action::Forward) {
-                        self.synthetic_empty(b'1');
+                        self.synthetic_empty(be::PARSE_COMPLETE);
                     }
                 }
             }
-            b'B' => {
+            fe::BIND => {
                 let b = match frontend::decode_bind(body) {
                     Ok(b) => b,
                     Err(e) => return Err(self.malformed(e).await),
@@ -149,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         Err(e) => return Err(self.malformed(e).await),
                     };
                     self.local.bind(b.portal, cmd, binary);
-                    self.synthetic_empty(b'2');
+                    self.synthetic_empty(be::BIND_COMPLETE);
                     self.drain_synthetic();
                     return Ok(());
                 }
@@ -179,19 +183,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 self.expect.push(Req::Bind, Action::Forward);
             }
-            b'D' => {
+            fe::DESCRIBE => {
                 let t = match frontend::decode_target(body, "Describe") {
                     Ok(t) => t,
                     Err(e) => return Err(self.malformed(e).await),
                 };
-                let local_cmd = if t.kind == b'S' {
+                let local_cmd = if t.kind == target::STATEMENT {
                     self.local.statement(t.name)
                 } else {
                     self.local.portal(t.name)
                 };
                 if let Some(cmd) = local_cmd {
                     let mut m = BytesMut::new();
-                    if t.kind == b'S' {
+                    if t.kind == target::STATEMENT {
                         local::describe_statement(&mut m, cmd);
                     } else {
                         local::describe_portal(&mut m, cmd);
@@ -200,7 +204,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.drain_synthetic();
                     return Ok(());
                 }
-                let name = if t.kind == b'S' { t.name } else { "" };
+                let name = if t.kind == target::STATEMENT {
+                    t.name
+                } else {
+                    ""
+                };
                 let stmt = match self.attach_for(name, frame).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -210,44 +218,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 match stmt {
                     Some(stmt) => {
-                        frontend::encode_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
+                        frontend::encode_target(
+                            &mut self.to_server,
+                            fe::DESCRIBE,
+                            target::STATEMENT,
+                            &stmt.server_name,
+                        );
                     }
                     None => self.to_server.extend_from_slice(frame),
                 }
                 self.expect.push(Req::Describe(t.kind), Action::Forward);
             }
-            b'C' => {
+            fe::CLOSE => {
                 let t = match frontend::decode_target(body, "Close") {
                     Ok(t) => t,
                     Err(e) => return Err(self.malformed(e).await),
                 };
-                let was_local = if t.kind == b'S' {
+                let was_local = if t.kind == target::STATEMENT {
                     self.local.forget_statement(t.name)
                 } else {
                     self.local.forget_portal(t.name)
                 };
                 if was_local {
-                    self.synthetic_empty(b'3');
-                } else if t.kind == b'S' && !t.name.is_empty() {
+                    self.synthetic_empty(be::CLOSE_COMPLETE);
+                } else if t.kind == target::STATEMENT && !t.name.is_empty() {
                     // The server keeps it: other clients may share it.
                     self.statements.remove(t.name);
-                    self.synthetic_empty(b'3');
+                    self.synthetic_empty(be::CLOSE_COMPLETE);
                 } else if self.server.is_some() {
                     self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Close, Action::Forward);
                 } else {
-                    self.synthetic_empty(b'3');
+                    self.synthetic_empty(be::CLOSE_COMPLETE);
                 }
             }
-            b'E' if self.local.portal(portal_name(body)).is_some() => {
+            fe::EXECUTE if self.local.portal(portal_name(body)).is_some() => {
                 let name = portal_name(body);
                 let cmd = self.local.portal(name).cloned().expect("checked");
                 let binary = self.local.portal_binary(name);
                 self.execute_local(&cmd, binary).await?;
             }
-            b'E' | b'F' => {
+            fe::EXECUTE | fe::FUNCTION_CALL => {
                 if let Err(e) = self.attach("", Some(frame)).await {
-                    if tag == b'F' {
+                    if tag == fe::FUNCTION_CALL {
                         self.synthetic_error(&e);
                         self.synthetic_ready();
                     } else {
@@ -257,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 self.to_server.extend_from_slice(frame);
                 self.expect.push(
-                    if tag == b'E' {
+                    if tag == fe::EXECUTE {
                         Req::Execute
                     } else {
                         Req::FunctionCall
@@ -265,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Action::Forward,
                 );
             }
-            b'S' => {
+            fe::SYNC => {
                 if self.server.is_some() {
                     self.to_server.extend_from_slice(frame);
                     self.expect.push(Req::Sync, Action::Forward);
@@ -273,12 +286,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.synthetic_ready();
                 }
             }
-            b'H' => {
+            fe::FLUSH => {
                 if self.server.is_some() {
                     self.to_server.extend_from_slice(frame);
                 }
             }
-            b'd' | b'c' | b'f' => {
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
                 // Clients may send COPY data right behind the COPY query,
                 // before CopyInResponse (asyncpg does): the server takes it
                 // or ignores it outside a COPY, as it would directly.
@@ -286,7 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.to_server.extend_from_slice(frame);
                 }
             }
-            b'X' => return Err(End::Client),
+            fe::TERMINATE => return Err(End::Client),
             other => {
                 let e = ProxyError::ClientProtocol(format!(
                     "unexpected message type '{}'",
@@ -312,11 +325,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ) -> Result<(), End> {
         let body = &frame[5..];
         let sql: Option<String> = match tag {
-            b'Q' => frontend::decode_query(body).ok().map(str::to_string),
-            b'P' => frontend::decode_parse(body)
+            fe::QUERY => frontend::decode_query(body).ok().map(str::to_string),
+            fe::PARSE => frontend::decode_parse(body)
                 .ok()
                 .map(|p| p.query.to_string()),
-            b'B' => frontend::decode_bind(body).ok().and_then(|b| {
+            fe::BIND => frontend::decode_bind(body).ok().and_then(|b| {
                 self.statements
                     .get(b.statement)
                     .map(|s| s.query.to_string())
@@ -332,7 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let limit = self.config.health.check_timeout;
         match tokio::time::timeout(limit, pc.conn().sync()).await {
-            Ok(Ok(b'I')) => {
+            Ok(Ok(status::IDLE)) => {
                 self.expect.synced_by_proxy();
                 self.local.end_transaction();
                 self.release();
@@ -399,7 +412,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.statements.is_empty() && !self.local.has_statements() {
             return false;
         }
-        if self.server.is_some() && (!self.expect.is_empty() || self.expect.status() == b'E') {
+        if self.server.is_some()
+            && (!self.expect.is_empty() || self.expect.status() == status::FAILED)
+        {
             return false;
         }
         let Some(name) = lagrouter_routing::sole_deallocated_name(sql) else {
@@ -426,7 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// A failed transaction runs nothing but its end (25P02): what a
     /// statement sent into it would do does not happen.
     pub(super) fn in_failed_transaction(&self) -> bool {
-        self.server.is_some() && self.expect.is_empty() && self.expect.status() == b'E'
+        self.server.is_some() && self.expect.is_empty() && self.expect.status() == status::FAILED
     }
 
     /// Applies what `sql`, about to run, does to the server connection.

@@ -12,6 +12,7 @@ use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
+use crate::protocol::tag::{be, status};
 
 use super::*;
 
@@ -105,7 +106,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             if conn.read_buf.len() < total {
-                if total > STREAM_THRESHOLD && !matches!(tag, b'Z' | b'S' | b'E') {
+                if total > STREAM_THRESHOLD
+                    && !matches!(tag, be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR)
+                {
                     match expect.on_server(tag, 0) {
                         Ok(a) => {
                             *server_stream = Passthrough {
@@ -125,8 +128,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // Read in place, consumed at the end of the iteration.
             let frame = &conn.read_buf[..total];
-            let status = if tag == b'Z' {
-                frame.get(5).copied().unwrap_or(b'I')
+            let status = if tag == be::READY_FOR_QUERY {
+                frame.get(5).copied().unwrap_or(status::IDLE)
             } else {
                 0
             };
@@ -139,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             let forward = action == crate::protocol::expect::Action::Forward;
             match tag {
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Ok((k, v)) = backend::decode_parameter_status(&frame[5..]) {
                         conn.params.insert(k.to_string(), v.to_string());
                         if forward {
@@ -147,12 +150,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
-                b'D' if !forward && commit.capturing() => {
+                be::DATA_ROW if !forward && commit.capturing() => {
                     *commit = Commit::Capturing(
                         first_column_text(&frame[5..]).and_then(|t| t.parse().ok()),
                     );
                 }
-                b'E' if !forward => {
+                be::ERROR if !forward => {
                     let f = backend::decode_error_fields(&frame[5..]).unwrap_or_default();
                     tracing::warn!(node = %conn.node.name, code = %f.code, "restoring session settings failed: {}", f.message);
                 }
