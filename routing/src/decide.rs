@@ -116,7 +116,10 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
         .map(|h| format!("lagrouter: ignored invalid hint(s): {h}"));
     let to_primary = |reason, write: bool| {
         let node = primary_index(ctx.snapshot)?;
-        if write && let Some(g) = &ctx.gate {
+        if write
+            && reason != Reason::Pinned
+            && let Some(g) = &ctx.gate
+        {
             g.check(ctx.snapshot)?;
         }
         Ok(Decided {
@@ -134,6 +137,8 @@ pub fn decide(ctx: &RouteContext<'_>) -> Result<Decided, RouteError> {
     let forced_replica = over == RouteOverride::Replica && replica_ok;
     match over {
         _ if !read_only && !forced_replica => to_primary(Reason::Write, true),
+        // Pinning is not writing: the write gate does not apply.
+        _ if a.server.pins => to_primary(Reason::Pinned, true),
         RouteOverride::Primary => to_primary(over_reason, !read_only),
         RouteOverride::Replica => read(ctx, over_reason, notice),
         RouteOverride::Default => read(ctx, Reason::Healthy, notice),

@@ -472,3 +472,53 @@ fn ties_beyond_the_inline_array_are_picked_too() {
         .collect();
     assert_eq!(picks, (1..=20).collect());
 }
+
+#[test]
+fn statements_that_pin_go_to_the_primary_ungated() {
+    // Every pinning statement classifies as a write on its own; a read
+    // that pins is one an operator vouched for (`read_only_functions`).
+    let mut c = Case::new(2);
+    assert_eq!(c.route("SELECT pg_advisory_lock(1)"), (0, Reason::Write));
+    assert_eq!(c.route("LISTEN chan"), (0, Reason::Write));
+    let vouched = ReadOnlyFunctions::new(["pg_advisory_lock"]);
+    let pinned = |c: &Case, sql: &str| {
+        let a = analyze(sql, &FunctionCatalog::builtin(), &vouched);
+        assert!(a.server.pins, "{sql} pins");
+        decide(&RouteContext {
+            sql,
+            analysis: &a,
+            session_route: c.session_route,
+            default_read_only: false,
+            required_lsn: None,
+            config: &c.cfg,
+            snapshot: &c.snap,
+            ticket: 0,
+            in_use: &|_| 0,
+            lag_tie_bytes: 1024,
+            drained: &c.drained,
+            gate: c.gate,
+        })
+        .map(|d| (d.decision.node, d.decision.reason, d.decision.write))
+    };
+    let sql = "SELECT pg_advisory_lock(1)";
+    assert_eq!(pinned(&c, sql), Ok((0, Reason::Pinned, true)));
+    c.session_route = RouteOverride::Replica;
+    assert_eq!(pinned(&c, sql), Ok((0, Reason::Pinned, true)));
+    // Pinning is not writing: the write gate lets it through.
+    c.gate = Some(WriteGate {
+        min_replicas: 1,
+        max_lag_bytes: 4096,
+        max_lag_time: None,
+    });
+    for n in &mut c.snap.nodes[1..] {
+        n.gate_state = NodeState::Lagging;
+    }
+    assert_eq!(pinned(&c, sql), Ok((0, Reason::Pinned, true)));
+    assert!(
+        c.decide("INSERT INTO t VALUES (1)").is_err(),
+        "the gate is on"
+    );
+    // Without a primary there is nowhere to pin.
+    c.snap.primary = PrimaryStatus::None;
+    assert!(pinned(&c, sql).is_err());
+}

@@ -24,11 +24,15 @@ pub enum Reason {
     /// A fallback read served by the least-lagged replica because the
     /// breaker is open and `on_breaker_open = "serve_stale"`.
     StaleServed,
+    /// A statement that pins the session to its server connection (LISTEN,
+    /// a session lock, a temporary table...): the primary, whatever it
+    /// reads, or the session's later writes would follow it to a replica.
+    Pinned,
 }
 
 impl Reason {
     /// Every reason, in [`Reason::index`] order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Write,
         Reason::Healthy,
         Reason::ReadYourWrites,
@@ -38,6 +42,7 @@ impl Reason {
         Reason::Hint,
         Reason::BreakerOpen,
         Reason::StaleServed,
+        Reason::Pinned,
     ];
 
     /// Its position in [`Reason::ALL`], to index counters by.
@@ -57,6 +62,7 @@ impl Reason {
             Reason::Hint => "hint",
             Reason::BreakerOpen => "breaker_open",
             Reason::StaleServed => "stale_served",
+            Reason::Pinned => "pinned",
         }
     }
 }
@@ -130,6 +136,16 @@ pub enum RouteError {
 }
 
 impl RouteError {
+    /// The `reason` label a refusal is counted under in
+    /// `lagrouter_route_decisions_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RouteError::BreakerOpen { .. } => "breaker_open",
+            RouteError::WritesRefused { .. } => "write_gate",
+            RouteError::NoPrimary { .. } | RouteError::SplitBrain(_) => "no_primary",
+        }
+    }
+
     /// SQLSTATE sent to the client.
     pub fn sqlstate(&self) -> &'static str {
         match self {

@@ -61,39 +61,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .router
                 .catch_up_done(d, caught_up.is_some(), Instant::now());
         }
-        // A statement that pins the session (session locks, LISTEN, temp
-        // tables…) keeps its server for good: that must be the primary, or
-        // the session's later writes would follow it to a replica.
-        if let Ok(d) = &routed
-            && !d.primary
-            && analysis.server.pins
-        {
-            if let Some(pc) = caught_up.take() {
-                pc.release();
-            }
-            routed = match shared.router.health().primary_index() {
-                Some(node) => Ok(lagrouter_routing::RouteDecision {
-                    node,
-                    primary: true,
-                    reason: lagrouter_routing::Reason::Write,
-                    write: true,
-                    notice: None,
-                    catch_up: None,
-                }),
-                None => Err(lagrouter_routing::RouteError::NoPrimary {
-                    detail: "a statement that pins the session needs the primary".into(),
-                    unreachable: false,
-                }),
-            };
-        }
         let decision = match routed {
             Ok(d) => d,
             Err(e) => {
-                shared.route_counters.refused(match &e {
-                    lagrouter_routing::RouteError::BreakerOpen { .. } => "breaker_open",
-                    lagrouter_routing::RouteError::WritesRefused { .. } => "write_gate",
-                    _ => "no_primary",
-                });
+                shared.route_counters.refused(e.label());
                 return Err(e.into());
             }
         };
