@@ -15,32 +15,7 @@ import threading
 
 import psycopg
 
-WORKERS = int(os.environ.get("DRIVER_WORKERS", "4"))
-REPS = int(os.environ.get("DRIVER_REPS", "3"))
-ZONES = ["America/New_York", "Asia/Tokyo", "Europe/Paris", "Australia/Adelaide"]
-# Texts that name session effects only in literals, comments and aliases:
-# the driver's prepared statements must survive them.
-LITERALS = [
-    "SELECT 'please discard all of these notes'",
-    "SELECT 1 /* deallocate all */",
-    "SELECT $$DISCARD ALL$$",
-    "SELECT 'listen to this' AS listen_count",
-]
-
-
-def plain(v):
-    """A JSON-able rendering of a value the driver returned."""
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return "\\x" + bytes(v).hex()
-    if isinstance(v, decimal.Decimal):
-        return "numeric:" + str(v)
-    if isinstance(v, (datetime.datetime, datetime.date)):
-        return v.isoformat()
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
-    return v
+from scenario_common import LITERALS, REPS, WORKERS, ZONES, plain
 
 
 def run(w, rep, out):
