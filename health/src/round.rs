@@ -224,6 +224,16 @@ mod tests {
 
     type Log = Arc<Mutex<Vec<(usize, &'static str, Instant)>>>;
 
+    /// A prober for node `i` that answers every check after `delay_ms`.
+    fn answering(i: usize, in_recovery: bool, lsn: u64, delay_ms: u64, log: Log) -> NodeProber {
+        let script = Script::Answer {
+            in_recovery,
+            lsn,
+            delay_ms,
+        };
+        fake(i, script, log)
+    }
+
     fn fake(i: usize, script: Script, log: Log) -> NodeProber {
         let (tx, mut rx) = mpsc::channel::<ProbeRequest>(2);
         tokio::spawn(async move {
@@ -289,33 +299,9 @@ mod tests {
         let cfg = config(["primary", "replica", "replica"]);
         let log: Log = Arc::default();
         let probers = [
-            fake(
-                0,
-                Script::Answer {
-                    in_recovery: false,
-                    lsn: 900,
-                    delay_ms: 5,
-                },
-                log.clone(),
-            ),
-            fake(
-                1,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 100,
-                    delay_ms: 30,
-                },
-                log.clone(),
-            ),
-            fake(
-                2,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 200,
-                    delay_ms: 70,
-                },
-                log.clone(),
-            ),
+            answering(0, false, 900, 5, log.clone()),
+            answering(1, true, 100, 30, log.clone()),
+            answering(2, true, 200, 70, log.clone()),
         ];
         let prev = HealthSnapshot::initial(&cfg);
         let out = run_round(&probers, &prev, &cfg, &Traffic::default()).await;
@@ -342,25 +328,9 @@ mod tests {
         let cfg = config(["primary", "replica", "replica"]);
         let log: Log = Arc::default();
         let probers = [
-            fake(
-                0,
-                Script::Answer {
-                    in_recovery: false,
-                    lsn: 900,
-                    delay_ms: 1,
-                },
-                log.clone(),
-            ),
+            answering(0, false, 900, 1, log.clone()),
             fake(1, Script::Hang, log.clone()),
-            fake(
-                2,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 200,
-                    delay_ms: 1,
-                },
-                log.clone(),
-            ),
+            answering(2, true, 200, 1, log.clone()),
         ];
         let t0 = Instant::now();
         let out = run_round(
@@ -391,15 +361,7 @@ mod tests {
         for stuck in [false, true] {
             let log: Log = Arc::default();
             let probers = [
-                fake(
-                    0,
-                    Script::Answer {
-                        in_recovery: false,
-                        lsn: 900,
-                        delay_ms: 1,
-                    },
-                    log.clone(),
-                ),
+                answering(0, false, 900, 1, log.clone()),
                 fake(1, Script::Hold, log.clone()),
                 fake(2, answer(200), log.clone()),
             ];
@@ -435,33 +397,9 @@ mod tests {
         let cfg = config(["auto", "auto", "auto"]);
         let log: Log = Arc::default();
         let probers = [
-            fake(
-                0,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 100,
-                    delay_ms: 20,
-                },
-                log.clone(),
-            ),
-            fake(
-                1,
-                Script::Answer {
-                    in_recovery: false,
-                    lsn: 900,
-                    delay_ms: 1,
-                },
-                log.clone(),
-            ),
-            fake(
-                2,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 200,
-                    delay_ms: 40,
-                },
-                log.clone(),
-            ),
+            answering(0, true, 100, 20, log.clone()),
+            answering(1, false, 900, 1, log.clone()),
+            answering(2, true, 200, 40, log.clone()),
         ];
         let out = run_round(
             &probers,
@@ -490,33 +428,9 @@ mod tests {
         }
         let log: Log = Arc::default();
         let probers = [
-            fake(
-                0,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 100,
-                    delay_ms: 20,
-                },
-                log.clone(),
-            ),
-            fake(
-                1,
-                Script::Answer {
-                    in_recovery: true,
-                    lsn: 100,
-                    delay_ms: 20,
-                },
-                log.clone(),
-            ),
-            fake(
-                2,
-                Script::Answer {
-                    in_recovery: false,
-                    lsn: 900,
-                    delay_ms: 1,
-                },
-                log.clone(),
-            ),
+            answering(0, true, 100, 20, log.clone()),
+            answering(1, true, 100, 20, log.clone()),
+            answering(2, false, 900, 1, log.clone()),
         ];
         run_round(&probers, &prev, &cfg, &Traffic::default()).await;
         assert_eq!(at(&log, 2, "asked").len(), 1, "no phase C needed");
