@@ -188,6 +188,54 @@ pub fn decode_target<'a>(body: &'a [u8], what: &'static str) -> Result<Target<'a
     Ok(Target { kind, name })
 }
 
+/// A client message after login, decoded once; every body is
+/// bounds-checked. `None` from [`ClientMsg::decode`] is a message type a
+/// client may not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMsg<'a> {
+    Query(&'a str),
+    Parse(Parse<'a>),
+    Bind(Bind<'a>),
+    Describe(Target<'a>),
+    Close(Target<'a>),
+    Execute {
+        portal: &'a str,
+    },
+    FunctionCall,
+    Sync,
+    Flush,
+    /// CopyData, CopyDone or CopyFail.
+    Copy,
+    Terminate,
+}
+
+impl<'a> ClientMsg<'a> {
+    /// Decodes the message of type `tag` with `body`; `Ok(None)` for a
+    /// type a client may not send after login.
+    pub fn decode(tag: u8, body: &'a [u8]) -> Result<Option<ClientMsg<'a>>, DecodeError> {
+        use crate::protocol::tag::fe;
+        Ok(Some(match tag {
+            fe::QUERY => ClientMsg::Query(decode_query(body)?),
+            fe::PARSE => ClientMsg::Parse(decode_parse(body)?),
+            fe::BIND => ClientMsg::Bind(decode_bind(body)?),
+            fe::DESCRIBE => ClientMsg::Describe(decode_target(body, "Describe")?),
+            fe::CLOSE => ClientMsg::Close(decode_target(body, "Close")?),
+            fe::EXECUTE => {
+                let mut r = Reader::new(body, "Execute");
+                let portal = r.cstr_utf8()?;
+                r.i32()?;
+                ClientMsg::Execute { portal }
+            }
+            fe::FUNCTION_CALL => ClientMsg::FunctionCall,
+            fe::SYNC => ClientMsg::Sync,
+            fe::FLUSH => ClientMsg::Flush,
+            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => ClientMsg::Copy,
+            fe::TERMINATE => ClientMsg::Terminate,
+            _ => return Ok(None),
+        }))
+    }
+}
+
 /// Encodes a `Describe` (`tag` b'D') or `Close` (`tag` b'C').
 pub fn encode_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     out.put_u8(tag);
@@ -256,6 +304,39 @@ mod bind_format_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_messages_decode_once() {
+        assert_eq!(
+            ClientMsg::decode(b'Q', b"select 1\0"),
+            Ok(Some(ClientMsg::Query("select 1")))
+        );
+        assert_eq!(
+            ClientMsg::decode(b'E', b"p1\0\0\0\0\0"),
+            Ok(Some(ClientMsg::Execute { portal: "p1" }))
+        );
+        assert_eq!(
+            ClientMsg::decode(b'C', b"Ss\0"),
+            Ok(Some(ClientMsg::Close(Target {
+                kind: b'S',
+                name: "s"
+            })))
+        );
+        for tag in [b'S', b'H', b'F', b'd', b'c', b'f', b'X'] {
+            assert!(matches!(ClientMsg::decode(tag, b""), Ok(Some(_))), "{tag}");
+        }
+        // A type a client may not send, and bodies cut short.
+        assert_eq!(ClientMsg::decode(b'z', b"x\0"), Ok(None));
+        for (tag, body) in [
+            (b'Q', &b"no nul"[..]),
+            (b'E', b"p1\0\0\0"),
+            (b'D', b"Xs\0"),
+            (b'P', b"s\0select 1\0\0"),
+            (b'B', b""),
+        ] {
+            assert!(ClientMsg::decode(tag, body).is_err(), "{}", tag as char);
+        }
+    }
 
     #[test]
     fn startup_with_params() {

@@ -433,12 +433,6 @@ fn batch_complete(buf: &[u8]) -> bool {
     }
 }
 
-/// The portal name at the front of an Execute body.
-fn portal_name(body: &[u8]) -> &str {
-    let end = body.iter().position(|&b| b == 0).unwrap_or(0);
-    std::str::from_utf8(&body[..end]).unwrap_or("")
-}
-
 /// The text of the first column of a DataRow body.
 fn first_column_text(body: &[u8]) -> Option<&str> {
     let mut r = crate::protocol::reader::Reader::new(body, "DataRow");

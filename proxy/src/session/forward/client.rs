@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::ProxyError;
 use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
-use crate::protocol::frontend;
+use crate::protocol::frontend::{self, ClientMsg};
 use crate::protocol::tag::{be, fe, status, target};
 use crate::session::local;
 use crate::session::statements::Statement;
@@ -19,13 +19,10 @@ use crate::session::statements::Statement;
 use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Decodes one client message (a malformed one ends the session) and
+    /// hands it to its handler. What a handler leaves in the synthetic
+    /// queue is drained by the caller.
     pub(super) async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
-        if self.on_replica
-            && self.expect.unsynced_idle()
-            && matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
-        {
-            Box::pin(self.leave_replica_for_write(tag, frame)).await?;
-        }
         if self.discard_until_sync {
             match tag {
                 fe::SYNC => {
@@ -37,279 +34,252 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return Ok(());
         }
-        let body = &frame[5..];
-        match tag {
-            fe::QUERY => {
-                let sql = frontend::decode_query(body)
-                    .map_err(|e| ProxyError::ClientProtocol(e.to_string()));
-                let sql = match sql {
-                    Ok(s) => s,
-                    Err(e) => return Err(self.fatal_error(e).await),
-                };
-                if let Some(cmd) = parse_proxy_command(sql) {
-                    let mut m = BytesMut::new();
-                    if let local::Executed::Wait(w) =
-                        local::execute(&mut m, &mut self.routing, &cmd, true)
-                    {
-                        match Box::pin(self.wait_replicas(w)).await? {
-                            Some(n) => local::wait_answer(&mut m, n, true, false),
-                            None => local::wait_cancelled(&mut m),
-                        }
-                    }
-                    self.expect.push_synthetic(m.freeze());
-                    self.synthetic_ready();
-                    self.drain_synthetic();
-                    return Ok(());
-                }
-                if self.deallocate_locally(sql) {
-                    return Ok(());
-                }
-                let fx = match self.attach(sql, None).await {
-                    Ok(fx) => fx,
-                    Err(e) => {
-                        self.synthetic_error(&e);
-                        self.synthetic_ready();
-                        return Ok(());
-                    }
-                };
-                self.note_effects(sql, fx);
-                self.to_server.extend_from_slice(frame);
-                self.expect.push(Req::Query, Action::Forward);
-            }
-            fe::PARSE => {
-                let p = match frontend::decode_parse(body) {
-                    Ok(p) => p,
-                    Err(e) => return Err(self.malformed(e).await),
-                };
-                if let Some(cmd) = parse_proxy_command(p.query) {
-                    self.statements.remove(p.name);
-                    self.local.prepare(p.name, cmd);
-                    self.synthetic_empty(be::PARSE_COMPLETE);
-                    self.drain_synthetic();
-                    return Ok(());
-                }
-                self.local.forget_statement(p.name);
-                if !p.name.is_empty() && self.server.is_none() {
-                    // A named Parse outside a transaction needs no server: it
-                    // is prepared on whichever server runs its Bind. Waiting
-                    // for a pool slot here could deadlock clients that
-                    // prepare synchronously (pgbench -M prepared) while
-                    // their other connections hold every slot. Cost: a
-                    // syntax error is reported at the Bind, not here.
-                    let fx = self.effects_of(p.query, None);
-                    if self
-                        .statements
-                        .insert(p.name, p.query, p.param_types, fx.drops())
-                        .is_none()
-                    {
-                        self.fail_extended(&ProxyError::TooManyStatements(
-                            crate::session::statements::MAX_STATEMENTS_PER_CLIENT,
-                        ));
-                        return Ok(());
-                    }
-                    self.note_pins(fx);
-                    self.synthetic_empty(be::PARSE_COMPLETE);
-                    self.drain_synthetic();
-                    return Ok(());
-                }
-                let fx = match self.attach(p.query, Some(frame)).await {
-                    Ok(fx) => fx,
-                    Err(e) => {
-                        self.fail_extended(&e);
-                        return Ok(());
-                    }
-                };
-                let fx = self.effects_of(p.query, fx);
-                self.note_pins(fx);
-                if p.name.is_empty() {
-                    self.note_drops(p.query, fx);
-                    self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Parse, Action::Forward);
-                } else {
-                    let inserted =
-                        self.statements
-                            .insert(p.name, p.query, p.param_types, fx.drops());
-                    let Some(stmt) = inserted else {
-                        self.fail_extended(&ProxyError::TooManyStatements(
-                            crate::session::statements::MAX_STATEMENTS_PER_CLIENT,
-                        ));
-                        return Ok(());
-                    };
-                    // The server's ParseComplete answers the client; if the
-                    // server already has the statement, the proxy answers.
-                    if !self.ensure_prepared(&stmt, Action::Forward) {
-                        self.synthetic_empty(be::PARSE_COMPLETE);
-                    }
-                }
-            }
-            fe::BIND => {
-                let b = match frontend::decode_bind(body) {
-                    Ok(b) => b,
-                    Err(e) => return Err(self.malformed(e).await),
-                };
-                if let Some(cmd) = self.local.statement(b.statement).cloned() {
-                    let binary = match frontend::bind_first_result_binary(b.rest) {
-                        Ok(binary) => binary,
-                        Err(e) => return Err(self.malformed(e).await),
-                    };
-                    self.local.bind(b.portal, cmd, binary);
-                    self.synthetic_empty(be::BIND_COMPLETE);
-                    self.drain_synthetic();
-                    return Ok(());
-                }
-                self.local.forget_portal(b.portal);
-                let stmt = match self.attach_for(b.statement, frame).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.fail_extended(&e);
-                        return Ok(());
-                    }
-                };
-                match stmt {
-                    Some(stmt) => {
-                        frontend::encode_bind(
-                            &mut self.to_server,
-                            b.portal,
-                            &stmt.server_name,
-                            b.rest,
-                        );
-                        if stmt.drops {
-                            let fx = self.effects_of(&stmt.query, None);
-                            self.note_drops(&stmt.query, fx);
-                        }
-                    }
-                    // Unknown names go through as sent: the server answers 26000.
-                    None => self.to_server.extend_from_slice(frame),
-                }
-                self.expect.push(Req::Bind, Action::Forward);
-            }
-            fe::DESCRIBE => {
-                let t = match frontend::decode_target(body, "Describe") {
-                    Ok(t) => t,
-                    Err(e) => return Err(self.malformed(e).await),
-                };
-                let local_cmd = if t.kind == target::STATEMENT {
-                    self.local.statement(t.name)
-                } else {
-                    self.local.portal(t.name)
-                };
-                if let Some(cmd) = local_cmd {
-                    let mut m = BytesMut::new();
-                    if t.kind == target::STATEMENT {
-                        local::describe_statement(&mut m, cmd);
-                    } else {
-                        local::describe_portal(&mut m, cmd);
-                    }
-                    self.expect.push_synthetic(m.freeze());
-                    self.drain_synthetic();
-                    return Ok(());
-                }
-                let name = if t.kind == target::STATEMENT {
-                    t.name
-                } else {
-                    ""
-                };
-                let stmt = match self.attach_for(name, frame).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.fail_extended(&e);
-                        return Ok(());
-                    }
-                };
-                match stmt {
-                    Some(stmt) => {
-                        frontend::encode_target(
-                            &mut self.to_server,
-                            fe::DESCRIBE,
-                            target::STATEMENT,
-                            &stmt.server_name,
-                        );
-                    }
-                    None => self.to_server.extend_from_slice(frame),
-                }
-                self.expect.push(Req::Describe(t.kind), Action::Forward);
-            }
-            fe::CLOSE => {
-                let t = match frontend::decode_target(body, "Close") {
-                    Ok(t) => t,
-                    Err(e) => return Err(self.malformed(e).await),
-                };
-                let was_local = if t.kind == target::STATEMENT {
-                    self.local.forget_statement(t.name)
-                } else {
-                    self.local.forget_portal(t.name)
-                };
-                if was_local {
-                    self.synthetic_empty(be::CLOSE_COMPLETE);
-                } else if t.kind == target::STATEMENT && !t.name.is_empty() {
-                    // The server keeps it: other clients may share it.
-                    self.statements.remove(t.name);
-                    self.synthetic_empty(be::CLOSE_COMPLETE);
-                } else if self.server.is_some() {
-                    self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Close, Action::Forward);
-                } else {
-                    self.synthetic_empty(be::CLOSE_COMPLETE);
-                }
-            }
-            fe::EXECUTE if self.local.portal(portal_name(body)).is_some() => {
-                let name = portal_name(body);
-                let cmd = self.local.portal(name).cloned().expect("checked");
-                let binary = self.local.portal_binary(name);
-                self.execute_local(&cmd, binary).await?;
-            }
-            fe::EXECUTE | fe::FUNCTION_CALL => {
-                if let Err(e) = self.attach("", Some(frame)).await {
-                    if tag == fe::FUNCTION_CALL {
-                        self.synthetic_error(&e);
-                        self.synthetic_ready();
-                    } else {
-                        self.fail_extended(&e);
-                    }
-                    return Ok(());
-                }
-                self.to_server.extend_from_slice(frame);
-                self.expect.push(
-                    if tag == fe::EXECUTE {
-                        Req::Execute
-                    } else {
-                        Req::FunctionCall
-                    },
-                    Action::Forward,
-                );
-            }
-            fe::SYNC => {
-                if self.server.is_some() {
-                    self.to_server.extend_from_slice(frame);
-                    self.expect.push(Req::Sync, Action::Forward);
-                } else {
-                    self.synthetic_ready();
-                }
-            }
-            fe::FLUSH => {
-                if self.server.is_some() {
-                    self.to_server.extend_from_slice(frame);
-                }
-            }
-            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
-                // Clients may send COPY data right behind the COPY query,
-                // before CopyInResponse (asyncpg does): the server takes it
-                // or ignores it outside a COPY, as it would directly.
-                if self.server.is_some() {
-                    self.to_server.extend_from_slice(frame);
-                }
-            }
-            fe::TERMINATE => return Err(End::Client),
-            other => {
+        let msg = match ClientMsg::decode(tag, &frame[5..]) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
                 let e = ProxyError::ClientProtocol(format!(
                     "unexpected message type '{}'",
-                    other as char
+                    tag as char
                 ));
                 return Err(self.fatal_error(e).await);
             }
+            Err(e) => return Err(self.malformed(e).await),
+        };
+        if self.on_replica && self.expect.unsynced_idle() {
+            Box::pin(self.leave_replica_for_write(&msg)).await?;
         }
-        self.drain_synthetic();
-        self.forget_failed_parses();
+        match msg {
+            ClientMsg::Query(sql) => self.on_query(sql, frame).await,
+            ClientMsg::Parse(p) => {
+                self.on_parse(p, frame).await;
+                Ok(())
+            }
+            ClientMsg::Bind(b) => self.on_bind(b, frame).await,
+            ClientMsg::Describe(t) => {
+                self.on_describe(t, frame).await;
+                Ok(())
+            }
+            ClientMsg::Close(t) => {
+                self.on_close(t, frame);
+                Ok(())
+            }
+            ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
+            ClientMsg::FunctionCall => {
+                match self.attach("", Some(frame)).await {
+                    Ok(_) => self.forward(frame, Req::FunctionCall),
+                    Err(e) => {
+                        self.synthetic_error(&e);
+                        self.synthetic_ready();
+                    }
+                }
+                Ok(())
+            }
+            ClientMsg::Sync => {
+                if self.server.is_some() {
+                    self.forward(frame, Req::Sync);
+                } else {
+                    self.synthetic_ready();
+                }
+                Ok(())
+            }
+            // Clients may send COPY data right behind the COPY query, before
+            // CopyInResponse (asyncpg does): the server takes it or ignores it
+            // outside a COPY, as it would directly.
+            ClientMsg::Flush | ClientMsg::Copy => {
+                if self.server.is_some() {
+                    self.to_server.extend_from_slice(frame);
+                }
+                Ok(())
+            }
+            ClientMsg::Terminate => Err(End::Client),
+        }
+    }
+
+    /// Sends the client's `frame` on; its answers go to the client.
+    fn forward(&mut self, frame: &[u8], req: Req) {
+        self.to_server.extend_from_slice(frame);
+        self.expect.push(req, Action::Forward);
+    }
+
+    async fn on_query(&mut self, sql: &str, frame: &[u8]) -> Result<(), End> {
+        if let Some(cmd) = parse_proxy_command(sql) {
+            let mut m = BytesMut::new();
+            if let local::Executed::Wait(w) = local::execute(&mut m, &mut self.routing, &cmd, true)
+            {
+                match Box::pin(self.wait_replicas(w)).await? {
+                    Some(n) => local::wait_answer(&mut m, n, true, false),
+                    None => local::wait_cancelled(&mut m),
+                }
+            }
+            self.expect.push_synthetic(m.freeze());
+            self.synthetic_ready();
+            return Ok(());
+        }
+        if self.deallocate_locally(sql) {
+            return Ok(());
+        }
+        match self.attach(sql, None).await {
+            Ok(fx) => {
+                self.note_effects(sql, fx);
+                self.forward(frame, Req::Query);
+            }
+            Err(e) => {
+                self.synthetic_error(&e);
+                self.synthetic_ready();
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, p: frontend::Parse<'_>, frame: &[u8]) {
+        if let Some(cmd) = parse_proxy_command(p.query) {
+            self.statements.remove(p.name);
+            self.local.prepare(p.name, cmd);
+            self.synthetic_empty(be::PARSE_COMPLETE);
+            return;
+        }
+        self.local.forget_statement(p.name);
+        if !p.name.is_empty() && self.server.is_none() {
+            // A named Parse outside a transaction needs no server: it is
+            // prepared on whichever server runs its Bind. Waiting for a
+            // pool slot here could deadlock clients that prepare
+            // synchronously (pgbench -M prepared) while their other
+            // connections hold every slot. Cost: a syntax error is reported
+            // at the Bind, not here.
+            let fx = self.effects_of(p.query, None);
+            if self.remember(&p, fx).is_some() {
+                self.note_pins(fx);
+                self.synthetic_empty(be::PARSE_COMPLETE);
+            }
+            return;
+        }
+        let fx = match self.attach(p.query, Some(frame)).await {
+            Ok(fx) => self.effects_of(p.query, fx),
+            Err(e) => return self.fail_extended(&e),
+        };
+        self.note_pins(fx);
+        if p.name.is_empty() {
+            self.note_drops(p.query, fx);
+            self.forward(frame, Req::Parse);
+        } else if let Some(stmt) = self.remember(&p, fx) {
+            // The server's ParseComplete answers the client; if the server
+            // already has the statement, the proxy answers.
+            if !self.ensure_prepared(&stmt, Action::Forward) {
+                self.synthetic_empty(be::PARSE_COMPLETE);
+            }
+        }
+    }
+
+    /// Records the client's named statement; fails the batch when the
+    /// client already holds the most allowed.
+    fn remember(&mut self, p: &frontend::Parse<'_>, fx: ServerEffects) -> Option<Arc<Statement>> {
+        let stmt = self
+            .statements
+            .insert(p.name, p.query, p.param_types, fx.drops());
+        if stmt.is_none() {
+            self.fail_extended(&ProxyError::TooManyStatements(
+                crate::session::statements::MAX_STATEMENTS_PER_CLIENT,
+            ));
+        }
+        stmt
+    }
+
+    async fn on_bind(&mut self, b: frontend::Bind<'_>, frame: &[u8]) -> Result<(), End> {
+        if let Some(cmd) = self.local.statement(b.statement).cloned() {
+            let binary = match frontend::bind_first_result_binary(b.rest) {
+                Ok(binary) => binary,
+                Err(e) => return Err(self.malformed(e).await),
+            };
+            self.local.bind(b.portal, cmd, binary);
+            self.synthetic_empty(be::BIND_COMPLETE);
+            return Ok(());
+        }
+        self.local.forget_portal(b.portal);
+        let stmt = match self.attach_for(b.statement, frame).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_extended(&e);
+                return Ok(());
+            }
+        };
+        match stmt {
+            Some(stmt) => {
+                frontend::encode_bind(&mut self.to_server, b.portal, &stmt.server_name, b.rest);
+                if stmt.drops {
+                    let fx = self.effects_of(&stmt.query, None);
+                    self.note_drops(&stmt.query, fx);
+                }
+            }
+            // Unknown names go through as sent: the server answers 26000.
+            None => self.to_server.extend_from_slice(frame),
+        }
+        self.expect.push(Req::Bind, Action::Forward);
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, t: frontend::Target<'_>, frame: &[u8]) {
+        let statement = t.kind == target::STATEMENT;
+        let local_cmd = if statement {
+            self.local.statement(t.name)
+        } else {
+            self.local.portal(t.name)
+        };
+        if let Some(cmd) = local_cmd {
+            let mut m = BytesMut::new();
+            if statement {
+                local::describe_statement(&mut m, cmd);
+            } else {
+                local::describe_portal(&mut m, cmd);
+            }
+            self.expect.push_synthetic(m.freeze());
+            return;
+        }
+        let name = if statement { t.name } else { "" };
+        let stmt = match self.attach_for(name, frame).await {
+            Ok(s) => s,
+            Err(e) => return self.fail_extended(&e),
+        };
+        match stmt {
+            Some(stmt) => frontend::encode_target(
+                &mut self.to_server,
+                fe::DESCRIBE,
+                target::STATEMENT,
+                &stmt.server_name,
+            ),
+            None => self.to_server.extend_from_slice(frame),
+        }
+        self.expect.push(Req::Describe(t.kind), Action::Forward);
+    }
+
+    fn on_close(&mut self, t: frontend::Target<'_>, frame: &[u8]) {
+        let statement = t.kind == target::STATEMENT;
+        let was_local = if statement {
+            self.local.forget_statement(t.name)
+        } else {
+            self.local.forget_portal(t.name)
+        };
+        if was_local {
+            self.synthetic_empty(be::CLOSE_COMPLETE);
+        } else if statement && !t.name.is_empty() {
+            // The server keeps it: other clients may share it.
+            self.statements.remove(t.name);
+            self.synthetic_empty(be::CLOSE_COMPLETE);
+        } else if self.server.is_some() {
+            self.forward(frame, Req::Close);
+        } else {
+            self.synthetic_empty(be::CLOSE_COMPLETE);
+        }
+    }
+
+    async fn on_execute(&mut self, portal: &str, frame: &[u8]) -> Result<(), End> {
+        if let Some(cmd) = self.local.portal(portal).cloned() {
+            let binary = self.local.portal_binary(portal);
+            return self.execute_local(&cmd, binary).await;
+        }
+        match self.attach("", Some(frame)).await {
+            Ok(_) => self.forward(frame, Req::Execute),
+            Err(e) => self.fail_extended(&e),
+        }
         Ok(())
     }
 
@@ -318,22 +288,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// next statement writes, end that episode with a Sync and release the
     /// replica, so the write is routed to the primary instead of failing on
     /// the replica. (Only a describe/read ran there: nothing is lost.)
-    pub(super) async fn leave_replica_for_write(
-        &mut self,
-        tag: u8,
-        frame: &[u8],
-    ) -> Result<(), End> {
-        let body = &frame[5..];
-        let sql: Option<String> = match tag {
-            fe::QUERY => frontend::decode_query(body).ok().map(str::to_string),
-            fe::PARSE => frontend::decode_parse(body)
-                .ok()
-                .map(|p| p.query.to_string()),
-            fe::BIND => frontend::decode_bind(body).ok().and_then(|b| {
-                self.statements
-                    .get(b.statement)
-                    .map(|s| s.query.to_string())
-            }),
+    pub(super) async fn leave_replica_for_write(&mut self, msg: &ClientMsg<'_>) -> Result<(), End> {
+        let sql: Option<String> = match msg {
+            ClientMsg::Query(sql) => Some(sql.to_string()),
+            ClientMsg::Parse(p) => Some(p.query.to_string()),
+            ClientMsg::Bind(b) => self
+                .statements
+                .get(b.statement)
+                .map(|s| s.query.to_string()),
             _ => None,
         };
         let Some(sql) = sql else { return Ok(()) };
