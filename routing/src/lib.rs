@@ -2,11 +2,17 @@
 //! the primary or to a replica fresh enough for it. Pure: no sockets, no
 //! clocks (time is passed in), so every rule is unit-tested.
 //!
-//! The proxy's calls, in order: [`parse_proxy_command`] (statements the
-//! proxy answers itself, applied with [`SessionRouting::apply`]), then
-//! [`Router::route`] / [`Router::route_with_load`] at each transaction
-//! boundary, then [`Router::record_write`] after a writing transaction
-//! commits. [`Router::set_function_catalog`] installs `pg_proc` volatility.
+//! The proxy's calls, in order:
+//! - [`parse_proxy_command`]: statements the proxy answers itself, applied
+//!   with [`SessionRouting::apply`];
+//! - at each transaction's first message, [`Router::analyze`] (also what
+//!   the text does to the server connection: [`Analysis::server`]) then
+//!   [`Router::route`];
+//! - when the decision asks for a read-your-writes catch-up, after waiting
+//!   for the replica, [`Router::catch_up_done`];
+//! - after a writing transaction commits, [`Router::record_write`].
+//!
+//! [`Router::set_function_catalog`] installs `pg_proc` volatility.
 //!
 //! Layout:
 //! - `lexer`: a PostgreSQL-dialect tokenizer (comments, quoting, dollar

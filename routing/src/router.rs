@@ -99,37 +99,6 @@ impl Router {
         &self.shared.classifier
     }
 
-    /// Decides where the transaction that starts with `sql` goes. Same as
-    /// [`Router::route_with_load`] with no connection counts (then
-    /// `least_connections` degrades to least lag).
-    pub fn route(
-        &self,
-        session: &mut SessionRouting,
-        sql: &str,
-        now: Instant,
-    ) -> Result<RouteDecision, RouteError> {
-        self.route_with_load(session, sql, now, &|_| 0)
-    }
-
-    /// Decides where the transaction that starts with `sql` goes.
-    /// `in_use(node)` is the number of server connections in use to that
-    /// node (index in `Config::nodes`), for `balance = "least_connections"`.
-    ///
-    /// Effects of the text on the session (`SET lagrouter.min_lsn` inside a
-    /// multi-statement text, `SET default_transaction_read_only`) are
-    /// applied first. Statements the proxy answers itself should be
-    /// intercepted with [`crate::parse_proxy_command`] before this.
-    pub fn route_with_load(
-        &self,
-        session: &mut SessionRouting,
-        sql: &str,
-        now: Instant,
-        in_use: &dyn Fn(usize) -> usize,
-    ) -> Result<RouteDecision, RouteError> {
-        let analysis = self.analyze(sql);
-        self.route_analyzed(session, sql, &analysis, now, in_use)
-    }
-
     /// The analysis of `sql` (cached), with the configured
     /// `read_only_functions`.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
@@ -138,9 +107,18 @@ impl Router {
         classifier.analyze(sql)
     }
 
-    /// [`Router::route_with_load`] with `analysis` of `sql` from
-    /// [`Router::analyze`], for a caller that needs it too.
-    pub fn route_analyzed(
+    /// Decides where the transaction that starts with `sql` goes, from its
+    /// [`Router::analyze`]. `in_use(node)` is the number of server
+    /// connections in use to that node (index in `Config::nodes`), for
+    /// `balance = "least_connections"`.
+    ///
+    /// Effects of the text on the session (`SET lagrouter.min_lsn` inside a
+    /// multi-statement text, `SET default_transaction_read_only`) are
+    /// applied first. Statements the proxy answers itself should be
+    /// intercepted with [`crate::parse_proxy_command`] before this. A
+    /// decision with `catch_up` set is settled by [`Router::catch_up_done`]
+    /// once the proxy waited for the replica.
+    pub fn route(
         &self,
         session: &mut SessionRouting,
         sql: &str,
@@ -319,6 +297,19 @@ mod tests {
     use crate::command::parse_proxy_command;
     use crate::decide::tests::cluster;
 
+    impl Router {
+        /// Analyzes and routes `sql`, with no connection counts.
+        fn route_sql(
+            &self,
+            session: &mut SessionRouting,
+            sql: &str,
+            now: Instant,
+        ) -> Result<RouteDecision, RouteError> {
+            let analysis = self.analyze(sql);
+            self.route(session, sql, &analysis, now, &|_| 0)
+        }
+    }
+
     fn router(
         replicas: usize,
         edit: impl FnOnce(&mut lagrouter_config::Config, &mut HealthSnapshot),
@@ -341,13 +332,13 @@ mod tests {
         let mut sessions: Vec<SessionRouting> = (0..200).map(|_| SessionRouting::new()).collect();
         let mut first = Vec::new();
         for s in sessions.iter_mut() {
-            first.push(r.route(s, "SELECT 1", now).unwrap().node);
+            first.push(r.route_sql(s, "SELECT 1", now).unwrap().node);
         }
         let on_1 = first.iter().filter(|&&n| n == 1).count();
         assert!((70..=130).contains(&on_1), "{on_1} of 200 on replica1");
         for _ in 0..10 {
             for (s, want) in sessions.iter_mut().zip(&first) {
-                assert_eq!(r.route(s, "SELECT 1", now).unwrap().node, *want);
+                assert_eq!(r.route_sql(s, "SELECT 1", now).unwrap().node, *want);
             }
         }
         // No longer tied (a step is max_lag_bytes / 16 = 64 KiB): every
@@ -356,7 +347,7 @@ mod tests {
         snap.nodes[1].lag_bytes = Some(200_000);
         r.health.store(Arc::new(snap));
         for s in sessions.iter_mut() {
-            assert_eq!(r.route(s, "SELECT 1", now).unwrap().node, 2);
+            assert_eq!(r.route_sql(s, "SELECT 1", now).unwrap().node, 2);
         }
     }
 
@@ -366,7 +357,7 @@ mod tests {
         let now = Instant::now();
         let mut s = SessionRouting::new();
         let picks: Vec<usize> = (0..4)
-            .map(|_| r.route(&mut s, "SELECT 1", now).unwrap().node)
+            .map(|_| r.route_sql(&mut s, "SELECT 1", now).unwrap().node)
             .collect();
         assert_eq!(picks.iter().filter(|&&n| n == 1).count(), 2, "{picks:?}");
     }
@@ -376,12 +367,12 @@ mod tests {
         let r = router(1, |_, s| s.nodes[1].replay_lsn = Some(Lsn(100)));
         let mut s = SessionRouting::new();
         let now = Instant::now();
-        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
-        let w = r.route(&mut s, "UPDATE t SET a = 1", now).unwrap();
+        assert_eq!(r.route_sql(&mut s, "SELECT 1", now).unwrap().node, 1);
+        let w = r.route_sql(&mut s, "UPDATE t SET a = 1", now).unwrap();
         assert!(w.write && w.primary);
         r.record_write(&mut s, Lsn(150));
         assert_eq!(s.last_write_lsn(), Some(Lsn(150)));
-        let d = r.route(&mut s, "SELECT 1", now).unwrap();
+        let d = r.route_sql(&mut s, "SELECT 1", now).unwrap();
         assert_eq!((d.node, d.reason), (0, Reason::ReadYourWrites));
         let cu = d.catch_up.expect("a healthy replica is worth waiting for");
         assert_eq!((cu.replica, cu.lsn), (1, Lsn(150)));
@@ -389,7 +380,7 @@ mod tests {
         let mut snap = (**r.health()).clone();
         snap.nodes[1].replay_lsn = Some(Lsn(150));
         r.health.store(Arc::new(snap));
-        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+        assert_eq!(r.route_sql(&mut s, "SELECT 1", now).unwrap().node, 1);
     }
 
     #[test]
@@ -403,7 +394,7 @@ mod tests {
         r.record_write(&mut s, Lsn(150));
         // Caught up in time: a replica read, and the breaker counts it so.
         for _ in 0..8 {
-            let d = r.route(&mut s, "SELECT 1", now).unwrap();
+            let d = r.route_sql(&mut s, "SELECT 1", now).unwrap();
             let done = r.catch_up_done(&d, true, now).unwrap();
             assert_eq!(
                 (done.node, done.primary, done.reason),
@@ -416,7 +407,7 @@ mod tests {
         // and then the read-your-writes read is refused, never served stale.
         let mut refused = 0;
         for _ in 0..8 {
-            let d = r.route(&mut s, "SELECT 1", now).unwrap();
+            let d = r.route_sql(&mut s, "SELECT 1", now).unwrap();
             match r.catch_up_done(&d, false, now) {
                 Ok(done) => assert_eq!((done.node, done.primary), (0, true)),
                 Err(RouteError::BreakerOpen { .. }) => refused += 1,
@@ -434,7 +425,7 @@ mod tests {
         });
         let mut s = SessionRouting::new();
         r.record_write(&mut s, Lsn(150));
-        let d = r.route(&mut s, "SELECT 1", Instant::now()).unwrap();
+        let d = r.route_sql(&mut s, "SELECT 1", Instant::now()).unwrap();
         assert_eq!((d.node, d.catch_up), (0, None));
     }
 
@@ -447,15 +438,15 @@ mod tests {
         let mut s = SessionRouting::new();
         let now = Instant::now();
         r.record_write(&mut s, Lsn(150));
-        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+        assert_eq!(r.route_sql(&mut s, "SELECT 1", now).unwrap().node, 1);
         // A causal token set inside a multi-statement text takes effect.
         let d = r
-            .route(&mut s, "SET lagrouter.min_lsn = '0/96'; SELECT 1", now)
+            .route_sql(&mut s, "SET lagrouter.min_lsn = '0/96'; SELECT 1", now)
             .unwrap();
         assert_eq!((d.node, d.reason), (0, Reason::ReadYourWrites));
         assert_eq!(s.min_lsn(), Some(Lsn(150)));
         s.apply(&parse_proxy_command("RESET lagrouter.min_lsn").unwrap());
-        assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 1);
+        assert_eq!(r.route_sql(&mut s, "SELECT 1", now).unwrap().node, 1);
     }
 
     #[test]
@@ -463,12 +454,12 @@ mod tests {
         let r = router(1, |_, _| {});
         let mut s = SessionRouting::new();
         let now = Instant::now();
-        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 0);
-        r.route(&mut s, "SET default_transaction_read_only = on", now)
+        assert_eq!(r.route_sql(&mut s, "BEGIN", now).unwrap().node, 0);
+        r.route_sql(&mut s, "SET default_transaction_read_only = on", now)
             .unwrap();
-        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 1);
-        r.route(&mut s, "RESET ALL", now).unwrap();
-        assert_eq!(r.route(&mut s, "BEGIN", now).unwrap().node, 0);
+        assert_eq!(r.route_sql(&mut s, "BEGIN", now).unwrap().node, 1);
+        r.route_sql(&mut s, "RESET ALL", now).unwrap();
+        assert_eq!(r.route_sql(&mut s, "BEGIN", now).unwrap().node, 0);
     }
 
     #[test]
@@ -481,17 +472,17 @@ mod tests {
         let mut s = SessionRouting::new();
         let now = Instant::now();
         for _ in 0..4 {
-            assert!(r.route(&mut s, "SELECT 1", now).unwrap().primary);
+            assert!(r.route_sql(&mut s, "SELECT 1", now).unwrap().primary);
         }
-        let err = r.route(&mut s, "SELECT 1", now).unwrap_err();
+        let err = r.route_sql(&mut s, "SELECT 1", now).unwrap_err();
         assert_eq!(err.sqlstate(), "53400");
         let st = r.breaker_status(now);
         assert_eq!((st.state.as_str(), st.reads, st.fallbacks), ("open", 4, 4));
         // Writes are unaffected.
-        assert!(r.route(&mut s, "DELETE FROM t", now).is_ok());
+        assert!(r.route_sql(&mut s, "DELETE FROM t", now).is_ok());
         // Forced primary reads are not fallbacks, so the breaker lets them by.
         assert!(
-            r.route(&mut s, "/* lagrouter:route=primary */ SELECT 1", now)
+            r.route_sql(&mut s, "/* lagrouter:route=primary */ SELECT 1", now)
                 .is_ok()
         );
     }
@@ -503,10 +494,10 @@ mod tests {
         });
         let mut s = SessionRouting::new();
         let now = Instant::now();
-        assert_eq!(r.route(&mut s, "SELECT random()", now).unwrap().node, 1);
-        assert_eq!(r.route(&mut s, "SELECT calc()", now).unwrap().node, 0);
+        assert_eq!(r.route_sql(&mut s, "SELECT random()", now).unwrap().node, 1);
+        assert_eq!(r.route_sql(&mut s, "SELECT calc()", now).unwrap().node, 0);
         r.set_function_catalog(FunctionCatalog::from_rows([("calc", 's')]));
-        assert_eq!(r.route(&mut s, "SELECT calc()", now).unwrap().node, 1);
+        assert_eq!(r.route_sql(&mut s, "SELECT calc()", now).unwrap().node, 1);
         assert!(r.classifier().classify("SELECT nextval('s')").is_write());
     }
 
@@ -518,11 +509,11 @@ mod tests {
         r.set_drained(vec!["replica1".into()]);
         assert_eq!(r.drained(), vec!["replica1".to_string()]);
         for _ in 0..6 {
-            assert_eq!(r.route(&mut s, "SELECT 1", now).unwrap().node, 2);
+            assert_eq!(r.route_sql(&mut s, "SELECT 1", now).unwrap().node, 2);
         }
         r.set_drained(Vec::new());
         let nodes: Vec<usize> = (0..6)
-            .map(|_| r.route(&mut s, "SELECT 1", now).unwrap().node)
+            .map(|_| r.route_sql(&mut s, "SELECT 1", now).unwrap().node)
             .collect();
         assert!(nodes.contains(&1), "{nodes:?}");
     }
@@ -530,7 +521,7 @@ mod tests {
     #[test]
     fn no_primary_refuses_writes_with_a_clear_error() {
         let r = router(1, |_, s| s.primary = PrimaryStatus::None);
-        let err = r.route(
+        let err = r.route_sql(
             &mut SessionRouting::new(),
             "INSERT INTO t VALUES (1)",
             Instant::now(),

@@ -50,7 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             shared
                 .router
-                .route_analyzed(&mut self.routing, text, &analysis, now, &in_use)
+                .route(&mut self.routing, text, &analysis, now, &in_use)
         };
         let mut caught_up = None;
         if let Ok(d) = &routed
