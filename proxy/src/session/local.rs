@@ -118,9 +118,19 @@ pub fn wait_cancelled(out: &mut BytesMut) {
     );
 }
 
-/// `binary`: the client bound the result column in binary format.
-pub fn wait_answer(out: &mut BytesMut, count: usize, with_description: bool, binary: bool) {
-    if with_description {
+/// How the client asked for a command's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// A simple query: the answer carries its RowDescription, in text.
+    SimpleQuery,
+    /// An Execute of a bound portal (described at Describe); `binary`: the
+    /// result column was bound in binary format.
+    Portal { binary: bool },
+}
+
+pub fn wait_answer(out: &mut BytesMut, count: usize, asked: Asked) {
+    let binary = asked == (Asked::Portal { binary: true });
+    if asked == Asked::SimpleQuery {
         backend::row_description_typed(out, &[(WAIT_COLUMN, backend::INT4_OID)]);
     }
     let n = i32::try_from(count).unwrap_or(i32::MAX);
@@ -155,8 +165,9 @@ pub fn execute(
     out: &mut BytesMut,
     session: &mut SessionRouting,
     cmd: &ProxyCommand,
-    with_description: bool,
+    asked: Asked,
 ) -> Executed {
+    let with_description = asked == Asked::SimpleQuery;
     let failed = match session.apply(cmd) {
         CommandOutcome::Done { tag } => {
             backend::command_complete(out, tag);

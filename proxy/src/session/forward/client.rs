@@ -104,10 +104,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn on_query(&mut self, sql: &str, frame: &[u8]) -> Result<(), End> {
         if let Some(cmd) = parse_proxy_command(sql) {
             let mut m = BytesMut::new();
-            if let local::Executed::Wait(w) = local::execute(&mut m, &mut self.routing, &cmd, true)
+            if let local::Executed::Wait(w) =
+                local::execute(&mut m, &mut self.routing, &cmd, local::Asked::SimpleQuery)
             {
                 match Box::pin(self.wait_replicas(w)).await? {
-                    Some(n) => local::wait_answer(&mut m, n, true, false),
+                    Some(n) => local::wait_answer(&mut m, n, local::Asked::SimpleQuery),
                     None => local::wait_cancelled(&mut m),
                 }
             }
@@ -453,15 +454,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         cmd: &ProxyCommand,
         binary: bool,
     ) -> Result<(), End> {
+        let asked = local::Asked::Portal { binary };
         let mut m = BytesMut::new();
-        match local::execute(&mut m, &mut self.routing, cmd, false) {
+        match local::execute(&mut m, &mut self.routing, cmd, asked) {
             local::Executed::Answered { failed } => {
                 if failed {
                     self.discard_until_sync = true;
                 }
             }
             local::Executed::Wait(w) => match Box::pin(self.wait_replicas(w)).await? {
-                Some(n) => local::wait_answer(&mut m, n, false, binary),
+                Some(n) => local::wait_answer(&mut m, n, asked),
                 None => {
                     local::wait_cancelled(&mut m);
                     self.discard_until_sync = true;
