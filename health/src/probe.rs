@@ -151,6 +151,17 @@ impl NodeTask {
                     HeartbeatQuery::ProbeTable(req.heartbeat_table.clone().unwrap_or_default());
                 self.finish(query(&client, &probe).await, &probe)
             }
+            Err(QueryError::NoPrivilege) if matches!(hb, HeartbeatQuery::Read(_)) => {
+                // The table is someone else's (another lagrouter, another
+                // user): no heartbeat from it, and time lag comes from the
+                // replay timestamp, as without the table. The next checks
+                // probe for it again, which does not need the right.
+                self.heartbeat_table_seen = None;
+                self.finish(
+                    query(&client, &HeartbeatQuery::Off).await,
+                    &HeartbeatQuery::Off,
+                )
+            }
             r => self.finish(r, &hb),
         }
     }
@@ -169,6 +180,9 @@ impl NodeTask {
             Err(QueryError::UndefinedTable) => {
                 Err(ProbeError::Query("heartbeat table vanished".into()))
             }
+            Err(QueryError::NoPrivilege) => Err(ProbeError::Query(
+                "permission denied for a table the check reads (SQLSTATE 42501)".into(),
+            )),
             Err(QueryError::Gone(e)) => {
                 self.client = None;
                 Err(ProbeError::Broken(e))
@@ -223,6 +237,8 @@ impl NodeTask {
 
 enum QueryError {
     UndefinedTable,
+    /// The check's user may not read the heartbeat table (42501).
+    NoPrivilege,
     Pg(String),
     /// The server is going away (57P01-57P03, class 08) or the connection
     /// already closed.
@@ -235,6 +251,9 @@ async fn query(client: &Client, hb: &HeartbeatQuery) -> Result<Observation, Quer
     let sent_at = Instant::now();
     let msgs = client.simple_query(&sql).await.map_err(|e| {
         let code = e.code().map(|c| c.code()).unwrap_or("");
+        if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            return QueryError::NoPrivilege;
+        }
         if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
             QueryError::UndefinedTable
         } else if e.is_closed() || code.starts_with("57P") || code.starts_with("08") {
