@@ -133,7 +133,7 @@ impl Observer {
 }
 
 fn all_healthy(s: &HealthSnapshot) -> bool {
-    s.nodes.iter().all(|n| n.state == NodeState::Healthy)
+    s.nodes.iter().all(|n| n.state() == NodeState::Healthy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,9 +167,9 @@ async fn paused_replay_lags_then_recovers_after_exactly_three_good_checks() {
         .until(Duration::from_secs(10), "replica1 lagging", |s| {
             let r1 = &s.nodes[1];
             if r1.lag_bytes.is_some_and(|b| b > MAX_LAG_BYTES) {
-                assert_eq!(r1.state, NodeState::Lagging, "over threshold but {r1:?}");
+                assert_eq!(r1.state(), NodeState::Lagging, "over threshold but {r1:?}");
             }
-            r1.state == NodeState::Lagging
+            r1.state() == NodeState::Lagging
         })
         .await;
     let seen_after = lagging.nodes[1]
@@ -192,18 +192,18 @@ async fn paused_replay_lags_then_recovers_after_exactly_three_good_checks() {
     // on a loaded machine, but it is (back) under the threshold while
     // replica1 stays Lagging.
     let rounds = std::cell::Cell::new(0);
-    if lagging.nodes[2].state != NodeState::Healthy {
+    if lagging.nodes[2].state() != NodeState::Healthy {
         obs.until(
             Duration::from_secs(10),
             "replica2 healthy while replica1 lags",
             |s| {
                 assert_eq!(
-                    s.nodes[1].state,
+                    s.nodes[1].state(),
                     NodeState::Lagging,
                     "replica1 is still paused"
                 );
                 rounds.set(rounds.get() + 1);
-                s.nodes[2].state == NodeState::Healthy
+                s.nodes[2].state() == NodeState::Healthy
             },
         )
         .await;
@@ -218,7 +218,7 @@ async fn paused_replay_lags_then_recovers_after_exactly_three_good_checks() {
         let s = obs
             .next(Instant::now() + Duration::from_secs(5), "a round")
             .await;
-        assert_eq!(s.nodes[1].state, NodeState::Lagging);
+        assert_eq!(s.nodes[1].state(), NodeState::Lagging);
     }
 
     blocking(|c| c.resume_replay(1)).await.unwrap();
@@ -228,13 +228,13 @@ async fn paused_replay_lags_then_recovers_after_exactly_three_good_checks() {
     loop {
         let s = obs.next(deadline, "replica1 healthy again").await;
         let r1 = &s.nodes[1];
-        if *states.last().unwrap() != r1.state {
-            states.push(r1.state);
+        if *states.last().unwrap() != r1.state() {
+            states.push(r1.state());
             seqs.push(s.seq);
         }
-        if r1.state == NodeState::Healthy {
+        if r1.state() == NodeState::Healthy {
             assert_eq!(
-                r1.good_checks, 3,
+                r1.status.good_checks, 3,
                 "healthy after exactly recover_after_checks"
             );
             break;
@@ -270,7 +270,7 @@ async fn stopped_replica_is_unreachable_then_recovers() {
     let stopped = Instant::now();
     let s = obs
         .until(TIMEOUT + INTERVAL * 3, "replica2 unreachable", |s| {
-            let st = s.nodes[2].state;
+            let st = s.nodes[2].state();
             assert_ne!(st, NodeState::Lagging, "unreachable is not lagging");
             st == NodeState::Unreachable
         })
@@ -284,7 +284,7 @@ async fn stopped_replica_is_unreachable_then_recovers() {
     assert!(took <= TIMEOUT + INTERVAL, "took {took:?}");
     assert!(!reason.is_empty());
     assert_eq!(
-        s.nodes[1].state,
+        s.nodes[1].state(),
         NodeState::Healthy,
         "other replica unaffected"
     );
@@ -296,11 +296,11 @@ async fn stopped_replica_is_unreachable_then_recovers() {
     loop {
         let s = obs.next(deadline, "replica2 healthy again").await;
         let r2 = &s.nodes[2];
-        if *states.last().unwrap() != r2.state {
-            states.push(r2.state);
+        if *states.last().unwrap() != r2.state() {
+            states.push(r2.state());
         }
-        if r2.state == NodeState::Healthy {
-            assert_eq!(r2.good_checks, 3);
+        if r2.state() == NodeState::Healthy {
+            assert_eq!(r2.status.good_checks, 3);
             break;
         }
     }
@@ -417,7 +417,7 @@ async fn heartbeat_works_where_the_user_may_not_create_the_table() {
     for _ in 0..20 {
         let s = obs.next(deadline, "20 rounds").await;
         for n in &s.nodes[1..] {
-            assert_eq!(n.state, NodeState::Healthy, "{n:?}");
+            assert_eq!(n.state(), NodeState::Healthy, "{n:?}");
             times.push(n.lag_time.expect("time lag known without the table"));
         }
     }

@@ -63,7 +63,7 @@ async fn wait_for(
 }
 
 fn all_healthy(s: &HealthSnapshot) -> bool {
-    s.nodes.iter().all(|n| n.state == NodeState::Healthy)
+    s.nodes.iter().all(|n| n.state() == NodeState::Healthy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +171,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
     })
     .await;
     assert_eq!(later.primary, PrimaryStatus::SplitBrain(vec![0, 1]));
-    assert!(later.nodes.iter().all(|n| n.state != NodeState::Healthy));
+    assert!(later.nodes.iter().all(|n| n.state() != NodeState::Healthy));
 
     // With prefer_highest_timeline the promoted node (timeline 2) wins.
     let s = wait_for(&auto, Duration::from_secs(15), "highest timeline", |s| {
@@ -195,7 +195,7 @@ async fn monitor_load_then_split_brain_after_promotion() {
     assert_eq!(later.primary, PrimaryStatus::One(1));
     assert_eq!(later.nodes[2].timeline, Some(1));
     assert_eq!(
-        later.nodes[2].state,
+        later.nodes[2].state(),
         NodeState::Lagging,
         "{:?}",
         later.nodes[2]

@@ -76,7 +76,7 @@ async fn both_lagging(lr: &Lr) -> Paused {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = lr.running.health.snapshot();
-        if s.nodes[1].state == NodeState::Lagging && s.nodes[2].state == NodeState::Lagging {
+        if s.nodes[1].state() == NodeState::Lagging && s.nodes[2].state() == NodeState::Lagging {
             eprintln!(
                 "both replicas Lagging: lag {:?} / {:?} bytes",
                 s.nodes[1].lag_bytes, s.nodes[2].lag_bytes

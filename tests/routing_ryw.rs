@@ -232,7 +232,7 @@ async fn concurrent_sessions_read_their_own_writes_while_a_replica_pauses() {
         "run {elapsed:?}: replica1 paused {paused_at:?}..{resumed_at:?} at replay LSN \
          {r1_lsn_paused} (primary at {primary_lsn} before resume; replica1 was {} with \
          lag {:?} bytes), all healthy again at {healthy_again_at:?}",
-        r1_state_paused.state.as_str(),
+        r1_state_paused.state().as_str(),
         r1_state_paused.lag_bytes
     );
     for (p, name) in PHASES.iter().enumerate() {

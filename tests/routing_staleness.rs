@@ -122,7 +122,7 @@ async fn lagging_replica_gets_no_reads_until_recovered() {
     // check or two while it replays, and is back right after.
     let lagging = loop {
         let s = lr.running.health.snapshot();
-        if s.nodes[1].state == NodeState::Lagging && s.nodes[2].state == NodeState::Healthy {
+        if s.nodes[1].state() == NodeState::Lagging && s.nodes[2].state() == NodeState::Healthy {
             break s;
         }
         assert!(
@@ -138,10 +138,10 @@ async fn lagging_replica_gets_no_reads_until_recovered() {
         "replica1 Lagging {:?} after the write started, lag {:?} bytes; replica2 {}",
         wrote.elapsed(),
         lagging.nodes[1].lag_bytes,
-        lagging.nodes[2].state.as_str()
+        lagging.nodes[2].state().as_str()
     );
     assert!(lagging.nodes[1].lag_bytes.unwrap_or(0) > MAX_LAG_BYTES);
-    assert_eq!(lagging.nodes[2].state, NodeState::Healthy);
+    assert_eq!(lagging.nodes[2].state(), NodeState::Healthy);
 
     // Every kind of read, from several connections, 50 in a row each so
     // that round robin would offer replica1 every other one: none on it.
@@ -158,7 +158,7 @@ async fn lagging_replica_gets_no_reads_until_recovered() {
     let ro = lr.connect().await;
     let still_lagging = |lr: &Lr| {
         assert_eq!(
-            lr.running.health.snapshot().nodes[1].state,
+            lr.running.health.snapshot().nodes[1].state(),
             NodeState::Lagging,
             "replica1 must stay Lagging while paused"
         );
@@ -233,15 +233,15 @@ async fn lagging_replica_gets_no_reads_until_recovered() {
         updates.borrow_and_update();
         let s = lr.running.health.snapshot();
         let r1 = &s.nodes[1];
-        if *states.last().unwrap() != r1.state {
-            states.push(r1.state);
+        if *states.last().unwrap() != r1.state() {
+            states.push(r1.state());
             seqs.push(s.seq);
         }
-        if r1.state == NodeState::Healthy {
+        if r1.state() == NodeState::Healthy {
             break s;
         }
     };
-    let healthy_since = healthy.nodes[1].state_since.expect("state_since");
+    let healthy_since = healthy.nodes[1].status.since;
     eprintln!(
         "after resume: states {states:?} (snapshot seqs {seqs:?}); Healthy {:?} after resume",
         healthy_since.saturating_duration_since(resumed)

@@ -115,15 +115,7 @@ pub fn assemble(
     let mut out = Vec::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
         let last = prev.nodes.get(i).filter(|p| p.name == n.name);
-        let from = match last {
-            Some(l) => NodeStatus {
-                state: l.state,
-                good_checks: l.good_checks,
-                since: l.state_since.unwrap_or(now),
-                missed: l.missed_checks,
-            },
-            None => NodeStatus::unchecked(now),
-        };
+        let from = last.map_or(NodeStatus::unchecked(now), |l| l.status);
         let result = results
             .get(i)
             .cloned()
@@ -181,15 +173,10 @@ pub fn assemble(
         };
         let v = verdict(&check, &thresholds);
         let to = next_status(&from, &v, &thresholds, now);
-        let gate_from = match last {
-            Some(l) => NodeStatus {
-                state: l.gate_state,
-                good_checks: l.gate_good_checks,
-                since: l.gate_since.unwrap_or(now),
-                missed: l.missed_checks,
-            },
-            None => NodeStatus::unchecked(now),
-        };
+        let gate_from = last.map_or(NodeStatus::unchecked(now), |l| NodeStatus {
+            missed: l.status.missed,
+            ..l.gate
+        });
         let gate = next_status(
             &gate_from,
             &verdict(&check, &gate_thresholds),
@@ -206,9 +193,7 @@ pub fn assemble(
         }
         let mut health = node_health(n, last, &result, to, lag_bytes, lag_time, &v, now);
         health.lag_estimated = estimated;
-        health.gate_state = gate.state;
-        health.gate_good_checks = gate.good_checks;
-        health.gate_since = Some(gate.since);
+        health.gate = gate;
         out.push(health);
     }
     let primary_side = target
@@ -272,7 +257,7 @@ fn node_health(
     NodeHealth {
         name: n.name.clone(),
         role: n.role,
-        state: to.state,
+        status: to,
         in_recovery,
         timeline,
         replay_lsn,
@@ -280,9 +265,6 @@ fn node_health(
         lag_bytes,
         lag_time,
         last_check: Some(now),
-        good_checks: to.good_checks,
-        state_since: Some(to.since),
-        missed_checks: to.missed,
         cause: match to.state {
             NodeState::Healthy => None,
             _ => v.cause().or(match v {
@@ -303,9 +285,7 @@ fn node_health(
             _ => None,
         },
         // Set by the caller.
-        gate_state: to.state,
-        gate_good_checks: 0,
-        gate_since: None,
+        gate: to,
     }
 }
 

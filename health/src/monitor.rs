@@ -359,8 +359,8 @@ mod tests {
         let old = node_set_key(&old_cfg);
         let mut prev = HealthSnapshot::initial(&old_cfg);
         prev.seq = 7;
-        prev.nodes[0].state = NodeState::Healthy;
-        prev.nodes[1].state = NodeState::Lagging;
+        prev.nodes[0].status.state = NodeState::Healthy;
+        prev.nodes[1].status.state = NodeState::Lagging;
         // r moves to another port and a new node q is added in front.
         let new_cfg = config(
             "[[nodes]]\nname = \"q\"\nhost = \"127.0.0.1\"\nport = 5434\nrole = \"replica\"\n\
@@ -372,7 +372,7 @@ mod tests {
         let states: Vec<_> = next
             .nodes
             .iter()
-            .map(|n| (n.name.as_str(), n.state))
+            .map(|n| (n.name.as_str(), n.state()))
             .collect();
         let unchecked = NodeState::Recovering { good_checks: 0 };
         assert_eq!(

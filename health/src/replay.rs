@@ -108,9 +108,35 @@ impl ReplayWaiter {
     /// Waits until at least `n` replicas have replayed `lsn`, or `limit`
     /// passes (or shutdown); returns how many had, which may be fewer.
     pub async fn wait(&self, lsn: Option<Lsn>, n: usize, limit: Duration) -> usize {
-        let now = self.count(lsn);
-        if now >= n || limit.is_zero() {
-            return now;
+        self.wait_until(limit, || self.count(lsn) >= n).await;
+        self.count(lsn)
+    }
+
+    /// Waits until the following replica `node` has replayed `lsn`, or
+    /// `limit` passes (or shutdown); whether it has. This is a session's
+    /// read-your-writes catch-up: it shares the one poller with
+    /// `wait_replicas`, so many sessions catching up cost the replica one
+    /// query per [`POLL_INTERVAL`], not one each.
+    pub async fn wait_node(&self, node: &str, lsn: Lsn, limit: Duration) -> bool {
+        self.wait_until(limit, || self.has_replayed(node, lsn))
+            .await
+    }
+
+    /// Whether `node`, a following replica, has replayed `lsn` now.
+    pub fn has_replayed(&self, node: &str, lsn: Lsn) -> bool {
+        let snap = self.inner.health.load();
+        let polled = self.inner.positions.borrow();
+        following(&snap).any(|i| {
+            let n = &snap.nodes[i];
+            n.name == node && n.replay_lsn.max(polled.get(node).copied()) >= Some(lsn)
+        })
+    }
+
+    /// Waits until `done()` holds, re-asking it whenever a polled position
+    /// moves, for at most `limit` (or until shutdown); whether it held.
+    async fn wait_until(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
+        if done() || limit.is_zero() {
+            return done();
         }
         let deadline = Instant::now() + limit;
         let inner = &*self.inner;
@@ -121,15 +147,14 @@ impl ReplayWaiter {
         let mut rx = inner.positions.subscribe();
         loop {
             rx.borrow_and_update();
-            let got = self.count(lsn);
-            if got >= n {
-                return got;
+            if done() {
+                return true;
             }
             tokio::select! {
-                _ = inner.shutdown.cancelled() => return got,
+                _ = inner.shutdown.cancelled() => return done(),
                 r = timeout_at(deadline, rx.changed()) => {
                     if !matches!(r, Ok(Ok(()))) {
-                        return self.count(lsn);
+                        return done();
                     }
                 }
             }
@@ -148,7 +173,7 @@ fn following(snap: &HealthSnapshot) -> impl Iterator<Item = usize> + '_ {
         };
         (Some(i) != target
             && n.in_recovery == Some(true)
-            && n.state != NodeState::Unreachable
+            && n.state() != NodeState::Unreachable
             && same_tl)
             .then_some(i)
     })
@@ -281,7 +306,7 @@ mod tests {
         .unwrap();
         let mut s = HealthSnapshot::initial(&cfg);
         for (i, n) in s.nodes.iter_mut().enumerate() {
-            n.state = NodeState::Healthy;
+            n.status.state = NodeState::Healthy;
             n.in_recovery = Some(i != 0);
             n.timeline = Some(1);
             n.replay_lsn = Some(Lsn(100));
@@ -306,7 +331,7 @@ mod tests {
             0,
             "another timeline never counts"
         );
-        s.nodes[1].state = NodeState::Unreachable;
+        s.nodes[1].status.state = NodeState::Unreachable;
         assert_eq!(count(&s, &polled, None), 0);
     }
 
@@ -330,6 +355,44 @@ mod tests {
             p.insert("r1".into(), Lsn(150));
         });
         assert_eq!(waiter.await.unwrap(), 1);
+        assert_eq!(w.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_node_watches_that_replica_only() {
+        let mut snap = snapshot();
+        snap.nodes[0].replay_lsn = Some(Lsn(900));
+        let w = ReplayWaiter::idle(
+            Arc::new(ArcSwap::from_pointee(snap)),
+            CancellationToken::new(),
+        );
+        assert!(w.wait_node("r1", Lsn(100), Duration::ZERO).await);
+        assert!(
+            !w.has_replayed("p", Lsn(100)),
+            "the write target is no replica to catch up on"
+        );
+        assert!(!w.has_replayed("gone", Lsn(1)));
+        let t0 = Instant::now();
+        assert!(
+            !w.wait_node("r1", Lsn(150), Duration::from_millis(300))
+                .await
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(300));
+        let waiter = tokio::spawn({
+            let w = w.clone();
+            async move { w.wait_node("r1", Lsn(150), Duration::from_secs(60)).await }
+        });
+        tokio::time::advance(Duration::from_millis(5)).await;
+        w.inner.positions.send_modify(|p| {
+            p.insert("r2".into(), Lsn(150));
+        });
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(!waiter.is_finished(), "r2's replay does not answer for r1");
+        assert_eq!(w.waiting(), 1);
+        w.inner.positions.send_modify(|p| {
+            p.insert("r1".into(), Lsn(150));
+        });
+        assert!(waiter.await.unwrap());
         assert_eq!(w.waiting(), 0);
     }
 }

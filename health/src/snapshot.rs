@@ -7,7 +7,7 @@ use lagrouter_config::{Config, NodeRole};
 
 use crate::Lsn;
 use crate::risk::DataAtRisk;
-use crate::state::Cause;
+use crate::state::{Cause, NodeStatus};
 
 /// A node's health as routing sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +42,10 @@ pub struct NodeHealth {
     pub name: String,
     /// Configured role.
     pub role: NodeRole,
-    /// State after the last check.
-    pub state: NodeState,
+    /// State after the last check, with the hysteresis that leads to it
+    /// (good and missed checks in a row, since when): what routing reads,
+    /// through [`NodeHealth::state`].
+    pub status: NodeStatus,
     /// `pg_is_in_recovery()` at the last successful check.
     pub in_recovery: Option<bool>,
     /// Timeline at the last successful check.
@@ -58,17 +60,11 @@ pub struct NodeHealth {
     pub lag_time: Option<Duration>,
     /// When the last check (successful or not) completed.
     pub last_check: Option<Instant>,
-    /// Consecutive good checks since the last bad one.
-    pub good_checks: u32,
-    /// Since when the node has been in `state` (`None` before the first check).
-    pub state_since: Option<Instant>,
     /// Why the last check failed, when `state` is `Unreachable`.
     pub unreachable_reason: Option<String>,
     /// Why the node does not serve reads (`None` while `Healthy`): the
     /// cause of its last demotion.
     pub cause: Option<Cause>,
-    /// Consecutive checks missed (no answer in time) so far.
-    pub missed_checks: u32,
     /// When the node was seen leave recovery (promoted): its replay LSN at
     /// the last check before. Writes at or before it are on its new
     /// timeline too; later ones of the old primary may be lost.
@@ -78,12 +74,15 @@ pub struct NodeHealth {
     pub lag_estimated: bool,
     /// The node's state against `[safety]`'s lag limits, with the same
     /// hysteresis: a replica counts toward `min_replicas_to_write` only
-    /// while this is `Healthy`.
-    pub gate_state: NodeState,
-    /// Consecutive good checks against `[safety]`'s limits.
-    pub gate_good_checks: u32,
-    /// Since when `gate_state` holds.
-    pub gate_since: Option<Instant>,
+    /// while its state is `Healthy`. Its `missed` is `status.missed`.
+    pub gate: NodeStatus,
+}
+
+impl NodeHealth {
+    /// The node's state after the last check.
+    pub fn state(&self) -> NodeState {
+        self.status.state
+    }
 }
 
 /// Who may receive writes.
@@ -119,16 +118,16 @@ pub struct HealthSnapshot {
 
 impl HealthSnapshot {
     /// The snapshot before any check: the configured primary takes writes,
-    /// no replica serves reads yet (every replica must first pass
-    /// `recover_after_checks` checks).
+    /// no replica serves reads yet (each does from its first good check).
     pub fn initial(config: &Config) -> HealthSnapshot {
+        let now = Instant::now();
         let nodes = config
             .nodes
             .iter()
             .map(|n| NodeHealth {
                 name: n.name.clone(),
                 role: n.role,
-                state: NodeState::Recovering { good_checks: 0 },
+                status: NodeStatus::unchecked(now),
                 in_recovery: None,
                 timeline: None,
                 replay_lsn: None,
@@ -136,16 +135,11 @@ impl HealthSnapshot {
                 lag_bytes: None,
                 lag_time: None,
                 last_check: None,
-                good_checks: 0,
-                state_since: None,
                 unreachable_reason: None,
                 cause: None,
-                missed_checks: 0,
                 lag_estimated: false,
                 promoted_at: None,
-                gate_state: NodeState::Recovering { good_checks: 0 },
-                gate_good_checks: 0,
-                gate_since: None,
+                gate: NodeStatus::unchecked(now),
             })
             .collect();
         let primary = match config
@@ -181,7 +175,7 @@ impl HealthSnapshot {
             .filter(|(i, n)| {
                 Some(*i) != target
                     && n.in_recovery == Some(true)
-                    && n.gate_state == NodeState::Healthy
+                    && n.gate.state == NodeState::Healthy
             })
             .count()
     }

@@ -48,8 +48,9 @@
 //! - `lagrouter_replication_slots_inactive` (gauge): slots with no receiver.
 //! - `lagrouter_synchronous_replication` (gauge): 1 when a commit waits for
 //!   a connected synchronous standby, else 0.
-//! - `lagrouter_wait_replicas_waiting` (gauge, from `replay`): clients in
-//!   `lagrouter.wait_replicas` now.
+//! - `lagrouter_wait_replicas_waiting` (gauge, from `replay`): clients
+//!   waiting on a replica's replay now (`lagrouter.wait_replicas` and
+//!   read-your-writes catch-up).
 
 use crate::assemble::{Assembled, StateChange};
 use crate::risk::DataAtRisk;
@@ -70,12 +71,12 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
         metrics::gauge!("lagrouter_node_lag_seconds", "node" => node.clone())
             .set(n.lag_time.map_or(nan, |t| t.as_secs_f64()));
         for s in STATES {
-            let v = if n.state.as_str() == s { 1.0 } else { 0.0 };
+            let v = if n.state().as_str() == s { 1.0 } else { 0.0 };
             metrics::gauge!("lagrouter_node_state", "node" => node.clone(), "state" => s).set(v);
         }
         metrics::gauge!("lagrouter_node_good_checks", "node" => node.clone())
-            .set(n.good_checks as f64);
-        let counts = n.gate_state == NodeState::Healthy && n.in_recovery == Some(true);
+            .set(n.status.good_checks as f64);
+        let counts = n.gate.state == NodeState::Healthy && n.in_recovery == Some(true);
         metrics::gauge!("lagrouter_node_gate_state", "node" => node.clone()).set(if counts {
             1.0
         } else {
@@ -98,10 +99,10 @@ pub fn record_round(prev: &HealthSnapshot, a: &Assembled, outcomes: &[Outcome]) 
             metrics::histogram!("lagrouter_health_check_duration_seconds", "node" => node.clone())
                 .record(o.took.as_secs_f64());
             if let Err(e) = &o.result {
-                if e.is_slow() && n.state != NodeState::Unreachable {
+                if e.is_slow() && n.state() != NodeState::Unreachable {
                     metrics::counter!("lagrouter_health_checks_missed_total", "node" => node.clone())
                         .increment(1);
-                    tracing::debug!(node = %n.name, missed = n.missed_checks, error = %e,
+                    tracing::debug!(node = %n.name, missed = n.status.missed, error = %e,
                         "health check missed; state kept");
                 }
                 metrics::counter!("lagrouter_health_check_failures_total", "node" => node, "reason" => e.kind())
@@ -193,7 +194,7 @@ fn log_change(n: &NodeHealth, c: &StateChange) {
             "node unreachable: health check failed"
         ),
         (Verdict::Missed(reason), _) => tracing::warn!(
-            node = %n.name, from, to, cause, %reason, missed = n.missed_checks,
+            node = %n.name, from, to, cause, %reason, missed = n.status.missed,
             previous_state_for = ?was_for,
             "node unreachable: too many checks in a row without an answer"
         ),
@@ -207,7 +208,7 @@ fn log_change(n: &NodeHealth, c: &StateChange) {
             "node back under thresholds, recovering"
         ),
         (Verdict::Good, _) => tracing::info!(
-            node = %n.name, from, to, good_checks = n.good_checks, lag_bytes, lag_time,
+            node = %n.name, from, to, good_checks = n.status.good_checks, lag_bytes, lag_time,
             "node healthy: serves reads"
         ),
     }

@@ -42,7 +42,7 @@ pub async fn abandon_stalled_nodes(
         let snap = health.snapshot();
         let target = snap.primary_index();
         for (i, n) in snap.nodes.iter().enumerate() {
-            let stalled = n.state == NodeState::Unreachable
+            let stalled = n.state() == NodeState::Unreachable
                 && n.cause == Some(Cause::Stalled)
                 && target != Some(i);
             let was = prev
@@ -61,7 +61,7 @@ pub async fn abandon_stalled_nodes(
         let limit = shared.config.load().health.primary_stall_timeout;
         let down = target.and_then(|i| {
             let n = &snap.nodes[i];
-            (n.state == NodeState::Unreachable && n.cause != Some(Cause::Refused))
+            (n.state() == NodeState::Unreachable && n.cause != Some(Cause::Refused))
                 .then_some((i, n.name.as_str()))
         });
         match (down, &mut primary_down) {

@@ -165,7 +165,7 @@ pub(crate) fn no_primary(snap: &HealthSnapshot) -> RouteError {
         .nodes
         .iter()
         .filter(|n| {
-            n.role != lagrouter_config::NodeRole::Replica && n.state == NodeState::Unreachable
+            n.role != lagrouter_config::NodeRole::Replica && n.state() == NodeState::Unreachable
         })
         .map(|n| match &n.unreachable_reason {
             Some(r) => format!("node \"{}\" is unreachable ({r})", n.name),
@@ -196,7 +196,7 @@ fn is_replica(snap: &HealthSnapshot, i: usize, n: &NodeHealth) -> bool {
         PrimaryStatus::SplitBrain(ps) => ps.contains(&i),
         PrimaryStatus::None => false,
     };
-    !claims_primary && n.in_recovery != Some(false) && n.state != NodeState::Unreachable
+    !claims_primary && n.in_recovery != Some(false) && n.state() != NodeState::Unreachable
 }
 
 /// Whether `n` has replayed `required`. Unknown replay position: no.
@@ -221,7 +221,7 @@ fn read(
             .enumerate()
             .filter(|(i, n)| is_replica(snap, *i, n) && !ctx.drained.contains(&n.name))
     };
-    let fresh = |n: &NodeHealth| n.state == NodeState::Healthy && within_max_lag(n, max_lag);
+    let fresh = |n: &NodeHealth| n.state() == NodeState::Healthy && within_max_lag(n, max_lag);
     let eligible = replicas().filter(|(_, n)| fresh(n) && has_replayed(n, ctx.required_lsn));
     if let Some(node) = pick(ctx, eligible) {
         return Ok(Decided {

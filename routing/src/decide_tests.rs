@@ -21,8 +21,8 @@ pub(crate) fn cluster(replicas: usize) -> (Config, HealthSnapshot) {
     let config = Config::from_toml_str(&toml).expect("test config");
     let mut snap = HealthSnapshot::initial(&config);
     for (i, n) in snap.nodes.iter_mut().enumerate() {
-        n.state = NodeState::Healthy;
-        n.gate_state = NodeState::Healthy;
+        n.status.state = NodeState::Healthy;
+        n.gate.state = NodeState::Healthy;
         n.in_recovery = Some(i != 0);
         n.replay_lsn = Some(Lsn(1000));
         n.lag_bytes = Some(0);
@@ -131,7 +131,7 @@ fn writes_refused_without_a_single_primary() {
     ));
     assert_eq!(c.route("SELECT 1").0, 1, "reads still flow");
     // A primary that does not answer: 08006, naming the node and why.
-    c.snap.nodes[0].state = NodeState::Unreachable;
+    c.snap.nodes[0].status.state = NodeState::Unreachable;
     c.snap.nodes[0].unreachable_reason = Some("connection refused".into());
     let e = c.decide("DELETE FROM t").unwrap_err();
     assert_eq!(e.sqlstate(), "08006");
@@ -140,7 +140,7 @@ fn writes_refused_without_a_single_primary() {
         msg.contains("\"primary\"") && msg.contains("connection refused"),
         "{msg}"
     );
-    c.snap.nodes[0].state = NodeState::Healthy;
+    c.snap.nodes[0].status.state = NodeState::Healthy;
     c.snap.primary = PrimaryStatus::SplitBrain(vec![0, 1]);
     assert_eq!(
         c.decide("DELETE FROM t"),
@@ -189,8 +189,8 @@ fn read_your_writes_excludes_replicas_behind_or_unknown() {
 #[test]
 fn fallback_reasons() {
     let mut c = Case::new(2);
-    c.snap.nodes[1].state = NodeState::Lagging;
-    c.snap.nodes[2].state = NodeState::Recovering { good_checks: 1 };
+    c.snap.nodes[1].status.state = NodeState::Lagging;
+    c.snap.nodes[2].status.state = NodeState::Recovering { good_checks: 1 };
     c.snap.nodes[1].lag_bytes = Some(5000);
     c.snap.nodes[2].lag_bytes = Some(3000);
     let d = c.decide("SELECT 1").unwrap();
@@ -206,8 +206,8 @@ fn fallback_reasons() {
         },
         "least lagged"
     );
-    c.snap.nodes[1].state = NodeState::Unreachable;
-    c.snap.nodes[2].state = NodeState::Unreachable;
+    c.snap.nodes[1].status.state = NodeState::Unreachable;
+    c.snap.nodes[2].status.state = NodeState::Unreachable;
     assert_eq!(c.route("SELECT 1"), (0, Reason::NoReplica));
     assert_eq!(Case::new(0).route("SELECT 1"), (0, Reason::NoReplica));
     // No replica configured: reads on the primary are not fallbacks.
@@ -337,7 +337,7 @@ fn sessions_follow_a_replica_out_and_back() {
         assert!((60..=140).contains(&n), "replica{r} has {n} of {sessions}");
     }
     assert_eq!(place(&mut c), before, "stable while nothing changes");
-    c.snap.nodes[2].state = NodeState::Unreachable;
+    c.snap.nodes[2].status.state = NodeState::Unreachable;
     let during = place(&mut c);
     for (b, d) in before.iter().zip(&during) {
         if *b == 2 {
@@ -346,14 +346,14 @@ fn sessions_follow_a_replica_out_and_back() {
             assert_eq!(b, d, "sessions on other replicas stay");
         }
     }
-    c.snap.nodes[2].state = NodeState::Healthy;
+    c.snap.nodes[2].status.state = NodeState::Healthy;
     assert_eq!(place(&mut c), before, "back to where they were");
 }
 
 #[test]
 fn settle_applies_the_breaker() {
     let mut c = Case::new(1);
-    c.snap.nodes[1].state = NodeState::Lagging;
+    c.snap.nodes[1].status.state = NodeState::Lagging;
     c.snap.nodes[1].lag_bytes = Some(3 << 20);
     c.snap.nodes[1].lag_time = Some(Duration::from_millis(1500));
     let s = BreakerSettings {
@@ -433,7 +433,7 @@ fn the_write_gate_refuses_writes_and_lets_reads_through() {
         "both replicas count"
     );
     for n in &mut c.snap.nodes[1..] {
-        n.gate_state = NodeState::Lagging;
+        n.gate.state = NodeState::Lagging;
     }
     for w in [
         "INSERT INTO t VALUES (1)",
@@ -511,7 +511,7 @@ fn statements_that_pin_go_to_the_primary_ungated() {
         max_lag_time: None,
     });
     for n in &mut c.snap.nodes[1..] {
-        n.gate_state = NodeState::Lagging;
+        n.gate.state = NodeState::Lagging;
     }
     assert_eq!(pinned(&c, sql), Ok((0, Reason::Pinned, true)));
     assert!(

@@ -96,7 +96,7 @@ fn describe_replicas(snap: &HealthSnapshot) -> String {
             out.push_str(", ");
         }
         let _ = write!(out, "{} ", n.name);
-        match n.gate_state {
+        match n.gate.state {
             _ if n.in_recovery == Some(false) => out.push_str("not a replica"),
             NodeState::Healthy => out.push_str("caught up"),
             NodeState::Lagging => match n.lag_bytes {
@@ -133,11 +133,11 @@ mod tests {
         let g = WriteGate::from_config(&cfg).unwrap();
         assert_eq!(g.limit(), "4096 bytes");
         for n in &mut snap.nodes {
-            n.gate_state = NodeState::Healthy;
+            n.gate.state = NodeState::Healthy;
         }
         assert!(g.check(&snap).is_ok());
-        snap.nodes[2].gate_state = NodeState::Recovering { good_checks: 2 };
-        snap.nodes[1].gate_state = NodeState::Lagging;
+        snap.nodes[2].gate.state = NodeState::Recovering { good_checks: 2 };
+        snap.nodes[1].gate.state = NodeState::Lagging;
         snap.nodes[1].lag_bytes = Some(10_000);
         snap.nodes[1].replay_lsn = Some(Lsn(1));
         let e = g.check(&snap).unwrap_err();
@@ -163,7 +163,7 @@ mod tests {
         let (mut cfg, mut snap) = cluster(1);
         cfg.safety.min_replicas_to_write = 1;
         for n in &mut snap.nodes {
-            n.gate_state = NodeState::Healthy;
+            n.gate.state = NodeState::Healthy;
         }
         assert!(gate_status(&cfg, &snap).open);
         snap.nodes[1].in_recovery = Some(false);

@@ -467,7 +467,7 @@ mod tests {
         let r = router(1, |c, s| {
             c.routing.breaker_min_reads = 5;
             c.routing.breaker_window = Duration::from_secs(10);
-            s.nodes[1].state = NodeState::Lagging;
+            s.nodes[1].status.state = NodeState::Lagging;
         });
         let mut s = SessionRouting::new();
         let now = Instant::now();

@@ -285,7 +285,7 @@ fn readmitted(running: &Running, timeline: &Timeline) -> bool {
             .snapshot()
             .nodes
             .get(PAUSED_NODE)
-            .map(|n| n.state),
+            .map(|n| n.state()),
         Some(NodeState::Healthy)
     );
     serving || timeline.demotions().is_empty()
@@ -314,7 +314,7 @@ async fn prepare(cluster: &Arc<Cluster>, running: &Running, conn_str: &str) -> R
         .snapshot()
         .nodes
         .iter()
-        .all(|n| n.state == NodeState::Healthy)
+        .all(|n| n.state() == NodeState::Healthy)
     {
         if Instant::now() > deadline {
             return Err("the replicas were not admitted within 20s".to_owned());

@@ -152,17 +152,17 @@ impl Timeline {
             let rec = &mut g.nodes[i];
             rec.max_lag_bytes = rec.max_lag_bytes.max(n.lag_bytes.unwrap_or(0));
             rec.max_lag_time = rec.max_lag_time.max(n.lag_time.unwrap_or_default());
-            if !matches!(n.state, NodeState::Healthy) {
+            if !matches!(n.state(), NodeState::Healthy) {
                 rec.demoted_for += since_last;
             }
-            let Some(before) = prev.and_then(|p| p.nodes.get(i)).map(|p| p.state) else {
+            let Some(before) = prev.and_then(|p| p.nodes.get(i)).map(|p| p.state()) else {
                 continue;
             };
             let was_serving = matches!(before, NodeState::Healthy);
             let was_demoted = matches!(before, NodeState::Lagging | NodeState::Unreachable);
-            match n.state {
+            match n.state() {
                 NodeState::Lagging | NodeState::Unreachable if !was_demoted => {
-                    let why = match (n.state, n.lag_bytes, n.lag_time) {
+                    let why = match (n.state(), n.lag_bytes, n.lag_time) {
                         (NodeState::Unreachable, ..) => "unreachable".to_owned(),
                         (_, Some(b), Some(t)) => {
                             format!("lagging ({} behind, {} ms)", bytes(b), t.as_millis())
@@ -178,7 +178,7 @@ impl Timeline {
                     g.demotions.push(Transition {
                         node: n.name.clone(),
                         at,
-                        detail: n.state.as_str().to_owned(),
+                        detail: n.state().as_str().to_owned(),
                     });
                 }
                 NodeState::Recovering { good_checks } if was_demoted => g.events.push(Event {
@@ -194,9 +194,12 @@ impl Timeline {
                         g.readmissions.push(Transition {
                             node: n.name.clone(),
                             at,
-                            detail: n.good_checks.to_string(),
+                            detail: n.status.good_checks.to_string(),
                         });
-                        format!("{} re-admitted after {} good checks", n.name, n.good_checks)
+                        format!(
+                            "{} re-admitted after {} good checks",
+                            n.name, n.status.good_checks
+                        )
                     } else {
                         format!("{} serving reads", n.name)
                     };

@@ -107,7 +107,7 @@ fn block(f: &Frame<'_>) -> Vec<String> {
         l.push(format!(
             "  {:<10} {} {:>10} {:>8} {:>9}",
             n.name,
-            paint(n.state, &state),
+            paint(n.state(), &state),
             lag_bytes(n),
             lag_ms(n),
             f.stats.reads_on(i)
@@ -195,7 +195,7 @@ fn progress_bar(elapsed: Duration, total: Duration) -> String {
 
 /// The state, with the good checks of a recovering node.
 pub fn state_label(n: &NodeHealth) -> String {
-    match n.state {
+    match n.state() {
         NodeState::Recovering { good_checks } => format!("recovering {good_checks}"),
         s => s.as_str().to_owned(),
     }

@@ -70,7 +70,7 @@ impl Lagrouter {
                 .nodes
                 .iter()
                 .enumerate()
-                .all(|(i, n)| !which(i) || n.state == NodeState::Healthy);
+                .all(|(i, n)| !which(i) || n.state() == NodeState::Healthy);
             if ok {
                 return Instant::now();
             }
@@ -284,7 +284,7 @@ impl StateLog {
                 let snap = h.snapshot();
                 log.lock().unwrap().push(Seen {
                     at: Instant::now(),
-                    states: snap.nodes.iter().map(|n| n.state).collect(),
+                    states: snap.nodes.iter().map(|n| n.state()).collect(),
                     causes: snap.nodes.iter().map(|n| n.cause).collect(),
                 });
                 tokio::select! {

@@ -164,7 +164,7 @@ impl ProxyBuilder {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             loop {
                 let snap = running.health.snapshot();
-                if snap.nodes.iter().all(|n| n.state == NodeState::Healthy) {
+                if snap.nodes.iter().all(|n| n.state() == NodeState::Healthy) {
                     break;
                 }
                 assert!(

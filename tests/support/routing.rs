@@ -77,7 +77,7 @@ impl Lr {
             .snapshot()
             .nodes
             .iter()
-            .all(|n| n.state == NodeState::Healthy)
+            .all(|n| n.state() == NodeState::Healthy)
     }
 
     pub async fn wait_all_healthy(&self, within: Duration) {

@@ -73,7 +73,7 @@ fn replicas_are_measured_against_the_later_primary_sample() {
     assert_eq!(s.primary_lsn_sampled_at, Some(ms(t0, 2)));
     let lags: Vec<_> = s.nodes.iter().map(|n| n.lag_bytes).collect();
     assert_eq!(lags, [Some(0), Some(500), Some(2000)]);
-    let states: Vec<_> = s.nodes.iter().map(|n| n.state).collect();
+    let states: Vec<_> = s.nodes.iter().map(|n| n.state()).collect();
     // First checks: a node never demoted is admitted by its first good one.
     let ok = NodeState::Healthy;
     assert_eq!(states, [ok, ok, NodeState::Lagging]);
@@ -109,20 +109,20 @@ fn the_write_gate_has_its_own_limit_and_the_same_hysteresis() {
     };
     let s = round(&HealthSnapshot::initial(&cfg), 4500, 0);
     // r1 is 500 behind: fine for reads, out of the gate.
-    assert_eq!(s.nodes[1].state, NodeState::Healthy);
-    assert_eq!(s.nodes[1].gate_state, NodeState::Lagging);
-    assert_eq!(s.nodes[2].gate_state, NodeState::Healthy);
+    assert_eq!(s.nodes[1].state(), NodeState::Healthy);
+    assert_eq!(s.nodes[1].gate.state, NodeState::Lagging);
+    assert_eq!(s.nodes[2].gate.state, NodeState::Healthy);
     assert_eq!(s.gate_replicas(), 1, "the primary never counts");
     // Back within 400: recovering for two checks, counted on the third.
     let s = round(&s, 4900, 10);
     assert_eq!(
-        s.nodes[1].gate_state,
+        s.nodes[1].gate.state,
         NodeState::Recovering { good_checks: 1 }
     );
     let s = round(&s, 4900, 20);
     assert_eq!(s.gate_replicas(), 1);
     let s = round(&s, 4900, 30);
-    assert_eq!(s.nodes[1].gate_state, NodeState::Healthy);
+    assert_eq!(s.nodes[1].gate.state, NodeState::Healthy);
     assert_eq!(s.gate_replicas(), 2);
     // Data at risk: the freshest replica has everything.
     assert_eq!(s.risk.following_replicas, 2);
@@ -171,7 +171,7 @@ fn unordered_pairing_is_estimated_from_the_sample_and_the_write_rate() {
     let a = run(&PrimaryHistory::default());
     let r1 = &a.snapshot.nodes[1];
     assert_eq!((r1.lag_bytes, r1.lag_estimated), (Some(0), true));
-    assert_eq!(r1.state, NodeState::Healthy);
+    assert_eq!(r1.state(), NodeState::Healthy);
     assert!(!a.snapshot.nodes[2].lag_estimated, "r2 was paired");
     // 4 MB/s lately: 1ms of it may be missing (4000 > 1000 allowed).
     let a = run(&crate::lag::history_at(
@@ -180,7 +180,7 @@ fn unordered_pairing_is_estimated_from_the_sample_and_the_write_rate() {
     ));
     let r1 = &a.snapshot.nodes[1];
     assert_eq!(r1.lag_bytes, Some(4000));
-    assert_eq!(r1.state, NodeState::Lagging);
+    assert_eq!(r1.state(), NodeState::Lagging);
     assert_eq!(r1.cause, Some(Cause::Lag));
 }
 
@@ -224,7 +224,7 @@ fn a_silent_primary_does_not_demote_fresh_replicas() {
         ];
         let s = round_of(&cfg, &prev, &silent, &h, ms(t0, at)).snapshot;
         for r in &s.nodes[1..] {
-            assert_eq!(r.state, NodeState::Healthy, "round {round}: {r:?}");
+            assert_eq!(r.state(), NodeState::Healthy, "round {round}: {r:?}");
             assert!(r.lag_estimated);
             assert!(
                 r.lag_bytes.unwrap() <= 400 * (round as u64 + 1) + 1,
@@ -234,7 +234,7 @@ fn a_silent_primary_does_not_demote_fresh_replicas() {
         prev = s;
     }
     let p = &prev.nodes[0];
-    assert_eq!(p.state, NodeState::Unreachable);
+    assert_eq!(p.state(), NodeState::Unreachable);
     assert_eq!(p.cause, Some(Cause::Refused));
     assert_eq!(prev.primary, PrimaryStatus::One(0), "writes still go there");
 }
@@ -267,13 +267,13 @@ fn failed_check_is_unreachable_and_keeps_last_lsns() {
     // One slow check is missing evidence: state kept.
     let a = round(&first, &slow);
     let r2 = &a.snapshot.nodes[2];
-    assert_eq!((r2.state, r2.missed_checks), (NodeState::Healthy, 1));
+    assert_eq!((r2.state(), r2.status.missed), (NodeState::Healthy, 1));
     assert_eq!(r2.lag_bytes, None);
     assert!(a.changes.is_empty());
     // The second in a row (timeouts_before_unreachable = 2) is not.
     let a = round(&a.snapshot, &slow);
     let r2 = &a.snapshot.nodes[2];
-    assert_eq!(r2.state, NodeState::Unreachable);
+    assert_eq!(r2.state(), NodeState::Unreachable);
     assert_eq!(r2.cause, Some(Cause::Timeout));
     assert!(
         r2.unreachable_reason
@@ -283,7 +283,7 @@ fn failed_check_is_unreachable_and_keeps_last_lsns() {
     );
     assert_eq!(r2.replay_lsn, Some(Lsn(4900)));
     assert_eq!(r2.in_recovery, Some(true));
-    assert_eq!(a.snapshot.nodes[1].state, NodeState::Healthy);
+    assert_eq!(a.snapshot.nodes[1].state(), NodeState::Healthy);
     assert_eq!(a.snapshot.seq, 3);
     // A refused connection, or a stall seen on the data path, at once.
     for e in [
@@ -293,7 +293,10 @@ fn failed_check_is_unreachable_and_keeps_last_lsns() {
         let cause = e.cause();
         let down = [slow[0].clone(), slow[1].clone(), Err(e)];
         let r2 = round(&first, &down).snapshot.nodes[2].clone();
-        assert_eq!((r2.state, r2.cause), (NodeState::Unreachable, Some(cause)));
+        assert_eq!(
+            (r2.state(), r2.cause),
+            (NodeState::Unreachable, Some(cause))
+        );
     }
 }
 
@@ -322,8 +325,8 @@ fn unreachable_primary_keeps_writes_but_replicas_cannot_be_measured() {
     let s = round_of(&cfg, &first, &p_down, &PrimaryHistory::default(), t0).snapshot;
     assert_eq!(s.primary, PrimaryStatus::One(0));
     assert_eq!(s.primary_lsn, None);
-    assert_eq!(s.nodes[0].state, NodeState::Unreachable);
-    assert_eq!(s.nodes[1].state, NodeState::Lagging);
+    assert_eq!(s.nodes[0].state(), NodeState::Unreachable);
+    assert_eq!(s.nodes[1].state(), NodeState::Lagging);
 }
 
 #[test]
@@ -347,7 +350,7 @@ fn split_brain_refuses_writes_and_trusts_no_replica() {
     assert_eq!(s.primary_index(), None);
     assert!(s.primary_problem.unwrap().contains("split brain"));
     assert_eq!(s.primary_lsn, None);
-    assert!(s.nodes.iter().all(|n| n.state == NodeState::Lagging));
+    assert!(s.nodes.iter().all(|n| n.state() == NodeState::Lagging));
     assert_eq!(s.nodes[1].replay_lsn, Some(Lsn(4000)));
 }
 
@@ -371,8 +374,8 @@ fn replica_on_another_timeline_is_not_following() {
         &PrimaryHistory::default(),
         t0,
     );
-    assert_eq!(a.snapshot.nodes[1].state, NodeState::Healthy);
-    assert_eq!(a.snapshot.nodes[2].state, NodeState::Lagging);
+    assert_eq!(a.snapshot.nodes[1].state(), NodeState::Healthy);
+    assert_eq!(a.snapshot.nodes[2].state(), NodeState::Lagging);
     assert_eq!(a.snapshot.nodes[2].lag_bytes, None);
     assert_eq!(a.snapshot.nodes[2].timeline, Some(1));
     assert_eq!(
@@ -399,11 +402,11 @@ fn max_lag_time_demotes_on_old_heartbeat() {
     )
     .snapshot;
     assert_eq!(
-        s.nodes[1].state,
+        s.nodes[1].state(),
         NodeState::Lagging,
         "10 bytes behind, heartbeat 300ms old"
     );
-    assert_eq!(s.nodes[2].state, NodeState::Healthy, "caught up");
+    assert_eq!(s.nodes[2].state(), NodeState::Healthy, "caught up");
 }
 
 #[test]

@@ -95,14 +95,14 @@ fn nodes(shared: &Shared) -> Table {
         t.row(vec![
             s(&n.name),
             s(snake(&format!("{:?}", n.role))),
-            s(n.state.as_str()),
+            s(n.state().as_str()),
             s(target),
             s(drained.contains(&n.name)),
             n.lag_bytes.map(|b| b.to_string()),
             s(n.lag_estimated),
             n.lag_time.map(|l| l.as_millis().to_string()),
-            s(n.good_checks),
-            s(n.missed_checks),
+            s(n.status.good_checks),
+            s(n.status.missed),
             n.cause.map(|c| c.as_str().to_string()),
             n.replay_lsn.map(|l| l.to_string()),
             n.last_check
@@ -268,7 +268,7 @@ fn safety(shared: &Shared) -> Table {
     let target = snap.primary_index();
     for (i, n) in snap.nodes.iter().enumerate() {
         if Some(i) != target {
-            t.kv(&format!("gate_state_{}", n.name), n.gate_state.as_str());
+            t.kv(&format!("gate_state_{}", n.name), n.gate.state.as_str());
         }
     }
     t.kv(

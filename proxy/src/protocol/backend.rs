@@ -74,6 +74,20 @@ pub struct ErrorFields {
     pub message: String,
 }
 
+/// The first column of a DataRow body; `None` when the row has no column
+/// or that column is NULL.
+pub fn decode_first_column(body: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
+    let mut r = Reader::new(body, "DataRow");
+    if r.i16()? <= 0 {
+        return Ok(None);
+    }
+    let len = r.i32()?;
+    if len < 0 {
+        return Ok(None);
+    }
+    Ok(Some(r.bytes(len as usize)?))
+}
+
 /// Decodes the fields of an `ErrorResponse`/`NoticeResponse` body.
 pub fn decode_error_fields(body: &[u8]) -> Result<ErrorFields, DecodeError> {
     let mut r = Reader::new(body, "ErrorResponse");

@@ -28,6 +28,10 @@ pub mod be {
     pub const ERROR: u8 = b'E';
     pub const PARAMETER_STATUS: u8 = b'S';
     pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const NOTICE: u8 = b'N';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
 
 /// The transaction status a ReadyForQuery carries.

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, AuthRequest};
+use crate::protocol::tag::{be, status};
 use crate::protocol::{MAX_MESSAGE_LEN, split_frame};
 
 /// Where a node listens and what it is called.
@@ -177,7 +178,7 @@ impl ServerConn {
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
-                b'R' => {
+                be::AUTHENTICATION => {
                     let req = backend::decode_auth(msg.body())
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     let mut out = BytesMut::new();
@@ -256,20 +257,20 @@ impl ServerConn {
                         .await
                         .map_err(|e| self.lost(e.to_string()))?;
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     let (k, v) = backend::decode_parameter_status(msg.body())
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     self.params.insert(k.to_string(), v.to_string());
                 }
-                b'K' => {
+                be::BACKEND_KEY_DATA => {
                     let (pid, secret) = backend::decode_backend_key(msg.body())
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     self.pid = pid;
                     self.secret = secret;
                 }
-                b'N' | b'v' => {}
-                b'Z' => return Ok(()),
-                b'E' => {
+                be::NOTICE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::READY_FOR_QUERY => return Ok(()),
+                be::ERROR => {
                     let f = backend::decode_error_fields(msg.body()).unwrap_or_default();
                     return Err(ProxyError::NodeAuth {
                         node: self.node.name.to_string(),
@@ -306,21 +307,22 @@ impl ServerConn {
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
-                b'D' if !row_seen => {
+                be::DATA_ROW if !row_seen => {
                     row_seen = true;
-                    reply.value =
-                        first_column(msg.body()).map_err(|e| self.protocol_error(e.to_string()))?;
+                    reply.value = backend::decode_first_column(msg.body())
+                        .map_err(|e| self.protocol_error(e.to_string()))?
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
                 }
-                b'E' if reply.error.is_none() => {
+                be::ERROR if reply.error.is_none() => {
                     reply.error = Some(backend::decode_error_fields(msg.body()).unwrap_or_default())
                 }
-                b'S' => {
+                be::PARAMETER_STATUS => {
                     if let Ok((k, v)) = backend::decode_parameter_status(msg.body()) {
                         self.params.insert(k.to_string(), v.to_string());
                     }
                 }
-                b'Z' => {
-                    reply.status = msg.body().first().copied().unwrap_or(b'I');
+                be::READY_FOR_QUERY => {
+                    reply.status = msg.body().first().copied().unwrap_or(status::IDLE);
                     return Ok(reply);
                 }
                 _ => {}
@@ -372,19 +374,4 @@ pub struct Reply {
     pub error: Option<backend::ErrorFields>,
     /// Transaction status of the ReadyForQuery.
     pub status: u8,
-}
-
-/// The first column of a DataRow body, as text.
-fn first_column(body: &[u8]) -> Result<Option<String>, crate::protocol::reader::DecodeError> {
-    let mut r = crate::protocol::reader::Reader::new(body, "DataRow");
-    if r.i16()? <= 0 {
-        return Ok(None);
-    }
-    let len = r.i32()?;
-    if len < 0 {
-        return Ok(None);
-    }
-    Ok(Some(
-        String::from_utf8_lossy(r.bytes(len as usize)?).into_owned(),
-    ))
 }

@@ -52,8 +52,6 @@ const BATCH_LOOKAHEAD_LIMIT: usize = 1024 * 1024;
 /// its commit record (the insert position covers commits whose WAL is not
 /// flushed yet, as with synchronous_commit = off).
 const COMMIT_LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
-/// A replica's replay position, polled while a read waits for it.
-const REPLAY_LSN_QUERY: &str = "SELECT pg_catalog.pg_last_wal_replay_lsn()";
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -73,22 +71,26 @@ struct Passthrough {
     forward: bool,
 }
 
-/// Where a session is in learning its last write's commit LSN, which
-/// read-your-writes needs.
+/// Where routing placed the attached transaction, and what ending it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// The attached transaction was not routed as a write (or nothing is
-    /// attached).
-    None,
-    /// The attached transaction writes: when it ends, ask for the LSN.
-    Pending,
-    /// The LSN query is in flight; its DataRow, once read, carries the LSN.
+enum Txn {
+    /// Nothing attached, or a transaction on the primary that routing did
+    /// not class as a write.
+    Other,
+    /// A read on a replica: a write that comes before the client syncs
+    /// leaves it (see `leave_replica_for_write`).
+    Replica,
+    /// A write on the primary: when it ends, ask for its commit LSN, which
+    /// read-your-writes needs.
+    Write,
+    /// The commit-LSN query is in flight; its DataRow, once read, carries
+    /// the LSN.
     Capturing(Option<Lsn>),
 }
 
-impl Commit {
+impl Txn {
     fn capturing(self) -> bool {
-        matches!(self, Commit::Capturing(_))
+        matches!(self, Txn::Capturing(_))
     }
 }
 
@@ -115,10 +117,8 @@ pub struct Session<S> {
     pub(super) pools: Vec<Arc<ServerPool>>,
     /// Statements and portals the proxy answers itself.
     local: LocalStatements,
-    /// Learning where the attached transaction's write landed.
-    commit: Commit,
-    /// The attached server is a replica.
-    on_replica: bool,
+    /// Where the attached transaction runs and what ending it takes.
+    txn: Txn,
     /// Client bytes arrived during the capture and wait to be routed.
     held_client: bool,
     client_stream: Passthrough,
@@ -161,8 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discard_until_sync: false,
             pools: Vec::new(),
             local: LocalStatements::default(),
-            commit: Commit::None,
-            on_replica: false,
+            txn: Txn::Other,
             held_client: false,
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
@@ -274,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn on_client_data(&mut self) -> Result<(), End> {
         loop {
-            if self.commit.capturing() && self.client_stream.remaining == 0 {
+            if self.txn.capturing() && self.client_stream.remaining == 0 {
                 // The transaction is over; what comes next is routed anew
                 // once the connection is released.
                 self.held_client = !self.cbuf.is_empty();
@@ -431,17 +430,4 @@ fn batch_complete(buf: &[u8]) -> bool {
             Err(_) => return true, // let the frame error surface
         }
     }
-}
-
-/// The text of the first column of a DataRow body.
-fn first_column_text(body: &[u8]) -> Option<&str> {
-    let mut r = crate::protocol::reader::Reader::new(body, "DataRow");
-    if r.i16().ok()? < 1 {
-        return None;
-    }
-    let len = r.i32().ok()?;
-    if len < 0 {
-        return None;
-    }
-    std::str::from_utf8(r.bytes(len as usize).ok()?).ok()
 }

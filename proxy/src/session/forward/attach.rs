@@ -74,12 +74,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
-        self.commit = if decision.write && decision.primary {
-            Commit::Pending
-        } else {
-            Commit::None
+        self.txn = match (decision.primary, decision.write) {
+            (false, _) => Txn::Replica,
+            (true, true) => Txn::Write,
+            (true, false) => Txn::Other,
         };
-        self.on_replica = !decision.primary;
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,
             _ => {
@@ -112,37 +111,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
-    /// `lsn`, polling its replay position on a pooled connection that is
-    /// then used for the read. `None` when it did not catch up in time (or
-    /// could not be asked): the read falls back to the primary.
+    /// `lsn` (on the shared [`ReplayWaiter`](lagrouter_health::ReplayWaiter),
+    /// which polls each replica once for all sessions waiting on it), then
+    /// checks out a connection to it for the read, within what is left of
+    /// the wait. `None` when it did not catch up in time or no connection
+    /// was free: the read falls back to the primary.
     pub(super) async fn catch_up(&mut self, replica: usize, lsn: Lsn) -> Option<PooledConn> {
-        let deadline = Instant::now() + self.config.routing.read_your_writes_wait;
+        let wait = self.config.routing.read_your_writes_wait;
+        let deadline = Instant::now() + wait;
         let pool = self.pool_for(replica).ok()?;
-        let mut cfg = self.config.pool.clone();
-        cfg.checkout_timeout = self.config.routing.read_your_writes_wait;
-        let mut pc = pool
-            .checkout(&cfg, self.user.backend_password.as_deref(), Instant::now())
-            .await
-            .ok()?;
-        loop {
-            // Bounded by the wait itself: a replica that does not answer in
-            // time is not caught up (its connection, owing an answer, is
-            // dropped, not pooled).
-            let poll =
-                tokio::time::timeout_at(deadline.into(), pc.conn().query_value(REPLAY_LSN_QUERY));
-            let replayed = poll.await.ok()?.ok()?;
-            if replayed
-                .and_then(|v| v.parse::<Lsn>().ok())
-                .is_some_and(|r| r >= lsn)
-            {
-                return Some(pc);
-            }
-            if Instant::now() >= deadline {
-                pc.release();
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        let replay = self.shared.replay.clone();
+        if !replay.wait_node(&pool.key.node, lsn, wait).await {
+            return None;
         }
+        let mut cfg = self.config.pool.clone();
+        cfg.checkout_timeout = deadline.saturating_duration_since(Instant::now());
+        pool.checkout(&cfg, self.user.backend_password.as_deref(), Instant::now())
+            .await
+            .ok()
     }
 
     /// The pool for the node routing picked. Routing names nodes by their

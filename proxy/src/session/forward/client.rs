@@ -45,7 +45,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Err(e) => return Err(self.malformed(e).await),
         };
-        if self.on_replica && self.expect.unsynced_idle() {
+        if self.txn == Txn::Replica && self.expect.unsynced_idle() {
             Box::pin(self.leave_replica_for_write(&msg)).await?;
         }
         match msg {

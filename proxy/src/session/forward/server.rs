@@ -79,7 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             to_client,
             params,
             server_stream,
-            commit,
+            txn,
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
@@ -150,9 +150,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         }
                     }
                 }
-                be::DATA_ROW if !forward && commit.capturing() => {
-                    *commit = Commit::Capturing(
-                        first_column_text(&frame[5..]).and_then(|t| t.parse().ok()),
+                be::DATA_ROW if !forward && txn.capturing() => {
+                    *txn = Txn::Capturing(
+                        backend::decode_first_column(&frame[5..])
+                            .ok()
+                            .flatten()
+                            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
                     );
                 }
                 be::ERROR if !forward => {
@@ -198,17 +201,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             return;
         }
-        match self.commit {
-            Commit::Pending => {
+        match self.txn {
+            Txn::Write => {
                 // Learn where the write landed before the connection goes
                 // back (the client already has its ReadyForQuery).
-                self.commit = Commit::Capturing(None);
+                self.txn = Txn::Capturing(None);
                 frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
                 self.expect.push(Req::Query, Action::Drop);
                 return;
             }
-            Commit::Capturing(lsn) => {
-                self.commit = Commit::None;
+            Txn::Capturing(lsn) => {
+                self.txn = Txn::Other;
                 if let Some(lsn) = lsn {
                     self.shared.router.record_write(&mut self.routing, lsn);
                     backend::parameter_status(
@@ -218,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     );
                 }
             }
-            Commit::None => {}
+            Txn::Other | Txn::Replica => {}
         }
         self.local.end_transaction();
         if self.config.pool.mode == PoolMode::Session {
@@ -228,6 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     pub(super) fn release(&mut self) {
+        self.txn = Txn::Other;
         if let Some(mut pc) = self.server.take() {
             if let Some(c) = &self.registered {
                 c.released();
@@ -268,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A finished write starts its LSN query here.
             self.maybe_release();
             self.write_server().await?;
-            let owed = self.expect.awaits_server() || self.commit.capturing();
+            let owed = self.expect.awaits_server() || self.txn.capturing();
             let Some(pc) = self.server.as_mut().filter(|_| owed) else {
                 return Ok(());
             };
