@@ -9,11 +9,11 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use lagrouter::pgcluster::{Cluster, ClusterOptions};
+use lagrouter::pgcluster::{Cluster, ClusterOptions, Guarded};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,16 +22,6 @@ const CONCURRENT_LOGINS: usize = 200;
 /// Long enough for lagrouter's idle-buffer sweeps (1,000 sessions a
 /// second) to have asked every idle session for its buffers.
 const SETTLE: Duration = Duration::from_secs(15);
-
-/// The lagrouter child; killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -155,16 +145,14 @@ fn main() -> Result<()> {
     let path = dir.join("lagrouter.toml");
     std::fs::write(&path, config)?;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_lagrouter"));
-    let child = Command::new(&bin)
-        .args(["run", "-c"])
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("lagrouter.log"))?)
-        .spawn()
-        .context("starting lagrouter")?;
-    let lr = Proc(child);
-    let pid = lr.0.id();
+        .stderr(std::fs::File::create(dir.join("lagrouter.log"))?);
+    let lr = Guarded::spawn(cmd, libc::SIGTERM).context("starting lagrouter")?;
+    let pid = lr.id();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,9 +1,12 @@
-//! pgbench select-only through lagrouter, through PgBouncer (transaction
-//! pooling, when installed) and directly, interleaved in one run; prints
-//! median TPS, the ratios and the proxies' CPU per transaction.
+//! pgbench through lagrouter (with replicas, and primary-only), through
+//! PgBouncer (transaction pooling, when installed or given with
+//! `--pgbouncer`) and directly, interleaved in one run, on the workloads
+//! select-only, TPC-B, a 7-statement read transaction and select-only with
+//! 400 clients, in each -M mode; prints median TPS, the ratios, and the
+//! proxies' CPU (user and system) and context switches per transaction.
 //!
-//! Goal: lagrouter >= 1.0x PgBouncer's TPS (simple and extended protocol)
-//! and >= 0.85x direct. Everything runs on loopback in a throwaway cluster.
+//! Goal: lagrouter >= 1.0x PgBouncer's TPS on every workload, at no more
+//! CPU per transaction. Everything runs on loopback in a throwaway cluster.
 //!
 //! `cargo bench --bench pgbench_compare -- [options]` (see `USAGE`).
 //! Results: target/pgbench-compare/<timestamp>.tsv, raw logs (pgbench,
@@ -24,17 +27,34 @@ use common::*;
 use lagrouter::pgcluster::{Cluster, ClusterOptions};
 
 const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REPEATS (3)
-  --modes simple,extended,prepared   --scale N (10)   --warmup SECS (2, 0 = none)
+  --workloads LIST (select): select (pgbench -S), tpcb (pgbench's default script),
+      txn7 (BEGIN, 5 x SELECT, END), select-c400 (-S with 400 clients, whatever -c says)
+  --modes simple,extended,prepared (all three), for every workload
+  --scale N (10)   --warmup SECS (2, 0 = none)
   --targets direct,pgbouncer,lagrouter-primary-only,lagrouter
-  --rw (add TPC-B-like read-write runs)   --rw-modes LIST (prepared)
+  --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --install-pgbouncer (apt-get install -y pgbouncer first)";
 const ALL_TARGETS: [&str; 4] = ["direct", "pgbouncer", "lagrouter-primary-only", "lagrouter"];
+const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
 /// Extra time a pgbench gets beyond -T before it counts as hung.
 const GRACE: Duration = Duration::from_secs(60);
 /// How long a freshly started proxy may take to answer `select 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server connections per pool, the same for PgBouncer and lagrouter.
 const POOL_SIZE: u32 = 20;
+/// Clients of the `select-c400` workload. PostgreSQL's own limit
+/// (max_connections = 100) keeps `direct` out of it.
+const MANY_CLIENTS: u32 = 400;
+/// The 7-statement read transaction: what an ORM's request often is.
+const TXN7: &str = "\\set aid random(1, 100000 * :scale)
+BEGIN;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 1;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 2;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 3;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 4;
+END;
+";
 
 struct Opts {
     secs: u64,
@@ -43,32 +63,27 @@ struct Opts {
     repeats: u32,
     scale: u32,
     warmup: u64,
+    workloads: Vec<String>,
     modes: Vec<String>,
-    rw_modes: Vec<String>,
     targets: Vec<String>,
+    pgbouncer: Option<PathBuf>,
     install_pgbouncer: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
-    let (secs, clients, threads, repeats, scale, warmup) = (10, 16, 2, 3, 10, 2);
-    let (modes, targets) = (
-        list("simple,extended,prepared"),
-        list(&ALL_TARGETS.join(",")),
-    );
-    let (rw_modes, install_pgbouncer) = (Vec::new(), false);
     let mut o = Opts {
-        secs,
-        clients,
-        threads,
-        repeats,
-        scale,
-        warmup,
-        modes,
-        rw_modes,
-        targets,
-        install_pgbouncer,
+        secs: 10,
+        clients: 16,
+        threads: 2,
+        repeats: 3,
+        scale: 10,
+        warmup: 2,
+        workloads: list("select"),
+        modes: list("simple,extended,prepared"),
+        targets: list(&ALL_TARGETS.join(",")),
+        pgbouncer: None,
+        install_pgbouncer: false,
     };
-    let (mut rw, mut rw_modes) = (false, list("prepared"));
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || {
@@ -83,25 +98,26 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "-r" => o.repeats = val()?.parse()?,
             "--scale" => o.scale = val()?.parse()?,
             "--warmup" => o.warmup = val()?.parse()?,
+            "--workloads" => o.workloads = list(val()?),
             "--modes" => o.modes = list(val()?),
             "--targets" => o.targets = list(val()?),
-            "--rw-modes" => rw_modes = list(val()?),
-            "--rw" => rw = true,
+            "--pgbouncer" => o.pgbouncer = Some(PathBuf::from(val()?)),
             "--install-pgbouncer" => o.install_pgbouncer = true,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    if rw {
-        o.rw_modes = rw_modes;
-    }
-    let unknown = |t: &&String| !ALL_TARGETS.contains(&t.as_str());
-    if let Some(t) = o.targets.iter().find(unknown) {
-        bail!("unknown target {t}\n{USAGE}");
-    }
-    let known = ["simple", "extended", "prepared"];
-    let unknown = |m: &&String| !known.contains(&m.as_str());
-    if let Some(m) = o.modes.iter().chain(&o.rw_modes).find(unknown) {
-        bail!("unknown mode {m}\n{USAGE}");
+    let check = |what: &str, given: &[String], known: &[&str]| match given
+        .iter()
+        .find(|g| !known.contains(&g.as_str()))
+    {
+        Some(g) => bail!("unknown {what} {g}\n{USAGE}"),
+        None => Ok(()),
+    };
+    check("target", &o.targets, &ALL_TARGETS)?;
+    check("workload", &o.workloads, &ALL_WORKLOADS)?;
+    check("mode", &o.modes, &["simple", "extended", "prepared"])?;
+    if let Some(p) = o.pgbouncer.as_ref().filter(|p| !p.is_file()) {
+        bail!("--pgbouncer {}: no such file", p.display());
     }
     if o.secs == 0 || o.clients == 0 || o.threads == 0 || o.repeats == 0 {
         bail!("-T, -c, -j and -r must be > 0");
@@ -139,14 +155,8 @@ fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool) -> String {
 }
 
 /// Spawns a proxy listening on `port` and waits until it serves queries.
-fn start_proxy(
-    c: &Cluster,
-    name: &str,
-    port: u16,
-    cmd: &mut Command,
-    out: &Path,
-) -> Result<Target> {
-    let proc = Proc::spawn(cmd, &out.join(format!("{name}.log")))?;
+fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> Result<Target> {
+    let proc = spawn_logged(cmd, &out.join(format!("{name}.log")))?;
     let mut t = Target {
         name: name.into(),
         port,
@@ -170,10 +180,13 @@ fn start_lagrouter(c: &Cluster, name: &str, out: &Path) -> Result<Target> {
         .arg(&conf)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1");
-    start_proxy(c, name, port, &mut cmd, out)
+    start_proxy(c, name, port, cmd, out)
 }
 
-fn pgbouncer_bin() -> Option<PathBuf> {
+fn pgbouncer_bin(o: &Opts) -> Option<PathBuf> {
+    if let Some(p) = &o.pgbouncer {
+        return Some(p.clone());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let on_path = std::env::split_paths(&path).map(|d| d.join("pgbouncer"));
     on_path
@@ -195,8 +208,20 @@ fn install_pgbouncer() -> Result<()> {
 
 /// PgBouncer as the comparison runs it: transaction pooling on the primary,
 /// SCRAM with app's secret from pg_authid (so it can also log into the
-/// server with SCRAM), pool size 20, in the foreground, logging to stderr.
+/// server with SCRAM), pool size 20, `max_prepared_statements = 200` from
+/// 1.21 on, in the foreground, logging to stderr.
 fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
+    // Prepared statements in transaction mode: 1.21 and later.
+    let version = Command::new(bin).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    println!("pgbouncer: {}", version.lines().next().unwrap_or("?"));
+    let prepared = match version.split_whitespace().nth(1).map(|v| {
+        let mut p = v.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+        (p.next().unwrap_or(0), p.next().unwrap_or(0))
+    }) {
+        Some(v) if v >= (1, 21) => "max_prepared_statements = 200\n",
+        _ => "",
+    };
     let (user, db, host, pg_port) = (c.app_user(), c.database(), c.host(), c.port(0));
     let sql = format!("select rolpassword from pg_authid where rolname = '{user}'");
     let secret = c.sql(0, &sql)?;
@@ -213,10 +238,12 @@ fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
         "[databases]\n{db} = host={host} port={pg_port} dbname={db}\n\n[pgbouncer]\n\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
-         default_pool_size = {POOL_SIZE}\nmax_client_conn = 200\n\
+         default_pool_size = {POOL_SIZE}\nmax_client_conn = {}\n\
          ignore_startup_parameters = extra_float_digits\nserver_tls_sslmode = disable\n\
-         log_connections = 0\nlog_disconnections = 0\n",
-        auth.display()
+         log_connections = 0\nlog_disconnections = 0\n{}",
+        auth.display(),
+        MANY_CLIENTS + 100,
+        prepared,
     );
     fs::write(&ini, text)?;
     let mut cmd = Command::new(bin);
@@ -226,7 +253,8 @@ fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
     if unsafe { libc::geteuid() } == 0 {
         cmd.args(["-u", "postgres"]);
     }
-    start_proxy(c, "pgbouncer", port, cmd.arg(&ini), out)
+    cmd.arg(&ini);
+    start_proxy(c, "pgbouncer", port, cmd, out)
 }
 
 /// Polls (bounded) until `select 1` works through the target; fails at once
@@ -246,7 +274,7 @@ fn wait_ready(c: &Cluster, t: &mut Target, out: &Path) -> Result<()> {
         if TcpStream::connect(("127.0.0.1", t.port)).is_ok() {
             let mut cmd = pg_tool(c, "psql", t.port);
             cmd.args(["-X", "-At", "-c", "select 1", c.database()]);
-            let status = Proc::spawn(&mut cmd, &log)?.wait_for(Duration::from_secs(10));
+            let status = spawn_logged(cmd, &log)?.wait_for(Duration::from_secs(10));
             if status.is_some_and(|s| s.success()) {
                 return Ok(());
             }
@@ -291,7 +319,7 @@ fn settled_replica_xacts(c: &Cluster) -> Option<u64> {
 fn replica_share(c: &Cluster, runs: &[Run], warmup: u64, before: Option<u64>) -> Option<f64> {
     let lr = runs
         .iter()
-        .filter(|r| r.target == "lagrouter" && r.workload == "select");
+        .filter(|r| r.target == "lagrouter" && r.workload.starts_with("select"));
     let xacts = warmup + lr.map(|r| r.xacts).sum::<u64>();
     if xacts == 0 {
         return None;
@@ -300,7 +328,7 @@ fn replica_share(c: &Cluster, runs: &[Run], warmup: u64, before: Option<u64>) ->
     Some(on_replicas as f64 / xacts as f64)
 }
 
-/// A workload ("select" or "tpcb") and a pgbench -M mode.
+/// A workload (one of [`ALL_WORKLOADS`]) and a pgbench -M mode.
 type Combo = (&'static str, String);
 
 /// One pgbench run.
@@ -331,13 +359,26 @@ fn run_pgbench(
     log: &Path,
 ) -> Result<Run> {
     let mut cmd = pg_tool(c, "pgbench", t.port);
-    let args = format!("-n -M {} -c {} -j {} -T {secs}", wm.1, o.clients, o.threads);
-    let select_only = (wm.0 == "select").then_some("-S");
-    cmd.args(args.split_whitespace())
-        .args(select_only)
-        .arg(c.database());
-    let pid = t.proc.as_ref().map(Proc::pid);
-    let pg = Pgbench::run(&mut cmd, log, secs, GRACE, o.clients, pid)?;
+    let clients = match wm.0 {
+        "select-c400" => MANY_CLIENTS,
+        _ => o.clients,
+    };
+    let args = format!("-n -M {} -c {clients} -j {} -T {secs}", wm.1, o.threads);
+    cmd.args(args.split_whitespace());
+    match wm.0 {
+        "select" | "select-c400" => {
+            cmd.arg("-S");
+        }
+        "txn7" => {
+            let script = log.with_file_name("txn7.sql");
+            fs::write(&script, TXN7)?;
+            cmd.arg("-f").arg(script);
+        }
+        _ => {} // tpcb: pgbench's built-in script
+    }
+    cmd.arg(c.database());
+    let pid = t.proc.as_ref().map(Proc::id);
+    let pg = Pgbench::run(cmd, log, secs, GRACE, clients, pid)?;
     Ok(Run {
         rep: 0,
         workload: wm.0,
@@ -404,12 +445,21 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
         let both = tps(wm, ratios[i].0).zip(tps(wm, ratios[i].1));
         both.map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
     });
-    println!("(goal: lagrouter/pgbouncer >= 1.00 on simple+extended, lagrouter/direct >= 0.85)");
+    println!(
+        "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
+    );
     let proxies: Vec<&str> = targets.iter().copied().filter(|t| *t != dir).collect();
     print_grid("CPU us/txn", &proxies, combos, &|wm, i| {
-        median_of(runs, wm, proxies[i], |r| r.cpu_us).map_or("-".into(), |v| format!("{v:.1}"))
+        let user = median_of(runs, wm, proxies[i], |r| r.user_us);
+        let sys = median_of(runs, wm, proxies[i], |r| r.sys_us);
+        user.zip(sys)
+            .map_or("-".into(), |(u, s)| format!("{:.1} ({u:.1}+{s:.1})", u + s))
     });
-    println!("(user+sys CPU time of the proxy process per transaction)");
+    println!("(CPU time of the proxy process per transaction: total (user+system))");
+    print_grid("switches/txn", &proxies, combos, &|wm, i| {
+        median_of(runs, wm, proxies[i], |r| r.switches).map_or("-".into(), |v| format!("{v:.2}"))
+    });
+    println!("(context switches of the proxy's threads per transaction)");
     for r in runs.iter().filter(|r| r.status != "ok") {
         let (rep, wl, m, t) = (r.rep, r.workload, &r.mode, &r.target);
         println!("not ok: r{rep} {wl}/{m} {t}: {} {}", r.status, r.error);
@@ -419,17 +469,18 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
 fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
     let mut f = File::create(path)?;
     let head = "rep workload mode target tps lat_ms xacts failed aborted_clients status \
-                cpu_us_per_txn first_error";
+                cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn first_error";
     writeln!(f, "{}", head.replace(' ', "\t"))?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for r in runs {
         let (rep, wl, mode, t) = (r.rep, r.workload, &r.mode, &r.target);
         let (tps, lat, xacts, failed) = (opt(r.tps), opt(r.lat_ms), r.xacts, r.failed);
         let (aborted, status, cpu) = (r.aborted, &r.status, opt(r.cpu_us));
+        let (user, sys, switches) = (opt(r.user_us), opt(r.sys_us), opt(r.switches));
         let err = &r.error;
         let row = format!("{rep} {wl} {mode} {t} {tps} {lat} {xacts} {failed} {aborted}");
         // Only the error text may hold spaces; empty cells stay empty.
-        let row = format!("{row} {status} {cpu}").replace(' ', "\t");
+        let row = format!("{row} {status} {cpu} {user} {sys} {switches}").replace(' ', "\t");
         writeln!(f, "{row}\t{err}")?;
     }
     Ok(())
@@ -450,7 +501,7 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     let wanted = |t: &&str| o.targets.iter().any(|x| x == t);
     for name in ALL_TARGETS.into_iter().filter(wanted) {
-        let t = match (name, pgbouncer_bin()) {
+        let t = match (name, pgbouncer_bin(o)) {
             ("direct", _) => direct(c),
             ("pgbouncer", Some(bin)) => start_pgbouncer(c, &bin, out)?,
             ("pgbouncer", None) => {
@@ -475,12 +526,16 @@ fn run_matrix(
     combos: &[Combo],
     out: &Path,
 ) -> Result<Vec<Run>> {
-    let total = combos.len() * targets.len() * o.repeats as usize;
+    let direct_c400 = combos.iter().filter(|wm| wm.0 == "select-c400").count()
+        * targets.iter().filter(|t| t.name == "direct").count();
+    let total = (combos.len() * targets.len() - direct_c400) * o.repeats as usize;
     let mut runs = Vec::new();
     for rep in 1..=o.repeats {
         let matrix = combos
             .iter()
             .flat_map(|wm| targets.iter().map(move |t| (wm, t)));
+        // PostgreSQL itself takes at most max_connections (100) clients.
+        let matrix = matrix.filter(|(wm, t)| !(wm.0 == "select-c400" && t.name == "direct"));
         for (wm, t) in matrix {
             let (wl, mode, name, n, secs) = (wm.0, &wm.1, &t.name, runs.len() + 1, o.secs);
             print!("[{n}/{total}] {wl}/{mode} {name} {secs}s ... ");
@@ -506,7 +561,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let o = parse_args(&args)?;
-    if o.install_pgbouncer && pgbouncer_bin().is_none() {
+    if o.install_pgbouncer && pgbouncer_bin(&o).is_none() {
         install_pgbouncer()?;
     }
     let out = out_dir("pgbench-compare")?;
@@ -524,8 +579,11 @@ fn main() -> Result<()> {
         let run = run_pgbench(&c, &o, t, &("select", "simple".into()), o.warmup, &log)?;
         warmup_xacts += if t.name == "lagrouter" { run.xacts } else { 0 };
     }
-    let mut combos: Vec<Combo> = o.modes.iter().map(|m| ("select", m.clone())).collect();
-    combos.extend(o.rw_modes.iter().map(|m| ("tpcb", m.clone())));
+    let combos: Vec<Combo> = ALL_WORKLOADS
+        .into_iter()
+        .filter(|w| o.workloads.iter().any(|x| x == w))
+        .flat_map(|w| o.modes.iter().map(move |m| (w, m.clone())))
+        .collect();
     let runs = run_matrix(&c, &o, &targets, &combos, &out)?;
     let started = |n: &&str| targets.iter().any(|t| t.name == *n);
     let names: Vec<&str> = ALL_TARGETS.into_iter().filter(started).collect();

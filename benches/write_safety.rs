@@ -147,7 +147,7 @@ fn start_lagrouter(
         .arg(&conf)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1");
-    let proc = Proc::spawn(&mut cmd, &out.join(format!("{name}.log")))?;
+    let proc = spawn_logged(cmd, &out.join(format!("{name}.log")))?;
     let mut p = Proxy {
         name,
         port,
@@ -176,7 +176,7 @@ fn wait_ready(c: &Cluster, p: &mut Proxy, out: &Path) -> Result<()> {
         if !answered && TcpStream::connect(("127.0.0.1", p.port)).is_ok() {
             let mut cmd = pg_tool(c, "psql", p.port);
             cmd.args(["-X", "-At", "-c", "select 1", c.database()]);
-            let status = Proc::spawn(&mut cmd, &log)?.wait_for(Duration::from_secs(10));
+            let status = spawn_logged(cmd, &log)?.wait_for(Duration::from_secs(10));
             answered = status.is_some_and(|s| s.success());
         }
         if answered && let Ok(m) = scrape(p.metrics_port) {
@@ -316,7 +316,7 @@ fn run_pgbench(
         .arg(&file)
         .arg(c.database());
     let counts_before = counts(p.metrics_port);
-    let pg = Pgbench::run(&mut cmd, log, secs, GRACE, o.clients, Some(p.proc.pid()))?;
+    let pg = Pgbench::run(cmd, log, secs, GRACE, o.clients, Some(p.proc.id()))?;
     let counts_after = counts(p.metrics_port);
     let mut run = Run {
         variant: variant.into(),

@@ -40,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use error::{ClusterError, ClusterErrorKind};
+pub use process::Guarded;
 use process::Janitor;
 use setup::{OsUser, conninfo_value};
 

@@ -61,14 +61,13 @@ async fn console_shows_state_and_drains_replicas() {
         // inet_server_port() is an unknown function and goes to the
         // primary as a possible write: wait for replica reads.
         let primary_port = cluster.port(cluster.primary_index());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while read_ports(&app, 1).await == [primary_port] {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reads never left the primary"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let app_ref = &app;
+        eventually(
+            Duration::from_secs(20),
+            "reads leave the primary",
+            || async move { (read_ports(app_ref, 1).await != [primary_port]).then_some(()) },
+        )
+        .await;
         read_ports(&app, 4).await;
         let a = admin(&proxy).await;
 

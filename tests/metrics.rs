@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lagrouter::pgcluster::Cluster;
 use support::metrics::{scrape, sum, value};
-use support::{ProxyBuilder, blocking, connect};
+use support::{ProxyBuilder, blocking, connect, eventually};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -106,20 +106,17 @@ async fn metrics_move_with_traffic_and_with_injected_lag() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
     let lagging = "lagrouter_node_state{node=\"replica1\",state=\"lagging\"}";
-    loop {
-        let t = scrape(metrics_port).await;
-        let bytes = value(&t, "lagrouter_node_lag_bytes{node=\"replica1\"}").unwrap_or(0.0);
-        if value(&t, lagging) == Some(1.0) && bytes > 1_048_576.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica1 lag not visible in /metrics:\n{t}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        "replica1 lagging by over 1 MiB in /metrics",
+        || async move {
+            let t = scrape(metrics_port).await;
+            let bytes = value(&t, "lagrouter_node_lag_bytes{node=\"replica1\"}").unwrap_or(0.0);
+            (value(&t, lagging) == Some(1.0) && bytes > 1_048_576.0).then_some(())
+        },
+    )
+    .await;
     drop(resume);
     let _ = c;
 }

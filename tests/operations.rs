@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
 use lagrouter_config::Config;
-use support::{ProxyBuilder, TempDir, blocking, start_lagrouter, try_connect_str, within};
+use support::{
+    ProxyBuilder, TempDir, blocking, eventually, start_lagrouter, try_connect_str, within,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Starts lagrouter from a file, with the reload watcher, as `lagrouter run` does.
@@ -63,11 +65,13 @@ async fn reload_applies_a_rule_and_rejects_a_broken_file() {
     let sql = "SELECT 42 AS answer, inet_server_port()";
 
     // Before: a read, served by a replica once they are healthy.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served_by(&conn.client, sql).await == primary_port {
-        assert!(Instant::now() < deadline, "reads never reached a replica");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let client = &conn.client;
+    eventually(
+        Duration::from_secs(20),
+        "reads reach a replica",
+        || async move { (served_by(client, sql).await != primary_port).then_some(()) },
+    )
+    .await;
 
     // Load through lagrouter during both reloads; it must see no error.
     blocking(|c| c.pgbench_init(1))
@@ -122,11 +126,21 @@ async fn reload_applies_a_rule_and_rejects_a_broken_file() {
 
     // A broken file: rejected, the running config (and the rule) stay.
     std::fs::write(&path, format!("{with_rule}\n[pool]\nsize = \"many\"\n")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running.shared.reload.last_error.lock().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "a broken file was not reported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let shared = &running.shared;
+    eventually(
+        Duration::from_secs(5),
+        "a broken file is reported",
+        || async move {
+            shared
+                .reload
+                .last_error
+                .lock()
+                .unwrap()
+                .is_some()
+                .then_some(())
+        },
+    )
+    .await;
     let err = running
         .shared
         .reload
@@ -207,13 +221,12 @@ async fn idle_server_connections_are_closed_after_idle_timeout() {
         open(&running.shared) > 0,
         "traffic opened server connections"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while open(&running.shared) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "idle connections were not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let shared = &running.shared;
+    eventually(
+        Duration::from_secs(5),
+        "idle connections are closed",
+        || async move { (open(shared) == 0).then_some(()) },
+    )
+    .await;
     shutdown.cancel();
 }

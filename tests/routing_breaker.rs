@@ -23,7 +23,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lagrouter_health::NodeState;
-use support::{ProxyBuilder, blocking, describe, sqlstate, within};
+use support::{ProxyBuilder, blocking, describe, eventually, sqlstate, within};
 use tokio::sync::Mutex;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
@@ -46,18 +46,16 @@ fn breaker_builder(on_open: &str) -> ProxyBuilder {
 /// not count): wait until a plain read reaches a replica.
 async fn wait_reads_on_replicas(lr: &Lr) {
     let c = lr.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = rows(&c, "SELECT inet_server_port()").await;
-        if lr.node_of(r[0][0].as_deref().unwrap().parse().unwrap()) != 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "plain reads still on the primary 15 s after start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let c = &c;
+    eventually(
+        Duration::from_secs(15),
+        "plain reads reach a replica",
+        || async move {
+            let r = rows(c, "SELECT inet_server_port()").await;
+            (lr.node_of(r[0][0].as_deref().unwrap().parse().unwrap()) != 0).then_some(())
+        },
+    )
+    .await
 }
 
 /// Pauses both replicas, writes ~1.2 MB on the primary and waits until the

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use support::raw::{Msg, RawConn, message};
-use support::{ProxyBuilder, TestProxy, blocking, connect, describe, within};
+use support::{ProxyBuilder, TestProxy, blocking, connect, describe, eventually, within};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -74,14 +74,13 @@ async fn proxy() -> TestProxy {
     // Until the function catalog is loaded, `inet_server_port()` is an
     // unknown function and its reads go to the primary: wait for that.
     let c = connect(&p).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while served_by(&c, "SELECT inet_server_port()").await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "plain reads still on the primary 15 s after start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let c = &c;
+    eventually(
+        Duration::from_secs(15),
+        "plain reads reach a replica",
+        || async move { (served_by(c, "SELECT inet_server_port()").await != 0).then_some(()) },
+    )
+    .await;
     p
 }
 

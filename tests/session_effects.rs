@@ -5,13 +5,25 @@
 //! while a real `LISTEN` does pin. A simple-query `DEALLOCATE name` (what
 //! Rails and PHP's PDO send when they evict a statement) forgets that one
 //! statement, as it would directly.
+//!
+//! Session state across pooled connections: parameters a client sets
+//! follow it; LISTEN, temp tables and session advisory locks pin the
+//! session; two sessions may use the same statement name; settings given
+//! at startup are applied, or refused at login.
 
 mod support;
 
 use std::time::Duration;
 
-use support::raw::{RawConn, message, query};
+use support::raw::{RawConn, cstr, message, query};
 use support::*;
+use tokio_postgres::AsyncMessage;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn proxy(pool_size: usize) -> TestProxy {
+    ProxyBuilder::new().pool_size(pool_size).start().await
+}
 
 async fn pinned_sessions(proxy: &TestProxy) -> u64 {
     let admin = try_connect_str(&format!(
@@ -168,6 +180,354 @@ async fn sql_deallocate_forgets_one_protocol_statement() {
         );
         assert_eq!(answer(&mut c, &query("ROLLBACK")).await.1, b'I');
         assert_eq!(answer(&mut c, &run("a3", "5")).await.0, Ok("5".into()));
+    })
+    .await
+}
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    scalar(c, &format!("show {name}"))
+        .await
+        .unwrap_or_else(|| panic!("show {name}: no value"))
+}
+
+/// Pool size 1: A and B share one server connection. A's SETs follow A and
+/// never leak to B; SET LOCAL and rolled-back SETs do not stick; RESET works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_parameters_follow_the_client_across_pooled_connections() {
+    within(
+        Duration::from_secs(180),
+        "test session_parameters_follow_the_client_across_pooled_connections",
+        async {
+            let proxy = proxy(1).await;
+            let a = connect(&proxy).await;
+            let b = connect(&proxy).await;
+            let b_tz = show(&b, "TimeZone").await;
+            let b_app = show(&b, "application_name").await;
+            let b_ds = show(&b, "DateStyle").await;
+            assert_ne!(b_tz, "Asia/Tokyo");
+            a.batch_execute(
+                "SET TimeZone = 'Asia/Tokyo'; SET application_name = 'client_a'; \
+         SET DateStyle = 'SQL, DMY'",
+            )
+            .await
+            .unwrap();
+            for i in 0..30 {
+                assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo", "round {i}");
+                assert_eq!(
+                    show(&b, "TimeZone").await,
+                    b_tz,
+                    "round {i}: A's TimeZone leaked"
+                );
+                assert_eq!(show(&a, "application_name").await, "client_a");
+                assert_eq!(show(&b, "application_name").await, b_app);
+                assert_eq!(show(&a, "DateStyle").await, "SQL, DMY");
+                assert_eq!(show(&b, "DateStyle").await, b_ds);
+                // Extended protocol and explicit transactions see the same.
+                let tz: String = a
+                    .query_one("select current_setting('TimeZone')", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(tz, "Asia/Tokyo");
+                b.batch_execute("begin; select 1; commit").await.unwrap();
+                let tz: String = b
+                    .query_one("select current_setting('TimeZone')", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(tz, b_tz);
+            }
+            // SET LOCAL ends with its transaction; a rolled-back SET is undone.
+            a.batch_execute("begin; set local application_name = 'only_here'; commit")
+                .await
+                .unwrap();
+            assert_eq!(
+                show(&a, "application_name").await,
+                "client_a",
+                "SET LOCAL stuck"
+            );
+            a.batch_execute("begin; set DateStyle = 'German'; rollback")
+                .await
+                .unwrap();
+            assert_eq!(show(&b, "DateStyle").await, b_ds);
+            assert_eq!(
+                show(&a, "DateStyle").await,
+                "SQL, DMY",
+                "rolled-back SET stuck"
+            );
+            a.batch_execute("reset TimeZone").await.unwrap();
+            assert_eq!(show(&b, "TimeZone").await, b_tz);
+            assert_eq!(
+                show(&a, "TimeZone").await,
+                b_tz,
+                "RESET did not restore the default"
+            );
+        },
+    )
+    .await
+}
+
+/// LISTEN pins the session; a NOTIFY from another client reaches the
+/// listener while it is idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_reaches_an_idle_listener() {
+    within(
+        Duration::from_secs(180),
+        "test listen_notify_reaches_an_idle_listener",
+        async {
+            let proxy = proxy(3).await;
+            let mut l = connect(&proxy).await;
+            let n = connect(&proxy).await;
+            l.batch_execute("LISTEN lr_chan").await.unwrap();
+            // Other clients churn the pool meanwhile.
+            for i in 0..20 {
+                n.batch_execute(&format!("select {i}")).await.unwrap();
+            }
+            n.batch_execute("NOTIFY lr_chan, 'hello from n'")
+                .await
+                .unwrap();
+            let got = l.next_message(Duration::from_secs(5)).await;
+            let got = match got {
+                Some(m) => m,
+                None => {
+                    // Tell a late delivery (only on the next query) from a lost one.
+                    l.batch_execute("select 1").await.unwrap();
+                    let late = l.next_message(Duration::from_secs(2)).await;
+                    panic!("no notification while idle within 5 s; after a query: {late:?}");
+                }
+            };
+            match got {
+                AsyncMessage::Notification(note) => {
+                    assert_eq!(note.channel(), "lr_chan");
+                    assert_eq!(note.payload(), "hello from n");
+                }
+                other => panic!("expected a notification, got {other:?}"),
+            }
+            // A second one after more traffic on the listener itself.
+            l.batch_execute("select 1").await.unwrap();
+            n.batch_execute("select pg_notify('lr_chan', 'second')")
+                .await
+                .unwrap();
+            match l.next_message(Duration::from_secs(5)).await {
+                Some(AsyncMessage::Notification(note)) => assert_eq!(note.payload(), "second"),
+                other => panic!("second notification: {other:?}"),
+            }
+        },
+    )
+    .await
+}
+
+/// A temp table pins its session: with a pool of 3 and two other clients
+/// holding transactions, A keeps its server connection and its table; the
+/// others never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_table_survives_across_transactions() {
+    within(
+        Duration::from_secs(180),
+        "test temp_table_survives_across_transactions",
+        async {
+            let proxy = proxy(3).await;
+            let a = connect(&proxy).await;
+            let b1 = connect(&proxy).await;
+            let b2 = connect(&proxy).await;
+            a.batch_execute("create temp table lr_tmp (x int); insert into lr_tmp values (1)")
+                .await
+                .unwrap();
+            let pid = scalar(&a, "select pg_backend_pid()").await;
+            for i in 0..20 {
+                b1.batch_execute("begin; select 1").await.unwrap();
+                b2.batch_execute("begin; select 1").await.unwrap();
+                let n = within(
+                    Duration::from_secs(10),
+                    "A's query while B1 and B2 hold transactions",
+                    a.query_one("select count(*) from lr_tmp", &[]),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {i}: temp table lost: {}", describe(&e)));
+                assert_eq!(n.get::<_, i64>(0), 1 + i);
+                a.execute("insert into lr_tmp values ($1)", &[&(i as i32)])
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    scalar(&a, "select pg_backend_pid()").await,
+                    pid,
+                    "round {i}"
+                );
+                for b in [&b1, &b2] {
+                    assert_eq!(
+                        scalar(b, "select to_regclass('lr_tmp')::text").await,
+                        None,
+                        "another client sees A's temp table"
+                    );
+                    b.batch_execute("commit").await.unwrap();
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// A session advisory lock pins the session: the lock stays A's across
+/// transactions (others cannot take it), A can release it, and it is
+/// released when A disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_advisory_lock_is_held_by_the_session() {
+    within(
+        Duration::from_secs(180),
+        "test session_advisory_lock_is_held_by_the_session",
+        async {
+            let proxy = proxy(3).await;
+            let a = connect(&proxy).await;
+            let b = connect(&proxy).await;
+            a.batch_execute("select pg_advisory_lock(424242)")
+                .await
+                .unwrap();
+            for i in 0..20 {
+                a.batch_execute("select 1").await.unwrap();
+                let got = scalar(&b, "select pg_try_advisory_lock(424242)").await;
+                if got.as_deref() == Some("t") {
+                    b.batch_execute("select pg_advisory_unlock(424242)")
+                        .await
+                        .unwrap();
+                    panic!("round {i}: B took the lock A holds");
+                }
+            }
+            assert_eq!(
+                scalar(&a, "select pg_advisory_unlock(424242)")
+                    .await
+                    .as_deref(),
+                Some("t"),
+                "A's unlock ran on a connection that does not hold the lock"
+            );
+            assert_eq!(
+                scalar(&b, "select pg_try_advisory_lock(424242)")
+                    .await
+                    .as_deref(),
+                Some("t")
+            );
+            b.batch_execute("select pg_advisory_unlock(424242)")
+                .await
+                .unwrap();
+            // Locked again by A, then A vanishes: the lock must go with it.
+            a.batch_execute("select pg_advisory_lock(424242)")
+                .await
+                .unwrap();
+            a.kill().await;
+            let b = &b;
+            let try_lock = "select pg_try_advisory_lock(424242)";
+            eventually(
+                Duration::from_secs(10),
+                "a disconnected client's session lock is released",
+                || async move { (scalar(b, try_lock).await.as_deref() == Some("t")).then_some(()) },
+            )
+            .await;
+            b.batch_execute("select pg_advisory_unlock(424242)")
+                .await
+                .unwrap();
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_statement_name_in_two_sessions() {
+    within(
+        Duration::from_secs(180),
+        "test same_statement_name_in_two_sessions",
+        async {
+            ensure_role("lr_raw").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .user("name = \"lr_raw\"\npassword = \"lr_raw\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut sessions = Vec::new();
+            for who in ["A", "B"] {
+                let mut raw = RawConn::login_trust(proxy.addr, "lr_raw").await;
+                let mut parse = cstr("stmt");
+                parse.extend(cstr(&format!("select '{who}'::text")));
+                parse.extend_from_slice(&0i16.to_be_bytes());
+                let mut batch = message(b'P', &parse);
+                batch.extend(message(b'S', &[]));
+                raw.send(&batch).await.unwrap();
+                let msgs = raw.until_ready(T).await;
+                assert!(msgs.iter().any(|m| m.tag == b'1'), "{who}: {msgs:?}");
+                sessions.push((who, raw));
+            }
+            let mut bind = cstr("");
+            bind.extend(cstr("stmt"));
+            bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, params, result formats
+            let mut exec = cstr("");
+            exec.extend_from_slice(&0i32.to_be_bytes());
+            let mut batch = message(b'B', &bind);
+            batch.extend(message(b'E', &exec));
+            batch.extend(message(b'S', &[]));
+            for round in 0..20 {
+                for (who, raw) in sessions.iter_mut() {
+                    raw.send(&batch).await.unwrap();
+                    let msgs = raw.until_ready(T).await;
+                    let row = msgs
+                        .iter()
+                        .find(|m| m.tag == b'D')
+                        .unwrap_or_else(|| panic!("round {round} {who}: {msgs:?}"));
+                    assert_eq!(
+                        &row.body[6..],
+                        who.as_bytes(),
+                        "round {round}: wrong statement"
+                    );
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// `txid_current()` assigns a transaction id: it is a write and must run on
+/// the primary (a replica refuses it with 25006).
+/// Startup settings (`options=-c ...`) are applied on the first server
+/// connection and kept across pooled ones; a bad one is refused at login
+/// with PostgreSQL's own SQLSTATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_are_applied_or_refused() {
+    within(Duration::from_secs(60), "startup settings", async {
+        let proxy = proxy(1).await;
+        let base = proxy.conn_str("app", "app");
+        let good = try_connect_str(&format!(
+            "{base} options='-c search_path=lr_startup,public'"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("good setting refused: {}", describe(&e)));
+        // As PostgreSQL applies it: a list of two schemas (of which only
+        // `public` exists), not one schema called "lr_startup,public".
+        for _ in 0..2 {
+            assert_eq!(
+                scalar(&good, "show search_path").await.as_deref(),
+                Some("lr_startup,public")
+            );
+            assert_eq!(
+                scalar(&good, "select array_to_string(current_schemas(false), ',')")
+                    .await
+                    .as_deref(),
+                Some("public")
+            );
+        }
+        for (setting, code) in [
+            ("statement_timeout=bogus", "22023"),
+            ("no_such_setting=1", "42704"),
+        ] {
+            let err = try_connect_str(&format!("{base} options='-c {setting}'"))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{setting} was accepted"));
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some(code),
+                "{setting}: {}",
+                describe(&err)
+            );
+        }
+        // The refused logins left the pool's one connection usable.
+        assert_eq!(scalar(&good, "select 1").await.as_deref(), Some("1"));
     })
     .await
 }

@@ -6,83 +6,27 @@
 
 use std::fs::{self, File};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use lagrouter::pgcluster::Cluster;
+use lagrouter::pgcluster::{Cluster, Guarded};
 
 /// A child process that is stopped when dropped, so an error return or a
 /// panic never leaves a proxy or a pgbench behind.
-pub struct Proc(pub Child);
+pub type Proc = Guarded;
 
-impl Proc {
-    /// Starts `cmd` with stdout and stderr to `log`.
-    pub fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // Drop does not run when this process is killed: then the kernel
-        // sends the child SIGTERM (PgBouncer loses this when it switches
-        // user; the cluster's servers have their own guard).
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        let on_parent_death = || {
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            Ok(())
-        };
-        unsafe { cmd.pre_exec(on_parent_death) };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        Ok(Proc(child))
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.0.try_wait().ok().flatten()
-    }
-
-    /// Waits at most `limit`; on expiry stops it and returns None.
-    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            sleep(Duration::from_millis(50));
-        }
-        self.stop();
-        None
-    }
-
-    /// SIGTERM first (proxies then close their server connections), SIGKILL
-    /// after 5 s.
-    pub fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        // SAFETY: kill(2) on our own child, not yet reaped, so the pid is its.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.exited().is_none() && Instant::now() < deadline {
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts `cmd` with stdout and stderr to `log`, as a [`Proc`]. If the
+/// bench dies first, the child gets SIGTERM (PgBouncer loses this when it
+/// switches user; the cluster's servers have their own guard).
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Proc> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let program = cmd.get_program().to_owned();
+    Guarded::spawn(cmd, libc::SIGTERM).with_context(|| format!("starting {program:?}"))
 }
 
 /// A port nobody listens on right now (the race until the proxy binds it is
@@ -122,14 +66,44 @@ pub fn pg_tool(c: &Cluster, tool: &str, port: u16) -> Command {
 
 /// User + system CPU time of a process so far, in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
+    cpu_times(pid).map(|c| c.user + c.sys)
+}
+
+/// A process's CPU time so far and its threads' context switches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    /// User CPU, seconds.
+    pub user: f64,
+    /// System CPU, seconds.
+    pub sys: f64,
+    /// Voluntary and involuntary context switches, summed over the threads
+    /// alive now (a proxy's threads live as long as it does).
+    pub switches: u64,
+}
+
+/// `pid`'s CPU time (`/proc/PID/stat`) and context switches (every
+/// `/proc/PID/task/*/status`).
+pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name, in parentheses, may hold spaces: count from after
     // it. There utime and stime (fields 14 and 15) are the 12th and 13th.
     let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
     // SAFETY: sysconf has no preconditions.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Some(ticks as f64 / per_sec as f64)
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut switches = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        switches += ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .filter_map(|k| field(&status, k))
+            .sum::<f64>() as u64;
+    }
+    Some(CpuTimes {
+        user: ticks(11)? as f64 / per_sec,
+        sys: ticks(12)? as f64 / per_sec,
+        switches,
+    })
 }
 
 /// The number after `prefix` on the first line starting with it.
@@ -181,6 +155,12 @@ pub struct Pgbench {
     pub status: String,
     /// The proxy's user + system CPU per transaction, in µs.
     pub cpu_us: Option<f64>,
+    /// Of which user CPU, in µs per transaction.
+    pub user_us: Option<f64>,
+    /// Of which system CPU, in µs per transaction.
+    pub sys_us: Option<f64>,
+    /// The proxy's context switches per transaction.
+    pub switches: Option<f64>,
     pub error: String,
 }
 
@@ -189,20 +169,26 @@ impl Pgbench {
     /// stopped after `secs` + `grace`, logging to `log`, and measures the
     /// CPU time `proxy` used meanwhile.
     pub fn run(
-        cmd: &mut Command,
+        cmd: Command,
         log: &Path,
         secs: u64,
         grace: Duration,
         clients: u32,
         proxy: Option<u32>,
     ) -> Result<Pgbench> {
-        let cpu_before = proxy.and_then(cpu_secs);
-        let status = Proc::spawn(cmd, log)?.wait_for(Duration::from_secs(secs) + grace);
-        let cpu_after = proxy.and_then(cpu_secs);
+        let cpu_before = proxy.and_then(cpu_times);
+        let status = spawn_logged(cmd, log)?.wait_for(Duration::from_secs(secs) + grace);
+        let cpu_after = proxy.and_then(cpu_times);
         let text = fs::read_to_string(log).unwrap_or_default();
         let mut run = Pgbench::parse(&text, status, clients);
-        let cpu = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
-        run.cpu_us = cpu.map(|(a, b)| (b - a) * 1e6 / run.xacts as f64);
+        if let Some((a, b)) = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0) {
+            let per_txn = |v: f64| Some(v * 1e6 / run.xacts as f64);
+            run.user_us = per_txn(b.user - a.user);
+            run.sys_us = per_txn(b.sys - a.sys);
+            run.cpu_us = per_txn(b.user - a.user + b.sys - a.sys);
+            let switches = b.switches.saturating_sub(a.switches) as f64;
+            run.switches = Some(switches / run.xacts as f64);
+        }
         Ok(run)
     }
 

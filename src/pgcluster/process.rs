@@ -221,6 +221,62 @@ pub(crate) fn stop_all(children: &mut [&mut Child], first: libc::c_int, grace: D
     }
 }
 
+/// A child process that cannot outlive this one: spawned from the keeper
+/// thread with a parent-death signal, and stopped when dropped (SIGTERM,
+/// then SIGQUIT and SIGKILL, see [`stop_all`]), so an error return or a
+/// panic never leaves a proxy or a pgbench behind. For the tests' and
+/// benches' own processes: proxies, pgbench, PgBouncer.
+#[derive(Debug)]
+pub struct Guarded {
+    child: Child,
+}
+
+impl Guarded {
+    /// Starts `cmd`; it gets `death_signal` if this process dies first.
+    pub fn spawn(cmd: Command, death_signal: libc::c_int) -> io::Result<Guarded> {
+        Ok(Guarded {
+            child: spawn_bound(cmd, death_signal)?,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits at most `limit` for it to exit; on expiry stops it and
+    /// returns `None`.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        match wait_until(&mut self.child, Instant::now() + limit) {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                self.stop();
+                None
+            }
+        }
+    }
+
+    /// SIGTERM (a proxy then closes its server connections), then SIGQUIT
+    /// and SIGKILL for whatever still runs 5 s later.
+    pub fn stop(&mut self) {
+        stop_all(
+            &mut [&mut self.child],
+            libc::SIGTERM,
+            Duration::from_secs(5),
+        );
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Removes the cluster's paths when this process exits, however it exits.
 pub(crate) struct Janitor {
     child: Child,

@@ -24,10 +24,12 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod routing;
+pub mod safety;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use lagrouter::pgcluster::Cluster;
 
@@ -46,6 +48,27 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// How often [`eventually`] asks again.
+pub const EVERY: Duration = Duration::from_millis(20);
+
+/// Asks `f` every [`EVERY`] until it gives `Some`, and returns that; after
+/// `limit`, fails the test saying `what` did not happen. `f` is always
+/// asked once more after the deadline, so a slow last call still counts.
+pub async fn eventually<T, Fut>(limit: Duration, what: &str, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = Instant::now() >= deadline;
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(!last, "not within {limit:?}: {what}");
+        tokio::time::sleep(EVERY).await;
+    }
 }
 
 /// Runs a blocking harness call off the runtime's workers.

@@ -63,6 +63,13 @@ pub fn startup_message(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// `s` as a protocol string: its bytes and a NUL.
+pub fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
 /// A tagged frontend message.
 pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];

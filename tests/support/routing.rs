@@ -2,7 +2,7 @@
 //! test can read, paused replicas that resume even on panic, and reads that
 //! return rows as text.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lagrouter::pgcluster::Cluster;
 use lagrouter_config::Config;
@@ -10,7 +10,7 @@ use lagrouter_health::NodeState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::{ProxyBuilder, blocking, describe, try_connect_str, within};
+use super::{ProxyBuilder, blocking, describe, eventually, try_connect_str, within};
 
 // ---------------------------------------------------------------------------
 // Helpers shared by the routing tests.
@@ -81,15 +81,10 @@ impl Lr {
     }
 
     pub async fn wait_all_healthy(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.all_healthy() {
-            assert!(
-                Instant::now() < deadline,
-                "nodes not all healthy after {within:?}: {:#?}",
-                self.running.health.snapshot()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(within, "all nodes healthy", || async move {
+            self.all_healthy().then_some(())
+        })
+        .await;
     }
 
     /// The node index listening on `port`.
