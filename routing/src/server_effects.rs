@@ -48,7 +48,9 @@ const SESSION_LOCKS: [&str; 4] = [
     "pg_try_advisory_lock_shared",
 ];
 
-/// Every word an effect needs, for a quick test before lexing.
+/// Every word an effect needs, for a quick test before lexing; indexed by
+/// first letter in [`keywords_starting`] (a test checks the two agree).
+#[cfg(test)]
 const KEYWORDS: [&str; 9] = [
     "listen",
     "advisory",
@@ -61,12 +63,31 @@ const KEYWORDS: [&str; 9] = [
     "deallocate",
 ];
 
+/// The [`KEYWORDS`] that start with the letter `c` (either case).
+fn keywords_starting(c: u8) -> &'static [&'static str] {
+    match c | 0x20 {
+        b'a' => &["advisory", "authorization"],
+        b'd' => &["discard", "deallocate"],
+        b'h' => &["hold"],
+        b'l' => &["listen"],
+        b'p' => &["prepare"],
+        b'r' => &["role"],
+        b't' => &["temp"],
+        _ => &[],
+    }
+}
+
+/// Whether any of [`KEYWORDS`] appears in `sql`, in any letter case and
+/// anywhere (`pg_advisory_lock`, `TEMPORARY`). One pass over the bytes,
+/// comparing only the words of the letter at hand: every statement inside
+/// a transaction comes through here, and most hold none of the words.
 fn has_keyword(sql: &str) -> bool {
-    let lower = sql.as_bytes();
-    KEYWORDS.iter().any(|k| {
-        lower
-            .windows(k.len())
-            .any(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+    let b = sql.as_bytes();
+    (0..b.len()).any(|i| {
+        keywords_starting(b[i]).iter().any(|w| {
+            b.get(i..i + w.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
+        })
     })
 }
 

@@ -185,3 +185,46 @@ fn no_keyword_names_a_digit() {
         assert!(!k.bytes().any(|b| b.is_ascii_digit()), "{k}");
     }
 }
+
+#[test]
+fn has_keyword_finds_what_a_naive_search_finds() {
+    let naive = |sql: &str| {
+        KEYWORDS.iter().any(|k| {
+            sql.as_bytes()
+                .windows(k.len())
+                .any(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+        })
+    };
+    for k in KEYWORDS {
+        assert!(
+            keywords_starting(k.as_bytes()[0]).contains(&k),
+            "{k} is indexed"
+        );
+    }
+    let mut texts: Vec<String> = vec![
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1".into(),
+        "select pg_advisory_lock(1)".into(),
+        "CREATE TEMPORARY TABLE t (a int)".into(),
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1".into(),
+        "SET ROLE app".into(),
+        "set session authorization app".into(),
+        "DISCARD ALL".into(),
+        "deallocate p1".into(),
+        "PREPARE p AS SELECT 1".into(),
+        "LISTEN ch".into(),
+        "".into(),
+        "l".into(),
+        "liste".into(),
+        "x_listen".into(),
+        "DEALLOCAT".into(),
+        "ÄdvisoryÉ temp".into(),
+    ];
+    // Every keyword cut short and at the very end, in both cases.
+    for k in KEYWORDS {
+        texts.push(format!("select 1 {}", &k[..k.len() - 1]));
+        texts.push(format!("select 1 {}", k.to_uppercase()));
+    }
+    for t in &texts {
+        assert_eq!(has_keyword(t), naive(t), "{t:?}");
+    }
+}
