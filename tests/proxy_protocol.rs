@@ -653,6 +653,13 @@ async fn shutdown_ends_idle_sessions_and_lets_transactions_finish() {
                 .expect("an error, not a bare close");
             assert_eq!(e.code(), "57P01", "{:?}", e.fields());
             idle.closed(T).await;
+            // Draining: the listener is closed, so a load balancer sends
+            // new clients elsewhere while the open transaction finishes.
+            let refused = tokio::net::TcpStream::connect(proxy.addr).await;
+            assert!(
+                refused.is_err(),
+                "a new connection during shutdown must be refused, not queued"
+            );
             busy.send(&query("select 2; commit")).await.unwrap();
             let msgs = busy.until_ready(T).await;
             assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");

@@ -143,8 +143,8 @@ impl Proxy {
         self.shared.clone()
     }
 
-    /// Accepts clients until shutdown, then waits up to
-    /// `server.shutdown_timeout` for sessions to finish.
+    /// Accepts clients until shutdown, then closes the listening socket and
+    /// waits up to `server.shutdown_timeout` for sessions to finish.
     pub async fn run(self) {
         let max = self.shared.config.load().server.max_client_connections;
         let slots = Arc::new(Semaphore::new(max));
@@ -175,6 +175,10 @@ impl Proxy {
                 drop(permit);
             });
         }
+        // Refuse new clients at once (a load balancer's check then fails
+        // and new connections go to another instance), before idle
+        // sessions are ended and running transactions may finish.
+        drop(self.listener);
         self.shared.clients.stop_all();
         let grace = self.shared.config.load().server.shutdown_timeout;
         let _ =

@@ -28,7 +28,7 @@ use arc_swap::ArcSwap;
 use crate::classify::{Analysis, Class, analyze};
 use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
 use crate::hash::{FxBuild, IdentityBuild};
-use crate::server_effects::{ServerEffects, server_effects};
+use crate::server_effects::{ServerEffects, may_have_effects, server_effects};
 use crate::shape::{digits_matter, same_shape, shape_hash};
 
 /// Statements longer than this are classified every time, not cached (a
@@ -274,11 +274,15 @@ impl Classifier {
         a
     }
 
-    /// What `sql` does to its server connection: from the cached analysis
-    /// when there is one, else by matching the text (cheaper than a full
-    /// analysis, for statements that are not routed: those inside a
-    /// transaction).
+    /// What `sql` does to its server connection: none when the text holds
+    /// none of the words an effect needs (one pass over the text, cheaper
+    /// than hashing it for the cache: this is every statement inside a
+    /// transaction, which is never routed), else from the cached analysis
+    /// when there is one, else by matching the text.
     pub fn server_effects(&self, sql: &str) -> ServerEffects {
+        if !may_have_effects(sql) {
+            return ServerEffects::default();
+        }
         let epoch = self.inputs.load().epoch;
         match self.cache.get_keyed(self.cache.key(sql), sql, epoch) {
             Some(a) => a.server,

@@ -81,7 +81,7 @@ fn keywords_starting(c: u8) -> &'static [&'static str] {
 /// anywhere (`pg_advisory_lock`, `TEMPORARY`). One pass over the bytes,
 /// comparing only the words of the letter at hand: every statement inside
 /// a transaction comes through here, and most hold none of the words.
-fn has_keyword(sql: &str) -> bool {
+pub(crate) fn may_have_effects(sql: &str) -> bool {
     let b = sql.as_bytes();
     (0..b.len()).any(|i| {
         keywords_starting(b[i]).iter().any(|w| {
@@ -95,7 +95,7 @@ fn has_keyword(sql: &str) -> bool {
 /// rest of a text's analysis: see [`crate::Analysis::server`] and
 /// [`crate::Classifier::server_effects`].
 pub fn server_effects(sql: &str) -> ServerEffects {
-    if !has_keyword(sql) {
+    if !may_have_effects(sql) {
         return ServerEffects::default();
     }
     let lexed = lex(sql, Backslash::Literal);
@@ -178,7 +178,7 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
 pub fn sole_deallocated_name(sql: &str) -> Option<String> {
     // Every simple query asks: most start with another word.
     let starts = sql.trim_start().as_bytes().first().copied();
-    if !matches!(starts, Some(b'd' | b'D' | b'/' | b'-')) || !has_keyword(sql) {
+    if !matches!(starts, Some(b'd' | b'D' | b'/' | b'-')) || !may_have_effects(sql) {
         return None;
     }
     let lexed = lex(sql, Backslash::Literal);

@@ -187,7 +187,7 @@ fn no_keyword_names_a_digit() {
 }
 
 #[test]
-fn has_keyword_finds_what_a_naive_search_finds() {
+fn may_have_effects_finds_what_a_naive_search_finds() {
     let naive = |sql: &str| {
         KEYWORDS.iter().any(|k| {
             sql.as_bytes()
@@ -225,6 +225,6 @@ fn has_keyword_finds_what_a_naive_search_finds() {
         texts.push(format!("select 1 {}", k.to_uppercase()));
     }
     for t in &texts {
-        assert_eq!(has_keyword(t), naive(t), "{t:?}");
+        assert_eq!(may_have_effects(t), naive(t), "{t:?}");
     }
 }
