@@ -4,12 +4,13 @@
 //!
 //! A seeded xorshift generator makes ~200k inputs: random bytes, and valid
 //! messages mutated (bit flips, truncation, length fields rewritten,
-//! bytes inserted). Every decoder and the `Expect` state machine must
-//! return without panicking. Runs in well under 5 s in debug builds.
+//! bytes inserted). Every decoder, the batch scan and the `Expect` state
+//! machine must return without panicking. Runs in well under 5 s in debug builds.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use lagrouter_proxy::protocol::batch::BatchScan;
 use lagrouter_proxy::protocol::expect::{Action, Expect, Req};
 use lagrouter_proxy::protocol::{backend, frame, frontend};
 
@@ -143,6 +144,28 @@ fn frontend_stream(data: &[u8], limit: usize) {
     }
 }
 
+/// The batch scan fed `data` in two reads (cut at `cut`), then the frames
+/// consumed from the front as a session does: no panic, and every frame it
+/// points at is where it says, with its tag.
+fn batch_scan(data: &[u8], limit: usize, cut: usize) {
+    let mut scan = BatchScan::default();
+    scan.complete(&data[..cut.min(data.len())], limit);
+    let mut buf = data;
+    loop {
+        scan.complete(buf, limit);
+        for (tag, at) in scan.statement_frames() {
+            assert!(at.end <= buf.len() && buf[at.start] == tag, "{at:?} of {buf:?}");
+        }
+        match frame::peek_header(buf, limit) {
+            Ok(Some((_, total))) if buf.len() >= total => {
+                buf = &buf[total..];
+                scan.consumed(total);
+            }
+            _ => break,
+        }
+    }
+}
+
 fn startup_stream(data: &[u8]) {
     let _ = frontend::decode_startup(data);
     let mut buf = BytesMut::from(data);
@@ -228,6 +251,7 @@ fn decoders_survive_random_and_mutated_input() {
             frame::MAX_MESSAGE_LEN
         };
         frontend_stream(&data, limit);
+        batch_scan(&data, limit, rng.below(data.len() + 1));
         startup_stream(&data);
         backend_stream(&data);
         // Bodies without the frame header reach the decoders directly too.

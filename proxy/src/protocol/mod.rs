@@ -10,9 +10,11 @@
 //! - `reader`: a bounds-checked cursor over a message body.
 //! - `frontend`: messages clients send (decode) and the proxy sends servers (encode).
 //! - `backend`: messages servers send (decode) and the proxy sends clients (encode).
+//! - `batch`: the client's batch ahead of routing, scanned once as it arrives.
 //! - `expect`: the backend protocol state: which responses a server still owes.
 
 pub mod backend;
+pub mod batch;
 pub mod expect;
 pub mod frame;
 pub mod frontend;

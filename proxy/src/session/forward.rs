@@ -27,6 +27,7 @@ use crate::admin::registry::{ClientEntry, IdleEvent};
 use crate::auth::UserAuth;
 use crate::cancel::CancelKey;
 use crate::listener::Shared;
+use crate::protocol::batch::BatchScan;
 use crate::protocol::expect::Expect;
 use crate::protocol::frame::peek_header;
 use crate::protocol::tag::fe;
@@ -109,6 +110,8 @@ pub struct Session<S> {
     pub(super) server: Option<PooledConn>,
     pub(super) pinned: bool,
     pub(super) cbuf: BytesMut,
+    /// The batch at the front of `cbuf`, scanned as it arrives.
+    pub(super) batch: BatchScan,
     pub(super) to_client: BytesMut,
     pub(super) to_server: BytesMut,
     /// After a proxy error in the extended protocol: drop messages up to Sync.
@@ -155,6 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             server: None,
             pinned: false,
             cbuf,
+            batch: BatchScan::default(),
             // Grown on first use: a client that only connects costs none.
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
@@ -285,6 +289,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(());
                 }
                 let chunk = self.cbuf.split_to(n);
+                // Mid-frame: the scan starts afresh at the next frame.
+                self.batch = BatchScan::default();
                 if self.client_stream.forward {
                     self.to_server.extend_from_slice(&chunk);
                 }
@@ -306,7 +312,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.server.is_none()
                 && matches!(tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE)
                 && self.cbuf.len() < BATCH_LOOKAHEAD_LIMIT
-                && !batch_complete(&self.cbuf)
+                && !self.batch.complete(&self.cbuf, MAX_MESSAGE_LEN)
             {
                 // Route only once the whole batch is here.
                 self.cbuf.reserve(READ_CHUNK);
@@ -335,11 +341,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 frame.clear();
                 frame.extend_from_slice(&self.cbuf[..total]);
                 self.cbuf.advance(total);
+                self.batch.consumed(total);
                 let handled = self.on_client_message(tag, &frame).await;
                 self.frame_buf = frame;
                 handled?;
             } else {
                 let frame = self.cbuf.split_to(total);
+                self.batch.consumed(total);
                 self.on_client_message(tag, &frame).await?;
             }
             self.drain_synthetic();
@@ -407,27 +415,5 @@ async fn idle_event(entry: Option<&ClientEntry>) -> IdleEvent {
     match entry {
         Some(e) => e.idle_event().await,
         None => std::future::pending().await,
-    }
-}
-
-fn batch_complete(buf: &[u8]) -> bool {
-    let mut rest = buf;
-    loop {
-        match peek_header(rest, MAX_MESSAGE_LEN) {
-            Ok(Some((tag, total))) => {
-                if matches!(
-                    tag,
-                    fe::SYNC | fe::FLUSH | fe::QUERY | fe::TERMINATE | fe::FUNCTION_CALL
-                ) {
-                    return true;
-                }
-                if rest.len() < total {
-                    return false;
-                }
-                rest = &rest[total..];
-            }
-            Ok(None) => return false,
-            Err(_) => return true, // let the frame error surface
-        }
     }
 }

@@ -12,7 +12,6 @@ use crate::error::ProxyError;
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Action, Req};
-use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
 use crate::protocol::tag::fe;
 use crate::server::{PoolKey, PooledConn, ServerPool};
@@ -182,23 +181,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The statement texts of the rest of the buffered batch (up to Sync
     /// or Flush) joined to `sql`, when there is more than `sql`, so the
     /// batch is routed as the one implicit transaction it is.
-    pub(super) fn batch_text(&self, sql: &str) -> Option<String> {
+    pub(super) fn batch_text(&mut self, sql: &str) -> Option<String> {
+        // Catch up with what arrived since the last scan (a batch over the
+        // lookahead limit is routed before it is whole).
+        self.batch.complete(&self.cbuf, MAX_MESSAGE_LEN);
         let mut texts: Vec<&str> = Vec::new();
-        let mut rest: &[u8] = &self.cbuf;
-        while let Ok(Some((tag, total))) = peek_header(rest, MAX_MESSAGE_LEN) {
-            if rest.len() < total || matches!(tag, fe::SYNC | fe::FLUSH) {
-                break;
-            }
-            let body = &rest[5..total];
+        for (tag, at) in self.batch.statement_frames() {
+            let body = &self.cbuf[at.start + 5..at.end];
             match tag {
                 fe::PARSE => {
                     if let Ok(p) = frontend::decode_parse(body) {
                         texts.push(p.query);
                     }
                 }
-                fe::BIND => {
-                    // The unnamed statement is never kept: its Parse is in
-                    // the batch.
+                _ => {
+                    // Bind. The unnamed statement is never kept: its Parse
+                    // is in the batch.
                     if let Ok(b) = frontend::decode_bind(body)
                         && !b.statement.is_empty()
                         && let Some(s) = self.statements.get(b.statement)
@@ -206,9 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         texts.push(&s.query);
                     }
                 }
-                _ => {}
             }
-            rest = &rest[total..];
         }
         texts.retain(|t| !t.is_empty() && *t != sql);
         if texts.is_empty() {

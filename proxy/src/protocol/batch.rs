@@ -1,0 +1,187 @@
+//! [`BatchScan`]: what is known of the client's buffered messages ahead of
+//! routing, found in one pass as their bytes arrive.
+//!
+//! An extended-protocol batch (Parse, Bind, Describe, Execute, … up to Sync
+//! or Flush) is routed as the one implicit transaction it is, so the proxy
+//! waits for the whole batch and joins its statement texts before it picks
+//! a server. A batch may arrive in many reads; the scan resumes where the
+//! last one stopped instead of walking the buffer again, and remembers
+//! where the Parse and Bind frames are so their texts need no second walk.
+//!
+//! Offsets are relative to the front of the client buffer: whoever removes
+//! bytes from that front calls [`BatchScan::consumed`].
+
+use std::ops::Range;
+
+use super::frame::peek_header;
+use super::tag::fe;
+
+/// Frames that end a batch (or are not part of one).
+fn ends_batch(tag: u8) -> bool {
+    matches!(
+        tag,
+        fe::SYNC | fe::FLUSH | fe::QUERY | fe::TERMINATE | fe::FUNCTION_CALL
+    )
+}
+
+/// The scan of the batch at the front of the client buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchScan {
+    /// Bytes of whole frames scanned so far.
+    scanned: usize,
+    /// Where the frame that ends the batch ends, once its header is seen (a
+    /// malformed header also ends the scan: the framing error surfaces when
+    /// that frame is read).
+    end: Option<usize>,
+    /// The Parse and Bind frames seen, with where they are.
+    statements: Vec<(u8, Range<usize>)>,
+}
+
+impl BatchScan {
+    /// Scans the frames of `buf` not scanned yet, up to the end of the
+    /// batch or of the whole frames; whether the batch is complete.
+    pub fn complete(&mut self, buf: &[u8], max_len: usize) -> bool {
+        while self.end.is_none() {
+            let rest = &buf[self.scanned.min(buf.len())..];
+            match peek_header(rest, max_len) {
+                Ok(Some((tag, total))) => {
+                    if ends_batch(tag) {
+                        self.end = Some(self.scanned + total);
+                    } else if rest.len() < total {
+                        break;
+                    } else {
+                        if matches!(tag, fe::PARSE | fe::BIND) {
+                            let at = self.scanned;
+                            self.statements.push((tag, at..at + total));
+                        }
+                        self.scanned += total;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => self.end = Some(self.scanned),
+            }
+        }
+        self.end.is_some()
+    }
+
+    /// The Parse and Bind frames of the batch scanned so far (tag and the
+    /// whole frame's place in the buffer), in order.
+    pub fn statement_frames(&self) -> impl Iterator<Item = (u8, Range<usize>)> + '_ {
+        self.statements.iter().cloned()
+    }
+
+    /// `n` bytes left the front of the buffer.
+    pub fn consumed(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if n >= self.scanned.max(self.end.unwrap_or(0)) {
+            *self = BatchScan::default();
+            return;
+        }
+        self.scanned -= n;
+        self.end = self.end.map(|e| e - n);
+        self.statements.retain(|(_, r)| r.start >= n);
+        for (_, r) in &mut self.statements {
+            *r = r.start - n..r.end - n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// The old whole-buffer walk, as the reference.
+    fn walk(buf: &[u8]) -> bool {
+        let mut rest = buf;
+        loop {
+            match peek_header(rest, 1 << 20) {
+                Ok(Some((tag, total))) => {
+                    if ends_batch(tag) {
+                        return true;
+                    }
+                    if rest.len() < total {
+                        return false;
+                    }
+                    rest = &rest[total..];
+                }
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn batch() -> Vec<u8> {
+        let mut b = frame(fe::PARSE, b"\0select 1\0\0\0");
+        b.extend(frame(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+        b.extend(frame(fe::DESCRIBE, b"P\0"));
+        b.extend(frame(fe::EXECUTE, b"\0\0\0\0\0"));
+        b.extend(frame(fe::PARSE, b"s2\0select 2\0\0\0"));
+        b.extend(frame(fe::SYNC, b""));
+        b
+    }
+
+    #[test]
+    fn byte_by_byte_agrees_with_the_whole_walk() {
+        let b = batch();
+        let mut scan = BatchScan::default();
+        for n in 0..=b.len() {
+            assert_eq!(
+                scan.complete(&b[..n], 1 << 20),
+                walk(&b[..n]),
+                "after {n} bytes"
+            );
+        }
+        let tags: Vec<u8> = scan.statement_frames().map(|(t, _)| t).collect();
+        assert_eq!(tags, [fe::PARSE, fe::BIND, fe::PARSE]);
+        for (tag, r) in scan.statement_frames() {
+            assert_eq!(b[r.start], tag);
+            let len = u32::from_be_bytes(b[r.start + 1..r.start + 5].try_into().unwrap());
+            assert_eq!(r.len(), len as usize + 1);
+        }
+    }
+
+    #[test]
+    fn consuming_frames_keeps_the_places_right() {
+        let b = batch();
+        let mut scan = BatchScan::default();
+        assert!(scan.complete(&b, 1 << 20));
+        let first = scan.statement_frames().next().unwrap().1.len();
+        scan.consumed(first);
+        let rest = &b[first..];
+        let tags: Vec<u8> = scan.statement_frames().map(|(t, _)| t).collect();
+        assert_eq!(tags, [fe::BIND, fe::PARSE], "the consumed Parse is gone");
+        for (tag, r) in scan.statement_frames() {
+            assert_eq!(rest[r.start], tag);
+        }
+        assert!(scan.complete(rest, 1 << 20), "still complete");
+        // The whole batch consumed: the next one starts from nothing.
+        scan.consumed(rest.len());
+        assert_eq!(scan, BatchScan::default());
+        let next = frame(fe::PARSE, b"\0select 3\0\0\0");
+        assert!(!scan.complete(&next, 1 << 20));
+        assert_eq!(scan.statement_frames().count(), 1);
+    }
+
+    #[test]
+    fn a_query_or_a_bad_header_ends_the_scan() {
+        let mut scan = BatchScan::default();
+        assert!(scan.complete(&frame(fe::QUERY, b"select 1\0"), 1 << 20));
+        let mut scan = BatchScan::default();
+        let mut bad = frame(fe::PARSE, b"\0select 1\0\0\0");
+        bad.extend([fe::BIND, 0, 0, 0, 1]); // length 1 < 4
+        assert!(scan.complete(&bad, 1 << 20));
+        assert_eq!(scan.statement_frames().count(), 1);
+        // A header alone of a terminator is enough: its body need not be here.
+        let mut scan = BatchScan::default();
+        assert!(scan.complete(&[fe::SYNC, 0, 0], 1 << 20) == walk(&[fe::SYNC, 0, 0]));
+    }
+}
