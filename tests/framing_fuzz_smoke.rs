@@ -154,7 +154,10 @@ fn batch_scan(data: &[u8], limit: usize, cut: usize) {
     loop {
         scan.complete(buf, limit);
         for (tag, at) in scan.statement_frames() {
-            assert!(at.end <= buf.len() && buf[at.start] == tag, "{at:?} of {buf:?}");
+            assert!(
+                at.end <= buf.len() && buf[at.start] == tag,
+                "{at:?} of {buf:?}"
+            );
         }
         match frame::peek_header(buf, limit) {
             Ok(Some((_, total))) if buf.len() >= total => {

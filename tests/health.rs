@@ -440,3 +440,75 @@ async fn heartbeat_works_where_the_user_may_not_create_the_table() {
     .unwrap();
     assert_eq!(table, "t", "no table was created in postgres");
 }
+
+/// A heartbeat table that belongs to another user (another lagrouter's
+/// monitor) may not be read by this monitor (42501). Nodes stay healthy,
+/// and the checks leave the table alone for a while instead of failing a
+/// read on it every other round (counted as rollbacks on the primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_table_of_another_user_is_left_alone() {
+    const TABLE: &str = "lr_others_heartbeat";
+    let _serial = SERIAL.lock().await;
+    init_logs();
+    let c = Cluster::shared();
+    blocking(|c| {
+        c.sql_in(
+            0,
+            "postgres",
+            &format!(
+                "DROP TABLE IF EXISTS {TABLE}; \
+                 CREATE TABLE {TABLE} (id int PRIMARY KEY, ts timestamptz); \
+                 REVOKE ALL ON {TABLE} FROM PUBLIC"
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    let text = config_text(c, &format!("heartbeat_table = \"{TABLE}\"\n"))
+        .replace(&format!("database = \"{}\"", c.database()), "");
+    let cfg = Config::from_toml_str(&text).expect("valid");
+    let stop = CancellationToken::new();
+    let run = Running {
+        monitor: HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await,
+        stop,
+    };
+    let mut obs = Observer::new(&run.monitor);
+    obs.until(Duration::from_secs(15), "all healthy", all_healthy)
+        .await;
+    let rollbacks = || {
+        blocking(|c| {
+            c.sql_in(
+                0,
+                "postgres",
+                "SELECT xact_rollback FROM pg_stat_database WHERE datname = 'postgres'",
+            )
+        })
+    };
+    // Backends publish their counters at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before: u64 = rollbacks().await.unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rounds = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let s = obs.next(deadline, "rounds for 4 s").await;
+        assert!(all_healthy(&s), "{:#?}", s.nodes);
+        rounds += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after: u64 = rollbacks().await.unwrap().parse().unwrap();
+    eprintln!(
+        "another user's heartbeat table: {rounds} healthy rounds in 4 s, {} failed reads \
+         (rollbacks) on the primary",
+        after - before
+    );
+    assert!(rounds >= 8, "only {rounds} rounds in 4 s");
+    assert!(
+        after - before <= 1,
+        "{} failed reads of {TABLE} in {rounds} rounds",
+        after - before
+    );
+    blocking(|c| c.sql_in(0, "postgres", &format!("DROP TABLE IF EXISTS {TABLE}")))
+        .await
+        .unwrap();
+}

@@ -24,6 +24,11 @@ use crate::observation::{
     BadAnswer, HeartbeatQuery, HeartbeatSeen, Observation, check_sql, parse_answer,
 };
 
+/// How long checks leave a heartbeat table they may not read (42501) alone
+/// before they try it again: one failed read a minute instead of one every
+/// other check.
+const HEARTBEAT_DENIED_RETRY: Duration = Duration::from_secs(60);
+
 /// What a check produced.
 pub type ProbeResult = Result<Observation, ProbeError>;
 
@@ -64,6 +69,7 @@ impl NodeProber {
             backoff: Backoff::default(),
             last_connect_error: String::new(),
             heartbeat_table_seen: None,
+            heartbeat_denied: None,
         };
         tokio::spawn(task.run(rx, stop.clone()));
         NodeProber {
@@ -102,6 +108,9 @@ struct NodeTask {
     last_connect_error: String,
     /// The heartbeat table known to exist on this node.
     heartbeat_table_seen: Option<String>,
+    /// A heartbeat table this check may not read (42501: it belongs to
+    /// another user), and when to try it again (a GRANT may come).
+    heartbeat_denied: Option<(String, Instant)>,
 }
 
 impl NodeTask {
@@ -135,8 +144,14 @@ impl NodeTask {
 
     async fn check(&mut self, req: &ProbeRequest) -> ProbeResult {
         let client = self.connected(req).await?;
+        let denied = |t: &String| {
+            self.heartbeat_denied
+                .as_ref()
+                .is_some_and(|(d, until)| d == t && Instant::now() < *until)
+        };
         let hb = match &req.heartbeat_table {
             None => HeartbeatQuery::Off,
+            Some(t) if denied(t) => HeartbeatQuery::Off,
             Some(t) if self.heartbeat_table_seen.as_ref() == Some(t) => {
                 HeartbeatQuery::Read(t.clone())
             }
@@ -154,9 +169,13 @@ impl NodeTask {
             Err(QueryError::NoPrivilege) if matches!(hb, HeartbeatQuery::Read(_)) => {
                 // The table is someone else's (another lagrouter, another
                 // user): no heartbeat from it, and time lag comes from the
-                // replay timestamp, as without the table. The next checks
-                // probe for it again, which does not need the right.
+                // replay timestamp, as without the table. Checks leave it
+                // alone for a while, then read it again.
                 self.heartbeat_table_seen = None;
+                self.heartbeat_denied = req
+                    .heartbeat_table
+                    .clone()
+                    .map(|t| (t, Instant::now() + HEARTBEAT_DENIED_RETRY));
                 self.finish(
                     query(&client, &HeartbeatQuery::Off).await,
                     &HeartbeatQuery::Off,
