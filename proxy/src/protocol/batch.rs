@@ -70,13 +70,25 @@ impl BatchScan {
         self.statements.iter().cloned()
     }
 
+    /// Starts afresh. Keeps the frame list's room for the next batch, unless
+    /// a large batch grew it (an idle session holds no more than it needs).
+    pub fn reset(&mut self) {
+        self.scanned = 0;
+        self.end = None;
+        if self.statements.capacity() > 16 {
+            self.statements = Vec::new();
+        } else {
+            self.statements.clear();
+        }
+    }
+
     /// `n` bytes left the front of the buffer.
     pub fn consumed(&mut self, n: usize) {
         if n == 0 {
             return;
         }
         if n >= self.scanned.max(self.end.unwrap_or(0)) {
-            *self = BatchScan::default();
+            self.reset();
             return;
         }
         self.scanned -= n;
@@ -165,7 +177,10 @@ mod tests {
         assert!(scan.complete(rest, 1 << 20), "still complete");
         // The whole batch consumed: the next one starts from nothing.
         scan.consumed(rest.len());
-        assert_eq!(scan, BatchScan::default());
+        assert_eq!(
+            (scan.scanned, scan.end, scan.statements.len()),
+            (0, None, 0)
+        );
         let next = frame(fe::PARSE, b"\0select 3\0\0\0");
         assert!(!scan.complete(&next, 1 << 20));
         assert_eq!(scan.statement_frames().count(), 1);

@@ -290,7 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 let chunk = self.cbuf.split_to(n);
                 // Mid-frame: the scan starts afresh at the next frame.
-                self.batch = BatchScan::default();
+                self.batch.reset();
                 if self.client_stream.forward {
                     self.to_server.extend_from_slice(&chunk);
                 }
