@@ -15,17 +15,25 @@ use support::*;
 
 const FEW: Duration = Duration::from_secs(5);
 
+/// The probe table, created once per test binary: two concurrent
+/// `CREATE TABLE IF NOT EXISTS` of one name can both miss it and collide
+/// (23505 on `pg_type`), as these tests run in parallel.
+static PROBE_TABLE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
 async fn proxy() -> TestProxy {
     ensure_role("lr_bad").await;
-    blocking(|c| {
-        c.sql(
-            c.primary_index(),
-            "create table if not exists lr_bad_probe (x int); \
-             grant all on lr_bad_probe to public",
-        )
-        .expect("probe table")
-    })
-    .await;
+    PROBE_TABLE
+        .get_or_init(|| {
+            blocking(|c| {
+                c.sql(
+                    c.primary_index(),
+                    "create table if not exists lr_bad_probe (x int); \
+                     grant all on lr_bad_probe to public",
+                )
+                .expect("probe table");
+            })
+        })
+        .await;
     ProxyBuilder::new()
         .pool_size(1)
         .pool("checkout_timeout = \"3s\"")
