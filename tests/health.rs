@@ -80,6 +80,19 @@ async fn start(health: &str) -> Running {
     Running { monitor, stop }
 }
 
+/// A monitor with `[health] database` left at its default, `postgres`,
+/// where the test's user may not create tables.
+async fn start_in_default_database(health: &str) -> Running {
+    init_logs();
+    let c = Cluster::shared();
+    let text = config_text(c, health).replace(&format!("database = \"{}\"", c.database()), "");
+    let cfg = Config::from_toml_str(&text).expect("valid");
+    assert_eq!(cfg.health.database, "postgres", "the default");
+    let stop = CancellationToken::new();
+    let monitor = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await;
+    Running { monitor, stop }
+}
+
 /// Snapshots in publication order, each awaited with a deadline.
 struct Observer {
     monitor: HealthMonitor,
@@ -385,17 +398,8 @@ async fn heartbeat_off_reports_time_lag_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_works_where_the_user_may_not_create_the_table() {
     let _serial = SERIAL.lock().await;
-    init_logs();
-    let c = Cluster::shared();
-    let text = config_text(c, "heartbeat_interval = \"200ms\"\nmax_lag_time = \"1s\"\n")
-        .replace(&format!("database = \"{}\"", c.database()), "");
-    let cfg = Config::from_toml_str(&text).expect("valid");
-    assert_eq!(cfg.health.database, "postgres", "the default");
-    let stop = CancellationToken::new();
-    let run = Running {
-        monitor: HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await,
-        stop,
-    };
+    let run =
+        start_in_default_database("heartbeat_interval = \"200ms\"\nmax_lag_time = \"1s\"\n").await;
     let mut obs = Observer::new(&run.monitor);
     obs.until(Duration::from_secs(15), "all healthy", all_healthy)
         .await;
@@ -449,8 +453,6 @@ async fn heartbeat_works_where_the_user_may_not_create_the_table() {
 async fn heartbeat_table_of_another_user_is_left_alone() {
     const TABLE: &str = "lr_others_heartbeat";
     let _serial = SERIAL.lock().await;
-    init_logs();
-    let c = Cluster::shared();
     blocking(|c| {
         c.sql_in(
             0,
@@ -464,14 +466,7 @@ async fn heartbeat_table_of_another_user_is_left_alone() {
     })
     .await
     .unwrap();
-    let text = config_text(c, &format!("heartbeat_table = \"{TABLE}\"\n"))
-        .replace(&format!("database = \"{}\"", c.database()), "");
-    let cfg = Config::from_toml_str(&text).expect("valid");
-    let stop = CancellationToken::new();
-    let run = Running {
-        monitor: HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await,
-        stop,
-    };
+    let run = start_in_default_database(&format!("heartbeat_table = \"{TABLE}\"\n")).await;
     let mut obs = Observer::new(&run.monitor);
     obs.until(Duration::from_secs(15), "all healthy", all_healthy)
         .await;
