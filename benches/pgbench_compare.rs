@@ -33,6 +33,8 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --scale N (10)   --warmup SECS (2, 0 = none)
   --targets direct,pgbouncer,lagrouter-primary-only,lagrouter
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
+  --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
+      connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)";
 const ALL_TARGETS: [&str; 4] = ["direct", "pgbouncer", "lagrouter-primary-only", "lagrouter"];
 const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
@@ -67,6 +69,8 @@ struct Opts {
     modes: Vec<String>,
     targets: Vec<String>,
     pgbouncer: Option<PathBuf>,
+    /// `pool.size` of the `lagrouter` target (with replicas: per node).
+    replica_pool: u32,
     install_pgbouncer: bool,
 }
 
@@ -82,6 +86,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         modes: list("simple,extended,prepared"),
         targets: list(&ALL_TARGETS.join(",")),
         pgbouncer: None,
+        replica_pool: POOL_SIZE,
         install_pgbouncer: false,
     };
     let mut it = args.iter();
@@ -102,6 +107,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--modes" => o.modes = list(val()?),
             "--targets" => o.targets = list(val()?),
             "--pgbouncer" => o.pgbouncer = Some(PathBuf::from(val()?)),
+            "--replica-pool" => o.replica_pool = val()?.parse()?,
             "--install-pgbouncer" => o.install_pgbouncer = true,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
@@ -136,10 +142,10 @@ struct Target {
 /// primary_read_cap = 1: without replicas every read is a primary fallback
 /// and the default cap would open the breaker. The full variant keeps the
 /// shipped defaults.
-fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool) -> String {
+fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool, pool: u32) -> String {
     let (user, password) = (c.app_user(), c.app_password());
     let mut t = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = {POOL_SIZE}\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = {pool}\n\n\
          [[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
     );
     t += &if primary_only {
@@ -166,13 +172,11 @@ fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> 
     Ok(t)
 }
 
-fn start_lagrouter(c: &Cluster, name: &str, out: &Path) -> Result<Target> {
+fn start_lagrouter(c: &Cluster, name: &str, pool: u32, out: &Path) -> Result<Target> {
     let port = free_port()?;
     let conf = out.join(format!("{name}.toml"));
-    fs::write(
-        &conf,
-        lagrouter_config(c, port, name == "lagrouter-primary-only"),
-    )?;
+    let primary_only = name == "lagrouter-primary-only";
+    fs::write(&conf, lagrouter_config(c, port, primary_only, pool))?;
     let mut cmd = Command::new(lagrouter_bin()?);
     // The shipped log level (info), whatever the caller's RUST_LOG says.
     cmd.arg("run")
@@ -421,7 +425,11 @@ fn print_grid(
 fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
     let (c, j, s, r) = (o.clients, o.threads, o.secs, o.repeats);
     let scale = o.scale;
-    println!("\npgbench -c {c} -j {j} -T {s}, scale {scale}: median of {r} run(s)");
+    println!(
+        "\npgbench -c {c} (select-c400: {MANY_CLIENTS}) -j {j} -T {s}, scale {scale}, \
+         lagrouter pool.size {}: median of {r} run(s)",
+        o.replica_pool
+    );
     println!("(runs with aborted clients excluded; * = some runs not ok)");
     let tps = |wm: &Combo, t: &str| median_of(runs, wm, t, |r| r.tps);
     print_grid("median TPS", targets, combos, &|wm, i| {
@@ -508,7 +516,8 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
                 continue;
             }
-            _ => start_lagrouter(c, name, out)?,
+            ("lagrouter", _) => start_lagrouter(c, name, o.replica_pool, out)?,
+            _ => start_lagrouter(c, name, POOL_SIZE, out)?,
         };
         println!("{}: 127.0.0.1:{}", t.name, t.port);
         targets.push(t);
