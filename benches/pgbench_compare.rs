@@ -45,7 +45,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server connections per pool, the same for PgBouncer and lagrouter.
 const POOL_SIZE: u32 = 20;
 /// Clients of the `select-c400` workload. PostgreSQL's own limit
-/// (max_connections = 100) keeps `direct` out of it.
+/// (the cluster's max_connections = 300) keeps `direct` out of it.
 const MANY_CLIENTS: u32 = 400;
 /// The 7-statement read transaction: what an ORM's request often is.
 const TXN7: &str = "\\set aid random(1, 100000 * :scale)
@@ -543,7 +543,7 @@ fn run_matrix(
         let matrix = combos
             .iter()
             .flat_map(|wm| targets.iter().map(move |t| (wm, t)));
-        // PostgreSQL itself takes at most max_connections (100) clients.
+        // PostgreSQL itself takes at most max_connections (300 here) clients.
         let matrix = matrix.filter(|(wm, t)| !(wm.0 == "select-c400" && t.name == "direct"));
         for (wm, t) in matrix {
             let (wl, mode, name, n, secs) = (wm.0, &wm.1, &t.name, runs.len() + 1, o.secs);
