@@ -53,7 +53,7 @@ fn gate_refuses_writes_while_replicas_lag_and_reopens_after_one_recovers() {
         // (A new session may check out a server connection at startup.)
         let mut d = lr.connect().await;
         let counted_before = sum(&scrape().await, "lagrouter_writes_refused_total", &[]);
-        let checkouts = pools_checkouts(&a).await;
+        let checkouts = pools_sum(&a, "checkouts").await;
         let mut refusals = Vec::new();
         refusals.push(refused(
             c.simple_query("INSERT INTO ws_rows VALUES (10, 'refused')")
@@ -116,7 +116,7 @@ fn gate_refuses_writes_while_replicas_lag_and_reopens_after_one_recovers() {
             "INSERT after a refused BEGIN",
         ));
         assert_eq!(
-            pools_checkouts(&a).await,
+            pools_sum(&a, "checkouts").await,
             checkouts,
             "a refused write checked out a server connection"
         );

@@ -194,7 +194,7 @@ fn hundred_waiters_hold_no_server_connection() {
                 .unwrap_or_else(|e| panic!("waiter {i} write: {}", describe(&e)));
             conns.push(c);
         }
-        let base_in_use = pools_in_use(&a).await;
+        let base_in_use = pools_sum(&a, "in_use").await;
         let pool_rows = console_rows(&a, "SHOW POOLS").await;
         eprintln!("{WAITERS} writers connected; in_use {base_in_use}; pools {pool_rows:?}");
 

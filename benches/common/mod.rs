@@ -64,11 +64,6 @@ pub fn pg_tool(c: &Cluster, tool: &str, port: u16) -> Command {
     cmd
 }
 
-/// User + system CPU time of a process so far, in seconds.
-pub fn cpu_secs(pid: u32) -> Option<f64> {
-    cpu_times(pid).map(|c| c.user + c.sys)
-}
-
 /// A process's CPU time so far and its threads' context switches.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuTimes {

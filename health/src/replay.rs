@@ -123,13 +123,11 @@ impl ReplayWaiter {
     }
 
     /// Whether `node`, a following replica, has replayed `lsn` now.
-    pub fn has_replayed(&self, node: &str, lsn: Lsn) -> bool {
+    fn has_replayed(&self, node: &str, lsn: Lsn) -> bool {
         let snap = self.inner.health.load();
         let polled = self.inner.positions.borrow();
-        following(&snap).any(|i| {
-            let n = &snap.nodes[i];
-            n.name == node && n.replay_lsn.max(polled.get(node).copied()) >= Some(lsn)
-        })
+        following(&snap)
+            .any(|i| snap.nodes[i].name == node && position(&snap, &polled, i) >= Some(lsn))
     }
 
     /// Waits until `done()` holds, re-asking it whenever a polled position
@@ -183,12 +181,15 @@ fn following(snap: &HealthSnapshot) -> impl Iterator<Item = usize> + '_ {
 /// the later polled positions (replay only moves forward).
 fn count(snap: &HealthSnapshot, polled: &Positions, lsn: Option<Lsn>) -> usize {
     following(snap)
-        .filter(|&i| {
-            let n = &snap.nodes[i];
-            let pos = n.replay_lsn.max(polled.get(&n.name).copied());
-            lsn.is_none_or(|want| pos.is_some_and(|p| p >= want))
-        })
+        .filter(|&i| lsn.is_none_or(|want| position(snap, polled, i) >= Some(want)))
         .count()
+}
+
+/// Node `i`'s replay position: the snapshot's or the later polled one
+/// (replay only moves forward).
+fn position(snap: &HealthSnapshot, polled: &Positions, i: usize) -> Option<Lsn> {
+    let n = &snap.nodes[i];
+    n.replay_lsn.max(polled.get(&n.name).copied())
 }
 
 async fn poll(config: ConfigHandle, inner: Arc<Inner>) {

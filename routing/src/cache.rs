@@ -28,7 +28,7 @@ use arc_swap::ArcSwap;
 use crate::classify::{Analysis, Class, analyze};
 use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
 use crate::hash::{FxBuild, IdentityBuild};
-use crate::server_effects::{ServerEffects, may_have_effects, server_effects};
+use crate::server_effects::{ServerEffects, lexed_effects, may_have_effects};
 use crate::shape::{digits_matter, same_shape, shape_hash};
 
 /// Statements longer than this are classified every time, not cached (a
@@ -286,7 +286,7 @@ impl Classifier {
         let epoch = self.inputs.load().epoch;
         match self.cache.get_keyed(self.cache.key(sql), sql, epoch) {
             Some(a) => a.server,
-            None => server_effects(sql),
+            None => lexed_effects(sql),
         }
     }
 

@@ -98,6 +98,11 @@ pub fn server_effects(sql: &str) -> ServerEffects {
     if !may_have_effects(sql) {
         return ServerEffects::default();
     }
+    lexed_effects(sql)
+}
+
+/// [`server_effects`] without the quick word test (for callers that made it).
+pub(crate) fn lexed_effects(sql: &str) -> ServerEffects {
     let lexed = lex(sql, Backslash::Literal);
     let mut fx = effects_of(sql, &lexed.tokens);
     if lexed.backslash_in_plain_string {

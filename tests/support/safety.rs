@@ -119,21 +119,12 @@ pub async fn wait_gate(a: &Client, want: &str) -> Duration {
     );
 }
 
-/// Sum of `in_use` over every pool (`SHOW POOLS`).
-pub async fn pools_in_use(a: &Client) -> u64 {
+/// Sum of `column` (`in_use`, `checkouts`, …) over every pool (`SHOW POOLS`).
+pub async fn pools_sum(a: &Client, column: &str) -> u64 {
     console_rows(a, "SHOW POOLS")
         .await
         .iter()
-        .map(|p| p["in_use"].parse::<u64>().unwrap())
-        .sum()
-}
-
-/// Sum of `checkouts` over every pool (`SHOW POOLS`).
-pub async fn pools_checkouts(a: &Client) -> u64 {
-    console_rows(a, "SHOW POOLS")
-        .await
-        .iter()
-        .map(|p| p["checkouts"].parse::<u64>().unwrap())
+        .map(|p| p[column].parse::<u64>().unwrap())
         .sum()
 }
 
