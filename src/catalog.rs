@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use lagrouter_config::ConfigHandle;
-use lagrouter_health::HealthMonitor;
+use lagrouter_health::{ConnTarget, HealthMonitor, connect_as};
 use lagrouter_routing::{FunctionCatalog, Router};
 use tokio_util::sync::CancellationToken;
 
@@ -50,22 +50,13 @@ async fn load(config: &ConfigHandle, health: &HealthMonitor) -> Result<FunctionC
         .nodes
         .get(primary)
         .ok_or("primary is not in the config")?;
-    let user = cfg.health_user().ok_or("no user to connect as")?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&node.host)
-        .port(node.port)
-        .user(&user.name)
-        .dbname(&cfg.health.database)
-        .application_name("lagrouter-catalog")
-        .connect_timeout(cfg.health.check_timeout.max(Duration::from_secs(1)));
-    if let Some(p) = user.backend_password() {
-        pg.password(p);
-    }
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
+    let target = ConnTarget::new(&cfg, node);
+    let client = tokio::time::timeout(
+        cfg.health.check_timeout.max(Duration::from_secs(1)),
+        connect_as(&target, "lagrouter-catalog"),
+    )
+    .await
+    .map_err(|_| "timed out connecting".to_string())??;
     let rows = client
         .query(
             "SELECT p.proname::text, p.provolatile::text FROM pg_catalog.pg_proc p",
@@ -74,7 +65,6 @@ async fn load(config: &ConfigHandle, health: &HealthMonitor) -> Result<FunctionC
         .await
         .map_err(|e| e.to_string());
     drop(client);
-    let _ = driver.await;
     let rows = rows?;
     let n = rows.len();
     let catalog = FunctionCatalog::from_rows(rows.iter().filter_map(|r| {

@@ -90,6 +90,15 @@ pub struct ClusterOptions {
     pub database: String,
     /// Extra postgresql.conf lines for every node; they override ours.
     pub extra_conf: Vec<String>,
+    /// pg_hba.conf lines placed before the harness's own, which trust
+    /// local sockets and ask passwords on 127.0.0.1 (the first line that
+    /// matches decides), e.g. `hostnossl all app 127.0.0.1/32 reject`.
+    pub hba_first: Vec<String>,
+    /// Files (name, contents) written into the primary's data directory
+    /// before it first starts, readable by the server user only, e.g.
+    /// `server.crt` and `server.key` for `ssl = on`. Replicas get them
+    /// with the base backup.
+    pub data_files: Vec<(String, String)>,
     /// Where to put the cluster; it must not already hold one. Default: a
     /// fresh directory under [`std::env::temp_dir`]. When running as root it
     /// must be traversable by the `postgres` OS user.
@@ -107,6 +116,8 @@ impl Default for ClusterOptions {
             app_password: "app".to_owned(),
             database: "app".to_owned(),
             extra_conf: Vec::new(),
+            hba_first: Vec::new(),
+            data_files: Vec::new(),
             base_dir: None,
             keep: false,
         }
@@ -186,9 +197,9 @@ impl Cluster {
             bindir,
             run_dir,
             os_user,
-            app_user: opts.app_user,
-            app_password: opts.app_password,
-            database: opts.database,
+            app_user: opts.app_user.clone(),
+            app_password: opts.app_password.clone(),
+            database: opts.database.clone(),
             nodes,
             primary: AtomicUsize::new(0),
             janitor: Mutex::new(None),
@@ -199,7 +210,7 @@ impl Cluster {
             *lock(&cluster.janitor) = Some(janitor);
         }
         // On error, dropping `cluster` stops and removes what was started.
-        cluster.build(&opts.extra_conf)?;
+        cluster.build(&opts)?;
         Ok(cluster)
     }
 
@@ -209,8 +220,19 @@ impl Cluster {
     /// # Panics
     /// If the cluster cannot start (then on every call, without retrying).
     pub fn shared() -> &'static Cluster {
+        Cluster::shared_with(ClusterOptions::default)
+    }
+
+    /// [`Cluster::shared`], started with `options()` if this is the first
+    /// use in the process (a test binary whose tests all need the same
+    /// special cluster, e.g. with TLS). Later calls return that cluster
+    /// whatever options they pass.
+    ///
+    /// # Panics
+    /// If the cluster cannot start (then on every call, without retrying).
+    pub fn shared_with(options: impl FnOnce() -> ClusterOptions) -> &'static Cluster {
         let started = SHARED.get_or_init(|| {
-            let started = Cluster::start(ClusterOptions::default()).map_err(|e| e.to_string());
+            let started = Cluster::start(options()).map_err(|e| e.to_string());
             if started.is_ok() {
                 // SAFETY: registering a plain extern "C" fn has no
                 // preconditions. If registration fails, the parent-death

@@ -27,6 +27,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RoutingConfig", "routing"),
     ("RuleConfig", "routing.rules"),
     ("SafetyConfig", "safety"),
+    ("ServerTlsConfig", "server_tls"),
 ];
 
 fn root() -> PathBuf {

@@ -16,6 +16,7 @@ mod error;
 mod handle;
 mod locate;
 mod schema;
+mod tls;
 mod validate;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use handle::ConfigHandle;
 pub use schema::*;
+pub use tls::{NodeTls, ServerTls};
 
 impl Config {
     /// Parses and validates a configuration from TOML text.
@@ -35,6 +37,16 @@ impl Config {
             }
             ConfigError::Invalid(problems)
         })?;
+        let mut config = config;
+        config.server_tls_loaded =
+            ServerTls::load(&config.server_tls).map_err(|(key, message)| {
+                let key = format!("server_tls.{key}");
+                ConfigError::Invalid(vec![Problem {
+                    line: locate::line_of(text, &key),
+                    key,
+                    message,
+                }])
+            })?;
         Ok(config)
     }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::tls::{NodeTls, ServerTls};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,24 @@ pub struct Config {
     /// `[safety]`: refuse writes while too few replicas are caught up.
     #[serde(default)]
     pub safety: SafetyConfig,
+    /// `[server_tls]`: TLS on the connections to the nodes.
+    #[serde(default)]
+    pub server_tls: ServerTlsConfig,
+    /// What `server_tls` names, read when the file is loaded.
+    #[serde(skip)]
+    pub(crate) server_tls_loaded: ServerTls,
+}
+
+impl Config {
+    /// How to connect to `node`: its own `sslmode`, else `[server_tls]`'s.
+    pub fn node_tls(&self, node: &NodeConfig) -> NodeTls {
+        let mode = node.sslmode.unwrap_or(self.server_tls.sslmode);
+        // Validation refuses a verify- mode without sslrootcert; should
+        // one get here, connections fail rather than go unchecked.
+        self.server_tls_loaded
+            .for_mode(mode)
+            .unwrap_or_else(|| NodeTls::unusable(mode))
+    }
 }
 
 /// `[server]`
@@ -238,6 +258,10 @@ pub struct NodeConfig {
     pub port: u16,
     /// `primary`, `replica` or `auto`. Required. Live.
     pub role: NodeRole,
+    /// TLS mode for this node, overriding `[server_tls] sslmode`. Default
+    /// unset. Live.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
 }
 
 fn default_pg_port() -> u16 {
@@ -451,4 +475,64 @@ impl SafetyConfig {
     pub fn max_lag_time(&self, health: &HealthConfig) -> Option<Duration> {
         self.min_replicas_max_lag_time.or(health.max_lag_time)
     }
+}
+
+/// libpq's `sslmode`, for connections to the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Whether the node's certificate is checked against `sslrootcert`
+    /// whatever the settings (the two `verify-` modes).
+    pub fn needs_root(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+
+    /// Whether a node that does not offer TLS is refused.
+    pub fn requires_tls(self) -> bool {
+        !matches!(self, SslMode::Disable | SslMode::Prefer)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[server_tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`, for
+    /// every connection to a node (pools, health checks, replay poller,
+    /// catalog); a node's own `sslmode` overrides it. Default `prefer`. Live.
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates a node's certificate must chain to.
+    /// Required by `verify-ca` and `verify-full`. Default unset. Live.
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM certificate chain lagrouter presents to the nodes (for
+    /// `clientcert` or `cert` in their `pg_hba.conf`). Set together with
+    /// `sslkey`. Default unset. Live.
+    pub sslcert: Option<PathBuf>,
+    /// PEM private key of `sslcert`. Default unset. Live.
+    pub sslkey: Option<PathBuf>,
 }

@@ -171,3 +171,74 @@ fn workers_must_be_between_1_and_256() {
         }
     }
 }
+
+#[test]
+fn server_tls_defaults_to_prefer_and_node_modes_override() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    let tls = c.node_tls(&c.nodes[0]);
+    assert_eq!(tls.mode, SslMode::Prefer);
+    assert!(tls.client.is_some(), "prefer needs a client config");
+    let text = MINIMAL.replace(
+        "role = \"primary\"",
+        "role = \"primary\"\nsslmode = \"disable\"",
+    );
+    let c = Config::from_toml_str(&text).unwrap();
+    let tls = c.node_tls(&c.nodes[0]);
+    assert_eq!(tls.mode, SslMode::Disable);
+    assert!(tls.client.is_none());
+}
+
+#[test]
+fn server_tls_problems_name_their_key() {
+    let keys = |text: &str| -> Vec<String> {
+        match Config::from_toml_str(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.key.clone()).collect(),
+        }
+    };
+    assert_eq!(
+        keys(&format!(
+            "{MINIMAL}\n[server_tls]\nsslmode = \"verify-full\"\n"
+        )),
+        ["server_tls.sslmode"]
+    );
+    assert_eq!(
+        keys(&MINIMAL.replace(
+            "role = \"primary\"",
+            "role = \"primary\"\nsslmode = \"verify-ca\""
+        )),
+        ["nodes[0].sslmode"]
+    );
+    assert_eq!(
+        keys(&format!("{MINIMAL}\n[server_tls]\nsslcert = \"/x.crt\"\n")),
+        ["server_tls.sslkey"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{MINIMAL}\n[server_tls]\nsslmode = \"verfy-full\"\n"
+        )),
+        ["server_tls.sslmode"]
+    );
+    // A file that cannot be read rejects the configuration, naming it.
+    let text = format!(
+        "{MINIMAL}\n[server_tls]\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.crt\"\n"
+    );
+    let err = Config::from_toml_str(&text).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.key, "server_tls.sslrootcert");
+    assert!(p.message.contains("/nonexistent/ca.crt"), "{}", p.message);
+    assert_eq!(p.line, Some(text.lines().count()));
+}
+
+#[test]
+fn equal_tls_settings_compare_equal_across_loads() {
+    let a = Config::from_toml_str(MINIMAL).unwrap();
+    let b = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(a.node_tls(&a.nodes[0]), b.node_tls(&b.nodes[0]));
+    let text = MINIMAL.replace(
+        "role = \"primary\"",
+        "role = \"primary\"\nsslmode = \"require\"",
+    );
+    let c = Config::from_toml_str(&text).unwrap();
+    assert_ne!(a.node_tls(&a.nodes[0]), c.node_tls(&c.nodes[0]));
+}

@@ -21,6 +21,7 @@ impl Config {
         self.validate_health(&mut p);
         self.validate_routing(&mut p);
         self.validate_safety(&mut p);
+        self.validate_server_tls(&mut p);
         if p.0.is_empty() { Ok(()) } else { Err(p.0) }
     }
 
@@ -74,6 +75,43 @@ impl Config {
         }
         if s.client_login_timeout.is_zero() {
             p.add("server.client_login_timeout", "must be more than 0s");
+        }
+    }
+
+    fn validate_server_tls(&self, p: &mut Problems) {
+        let t = &self.server_tls;
+        match (&t.sslcert, &t.sslkey) {
+            (Some(_), None) => p.add(
+                "server_tls.sslkey",
+                "sslcert is set but sslkey is not; set both or neither",
+            ),
+            (None, Some(_)) => p.add(
+                "server_tls.sslcert",
+                "sslkey is set but sslcert is not; set both or neither",
+            ),
+            _ => {}
+        }
+        if t.sslrootcert.is_some() {
+            return;
+        }
+        if t.sslmode.needs_root() {
+            p.add(
+                "server_tls.sslmode",
+                format!(
+                    "{} checks the nodes' certificates against sslrootcert; set it",
+                    t.sslmode
+                ),
+            );
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(m) = n.sslmode.filter(|m| m.needs_root()) {
+                p.add(
+                    format!("nodes[{i}].sslmode"),
+                    format!(
+                        "{m} checks the node's certificate against [server_tls] sslrootcert; set it"
+                    ),
+                );
+            }
         }
     }
 

@@ -3,8 +3,11 @@
 
 use std::fmt;
 
-use lagrouter_config::{Config, NodeConfig};
-use tokio_postgres::{Client, NoTls};
+use lagrouter_config::{Config, NodeConfig, NodeTls, SslMode};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::describe_pg_error;
 
@@ -21,6 +24,7 @@ pub struct ConnTarget {
     pub user: Option<String>,
     pub password: Option<String>,
     pub database: String,
+    pub tls: NodeTls,
 }
 
 impl ConnTarget {
@@ -34,6 +38,7 @@ impl ConnTarget {
             user: user.map(|u| u.name.clone()),
             password: user.and_then(|u| u.backend_password()).map(str::to_owned),
             database: config.health.database.clone(),
+            tls: config.node_tls(node),
         }
     }
 }
@@ -46,15 +51,21 @@ impl fmt::Debug for ConnTarget {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// Opens a connection (no TLS: the monitor talks to nodes on a trusted
-/// network, like the pools) and drives it on its own task. Dropping the
-/// returned client ends that task once the server has been told goodbye.
-/// The caller bounds the time with its own deadline.
+/// Opens a connection (TLS as `[server_tls]` and the node's `sslmode`
+/// say) and drives it on its own task. Dropping the returned client ends
+/// that task once the server has been told goodbye. The caller bounds the
+/// time with its own deadline.
 pub async fn connect(t: &ConnTarget) -> Result<Client, String> {
+    connect_as(t, APPLICATION_NAME).await
+}
+
+/// [`connect`] under another `application_name`.
+pub async fn connect_as(t: &ConnTarget, application_name: &str) -> Result<Client, String> {
     let Some(user) = &t.user else {
         return Err("no [[users]] entry to connect as (health.user)".into());
     };
@@ -63,11 +74,22 @@ pub async fn connect(t: &ConnTarget) -> Result<Client, String> {
         .port(t.port)
         .user(user)
         .dbname(&t.database)
-        .application_name(APPLICATION_NAME);
+        .application_name(application_name)
+        .ssl_mode(match t.tls.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            // The verify- modes are require plus the checks in the config.
+            _ => PgSslMode::Require,
+        });
     if let Some(p) = &t.password {
         cfg.password(p);
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+    let opened = match (&t.tls.client, t.tls.mode) {
+        (_, SslMode::Disable) => open(&cfg, NoTls).await,
+        (Some(c), _) => open(&cfg, MakeRustlsConnect::new((**c).clone())).await,
+        (None, mode) => return Err(format!("sslmode {mode} has no certificates loaded")),
+    };
+    opened.map_err(|e| {
         let mut msg = describe_pg_error(&e);
         if t.password.is_none() {
             msg.push_str(&format!(
@@ -75,7 +97,16 @@ pub async fn connect(t: &ConnTarget) -> Result<Client, String> {
             ));
         }
         msg
-    })?;
+    })
+}
+
+/// Connects with `tls` and drives the connection on its own task.
+async fn open<T>(cfg: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = cfg.connect(tls).await?;
     tokio::spawn(async move {
         // Errors here surface as failed queries on the client side.
         let _ = connection.await;

@@ -54,7 +54,7 @@ mod state;
 mod telemetry;
 mod traffic;
 
-pub use conn::APPLICATION_NAME;
+pub use conn::{APPLICATION_NAME, ConnTarget, connect_as};
 pub use error::ProbeError;
 pub use lsn::{Lsn, ParseLsnError};
 pub use monitor::HealthMonitor;

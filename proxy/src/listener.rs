@@ -74,6 +74,7 @@ fn node_addrs(config: &Config) -> Vec<Arc<NodeAddr>> {
                 name: n.name.as_str().into(),
                 host: n.host.clone(),
                 port: n.port,
+                tls: config.node_tls(n),
             })
         })
         .collect()

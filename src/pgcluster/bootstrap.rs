@@ -10,17 +10,17 @@ use std::time::Instant;
 
 use super::setup::{self, REPL_PASSWORD, REPL_USER, quote_ident, quote_literal};
 use super::{
-    Cluster, ClusterError, ClusterErrorKind, HOST, MAX_SOCKET_PATH, MD5_PASSWORD, MD5_USER, POLL,
-    STREAM_TIMEOUT, SUPERUSER, TOOL_TIMEOUT,
+    Cluster, ClusterError, ClusterErrorKind, ClusterOptions, HOST, MAX_SOCKET_PATH, MD5_PASSWORD,
+    MD5_USER, POLL, STREAM_TIMEOUT, SUPERUSER, TOOL_TIMEOUT,
 };
 
 impl Cluster {
-    pub(super) fn build(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
+    pub(super) fn build(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
         for sub in [&self.run_dir, &self.dir.join("log")] {
             make_dir(sub, 0o755)?;
             setup::chown(sub, self.os_user)?;
         }
-        self.init_primary(extra_conf)?;
+        self.init_primary(opts)?;
         self.launch(0, true)?;
         self.create_roles()?;
         let replicas: Vec<usize> = (1..self.nodes.len()).collect();
@@ -41,7 +41,7 @@ impl Cluster {
         self.wait_caught_up(STREAM_TIMEOUT)
     }
 
-    fn init_primary(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
+    fn init_primary(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
         let node = &self.nodes[0];
         make_dir(&node.data, 0o700)?;
         setup::chown(&node.data, self.os_user)?;
@@ -53,13 +53,19 @@ impl Cluster {
             .arg("--no-instructions");
         self.run(0, "initdb", cmd, None, TOOL_TIMEOUT)?;
         let replicas = self.nodes.len() - 1;
-        let shared = setup::shared_conf(&self.run_dir, replicas, extra_conf);
+        let shared = setup::shared_conf(&self.run_dir, replicas, &opts.extra_conf);
         setup::write_file(&node.data.join("lagrouter.conf"), &shared, self.os_user)?;
         setup::write_file(
             &node.data.join("pg_hba.conf"),
-            &setup::hba_conf(),
+            &setup::hba_conf(&opts.hba_first),
             self.os_user,
         )?;
+        for (name, contents) in &opts.data_files {
+            let path = node.data.join(name);
+            setup::write_file(&path, contents, self.os_user)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| ClusterError::io(format!("cannot chmod {}", path.display()), e))?;
+        }
         setup::include_our_conf(&node.data)?;
         self.assign_port(0)
     }

@@ -184,9 +184,11 @@ pub(crate) fn node_conf(name: &str, port: u16) -> String {
 /// Client authentication: trust on the socket (the harness's superuser
 /// access), passwords over TCP. `md5` accepts SCRAM-stored passwords through
 /// SCRAM and md5-stored ones through md5, so both client paths get tested.
-pub(crate) fn hba_conf() -> String {
+pub(crate) fn hba_conf(first: &[String]) -> String {
+    let first: String = first.iter().map(|l| format!("{l}\n")).collect();
     format!(
         "# Written by lagrouter's pgcluster harness.\n\
+         {first}\
          local   all           all                         trust\n\
          local   replication   all                         trust\n\
          host    replication   {REPL_USER:<12}  127.0.0.1/32    md5\n\

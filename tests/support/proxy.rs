@@ -18,6 +18,7 @@ pub struct ProxyBuilder {
     nodes: Option<String>,
     routing: Vec<String>,
     safety: Vec<String>,
+    server_tls: Vec<String>,
     wait_healthy: bool,
 }
 
@@ -40,6 +41,7 @@ impl ProxyBuilder {
             // be refused.
             routing: vec!["primary_read_cap = 1.0".into()],
             safety: Vec::new(),
+            server_tls: Vec::new(),
             wait_healthy: true,
         }
     }
@@ -83,6 +85,13 @@ impl ProxyBuilder {
     /// when there is at least one line, between `[routing]` and `[health]`).
     pub fn safety(mut self, line: &str) -> Self {
         self.safety.push(line.into());
+        self
+    }
+
+    /// One `key = value` line of `[server_tls]` (the section is written
+    /// only when there is at least one line).
+    pub fn server_tls(mut self, line: &str) -> Self {
+        self.server_tls.push(line.into());
         self
     }
 
@@ -134,6 +143,13 @@ impl ProxyBuilder {
         if !self.safety.is_empty() {
             t.push_str("[safety]\n");
             for l in &self.safety {
+                t.push_str(l);
+                t.push('\n');
+            }
+        }
+        if !self.server_tls.is_empty() {
+            t.push_str("[server_tls]\n");
+            for l in &self.server_tls {
                 t.push_str(l);
                 t.push('\n');
             }
@@ -247,6 +263,11 @@ pub struct TestProxy {
 impl TestProxy {
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The proxy's health monitor.
+    pub fn health(&self) -> &lagrouter_health::HealthMonitor {
+        &self._running.health
     }
 
     /// Starts the proxy's shutdown (as SIGTERM does), without waiting.

@@ -1,17 +1,16 @@
-//! Client TLS for the tests: a self-signed certificate for 127.0.0.1 and
-//! localhost (written as PEM files for `[server] tls_cert`/`tls_key`), and a
-//! tokio-postgres connector built on tokio-rustls that trusts only it.
+//! TLS for the tests.
+//! - [`TestCert`]: a self-signed certificate for 127.0.0.1 and localhost
+//!   (PEM files for `[server] tls_cert`/`tls_key`), and a tokio-postgres
+//!   connector that trusts only it.
+//! - [`TestPki`]: a CA, a node certificate it signed, a client
+//!   certificate it signed, and an unrelated CA, for `[server_tls]`.
 
-use std::future::Future;
-use std::io;
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::CertificateDer;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::TempDir;
 
@@ -54,88 +53,80 @@ impl TestCert {
         }
     }
 
-    pub fn connector(&self) -> RustlsMake {
-        RustlsMake(self.client.clone())
+    pub fn connector(&self) -> MakeRustlsConnect {
+        MakeRustlsConnect::new((*self.client).clone())
     }
 }
 
-/// `MakeTlsConnect` for tokio-postgres over tokio-rustls.
-#[derive(Clone)]
-pub struct RustlsMake(Arc<rustls::ClientConfig>);
-
-pub struct RustlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    domain: String,
+/// A small PKI, in memory until [`TestPki::write`]. The node certificate
+/// names `localhost` only (no IP address), so `verify-full` passes for host
+/// `localhost` and fails for host `127.0.0.1`, while `verify-ca` passes for
+/// both.
+pub struct TestPki {
+    /// The CA (for the nodes' `ssl_ca_file` and `sslrootcert`).
+    pub ca_pem: String,
+    /// The node's certificate and key, for `server.crt`/`server.key`.
+    pub node_cert_pem: String,
+    pub node_key_pem: String,
+    /// lagrouter's client certificate (CN `app`) and key, signed by the CA.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+    /// A CA that signed nothing here.
+    pub other_ca_pem: String,
 }
 
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+/// Where [`TestPki::write`] put the files lagrouter reads.
+pub struct PkiFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
 
-impl<S> MakeTlsConnect<S> for RustlsMake
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
+impl TestPki {
+    pub fn new() -> TestPki {
+        let (other, _) = make_ca("some other CA");
+        let (ca, ca_key) = make_ca("lagrouter test CA");
+        let signed = |names: Vec<String>, cn: &str| {
+            let mut p = CertificateParams::new(names).expect("certificate params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().expect("key pair");
+            let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (node_cert_pem, node_key_pem) = signed(vec!["localhost".into()], "localhost");
+        let (client_cert_pem, client_key_pem) = signed(Vec::new(), "app");
+        TestPki {
+            ca_pem: ca.pem(),
+            node_cert_pem,
+            node_key_pem,
+            client_cert_pem,
+            client_key_pem,
+            other_ca_pem: other.pem(),
+        }
+    }
 
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        Ok(RustlsConnect {
-            config: self.0.clone(),
-            domain: domain.to_owned(),
-        })
+    /// Writes the files lagrouter reads into `dir` (created if missing).
+    pub fn write(&self, dir: &Path) -> PkiFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        PkiFiles {
+            ca: write("root.crt", &self.ca_pem),
+            client_cert: write("client.crt", &self.client_cert_pem),
+            client_key: write("client.key", &self.client_key_pem),
+            other_ca: write("other.crt", &self.other_ca_pem),
+        }
     }
 }
 
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let name = ServerName::try_from(self.domain)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(name, stream)
-                .await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
+fn make_ca(cn: &str) -> (rcgen::Certificate, KeyPair) {
+    let mut p = CertificateParams::new(Vec::new()).expect("CA params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().expect("CA key");
+    (p.self_signed(&key).expect("self-sign CA"), key)
 }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use lagrouter_config::NodeTls;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::tag::{be, status};
 use crate::protocol::{MAX_MESSAGE_LEN, split_frame};
+use crate::server::stream::NodeStream;
 
 /// Where a node listens and what it is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct NodeAddr {
     pub name: Arc<str>,
     pub host: String,
     pub port: u16,
+    /// TLS mode and client config for this node.
+    pub tls: NodeTls,
 }
 
 impl NodeAddr {
@@ -32,7 +35,7 @@ impl NodeAddr {
 
 /// An open, authenticated, idle server connection.
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: NodeStream,
     pub node: Arc<NodeAddr>,
     /// Backend process id and secret key, for CancelRequest.
     pub pid: i32,
@@ -105,12 +108,7 @@ impl ServerConn {
             addr: node.addr(),
             detail,
         };
-        let stream = TcpStream::connect((node.host.as_str(), node.port))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| connect_err(e.to_string()))?;
+        let stream = NodeStream::connect(&node).await.map_err(connect_err)?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -130,7 +128,7 @@ impl ServerConn {
         frontend::startup_message([("user", user), ("database", database)], &mut out)
             .map_err(|e| connect_err(e.to_string()))?;
         conn.stream
-            .write_all(&out)
+            .send(&out)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         conn.login(user, password).await?;
@@ -253,7 +251,7 @@ impl ServerConn {
                         }
                     }
                     self.stream
-                        .write_all(&out)
+                        .send(&out)
                         .await
                         .map_err(|e| self.lost(e.to_string()))?;
                 }
@@ -299,7 +297,7 @@ impl ServerConn {
     /// kept. Never for client traffic.
     async fn round_trip(&mut self, msg: &[u8]) -> Result<Reply, ProxyError> {
         self.stream
-            .write_all(msg)
+            .send(msg)
             .await
             .map_err(|e| self.lost(e.to_string()))?;
         let mut reply = Reply::default();
@@ -358,7 +356,7 @@ impl ServerConn {
     /// pending and the peer has not closed it.
     pub fn looks_alive(&self) -> bool {
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
+        match self.stream.tcp().try_read(&mut probe) {
             Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
             Ok(_) => false, // EOF or unsolicited bytes: not idle
         }

@@ -53,7 +53,13 @@ pub struct ServerPool {
     /// The node's traffic as the health monitor sees it (shared by its
     /// pools): checkouts, bytes arriving, failures.
     pub traffic: Arc<NodeTraffic>,
+    /// When a failed connect was last logged: at most one line per
+    /// [`CONNECT_WARNING_EVERY`], however many clients try.
+    last_connect_warning: Mutex<Option<Instant>>,
 }
+
+/// Least time between two logged connect failures of one pool.
+const CONNECT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ServerPool {
     fn new(
@@ -69,6 +75,7 @@ impl ServerPool {
             counts,
             traffic,
             idle: Mutex::new(Vec::new()),
+            last_connect_warning: Mutex::new(None),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
             stats: PoolStats::default(),
@@ -152,6 +159,7 @@ impl ServerPool {
             if matches!(e, ProxyError::NodeConnect { .. }) {
                 self.traffic.failed();
             }
+            self.warn_connect_failed(e);
         })?;
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.in_use.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +169,20 @@ impl ServerPool {
             _permit: permit,
             pool: self.clone(),
         })
+    }
+
+    /// Logs a failed connect, unless one was logged in the last
+    /// [`CONNECT_WARNING_EVERY`].
+    fn warn_connect_failed(&self, e: &ProxyError) {
+        let now = Instant::now();
+        let Ok(mut last) = self.last_connect_warning.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < CONNECT_WARNING_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        tracing::warn!(pool = %self.label(), "cannot open a server connection: {e}");
     }
 
     async fn wait_permit(&self, cfg: &PoolConfig) -> Result<OwnedSemaphorePermit, ProxyError> {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Buf;
 use lagrouter_config::PoolMode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend;
@@ -13,6 +13,7 @@ use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
 use crate::protocol::tag::{be, status};
+use crate::server::stream::Progress;
 
 use super::*;
 
@@ -25,10 +26,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // hand them on to the client before writing more. A client that
         // pipelines requests must read their answers as it writes, as it
         // must directly: then nobody waits for anybody.
-        while pos < self.to_server.len() {
-            let Some(pc) = self.server.as_mut() else {
-                break;
-            };
+        while let Some(pc) = self.server.as_mut() {
             let conn = pc.conn();
             if conn.read_buf.len() >= READ_AHEAD_LIMIT {
                 let before = conn.read_buf.len();
@@ -40,25 +38,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 // Nothing could be handed on (cannot happen with whole
                 // messages or a streamed one): write the rest as before.
-                if let Err(e) = conn.stream.write_all(&self.to_server[pos..]).await {
+                if let Err(e) = conn.stream.send(&self.to_server[pos..]).await {
                     lost = Some(e.to_string());
                 }
                 break;
             }
             conn.read_buf.reserve(READ_CHUNK);
-            let (mut rd, mut wr) = conn.stream.split();
-            tokio::select! {
-                biased;
-                r = wr.write(&self.to_server[pos..]) => match r {
-                    Ok(0) => { lost = Some("the node stopped accepting data".into()); break; }
-                    Ok(n) => pos += n,
-                    Err(e) => { lost = Some(e.to_string()); break; }
-                },
-                r = rd.read_buf(&mut conn.read_buf) => match r {
-                    Ok(0) => { lost = Some("the node closed the connection".into()); break; }
-                    Ok(_) => {}
-                    Err(e) => { lost = Some(e.to_string()); break; }
-                },
+            // With nothing left to write, this flushes what TLS holds back
+            // (nothing for plain TCP) and ends the loop.
+            match conn
+                .stream
+                .write_or_read(&self.to_server[pos..], &mut conn.read_buf)
+                .await
+            {
+                Ok(Progress::Wrote(0)) => {
+                    lost = Some("the node stopped accepting data".into());
+                    break;
+                }
+                Ok(Progress::Wrote(n)) => pos += n,
+                Ok(Progress::Flushed) => break,
+                Ok(Progress::Read(0)) => {
+                    lost = Some("the node closed the connection".into());
+                    break;
+                }
+                Ok(Progress::Read(_)) => {}
+                Err(e) => {
+                    lost = Some(e.to_string());
+                    break;
+                }
             }
         }
         self.shared
