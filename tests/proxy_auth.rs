@@ -3,7 +3,9 @@
 //! (28P01); a backend role with an md5-stored password; a node refusing the
 //! proxy's password; TLS (tokio-postgres over rustls, psql sslmode=require,
 //! and sslmode=require against a proxy without TLS); NegotiateProtocolVersion
-//! for protocol 3.2; GSSENCRequest refused with 'N'.
+//! for protocol 3.2; GSSENCRequest refused with 'N'; SCRAM pass-through
+//! (a user configured with the node's verifier only), and what a different
+//! verifier gets.
 
 mod support;
 
@@ -273,4 +275,91 @@ async fn gssenc_request_gets_n() {
         assert_eq!(e.code(), "08P01", "{:?}", e.fields());
     }
     assert_eq!(raw.recv(T).await.err(), Some(End::Closed));
+}
+
+/// The SCRAM verifier a role has on the primary (superuser query).
+async fn verifier_of(role: &'static str) -> String {
+    blocking(move |c| {
+        c.sql(
+            c.primary_index(),
+            &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"),
+        )
+        .expect("read pg_authid")
+    })
+    .await
+}
+
+/// A user configured with nothing but the node's SCRAM verifier (as in
+/// pg_authid): the client logs in with its password, and lagrouter logs
+/// into the primary and the replicas with the client key from the
+/// client's proof. A wrong password still gets 28P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_logs_into_every_node() {
+    ensure_role("lr_pass").await;
+    let verifier = verifier_of("lr_pass").await;
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    // The default user `app` comes first: the health monitor logs in as it.
+    let proxy = ProxyBuilder::new()
+        .user(&format!("name = \"lr_pass\"\npassword = \"{verifier}\""))
+        .start()
+        .await;
+    let c = connect_as(&proxy, "lr_pass", "lr_pass").await;
+    assert_eq!(
+        scalar(&c, "select current_user").await.as_deref(),
+        Some("lr_pass")
+    );
+    c.batch_execute("CREATE TEMP TABLE lr_pass_t (x int); INSERT INTO lr_pass_t VALUES (1)")
+        .await
+        .unwrap();
+    // Reads reach a replica (once the function catalog is loaded, since
+    // inet_server_port() is unknown until then): pass-through there too.
+    let primary_port = blocking(|c| c.port(c.primary_index())).await;
+    let c2 = connect_as(&proxy, "lr_pass", "lr_pass").await;
+    let c2 = &c2;
+    let port = eventually(
+        Duration::from_secs(20),
+        "a read on a replica",
+        || async move {
+            let p: i32 = c2
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .ok()?
+                .get(0);
+            (p != i32::from(primary_port)).then_some(p)
+        },
+    )
+    .await;
+    assert_ne!(port, i32::from(primary_port));
+    let r = try_connect_as(&proxy, "lr_pass", "wrong").await;
+    expect_sqlstate(r.map(|_| ()), "28P01", "pass-through user, wrong password");
+}
+
+/// lagrouter's verifier for the user differs from the node's (same
+/// password, another salt): the client passes lagrouter's check, then
+/// gets 28P01 naming the node and saying the verifiers differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_with_another_verifier_says_so() {
+    ensure_role("lr_pass").await;
+    // The same password hashed again: a new salt.
+    let twin = blocking(|c| {
+        c.sql(
+            c.primary_index(),
+            "SET password_encryption = 'scram-sha-256'; \
+             DROP ROLE IF EXISTS lr_pass_twin; CREATE ROLE lr_pass_twin PASSWORD 'lr_pass'; \
+             SELECT rolpassword FROM pg_authid WHERE rolname = 'lr_pass_twin'",
+        )
+        .expect("make a second verifier")
+    })
+    .await;
+    let twin = twin.lines().last().unwrap_or_default().to_owned();
+    assert!(twin.starts_with("SCRAM-SHA-256$"), "{twin}");
+    assert_ne!(twin, verifier_of("lr_pass").await);
+    let proxy = ProxyBuilder::new()
+        .user(&format!("name = \"lr_pass\"\npassword = \"{twin}\""))
+        .start()
+        .await;
+    let r = try_connect_as(&proxy, "lr_pass", "lr_pass").await;
+    let msg = expect_sqlstate(r.map(|_| ()), "28P01", "verifiers differ");
+    assert!(msg.contains("primary"), "node not named: {msg}");
+    assert!(msg.contains("verifier"), "reason not given: {msg}");
 }

@@ -22,6 +22,7 @@ impl Config {
         self.validate_routing(&mut p);
         self.validate_safety(&mut p);
         self.validate_server_tls(&mut p);
+        self.validate_health_user(&mut p);
         if p.0.is_empty() { Ok(()) } else { Err(p.0) }
     }
 
@@ -75,6 +76,31 @@ impl Config {
         }
         if s.client_login_timeout.is_zero() {
             p.add("server.client_login_timeout", "must be more than 0s");
+        }
+    }
+
+    /// The health monitor (and `[auth_query]`) log in with tokio-postgres,
+    /// which has no client whose SCRAM key it could pass through.
+    fn validate_health_user(&self, p: &mut Problems) {
+        // An unknown health.user is reported by validate_health.
+        let Some(u) = self.health_user() else {
+            return;
+        };
+        if u.backend_password().is_none() && self.server_tls.sslcert.is_none() {
+            p.add(
+                if self.health.user.is_some() {
+                    "health.user".to_string()
+                } else {
+                    "users[0].server_password".to_string()
+                },
+                format!(
+                    "the health monitor connects as `{}`, whose password is a SCRAM verifier; \
+                     SCRAM pass-through needs a client, which health checks do not have: give this \
+                     user a server_password, name another user in health.user, or log in with a \
+                     client certificate ([server_tls] sslcert)",
+                    u.name
+                ),
+            );
         }
     }
 
@@ -140,10 +166,11 @@ impl Config {
                 ),
                 _ => {}
             }
-            if u.backend_password().is_none() {
+            if u.backend_password().is_none() && !scram_verifier {
                 p.add(
                     key("server_password"),
-                    "password is a hash, so the proxy needs server_password to log into the nodes",
+                    "password is an md5 hash, so the proxy needs server_password to log into the nodes \
+                     (a SCRAM verifier would log in by pass-through)",
                 );
             }
             if u.name == self.server.admin_database && !u.admin {

@@ -1,6 +1,7 @@
 //! Client authentication done by the proxy itself, and the credentials it
 //! checks against (prepared once per config load).
 
+pub mod passthrough;
 pub mod scram;
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use lagrouter_config::{AuthMethod, Config, UserConfig};
 use md5::{Digest, Md5};
 
+pub use passthrough::{PassThroughError, PassThroughLogin, ScramKeys};
 pub use scram::{ScramExchange, ScramSecret};
 
 /// Why a login failed.
@@ -31,20 +33,48 @@ pub enum Credential {
     Trust,
 }
 
+/// How the proxy logs into the nodes on a user's behalf.
+#[derive(Clone)]
+pub enum ServerLogin {
+    /// A plain-text password: `server_password`, or `password` when it is
+    /// not a verifier or hash.
+    Password(String),
+    /// SCRAM pass-through, for a `password` that is a SCRAM verifier and
+    /// no `server_password`: the client key from this session's client's
+    /// proof (`None` in the directory, before any client logged in).
+    PassThrough(Option<ScramKeys>),
+}
+
 /// A user as the proxy knows it: how to check the client and how to log
 /// into nodes on its behalf.
 #[derive(Clone)]
 pub struct UserAuth {
     pub name: String,
     pub credential: Credential,
-    pub backend_password: Option<String>,
+    pub server_login: ServerLogin,
     pub admin: bool,
+}
+
+impl UserAuth {
+    /// This user as one session knows it once its client proved the
+    /// password with `client_key`: pass-through users can log into nodes.
+    pub fn logged_in(self: &Arc<Self>, client_key: [u8; 32]) -> Arc<UserAuth> {
+        match (&self.server_login, &self.credential) {
+            (ServerLogin::PassThrough(None), Credential::Scram(secret)) => Arc::new(UserAuth {
+                server_login: ServerLogin::PassThrough(Some(secret.pass_through(client_key))),
+                ..(**self).clone()
+            }),
+            _ => self.clone(),
+        }
+    }
 }
 
 /// All users, keyed by name. Rebuilt when the config changes.
 #[derive(Clone, Default)]
 pub struct UserDirectory {
     users: HashMap<String, Arc<UserAuth>>,
+    /// Keys the mock salts of unknown users (see [`ScramSecret::impossible`]).
+    mock_key: [u8; 32],
 }
 
 impl UserDirectory {
@@ -55,7 +85,16 @@ impl UserDirectory {
             .iter()
             .map(|u| (u.name.clone(), Arc::new(user_auth(u))))
             .collect();
-        UserDirectory { users }
+        UserDirectory {
+            users,
+            mock_key: rand::random(),
+        }
+    }
+
+    /// The secret an unknown user's login runs against: it fails at the
+    /// proof, after the same messages as a known user's.
+    pub fn unknown(&self, name: &str) -> ScramSecret {
+        ScramSecret::impossible(name, &self.mock_key)
     }
 
     /// The user, if configured.
@@ -79,7 +118,10 @@ fn user_auth(u: &UserConfig) -> UserAuth {
     UserAuth {
         name: u.name.clone(),
         credential,
-        backend_password: u.backend_password().map(str::to_string),
+        server_login: match u.backend_password() {
+            Some(p) => ServerLogin::Password(p.to_string()),
+            None => ServerLogin::PassThrough(None),
+        },
         admin: u.admin,
     }
 }

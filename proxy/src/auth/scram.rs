@@ -11,6 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::AuthError;
+use super::passthrough::ScramKeys;
 
 /// What the proxy stores to check a SCRAM login.
 #[derive(Clone)]
@@ -47,13 +48,27 @@ impl ScramSecret {
 
     /// A secret no password matches, for unknown users: the exchange runs
     /// as usual and fails at the proof, so user names cannot be probed.
-    pub fn impossible() -> ScramSecret {
-        let salt: [u8; 16] = rand::random();
+    /// The salt is derived from the name and `mock_key` (random, once per
+    /// process), so asking twice for one name gets the same salt, as for a
+    /// user who exists (PostgreSQL's mock salt does the same).
+    pub fn impossible(user: &str, mock_key: &[u8; 32]) -> ScramSecret {
+        let salt = &hmac(mock_key, user.as_bytes())[..16];
         ScramSecret {
             iterations: 4096,
             salt_b64: B64.encode(salt),
             stored_key: rand::random(),
             server_key: rand::random(),
+        }
+    }
+
+    /// The keys a pass-through login needs, given the client key a
+    /// client's proof against this secret revealed.
+    pub fn pass_through(&self, client_key: [u8; 32]) -> ScramKeys {
+        ScramKeys {
+            client_key,
+            server_key: self.server_key,
+            salt_b64: self.salt_b64.clone(),
+            iterations: self.iterations,
         }
     }
 }
@@ -113,8 +128,8 @@ impl ScramExchange {
     }
 
     /// Checks the client-final message; returns the server-final message
-    /// (`v=…`) when the proof is right.
-    pub fn finish(self, client_final: &[u8]) -> Result<String, AuthError> {
+    /// (`v=…`) and the client key the proof revealed, when it is right.
+    pub fn finish(self, client_final: &[u8]) -> Result<(String, [u8; 32]), AuthError> {
         let msg =
             std::str::from_utf8(client_final).map_err(|_| invalid("client-final is not UTF-8"))?;
         let (without_proof, proof) = msg
@@ -154,11 +169,11 @@ impl ScramExchange {
             return Err(AuthError::WrongPassword);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
     }
 }
 
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(msg);
     m.finalize().into_bytes().into()
@@ -178,7 +193,7 @@ mod tests {
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = ScramExchange::start(secret, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
-        let server_final = ex.finish(client.message())?;
+        let (server_final, _) = ex.finish(client.message())?;
         client
             .finish(server_final.as_bytes())
             .map_err(|_| AuthError::Protocol("client rejected server"))
@@ -198,9 +213,17 @@ mod tests {
             Err(AuthError::WrongPassword)
         ));
         assert!(matches!(
-            login(ScramSecret::impossible(), "pencil"),
+            login(ScramSecret::impossible("app", &[1; 32]), "pencil"),
             Err(AuthError::WrongPassword)
         ));
+    }
+
+    #[test]
+    fn an_unknown_name_gets_the_same_salt_every_time() {
+        let salt = |user: &str, key| ScramSecret::impossible(user, key).salt_b64;
+        assert_eq!(salt("nobody", &[1; 32]), salt("nobody", &[1; 32]));
+        assert_ne!(salt("nobody", &[1; 32]), salt("someone", &[1; 32]));
+        assert_ne!(salt("nobody", &[1; 32]), salt("nobody", &[2; 32]));
     }
 
     #[test]

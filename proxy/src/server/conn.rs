@@ -10,6 +10,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 
+use crate::auth::{PassThroughError, PassThroughLogin, ServerLogin};
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::tag::{be, status};
@@ -31,6 +32,12 @@ impl NodeAddr {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+}
+
+/// The SCRAM client of one login: from a password, or pass-through.
+enum Sasl {
+    Password(ScramSha256),
+    PassThrough(PassThroughLogin),
 }
 
 /// An open, authenticated, idle server connection.
@@ -78,13 +85,13 @@ impl ServerConn {
     pub async fn connect(
         node: Arc<NodeAddr>,
         user: &str,
-        password: Option<&str>,
+        login: &ServerLogin,
         database: &str,
         timeout: Duration,
     ) -> Result<ServerConn, ProxyError> {
         match tokio::time::timeout(
             timeout,
-            Self::connect_inner(node.clone(), user, password, database),
+            Self::connect_inner(node.clone(), user, login, database),
         )
         .await
         {
@@ -100,7 +107,7 @@ impl ServerConn {
     async fn connect_inner(
         node: Arc<NodeAddr>,
         user: &str,
-        password: Option<&str>,
+        login: &ServerLogin,
         database: &str,
     ) -> Result<ServerConn, ProxyError> {
         let connect_err = |detail: String| ProxyError::NodeConnect {
@@ -131,7 +138,7 @@ impl ServerConn {
             .send(&out)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        conn.login(user, password).await?;
+        conn.login(user, login).await?;
         conn.defaults = Arc::new(conn.params.clone());
         Ok(conn)
     }
@@ -163,6 +170,14 @@ impl ServerConn {
         }
     }
 
+    fn pass_through_error(&self, e: PassThroughError) -> ProxyError {
+        ProxyError::NodeAuth {
+            node: self.node.name.to_string(),
+            code: "28P01".into(),
+            detail: format!("SCRAM pass-through: {e}"),
+        }
+    }
+
     fn lost(&self, detail: String) -> ProxyError {
         ProxyError::NodeConnect {
             node: self.node.name.to_string(),
@@ -171,8 +186,8 @@ impl ServerConn {
         }
     }
 
-    async fn login(&mut self, user: &str, password: Option<&str>) -> Result<(), ProxyError> {
-        let mut scram: Option<ScramSha256> = None;
+    async fn login(&mut self, user: &str, login: &ServerLogin) -> Result<(), ProxyError> {
+        let mut scram: Option<Sasl> = None;
         loop {
             let msg = self.read_message().await?;
             match msg.tag {
@@ -180,22 +195,27 @@ impl ServerConn {
                     let req = backend::decode_auth(msg.body())
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     let mut out = BytesMut::new();
-                    let need_password = || ProxyError::NodeAuth {
-                        node: self.node.name.to_string(),
-                        code: "28P01".into(),
-                        detail: format!(
-                            "the node asks a password for user \"{user}\" and none is configured (set server_password)"
-                        ),
+                    let password = |kind: &str| match login {
+                        ServerLogin::Password(p) => Ok(p.as_str()),
+                        ServerLogin::PassThrough(_) => Err(ProxyError::NodeAuth {
+                            node: self.node.name.to_string(),
+                            code: "28P01".into(),
+                            detail: format!(
+                                "the node asks for a {kind} password for user \"{user}\"; lagrouter \
+                                 holds only its SCRAM verifier, which logs in by SCRAM alone \
+                                 (set server_password, or store the role's password as SCRAM on the node)"
+                            ),
+                        }),
                     };
                     match req {
                         AuthRequest::Ok => continue,
                         AuthRequest::Cleartext => {
-                            let p = password.ok_or_else(need_password)?;
+                            let p = password("clear-text")?;
                             frontend::password_message(p.as_bytes(), &mut out)
                                 .map_err(|e| self.protocol_error(e.to_string()))?;
                         }
                         AuthRequest::Md5 { salt } => {
-                            let p = password.ok_or_else(need_password)?;
+                            let p = password("md5")?;
                             let hash = postgres_protocol::authentication::md5_hash(
                                 user.as_bytes(),
                                 p.as_bytes(),
@@ -205,43 +225,80 @@ impl ServerConn {
                                 .map_err(|e| self.protocol_error(e.to_string()))?;
                         }
                         AuthRequest::Sasl { mechanisms } => {
-                            let p = password.ok_or_else(need_password)?;
                             if !mechanisms.contains(&"SCRAM-SHA-256") {
                                 return Err(self.protocol_error(format!(
                                     "unsupported SASL mechanisms {mechanisms:?}"
                                 )));
                             }
-                            let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                            let (s, first) = match login {
+                                ServerLogin::Password(p) => {
+                                    let s = ScramSha256::new(
+                                        p.as_bytes(),
+                                        ChannelBinding::unsupported(),
+                                    );
+                                    let first = s.message().to_vec();
+                                    (Sasl::Password(s), first)
+                                }
+                                ServerLogin::PassThrough(Some(keys)) => {
+                                    let (s, first) = PassThroughLogin::start(keys.clone());
+                                    (Sasl::PassThrough(s), first.into_bytes())
+                                }
+                                ServerLogin::PassThrough(None) => {
+                                    return Err(self.protocol_error(
+                                        "SCRAM pass-through without a client key".into(),
+                                    ));
+                                }
+                            };
+                            frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out)
                                 .map_err(|e| self.protocol_error(e.to_string()))?;
                             scram = Some(s);
                         }
                         AuthRequest::SaslContinue(data) => {
-                            let mut s = scram.take().ok_or_else(|| {
+                            let s = scram.take().ok_or_else(|| {
                                 self.protocol_error("SASL continue before start".into())
                             })?;
-                            // The salted password takes the node's iteration
-                            // count (4096 by default: about a millisecond)
-                            // of hashing: off the event loop.
-                            let data = data.to_vec();
-                            let (s, done) = tokio::task::spawn_blocking(move || {
-                                let done = s.update(&data);
-                                (s, done)
-                            })
-                            .await
-                            .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
-                            done.map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
-                            frontend::sasl_response(s.message(), &mut out)
+                            let (s, message) = match s {
+                                Sasl::Password(s) => {
+                                    // The salted password takes the node's
+                                    // iteration count (4096 by default:
+                                    // about a millisecond) of hashing: off
+                                    // the event loop.
+                                    let data = data.to_vec();
+                                    let (s, done) = tokio::task::spawn_blocking(move || {
+                                        let mut s = s;
+                                        let done = s.update(&data);
+                                        (s, done)
+                                    })
+                                    .await
+                                    .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
+                                    done.map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
+                                    let m = s.message().to_vec();
+                                    (Sasl::Password(s), m)
+                                }
+                                Sasl::PassThrough(mut s) => {
+                                    // Two HMACs and a hash: no key stretching.
+                                    let m = s
+                                        .server_first(data)
+                                        .map_err(|e| self.pass_through_error(e))?;
+                                    (Sasl::PassThrough(s), m.into_bytes())
+                                }
+                            };
+                            frontend::sasl_response(&message, &mut out)
                                 .map_err(|e| self.protocol_error(e.to_string()))?;
                             scram = Some(s);
                         }
                         AuthRequest::SaslFinal(data) => {
-                            let mut s = scram.take().ok_or_else(|| {
+                            let s = scram.take().ok_or_else(|| {
                                 self.protocol_error("SASL final before start".into())
                             })?;
-                            s.finish(data).map_err(|e| {
-                                self.protocol_error(format!("SCRAM server proof: {e}"))
-                            })?;
+                            match s {
+                                Sasl::Password(mut s) => s.finish(data).map_err(|e| {
+                                    self.protocol_error(format!("SCRAM server proof: {e}"))
+                                })?,
+                                Sasl::PassThrough(s) => s
+                                    .server_final(data)
+                                    .map_err(|e| self.pass_through_error(e))?,
+                            }
                             continue;
                         }
                         AuthRequest::Other(n) => {

@@ -19,6 +19,7 @@ use crate::admin::registry::NodeCounts;
 
 /// Idle time after which a pooled connection is probed before reuse.
 const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::auth::ServerLogin;
 use crate::error::ProxyError;
 
 /// Identifies a pool.
@@ -119,7 +120,7 @@ impl ServerPool {
     pub async fn checkout(
         self: &Arc<Self>,
         cfg: &PoolConfig,
-        password: Option<&str>,
+        login: &ServerLogin,
         now: Instant,
     ) -> Result<PooledConn, ProxyError> {
         let (permit, now) = match self.permits.clone().try_acquire_owned() {
@@ -150,7 +151,7 @@ impl ServerPool {
         let conn = Box::pin(ServerConn::connect(
             self.node.clone(),
             &self.key.user,
-            password,
+            login,
             &self.key.database,
             cfg.connect_timeout,
         ))

@@ -306,7 +306,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         );
     }
     let users = shared.users.load();
-    let user = users.get(user_name);
+    let mut user = users.get(user_name);
     let credential = user.as_ref().map(|u| u.credential.clone());
     let failed = || {
         let mut r = ClientError::new(
@@ -327,12 +327,15 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|e| ClientError::new("08P01", e.to_string()))?;
             check_md5(&stored, salt, pw).map_err(|_| failed())?;
         }
-        Some(Credential::Scram(secret)) => scram(client, buf, &mut out, secret)
-            .await
-            .map_err(|e| auth_refusal(e, failed()))?,
+        Some(Credential::Scram(secret)) => {
+            let client_key = scram(client, buf, &mut out, secret)
+                .await
+                .map_err(|e| auth_refusal(e, failed()))?;
+            user = user.map(|u| u.logged_in(client_key));
+        }
         None => {
             tracing::info!(user = user_name, "login for a user that is not configured");
-            scram(client, buf, &mut out, ScramSecret::impossible())
+            scram(client, buf, &mut out, users.unknown(user_name))
                 .await
                 .map_err(|e| auth_refusal(e, failed()))?;
             return Err(failed());
@@ -356,7 +359,7 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     out: &mut BytesMut,
     secret: ScramSecret,
-) -> Result<(), AuthError> {
+) -> Result<[u8; 32], AuthError> {
     backend::auth_sasl(out);
     send(client, out)
         .await
@@ -377,9 +380,9 @@ async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
     let fin = read_auth_message(client, buf)
         .await
         .map_err(|_| AuthError::Protocol("no SASL response"))?;
-    let server_final = ex.finish(&fin)?;
+    let (server_final, client_key) = ex.finish(&fin)?;
     backend::auth_sasl_data(out, 12, server_final.as_bytes());
-    Ok(())
+    Ok(client_key)
 }
 
 async fn send<S: AsyncWrite + Unpin>(
@@ -443,7 +446,7 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let mut pc = pool
         .checkout(
             &config.pool,
-            session.user.backend_password.as_deref(),
+            &session.user.server_login,
             std::time::Instant::now(),
         )
         .await?;

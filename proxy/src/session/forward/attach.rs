@@ -81,12 +81,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,
             _ => {
-                pool.checkout(
-                    &self.config.pool,
-                    self.user.backend_password.as_deref(),
-                    now,
-                )
-                .await?
+                pool.checkout(&self.config.pool, &self.user.server_login, now)
+                    .await?
             }
         };
         let conn = pc.conn();
@@ -125,7 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let mut cfg = self.config.pool.clone();
         cfg.checkout_timeout = deadline.saturating_duration_since(Instant::now());
-        pool.checkout(&cfg, self.user.backend_password.as_deref(), Instant::now())
+        pool.checkout(&cfg, &self.user.server_login, Instant::now())
             .await
             .ok()
     }
