@@ -28,6 +28,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RuleConfig", "routing.rules"),
     ("SafetyConfig", "safety"),
     ("ServerTlsConfig", "server_tls"),
+    ("AuthQueryConfig", "auth_query"),
 ];
 
 fn root() -> PathBuf {

@@ -41,6 +41,9 @@ pub struct Config {
     /// `[server_tls]`: TLS on the connections to the nodes.
     #[serde(default)]
     pub server_tls: ServerTlsConfig,
+    /// `[auth_query]`: look up users not in `[[users]]` on the primary.
+    #[serde(default)]
+    pub auth_query: AuthQueryConfig,
     /// What `server_tls` names, read when the file is loaded.
     #[serde(skip)]
     pub(crate) server_tls_loaded: ServerTls,
@@ -535,4 +538,41 @@ pub struct ServerTlsConfig {
     pub sslcert: Option<PathBuf>,
     /// PEM private key of `sslcert`. Default unset. Live.
     pub sslkey: Option<PathBuf>,
+}
+
+/// The default `[auth_query] query`: the `SECURITY DEFINER` function the
+/// README gives, so the lookup user needs no superuser rights.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM lagrouter.get_auth($1)";
+
+/// `[auth_query]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthQueryConfig {
+    /// User (from `[[users]]`, with a password lagrouter can log in with)
+    /// that runs the query; unset turns the lookup off. A client whose user
+    /// is not in `[[users]]` is checked against the SCRAM verifier the
+    /// query returns and logs into the nodes by pass-through. Default
+    /// unset. Live.
+    pub user: Option<String>,
+    /// Database the query runs in (on the primary). Default `postgres`. Live.
+    pub database: String,
+    /// Query taking the user name as `$1` and returning the name and its
+    /// SCRAM verifier (no row, or NULL: no such user). Default
+    /// `SELECT usename, passwd FROM lagrouter.get_auth($1)`. Live.
+    pub query: String,
+    /// How long a looked-up verifier, or the absence of one, is reused
+    /// before asking again. Default `60s`. Live.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthQueryConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            database: "postgres".into(),
+            query: DEFAULT_AUTH_QUERY.into(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
 }

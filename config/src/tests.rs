@@ -242,3 +242,40 @@ fn equal_tls_settings_compare_equal_across_loads() {
     let c = Config::from_toml_str(&text).unwrap();
     assert_ne!(a.node_tls(&a.nodes[0]), c.node_tls(&c.nodes[0]));
 }
+
+#[test]
+fn a_scram_verifier_needs_no_server_password_unless_health_or_auth_query_log_in_with_it() {
+    const VERIFIER: &str = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$\
+        7ulb3mFNI0PZbE8YmpXOnJhNLC+oE4EfFlBCsBlBF00=:Vy2bGbS7JjVn2zQdVPJMk3bQHZKWlRqfICgg2cRYKl4=";
+    let keys = |text: &str| -> Vec<String> {
+        match Config::from_toml_str(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.key.clone()).collect(),
+        }
+    };
+    let second = format!("{MINIMAL}\n[[users]]\nname = \"pt\"\npassword = \"{VERIFIER}\"\n");
+    assert_eq!(keys(&second), Vec::<String>::new(), "pass-through user");
+    assert_eq!(
+        keys(&format!("{second}\n[health]\nuser = \"pt\"\n")),
+        ["health.user"]
+    );
+    assert_eq!(
+        keys(&format!("{second}\n[auth_query]\nuser = \"pt\"\n")),
+        ["auth_query.user"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{MINIMAL}\n[auth_query]\nuser = \"app\"\nquery = \"SELECT 1\"\n"
+        )),
+        ["auth_query.query"]
+    );
+    assert_eq!(
+        keys(&format!("{MINIMAL}\n[auth_query]\nuser = \"ghost\"\n")),
+        ["auth_query.user"]
+    );
+    let md5 = MINIMAL.replace(
+        "password = \"secret\"",
+        "password = \"md5d41d8cd98f00b204e9800998ecf8427e\"\nauth = \"md5\"",
+    );
+    assert_eq!(keys(&md5), ["users[0].server_password"]);
+}

@@ -23,6 +23,7 @@ impl Config {
         self.validate_safety(&mut p);
         self.validate_server_tls(&mut p);
         self.validate_health_user(&mut p);
+        self.validate_auth_query(&mut p);
         if p.0.is_empty() { Ok(()) } else { Err(p.0) }
     }
 
@@ -86,7 +87,10 @@ impl Config {
         let Some(u) = self.health_user() else {
             return;
         };
-        if u.backend_password().is_none() && self.server_tls.sslcert.is_none() {
+        // An md5 hash without server_password is reported with the user.
+        let pass_through =
+            u.backend_password().is_none() && u.password.starts_with("SCRAM-SHA-256$");
+        if pass_through && self.server_tls.sslcert.is_none() {
             p.add(
                 if self.health.user.is_some() {
                     "health.user".to_string()
@@ -101,6 +105,33 @@ impl Config {
                     u.name
                 ),
             );
+        }
+    }
+
+    fn validate_auth_query(&self, p: &mut Problems) {
+        let a = &self.auth_query;
+        let Some(name) = &a.user else {
+            return;
+        };
+        match self.users.iter().find(|u| &u.name == name) {
+            None => p.add(
+                "auth_query.user",
+                format!("user `{name}` is not in [[users]]"),
+            ),
+            Some(u) if u.backend_password().is_none() && self.server_tls.sslcert.is_none() => p.add(
+                "auth_query.user",
+                format!(
+                    "user `{name}` has only a SCRAM verifier; the lookup connection has no client \
+                     whose key it could pass through: give it a server_password"
+                ),
+            ),
+            Some(_) => {}
+        }
+        if !a.query.contains("$1") {
+            p.add("auth_query.query", "must take the user name as $1");
+        }
+        if a.database.is_empty() {
+            p.add("auth_query.database", "must not be empty");
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use lagrouter_config::{Config, NodeConfig, NodeTls, SslMode};
+use lagrouter_config::{Config, NodeConfig, NodeTls, SslMode, UserConfig};
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls, Socket};
@@ -31,13 +31,23 @@ impl ConnTarget {
     /// The target for `node` under `config`: `config.health_user()` with its
     /// backend password, on `health.database`.
     pub fn new(config: &Config, node: &NodeConfig) -> ConnTarget {
-        let user = config.health_user();
+        ConnTarget::as_user(config, node, config.health_user(), &config.health.database)
+    }
+
+    /// The target for `node` as `user` (with its backend password) on
+    /// `database`, with the node's TLS settings.
+    pub fn as_user(
+        config: &Config,
+        node: &NodeConfig,
+        user: Option<&UserConfig>,
+        database: &str,
+    ) -> ConnTarget {
         ConnTarget {
             host: node.host.clone(),
             port: node.port,
             user: user.map(|u| u.name.clone()),
             password: user.and_then(|u| u.backend_password()).map(str::to_owned),
-            database: config.health.database.clone(),
+            database: database.to_owned(),
             tls: config.node_tls(node),
         }
     }

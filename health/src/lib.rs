@@ -55,7 +55,7 @@ mod telemetry;
 mod traffic;
 
 pub use conn::{APPLICATION_NAME, ConnTarget, connect_as};
-pub use error::ProbeError;
+pub use error::{ProbeError, describe_pg_error};
 pub use lsn::{Lsn, ParseLsnError};
 pub use monitor::HealthMonitor;
 pub use primary::{PrimaryDecision, PrimaryEvidence, detect_primary};

@@ -35,6 +35,8 @@ pub struct ProxyStats {
 pub struct Shared {
     pub config: ConfigHandle,
     pub users: ArcSwap<UserDirectory>,
+    /// `[auth_query]` lookups and their cache.
+    pub auth_query: crate::auth::AuthQuery,
     pub nodes: ArcSwap<Vec<Arc<NodeAddr>>>,
     pub router: Router,
     pub pools: Pools,
@@ -61,6 +63,7 @@ impl Shared {
     pub fn apply_config(&self, config: &Config) {
         self.users
             .store(Arc::new(UserDirectory::from_config(config)));
+        self.auth_query.clear();
         self.nodes.store(Arc::new(node_addrs(config)));
     }
 }
@@ -118,6 +121,7 @@ impl Proxy {
             })?;
         let shared = Arc::new(Shared {
             users: ArcSwap::from_pointee(UserDirectory::from_config(&cfg)),
+            auth_query: crate::auth::AuthQuery::default(),
             nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
             router: Router::new(config.clone(), health.shared()),
             config,

@@ -19,6 +19,7 @@ pub struct ProxyBuilder {
     routing: Vec<String>,
     safety: Vec<String>,
     server_tls: Vec<String>,
+    sections: Vec<String>,
     wait_healthy: bool,
 }
 
@@ -42,6 +43,7 @@ impl ProxyBuilder {
             routing: vec!["primary_read_cap = 1.0".into()],
             safety: Vec::new(),
             server_tls: Vec::new(),
+            sections: Vec::new(),
             wait_healthy: true,
         }
     }
@@ -92,6 +94,12 @@ impl ProxyBuilder {
     /// only when there is at least one line).
     pub fn server_tls(mut self, line: &str) -> Self {
         self.server_tls.push(line.into());
+        self
+    }
+
+    /// A whole section (header and lines), written last.
+    pub fn section(mut self, toml: &str) -> Self {
+        self.sections.push(toml.into());
         self
     }
 
@@ -158,6 +166,10 @@ impl ProxyBuilder {
             "[health]\ndatabase = \"{}\"\ncheck_interval = \"250ms\"\n",
             c.database()
         ));
+        for s in &self.sections {
+            t.push_str(s);
+            t.push('\n');
+        }
         t
     }
 

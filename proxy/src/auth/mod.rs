@@ -1,6 +1,7 @@
 //! Client authentication done by the proxy itself, and the credentials it
 //! checks against (prepared once per config load).
 
+pub mod lookup;
 pub mod passthrough;
 pub mod scram;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use lagrouter_config::{AuthMethod, Config, UserConfig};
 use md5::{Digest, Md5};
 
+pub use lookup::{AuthQuery, LookupError};
 pub use passthrough::{PassThroughError, PassThroughLogin, ScramKeys};
 pub use scram::{ScramExchange, ScramSecret};
 
