@@ -225,21 +225,12 @@ async fn wrong_host_name_fails_under_verify_full_only() {
             reason.contains("not valid for name"),
             "health reason: {reason}"
         );
+        // Writes work: the primary is reached over verify-ca.
         let client = connect(&proxy).await;
         client
-            .batch_execute("CREATE TABLE IF NOT EXISTS lr_tls_t (x int)")
+            .batch_execute("CREATE TABLE IF NOT EXISTS lr_tls_host_t (x int); INSERT INTO lr_tls_host_t VALUES (1)")
             .await
             .unwrap();
-        let port = scalar(
-            &client,
-            "SELECT inet_server_port()::text FROM lr_tls_t LIMIT 1",
-        )
-        .await;
-        let primary_port = t.cluster.port(0).to_string();
-        assert!(
-            port.is_none() || port.as_deref() == Some(primary_port.as_str()),
-            "{port:?}"
-        );
         assert_eq!(
             proxy.health().snapshot().nodes[0].state(),
             NodeState::Healthy

@@ -1,7 +1,21 @@
-//! Server messages: decoding the few the proxy reads, encoding the ones it
-//! sends clients itself (auth, errors, synthetic completions, SHOW results).
+//! Server messages: decoding the few the proxy reads (by hand, bounds
+//! checked: these bytes come from the nodes), encoding the ones it sends
+//! clients itself (auth, errors, synthetic completions, SHOW results) with
+//! pgwire's message types.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::Message;
+use pgwire::messages::data::{DataRow, FORMAT_CODE_TEXT, FieldDescription, NoData, RowDescription};
+use pgwire::messages::extendedquery::{
+    BindComplete, CloseComplete, ParseComplete, PortalSuspended,
+};
+use pgwire::messages::response::{
+    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery,
+    TransactionStatus,
+};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
 
 use super::reader::{DecodeError, Reader};
 
@@ -108,82 +122,79 @@ pub fn decode_error_fields(body: &[u8]) -> Result<ErrorFields, DecodeError> {
     Ok(f)
 }
 
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
-    out.put_u8(0);
-}
+// ---- Encoding: what lagrouter writes to clients itself, with pgwire's
+// message types. Forwarded traffic never passes through here; it stays raw
+// frames. pgwire's decoders are never used: untrusted bytes go only through
+// the bounds-checked readers above.
 
-/// Writes a message: tag, then a length patched in after `body` fills it.
-fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    out.put_u8(tag);
+/// Appends `m` as pgwire encodes it. Encoding into memory fails only when
+/// a message is over pgwire's limit for its type (30,000 bytes for
+/// ParameterStatus, CommandComplete and the authentication requests);
+/// lagrouter writes none that large, and should it, the message is left
+/// out and logged rather than sent half-written.
+fn put<M: Message>(out: &mut BytesMut, m: M) {
     let at = out.len();
-    out.put_i32(0);
-    body(out);
-    let len = (out.len() - at) as i32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    if let Err(e) = m.encode(out) {
+        out.truncate(at);
+        tracing::error!("cannot encode a {}: {e}", std::any::type_name::<M>());
+    }
 }
 
 /// `AuthenticationOk`.
 pub fn auth_ok(out: &mut BytesMut) {
-    message(out, b'R', |b| b.put_i32(0));
+    put(out, Authentication::Ok);
 }
 
 /// `AuthenticationMD5Password`.
 pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
-    message(out, b'R', |b| {
-        b.put_i32(5);
-        b.put_slice(&salt);
-    });
+    put(out, Authentication::MD5Password(salt.to_vec()));
 }
 
 /// `AuthenticationSASL` offering SCRAM-SHA-256.
 pub fn auth_sasl(out: &mut BytesMut) {
-    message(out, b'R', |b| {
-        b.put_i32(10);
-        put_cstr(b, "SCRAM-SHA-256");
-        b.put_u8(0);
-    });
+    put(out, Authentication::SASL(vec!["SCRAM-SHA-256".into()]));
 }
 
 /// `AuthenticationSASLContinue` (11) or `AuthenticationSASLFinal` (12).
 pub fn auth_sasl_data(out: &mut BytesMut, code: i32, data: &[u8]) {
-    message(out, b'R', |b| {
-        b.put_i32(code);
-        b.put_slice(data);
-    });
+    let data = Bytes::copy_from_slice(data);
+    put(
+        out,
+        if code == 12 {
+            Authentication::SASLFinal(data)
+        } else {
+            Authentication::SASLContinue(data)
+        },
+    );
 }
 
 /// `ParameterStatus`.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    message(out, b'S', |b| {
-        put_cstr(b, name);
-        put_cstr(b, value);
-    });
+    put(out, ParameterStatus::new(name.into(), value.into()));
 }
 
 /// `BackendKeyData`.
 pub fn backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
-    message(out, b'K', |b| {
-        b.put_i32(pid);
-        b.put_i32(secret);
-    });
+    put(out, BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
 
-/// `ReadyForQuery` with a transaction status ('I', 'T' or 'E').
+/// `ReadyForQuery` with a transaction status ('I', 'T' or 'E'; anything
+/// else is sent as 'E', the status that makes a client roll back).
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
-    message(out, b'Z', |b| b.put_u8(status));
+    let status = TransactionStatus::try_from(status).unwrap_or(TransactionStatus::Error);
+    put(out, ReadyForQuery::new(status));
 }
 
-/// `NegotiateProtocolVersion`: the newest minor version supported (0) and
+/// `NegotiateProtocolVersion`: the newest version supported (3.0) and
 /// the `_pq_.` options not recognised.
 pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognised: &[&str]) {
-    message(out, b'v', |b| {
-        b.put_i32(super::frontend::PROTOCOL_3_0);
-        b.put_i32(unrecognised.len() as i32);
-        for o in unrecognised {
-            put_cstr(b, o);
-        }
-    });
+    put(
+        out,
+        NegotiateProtocolVersion::new(
+            super::frontend::PROTOCOL_3_0,
+            unrecognised.iter().map(|o| o.to_string()).collect(),
+        ),
+    );
 }
 
 /// Severity of an error or notice sent by the proxy.
@@ -214,47 +225,51 @@ pub fn error_response(
     msg: &str,
     hint: Option<&str>,
 ) {
-    let tag = match severity {
-        Severity::Error | Severity::Fatal => b'E',
-        Severity::Notice | Severity::Warning => b'N',
-    };
-    message(out, tag, |b| {
-        for t in [b'S', b'V'] {
-            b.put_u8(t);
-            put_cstr(b, severity.as_str());
-        }
-        b.put_u8(b'C');
-        put_cstr(b, code);
-        b.put_u8(b'M');
-        put_cstr(b, msg);
-        if let Some(h) = hint {
-            b.put_u8(b'H');
-            put_cstr(b, h);
-        }
-        b.put_u8(0);
-    });
+    let mut fields = vec![
+        (b'S', severity.as_str().to_owned()),
+        (b'V', severity.as_str().to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', msg.to_owned()),
+    ];
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_owned()));
+    }
+    match severity {
+        Severity::Error | Severity::Fatal => put(out, ErrorResponse::new(fields)),
+        Severity::Notice | Severity::Warning => put(out, NoticeResponse::new(fields)),
+    }
 }
 
-/// A message with an empty body (`ParseComplete` '1', `BindComplete` '2',
-/// `CloseComplete` '3', `NoData` 'n', `EmptyQueryResponse` 'I').
+/// A message with an empty body: `ParseComplete` '1', `BindComplete` '2',
+/// `CloseComplete` '3', `NoData` 'n', `EmptyQueryResponse` 'I' or
+/// `PortalSuspended` 's'. Any other tag is written as it is, with an empty
+/// body.
 pub fn empty(out: &mut BytesMut, tag: u8) {
-    out.put_u8(tag);
-    out.put_i32(4);
+    match tag {
+        b'1' => put(out, ParseComplete::new()),
+        b'2' => put(out, BindComplete::new()),
+        b'3' => put(out, CloseComplete::new()),
+        b'n' => put(out, NoData::new()),
+        b'I' => put(out, EmptyQueryResponse::new()),
+        b's' => put(out, PortalSuspended::new()),
+        other => {
+            out.put_u8(other);
+            out.put_i32(4);
+        }
+    }
 }
 
 /// `CommandComplete` with a tag such as `SHOW` or `SET`.
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    message(out, b'C', |b| put_cstr(b, tag));
+    put(out, CommandComplete::new(tag.into()));
 }
 
 /// `RowDescription` of text columns.
 pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
-    message(out, b'T', |b| {
-        b.put_i16(columns.len() as i16);
-        for c in columns {
-            column_description(b, c, TEXT_OID);
-        }
-    });
+    put(
+        out,
+        RowDescription::new(columns.iter().map(|c| column(c, TEXT_OID)).collect()),
+    );
 }
 
 /// Type OID of `text`.
@@ -264,49 +279,46 @@ pub const INT4_OID: i32 = 23;
 
 /// `RowDescription` of text-format columns of the given types.
 pub fn row_description_typed(out: &mut BytesMut, columns: &[(&str, i32)]) {
-    message(out, b'T', |b| {
-        b.put_i16(columns.len() as i16);
-        for (c, oid) in columns {
-            column_description(b, c, *oid);
-        }
-    });
+    put(
+        out,
+        RowDescription::new(columns.iter().map(|(c, oid)| column(c, *oid)).collect()),
+    );
 }
 
-fn column_description(b: &mut BytesMut, name: &str, oid: i32) {
-    put_cstr(b, name);
-    b.put_i32(0); // table oid
-    b.put_i16(0); // column number
-    b.put_i32(oid);
-    b.put_i16(if oid == INT4_OID { 4 } else { -1 }); // type size
-    b.put_i32(-1); // type modifier
-    b.put_i16(0); // text format
+/// A text-format column of type `oid`, from no table.
+fn column(name: &str, oid: i32) -> FieldDescription {
+    let size = if oid == INT4_OID { 4 } else { -1 };
+    FieldDescription::new(name.into(), 0, 0, oid as u32, size, -1, FORMAT_CODE_TEXT)
 }
 
 /// `DataRow` of raw (e.g. binary-format) values.
 pub fn data_row_bytes(out: &mut BytesMut, values: &[&[u8]]) {
-    message(out, b'D', |b| {
-        b.put_i16(values.len() as i16);
-        for v in values {
-            b.put_i32(v.len() as i32);
-            b.put_slice(v);
-        }
-    });
+    row(out, values.iter().map(|v| Some(*v)), values.len());
 }
 
 /// `DataRow` of text values (`None` is NULL).
 pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
-    message(out, b'D', |b| {
-        b.put_i16(values.len() as i16);
-        for v in values {
-            match v {
-                Some(s) => {
-                    b.put_i32(s.len() as i32);
-                    b.put_slice(s.as_bytes());
-                }
-                None => b.put_i32(-1),
+    row(
+        out,
+        values.iter().map(|v| v.map(str::as_bytes)),
+        values.len(),
+    );
+}
+
+/// pgwire's `DataRow` holds the columns already encoded: each is its
+/// length (-1 for NULL) and its bytes.
+fn row<'a>(out: &mut BytesMut, values: impl Iterator<Item = Option<&'a [u8]>>, n: usize) {
+    let mut data = BytesMut::new();
+    for v in values {
+        match v {
+            Some(v) => {
+                data.put_i32(v.len() as i32);
+                data.put_slice(v);
             }
+            None => data.put_i32(-1),
         }
-    });
+    }
+    put(out, DataRow::new(data, n as i16));
 }
 
 #[cfg(test)]
@@ -365,5 +377,52 @@ mod tests {
             decode_backend_key(&[0, 0, 0, 1, 0, 0, 0, 2]).unwrap(),
             (1, vec![0, 0, 0, 2])
         );
+    }
+
+    /// pgwire writes what PostgreSQL (and the hand-written encoders these
+    /// replaced) write, byte for byte.
+    #[test]
+    fn encoders_write_postgres_bytes() {
+        let enc = |f: &dyn Fn(&mut BytesMut)| {
+            let mut b = BytesMut::new();
+            f(&mut b);
+            b.to_vec()
+        };
+        assert_eq!(
+            enc(&|b| row_description(b, &["a"])),
+            b"T\0\0\0\x1a\0\x01a\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"
+        );
+        assert_eq!(
+            enc(&|b| data_row(b, &[Some("x"), None])),
+            b"D\0\0\0\x0f\0\x02\0\0\0\x01x\xff\xff\xff\xff"
+        );
+        assert_eq!(enc(&|b| command_complete(b, "SET")), b"C\0\0\0\x08SET\0");
+        assert_eq!(
+            enc(&|b| auth_sasl(b)),
+            b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"
+        );
+        assert_eq!(
+            enc(&|b| auth_sasl_data(b, 12, b"v=x")),
+            b"R\0\0\0\x0b\0\0\0\x0cv=x"
+        );
+        assert_eq!(
+            enc(&|b| auth_md5(b, [1, 2, 3, 4])),
+            b"R\0\0\0\x0c\0\0\0\x05\x01\x02\x03\x04"
+        );
+        assert_eq!(enc(&|b| auth_ok(b)), b"R\0\0\0\x08\0\0\0\0");
+        assert_eq!(
+            enc(&|b| backend_key(b, 1, 2)),
+            b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02"
+        );
+        assert_eq!(enc(&|b| empty(b, b'1')), b"1\0\0\0\x04");
+        assert_eq!(enc(&|b| empty(b, b'n')), b"n\0\0\0\x04");
+        assert_eq!(
+            enc(&|b| negotiate_protocol_version(b, &["_pq_.x"])),
+            b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0"
+        );
+        assert_eq!(enc(&|b| ready_for_query(b, b'T')), b"Z\0\0\0\x05T");
+        let notice = enc(&|b| error_response(b, Severity::Notice, "01000", "hm", None));
+        assert_eq!(notice[0], b'N');
+        assert_eq!(decode_error_fields(&notice[5..]).unwrap().message, "hm");
     }
 }

@@ -310,20 +310,25 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     if user.is_none() {
         let config = shared.config.load_full();
         let primary = shared.router.write_target().ok();
-        user = shared
-            .auth_query
-            .lookup(&config, primary, user_name, std::time::Instant::now())
-            .await
-            .map_err(|e| {
-                tracing::error!("{e}");
-                ClientError::new(
-                    "08006",
-                    format!(
-                        "lagrouter could not look up user \"{user_name}\" ([auth_query] failed; \
+        // Boxed: rare, and its future (a connect and a query) is large;
+        // inline it would size every client's task.
+        user = Box::pin(shared.auth_query.lookup(
+            &config,
+            primary,
+            user_name,
+            std::time::Instant::now(),
+        ))
+        .await
+        .map_err(|e| {
+            tracing::error!("{e}");
+            ClientError::new(
+                "08006",
+                format!(
+                    "lagrouter could not look up user \"{user_name}\" ([auth_query] failed; \
                          the reason is in lagrouter's log)"
-                    ),
-                )
-            })?;
+                ),
+            )
+        })?;
     }
     let credential = user.as_ref().map(|u| u.credential.clone());
     let failed = || {
