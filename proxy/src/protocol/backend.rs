@@ -5,7 +5,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::Message;
-use pgwire::messages::data::{DataRow, FORMAT_CODE_TEXT, FieldDescription, NoData, RowDescription};
+use pgwire::messages::data::{
+    DataRow, FORMAT_CODE_TEXT, FieldDescription, NoData, ParameterDescription, RowDescription,
+};
 use pgwire::messages::extendedquery::{
     BindComplete, CloseComplete, ParseComplete, PortalSuspended,
 };
@@ -259,6 +261,11 @@ pub fn empty(out: &mut BytesMut, tag: u8) {
     }
 }
 
+/// `ParameterDescription` of parameters of the given type OIDs.
+pub fn parameter_description(out: &mut BytesMut, types: &[u32]) {
+    put(out, ParameterDescription::new(types.to_vec()));
+}
+
 /// `CommandComplete` with a tag such as `SHOW` or `SET`.
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
     put(out, CommandComplete::new(tag.into()));
@@ -421,6 +428,7 @@ mod tests {
             b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0"
         );
         assert_eq!(enc(&|b| ready_for_query(b, b'T')), b"Z\0\0\0\x05T");
+        assert_eq!(enc(&|b| parameter_description(b, &[])), b"t\0\0\0\x06\0\0");
         let notice = enc(&|b| error_response(b, Severity::Notice, "01000", "hm", None));
         assert_eq!(notice[0], b'N');
         assert_eq!(decode_error_fields(&notice[5..]).unwrap().message, "hm");

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use lagrouter_routing::{CommandOutcome, ProxyCommand, SessionRouting};
 
 use crate::protocol::backend::{self, Severity};
@@ -144,9 +144,7 @@ pub fn wait_answer(out: &mut BytesMut, count: usize, asked: Asked) {
 
 /// Describe of a local statement: no parameters, then its row shape.
 pub fn describe_statement(out: &mut BytesMut, cmd: &ProxyCommand) {
-    out.put_u8(b't');
-    out.put_i32(6);
-    out.put_i16(0);
+    backend::parameter_description(out, &[]);
     describe_portal(out, cmd);
 }
 
