@@ -64,17 +64,11 @@ impl Config {
                 ),
             );
         }
-        match (&s.tls_cert, &s.tls_key) {
-            (Some(_), None) => p.add(
-                "server.tls_key",
-                "tls_cert is set but tls_key is not; set both or neither",
-            ),
-            (None, Some(_)) => p.add(
-                "server.tls_cert",
-                "tls_key is set but tls_cert is not; set both or neither",
-            ),
-            _ => {}
-        }
+        p.both_or_neither(
+            "server",
+            ("tls_cert", s.tls_cert.is_some()),
+            ("tls_key", s.tls_key.is_some()),
+        );
         if s.client_login_timeout.is_zero() {
             p.add("server.client_login_timeout", "must be more than 0s");
         }
@@ -137,17 +131,11 @@ impl Config {
 
     fn validate_server_tls(&self, p: &mut Problems) {
         let t = &self.server_tls;
-        match (&t.sslcert, &t.sslkey) {
-            (Some(_), None) => p.add(
-                "server_tls.sslkey",
-                "sslcert is set but sslkey is not; set both or neither",
-            ),
-            (None, Some(_)) => p.add(
-                "server_tls.sslcert",
-                "sslkey is set but sslcert is not; set both or neither",
-            ),
-            _ => {}
-        }
+        p.both_or_neither(
+            "server_tls",
+            ("sslcert", t.sslcert.is_some()),
+            ("sslkey", t.sslkey.is_some()),
+        );
         if t.sslrootcert.is_some() {
             return;
         }
@@ -381,5 +369,18 @@ impl Problems {
             line: None,
             message: message.into(),
         });
+    }
+
+    /// Two keys of `section` that go together: the one missing is named.
+    fn both_or_neither(&mut self, section: &str, a: (&str, bool), b: (&str, bool)) {
+        let (missing, present) = match (a.1, b.1) {
+            (true, false) => (b.0, a.0),
+            (false, true) => (a.0, b.0),
+            _ => return,
+        };
+        self.add(
+            format!("{section}.{missing}"),
+            format!("{present} is set but {missing} is not; set both or neither"),
+        );
     }
 }
