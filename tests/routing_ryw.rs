@@ -475,3 +475,61 @@ async fn causal_token_makes_other_connections_see_the_write() {
     }
     drop((a, b, c, d, e));
 }
+
+/// A transaction routed as a write because it starts with `BEGIN`, whose
+/// statements only read, commits no WAL of its own: lagrouter asks no
+/// commit LSN for it, so the session's last write stays where it was (and
+/// no `lagrouter.last_write_lsn` goes to the client). The first statement
+/// that may write, in the same kind of transaction, moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_only_reads_records_no_write() {
+    within(Duration::from_secs(60), "read-only BEGIN…COMMIT", async {
+        let proxy = ProxyBuilder::new().start().await;
+        let c = support::connect(&proxy).await;
+        c.batch_execute("CREATE TABLE IF NOT EXISTS lr_ro_txn (x int)")
+            .await
+            .unwrap();
+        c.execute("INSERT INTO lr_ro_txn VALUES (0)", &[])
+            .await
+            .unwrap();
+        let lsn = |c| async move {
+            let v = scalar(c, "SHOW lagrouter.last_write_lsn")
+                .await
+                .expect("a write was made");
+            v.parse::<Lsn>()
+                .unwrap_or_else(|e| panic!("{v:?} is no LSN: {e:?}"))
+        };
+        let first = lsn(&c).await;
+        // Something else writes, so a needless capture would move the LSN.
+        blocking(|cl| cl.sql(cl.primary_index(), "INSERT INTO lr_ro_txn VALUES (-1)"))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            c.batch_execute("BEGIN").await.unwrap();
+            scalar(&c, "SELECT count(*)::text FROM lr_ro_txn").await;
+            let one: i32 = c.query_one("SELECT $1::int", &[&1]).await.unwrap().get(0);
+            assert_eq!(one, 1);
+            c.batch_execute("SAVEPOINT s; RELEASE s; COMMIT")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            lsn(&c).await,
+            first,
+            "a transaction that only read recorded a write"
+        );
+
+        c.batch_execute("BEGIN").await.unwrap();
+        scalar(&c, "SELECT count(*)::text FROM lr_ro_txn").await;
+        c.execute("INSERT INTO lr_ro_txn VALUES ($1)", &[&1])
+            .await
+            .unwrap();
+        c.batch_execute("COMMIT").await.unwrap();
+        let second = lsn(&c).await;
+        assert!(
+            second > first,
+            "the write moved nothing: {first} then {second}"
+        );
+    })
+    .await
+}

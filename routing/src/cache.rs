@@ -307,6 +307,7 @@ mod tests {
 
     fn analysis(class: Class) -> Arc<Analysis> {
         Arc::new(Analysis {
+            writes: class.is_write(),
             class,
             hints: Default::default(),
             effects: Box::new([]),

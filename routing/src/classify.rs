@@ -107,6 +107,14 @@ pub enum SessionEffect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     pub class: Class,
+    /// Whether a statement of the text may change data: a write, or a
+    /// call not known to be read-only (the `Write` and `Unknown`
+    /// statements). Reads, transaction control, `SAVEPOINT` and
+    /// `SET lagrouter.*` do not. Unlike [`Class::is_write`], a text of only
+    /// `BEGIN` or `COMMIT` is not a write here: inside a transaction on the
+    /// primary, the proxy asks for the commit LSN only once a statement
+    /// with `writes` ran.
+    pub writes: bool,
     pub hints: Hints,
     pub effects: Box<[SessionEffect]>,
     /// What it does to the server connection (pins it, drops prepared
@@ -131,6 +139,7 @@ pub fn analyze(sql: &str, catalog: &FunctionCatalog, extra: &ReadOnlyFunctions) 
         if other.class.caution() > a.class.caution() {
             a.class = other.class;
         }
+        a.writes |= other.writes;
     }
     a.server = server_effects(sql);
     a
@@ -147,6 +156,7 @@ fn analyze_lexed(
         hints::parse_comment(c.text(sql), &mut hints);
     }
     let mut effects = Vec::new();
+    let mut writes = lexed.failed();
     let class = if lexed.failed() {
         Class::Write
     } else {
@@ -159,11 +169,13 @@ fn analyze_lexed(
             .tokens
             .split(|t| t.kind == TokenKind::Semicolon)
             .filter(|s| !s.is_empty())
-            .map(|s| scan.statement(s, &mut effects));
+            .map(|s| scan.statement(s, &mut effects))
+            .inspect(|s| writes |= matches!(s, Stmt::Write | Stmt::Unknown));
         combine(stmts)
     };
     Analysis {
         class,
+        writes,
         hints,
         effects: effects.into_boxed_slice(),
         server: ServerEffects::default(),

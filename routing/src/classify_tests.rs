@@ -297,3 +297,50 @@ fn hints_and_effects_are_collected() {
     assert_eq!(effects("DISCARD ALL").as_ref(), &[SessionEffect::ResetAll]);
     assert_eq!(effects("RESET ALL").as_ref(), &[SessionEffect::ResetAll]);
 }
+
+/// `writes`: what makes a transaction on the primary need its commit LSN.
+#[test]
+fn writes_is_set_by_statements_that_may_change_data_only() {
+    let writes = |sql: &str| {
+        analyze(
+            sql,
+            &FunctionCatalog::builtin(),
+            &ReadOnlyFunctions::default(),
+        )
+        .writes
+    };
+    for sql in [
+        "BEGIN",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "SAVEPOINT a",
+        "RELEASE a",
+        "ROLLBACK TO SAVEPOINT a",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT lower(name), now() FROM t",
+        "BEGIN; SELECT 1; COMMIT",
+        "",
+    ] {
+        assert!(!writes(sql), "{sql:?} does not write");
+    }
+    for sql in [
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "INSERT INTO t VALUES (1)",
+        "BEGIN; UPDATE t SET a = 1",
+        "SELECT nextval('s')",
+        "SELECT my_function(1)",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT 1 INTO t2",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "CALL p()",
+        "DO $$ BEGIN END $$",
+        "COPY t FROM STDIN",
+        "CREATE TABLE t (a int)",
+        "COMMIT PREPARED 'x'",
+        "SELECT 'unterminated",
+    ] {
+        assert!(writes(sql), "{sql:?} may write");
+    }
+}

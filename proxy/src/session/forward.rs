@@ -81,6 +81,11 @@ enum Txn {
     /// A read on a replica: a write that comes before the client syncs
     /// leaves it (see `leave_replica_for_write`).
     Replica,
+    /// A transaction on the primary that routing classed as a write (it
+    /// began with `BEGIN`, say) but that has run no statement that may
+    /// change data yet: it commits no WAL of its own, so its end needs no
+    /// commit LSN. The first statement that may write makes it `Write`.
+    Primary,
     /// A write on the primary: when it ends, ask for its commit LSN, which
     /// read-your-writes needs.
     Write,

@@ -29,6 +29,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         frame: Option<&[u8]>,
     ) -> Result<Option<ServerEffects>, ProxyError> {
         if self.server.is_some() {
+            // Inside the transaction: no routing, only whether it now
+            // writes (a cache lookup for a text seen before).
+            if self.txn == Txn::Primary && self.shared.router.analyze(sql).writes {
+                self.txn = Txn::Write;
+            }
             return Ok(None);
         }
         self.config = self.shared.config.load_full();
@@ -73,10 +78,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
-        self.txn = match (decision.primary, decision.write) {
-            (false, _) => Txn::Replica,
-            (true, true) => Txn::Write,
-            (true, false) => Txn::Other,
+        self.txn = match (decision.primary, decision.write, analysis.writes) {
+            (false, _, _) => Txn::Replica,
+            (true, true, true) => Txn::Write,
+            (true, true, false) => Txn::Primary,
+            (true, false, _) => Txn::Other,
         };
         let mut pc = match caught_up {
             Some(pc) if !decision.primary => pc,

@@ -66,7 +66,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
             ClientMsg::FunctionCall => {
                 match self.attach("", Some(frame)).await {
-                    Ok(_) => self.forward(frame, Req::FunctionCall),
+                    Ok(_) => {
+                        // A function of any volatility: it may write.
+                        if self.txn == Txn::Primary {
+                            self.txn = Txn::Write;
+                        }
+                        self.forward(frame, Req::FunctionCall)
+                    }
                     Err(e) => {
                         self.synthetic_error(&e);
                         self.synthetic_ready();

@@ -228,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     );
                 }
             }
-            Txn::Other | Txn::Replica => {}
+            Txn::Other | Txn::Primary | Txn::Replica => {}
         }
         self.local.end_transaction();
         if self.config.pool.mode == PoolMode::Session {
