@@ -533,3 +533,45 @@ async fn a_transaction_that_only_reads_records_no_write() {
     })
     .await
 }
+
+/// Session pooling with replicas: a session keeps its server connection
+/// for good, so it is on the primary from its first statement. Before, a
+/// session that began with a read stayed on a replica and its writes failed
+/// with 25006. A write in a later transaction of the session still records
+/// its commit LSN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_sessions_live_on_the_primary() {
+    within(Duration::from_secs(60), "session pooling", async {
+        let proxy = ProxyBuilder::new().pool("mode = \"session\"").start().await;
+        let primary_port = blocking(|c| c.port(c.primary_index())).await;
+        let c = support::connect(&proxy).await;
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            port,
+            i32::from(primary_port),
+            "a session-mode session began on a replica"
+        );
+        c.batch_execute("CREATE TABLE IF NOT EXISTS lr_session_mode (x int)")
+            .await
+            .unwrap();
+        let first = scalar(&c, "SHOW lagrouter.last_write_lsn").await;
+        c.execute("INSERT INTO lr_session_mode VALUES (1)", &[])
+            .await
+            .unwrap_or_else(|e| panic!("insert after a read: {}", describe(&e)));
+        let second = scalar(&c, "SHOW lagrouter.last_write_lsn")
+            .await
+            .expect("a write was recorded");
+        let second: Lsn = second.parse().unwrap();
+        if let Some(first) = first {
+            assert!(
+                second > first.parse().unwrap(),
+                "the later write moved nothing"
+            );
+        }
+    })
+    .await
+}

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
-use lagrouter_config::Config;
+use lagrouter_config::{Config, PoolMode};
 use lagrouter_health::Lsn;
-use lagrouter_routing::SessionRouting;
+use lagrouter_routing::{ProxyCommand, RouteOverride, SessionRouting};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::local::LocalStatements;
@@ -149,6 +149,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         cbuf: BytesMut,
     ) -> Self {
         let config = shared.config.load_full();
+        let mut routing = SessionRouting::default();
+        if config.pool.mode == PoolMode::Session {
+            // A session-mode session keeps the server connection of its
+            // first transaction for good: that must be the primary, which
+            // takes writes, not a replica.
+            routing.apply(&ProxyCommand::SetRoute(RouteOverride::Primary));
+        }
         Session {
             client,
             shared,
@@ -158,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             cancel,
             params,
             statements: Statements::default(),
-            routing: SessionRouting::default(),
+            routing,
             expect: Expect::new(),
             server: None,
             pinned: false,
@@ -214,8 +221,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 registered,
                 ..
             } = self;
-            let got_client = if server.is_none() && self.held_client {
-                // Messages held back while the last write's LSN was fetched.
+            // Messages held back while the last write's LSN was fetched go
+            // on once it is in: on a new connection, or (session pooling)
+            // on the same one.
+            let got_client = if self.held_client && !self.txn.capturing() {
                 self.held_client = false;
                 true
             } else if let Some(pc) = server.as_mut() {

@@ -232,6 +232,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.local.end_transaction();
         if self.config.pool.mode == PoolMode::Session {
+            // The connection stays, on the primary: the next transaction
+            // may write, so its commit LSN is asked once a statement does.
+            if self.txn != Txn::Replica {
+                self.txn = Txn::Primary;
+            }
             return;
         }
         self.release();
