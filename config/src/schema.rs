@@ -499,11 +499,6 @@ impl SslMode {
         matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 
-    /// Whether a node that does not offer TLS is refused.
-    pub fn requires_tls(self) -> bool {
-        !matches!(self, SslMode::Disable | SslMode::Prefer)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",

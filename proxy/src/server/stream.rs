@@ -89,10 +89,6 @@ impl NodeStream {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, NodeStream::Tls(_))
-    }
-
     /// Writes (a part of) `out`, or with `out` empty flushes what TLS
     /// holds back, or reads into `buf`: whichever the socket allows first,
     /// the write before the read. Reading while writing keeps a node that

@@ -30,8 +30,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     ) -> Result<Option<ServerEffects>, ProxyError> {
         if self.server.is_some() {
             // Inside the transaction: no routing, only whether it now
-            // writes (a cache lookup for a text seen before).
-            if self.txn == Txn::Primary && self.shared.router.analyze(sql).writes {
+            // writes (a cache lookup for a text seen before; the
+            // classifier's inputs were brought up to date at attach).
+            if self.txn == Txn::Primary && self.shared.router.classifier().analyze(sql).writes {
                 self.txn = Txn::Write;
             }
             return Ok(None);
