@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lagrouter::pgcluster::{Cluster, Guarded};
@@ -156,13 +156,81 @@ pub struct Pgbench {
     pub sys_us: Option<f64>,
     /// The proxy's context switches per transaction.
     pub switches: Option<f64>,
+    /// Seconds of the steady window TPS and CPU were taken over (`None`:
+    /// the whole run, pgbench's own TPS).
+    pub window_secs: Option<f64>,
     pub error: String,
 }
 
+/// A `-P` progress report: `progress: 3.0 s, 9247.4 tps, …`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Seconds since pgbench started (its connection phase included).
+    pub at: f64,
+    pub tps: f64,
+}
+
+/// Parses a `-P` progress report line.
+pub fn progress_line(line: &str) -> Option<Progress> {
+    let rest = line.strip_prefix("progress: ")?;
+    let mut words = rest.split_whitespace();
+    let at = words.next()?.parse().ok()?;
+    let _s = words.next().filter(|w| *w == "s,")?;
+    let tps = words.next()?.parse().ok()?;
+    let _tps = words.next().filter(|w| w.starts_with("tps"))?;
+    Some(Progress { at, tps })
+}
+
+/// A progress report and the proxy's CPU times when the bench saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub line: Progress,
+    pub cpu: Option<CpuTimes>,
+}
+
+/// The steady part of a run: from the first progress report that counted
+/// transactions (connections are up) to the last report.
+#[derive(Debug)]
+pub struct Window {
+    pub secs: f64,
+    /// Transactions in the window (each report's rate times its interval).
+    pub xacts: f64,
+    /// The proxy's CPU times at both ends.
+    pub cpu: Option<(CpuTimes, CpuTimes)>,
+}
+
+impl Window {
+    pub fn of(marks: &[Mark]) -> Option<Window> {
+        let first = marks.iter().position(|m| m.line.tps > 0.0)?;
+        let steady = &marks[first..];
+        if steady.len() < 2 {
+            return None;
+        }
+        let last = steady[steady.len() - 1];
+        let xacts = steady
+            .windows(2)
+            .map(|w| w[1].line.tps * (w[1].line.at - w[0].line.at))
+            .sum();
+        let secs = last.line.at - steady[0].line.at;
+        (secs > 0.0).then(|| Window {
+            secs,
+            xacts,
+            cpu: steady[0].cpu.zip(last.cpu),
+        })
+    }
+}
+
 impl Pgbench {
-    /// Runs `cmd` (a pgbench of `clients` clients and `secs` seconds),
-    /// stopped after `secs` + `grace`, logging to `log`, and measures the
-    /// CPU time `proxy` used meanwhile.
+    /// Runs `cmd` (a pgbench of `clients` clients and `secs` seconds, with
+    /// `-P 1`), stopped after `secs` + `grace`, logging to `log`, and
+    /// measures the CPU time `proxy` used meanwhile.
+    ///
+    /// pgbench's `-T` clock includes its connection phase, which with 400
+    /// SCRAM logins takes seconds of the run, and the proxy's logins cost
+    /// CPU that is not per transaction. So TPS and CPU are taken over the
+    /// steady window: from the first progress report that saw transactions
+    /// to the last one, sampling the proxy's CPU as each report appears
+    /// (see [`Window`]). Without two such reports, they cover the whole run.
     pub fn run(
         cmd: Command,
         log: &Path,
@@ -172,17 +240,46 @@ impl Pgbench {
         proxy: Option<u32>,
     ) -> Result<Pgbench> {
         let cpu_before = proxy.and_then(cpu_times);
-        let status = spawn_logged(cmd, log)?.wait_for(Duration::from_secs(secs) + grace);
+        let mut child = spawn_logged(cmd, log)?;
+        let deadline = Instant::now() + Duration::from_secs(secs) + grace;
+        let mut marks = Vec::new();
+        let mut seen = 0;
+        let status = loop {
+            let exited = child.exited();
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let cpu = proxy.and_then(cpu_times);
+            for line in text.lines().filter_map(progress_line).skip(seen) {
+                marks.push(Mark { line, cpu });
+                seen += 1;
+            }
+            if exited.is_some() {
+                break exited;
+            }
+            if Instant::now() >= deadline {
+                child.stop();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let cpu_after = proxy.and_then(cpu_times);
         let text = fs::read_to_string(log).unwrap_or_default();
         let mut run = Pgbench::parse(&text, status, clients);
-        if let Some((a, b)) = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0) {
-            let per_txn = |v: f64| Some(v * 1e6 / run.xacts as f64);
+        let whole = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
+        let (cpu, xacts) = match Window::of(&marks) {
+            Some(w) => {
+                run.tps = Some(w.xacts / w.secs);
+                run.window_secs = Some(w.secs);
+                (w.cpu, w.xacts)
+            }
+            None => (whole, run.xacts as f64),
+        };
+        if let Some((a, b)) = cpu {
+            let per_txn = |v: f64| Some(v * 1e6 / xacts);
             run.user_us = per_txn(b.user - a.user);
             run.sys_us = per_txn(b.sys - a.sys);
             run.cpu_us = per_txn(b.user - a.user + b.sys - a.sys);
             let switches = b.switches.saturating_sub(a.switches) as f64;
-            run.switches = Some(switches / run.xacts as f64);
+            run.switches = Some(switches / xacts);
         }
         Ok(run)
     }

@@ -1,0 +1,71 @@
+//! The pgbench benches' steady-window arithmetic (`benches/common`): TPS
+//! and proxy CPU per transaction are taken between progress reports, so
+//! pgbench's connection phase (seconds, with 400 SCRAM logins) counts in
+//! neither.
+
+#[path = "../benches/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use common::{CpuTimes, Mark, Progress, Window, progress_line};
+
+#[test]
+fn progress_reports_are_parsed_and_other_lines_are_not() {
+    let line = "progress: 3.0 s, 9247.4 tps, lat 34.200 ms stddev 10.106, 0 failed";
+    assert_eq!(
+        progress_line(line),
+        Some(Progress {
+            at: 3.0,
+            tps: 9247.4
+        })
+    );
+    for other in [
+        "number of transactions actually processed: 57837",
+        "tps = 11266.634927 (without initial connection time)",
+        "progress: soon",
+        "progress: 3.0 s, many tps",
+        "",
+    ] {
+        assert_eq!(progress_line(other), None, "{other:?}");
+    }
+}
+
+fn mark(at: f64, tps: f64, user: f64) -> Mark {
+    Mark {
+        line: Progress { at, tps },
+        cpu: Some(CpuTimes {
+            user,
+            sys: user / 2.0,
+            switches: (user * 100.0) as u64,
+        }),
+    }
+}
+
+#[test]
+fn the_window_starts_once_transactions_run() {
+    // 2.9 s of logins (the proxy spent 0.5 s of CPU on them), then three
+    // reports with transactions.
+    let marks = [
+        mark(1.0, 0.0, 0.2),
+        mark(2.9, 0.0, 0.5),
+        mark(3.0, 9000.0, 0.52),
+        mark(4.0, 10000.0, 0.62),
+        mark(5.0, 12000.0, 0.74),
+    ];
+    let w = Window::of(&marks).expect("a window");
+    assert_eq!(w.secs, 2.0);
+    assert_eq!(w.xacts, 22000.0);
+    let (a, b) = w.cpu.expect("cpu at both ends");
+    assert_eq!(
+        (a.user, b.user),
+        (0.52, 0.74),
+        "the logins' CPU is left out"
+    );
+}
+
+#[test]
+fn no_window_without_two_reports_of_transactions() {
+    assert!(Window::of(&[]).is_none());
+    assert!(Window::of(&[mark(1.0, 0.0, 0.1), mark(2.0, 0.0, 0.2)]).is_none());
+    assert!(Window::of(&[mark(1.0, 0.0, 0.1), mark(2.0, 500.0, 0.2)]).is_none());
+}
