@@ -530,6 +530,25 @@ async fn a_transaction_that_only_reads_records_no_write() {
             second > first,
             "the write moved nothing: {first} then {second}"
         );
+
+        // One prepared statement run in many transactions keeps the
+        // analysis of its text: each run that writes still moves the LSN.
+        let insert = c
+            .prepare("INSERT INTO lr_ro_txn VALUES ($1)")
+            .await
+            .unwrap();
+        let mut last = second;
+        for i in 2..4 {
+            c.batch_execute("BEGIN").await.unwrap();
+            c.execute(&insert, &[&i]).await.unwrap();
+            c.batch_execute("COMMIT").await.unwrap();
+            let now = lsn(&c).await;
+            assert!(
+                now > last,
+                "run {i} of a prepared write moved nothing: {last} then {now}"
+            );
+            last = now;
+        }
     })
     .await
 }

@@ -201,6 +201,11 @@ struct Inputs {
     epoch: u64,
 }
 
+/// The analysis of one statement text, kept with the statement (a
+/// client's prepared statement): see [`Classifier::analyze_memo`].
+#[derive(Debug, Default)]
+pub struct AnalysisMemo(Mutex<Option<(u64, Arc<Analysis>)>>);
+
 /// Classification with its cache and its inputs (function catalog,
 /// `read_only_functions`), shared by every session.
 pub struct Classifier {
@@ -274,6 +279,25 @@ impl Classifier {
         a
     }
 
+    /// The analysis of `sql`, a prepared statement's text, from `memo`
+    /// while the classifier's inputs are those it was made with: a
+    /// statement run again and again is then neither hashed nor compared
+    /// with the cache's copy.
+    pub fn analyze_memo(&self, sql: &str, memo: &AnalysisMemo) -> Arc<Analysis> {
+        let epoch = self.inputs.load().epoch;
+        if let Ok(m) = memo.0.lock()
+            && let Some((e, a)) = &*m
+            && *e == epoch
+        {
+            return a.clone();
+        }
+        let a = self.analyze(sql);
+        if let Ok(mut m) = memo.0.lock() {
+            *m = Some((epoch, a.clone()));
+        }
+        a
+    }
+
     /// What `sql` does to its server connection: none when the text holds
     /// none of the words an effect needs (one pass over the text, cheaper
     /// than hashing it for the cache: this is every statement inside a
@@ -332,6 +356,26 @@ mod tests {
         assert!(c.get("SELECT * FROM t WHERE id = a", 0).is_none());
         assert!(c.get("SELECT * FROM t1 WHERE id = 1", 0).is_none());
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_memo_serves_its_text_until_the_inputs_change() {
+        let k = Classifier::new(100);
+        let memo = AnalysisMemo::default();
+        let sql = "SELECT app_total(1)";
+        let first = k.analyze_memo(sql, &memo);
+        assert!(first.writes, "an unknown function may write");
+        assert!(
+            Arc::ptr_eq(&first, &k.analyze_memo(sql, &memo)),
+            "served from the memo"
+        );
+        k.sync_read_only_functions(&["app_total".to_string()]);
+        let after = k.analyze_memo(sql, &memo);
+        assert!(
+            !after.writes,
+            "the operator's read-only list is seen at once"
+        );
+        assert!(Arc::ptr_eq(&after, &k.analyze_memo(sql, &memo)));
     }
 
     #[test]

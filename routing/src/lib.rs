@@ -59,7 +59,7 @@ mod shape;
 mod statements;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
-pub use cache::{Classifier, MAX_CACHED_TEXT, StatementCache};
+pub use cache::{AnalysisMemo, Classifier, MAX_CACHED_TEXT, StatementCache};
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
 pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};

@@ -17,7 +17,7 @@ use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 use crate::session::SessionRouting;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::cache::Classifier;
+use crate::cache::{AnalysisMemo, Classifier};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
 use crate::gate::{GateStatus, WriteGate, gate_status};
@@ -101,10 +101,13 @@ impl Router {
 
     /// The analysis of `sql` (cached), with the configured
     /// `read_only_functions`.
-    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+    pub fn analyze(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
         let classifier = &self.shared.classifier;
         classifier.sync_read_only_functions(&self.config.load().routing.read_only_functions);
-        classifier.analyze(sql)
+        match memo {
+            Some(m) => classifier.analyze_memo(sql, m),
+            None => classifier.analyze(sql),
+        }
     }
 
     /// Decides where the transaction that starts with `sql` goes, from its
@@ -305,7 +308,7 @@ mod tests {
             sql: &str,
             now: Instant,
         ) -> Result<RouteDecision, RouteError> {
-            let analysis = self.analyze(sql);
+            let analysis = self.analyze(sql, None);
             self.route(session, sql, &analysis, now, &|_| 0)
         }
     }

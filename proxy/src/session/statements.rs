@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use lagrouter_routing::AnalysisMemo;
 use sha2::{Digest, Sha256};
 
 /// Most named statements one client may hold.
@@ -23,6 +24,8 @@ pub struct Statement {
     pub param_types: Bytes,
     /// Running it drops prepared statements (`DEALLOCATE`, `DISCARD ALL`).
     pub drops: bool,
+    /// Its text's analysis, once routing asked for it.
+    pub analysis: AnalysisMemo,
 }
 
 /// Server-side name for a statement's text and parameter types.
@@ -69,6 +72,7 @@ impl Statements {
             query: query.into(),
             param_types: Bytes::copy_from_slice(param_types),
             drops,
+            analysis: AnalysisMemo::default(),
         });
         self.by_name.insert(name.to_string(), s.clone());
         Some(s)

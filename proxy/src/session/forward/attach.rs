@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lagrouter_health::Lsn;
-use lagrouter_routing::ServerEffects;
+use lagrouter_routing::{AnalysisMemo, ServerEffects};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProxyError;
@@ -21,19 +21,30 @@ use super::*;
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Attaches a server connection for the transaction that starts with
     /// `sql`, if none is attached. For an extended-protocol message
-    /// (`frame`), the rest of its batch is classified with it. Returns what
-    /// `sql` does to its server connection when it analyzed `sql` alone.
+    /// (`frame`), the rest of its batch is classified with it. `memo` is
+    /// where a prepared statement keeps the analysis of its text `sql`.
+    /// Returns what `sql` does to its server connection when it analyzed
+    /// `sql` alone.
     pub(super) async fn attach(
         &mut self,
         sql: &str,
         frame: Option<&[u8]>,
+        memo: Option<&AnalysisMemo>,
     ) -> Result<Option<ServerEffects>, ProxyError> {
         if self.server.is_some() {
             // Inside the transaction: no routing, only whether it now
-            // writes (a cache lookup for a text seen before; the
-            // classifier's inputs were brought up to date at attach).
-            if self.txn == Txn::Primary && self.shared.router.classifier().analyze(sql).writes {
-                self.txn = Txn::Write;
+            // writes (the statement's memo, or a cache lookup for a text
+            // seen before; the classifier's inputs were brought up to date
+            // at attach).
+            if self.txn == Txn::Primary && !sql.is_empty() {
+                let classifier = self.shared.router.classifier();
+                let analysis = match memo {
+                    Some(m) => classifier.analyze_memo(sql, m),
+                    None => classifier.analyze(sql),
+                };
+                if analysis.writes {
+                    self.txn = Txn::Write;
+                }
             }
             return Ok(None);
         }
@@ -41,7 +52,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
-        let analysis = shared.router.analyze(text);
+        // A batch's joined text is analyzed as a whole; the memo is of
+        // `sql` alone.
+        let analysis = shared
+            .router
+            .analyze(text, memo.filter(|_| batch.is_none()));
         let now = Instant::now();
         let mut routed = {
             // Only `balance = "least_connections"` asks: connections in use

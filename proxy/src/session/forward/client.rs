@@ -65,7 +65,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
             ClientMsg::FunctionCall => {
-                match self.attach("", Some(frame)).await {
+                match self.attach("", Some(frame), None).await {
                     Ok(_) => {
                         // A function of any volatility: it may write.
                         if self.txn == Txn::Primary {
@@ -125,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.deallocate_locally(sql) {
             return Ok(());
         }
-        match self.attach(sql, None).await {
+        match self.attach(sql, None, None).await {
             Ok(fx) => {
                 self.note_effects(sql, fx);
                 self.forward(frame, Req::Query);
@@ -160,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return;
         }
-        let fx = match self.attach(p.query, Some(frame)).await {
+        let fx = match self.attach(p.query, Some(frame), None).await {
             Ok(fx) => self.effects_of(p.query, fx),
             Err(e) => return self.fail_extended(&e),
         };
@@ -283,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let binary = self.local.portal_binary(portal);
             return self.execute_local(&cmd, binary).await;
         }
-        match self.attach("", Some(frame)).await {
+        match self.attach("", Some(frame), None).await {
             Ok(_) => self.forward(frame, Req::Execute),
             Err(e) => self.fail_extended(&e),
         }
@@ -341,9 +341,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             self.statements.get(name).cloned()
         };
-        let sql = stmt.as_ref().map(|s| s.query.clone());
-        self.attach(sql.as_deref().unwrap_or(""), Some(frame))
-            .await?;
+        let (sql, memo) = match &stmt {
+            Some(s) => (&*s.query, Some(&s.analysis)),
+            None => ("", None),
+        };
+        self.attach(sql, Some(frame), memo).await?;
         if let Some(s) = &stmt {
             self.ensure_prepared(s, Action::Drop);
         }
