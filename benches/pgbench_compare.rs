@@ -31,12 +31,20 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       txn7 (BEGIN, 5 x SELECT, END), select-c400 (-S with 400 clients, whatever -c says)
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
-  --targets direct,pgbouncer,lagrouter-primary-only,lagrouter
+  --targets direct,direct-replicas,pgbouncer,lagrouter-primary-only,lagrouter
+      (direct-replicas: the clients split over the two replicas directly, read-only
+      workloads only: what the replicas give on this machine without a proxy)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)";
-const ALL_TARGETS: [&str; 4] = ["direct", "pgbouncer", "lagrouter-primary-only", "lagrouter"];
+const ALL_TARGETS: [&str; 5] = [
+    "direct",
+    "direct-replicas",
+    "pgbouncer",
+    "lagrouter-primary-only",
+    "lagrouter",
+];
 const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
 /// Extra time a pgbench gets beyond -T before it counts as hung.
 const GRACE: Duration = Duration::from_secs(60);
@@ -139,6 +147,8 @@ struct Target {
     name: String,
     port: u16,
     proc: Option<Proc>,
+    /// A second port that gets half the clients (`direct-replicas`).
+    split: Option<u16>,
 }
 
 /// `primary_only` is the pure proxy overhead variant. It needs
@@ -170,6 +180,7 @@ fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> 
         name: name.into(),
         port,
         proc: Some(proc),
+        split: None,
     };
     wait_ready(c, &mut t, out)?;
     Ok(t)
@@ -323,7 +334,12 @@ fn settled_replica_xacts(c: &Cluster) -> Option<u64> {
 /// to show that the full variant really reads from them. Their count also
 /// holds lagrouter's health checks, so a little over 100% is possible. Call
 /// it with the proxies stopped: exiting backends flush their statistics.
-fn replica_share(c: &Cluster, runs: &[Run], warmup: u64, before: Option<u64>) -> Option<f64> {
+fn replica_share(
+    c: &Cluster,
+    runs: &[Run],
+    (warmup, warmup_direct): (u64, u64),
+    before: Option<u64>,
+) -> Option<f64> {
     let lr = runs
         .iter()
         .filter(|r| r.target == "lagrouter" && r.workload.starts_with("select"));
@@ -331,7 +347,16 @@ fn replica_share(c: &Cluster, runs: &[Run], warmup: u64, before: Option<u64>) ->
     if xacts == 0 {
         return None;
     }
-    let on_replicas = settled_replica_xacts(c)?.saturating_sub(before?);
+    // The replicas also ran the direct-replicas runs.
+    let others = runs
+        .iter()
+        .filter(|r| r.target == "direct-replicas")
+        .map(|r| r.xacts)
+        .sum::<u64>()
+        + warmup_direct;
+    let on_replicas = settled_replica_xacts(c)?
+        .saturating_sub(before?)
+        .saturating_sub(others);
     Some(on_replicas as f64 / xacts as f64)
 }
 
@@ -365,32 +390,49 @@ fn run_pgbench(
     secs: u64,
     log: &Path,
 ) -> Result<Run> {
-    let mut cmd = pg_tool(c, "pgbench", t.port);
     // 400 SCRAM logins take seconds of pgbench's -T clock: give them time
     // of their own, so the steady window (see `Pgbench::run`) is about -T.
     let (clients, secs) = match wm.0 {
         "select-c400" => (MANY_CLIENTS, secs + MANY_CLIENTS_CONNECT),
         _ => (o.clients, secs),
     };
-    let args = format!(
-        "-n -P 1 -M {} -c {clients} -j {} -T {secs}",
-        wm.1, o.threads
-    );
-    cmd.args(args.split_whitespace());
-    match wm.0 {
-        "select" | "select-c400" => {
-            cmd.arg("-S");
+    let pgbench = |port: u16, clients: u32, threads: u32| -> Result<Command> {
+        let mut cmd = pg_tool(c, "pgbench", port);
+        let args = format!("-n -P 1 -M {} -c {clients} -j {threads} -T {secs}", wm.1);
+        cmd.args(args.split_whitespace());
+        match wm.0 {
+            "select" | "select-c400" => {
+                cmd.arg("-S");
+            }
+            "txn7" => {
+                let script = log.with_file_name("txn7.sql");
+                fs::write(&script, TXN7)?;
+                cmd.arg("-f").arg(script);
+            }
+            _ => {} // tpcb: pgbench's built-in script
         }
-        "txn7" => {
-            let script = log.with_file_name("txn7.sql");
-            fs::write(&script, TXN7)?;
-            cmd.arg("-f").arg(script);
-        }
-        _ => {} // tpcb: pgbench's built-in script
-    }
-    cmd.arg(c.database());
+        cmd.arg(c.database());
+        Ok(cmd)
+    };
     let pid = t.proc.as_ref().map(Proc::id);
-    let pg = Pgbench::run(cmd, log, secs, GRACE, clients, pid)?;
+    let pg = match t.split {
+        None => {
+            let cmd = pgbench(t.port, clients, o.threads)?;
+            Pgbench::run(cmd, log, secs, GRACE, clients, pid)?
+        }
+        Some(port) => {
+            // Half the clients (and threads) on each port, at once.
+            let (half, threads) = (clients / 2, (o.threads / 2).max(1));
+            let other_log = log.with_extension("split.log");
+            let mut other = spawn_logged(pgbench(port, half, threads)?, &other_log)?;
+            let cmd = pgbench(t.port, clients - half, threads)?;
+            let mut pg = Pgbench::run(cmd, log, secs, GRACE, clients - half, pid)?;
+            let status = other.wait_for(Duration::from_secs(secs) + GRACE);
+            let text = fs::read_to_string(&other_log).unwrap_or_default();
+            pg.combine(&Pgbench::from_log(&text, status, half));
+            pg
+        }
+    };
     Ok(Run {
         rep: 0,
         workload: wm.0,
@@ -453,11 +495,12 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
         }
     });
     let (lr, po, pgb, dir) = ("lagrouter", "lagrouter-primary-only", "pgbouncer", "direct");
-    let ratios = [(lr, pgb), (lr, dir), (po, pgb), (po, dir)];
-    let heads = ["lagrouter/pgbouncer", "lagrouter/direct"];
+    let reps = "direct-replicas";
+    let ratios = [(lr, pgb), (lr, dir), (lr, reps), (po, pgb), (po, dir)];
     let heads = [
-        heads[0],
-        heads[1],
+        "lagrouter/pgbouncer",
+        "lagrouter/direct",
+        "lagrouter/direct-replicas",
         "primary-only/pgbouncer",
         "primary-only/direct",
     ];
@@ -468,7 +511,11 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
     println!(
         "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
     );
-    let proxies: Vec<&str> = targets.iter().copied().filter(|t| *t != dir).collect();
+    let proxies: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| *t != dir && *t != reps)
+        .collect();
     print_grid("CPU us/txn", &proxies, combos, &|wm, i| {
         let user = median_of(runs, wm, proxies[i], |r| r.user_us);
         let sys = median_of(runs, wm, proxies[i], |r| r.sys_us);
@@ -509,11 +556,33 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
 }
 
 fn direct(c: &Cluster) -> Target {
-    let (name, port) = ("direct".into(), c.port(0));
     Target {
-        name,
-        port,
+        name: "direct".into(),
+        port: c.port(c.primary_index()),
         proc: None,
+        split: None,
+    }
+}
+
+/// The two replicas directly, each with half the clients.
+fn direct_replicas(c: &Cluster) -> Target {
+    let mut replicas = (0..c.node_count()).filter(|&i| i != c.primary_index());
+    let (a, b) = (replicas.next(), replicas.next());
+    Target {
+        name: "direct-replicas".into(),
+        port: c.port(a.expect("a replica")),
+        proc: None,
+        split: Some(c.port(b.expect("two replicas"))),
+    }
+}
+
+/// Whether `t` runs workload `wl`: PostgreSQL takes at most
+/// max_connections (300 here) clients, and replicas take no writes.
+fn runs_workload(t: &Target, wl: &str) -> bool {
+    match t.name.as_str() {
+        "direct" => wl != "select-c400",
+        "direct-replicas" => wl != "tpcb",
+        _ => true,
     }
 }
 
@@ -525,6 +594,7 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
     for name in ALL_TARGETS.into_iter().filter(wanted) {
         let t = match (name, pgbouncer_bin(o)) {
             ("direct", _) => direct(c),
+            ("direct-replicas", _) => direct_replicas(c),
             ("pgbouncer", Some(bin)) => start_pgbouncer(c, &bin, out)?,
             ("pgbouncer", None) => {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
@@ -549,16 +619,17 @@ fn run_matrix(
     combos: &[Combo],
     out: &Path,
 ) -> Result<Vec<Run>> {
-    let direct_c400 = combos.iter().filter(|wm| wm.0 == "select-c400").count()
-        * targets.iter().filter(|t| t.name == "direct").count();
-    let total = (combos.len() * targets.len() - direct_c400) * o.repeats as usize;
+    let per_rep = combos
+        .iter()
+        .flat_map(|wm| targets.iter().filter(|t| runs_workload(t, wm.0)))
+        .count();
+    let total = per_rep * o.repeats as usize;
     let mut runs = Vec::new();
     for rep in 1..=o.repeats {
         let matrix = combos
             .iter()
             .flat_map(|wm| targets.iter().map(move |t| (wm, t)));
-        // PostgreSQL itself takes at most max_connections (300 here) clients.
-        let matrix = matrix.filter(|(wm, t)| !(wm.0 == "select-c400" && t.name == "direct"));
+        let matrix = matrix.filter(|(wm, t)| runs_workload(t, wm.0));
         for (wm, t) in matrix {
             let (wl, mode, name, n, secs) = (wm.0, &wm.1, &t.name, runs.len() + 1, o.secs);
             print!("[{n}/{total}] {wl}/{mode} {name} {secs}s ... ");
@@ -596,11 +667,17 @@ fn main() -> Result<()> {
     let before = replica_xacts(&c); // no proxy has touched the replicas yet
     let targets = start_targets(&c, &o, &out)?;
     // Warm-up, not reported: caches, pools, lagrouter's replicas turning Healthy.
-    let mut warmup_xacts = 0;
+    // Transactions the replicas ran in the warm-up: lagrouter's, and the
+    // direct-replicas target's (taken off the replicas' count).
+    let (mut warmup_xacts, mut warmup_direct) = (0, 0);
     for t in targets.iter().filter(|_| o.warmup > 0) {
         let log = out.join(format!("warmup-{}.log", t.name));
         let run = run_pgbench(&c, &o, t, &("select", "simple".into()), o.warmup, &log)?;
-        warmup_xacts += if t.name == "lagrouter" { run.xacts } else { 0 };
+        match t.name.as_str() {
+            "lagrouter" => warmup_xacts += run.xacts,
+            "direct-replicas" => warmup_direct += run.xacts,
+            _ => {}
+        }
     }
     let combos: Vec<Combo> = ALL_WORKLOADS
         .into_iter()
@@ -612,7 +689,7 @@ fn main() -> Result<()> {
     let names: Vec<&str> = ALL_TARGETS.into_iter().filter(started).collect();
     drop(targets);
     print_tables(&o, &runs, &combos, &names);
-    if let Some(share) = replica_share(&c, &runs, warmup_xacts, before) {
+    if let Some(share) = replica_share(&c, &runs, (warmup_xacts, warmup_direct), before) {
         let pct = share * 100.;
         println!("lagrouter ran {pct:.1}% of its select-only transactions on the replicas");
     }

@@ -69,3 +69,34 @@ fn no_window_without_two_reports_of_transactions() {
     assert!(Window::of(&[mark(1.0, 0.0, 0.1), mark(2.0, 0.0, 0.2)]).is_none());
     assert!(Window::of(&[mark(1.0, 0.0, 0.1), mark(2.0, 500.0, 0.2)]).is_none());
 }
+
+#[test]
+fn two_halves_of_a_split_run_add_up() {
+    let log = |tps: &str, aborted: bool| {
+        let mut t = format!(
+            "progress: 1.0 s, 0.0 tps, lat 0.0 ms stddev 0.0, 0 failed\n\
+             progress: 2.0 s, {tps} tps, lat 1.0 ms stddev 0.1, 0 failed\n\
+             progress: 3.0 s, {tps} tps, lat 1.0 ms stddev 0.1, 0 failed\n\
+             progress: 4.0 s, {tps} tps, lat 1.0 ms stddev 0.1, 0 failed\n\
+             number of transactions actually processed: 3000\n\
+             tps = 999.0 (without initial connection time)\n"
+        );
+        if aborted {
+            t.push_str("client 3 aborted in command 1 (SQL) of script 0; ERROR\n");
+        }
+        t
+    };
+    let ok = Some(std::process::ExitStatus::default());
+    let mut a = common::Pgbench::from_log(&log("1000.0", false), ok, 8);
+    assert_eq!(
+        a.tps,
+        Some(1000.0),
+        "the steady window's rate, not pgbench's"
+    );
+    assert_eq!(a.window_secs, Some(2.0));
+    let b = common::Pgbench::from_log(&log("500.0", true), ok, 8);
+    a.combine(&b);
+    assert_eq!(a.tps, Some(1500.0));
+    assert_eq!(a.xacts, 6000);
+    assert_eq!((a.aborted, a.status.as_str()), (1, "ABORT(1)"));
+}

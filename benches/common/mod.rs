@@ -284,6 +284,43 @@ impl Pgbench {
         Ok(run)
     }
 
+    /// A run from its log alone (no proxy CPU): TPS over the steady
+    /// window of its progress reports when there is one.
+    pub fn from_log(text: &str, status: Option<ExitStatus>, clients: u32) -> Pgbench {
+        let mut run = Pgbench::parse(text, status, clients);
+        let marks: Vec<Mark> = text
+            .lines()
+            .filter_map(progress_line)
+            .map(|line| Mark { line, cpu: None })
+            .collect();
+        if let Some(w) = Window::of(&marks) {
+            run.tps = Some(w.xacts / w.secs);
+            run.window_secs = Some(w.secs);
+        }
+        run
+    }
+
+    /// Adds `other`, a pgbench that ran at the same time against another
+    /// server: TPS and counts add up; the worse status and the shorter
+    /// window stand.
+    pub fn combine(&mut self, other: &Pgbench) {
+        self.tps = self.tps.zip(other.tps).map(|(a, b)| a + b);
+        self.xacts += other.xacts;
+        self.failed += other.failed;
+        self.aborted += other.aborted;
+        if self.status == "ok" {
+            self.status = other.status.clone();
+        }
+        if self.error.is_empty() {
+            self.error = other.error.clone();
+        }
+        self.window_secs = match (self.window_secs, other.window_secs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        self.lat_ms = None;
+    }
+
     /// From pgbench's output. Aborted clients are counted from the
     /// "aborted in command" lines; with any, TPS covers the survivors only.
     pub fn parse(text: &str, status: Option<ExitStatus>, clients: u32) -> Pgbench {
