@@ -448,11 +448,25 @@ fn runs_of<'a>(runs: &'a [Run], wm: &'a Combo, t: &'a str) -> impl Iterator<Item
     runs.iter().filter(same)
 }
 
-/// Median of `value` over the clean runs only: with aborted clients the TPS
-/// covers the survivors only and is not comparable.
+/// Runs whose host lost more than this share of its CPU to other guests
+/// (steal) are left out of the medians: their numbers measure the host.
+const MAX_STEAL: f64 = 0.10;
+
+/// Whether `r` enters the medians: pgbench ran clean (with aborted clients
+/// the TPS covers the survivors only and is not comparable) and the host
+/// was not busy with other guests.
+fn clean(r: &Run) -> bool {
+    r.status == "ok" && r.steal.is_none_or(|s| s <= MAX_STEAL)
+}
+
+/// Median of `value` over the clean runs only.
 fn median_of(runs: &[Run], wm: &Combo, t: &str, value: fn(&Run) -> Option<f64>) -> Option<f64> {
-    let clean = runs_of(runs, wm, t).filter(|r| r.status == "ok");
-    median(clean.filter_map(value).collect())
+    median(
+        runs_of(runs, wm, t)
+            .filter(|r| clean(r))
+            .filter_map(value)
+            .collect(),
+    )
 }
 
 /// One table: a row per workload/mode, a column per header.
@@ -482,16 +496,21 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
         o.replica_pool
     );
     println!(
-        "(runs with aborted clients excluded; * = some runs not ok; TPS and CPU over each \
-         run's steady window, after its connections are up)"
+        "(runs with aborted clients or over {:.0}% host CPU steal excluded; * = some runs \
+         excluded; TPS and CPU over each run's steady window, after its connections are up)",
+        MAX_STEAL * 100.
     );
     let tps = |wm: &Combo, t: &str| median_of(runs, wm, t, |r| r.tps);
     print_grid("median TPS", targets, combos, &|wm, i| {
-        let bad = runs_of(runs, wm, targets[i]).filter(|r| r.status != "ok");
+        let bad = runs_of(runs, wm, targets[i]).filter(|r| !clean(r));
         let bad = bad.last();
+        let why = |r: &Run| match r.status.as_str() {
+            "ok" => "STEAL".to_string(),
+            s => s.to_string(),
+        };
         match (tps(wm, targets[i]), bad) {
             (Some(v), b) => format!("{v:.0}{}", if b.is_some() { "*" } else { "" }),
-            (None, b) => b.map_or("-".into(), |r| r.status.clone()),
+            (None, b) => b.map_or("-".into(), why),
         }
     });
     let (lr, po, pgb, dir) = ("lagrouter", "lagrouter-primary-only", "pgbouncer", "direct");
@@ -531,12 +550,28 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
         let (rep, wl, m, t) = (r.rep, r.workload, &r.mode, &r.target);
         println!("not ok: r{rep} {wl}/{m} {t}: {} {}", r.status, r.error);
     }
+    let steals: Vec<f64> = runs.iter().filter_map(|r| r.steal).collect();
+    let stolen = runs
+        .iter()
+        .filter(|r| r.status == "ok" && !clean(r))
+        .count();
+    if let Some(m) = median(steals.clone()) {
+        let max = steals.iter().copied().fold(0.0, f64::max);
+        println!(
+            "host CPU steal during the runs: median {:.1}%, max {:.1}%; {stolen} of {} runs \
+             over {:.0}% left out of the medians",
+            m * 100.,
+            max * 100.,
+            runs.len(),
+            MAX_STEAL * 100.
+        );
+    }
 }
 
 fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
     let mut f = File::create(path)?;
     let head = "rep workload mode target tps lat_ms xacts failed aborted_clients status \
-                cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn window_s first_error";
+                cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn window_s steal first_error";
     writeln!(f, "{}", head.replace(' ', "\t"))?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for r in runs {
@@ -544,11 +579,11 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
         let (tps, lat, xacts, failed) = (opt(r.tps), opt(r.lat_ms), r.xacts, r.failed);
         let (aborted, status, cpu) = (r.aborted, &r.status, opt(r.cpu_us));
         let (user, sys, switches) = (opt(r.user_us), opt(r.sys_us), opt(r.switches));
-        let window = opt(r.window_secs);
+        let (window, steal) = (opt(r.window_secs), opt(r.steal));
         let err = &r.error;
         let row = format!("{rep} {wl} {mode} {t} {tps} {lat} {xacts} {failed} {aborted}");
         // Only the error text may hold spaces; empty cells stay empty.
-        let row = format!("{row} {status} {cpu} {user} {sys} {switches} {window}");
+        let row = format!("{row} {status} {cpu} {user} {sys} {switches} {window} {steal}");
         let row = row.replace(' ', "\t");
         writeln!(f, "{row}\t{err}")?;
     }

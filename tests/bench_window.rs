@@ -100,3 +100,15 @@ fn two_halves_of_a_split_run_add_up() {
     assert_eq!(a.xacts, 6000);
     assert_eq!((a.aborted, a.status.as_str()), (1, "ABORT(1)"));
 }
+
+#[test]
+fn steal_is_the_share_of_all_host_time() {
+    assert_eq!(common::steal_share((10, 1000), (35, 1100)), Some(0.25));
+    assert_eq!(
+        common::steal_share((10, 1000), (10, 1000)),
+        None,
+        "no time passed"
+    );
+    let (steal, all) = common::host_ticks().expect("/proc/stat has a cpu line");
+    assert!(steal <= all);
+}

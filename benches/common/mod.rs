@@ -101,6 +101,28 @@ pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     })
 }
 
+/// The host's CPU time by kind, in ticks, from the `cpu` line of
+/// `/proc/stat`: (steal, all kinds together).
+pub fn host_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already in user).
+    Some((*v.get(7)?, v.iter().take(8).sum()))
+}
+
+/// The share of the host's CPU time the hypervisor gave to others between
+/// two [`host_ticks`] samples.
+pub fn steal_share(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
+    let all = b.1.checked_sub(a.1).filter(|&t| t > 0)?;
+    Some(b.0.saturating_sub(a.0) as f64 / all as f64)
+}
+
 /// The number after `prefix` on the first line starting with it.
 pub fn field(text: &str, prefix: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with(prefix))?;
@@ -159,6 +181,9 @@ pub struct Pgbench {
     /// Seconds of the steady window TPS and CPU were taken over (`None`:
     /// the whole run, pgbench's own TPS).
     pub window_secs: Option<f64>,
+    /// The host's CPU steal during the run (a virtual machine's cores
+    /// given to other guests), 0 to 1.
+    pub steal: Option<f64>,
     pub error: String,
 }
 
@@ -240,6 +265,7 @@ impl Pgbench {
         proxy: Option<u32>,
     ) -> Result<Pgbench> {
         let cpu_before = proxy.and_then(cpu_times);
+        let host_before = host_ticks();
         let mut child = spawn_logged(cmd, log)?;
         let deadline = Instant::now() + Duration::from_secs(secs) + grace;
         let mut marks = Vec::new();
@@ -262,8 +288,10 @@ impl Pgbench {
             std::thread::sleep(Duration::from_millis(10));
         };
         let cpu_after = proxy.and_then(cpu_times);
+        let host = host_before.zip(host_ticks());
         let text = fs::read_to_string(log).unwrap_or_default();
         let mut run = Pgbench::parse(&text, status, clients);
+        run.steal = host.and_then(|(a, b)| steal_share(a, b));
         let whole = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
         let (cpu, xacts) = match Window::of(&marks) {
             Some(w) => {
