@@ -66,6 +66,13 @@ fn benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+
+    // Every simple-protocol statement inside a transaction: the quick word
+    // test finds none of the effect words in it.
+    let update = "UPDATE pgbench_tellers SET tbalance = tbalance + -3127 WHERE tid = 7;";
+    c.bench_function("server_effects/in_transaction_update", |b| {
+        b.iter(|| classifier.server_effects(black_box(update)))
+    });
 }
 
 /// `i` in base 26, as letters.

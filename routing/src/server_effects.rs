@@ -49,7 +49,7 @@ const SESSION_LOCKS: [&str; 4] = [
 ];
 
 /// Every word an effect needs, for a quick test before lexing; indexed by
-/// first letter in [`keywords_starting`] (a test checks the two agree).
+/// first two letters in [`keyword_at`] (a test checks the two agree).
 #[cfg(test)]
 const KEYWORDS: [&str; 9] = [
     "listen",
@@ -63,28 +63,33 @@ const KEYWORDS: [&str; 9] = [
     "deallocate",
 ];
 
-/// The [`KEYWORDS`] that start with the letter `c` (either case).
-fn keywords_starting(c: u8) -> &'static [&'static str] {
-    match c | 0x20 {
-        b'a' => &["advisory", "authorization"],
-        b'd' => &["discard", "deallocate"],
-        b'h' => &["hold"],
-        b'l' => &["listen"],
-        b'p' => &["prepare"],
-        b'r' => &["role"],
-        b't' => &["temp"],
-        _ => &[],
-    }
+/// The one [`KEYWORDS`] word that starts with `a` then `b` (either case):
+/// no two of them share their first two letters.
+fn keyword_at(a: u8, b: u8) -> Option<&'static str> {
+    // `| 0x20` lowers ASCII letters and makes no other byte a letter.
+    Some(match [a | 0x20, b | 0x20] {
+        [b'a', b'd'] => "advisory",
+        [b'a', b'u'] => "authorization",
+        [b'd', b'i'] => "discard",
+        [b'd', b'e'] => "deallocate",
+        [b'h', b'o'] => "hold",
+        [b'l', b'i'] => "listen",
+        [b'p', b'r'] => "prepare",
+        [b'r', b'o'] => "role",
+        [b't', b'e'] => "temp",
+        _ => return None,
+    })
 }
 
 /// Whether any of [`KEYWORDS`] appears in `sql`, in any letter case and
-/// anywhere (`pg_advisory_lock`, `TEMPORARY`). One pass over the bytes,
-/// comparing only the words of the letter at hand: every statement inside
-/// a transaction comes through here, and most hold none of the words.
+/// anywhere (`pg_advisory_lock`, `TEMPORARY`). One pass over the byte
+/// pairs; a word is compared only where its first two letters are: every
+/// statement inside a transaction comes through here, and most hold none
+/// of the words.
 pub(crate) fn may_have_effects(sql: &str) -> bool {
     let b = sql.as_bytes();
-    (0..b.len()).any(|i| {
-        keywords_starting(b[i]).iter().any(|w| {
+    b.windows(2).enumerate().any(|(i, pair)| {
+        keyword_at(pair[0], pair[1]).is_some_and(|w| {
             b.get(i..i + w.len())
                 .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
         })

@@ -196,10 +196,11 @@ fn may_have_effects_finds_what_a_naive_search_finds() {
         })
     };
     for k in KEYWORDS {
-        assert!(
-            keywords_starting(k.as_bytes()[0]).contains(&k),
-            "{k} is indexed"
-        );
+        let (a, b) = (k.as_bytes()[0], k.as_bytes()[1]);
+        assert_eq!(keyword_at(a, b), Some(k), "{k} is indexed");
+        let upper = k.to_uppercase();
+        let (a, b) = (upper.as_bytes()[0], upper.as_bytes()[1]);
+        assert_eq!(keyword_at(a, b), Some(k), "{upper} is indexed");
     }
     let mut texts: Vec<String> = vec![
         "SELECT abalance FROM pgbench_accounts WHERE aid = 1".into(),
@@ -218,6 +219,11 @@ fn may_have_effects_finds_what_a_naive_search_finds() {
         "x_listen".into(),
         "DEALLOCAT".into(),
         "ÄdvisoryÉ temp".into(),
+        "te".into(),
+        "a".into(),
+        "UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 2".into(),
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())"
+            .into(),
     ];
     // Every keyword cut short and at the very end, in both cases.
     for k in KEYWORDS {
