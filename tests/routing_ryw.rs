@@ -287,6 +287,16 @@ async fn concurrent_sessions_read_their_own_writes_while_a_replica_pauses() {
     );
 }
 
+/// The session's last write as `SHOW lagrouter.last_write_lsn` gives it
+/// (`None` before its first write).
+async fn last_write_lsn(c: &tokio_postgres::Client) -> Option<Lsn> {
+    let v = scalar(c, "SHOW lagrouter.last_write_lsn").await?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|e| panic!("{v:?} is no LSN: {e:?}")),
+    )
+}
+
 /// Reads messages until a `lagrouter.last_write_lsn` ParameterStatus, or
 /// `None` after `within`.
 async fn last_write_lsn_status(raw: &mut RawConn, within: Duration) -> Option<String> {
@@ -492,13 +502,7 @@ async fn a_transaction_that_only_reads_records_no_write() {
         c.execute("INSERT INTO lr_ro_txn VALUES (0)", &[])
             .await
             .unwrap();
-        let lsn = |c| async move {
-            let v = scalar(c, "SHOW lagrouter.last_write_lsn")
-                .await
-                .expect("a write was made");
-            v.parse::<Lsn>()
-                .unwrap_or_else(|e| panic!("{v:?} is no LSN: {e:?}"))
-        };
+        let lsn = |c| async move { last_write_lsn(c).await.expect("a write was made") };
         let first = lsn(&c).await;
         // Something else writes, so a needless capture would move the LSN.
         blocking(|cl| cl.sql(cl.primary_index(), "INSERT INTO lr_ro_txn VALUES (-1)"))
@@ -577,19 +581,13 @@ async fn session_pooling_sessions_live_on_the_primary() {
         c.batch_execute("CREATE TABLE IF NOT EXISTS lr_session_mode (x int)")
             .await
             .unwrap();
-        let first = scalar(&c, "SHOW lagrouter.last_write_lsn").await;
+        let first = last_write_lsn(&c).await;
         c.execute("INSERT INTO lr_session_mode VALUES (1)", &[])
             .await
             .unwrap_or_else(|e| panic!("insert after a read: {}", describe(&e)));
-        let second = scalar(&c, "SHOW lagrouter.last_write_lsn")
-            .await
-            .expect("a write was recorded");
-        let second: Lsn = second.parse().unwrap();
+        let second = last_write_lsn(&c).await.expect("a write was recorded");
         if let Some(first) = first {
-            assert!(
-                second > first.parse().unwrap(),
-                "the later write moved nothing"
-            );
+            assert!(second > first, "the later write moved nothing");
         }
     })
     .await

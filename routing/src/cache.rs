@@ -279,11 +279,14 @@ impl Classifier {
         a
     }
 
-    /// The analysis of `sql`, a prepared statement's text, from `memo`
-    /// while the classifier's inputs are those it was made with: a
-    /// statement run again and again is then neither hashed nor compared
-    /// with the cache's copy.
-    pub fn analyze_memo(&self, sql: &str, memo: &AnalysisMemo) -> Arc<Analysis> {
+    /// The analysis of `sql`; with `memo` (a prepared statement's, for its
+    /// text), from the memo while the classifier's inputs are those it was
+    /// made with: a statement run again and again is then neither hashed
+    /// nor compared with the cache's copy.
+    pub fn analyze_memo(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
+        let Some(memo) = memo else {
+            return self.analyze(sql);
+        };
         let epoch = self.inputs.load().epoch;
         if let Ok(m) = memo.0.lock()
             && let Some((e, a)) = &*m
@@ -363,19 +366,19 @@ mod tests {
         let k = Classifier::new(100);
         let memo = AnalysisMemo::default();
         let sql = "SELECT app_total(1)";
-        let first = k.analyze_memo(sql, &memo);
+        let first = k.analyze_memo(sql, Some(&memo));
         assert!(first.writes, "an unknown function may write");
         assert!(
-            Arc::ptr_eq(&first, &k.analyze_memo(sql, &memo)),
+            Arc::ptr_eq(&first, &k.analyze_memo(sql, Some(&memo))),
             "served from the memo"
         );
         k.sync_read_only_functions(&["app_total".to_string()]);
-        let after = k.analyze_memo(sql, &memo);
+        let after = k.analyze_memo(sql, Some(&memo));
         assert!(
             !after.writes,
             "the operator's read-only list is seen at once"
         );
-        assert!(Arc::ptr_eq(&after, &k.analyze_memo(sql, &memo)));
+        assert!(Arc::ptr_eq(&after, &k.analyze_memo(sql, Some(&memo))));
     }
 
     #[test]

@@ -104,10 +104,7 @@ impl Router {
     pub fn analyze(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
         let classifier = &self.shared.classifier;
         classifier.sync_read_only_functions(&self.config.load().routing.read_only_functions);
-        match memo {
-            Some(m) => classifier.analyze_memo(sql, m),
-            None => classifier.analyze(sql),
-        }
+        classifier.analyze_memo(sql, memo)
     }
 
     /// Decides where the transaction that starts with `sql` goes, from its

@@ -36,15 +36,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // writes (the statement's memo, or a cache lookup for a text
             // seen before; the classifier's inputs were brought up to date
             // at attach).
-            if self.txn == Txn::Primary && !sql.is_empty() {
-                let classifier = self.shared.router.classifier();
-                let analysis = match memo {
-                    Some(m) => classifier.analyze_memo(sql, m),
-                    None => classifier.analyze(sql),
-                };
-                if analysis.writes {
-                    self.txn = Txn::Write;
-                }
+            if self.txn == Txn::Primary
+                && !sql.is_empty()
+                && self
+                    .shared
+                    .router
+                    .classifier()
+                    .analyze_memo(sql, memo)
+                    .writes
+            {
+                self.txn = Txn::Write;
             }
             return Ok(None);
         }
