@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use lagrouter_health::Lsn;
-use support::raw::{RawConn, query};
+use support::raw::{Msg, RawConn, bind, execute, parse, query, sync};
 use support::{ProxyBuilder, blocking, describe, scalar, try_connect_str, within};
 use tokio::sync::Mutex;
 
@@ -591,4 +591,141 @@ async fn session_pooling_sessions_live_on_the_primary() {
         }
     })
     .await
+}
+
+/// How a client ends its writing transaction.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// A simple-query `COMMIT` (or `END`) text.
+    Simple(&'static str),
+    /// `COMMIT` as the unnamed extended-protocol statement.
+    Unnamed,
+    /// `COMMIT` as a named statement, prepared inside the transaction.
+    Named,
+    /// `COMMIT` parsed and bound but never executed: the block stays open,
+    /// another row goes in, and a simple `COMMIT` ends it.
+    BoundOnly,
+}
+
+/// The recorded write of each way to end a transaction covers its commit
+/// record. lagrouter sends its commit-LSN query right behind a plain
+/// `COMMIT` (the simple query, or the Sync of the batch that has it), so the
+/// answer must still come from after the commit, and a `COMMIT` that did not
+/// end the block must record nothing until the real end. The commit record
+/// is looked up with pg_walinspect by the transaction's id: the token must
+/// be at or past its end (what a replica has replayed once it has the
+/// commit), and the ParameterStatus must come only after the real end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
+    within(Duration::from_secs(90), "commit endings", async {
+        support::ensure_role("lr_cmt").await;
+        blocking(|c| {
+            c.sql(
+                c.primary_index(),
+                "CREATE EXTENSION IF NOT EXISTS pg_walinspect",
+            )
+        })
+        .await
+        .expect("pg_walinspect (PostgreSQL contrib)");
+        let proxy = ProxyBuilder::new()
+            .user("name = \"lr_cmt\"\npassword = \"lr_cmt\"\nauth = \"trust\"")
+            .start()
+            .await;
+        let mut raw = RawConn::login_trust(proxy.addr, "lr_cmt").await;
+        let wait = Duration::from_secs(10);
+        raw.send(&query("CREATE TABLE IF NOT EXISTS lr_commit_lsn (x int)"))
+            .await
+            .unwrap();
+        no_errors(&raw.until_ready(wait).await, "create table");
+        // The ParameterStatus of the create, if any, is read here.
+        let _ = last_write_lsn_status(&mut raw, Duration::from_millis(500)).await;
+        let mut last: Option<Lsn> = None;
+        for ending in [
+            Ending::Simple("COMMIT"),
+            Ending::Simple(" end work ;"),
+            Ending::Unnamed,
+            Ending::Named,
+            Ending::BoundOnly,
+        ] {
+            let start = blocking(|c| c.sql(c.primary_index(), "SELECT pg_current_wal_lsn()"))
+                .await
+                .unwrap();
+            raw.send(&query("BEGIN")).await.unwrap();
+            no_errors(&raw.until_ready(wait).await, "BEGIN");
+            let insert = "INSERT INTO lr_commit_lsn VALUES (1) RETURNING txid_current()::text";
+            raw.send(&query(insert)).await.unwrap();
+            let msgs = raw.until_ready(wait).await;
+            no_errors(&msgs, "insert");
+            let xid = msgs
+                .iter()
+                .find(|m| m.tag == b'D')
+                .expect("the insert's row")
+                .first_value();
+            let end = match ending {
+                Ending::Simple(text) => query(text),
+                Ending::Unnamed => {
+                    [parse("", "COMMIT"), bind("", ""), execute(""), sync()].concat()
+                }
+                Ending::Named => {
+                    [parse("cmt", "COMMIT"), bind("", "cmt"), execute(""), sync()].concat()
+                }
+                Ending::BoundOnly => [parse("", "COMMIT"), bind("", ""), sync()].concat(),
+            };
+            raw.send(&end).await.unwrap();
+            let msgs = raw.until_ready(wait).await;
+            no_errors(&msgs, &format!("{ending:?}"));
+            let status = *msgs.last().unwrap().body.first().unwrap();
+            if let Ending::BoundOnly = ending {
+                assert_eq!(status, b'T', "a COMMIT never executed ended the block");
+                // Whatever lagrouter asked behind that Sync ran inside the
+                // block: no write may be reported from it.
+                assert_eq!(
+                    last_write_lsn_status(&mut raw, Duration::from_millis(500)).await,
+                    None,
+                    "a write was reported while the transaction was still open"
+                );
+                raw.send(&query("INSERT INTO lr_commit_lsn VALUES (2)"))
+                    .await
+                    .unwrap();
+                no_errors(&raw.until_ready(wait).await, "second insert");
+                raw.send(&query("COMMIT")).await.unwrap();
+                let msgs = raw.until_ready(wait).await;
+                no_errors(&msgs, "the real COMMIT");
+                assert_eq!(*msgs.last().unwrap().body.first().unwrap(), b'I');
+            } else {
+                assert_eq!(status, b'I', "{ending:?} did not end the block");
+            }
+            let token = last_write_lsn_status(&mut raw, wait)
+                .await
+                .unwrap_or_else(|| panic!("{ending:?}: no lagrouter.last_write_lsn"));
+            let token: Lsn = token.parse().expect("an LSN");
+            let find = format!(
+                "SELECT end_lsn FROM pg_get_wal_records_info('{start}', pg_current_wal_lsn()) \
+                 WHERE xid::text = '{xid}' AND resource_manager = 'Transaction' \
+                 AND record_type = 'COMMIT'"
+            );
+            let commit = blocking(move |c| c.sql(c.primary_index(), &find))
+                .await
+                .unwrap();
+            let commit: Lsn = commit.parse().unwrap_or_else(|e| {
+                panic!("{ending:?}: commit record of {xid}: {commit:?}: {e:?}")
+            });
+            eprintln!("{ending:?}: xid {xid} committed at {commit}, recorded {token}");
+            assert!(
+                token >= commit,
+                "{ending:?}: recorded {token}, before the commit record's end {commit}"
+            );
+            if let Some(l) = last {
+                assert!(token > l, "{ending:?}: the write moved nothing");
+            }
+            last = Some(token);
+        }
+    })
+    .await
+}
+
+fn no_errors(msgs: &[Msg], what: &str) {
+    if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
+        panic!("{what}: {:?}", e.fields());
+    }
 }

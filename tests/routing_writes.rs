@@ -21,8 +21,7 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use support::raw::{Msg, RawConn, message};
+use support::raw::{Msg, RawConn, bind, execute, message, parse, sync};
 use support::{ProxyBuilder, TestProxy, blocking, connect, describe, eventually, within};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -374,53 +373,13 @@ async fn hints_and_read_only_transactions() {
 // ---------------------------------------------------------------------------
 // Extended protocol with the raw client.
 
-fn cstr(b: &mut BytesMut, s: &str) {
-    b.put_slice(s.as_bytes());
-    b.put_u8(0);
-}
-
-fn parse(sql: &str) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    cstr(&mut b, "");
-    cstr(&mut b, sql);
-    b.put_i16(0);
-    message(b'P', &b)
-}
-
-fn bind() -> Vec<u8> {
-    let mut b = BytesMut::new();
-    cstr(&mut b, "");
-    cstr(&mut b, "");
-    b.put_i16(0);
-    b.put_i16(0);
-    b.put_i16(0);
-    message(b'B', &b)
-}
-
-fn execute() -> Vec<u8> {
-    let mut b = BytesMut::new();
-    cstr(&mut b, "");
-    b.put_i32(0);
-    message(b'E', &b)
-}
-
 /// Parse, Bind, Execute of `sql` (unnamed statement and portal).
 fn run(sql: &str) -> Vec<u8> {
-    [parse(sql), bind(), execute()].concat()
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', &[])
+    [parse("", sql), bind("", ""), execute("")].concat()
 }
 
 fn flush() -> Vec<u8> {
     message(b'H', &[])
-}
-
-/// First column of a DataRow, as text.
-fn first_value(m: &Msg) -> String {
-    let len = i32::from_be_bytes(m.body[2..6].try_into().unwrap());
-    String::from_utf8_lossy(&m.body[6..6 + len as usize]).into_owned()
 }
 
 /// Messages up to ReadyForQuery; panics after 15 s.
@@ -464,7 +423,7 @@ async fn extended_batch_read_then_write_before_sync_goes_to_primary() {
             errors(&msgs)
         );
         let row = msgs.iter().find(|m| m.tag == b'D').expect("a DataRow");
-        let node = node_of(&ports, first_value(row).parse().unwrap());
+        let node = node_of(&ports, row.first_value().parse().unwrap());
         assert_eq!(
             node, 0,
             "round {round}: the SELECT of a batch that writes ran on node {node}"
@@ -507,7 +466,7 @@ async fn extended_read_flush_then_write_before_sync_succeeds() {
     }
     let row = first.iter().find(|m| m.tag == b'D');
     let ports = ports().await;
-    let node = row.map(|r| node_of(&ports, first_value(r).parse().unwrap()));
+    let node = row.map(|r| node_of(&ports, r.first_value().parse().unwrap()));
     eprintln!("flushed SELECT served by node {node:?}");
     raw.send(&[run("INSERT INTO wr_t (v) VALUES ('after flush')"), sync()].concat())
         .await

@@ -20,7 +20,8 @@
 //! - `keywords`: keyword categories that tell grammar from function calls.
 //! - `classify`: [`classify`] / [`analyze`]: is a text certainly read-only
 //!   ([`Class`]), its hints and session effects ([`Analysis`]).
-//! - `statements`: `BEGIN`/`SET`/`RESET` forms that matter to routing.
+//! - `statements`: `BEGIN`/`SET`/`RESET` forms that matter to routing, and
+//!   [`is_plain_commit`], the fast check for a lone `COMMIT`.
 //! - `functions`: [`FunctionCatalog`] (pg_proc volatility, built-in
 //!   default) and [`ReadOnlyFunctions`] (`routing.read_only_functions`).
 //! - `hash`: the fast seeded hasher for the cache and catalog.
@@ -70,3 +71,4 @@ pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
 pub use server_effects::{ServerEffects, deallocated_names, server_effects, sole_deallocated_name};
 pub use session::{CommandOutcome, SessionRouting};
+pub use statements::is_plain_commit;

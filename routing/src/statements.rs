@@ -105,3 +105,79 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
     }
     Stmt::Write
 }
+
+/// Whether `sql` is exactly a plain `COMMIT` or `END` (any case, `WORK` or
+/// `TRANSACTION` after it, whitespace and one trailing `;` allowed): text
+/// that, run inside a transaction block, ends it. Not `AND CHAIN`, not
+/// `COMMIT PREPARED`, not text with comments or other statements: for
+/// those `false`, and the caller handles the end the general way. A fast
+/// check on raw text, made on every statement inside a writing
+/// transaction, so it does not lex.
+pub fn is_plain_commit(sql: &str) -> bool {
+    let s = sql.trim_ascii();
+    let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
+    let split = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+    let (verb, rest) = s.split_at(split);
+    let rest = rest.trim_ascii_start();
+    (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end"))
+        && (rest.is_empty()
+            || rest.eq_ignore_ascii_case("work")
+            || rest.eq_ignore_ascii_case("transaction"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_commit;
+    use crate::{FunctionCatalog, ReadOnlyFunctions, analyze};
+
+    #[test]
+    fn plain_commits_are_recognized() {
+        for s in [
+            "COMMIT",
+            "commit",
+            "END;",
+            "end ;",
+            "  Commit Work ;\n",
+            "END TRANSACTION",
+            "commit\ttransaction",
+        ] {
+            assert!(is_plain_commit(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_not_a_plain_commit() {
+        for s in [
+            "",
+            ";",
+            "COMMIT AND CHAIN",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK",
+            "ABORT",
+            "COMMIT; BEGIN",
+            "COMMIT;;",
+            "/* c */ COMMIT",
+            "COMMIT -- c",
+            "COMMITTED",
+            "ENDING",
+            "END WORK TRANSACTION",
+            "\"commit\"",
+            "SELECT 1; COMMIT",
+        ] {
+            assert!(!is_plain_commit(s), "{s:?}");
+        }
+    }
+
+    /// What the fast check accepts, the classifier reads as a lone end of a
+    /// transaction block that writes nothing.
+    #[test]
+    fn the_classifier_agrees_with_what_is_accepted() {
+        let (c, x) = (FunctionCatalog::builtin(), ReadOnlyFunctions::default());
+        for s in ["COMMIT", "end;", " commit work ; ", "END TRANSACTION"] {
+            assert!(is_plain_commit(s));
+            let a = analyze(s, &c, &x);
+            assert!(!a.writes, "{s:?}");
+            assert!(a.effects.is_empty(), "{s:?}");
+        }
+    }
+}

@@ -32,6 +32,13 @@ impl Msg {
     pub fn code(&self) -> String {
         self.fields().get(&b'C').cloned().unwrap_or_default()
     }
+
+    /// First column of a DataRow, as text (empty for NULL).
+    pub fn first_value(&self) -> String {
+        let len = i32::from_be_bytes(self.body[2..6].try_into().unwrap());
+        let len = usize::try_from(len).unwrap_or(0);
+        String::from_utf8_lossy(&self.body[6..6 + len]).into_owned()
+    }
 }
 
 /// Why `recv` returned no message.
@@ -83,6 +90,25 @@ pub fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
     message(b'Q', &body)
+}
+
+/// Parse of `sql` as statement `name` (no parameter types).
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', &[cstr(name), cstr(sql), vec![0, 0]].concat())
+}
+
+/// Bind of `statement` to `portal`, with no parameters and text results.
+pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    message(b'B', &[cstr(portal), cstr(statement), vec![0; 6]].concat())
+}
+
+/// Execute of `portal`, all rows.
+pub fn execute(portal: &str) -> Vec<u8> {
+    message(b'E', &[cstr(portal), vec![0; 4]].concat())
+}
+
+pub fn sync() -> Vec<u8> {
+    message(b'S', &[])
 }
 
 impl RawConn {

@@ -129,6 +129,11 @@ pub struct Session<S> {
     txn: Txn,
     /// Client bytes arrived during the capture and wait to be routed.
     held_client: bool,
+    /// A `Bind` of a plain `COMMIT` went to the server since the last
+    /// Sync: the commit-LSN query follows that Sync.
+    commit_bound: bool,
+    /// The unnamed statement is a plain `COMMIT`.
+    unnamed_commit: bool,
     client_stream: Passthrough,
     server_stream: Passthrough,
     /// This session in the admin console's client list (while it runs).
@@ -179,6 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             local: LocalStatements::default(),
             txn: Txn::Other,
             held_client: false,
+            commit_bound: false,
+            unnamed_commit: false,
             client_stream: Passthrough::default(),
             server_stream: Passthrough::default(),
             registered: None,

@@ -26,6 +26,8 @@ pub struct Statement {
     pub drops: bool,
     /// Its text's analysis, once routing asked for it.
     pub analysis: AnalysisMemo,
+    /// It is a plain `COMMIT` ([`lagrouter_routing::is_plain_commit`]).
+    pub commit: bool,
 }
 
 /// Server-side name for a statement's text and parameter types.
@@ -73,6 +75,7 @@ impl Statements {
             param_types: Bytes::copy_from_slice(param_types),
             drops,
             analysis: AnalysisMemo::default(),
+            commit: lagrouter_routing::is_plain_commit(query),
         });
         self.by_name.insert(name.to_string(), s.clone());
         Some(s)

@@ -27,6 +27,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match tag {
                 fe::SYNC => {
                     self.discard_until_sync = false;
+                    self.commit_bound = false;
                     self.synthetic_ready();
                 }
                 fe::TERMINATE => return Err(End::Client),
@@ -83,7 +84,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ClientMsg::Sync => {
                 if self.server.is_some() {
                     self.forward(frame, Req::Sync);
+                    if std::mem::take(&mut self.commit_bound) {
+                        self.start_capture();
+                    }
                 } else {
+                    self.commit_bound = false;
                     self.synthetic_ready();
                 }
                 Ok(())
@@ -129,6 +134,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(fx) => {
                 self.note_effects(sql, fx);
                 self.forward(frame, Req::Query);
+                if self.txn == Txn::Write && lagrouter_routing::is_plain_commit(sql) {
+                    self.start_capture();
+                }
             }
             Err(e) => {
                 self.synthetic_error(&e);
@@ -167,6 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.note_pins(fx);
         if p.name.is_empty() {
             self.note_drops(p.query, fx);
+            self.unnamed_commit = lagrouter_routing::is_plain_commit(p.query);
             self.forward(frame, Req::Parse);
         } else if let Some(stmt) = self.remember(&p, fx) {
             // The server's ParseComplete answers the client; if the server
@@ -208,6 +217,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.fail_extended(&e);
                 return Ok(());
             }
+        };
+        self.commit_bound |= match &stmt {
+            Some(s) => s.commit,
+            None => b.statement.is_empty() && self.unnamed_commit,
         };
         match stmt {
             Some(stmt) => {

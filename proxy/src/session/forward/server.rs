@@ -198,7 +198,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Asks the primary where a writing transaction's commit landed, right
+    /// behind what ends it: the client's plain `COMMIT` (a simple query,
+    /// or the Sync of a batch that ran it), or else once the transaction is
+    /// over (`maybe_release`). Behind the `COMMIT`, the server answers both
+    /// from one read of its socket, and the proxy waits no round trip of
+    /// its own before it releases the connection. Client bytes that come
+    /// meanwhile wait (`held_client`) and are routed with the new LSN.
+    pub(super) fn start_capture(&mut self) {
+        if self.txn == Txn::Write {
+            self.txn = Txn::Capturing(None);
+            frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
+            self.expect.push(Req::Query, Action::Drop);
+        }
+    }
+
     pub(super) fn maybe_release(&mut self) {
+        if self.txn.capturing() && self.expect.is_empty() && self.expect.status() != status::IDLE {
+            // The query ran inside the block: the `COMMIT` did not end it
+            // (a Bind that was never executed). Its answer tells nothing;
+            // the transaction's real end asks again.
+            self.txn = Txn::Write;
+        }
         if self.server.is_none()
             || self.pinned
             || !self.expect.is_idle()
@@ -212,9 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Txn::Write => {
                 // Learn where the write landed before the connection goes
                 // back (the client already has its ReadyForQuery).
-                self.txn = Txn::Capturing(None);
-                frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
-                self.expect.push(Req::Query, Action::Drop);
+                self.start_capture();
                 return;
             }
             Txn::Capturing(lsn) => {
