@@ -7,7 +7,7 @@
 #[allow(unused_imports)]
 mod common;
 
-use common::{CpuTimes, Mark, Progress, Window, progress_line};
+use common::{CpuTimes, Mark, Progress, Window, progress_line, rotated};
 
 #[test]
 fn progress_reports_are_parsed_and_other_lines_are_not() {
@@ -111,4 +111,29 @@ fn steal_is_the_share_of_all_host_time() {
     );
     let (steal, all) = common::host_ticks().expect("/proc/stat has a cpu line");
     assert!(steal <= all);
+}
+
+#[test]
+fn each_round_starts_at_the_next_target() {
+    let t = ["direct", "pgbouncer", "primary-only", "lagrouter"];
+    let round = |r: usize| rotated(&t, r).copied().collect::<Vec<_>>();
+    assert_eq!(round(0), t);
+    assert_eq!(
+        round(1),
+        ["pgbouncer", "primary-only", "lagrouter", "direct"]
+    );
+    assert_eq!(
+        round(3),
+        ["lagrouter", "direct", "pgbouncer", "primary-only"]
+    );
+    assert_eq!(round(4), t);
+    // Over as many rounds as targets, each runs once in every position.
+    for target in t {
+        let mut places: Vec<usize> = (0..4)
+            .map(|r| round(r).iter().position(|x| *x == target).unwrap())
+            .collect();
+        places.sort();
+        assert_eq!(places, [0, 1, 2, 3], "{target}");
+    }
+    assert_eq!(rotated::<u8>(&[], 5).count(), 0);
 }

@@ -135,6 +135,19 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
+/// `items` starting at `by` (modulo their number) and wrapping round: round
+/// `r` of an interleaved bench runs its targets in order `rotated(t, r)`, so
+/// no target always runs last in a round, on the most bloated tables of a
+/// writing workload or right before the host's periodic load.
+pub fn rotated<T>(items: &[T], by: usize) -> impl Iterator<Item = &T> {
+    let k = if items.is_empty() {
+        0
+    } else {
+        by % items.len()
+    };
+    items[k..].iter().chain(&items[..k])
+}
+
 /// A comma-separated option value.
 pub fn list(s: &str) -> Vec<String> {
     s.split(',')

@@ -57,6 +57,10 @@ pub struct ServerPool {
     /// When a failed connect was last logged: at most one line per
     /// [`CONNECT_WARNING_EVERY`], however many clients try.
     last_connect_warning: Mutex<Option<Instant>>,
+    /// `lagrouter_pool_checkout_wait_seconds` of the node, looked up once:
+    /// with many clients most checkouts wait, and a lookup by name and
+    /// label on each would cost an allocation and a registry search.
+    checkout_wait: metrics::Histogram,
 }
 
 /// Least time between two logged connect failures of one pool.
@@ -70,7 +74,12 @@ impl ServerPool {
         counts: Arc<NodeCounts>,
         traffic: Arc<NodeTraffic>,
     ) -> ServerPool {
+        let checkout_wait = metrics::histogram!(
+            "lagrouter_pool_checkout_wait_seconds",
+            "node" => key.node.to_string()
+        );
         ServerPool {
+            checkout_wait,
             key,
             node,
             counts,
@@ -200,8 +209,7 @@ impl ServerPool {
             tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await;
         // Only checkouts that had to wait are timed: the fast path stays
         // free of metrics work.
-        metrics::histogram!("lagrouter_pool_checkout_wait_seconds", "node" => self.key.node.to_string())
-            .record(started.elapsed().as_secs_f64());
+        self.checkout_wait.record(started.elapsed().as_secs_f64());
         match got {
             Ok(Ok(p)) => Ok(p),
             _ => {
