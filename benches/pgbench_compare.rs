@@ -646,8 +646,9 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
 
 /// Every workload/mode on every target in turn, `repeats` times: the
 /// interleaving makes drift of the host (other load, caches, autovacuum) hit
-/// all targets alike. Each round starts at the next target, so a writing
-/// workload's growing tables do not always meet the same target last.
+/// all targets alike. The order changes from round to round
+/// ([`round_order`]), so a writing workload's growing tables and the
+/// autovacuum it sets off do not always meet the same target.
 fn run_matrix(
     c: &Cluster,
     o: &Opts,
@@ -662,10 +663,10 @@ fn run_matrix(
     let total = per_rep * o.repeats as usize;
     let mut runs = Vec::new();
     for rep in 1..=o.repeats {
-        let by = rep as usize - 1;
+        let order = round_order(targets, rep as usize - 1);
         let matrix = combos
             .iter()
-            .flat_map(|wm| rotated(targets, by).map(move |t| (wm, t)));
+            .flat_map(|wm| order.iter().map(move |t| (wm, *t)));
         let matrix = matrix.filter(|(wm, t)| runs_workload(t, wm.0));
         for (wm, t) in matrix {
             let (wl, mode, name, n, secs) = (wm.0, &wm.1, &t.name, runs.len() + 1, o.secs);

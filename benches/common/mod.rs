@@ -135,17 +135,22 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
-/// `items` starting at `by` (modulo their number) and wrapping round: round
-/// `r` of an interleaved bench runs its targets in order `rotated(t, r)`, so
-/// no target always runs last in a round, on the most bloated tables of a
-/// writing workload or right before the host's periodic load.
-pub fn rotated<T>(items: &[T], by: usize) -> impl Iterator<Item = &T> {
+/// The order of round `round` (from 0) of an interleaved bench: odd rounds
+/// run the previous round backwards, and every second round starts one
+/// target later. A writing workload leaves its tables bigger, and
+/// autovacuum busy, for whichever target runs next: this way no target
+/// always follows the same one or always runs last.
+pub fn round_order<T>(items: &[T], round: usize) -> Vec<&T> {
     let k = if items.is_empty() {
         0
     } else {
-        by % items.len()
+        (round / 2) % items.len()
     };
-    items[k..].iter().chain(&items[..k])
+    let mut v: Vec<&T> = items[k..].iter().chain(&items[..k]).collect();
+    if round % 2 == 1 {
+        v.reverse();
+    }
+    v
 }
 
 /// A comma-separated option value.
