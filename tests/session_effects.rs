@@ -531,3 +531,45 @@ async fn startup_settings_are_applied_or_refused() {
     })
     .await
 }
+
+/// A session pinned to its server connection that writes in a transaction
+/// and ends it with a plain `COMMIT` goes on: its connection is never
+/// released, so the commit-LSN question lagrouter sends behind a `COMMIT`
+/// (for sessions that give their connection back) must not be asked, or
+/// its answer would hold the client's next message for good. Both
+/// protocols, several transactions, each statement bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_session_writes_and_commits_and_goes_on() {
+    within(Duration::from_secs(60), "pinned commits", async {
+        let proxy = proxy(3).await;
+        let c = connect(&proxy).await;
+        c.batch_execute("CREATE TEMP TABLE lr_pinned_w (x int)")
+            .await
+            .unwrap_or_else(|e| panic!("create temp table: {}", describe(&e)));
+        let step = Duration::from_secs(5);
+        for i in 0..3i32 {
+            let txn = async {
+                c.batch_execute("BEGIN").await?;
+                c.execute("INSERT INTO lr_pinned_w VALUES ($1)", &[&i])
+                    .await?;
+                c.batch_execute("INSERT INTO lr_pinned_w VALUES (100)")
+                    .await?;
+                if i % 2 == 0 {
+                    c.batch_execute("COMMIT").await?;
+                } else {
+                    c.execute("COMMIT", &[]).await?;
+                }
+                c.query_one("SELECT count(*) FROM lr_pinned_w", &[]).await
+            };
+            let n: i64 = tokio::time::timeout(step, txn)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("transaction {i} of a pinned session took over {step:?}")
+                })
+                .unwrap_or_else(|e| panic!("transaction {i}: {}", describe(&e)))
+                .get(0);
+            assert_eq!(n, 2 * i64::from(i + 1), "rows after transaction {i}");
+        }
+    })
+    .await
+}

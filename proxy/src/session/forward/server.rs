@@ -205,8 +205,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// from one read of its socket, and the proxy waits no round trip of
     /// its own before it releases the connection. Client bytes that come
     /// meanwhile wait (`held_client`) and are routed with the new LSN.
+    /// Never for a pinned session: its connection is not released, so
+    /// nothing would end the capture (`maybe_release` returns first) and
+    /// the client's next message would wait for good.
     pub(super) fn start_capture(&mut self) {
-        if self.txn == Txn::Write {
+        if self.txn == Txn::Write && !self.pinned {
             self.txn = Txn::Capturing(None);
             frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
             self.expect.push(Req::Query, Action::Drop);
