@@ -73,6 +73,41 @@ fn benches(c: &mut Criterion) {
     c.bench_function("server_effects/in_transaction_update", |b| {
         b.iter(|| classifier.server_effects(black_box(update)))
     });
+    // pgbench's TPC-B statements with their varying numbers, one after the
+    // other, as a session sends them (so branches do not learn one text).
+    let tpcb: Vec<String> = (0..700u32).map(tpcb_statement).collect();
+    let bytes: usize = tpcb.iter().map(String::len).sum();
+    c.bench_function(
+        &format!("server_effects/tpcb_700_statements_{bytes}B"),
+        |b| {
+            b.iter(|| {
+                tpcb.iter()
+                    .filter(|s| classifier.server_effects(black_box(s)).pins)
+                    .count()
+            })
+        },
+    );
+}
+
+/// Statement `i % 7` of pgbench's TPC-B script, with numbers from `i`.
+fn tpcb_statement(i: u32) -> String {
+    let (aid, tid, bid, delta) = (i * 7919 % 1_000_000, i % 100, i % 10, i as i64 * 13 - 5000);
+    match i % 7 {
+        0 => "BEGIN;".into(),
+        1 => {
+            format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};")
+        }
+        2 => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
+        3 => format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid};"),
+        4 => {
+            format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid};")
+        }
+        5 => format!(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP);"
+        ),
+        _ => "END;".into(),
+    }
 }
 
 /// `i` in base 26, as letters.

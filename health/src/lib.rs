@@ -56,7 +56,7 @@ mod traffic;
 
 pub use conn::{APPLICATION_NAME, ConnTarget, connect_as};
 pub use error::{ProbeError, describe_pg_error};
-pub use lsn::{Lsn, ParseLsnError};
+pub use lsn::{Lsn, LsnText, ParseLsnError};
 pub use monitor::HealthMonitor;
 pub use primary::{PrimaryDecision, PrimaryEvidence, detect_primary};
 pub use replay::ReplayWaiter;

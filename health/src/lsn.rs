@@ -12,11 +12,53 @@ impl Lsn {
     pub fn bytes_after(self, other: Lsn) -> u64 {
         self.0.saturating_sub(other.0)
     }
+
+    /// The LSN as PostgreSQL writes it (`16/B374D848`), without allocating:
+    /// every writing transaction reports one to its client.
+    pub fn text(self) -> LsnText {
+        let mut t = LsnText {
+            buf: [0; 17],
+            len: 0,
+        };
+        t.push_hex((self.0 >> 32) as u32);
+        t.buf[t.len] = b'/';
+        t.len += 1;
+        t.push_hex(self.0 as u32);
+        t
+    }
+}
+
+/// [`Lsn::text`]: two halves of at most 8 hex digits and a slash.
+#[derive(Clone, Copy)]
+pub struct LsnText {
+    buf: [u8; 17],
+    len: usize,
+}
+
+impl LsnText {
+    /// Upper-case hex, no leading zeros (`0` for zero), as `%X`.
+    fn push_hex(&mut self, v: u32) {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let digits = (32 - v.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (v >> (4 * (digits - 1 - i))) & 0xF;
+            self.buf[self.len + i] = DIGITS[nibble as usize];
+        }
+        self.len += digits;
+    }
+}
+
+impl std::ops::Deref for LsnText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits and '/' are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        f.write_str(&self.text())
     }
 }
 
@@ -51,6 +93,25 @@ mod tests {
         assert_eq!(l.0, 0x16_B374_D848);
         assert_eq!(l.to_string(), "16/B374D848");
         assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
+    }
+
+    #[test]
+    fn text_is_what_postgres_writes() {
+        for v in [
+            0u64,
+            1,
+            0xF,
+            0x10,
+            0x16_B374_D848,
+            0xFFFF_FFFF,
+            0x1_0000_0000,
+            0xABCD_EF01_0000_0001,
+            u64::MAX,
+        ] {
+            let want = format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF);
+            assert_eq!(&*Lsn(v).text(), want);
+            assert_eq!(want.parse::<Lsn>().unwrap(), Lsn(v));
+        }
     }
 
     #[test]

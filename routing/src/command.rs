@@ -13,6 +13,7 @@ use lagrouter_health::Lsn;
 
 use crate::hints::RouteOverride;
 use crate::lexer::{Backslash, Token, TokenKind, lex};
+use crate::words::WordSet;
 
 /// A lagrouter setting a client can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,10 +114,8 @@ pub fn parse_proxy_command(sql: &str) -> Option<ProxyCommand> {
 
 /// Whether `sql` contains `lagrouter` in any letter case.
 fn mentions_lagrouter(sql: &str) -> bool {
-    const WORD: &[u8] = b"lagrouter";
-    sql.as_bytes()
-        .windows(WORD.len())
-        .any(|w| w[0] | 0x20 == b'l' && w.eq_ignore_ascii_case(WORD))
+    static WORD: WordSet<1> = WordSet::new(["lagrouter"]);
+    WORD.any_in(sql)
 }
 
 /// [`parse_proxy_command`] over one statement's code tokens.

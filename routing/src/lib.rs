@@ -58,6 +58,7 @@ mod server_effects;
 mod session;
 mod shape;
 mod statements;
+mod words;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 pub use cache::{AnalysisMemo, Classifier, MAX_CACHED_TEXT, StatementCache};

@@ -12,6 +12,7 @@
 //! texts of the same shape (`crate::shape`) have the same effects.
 
 use crate::lexer::{Backslash, Token, TokenKind, lex};
+use crate::words::WordSet;
 
 /// What a statement does to the server connection it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -48,10 +49,8 @@ const SESSION_LOCKS: [&str; 4] = [
     "pg_try_advisory_lock_shared",
 ];
 
-/// Every word an effect needs, for a quick test before lexing; indexed by
-/// first two letters in [`keyword_at`] (a test checks the two agree).
-#[cfg(test)]
-const KEYWORDS: [&str; 9] = [
+/// Every word an effect needs, for a quick test before lexing.
+pub(crate) const KEYWORDS: [&str; 9] = [
     "listen",
     "advisory",
     "temp",
@@ -63,37 +62,13 @@ const KEYWORDS: [&str; 9] = [
     "deallocate",
 ];
 
-/// The one [`KEYWORDS`] word that starts with `a` then `b` (either case):
-/// no two of them share their first two letters.
-fn keyword_at(a: u8, b: u8) -> Option<&'static str> {
-    // `| 0x20` lowers ASCII letters and makes no other byte a letter.
-    Some(match [a | 0x20, b | 0x20] {
-        [b'a', b'd'] => "advisory",
-        [b'a', b'u'] => "authorization",
-        [b'd', b'i'] => "discard",
-        [b'd', b'e'] => "deallocate",
-        [b'h', b'o'] => "hold",
-        [b'l', b'i'] => "listen",
-        [b'p', b'r'] => "prepare",
-        [b'r', b'o'] => "role",
-        [b't', b'e'] => "temp",
-        _ => return None,
-    })
-}
+static EFFECT_WORDS: WordSet<9> = WordSet::new(KEYWORDS);
 
 /// Whether any of [`KEYWORDS`] appears in `sql`, in any letter case and
-/// anywhere (`pg_advisory_lock`, `TEMPORARY`). One pass over the byte
-/// pairs; a word is compared only where its first two letters are: every
-/// statement inside a transaction comes through here, and most hold none
-/// of the words.
+/// anywhere (`pg_advisory_lock`, `TEMPORARY`): every statement inside a
+/// transaction comes through here, and most hold none of the words.
 pub(crate) fn may_have_effects(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    b.windows(2).enumerate().any(|(i, pair)| {
-        keyword_at(pair[0], pair[1]).is_some_and(|w| {
-            b.get(i..i + w.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
-        })
-    })
+    EFFECT_WORDS.any_in(sql)
 }
 
 /// What `sql` does to the server connection it runs on. Cached with the

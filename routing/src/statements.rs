@@ -114,7 +114,11 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
 /// check on raw text, made on every statement inside a writing
 /// transaction, so it does not lex.
 pub fn is_plain_commit(sql: &str) -> bool {
-    let s = sql.trim_ascii();
+    let s = sql.trim_ascii_start();
+    if !matches!(s.as_bytes().first(), Some(b'c' | b'C' | b'e' | b'E')) {
+        return false;
+    }
+    let s = s.trim_ascii_end();
     let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
     let split = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
     let (verb, rest) = s.split_at(split);

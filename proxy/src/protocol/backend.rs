@@ -16,7 +16,7 @@ use pgwire::messages::response::{
     TransactionStatus,
 };
 use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
 
 use super::reader::{DecodeError, Reader};
@@ -172,7 +172,20 @@ pub fn auth_sasl_data(out: &mut BytesMut, code: i32, data: &[u8]) {
 
 /// `ParameterStatus`.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    put(out, ParameterStatus::new(name.into(), value.into()));
+    // Framed by hand: every writing transaction reports its LSN with one,
+    // and the message type would copy both strings first.
+    let len = 4 + name.len() + 1 + value.len() + 1;
+    let Ok(len) = i32::try_from(len) else {
+        tracing::error!("cannot encode a ParameterStatus of {len} bytes");
+        return;
+    };
+    out.reserve(1 + len as usize);
+    out.put_u8(b'S');
+    out.put_i32(len);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(value.as_bytes());
+    out.put_u8(0);
 }
 
 /// `BackendKeyData`.
@@ -331,6 +344,23 @@ fn row<'a>(out: &mut BytesMut, values: impl Iterator<Item = Option<&'a [u8]>>, n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_status_is_framed_as_pgwire_frames_it() {
+        use pgwire::messages::startup::ParameterStatus;
+        for (k, v) in [
+            ("lagrouter.last_write_lsn", "16/B374D848"),
+            ("", ""),
+            ("a", "é"),
+        ] {
+            let mut ours = BytesMut::new();
+            parameter_status(&mut ours, k, v);
+            let mut theirs = BytesMut::new();
+            put(&mut theirs, ParameterStatus::new(k.into(), v.into()));
+            assert_eq!(ours, theirs, "{k}={v}");
+            assert_eq!(decode_parameter_status(&ours[5..]).unwrap(), (k, v));
+        }
+    }
 
     #[test]
     fn error_round_trip() {

@@ -31,11 +31,9 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string (bytes, without the NUL).
     pub fn cstr(&mut self) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err("missing string terminator"))?;
+        // memchr: every Parse carries its query text through here.
+        let end =
+            memchr::memchr(0, self.buf).ok_or_else(|| self.err("missing string terminator"))?;
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)

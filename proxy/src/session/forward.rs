@@ -239,12 +239,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
                     conn.read_buf.reserve(READ_CHUNK);
                 }
+                // Answers first, with no random start (a draw for every
+                // message): they free the server and are what the client
+                // waits for. A node streaming without a pause keeps the
+                // client's next bytes in its socket until the stream pauses;
+                // a client that left meanwhile is seen when its answers fail
+                // to write, and a cancel comes on a connection of its own.
                 tokio::select! {
-                    r = client.read_buf(cbuf) => match r {
-                        Ok(0) => return End::Client,
-                        Ok(_) => true,
-                        Err(e) => return End::ClientIo(e),
-                    },
+                    biased;
                     r = conn.stream.read_buf(&mut conn.read_buf) => match r {
                         Ok(0) => return self.server_lost("the node closed the connection".into()).await,
                         Ok(_) => {
@@ -252,6 +254,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             false
                         }
                         Err(e) => return self.server_lost(e.to_string()).await,
+                    },
+                    r = client.read_buf(cbuf) => match r {
+                        Ok(0) => return End::Client,
+                        Ok(_) => true,
+                        Err(e) => return End::ClientIo(e),
                     },
                     node = abandoned(registered.as_ref()) => {
                         return self.server_lost(self.stopped_answering(node)).await;

@@ -246,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     backend::parameter_status(
                         &mut self.to_client,
                         "lagrouter.last_write_lsn",
-                        &lsn.to_string(),
+                        &lsn.text(),
                     );
                 }
             }
