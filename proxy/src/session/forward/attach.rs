@@ -35,17 +35,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Inside the transaction: no routing, only whether it now
             // writes (the statement's memo, or a cache lookup for a text
             // seen before; the classifier's inputs were brought up to date
-            // at attach).
-            if self.txn == Txn::Primary
-                && !sql.is_empty()
-                && self
-                    .shared
-                    .router
-                    .classifier()
-                    .analyze_memo(sql, memo)
-                    .writes
-            {
-                self.txn = Txn::Write;
+            // at attach). The analysis also says what `sql` does to the
+            // connection, so the caller need not look for it again.
+            if self.txn == Txn::Primary && !sql.is_empty() {
+                let analysis = self.shared.router.classifier().analyze_memo(sql, memo);
+                if analysis.writes {
+                    self.txn = Txn::Write;
+                }
+                return Ok(Some(analysis.server));
             }
             return Ok(None);
         }
