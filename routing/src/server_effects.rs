@@ -50,7 +50,7 @@ const SESSION_LOCKS: [&str; 4] = [
 ];
 
 /// Every word an effect needs, for a quick test before lexing.
-pub(crate) const KEYWORDS: [&str; 9] = [
+const KEYWORDS: [&str; 9] = [
     "listen",
     "advisory",
     "temp",
