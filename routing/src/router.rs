@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use lagrouter_config::{Balance, ConfigHandle};
+use lagrouter_config::{Balance, Config, ConfigHandle};
 use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
 use crate::session::SessionRouting;
@@ -102,8 +102,19 @@ impl Router {
     /// The analysis of `sql` (cached), with the configured
     /// `read_only_functions`.
     pub fn analyze(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
+        self.analyze_in(&self.config.load(), sql, memo)
+    }
+
+    /// [`Router::analyze`] with the `read_only_functions` of `config`, a
+    /// config the caller already holds (one load per transaction).
+    pub fn analyze_in(
+        &self,
+        config: &Config,
+        sql: &str,
+        memo: Option<&AnalysisMemo>,
+    ) -> Arc<Analysis> {
         let classifier = &self.shared.classifier;
-        classifier.sync_read_only_functions(&self.config.load().routing.read_only_functions);
+        classifier.sync_read_only_functions(&config.routing.read_only_functions);
         classifier.analyze_memo(sql, memo)
     }
 
@@ -126,12 +137,30 @@ impl Router {
         now: Instant,
         in_use: &dyn Fn(usize) -> usize,
     ) -> Result<RouteDecision, RouteError> {
-        let config = self.config.load();
+        let (config, snap) = (self.config.load(), self.health.load());
+        self.route_in(&config, &snap, session, sql, analysis, now, in_use)
+    }
+
+    /// [`Router::route`] against a config and health snapshot the caller
+    /// already holds, so that one transaction's decision, and what the
+    /// caller does with it, see one of each. The caller must have loaded
+    /// both just now: a decision on an old snapshot could send a read to a
+    /// replica demoted since.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_in(
+        &self,
+        config: &Config,
+        snap: &HealthSnapshot,
+        session: &mut SessionRouting,
+        sql: &str,
+        analysis: &Analysis,
+        now: Instant,
+        in_use: &dyn Fn(usize) -> usize,
+    ) -> Result<RouteDecision, RouteError> {
         let rc = &config.routing;
         for e in analysis.effects.iter() {
             session.apply_effect(e);
         }
-        let snap = self.health.load();
         if let Some(p) = snap.primary_index() {
             let target = &snap.nodes[p];
             session.reconcile_timeline(target.timeline, target.promoted_at);
@@ -144,7 +173,7 @@ impl Router {
             default_read_only: session.default_read_only(),
             required_lsn: session.required_lsn(rc.read_your_writes, analysis.hints.min_lsn),
             config: rc,
-            snapshot: &snap,
+            snapshot: snap,
             // round_robin spreads transactions; the other policies break
             // ties by session, so a session keeps its replica while the
             // replicas tie (fewer server connections, warmer caches).
@@ -155,7 +184,7 @@ impl Router {
             in_use,
             lag_tie_bytes: config.health.max_lag_bytes / 16,
             drained: &drained,
-            gate: WriteGate::from_config(&config),
+            gate: WriteGate::from_config(config),
         };
         let mut decided = decide(&ctx)?;
         if let Some(lost) = session.take_lost_write_notice() {
@@ -190,7 +219,7 @@ impl Router {
             &mut self.breaker(),
             &settings,
             rc.on_breaker_open,
-            &snap,
+            snap,
             now,
         )
     }

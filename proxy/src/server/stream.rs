@@ -81,6 +81,11 @@ impl NodeStream {
         Ok(NodeStream::Tls(Box::new(tls)))
     }
 
+    /// Whether this is plain TCP (nothing held back to flush).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, NodeStream::Plain(_))
+    }
+
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lagrouter_health::Lsn;
+use lagrouter_health::{HealthSnapshot, Lsn};
 use lagrouter_routing::{AnalysisMemo, ServerEffects};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -52,28 +52,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let shared = self.shared.clone();
         // A batch's joined text is analyzed as a whole; the memo is of
         // `sql` alone.
-        let analysis = shared
-            .router
-            .analyze(text, memo.filter(|_| batch.is_none()));
+        let analysis =
+            shared
+                .router
+                .analyze_in(&self.config, text, memo.filter(|_| batch.is_none()));
         let now = Instant::now();
+        // One health snapshot for the decision and the pool it names (not
+        // kept over a catch-up wait: the pool is then found anew).
+        let mut snap = Some(shared.router.health());
         let mut routed = {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
-            let snap = shared.router.health();
             let (user, database) = (self.user.name.as_str(), &*self.database);
+            let snap = snap.as_deref().expect("loaded above");
             let in_use = |node: usize| {
                 snap.nodes
                     .get(node)
                     .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
             };
-            shared
-                .router
-                .route(&mut self.routing, text, &analysis, now, &in_use)
+            let config = &*self.config;
+            shared.router.route_in(
+                config,
+                snap,
+                &mut self.routing,
+                text,
+                &analysis,
+                now,
+                &in_use,
+            )
         };
         let mut caught_up = None;
         if let Ok(d) = &routed
             && let Some(cu) = d.catch_up
         {
+            snap = None;
             caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
             routed = shared
                 .router
@@ -86,7 +98,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(e.into());
             }
         };
-        let pool = self.pool_for(decision.node)?;
+        let pool = match snap.take() {
+            Some(snap) => self.pool_in(&snap, decision.node)?,
+            None => self.pool_for(decision.node)?,
+        };
         pool.counts
             .record(decision.primary, decision.write, decision.reason);
         if let Some(notice) = &decision.notice {
@@ -154,13 +169,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         &mut self,
         node: usize,
     ) -> Result<Arc<ServerPool>, ProxyError> {
+        let snap = self.shared.router.health();
+        self.pool_in(&snap, node)
+    }
+
+    /// [`Session::pool_for`] with the snapshot that routing just used.
+    fn pool_in(
+        &mut self,
+        snap: &HealthSnapshot,
+        node: usize,
+    ) -> Result<Arc<ServerPool>, ProxyError> {
         let gone = |what: String| {
             ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
                 detail: format!("{what} is no longer in the configuration"),
                 unreachable: false,
             })
         };
-        let snap = self.shared.router.health();
         let name = snap
             .nodes
             .get(node)
