@@ -31,16 +31,20 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       txn7 (BEGIN, 5 x SELECT, END), select-c400 (-S with 400 clients, whatever -c says)
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
-  --targets direct,direct-replicas,pgbouncer,lagrouter-primary-only,lagrouter
+  --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter
       (direct-replicas: the clients split over the two replicas directly, read-only
-      workloads only: what the replicas give on this machine without a proxy)
+      workloads only: what the replicas give on this machine without a proxy;
+      tokio-relay: a bare TCP relay to the primary on tokio, one server connection
+      per client, no pooling, parsing or routing: the CPU floor of a proxy built
+      as lagrouter is, one task per client on a current-thread runtime)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)";
-const ALL_TARGETS: [&str; 5] = [
+const ALL_TARGETS: [&str; 6] = [
     "direct",
     "direct-replicas",
+    "tokio-relay",
     "pgbouncer",
     "lagrouter-primary-only",
     "lagrouter",
@@ -530,6 +534,19 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
     println!(
         "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
     );
+    // Each proxy against the nodes it sends the reads to: lagrouter with
+    // replicas reads from the replicas, PgBouncer from the primary.
+    let same = ["lagrouter/pgbouncer"];
+    print_grid("same nodes", &same, combos, &|wm, _| {
+        let lr = tps(wm, lr).zip(tps(wm, reps)).map(|(a, b)| a / b);
+        let pgb = tps(wm, pgb).zip(tps(wm, dir)).map(|(a, b)| a / b);
+        lr.zip(pgb)
+            .map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
+    });
+    println!(
+        "(lagrouter/direct-replicas over pgbouncer/direct: each proxy's TPS as a share of \
+         what the nodes it reads from give directly)"
+    );
     let proxies: Vec<&str> = targets
         .iter()
         .copied()
@@ -615,7 +632,7 @@ fn direct_replicas(c: &Cluster) -> Target {
 /// max_connections (300 here) clients, and replicas take no writes.
 fn runs_workload(t: &Target, wl: &str) -> bool {
     match t.name.as_str() {
-        "direct" => wl != "select-c400",
+        "direct" | "tokio-relay" => wl != "select-c400",
         "direct-replicas" => wl != "tpcb",
         _ => true,
     }
@@ -630,6 +647,7 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
         let t = match (name, pgbouncer_bin(o)) {
             ("direct", _) => direct(c),
             ("direct-replicas", _) => direct_replicas(c),
+            ("tokio-relay", _) => start_relay(c, out)?,
             ("pgbouncer", Some(bin)) => start_pgbouncer(c, &bin, out)?,
             ("pgbouncer", None) => {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
@@ -684,8 +702,71 @@ fn run_matrix(
     Ok(runs)
 }
 
+/// Starts this bench binary again as the `tokio-relay` target.
+fn start_relay(c: &Cluster, out: &Path) -> Result<Target> {
+    let port = free_port()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(RELAY_ARG)
+        .arg(port.to_string())
+        .arg(c.port(c.primary_index()).to_string());
+    start_proxy(c, "tokio-relay", port, cmd, out)
+}
+
+/// The argument that makes this binary the relay.
+const RELAY_ARG: &str = "--tokio-relay";
+
+/// The `tokio-relay` target: relays each client to a connection of its own
+/// to 127.0.0.1:`upstream`, as lagrouter's sessions run (one task per
+/// client on a current-thread runtime, a biased `select!` on both reads,
+/// `write_all` to the other side), with none of lagrouter's work. Runs
+/// until killed.
+fn relay(listen: u16, upstream: u16) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (mut from_client, mut from_server) =
+                    (Vec::with_capacity(16384), Vec::with_capacity(16384));
+                loop {
+                    let sent = tokio::select! {
+                        biased;
+                        r = server.read_buf(&mut from_server) => match r {
+                            Ok(n) if n > 0 => client.write_all(&from_server).await,
+                            _ => return,
+                        },
+                        r = client.read_buf(&mut from_client) => match r {
+                            Ok(n) if n > 0 => server.write_all(&from_client).await,
+                            _ => return,
+                        },
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                    from_client.clear();
+                    from_server.clear();
+                }
+            });
+        }
+    })
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, listen, upstream] = args.as_slice()
+        && flag == RELAY_ARG
+    {
+        return relay(listen.parse()?, upstream.parse()?);
+    }
     // `cargo test --benches` runs bench targets without --bench; a cluster
     // and minutes of pgbench there would only slow the tests down.
     if !args.iter().any(|a| a == "--bench") {
