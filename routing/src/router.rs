@@ -119,9 +119,12 @@ impl Router {
     }
 
     /// Decides where the transaction that starts with `sql` goes, from its
-    /// [`Router::analyze`]. `in_use(node)` is the number of server
-    /// connections in use to that node (index in `Config::nodes`), for
-    /// `balance = "least_connections"`.
+    /// [`Router::analyze`], on `config` and the health snapshot `snap`,
+    /// which the caller loads just before (a decision on an old snapshot
+    /// could send a read to a replica demoted since) and keeps for what it
+    /// does with the decision, so that both see the same nodes.
+    /// `in_use(node)` is the number of server connections in use to that
+    /// node (index in `snap`), for `balance = "least_connections"`.
     ///
     /// Effects of the text on the session (`SET lagrouter.min_lsn` inside a
     /// multi-statement text, `SET default_transaction_read_only`) are
@@ -129,25 +132,8 @@ impl Router {
     /// intercepted with [`crate::parse_proxy_command`] before this. A
     /// decision with `catch_up` set is settled by [`Router::catch_up_done`]
     /// once the proxy waited for the replica.
-    pub fn route(
-        &self,
-        session: &mut SessionRouting,
-        sql: &str,
-        analysis: &Analysis,
-        now: Instant,
-        in_use: &dyn Fn(usize) -> usize,
-    ) -> Result<RouteDecision, RouteError> {
-        let (config, snap) = (self.config.load(), self.health.load());
-        self.route_in(&config, &snap, session, sql, analysis, now, in_use)
-    }
-
-    /// [`Router::route`] against a config and health snapshot the caller
-    /// already holds, so that one transaction's decision, and what the
-    /// caller does with it, see one of each. The caller must have loaded
-    /// both just now: a decision on an old snapshot could send a read to a
-    /// replica demoted since.
     #[allow(clippy::too_many_arguments)]
-    pub fn route_in(
+    pub fn route(
         &self,
         config: &Config,
         snap: &HealthSnapshot,
@@ -335,7 +321,8 @@ mod tests {
             now: Instant,
         ) -> Result<RouteDecision, RouteError> {
             let analysis = self.analyze(sql, None);
-            self.route(session, sql, &analysis, now, &|_| 0)
+            let (config, snap) = (self.config.load(), self.health());
+            self.route(&config, &snap, session, sql, &analysis, now, &|_| 0)
         }
     }
 

@@ -71,7 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
             };
             let config = &*self.config;
-            shared.router.route_in(
+            shared.router.route(
                 config,
                 snap,
                 &mut self.routing,
