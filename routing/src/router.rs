@@ -99,15 +99,9 @@ impl Router {
         &self.shared.classifier
     }
 
-    /// The analysis of `sql` (cached), with the configured
-    /// `read_only_functions`.
-    pub fn analyze(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
-        self.analyze_in(&self.config.load(), sql, memo)
-    }
-
-    /// [`Router::analyze`] with the `read_only_functions` of `config`, a
-    /// config the caller already holds (one load per transaction).
-    pub fn analyze_in(
+    /// The analysis of `sql` (cached), with the `read_only_functions` of
+    /// `config`, the config the caller holds for the transaction.
+    pub fn analyze(
         &self,
         config: &Config,
         sql: &str,
@@ -320,8 +314,8 @@ mod tests {
             sql: &str,
             now: Instant,
         ) -> Result<RouteDecision, RouteError> {
-            let analysis = self.analyze(sql, None);
             let (config, snap) = (self.config.load(), self.health());
+            let analysis = self.analyze(&config, sql, None);
             self.route(&config, &snap, session, sql, &analysis, now, &|_| 0)
         }
     }

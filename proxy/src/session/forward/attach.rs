@@ -52,10 +52,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let shared = self.shared.clone();
         // A batch's joined text is analyzed as a whole; the memo is of
         // `sql` alone.
-        let analysis =
-            shared
-                .router
-                .analyze_in(&self.config, text, memo.filter(|_| batch.is_none()));
+        let analysis = shared
+            .router
+            .analyze(&self.config, text, memo.filter(|_| batch.is_none()));
         let now = Instant::now();
         // One health snapshot for the decision and the pool it names (not
         // kept over a catch-up wait: the pool is then found anew).
