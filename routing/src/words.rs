@@ -3,69 +3,94 @@
 //! filter run before lexing on every statement that may need it, most of
 //! which hold none of the words.
 //!
-//! One pass over the text's byte pairs, with two table lookups per pair: a
-//! word is compared whole only where its first two letters are. Data, not
+//! Pairs of bytes are looked up in two tables, not at every position but at
+//! every `stride`-th one: a word of at least `stride + 1` bytes covers
+//! `stride` consecutive pair positions, one of which is a multiple of the
+//! stride, so the word is seen there by whichever of its first `stride`
+//! pairs falls on it. With the effect words (four bytes or more) that is one
+//! lookup every three bytes; with `lagrouter` alone, one every eight. A
+//! word is compared whole only where a pair says it may start. Data, not
 //! branches, decide what is a candidate: the branch predictor sees the same
 //! outcome ("no candidate") almost every time, whatever the text.
 
 /// Up to 16 words, each of at least two bytes.
 pub(crate) struct WordSet<const N: usize> {
     words: [&'static str; N],
-    /// Per byte value: bit `k` (low half) when word `k` starts with it,
-    /// bit `16 + k` (high half) when it is word `k`'s second byte; either
-    /// letter case.
-    table: [u32; 256],
+    /// Positions between the pairs looked up: the shortest word's length
+    /// less one, at most `32 / N` (a bit per word and offset).
+    stride: usize,
+    /// Per byte value: bit `k * stride + o` when byte `o` of word `k` is
+    /// it, in either letter case (`o < stride`).
+    first: [u32; 256],
+    /// The same for byte `o + 1` of word `k`.
+    second: [u32; 256],
 }
 
 impl<const N: usize> WordSet<N> {
     pub(crate) const fn new(words: [&'static str; N]) -> Self {
-        assert!(N <= 16, "a WordSet holds up to 16 words");
-        let mut table = [0u32; 256];
+        assert!(N >= 1 && N <= 16, "a WordSet holds one to 16 words");
+        let mut shortest = usize::MAX;
+        let mut k = 0;
+        while k < N {
+            let len = words[k].len();
+            assert!(len >= 2, "a WordSet word has two bytes or more");
+            if len < shortest {
+                shortest = len;
+            }
+            k += 1;
+        }
+        let mut stride = shortest - 1;
+        if stride > 32 / N {
+            stride = 32 / N;
+        }
+        let (mut first, mut second) = ([0u32; 256], [0u32; 256]);
         let mut k = 0;
         while k < N {
             let w = words[k].as_bytes();
-            assert!(w.len() >= 2, "a WordSet word has two bytes or more");
-            let (first, second) = (1u32 << k, 1u32 << (16 + k));
-            table[w[0].to_ascii_lowercase() as usize] |= first;
-            table[w[0].to_ascii_uppercase() as usize] |= first;
-            table[w[1].to_ascii_lowercase() as usize] |= second;
-            table[w[1].to_ascii_uppercase() as usize] |= second;
+            let mut o = 0;
+            while o < stride {
+                let bit = 1u32 << (k * stride + o);
+                first[w[o].to_ascii_lowercase() as usize] |= bit;
+                first[w[o].to_ascii_uppercase() as usize] |= bit;
+                second[w[o + 1].to_ascii_lowercase() as usize] |= bit;
+                second[w[o + 1].to_ascii_uppercase() as usize] |= bit;
+                o += 1;
+            }
             k += 1;
         }
-        WordSet { words, table }
-    }
-
-    /// The words that may start with bytes `a` then `b`.
-    fn candidates(&self, a: u8, b: u8) -> u32 {
-        (self.table[a as usize] & (self.table[b as usize] >> 16)) & 0xFFFF
+        WordSet {
+            words,
+            stride,
+            first,
+            second,
+        }
     }
 
     /// Whether any of the words appears in `text`, in any ASCII letter case.
     pub(crate) fn any_in(&self, text: &str) -> bool {
         let b = text.as_bytes();
-        let mut i = 0;
-        // Eight pairs at a time, with no branch inside: a block with no
-        // candidate (most of them) costs one test.
-        while let Some(block) = b.get(i..i + 9) {
-            let mut any = 0;
-            for j in 0..8 {
-                any |= self.candidates(block[j], block[j + 1]);
-            }
-            if any != 0 && (i..i + 8).any(|j| self.word_at(b, j)) {
+        let mut p = 0;
+        while let Some(&[x, y]) = b.get(p..p + 2) {
+            let m = self.first[x as usize] & self.second[y as usize];
+            if m != 0 && self.word_around(b, p, m) {
                 return true;
             }
-            i += 8;
+            p += self.stride;
         }
-        (i..b.len().saturating_sub(1)).any(|j| self.word_at(b, j))
+        false
     }
 
-    /// Whether one of the words starts at byte `i` of `b`.
-    fn word_at(&self, b: &[u8], i: usize) -> bool {
-        let mut m = self.candidates(b[i], b[i + 1]);
+    /// Whether one of the words that `m` (bits of [`Self::first`]) says may
+    /// have its pair at `p` is really there.
+    #[cold]
+    fn word_around(&self, b: &[u8], p: usize, mut m: u32) -> bool {
         while m != 0 {
-            let w = self.words[m.trailing_zeros() as usize].as_bytes();
-            if b.get(i..i + w.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            let bit = m.trailing_zeros() as usize;
+            let (k, o) = (bit / self.stride, bit % self.stride);
+            let w = self.words[k].as_bytes();
+            if let Some(start) = p.checked_sub(o)
+                && b.get(start..start + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
             {
                 return true;
             }
@@ -79,7 +104,12 @@ impl<const N: usize> WordSet<N> {
 mod tests {
     use super::WordSet;
 
-    const SET: WordSet<4> = WordSet::new(["listen", "lisp", "temp", "te"]);
+    /// Stride 1: a two-byte word.
+    const SHORT: [&str; 4] = ["listen", "lisp", "temp", "te"];
+    /// Stride 3, as with the effect words.
+    const MEDIUM: [&str; 4] = ["listen", "lisp", "temp", "tempo"];
+    /// Stride 8, as with `lagrouter`.
+    const LONG: [&str; 1] = ["lagrouter"];
 
     fn naive(words: &[&str], text: &str) -> bool {
         words.iter().any(|k| {
@@ -89,9 +119,10 @@ mod tests {
         })
     }
 
-    #[test]
-    fn finds_what_a_naive_search_finds() {
-        let words = ["listen", "lisp", "temp", "te"];
+    /// `set` (of `words`) against a naive search: on fixed texts, on random
+    /// texts of every length up to 40 from `alphabet` (so words cross the
+    /// strides at every offset), and on every byte pair in a word's place.
+    fn agrees<const N: usize>(set: &WordSet<N>, words: &[&str], alphabet: &[u8]) {
         let texts = [
             "",
             "l",
@@ -105,18 +136,19 @@ mod tests {
             "T",
             "tE",
             "xte",
+            "tempO",
             "select 1",
             "ÄlistenÉ",
             "lis\u{e9}p",
+            "/* LaGrOuTeR:min_lsn=0/1 */ SELECT 1",
+            "SET lagrouter.route = primary",
+            "lagroute",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
             "UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 2",
         ];
         for t in texts {
-            assert_eq!(SET.any_in(t), naive(&words, t), "{t:?}");
+            assert_eq!(set.any_in(t), naive(words, t), "{t:?}");
         }
-        // Texts of every length up to 40 from the words' letters, in both
-        // cases, so words cross the eight-byte blocks at every offset.
-        let alphabet = b"lIsTeNmpPx _";
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         for len in 0..=40 {
             for _ in 0..200 {
@@ -128,15 +160,50 @@ mod tests {
                         alphabet[(seed % alphabet.len() as u64) as usize] as char
                     })
                     .collect();
-                assert_eq!(SET.any_in(&t), naive(&words, &t), "{t:?}");
+                assert_eq!(set.any_in(&t), naive(words, &t), "{t:?}");
             }
         }
-        // Every byte pair, in a word's place: only real letters match.
-        for a in 0..=255u8 {
-            for b in 0..=255u8 {
-                let t = String::from_utf8_lossy(&[b'x', a, b, b'm', b'p']).into_owned();
-                assert_eq!(SET.any_in(&t), naive(&words, &t), "{t:?}");
+        for w in words {
+            let w = w.as_bytes();
+            for i in 0..w.len() - 1 {
+                for a in 0..=255u8 {
+                    for b in 0..=255u8 {
+                        let mut t = vec![b'x'];
+                        t.extend_from_slice(&w[..i]);
+                        t.extend_from_slice(&[a, b]);
+                        t.extend_from_slice(&w[i + 2..]);
+                        let t = String::from_utf8_lossy(&t).into_owned();
+                        assert_eq!(set.any_in(&t), naive(words, &t), "{t:?}");
+                    }
+                }
             }
         }
+    }
+
+    #[test]
+    fn finds_what_a_naive_search_finds() {
+        let short = WordSet::new(SHORT);
+        assert_eq!(short.stride, 1);
+        agrees(&short, &SHORT, b"lIsTeNmpPx _");
+        let medium = WordSet::new(MEDIUM);
+        assert_eq!(medium.stride, 3);
+        agrees(&medium, &MEDIUM, b"lIsTeNmpPoOx _");
+        let long = WordSet::new(LONG);
+        assert_eq!(long.stride, 8);
+        agrees(&long, &LONG, b"lAgRoUtEex _");
+    }
+
+    #[test]
+    fn the_stride_leaves_a_bit_per_word_and_offset() {
+        // Sixteen long words: 32 / 16 = 2, not the shortest length less one.
+        let set = WordSet::new([
+            "aaaaaaaa", "bbbbbbbb", "cccccccc", "dddddddd", "eeeeeeee", "ffffffff", "gggggggg",
+            "hhhhhhhh", "iiiiiiii", "jjjjjjjj", "kkkkkkkk", "llllllll", "mmmmmmmm", "nnnnnnnn",
+            "oooooooo", "pppppppp",
+        ]);
+        assert_eq!(set.stride, 2);
+        assert!(set.any_in("xxPPPPPPPPxx"));
+        assert!(set.any_in("xxxpppppppp"));
+        assert!(!set.any_in("xxppppppp"));
     }
 }
