@@ -212,7 +212,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn run_inner(&mut self) -> End {
         loop {
-            if let Err(e) = self.flush_client().await {
+            if !self.to_client.is_empty()
+                && let Err(e) = self.flush_client().await
+            {
                 return e;
             }
             // Grown only while bytes are arriving: an empty buffer (a new
@@ -287,17 +289,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Err(e) = self.on_client_data().await {
                     return e;
                 }
-                if let Err(e) = self.write_server().await {
+                if self.server_write_due()
+                    && let Err(e) = self.write_server().await
+                {
                     return e;
                 }
             }
-            if self.server.is_some()
-                && let Err(e) = self.on_server_data().await
-            {
-                return e;
+            // Handled without a future in the common case (no read-ahead
+            // limit reached, no desync).
+            if self.server.is_some() {
+                match self.take_server_messages() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Err(e) = self.flush_client().await {
+                            return e;
+                        }
+                        if let Err(e) = self.on_server_data().await {
+                            return e;
+                        }
+                    }
+                    Err(detail) => return self.server_lost(detail).await,
+                }
             }
             self.maybe_release();
-            if let Err(e) = self.write_server().await {
+            if self.server_write_due()
+                && let Err(e) = self.write_server().await
+            {
                 return e;
             }
         }

@@ -18,15 +18,20 @@ use crate::server::stream::Progress;
 use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(super) async fn write_server(&mut self) -> Result<(), End> {
-        // Called after every read: most of the time there is nothing to
-        // write, and plain TCP holds nothing back to flush.
-        if self.to_server.is_empty()
-            && self
+    /// Whether [`Self::write_server`] has anything to do: bytes to send,
+    /// or a TLS stream that may hold some back. Checked before the call on
+    /// the hot path (after every read), so the common "nothing" costs no
+    /// future.
+    pub(super) fn server_write_due(&self) -> bool {
+        !self.to_server.is_empty()
+            || self
                 .server
                 .as_ref()
-                .is_none_or(|pc| pc.get().stream.is_plain())
-        {
+                .is_some_and(|pc| !pc.get().stream.is_plain())
+    }
+
+    pub(super) async fn write_server(&mut self) -> Result<(), End> {
+        if !self.server_write_due() {
             return Ok(());
         }
         let mut pos = 0;
@@ -89,7 +94,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// Handles the server's buffered messages, flushing to the client
+    /// whenever more than [`READ_AHEAD_LIMIT`] of answers wait.
     pub(super) async fn on_server_data(&mut self) -> Result<(), End> {
+        loop {
+            match self.take_server_messages() {
+                Ok(false) => return Ok(()),
+                Ok(true) => self.flush_client().await?,
+                Err(detail) => return Err(self.server_lost(detail).await),
+            }
+        }
+    }
+
+    /// Handles the server's buffered messages (no IO): what goes to the
+    /// client is queued in `to_client`. `Ok(true)` when it stopped with
+    /// more buffered because `to_client` holds more than
+    /// [`READ_AHEAD_LIMIT`]; `Err` says how the stream is out of step.
+    pub(super) fn take_server_messages(&mut self) -> Result<bool, String> {
         let Session {
             server,
             expect,
@@ -196,16 +217,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             conn.prepared.remove(&name);
         }
         if let Some(detail) = desync {
-            return Err(self
-                .server_lost(format!("protocol out of step: {detail}"))
-                .await);
+            return Err(format!("protocol out of step: {detail}"));
         }
-        if self.to_client.len() > READ_AHEAD_LIMIT {
-            // Flush and come back for the rest of what is buffered.
-            self.flush_client().await?;
-            return Box::pin(self.on_server_data()).await;
-        }
-        Ok(())
+        Ok(self.to_client.len() > READ_AHEAD_LIMIT)
     }
 
     /// Asks the primary where a writing transaction's commit landed, right
