@@ -44,7 +44,12 @@ pub struct PoolStats {
 pub struct ServerPool {
     pub key: PoolKey,
     pub node: Arc<NodeAddr>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection moves in and out of here, and through the
+    /// session, on every transaction; a pointer moves cheaper than the
+    /// struct (measured: 6% of the proxy's instructions per select-only
+    /// transaction).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     permits: Arc<Semaphore>,
     size: AtomicUsize,
     pub stats: PoolStats,
@@ -175,7 +180,7 @@ impl ServerPool {
         self.stats.in_use.fetch_add(1, Ordering::Relaxed);
         self.traffic.started();
         Ok(PooledConn {
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             _permit: permit,
             pool: self.clone(),
         })
@@ -223,7 +228,7 @@ impl ServerPool {
         }
     }
 
-    fn give_back(&self, mut conn: ServerConn) {
+    fn give_back(&self, mut conn: Box<ServerConn>) {
         conn.last_used = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
@@ -241,7 +246,7 @@ impl Drop for Decrement<'_> {
 /// A checked-out connection. [`PooledConn::release`] returns it; dropping
 /// it otherwise closes the connection (a dirty connection never returns).
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<ServerPool>,
 }
