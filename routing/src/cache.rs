@@ -38,7 +38,8 @@ pub const MAX_CACHED_TEXT: usize = 16 * 1024;
 const SHARDS: usize = 16;
 
 struct Entry {
-    text: Box<str>,
+    /// Shared with the sessions whose last text it is ([`LastAnalysis`]).
+    text: Arc<str>,
     /// Whether the analysis holds for every text of this one's shape (its
     /// digits do not matter), or only for this exact text.
     shaped: bool,
@@ -109,19 +110,30 @@ impl StatementCache {
 
     /// [`Self::get`] with the key already computed.
     pub fn get_keyed(&self, hash: u64, sql: &str, epoch: u64) -> Option<Arc<Analysis>> {
+        self.lookup(hash, sql, epoch, |e| e.analysis.clone())
+    }
+
+    /// `f` of the entry that answers for `sql` at `epoch`, if any.
+    fn lookup<R>(
+        &self,
+        hash: u64,
+        sql: &str,
+        epoch: u64,
+        f: impl FnOnce(&Entry) -> R,
+    ) -> Option<R> {
         let mut shard = self.shard(hash);
         if let Some(e) = shard.current.get(&hash) {
-            return e.answers(sql, epoch).then(|| e.analysis.clone());
+            return e.answers(sql, epoch).then(|| f(e));
         }
         let e = shard.previous.remove(&hash)?;
         if !e.answers(sql, epoch) {
             return None;
         }
-        let analysis = e.analysis.clone();
+        let r = f(&e);
         let evicted = shard.insert(hash, e, self.generation_entries, self.generation_bytes);
         drop(shard);
         drop(evicted);
-        Some(analysis)
+        Some(r)
     }
 
     /// Caches `analysis` for `sql` at `epoch` (replacing whatever shared its
@@ -206,6 +218,46 @@ struct Inputs {
 #[derive(Debug, Default)]
 pub struct AnalysisMemo(Mutex<Option<(u64, Arc<Analysis>)>>);
 
+/// A session's last analyzed text that was in the cache, with its
+/// analysis: clients that send one statement shape over and over (with
+/// new literals each time, as `pgbench -S`) get the analysis back after
+/// one comparison, with no hashing and no shard lock. The text is the
+/// cache entry's own (shared, not copied); texts over [`MAX_LAST_TEXT`]
+/// are not kept, so a session holds at most that much of it alive after
+/// the cache evicts it.
+#[derive(Debug, Default)]
+pub struct LastAnalysis(Option<Last>);
+
+#[derive(Debug)]
+struct Last {
+    text: Arc<str>,
+    shaped: bool,
+    epoch: u64,
+    analysis: Arc<Analysis>,
+}
+
+impl LastAnalysis {
+    /// Forgets the text (an idle session gives back what it holds).
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Longest text a [`LastAnalysis`] keeps.
+pub const MAX_LAST_TEXT: usize = 1024;
+
+/// Where the caller of [`Classifier::analyze_memo`] keeps an analysis for
+/// next time.
+#[derive(Debug)]
+pub enum Memo<'a> {
+    /// Nowhere: the shared cache only.
+    None,
+    /// A prepared statement's, for its one text.
+    Statement(&'a AnalysisMemo),
+    /// A session's last text, compared with whatever text comes next.
+    Last(&'a mut LastAnalysis),
+}
+
 /// Classification with its cache and its inputs (function catalog,
 /// `read_only_functions`), shared by every session.
 pub struct Classifier {
@@ -265,9 +317,38 @@ impl Classifier {
 
     /// The analysis of `sql`, from the cache when possible.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        self.analyze_last(sql, None)
+    }
+
+    /// [`Self::analyze`], trying `last` (the session's last text) first and
+    /// making the cache's entry for `sql` the new `last`.
+    fn analyze_last(&self, sql: &str, mut last: Option<&mut LastAnalysis>) -> Arc<Analysis> {
         let inputs = self.inputs.load();
+        if let Some(l) = last.as_ref().and_then(|l| l.0.as_ref())
+            && l.epoch == inputs.epoch
+            && if l.shaped {
+                same_shape(&l.text, sql)
+            } else {
+                *l.text == *sql
+            }
+        {
+            return l.analysis.clone();
+        }
         let key = self.cache.key(sql);
-        if let Some(a) = self.cache.get_keyed(key, sql, inputs.epoch) {
+        let hit = self.cache.lookup(key, sql, inputs.epoch, |e| {
+            if sql.len() <= MAX_LAST_TEXT
+                && let Some(last) = last.as_mut()
+            {
+                last.0 = Some(Last {
+                    text: e.text.clone(),
+                    shaped: e.shaped,
+                    epoch: e.epoch,
+                    analysis: e.analysis.clone(),
+                });
+            }
+            e.analysis.clone()
+        });
+        if let Some(a) = hit {
             return a;
         }
         let a = Arc::new(analyze(sql, &inputs.catalog, &inputs.extra));
@@ -279,13 +360,16 @@ impl Classifier {
         a
     }
 
-    /// The analysis of `sql`; with `memo` (a prepared statement's, for its
-    /// text), from the memo while the classifier's inputs are those it was
-    /// made with: a statement run again and again is then neither hashed
-    /// nor compared with the cache's copy.
-    pub fn analyze_memo(&self, sql: &str, memo: Option<&AnalysisMemo>) -> Arc<Analysis> {
-        let Some(memo) = memo else {
-            return self.analyze(sql);
+    /// The analysis of `sql`, kept in `memo` for next time: a prepared
+    /// statement's memo (for its text) serves while the classifier's inputs
+    /// are those it was made with, so a statement run again and again is
+    /// neither hashed nor compared with the cache's copy; a session's last
+    /// text serves the next text of the same shape after one comparison.
+    pub fn analyze_memo(&self, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        let memo = match memo {
+            Memo::None => return self.analyze(sql),
+            Memo::Last(last) => return self.analyze_last(sql, Some(last)),
+            Memo::Statement(m) => m,
         };
         let epoch = self.inputs.load().epoch;
         if let Ok(m) = memo.0.lock()
@@ -366,19 +450,65 @@ mod tests {
         let k = Classifier::new(100);
         let memo = AnalysisMemo::default();
         let sql = "SELECT app_total(1)";
-        let first = k.analyze_memo(sql, Some(&memo));
+        let first = k.analyze_memo(sql, Memo::Statement(&memo));
         assert!(first.writes, "an unknown function may write");
         assert!(
-            Arc::ptr_eq(&first, &k.analyze_memo(sql, Some(&memo))),
+            Arc::ptr_eq(&first, &k.analyze_memo(sql, Memo::Statement(&memo))),
             "served from the memo"
         );
         k.sync_read_only_functions(&["app_total".to_string()]);
-        let after = k.analyze_memo(sql, Some(&memo));
+        let after = k.analyze_memo(sql, Memo::Statement(&memo));
         assert!(
             !after.writes,
             "the operator's read-only list is seen at once"
         );
-        assert!(Arc::ptr_eq(&after, &k.analyze_memo(sql, Some(&memo))));
+        assert!(Arc::ptr_eq(
+            &after,
+            &k.analyze_memo(sql, Memo::Statement(&memo))
+        ));
+    }
+
+    #[test]
+    fn a_sessions_last_text_serves_its_shape_until_the_inputs_change() {
+        let k = Classifier::new(100);
+        let mut last = LastAnalysis::default();
+        let read = |n: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}");
+        // Cached at the second sight, kept as the last text at the third.
+        for n in 1..=3 {
+            assert!(!k.analyze_memo(&read(n), Memo::Last(&mut last)).writes);
+        }
+        let kept = last.0.as_ref().map(|l| l.analysis.clone()).expect("kept");
+        let served = k.analyze_memo(&read(123_456), Memo::Last(&mut last));
+        assert!(Arc::ptr_eq(&kept, &served), "same shape: from the memo");
+        // Another shape is not served from it.
+        let other = "SELECT app_total(1)";
+        assert!(k.analyze_memo(other, Memo::Last(&mut last)).writes);
+        // A new catalog epoch: the memo no longer answers.
+        let mut last = LastAnalysis::default();
+        for _ in 0..3 {
+            k.analyze_memo(other, Memo::Last(&mut last));
+        }
+        k.sync_read_only_functions(&["app_total".to_string()]);
+        assert!(!k.analyze_memo(other, Memo::Last(&mut last)).writes);
+        // Texts whose digits matter answer only for themselves.
+        let mut last = LastAnalysis::default();
+        let ro = |n: u32| format!("BEGIN; SET transaction_read_only = {n}");
+        for _ in 0..3 {
+            k.analyze_memo(&ro(1), Memo::Last(&mut last));
+        }
+        assert!(last.0.as_ref().is_some_and(|l| !l.shaped));
+        assert_eq!(
+            k.analyze_memo(&ro(2), Memo::Last(&mut last)).class,
+            Class::Write
+        );
+        // A long text is analyzed and cached but not kept.
+        let mut last = LastAnalysis::default();
+        let long = format!("SELECT 1 /* {} */", "x".repeat(MAX_LAST_TEXT));
+        for _ in 0..3 {
+            k.analyze_memo(&long, Memo::Last(&mut last));
+        }
+        assert!(last.0.is_none());
+        last.clear();
     }
 
     #[test]

@@ -61,7 +61,9 @@ mod statements;
 mod words;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
-pub use cache::{AnalysisMemo, Classifier, MAX_CACHED_TEXT, StatementCache};
+pub use cache::{
+    AnalysisMemo, Classifier, LastAnalysis, MAX_CACHED_TEXT, MAX_LAST_TEXT, Memo, StatementCache,
+};
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
 pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};

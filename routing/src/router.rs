@@ -17,7 +17,7 @@ use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 use crate::session::SessionRouting;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::cache::{AnalysisMemo, Classifier};
+use crate::cache::{Classifier, Memo};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
 use crate::gate::{GateStatus, WriteGate, gate_status};
@@ -101,12 +101,7 @@ impl Router {
 
     /// The analysis of `sql` (cached), with the `read_only_functions` of
     /// `config`, the config the caller holds for the transaction.
-    pub fn analyze(
-        &self,
-        config: &Config,
-        sql: &str,
-        memo: Option<&AnalysisMemo>,
-    ) -> Arc<Analysis> {
+    pub fn analyze(&self, config: &Config, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
         let classifier = &self.shared.classifier;
         classifier.sync_read_only_functions(&config.routing.read_only_functions);
         classifier.analyze_memo(sql, memo)
@@ -315,7 +310,7 @@ mod tests {
             now: Instant,
         ) -> Result<RouteDecision, RouteError> {
             let (config, snap) = (self.config.load(), self.health());
-            let analysis = self.analyze(&config, sql, None);
+            let analysis = self.analyze(&config, sql, Memo::None);
             self.route(&config, &snap, session, sql, &analysis, now, &|_| 0)
         }
     }

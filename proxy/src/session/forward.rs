@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Buf, BytesMut};
 use lagrouter_config::{Config, PoolMode};
 use lagrouter_health::Lsn;
-use lagrouter_routing::{ProxyCommand, RouteOverride, SessionRouting};
+use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, SessionRouting};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::local::LocalStatements;
@@ -140,6 +140,13 @@ pub struct Session<S> {
     registered: Option<ClientEntry>,
     /// The client message being handled (see [`COPIED_FRAME`]), reused.
     frame_buf: BytesMut,
+    /// The last text routing analyzed (of a simple query or an unnamed
+    /// statement), tried first for the next.
+    last_routed: LastAnalysis,
+    /// The same inside transactions (whether a statement writes): kept
+    /// apart, so a transaction's first statement and its body do not
+    /// replace each other at every transaction.
+    last_in_txn: LastAnalysis,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -190,6 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             server_stream: Passthrough::default(),
             registered: None,
             frame_buf: BytesMut::new(),
+            last_routed: LastAnalysis::default(),
+            last_in_txn: LastAnalysis::default(),
         }
     }
 
@@ -411,6 +420,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.to_client = BytesMut::new();
             self.to_server = BytesMut::new();
             self.frame_buf = BytesMut::new();
+            self.last_routed.clear();
+            self.last_in_txn.clear();
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lagrouter_health::{HealthSnapshot, Lsn};
-use lagrouter_routing::{AnalysisMemo, ServerEffects};
+use lagrouter_routing::{AnalysisMemo, Memo, ServerEffects};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProxyError;
@@ -38,6 +38,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // at attach). The analysis also says what `sql` does to the
             // connection, so the caller need not look for it again.
             if self.txn == Txn::Primary && !sql.is_empty() {
+                let memo = match memo {
+                    Some(m) => Memo::Statement(m),
+                    None => Memo::Last(&mut self.last_in_txn),
+                };
                 let analysis = self.shared.router.classifier().analyze_memo(sql, memo);
                 if analysis.writes {
                     self.txn = Txn::Write;
@@ -50,11 +54,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
-        // A batch's joined text is analyzed as a whole; the memo is of
-        // `sql` alone.
-        let analysis = shared
-            .router
-            .analyze(&self.config, text, memo.filter(|_| batch.is_none()));
+        // A batch's joined text is analyzed as a whole, with no memo (a
+        // statement's is of `sql` alone; a session's last text is of one
+        // statement, as is most traffic).
+        let memo = match (memo, &batch) {
+            (_, Some(_)) => Memo::None,
+            (Some(m), None) => Memo::Statement(m),
+            (None, None) => Memo::Last(&mut self.last_routed),
+        };
+        let analysis = shared.router.analyze(&self.config, text, memo);
         let now = Instant::now();
         // One health snapshot for the decision and the pool it names (not
         // kept over a catch-up wait: the pool is then found anew).
