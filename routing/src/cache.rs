@@ -37,6 +37,9 @@ pub const MAX_CACHED_TEXT: usize = 16 * 1024;
 
 const SHARDS: usize = 16;
 
+/// Cloned cheaply (two reference counts): a session keeps a copy as its
+/// [`LastAnalysis`].
+#[derive(Debug, Clone)]
 struct Entry {
     /// Shared with the sessions whose last text it is ([`LastAnalysis`]).
     text: Arc<str>,
@@ -224,17 +227,10 @@ pub struct AnalysisMemo(Mutex<Option<(u64, Arc<Analysis>)>>);
 /// one comparison, with no hashing and no shard lock. The text is the
 /// cache entry's own (shared, not copied); texts over [`MAX_LAST_TEXT`]
 /// are not kept, so a session holds at most that much of it alive after
-/// the cache evicts it.
+/// the cache evicts it. It answers as the cache entry would
+/// ([`Entry::answers`]).
 #[derive(Debug, Default)]
-pub struct LastAnalysis(Option<Last>);
-
-#[derive(Debug)]
-struct Last {
-    text: Arc<str>,
-    shaped: bool,
-    epoch: u64,
-    analysis: Arc<Analysis>,
-}
+pub struct LastAnalysis(Option<Entry>);
 
 impl LastAnalysis {
     /// Forgets the text (an idle session gives back what it holds).
@@ -325,12 +321,7 @@ impl Classifier {
     fn analyze_last(&self, sql: &str, mut last: Option<&mut LastAnalysis>) -> Arc<Analysis> {
         let inputs = self.inputs.load();
         if let Some(l) = last.as_ref().and_then(|l| l.0.as_ref())
-            && l.epoch == inputs.epoch
-            && if l.shaped {
-                same_shape(&l.text, sql)
-            } else {
-                *l.text == *sql
-            }
+            && l.answers(sql, inputs.epoch)
         {
             return l.analysis.clone();
         }
@@ -339,12 +330,7 @@ impl Classifier {
             if sql.len() <= MAX_LAST_TEXT
                 && let Some(last) = last.as_mut()
             {
-                last.0 = Some(Last {
-                    text: e.text.clone(),
-                    shaped: e.shaped,
-                    epoch: e.epoch,
-                    analysis: e.analysis.clone(),
-                });
+                last.0 = Some(e.clone());
             }
             e.analysis.clone()
         });
@@ -488,6 +474,7 @@ mod tests {
         for _ in 0..3 {
             k.analyze_memo(other, Memo::Last(&mut last));
         }
+        assert!(last.0.is_some(), "kept before the inputs change");
         k.sync_read_only_functions(&["app_total".to_string()]);
         assert!(!k.analyze_memo(other, Memo::Last(&mut last)).writes);
         // Texts whose digits matter answer only for themselves.
@@ -508,7 +495,13 @@ mod tests {
             k.analyze_memo(&long, Memo::Last(&mut last));
         }
         assert!(last.0.is_none());
+        // An idle session gives it back.
+        for n in 1..=3 {
+            k.analyze_memo(&read(n), Memo::Last(&mut last));
+        }
+        assert!(last.0.is_some());
         last.clear();
+        assert!(last.0.is_none());
     }
 
     #[test]
