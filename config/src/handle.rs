@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, Cache, Guard};
 
 use crate::Config;
+
+/// See [`ConfigHandle::cache`].
+pub type ConfigCache = Cache<Arc<ArcSwap<Config>>, Arc<Config>>;
 
 /// Shared handle to the current configuration. Readers take a snapshot
 /// with [`ConfigHandle::load`] and keep using it for the work they started
@@ -31,6 +34,14 @@ impl ConfigHandle {
     /// An owned snapshot, for keeping across awaits.
     pub fn load_full(&self) -> Arc<Config> {
         self.inner.load_full()
+    }
+
+    /// A per-owner cache of the current configuration: its
+    /// [`Cache::load`] costs one atomic load while no reload happened, where
+    /// [`ConfigHandle::load_full`] takes and releases a reference each time
+    /// (every transaction of every session asks).
+    pub fn cache(&self) -> ConfigCache {
+        Cache::new(self.inner.clone())
     }
 
     /// Replaces the configuration. Callers validate first.

@@ -22,7 +22,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, Problem};
-pub use handle::ConfigHandle;
+pub use handle::{ConfigCache, ConfigHandle};
 pub use schema::*;
 pub use tls::{NodeTls, ServerTls};
 

@@ -313,13 +313,63 @@ impl Classifier {
 
     /// The analysis of `sql`, from the cache when possible.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        self.analyze_last(sql, None)
+        self.analyze_in(&self.inputs.load(), sql, Memo::None)
     }
 
-    /// [`Self::analyze`], trying `last` (the session's last text) first and
-    /// making the cache's entry for `sql` the new `last`.
-    fn analyze_last(&self, sql: &str, mut last: Option<&mut LastAnalysis>) -> Arc<Analysis> {
-        let inputs = self.inputs.load();
+    /// The analysis of `sql`, kept in `memo` for next time: a prepared
+    /// statement's memo (for its text) serves while the classifier's inputs
+    /// are those it was made with, so a statement run again and again is
+    /// neither hashed nor compared with the cache's copy; a session's last
+    /// text serves the next text of the same shape after one comparison.
+    pub fn analyze_memo(&self, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        self.analyze_in(&self.inputs.load(), sql, memo)
+    }
+
+    /// [`Self::analyze_memo`] with `read_only_functions` (config
+    /// `routing.read_only_functions`) made the operator's list first if it
+    /// changed: one load of the inputs for both when it did not.
+    pub fn analyze_with(
+        &self,
+        sql: &str,
+        memo: Memo<'_>,
+        read_only_functions: &[String],
+    ) -> Arc<Analysis> {
+        let mut inputs = self.inputs.load();
+        if inputs.extra_source != read_only_functions {
+            drop(inputs);
+            self.sync_read_only_functions(read_only_functions);
+            inputs = self.inputs.load();
+        }
+        self.analyze_in(&inputs, sql, memo)
+    }
+
+    fn analyze_in(&self, inputs: &Inputs, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        let memo = match memo {
+            Memo::None => return self.analyze_last(inputs, sql, None),
+            Memo::Last(last) => return self.analyze_last(inputs, sql, Some(last)),
+            Memo::Statement(m) => m,
+        };
+        if let Ok(m) = memo.0.lock()
+            && let Some((e, a)) = &*m
+            && *e == inputs.epoch
+        {
+            return a.clone();
+        }
+        let a = self.analyze_last(inputs, sql, None);
+        if let Ok(mut m) = memo.0.lock() {
+            *m = Some((inputs.epoch, a.clone()));
+        }
+        a
+    }
+
+    /// The analysis of `sql` at `inputs`, trying `last` (the session's last
+    /// text) first and making the cache's entry for `sql` the new `last`.
+    fn analyze_last(
+        &self,
+        inputs: &Inputs,
+        sql: &str,
+        mut last: Option<&mut LastAnalysis>,
+    ) -> Arc<Analysis> {
         if let Some(l) = last.as_ref().and_then(|l| l.0.as_ref())
             && l.answers(sql, inputs.epoch)
         {
@@ -342,31 +392,6 @@ impl Classifier {
         let slot = &self.seen[key as usize & (SEEN_SLOTS - 1)];
         if slot.swap(key, Ordering::Relaxed) == key {
             self.cache.insert_keyed(key, sql, inputs.epoch, a.clone());
-        }
-        a
-    }
-
-    /// The analysis of `sql`, kept in `memo` for next time: a prepared
-    /// statement's memo (for its text) serves while the classifier's inputs
-    /// are those it was made with, so a statement run again and again is
-    /// neither hashed nor compared with the cache's copy; a session's last
-    /// text serves the next text of the same shape after one comparison.
-    pub fn analyze_memo(&self, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
-        let memo = match memo {
-            Memo::None => return self.analyze(sql),
-            Memo::Last(last) => return self.analyze_last(sql, Some(last)),
-            Memo::Statement(m) => m,
-        };
-        let epoch = self.inputs.load().epoch;
-        if let Ok(m) = memo.0.lock()
-            && let Some((e, a)) = &*m
-            && *e == epoch
-        {
-            return a.clone();
-        }
-        let a = self.analyze(sql);
-        if let Ok(mut m) = memo.0.lock() {
-            *m = Some((epoch, a.clone()));
         }
         a
     }
@@ -452,6 +477,35 @@ mod tests {
             &after,
             &k.analyze_memo(sql, Memo::Statement(&memo))
         ));
+    }
+
+    #[test]
+    fn analyze_with_follows_the_configured_read_only_list() {
+        let k = Classifier::new(100);
+        let sql = "SELECT app_total(1)";
+        let none: &[String] = &[];
+        let listed = ["app_total".to_string()];
+        for _ in 0..3 {
+            assert!(k.analyze_with(sql, Memo::None, none).writes);
+        }
+        let epoch = k.inputs.load().epoch;
+        assert!(
+            !k.analyze_with(sql, Memo::None, &listed).writes,
+            "seen at once"
+        );
+        assert_eq!(k.inputs.load().epoch, epoch + 1);
+        for _ in 0..3 {
+            assert!(!k.analyze_with(sql, Memo::None, &listed).writes);
+        }
+        assert_eq!(
+            k.inputs.load().epoch,
+            epoch + 1,
+            "an unchanged list changes nothing"
+        );
+        assert!(
+            k.analyze_with(sql, Memo::None, none).writes,
+            "and taken back"
+        );
     }
 
     #[test]

@@ -102,9 +102,9 @@ impl Router {
     /// The analysis of `sql` (cached), with the `read_only_functions` of
     /// `config`, the config the caller holds for the transaction.
     pub fn analyze(&self, config: &Config, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
-        let classifier = &self.shared.classifier;
-        classifier.sync_read_only_functions(&config.routing.read_only_functions);
-        classifier.analyze_memo(sql, memo)
+        self.shared
+            .classifier
+            .analyze_with(sql, memo, &config.routing.read_only_functions)
     }
 
     /// Decides where the transaction that starts with `sql` goes, from its

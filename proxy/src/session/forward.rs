@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
-use lagrouter_config::{Config, PoolMode};
+use lagrouter_config::{Config, ConfigCache, PoolMode};
 use lagrouter_health::Lsn;
 use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, SessionRouting};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -104,7 +104,10 @@ impl Txn {
 pub struct Session<S> {
     pub(super) client: S,
     pub(super) shared: Arc<Shared>,
+    /// The config of the attached (or last) transaction.
     pub(super) config: Arc<Config>,
+    /// Where `config` is refreshed from at each transaction.
+    config_cache: ConfigCache,
     pub(super) user: Arc<UserAuth>,
     pub(super) database: Arc<str>,
     pub(super) cancel: CancelKey,
@@ -160,7 +163,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         params: SessionParams,
         cbuf: BytesMut,
     ) -> Self {
-        let config = shared.config.load_full();
+        let mut config_cache = shared.config.cache();
+        let config = config_cache.load().clone();
         let mut routing = SessionRouting::default();
         if config.pool.mode == PoolMode::Session {
             // A session-mode session keeps the server connection of its
@@ -172,6 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client,
             shared,
             config,
+            config_cache,
             user,
             database,
             cancel,

@@ -50,7 +50,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return Ok(None);
         }
-        self.config = self.shared.config.load_full();
+        let current = self.config_cache.load();
+        if !Arc::ptr_eq(current, &self.config) {
+            self.config = current.clone();
+        }
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
         let shared = self.shared.clone();
