@@ -112,6 +112,12 @@ impl Expect {
         self.queue.push_back(Entry::Server { req, forward, name });
     }
 
+    /// Whether [`Self::take_failed_parses`] has any to give.
+    #[inline]
+    pub fn has_failed_parses(&self) -> bool {
+        !self.failed_parses.is_empty()
+    }
+
     /// Statements whose `Parse` did not take effect since the last call.
     pub fn take_failed_parses(&mut self) -> Vec<Arc<str>> {
         std::mem::take(&mut self.failed_parses)
@@ -120,6 +126,12 @@ impl Expect {
     /// Records a message the proxy answers itself at this point in order.
     pub fn push_synthetic(&mut self, msg: Bytes) {
         self.queue.push_back(Entry::Synthetic(msg));
+    }
+
+    /// Whether the next thing owed is a synthetic message.
+    #[inline]
+    pub fn synthetic_due(&self) -> bool {
+        matches!(self.queue.front(), Some(Entry::Synthetic(_)))
     }
 
     /// The synthetic message now due, if the next thing owed is one.

@@ -30,7 +30,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A NUL-terminated string (bytes, without the NUL).
+    #[inline]
     pub fn cstr(&mut self) -> Result<&'a [u8], DecodeError> {
+        // Most names are empty (the unnamed statement and portal): no
+        // search for those.
+        if self.buf.first() == Some(&0) {
+            self.buf = &self.buf[1..];
+            return Ok(&[]);
+        }
         // memchr: every Parse carries its query text through here.
         let end =
             memchr::memchr(0, self.buf).ok_or_else(|| self.err("missing string terminator"))?;
@@ -40,8 +47,12 @@ impl<'a> Reader<'a> {
     }
 
     /// A NUL-terminated UTF-8 string.
+    #[inline]
     pub fn cstr_utf8(&mut self) -> Result<&'a str, DecodeError> {
         let b = self.cstr()?;
+        if b.is_empty() {
+            return Ok("");
+        }
         std::str::from_utf8(b).map_err(|_| self.err("string is not valid UTF-8"))
     }
 
@@ -80,5 +91,26 @@ impl<'a> Reader<'a> {
     /// Whether the body is used up.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_empty_or_not_and_unterminated() {
+        let mut r = Reader::new(b"\0abc\0\0\xff\0", "t");
+        assert_eq!(r.cstr_utf8(), Ok(""));
+        assert_eq!(r.cstr_utf8(), Ok("abc"));
+        assert_eq!(r.cstr(), Ok(&b""[..]));
+        assert_eq!(
+            r.cstr_utf8().unwrap_err().detail,
+            "string is not valid UTF-8"
+        );
+        assert!(r.is_empty());
+        assert_eq!(r.cstr().unwrap_err().detail, "missing string terminator");
+        let mut r = Reader::new(b"ab", "t");
+        assert_eq!(r.cstr().unwrap_err().detail, "missing string terminator");
     }
 }

@@ -16,13 +16,21 @@ use crate::session::local;
 use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    #[inline]
     pub(super) fn drain_synthetic(&mut self) {
+        if !self.expect.synthetic_due() {
+            return;
+        }
         while let Some(m) = self.expect.pop_synthetic() {
             self.to_client.extend_from_slice(&m);
         }
     }
 
+    #[inline]
     pub(super) fn forget_failed_parses(&mut self) {
+        if !self.expect.has_failed_parses() {
+            return;
+        }
         let failed = self.expect.take_failed_parses();
         if failed.is_empty() {
             return;

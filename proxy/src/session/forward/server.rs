@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use lagrouter_config::PoolMode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -110,6 +110,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// client is queued in `to_client`. `Ok(true)` when it stopped with
     /// more buffered because `to_client` holds more than
     /// [`READ_AHEAD_LIMIT`]; `Err` says how the stream is out of step.
+    ///
+    /// Messages are read in place: a run of forwarded messages is copied to
+    /// `to_client` in one piece when something else must come between
+    /// (a dropped answer, a synthetic one) or at the end, and the read
+    /// buffer is advanced once.
     pub(super) fn take_server_messages(&mut self) -> Result<bool, String> {
         let Session {
             server,
@@ -122,8 +127,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } = self;
         let conn = server.as_mut().expect("attached").conn();
         let mut desync = None;
+        // `read_buf[span..pos]`: forwarded, not copied yet; `pos`: the next
+        // message.
+        let (mut span, mut pos) = (0, 0);
+        let settle = |to_client: &mut BytesMut, buf: &mut BytesMut, span: usize, pos: usize| {
+            to_client.extend_from_slice(&buf[span..pos]);
+            buf.advance(pos);
+        };
         loop {
             if server_stream.remaining > 0 {
+                settle(to_client, &mut conn.read_buf, span, pos);
+                (span, pos) = (0, 0);
                 let n = server_stream.remaining.min(conn.read_buf.len());
                 if n == 0 {
                     break;
@@ -135,7 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 server_stream.remaining -= n;
                 continue;
             }
-            let (tag, total) = match peek_header(&conn.read_buf, MAX_MESSAGE_LEN) {
+            let (tag, total) = match peek_header(&conn.read_buf[pos..], MAX_MESSAGE_LEN) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -143,7 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     break;
                 }
             };
-            if conn.read_buf.len() < total {
+            if conn.read_buf.len() - pos < total {
+                settle(to_client, &mut conn.read_buf, span, pos);
+                (span, pos) = (0, 0);
                 if total > STREAM_THRESHOLD
                     && !matches!(tag, be::READY_FOR_QUERY | be::PARAMETER_STATUS | be::ERROR)
                 {
@@ -164,8 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 conn.read_buf.reserve(total - conn.read_buf.len());
                 break;
             }
-            // Read in place, consumed at the end of the iteration.
-            let frame = &conn.read_buf[..total];
+            let frame = &conn.read_buf[pos..pos + total];
             let status = if tag == be::READY_FOR_QUERY {
                 frame.get(5).copied().unwrap_or(status::IDLE)
             } else {
@@ -202,17 +217,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 _ => {}
             }
-            if forward {
-                to_client.extend_from_slice(frame);
+            if !forward {
+                to_client.extend_from_slice(&conn.read_buf[span..pos]);
+                span = pos + total;
             }
-            conn.read_buf.advance(total);
-            while let Some(m) = expect.pop_synthetic() {
-                to_client.extend_from_slice(&m);
+            pos += total;
+            if expect.synthetic_due() {
+                to_client.extend_from_slice(&conn.read_buf[span..pos]);
+                span = pos;
+                while let Some(m) = expect.pop_synthetic() {
+                    to_client.extend_from_slice(&m);
+                }
             }
-            if to_client.len() > READ_AHEAD_LIMIT {
+            if to_client.len() + (pos - span) > READ_AHEAD_LIMIT {
                 break;
             }
         }
+        settle(to_client, &mut conn.read_buf, span, pos);
         for name in expect.take_failed_parses() {
             conn.prepared.remove(&name);
         }
