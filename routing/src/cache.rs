@@ -221,23 +221,61 @@ struct Inputs {
 #[derive(Debug, Default)]
 pub struct AnalysisMemo(Mutex<Option<(u64, Arc<Analysis>)>>);
 
-/// A session's last analyzed text that was in the cache, with its
-/// analysis: clients that send one statement shape over and over (with
-/// new literals each time, as `pgbench -S`) get the analysis back after
-/// one comparison, with no hashing and no shard lock. The text is the
-/// cache entry's own (shared, not copied); texts over [`MAX_LAST_TEXT`]
-/// are not kept, so a session holds at most that much of it alive after
-/// the cache evicts it. It answers as the cache entry would
-/// ([`Entry::answers`]).
+/// A session's last few analyzed texts that were in the cache, with their
+/// analyses: clients that send one statement shape over and over (with
+/// new literals each time, as `pgbench -S`), or a transaction of a few
+/// shapes, get the analysis back after a comparison or a few, with no
+/// hashing and no shard lock. The texts are the cache entries' own
+/// (shared, not copied); texts over [`MAX_LAST_TEXT`] are not kept, so a
+/// session holds at most [`LAST_TEXTS`] of that alive after the cache
+/// evicts them. Each answers as its cache entry would
+/// ([`Entry::answers`]); the oldest is replaced first.
 #[derive(Debug, Default)]
-pub struct LastAnalysis(Option<Entry>);
+pub struct LastAnalysis {
+    slots: [Option<Entry>; LAST_TEXTS],
+    /// The slot the next text replaces.
+    next: usize,
+    /// The slot that answered (or was filled) last.
+    last_hit: usize,
+}
 
 impl LastAnalysis {
-    /// Forgets the text (an idle session gives back what it holds).
+    /// Forgets the texts (an idle session gives back what it holds).
     pub fn clear(&mut self) {
-        self.0 = None;
+        *self = Self::default();
+    }
+
+    /// The kept entry that answers for `sql` at `epoch`: the one that
+    /// answered last is asked first (a shape often comes several times in
+    /// a row), then the others.
+    fn find(&mut self, sql: &str, epoch: u64) -> Option<&Entry> {
+        let first = self.last_hit;
+        let at = std::iter::once(first)
+            .chain((0..LAST_TEXTS).filter(|&i| i != first))
+            .find(|&i| {
+                self.slots[i]
+                    .as_ref()
+                    .is_some_and(|e| e.answers(sql, epoch))
+            })?;
+        self.last_hit = at;
+        self.slots[at].as_ref()
+    }
+
+    /// Keeps `e`, in place of the oldest.
+    fn keep(&mut self, e: &Entry) {
+        self.slots[self.next] = Some(e.clone());
+        self.last_hit = self.next;
+        self.next = (self.next + 1) % LAST_TEXTS;
+    }
+
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.slots.iter().flatten().count()
     }
 }
+
+/// Texts a [`LastAnalysis`] keeps.
+pub const LAST_TEXTS: usize = 4;
 
 /// Longest text a [`LastAnalysis`] keeps.
 pub const MAX_LAST_TEXT: usize = 1024;
@@ -370,17 +408,15 @@ impl Classifier {
         sql: &str,
         mut last: Option<&mut LastAnalysis>,
     ) -> Arc<Analysis> {
-        if let Some(l) = last.as_ref().and_then(|l| l.0.as_ref())
-            && l.answers(sql, inputs.epoch)
-        {
-            return l.analysis.clone();
+        if let Some(e) = last.as_mut().and_then(|l| l.find(sql, inputs.epoch)) {
+            return e.analysis.clone();
         }
         let key = self.cache.key(sql);
         let hit = self.cache.lookup(key, sql, inputs.epoch, |e| {
             if sql.len() <= MAX_LAST_TEXT
                 && let Some(last) = last.as_mut()
             {
-                last.0 = Some(e.clone());
+                last.keep(e);
             }
             e.analysis.clone()
         });
@@ -517,7 +553,11 @@ mod tests {
         for n in 1..=3 {
             assert!(!k.analyze_memo(&read(n), Memo::Last(&mut last)).writes);
         }
-        let kept = last.0.as_ref().map(|l| l.analysis.clone()).expect("kept");
+        assert_eq!(last.kept(), 1);
+        let kept = last.slots[0]
+            .as_ref()
+            .map(|l| l.analysis.clone())
+            .expect("kept");
         let served = k.analyze_memo(&read(123_456), Memo::Last(&mut last));
         assert!(Arc::ptr_eq(&kept, &served), "same shape: from the memo");
         // Another shape is not served from it.
@@ -528,7 +568,7 @@ mod tests {
         for _ in 0..3 {
             k.analyze_memo(other, Memo::Last(&mut last));
         }
-        assert!(last.0.is_some(), "kept before the inputs change");
+        assert_eq!(last.kept(), 1, "kept before the inputs change");
         k.sync_read_only_functions(&["app_total".to_string()]);
         assert!(!k.analyze_memo(other, Memo::Last(&mut last)).writes);
         // Texts whose digits matter answer only for themselves.
@@ -537,7 +577,7 @@ mod tests {
         for _ in 0..3 {
             k.analyze_memo(&ro(1), Memo::Last(&mut last));
         }
-        assert!(last.0.as_ref().is_some_and(|l| !l.shaped));
+        assert!(last.slots[0].as_ref().is_some_and(|l| !l.shaped));
         assert_eq!(
             k.analyze_memo(&ro(2), Memo::Last(&mut last)).class,
             Class::Write
@@ -548,14 +588,57 @@ mod tests {
         for _ in 0..3 {
             k.analyze_memo(&long, Memo::Last(&mut last));
         }
-        assert!(last.0.is_none());
+        assert_eq!(last.kept(), 0);
         // An idle session gives it back.
         for n in 1..=3 {
             k.analyze_memo(&read(n), Memo::Last(&mut last));
         }
-        assert!(last.0.is_some());
+        assert_eq!(last.kept(), 1);
         last.clear();
-        assert!(last.0.is_none());
+        assert_eq!(last.kept(), 0);
+    }
+
+    #[test]
+    fn a_session_keeps_its_last_few_shapes() {
+        let k = Classifier::new(100);
+        let mut last = LastAnalysis::default();
+        // A transaction of three shapes, as pgbench's 7-statement script.
+        let shapes = |n: u32| {
+            [
+                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}"),
+                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n} + 1"),
+                "END".to_string(),
+            ]
+        };
+        for n in 1..=3 {
+            for sql in shapes(n) {
+                k.analyze_memo(&sql, Memo::Last(&mut last));
+            }
+        }
+        assert_eq!(last.kept(), 3);
+        // Served from the session: nothing is looked up and kept anew.
+        let next = last.next;
+        for n in 4..=6 {
+            for (i, sql) in shapes(n).iter().enumerate() {
+                let a = k.analyze_memo(sql, Memo::Last(&mut last));
+                assert!(
+                    last.slots
+                        .iter()
+                        .flatten()
+                        .any(|e| Arc::ptr_eq(&e.analysis, &a)),
+                    "shape {i}"
+                );
+                assert_eq!(last.next, next, "shape {i} was looked up in the cache");
+            }
+        }
+        // More shapes than slots: the oldest makes room.
+        let more = ["SELECT 1 FROM t", "SELECT 2 FROM u", "SELECT 3 FROM v"];
+        for _ in 0..3 {
+            for sql in more {
+                k.analyze_memo(sql, Memo::Last(&mut last));
+            }
+        }
+        assert_eq!(last.kept(), LAST_TEXTS);
     }
 
     #[test]

@@ -62,7 +62,8 @@ mod words;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 pub use cache::{
-    AnalysisMemo, Classifier, LastAnalysis, MAX_CACHED_TEXT, MAX_LAST_TEXT, Memo, StatementCache,
+    AnalysisMemo, Classifier, LAST_TEXTS, LastAnalysis, MAX_CACHED_TEXT, MAX_LAST_TEXT, Memo,
+    StatementCache,
 };
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
