@@ -19,6 +19,37 @@ use crate::server::{PoolKey, PooledConn, ServerPool};
 use super::*;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// [`Self::attach`] when a server is attached already: no routing and
+    /// nothing to wait for, so the hot path (every message inside a
+    /// transaction) calls it without building `attach`'s future. `None`
+    /// when nothing is attached.
+    ///
+    /// Inside the transaction the only question is whether it now writes
+    /// (the statement's memo, or the session's last texts, or a cache
+    /// lookup; the classifier's inputs were brought up to date at attach).
+    /// The analysis also says what `sql` does to the connection, so the
+    /// caller need not look for it again.
+    #[inline]
+    pub(super) fn attached(
+        &mut self,
+        sql: &str,
+        memo: Option<&AnalysisMemo>,
+    ) -> Option<Option<ServerEffects>> {
+        self.server.as_ref()?;
+        if self.txn != Txn::Primary || sql.is_empty() {
+            return Some(None);
+        }
+        let memo = match memo {
+            Some(m) => Memo::Statement(m),
+            None => Memo::Last(&mut self.last_in_txn),
+        };
+        let analysis = self.shared.router.classifier().analyze_memo(sql, memo);
+        if analysis.writes {
+            self.txn = Txn::Write;
+        }
+        Some(Some(analysis.server))
+    }
+
     /// Attaches a server connection for the transaction that starts with
     /// `sql`, if none is attached. For an extended-protocol message
     /// (`frame`), the rest of its batch is classified with it. `memo` is
@@ -31,24 +62,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         frame: Option<&[u8]>,
         memo: Option<&AnalysisMemo>,
     ) -> Result<Option<ServerEffects>, ProxyError> {
-        if self.server.is_some() {
-            // Inside the transaction: no routing, only whether it now
-            // writes (the statement's memo, or a cache lookup for a text
-            // seen before; the classifier's inputs were brought up to date
-            // at attach). The analysis also says what `sql` does to the
-            // connection, so the caller need not look for it again.
-            if self.txn == Txn::Primary && !sql.is_empty() {
-                let memo = match memo {
-                    Some(m) => Memo::Statement(m),
-                    None => Memo::Last(&mut self.last_in_txn),
-                };
-                let analysis = self.shared.router.classifier().analyze_memo(sql, memo);
-                if analysis.writes {
-                    self.txn = Txn::Write;
-                }
-                return Ok(Some(analysis.server));
-            }
-            return Ok(None);
+        if let Some(fx) = self.attached(sql, memo) {
+            return Ok(fx);
         }
         let current = self.config_cache.load();
         if !Arc::ptr_eq(current, &self.config) {

@@ -18,6 +18,18 @@ use crate::session::statements::Statement;
 
 use super::*;
 
+/// `$session.attach($sql, $frame, $memo).await`, without building the
+/// future when a server is attached already (every message inside a
+/// transaction): see [`Session::attached`].
+macro_rules! attach {
+    ($session:expr, $sql:expr, $frame:expr, $memo:expr) => {
+        match $session.attached($sql, $memo) {
+            Some(fx) => Ok(fx),
+            None => $session.attach($sql, $frame, $memo).await,
+        }
+    };
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Decodes one client message (a malformed one ends the session) and
     /// hands it to its handler. What a handler leaves in the synthetic
@@ -66,7 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
             ClientMsg::FunctionCall => {
-                match self.attach("", Some(frame), None).await {
+                match attach!(self, "", Some(frame), None) {
                     Ok(_) => {
                         // A function of any volatility: it may write.
                         if self.txn == Txn::Primary {
@@ -130,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.deallocate_locally(sql) {
             return Ok(());
         }
-        match self.attach(sql, None, None).await {
+        match attach!(self, sql, None, None) {
             Ok(fx) => {
                 self.note_effects(sql, fx);
                 self.forward(frame, Req::Query);
@@ -168,7 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return;
         }
-        let fx = match self.attach(p.query, Some(frame), None).await {
+        let fx = match attach!(self, p.query, Some(frame), None) {
             Ok(fx) => self.effects_of(p.query, fx),
             Err(e) => return self.fail_extended(&e),
         };
@@ -211,7 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.local.forget_portal(b.portal);
-        let stmt = match self.attach_for(b.statement, frame).await {
+        let stmt = match self.attached_for(b.statement) {
+            Some(s) => Ok(s),
+            None => self.attach_for(b.statement, frame).await,
+        };
+        let stmt = match stmt {
             Ok(s) => s,
             Err(e) => {
                 self.fail_extended(&e);
@@ -255,7 +271,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let name = if statement { t.name } else { "" };
-        let stmt = match self.attach_for(name, frame).await {
+        let stmt = match self.attached_for(name) {
+            Some(s) => Ok(s),
+            None => self.attach_for(name, frame).await,
+        };
+        let stmt = match stmt {
             Ok(s) => s,
             Err(e) => return self.fail_extended(&e),
         };
@@ -296,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let binary = self.local.portal_binary(portal);
             return self.execute_local(&cmd, binary).await;
         }
-        match self.attach("", Some(frame), None).await {
+        match attach!(self, "", Some(frame), None) {
             Ok(_) => self.forward(frame, Req::Execute),
             Err(e) => self.fail_extended(&e),
         }
@@ -349,11 +369,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         name: &str,
         frame: &[u8],
     ) -> Result<Option<Arc<Statement>>, ProxyError> {
-        let stmt = if name.is_empty() {
-            None
-        } else {
-            self.statements.get(name).cloned()
-        };
+        let stmt = self.statement_named(name);
         let (sql, memo) = match &stmt {
             Some(s) => (&*s.query, Some(&s.analysis)),
             None => ("", None),
@@ -363,6 +379,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.ensure_prepared(s, Action::Drop);
         }
         Ok(stmt)
+    }
+
+    /// [`Self::attach_for`] when a server is attached already (no future);
+    /// `None` when nothing is attached.
+    #[inline]
+    pub(super) fn attached_for(&mut self, name: &str) -> Option<Option<Arc<Statement>>> {
+        self.server.as_ref()?;
+        let stmt = self.statement_named(name);
+        if let Some(s) = &stmt {
+            self.attached(&s.query, Some(&s.analysis));
+            self.ensure_prepared(s, Action::Drop);
+        }
+        Some(stmt)
+    }
+
+    /// The client's statement `name`: `None` for the unnamed statement and
+    /// for names the client never prepared.
+    fn statement_named(&self, name: &str) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            None
+        } else {
+            self.statements.get(name).cloned()
+        }
     }
 
     /// Prepares `stmt` on the attached server if it lacks it, and says
