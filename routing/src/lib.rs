@@ -71,6 +71,7 @@ pub use decide::{BreakerUse, Decided, RouteContext, decide, settle};
 pub use decision::{CatchUp, Reason, RouteDecision, RouteError};
 pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use gate::{GateStatus, WriteGate, gate_status};
+pub use hash::{FxBuild, FxHasher};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
 pub use server_effects::{ServerEffects, deallocated_names, server_effects, sole_deallocated_name};

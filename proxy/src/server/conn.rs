@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use lagrouter_config::NodeTls;
+use lagrouter_routing::FxBuild;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
@@ -58,8 +59,10 @@ pub struct ServerConn {
     /// Fingerprint of the session parameters this connection was last
     /// brought in line with (0: none). Lets a session skip the comparison.
     pub synced_to: u64,
-    /// Server-side names of statements prepared on this connection.
-    pub prepared: HashSet<Arc<str>>,
+    /// Server-side names of statements prepared on this connection (the
+    /// proxy's SHA-256-derived names, so Fx hashing is safe: asked at
+    /// every Bind of a named statement).
+    pub prepared: HashSet<Arc<str>, FxBuild>,
     /// Bytes read from the server not yet processed.
     pub read_buf: BytesMut,
     pub created: Instant,
@@ -126,7 +129,7 @@ impl ServerConn {
             params: BTreeMap::new(),
             defaults: Arc::default(),
             synced_to: 0,
-            prepared: HashSet::new(),
+            prepared: HashSet::default(),
             read_buf: BytesMut::with_capacity(16 * 1024),
             created: now,
             last_used: now,

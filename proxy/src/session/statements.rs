@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lagrouter_routing::AnalysisMemo;
+use lagrouter_routing::{AnalysisMemo, FxBuild};
 use sha2::{Digest, Sha256};
 
 /// Most named statements one client may hold.
@@ -45,10 +45,13 @@ pub fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
     s.into()
 }
 
-/// The client's statements by client-side name.
+/// The client's statements by client-side name. Hashed with Fx (randomly
+/// seeded), not SipHash: every Bind of a named statement looks its name
+/// up, and a client that crafted colliding names would slow only its own
+/// map, which holds at most [`MAX_STATEMENTS_PER_CLIENT`].
 #[derive(Default)]
 pub struct Statements {
-    by_name: HashMap<String, Arc<Statement>>,
+    by_name: HashMap<String, Arc<Statement>, FxBuild>,
 }
 
 impl Statements {
