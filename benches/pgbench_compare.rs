@@ -40,7 +40,8 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
-  --install-pgbouncer (apt-get install -y pgbouncer first)";
+  --install-pgbouncer (apt-get install -y pgbouncer first)
+  --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
 const ALL_TARGETS: [&str; 6] = [
     "direct",
     "direct-replicas",
@@ -370,6 +371,9 @@ type Combo = (&'static str, String);
 /// One pgbench run.
 #[derive(Default)]
 struct Run {
+    /// Which results file the run came from (`--summarize`; 0 for a live
+    /// run): rounds of different files are different rounds.
+    source: usize,
     rep: u32,
     workload: &'static str,
     mode: String,
@@ -443,6 +447,7 @@ fn run_pgbench(
         }
     };
     Ok(Run {
+        source: 0,
         rep: 0,
         workload: wm.0,
         mode: wm.1.clone(),
@@ -478,6 +483,34 @@ fn median_of(runs: &[Run], wm: &Combo, t: &str, value: fn(&Run) -> Option<f64>) 
     )
 }
 
+/// `a`'s TPS over `b`'s in each round (of each results file) where both
+/// ran clean.
+fn round_ratios(runs: &[Run], wm: &Combo, a: &str, b: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for ra in runs_of(runs, wm, a).filter(|r| clean(r)) {
+        let rb = runs_of(runs, wm, b)
+            .filter(|r| clean(r))
+            .find(|r| (r.source, r.rep) == (ra.source, ra.rep));
+        if let (Some(x), Some(y)) = (ra.tps, rb.and_then(|r| r.tps))
+            && y > 0.0
+        {
+            out.push(x / y);
+        }
+    }
+    out
+}
+
+/// "median (min-max, count)" of `v`, or "-".
+fn spread(v: &[f64]) -> String {
+    match (median(v.to_vec()), v.iter().copied().reduce(f64::min)) {
+        (Some(m), Some(lo)) => {
+            let hi = v.iter().copied().fold(lo, f64::max);
+            format!("{m:.2} ({lo:.2}-{hi:.2}, {})", v.len())
+        }
+        _ => "-".into(),
+    }
+}
+
 /// One table: a row per workload/mode, a column per header.
 fn print_grid(
     title: &str,
@@ -495,15 +528,20 @@ fn print_grid(
     }
 }
 
-fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
+/// The header of a live run's tables.
+fn run_header(o: &Opts) -> String {
     let (c, j, s, r) = (o.clients, o.threads, o.secs, o.repeats);
     let scale = o.scale;
-    println!(
-        "\npgbench -c {c} (select-c400: {MANY_CLIENTS}, {MANY_CLIENTS_CONNECT} s more to connect) \
+    format!(
+        "pgbench -c {c} (select-c400: {MANY_CLIENTS}, {MANY_CLIENTS_CONNECT} s more to connect) \
          -j {j} -T {s}, scale {scale}, \
          lagrouter pool.size {}: median of {r} run(s)",
         o.replica_pool
-    );
+    )
+}
+
+fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) {
+    println!("\n{header}");
     println!(
         "(runs with aborted clients or over {:.0}% host CPU steal excluded; * = some runs \
          excluded; TPS and CPU over each run's steady window, after its connections are up)",
@@ -539,14 +577,47 @@ fn print_tables(o: &Opts, runs: &[Run], combos: &[Combo], targets: &[&str]) {
     println!(
         "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
     );
+    let per_round = [(lr, pgb), (po, pgb), ("tokio-relay", pgb)];
+    let heads = [
+        "lagrouter/pgbouncer",
+        "primary-only/pgbouncer",
+        "tokio-relay/pgbouncer",
+    ];
+    print_grid("per round", &heads, combos, &|wm, i| {
+        let (a, b) = per_round[i];
+        spread(&round_ratios(runs, wm, a, b))
+    });
+    println!(
+        "(median of the ratios within each round, where both runs are clean: range and rounds \
+         in brackets; the targets of one round run minutes apart, so this is steadier than the \
+         ratio of medians. tokio-relay/pgbouncer gauges the noise: the relay does no work)"
+    );
     // Each proxy against the nodes it sends the reads to: lagrouter with
     // replicas reads from the replicas, PgBouncer from the primary.
-    let same = ["lagrouter/pgbouncer"];
-    print_grid("same nodes", &same, combos, &|wm, _| {
+    let same = ["lagrouter/pgbouncer", "per round"];
+    print_grid("same nodes", &same, combos, &|wm, i| {
         // lagrouter routes transactions that start with BEGIN, and all
         // writes, to the primary: only select-only reads from the replicas.
         if !wm.0.starts_with("select") {
             return "-".into();
+        }
+        if i == 1 {
+            // Within each round: both ratios from one round's four runs.
+            let rounds: Vec<f64> = runs_of(runs, wm, lr)
+                .filter(|r| clean(r))
+                .filter_map(|r| {
+                    let one = |a: &str, b: &str| {
+                        let at = |t: &str| {
+                            runs_of(runs, wm, t)
+                                .find(|x| (x.source, x.rep) == (r.source, r.rep) && clean(x))
+                                .and_then(|x| x.tps)
+                        };
+                        at(a).zip(at(b)).map(|(x, y)| x / y)
+                    };
+                    Some(one(lr, reps)? / one(pgb, dir)?)
+                })
+                .collect();
+            return spread(&rounds);
         }
         let lr = tps(wm, lr).zip(tps(wm, reps)).map(|(a, b)| a / b);
         let pgb = tps(wm, pgb).zip(tps(wm, dir)).map(|(a, b)| a / b);
@@ -614,6 +685,86 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
         let row = row.replace(' ', "\t");
         writeln!(f, "{row}\t{err}")?;
     }
+    Ok(())
+}
+
+/// The runs of a results file written by [`write_tsv`]; `source` tells
+/// its rounds from other files'.
+fn read_tsv(path: &Path, source: usize) -> Result<Vec<Run>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut runs = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let bad = || {
+            anyhow!(
+                "{}:{}: not a pgbench_compare results row",
+                path.display(),
+                n + 1
+            )
+        };
+        if f.len() < 16 {
+            return Err(bad());
+        }
+        let opt = |i: usize| -> Result<Option<f64>> {
+            Ok(match f[i] {
+                "" => None,
+                v => Some(v.parse().map_err(|_| bad())?),
+            })
+        };
+        let workload = ALL_WORKLOADS
+            .into_iter()
+            .find(|w| *w == f[1])
+            .ok_or_else(bad)?;
+        runs.push(Run {
+            source,
+            rep: f[0].parse().map_err(|_| bad())?,
+            workload,
+            mode: f[2].to_string(),
+            target: f[3].to_string(),
+            pg: Pgbench {
+                tps: opt(4)?,
+                lat_ms: opt(5)?,
+                xacts: f[6].parse().map_err(|_| bad())?,
+                failed: f[7].parse().map_err(|_| bad())?,
+                aborted: f[8].parse().map_err(|_| bad())?,
+                status: f[9].to_string(),
+                cpu_us: opt(10)?,
+                user_us: opt(11)?,
+                sys_us: opt(12)?,
+                switches: opt(13)?,
+                window_secs: opt(14)?,
+                steal: opt(15)?,
+                error: f.get(16).unwrap_or(&"").to_string(),
+            },
+        });
+    }
+    Ok(runs)
+}
+
+/// `--summarize FILE.tsv...`: the tables of earlier runs, pooled (each
+/// file's rounds are rounds of their own).
+fn summarize(files: &[String]) -> Result<()> {
+    if files.is_empty() {
+        bail!("--summarize needs one or more results files (target/pgbench-compare/*.tsv)");
+    }
+    let mut runs = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        runs.extend(read_tsv(Path::new(f), i)?);
+    }
+    let mut combos: Vec<Combo> = Vec::new();
+    for w in ALL_WORKLOADS {
+        for r in runs.iter().filter(|r| r.workload == w) {
+            if !combos.iter().any(|c| c.0 == w && c.1 == r.mode) {
+                combos.push((w, r.mode.clone()));
+            }
+        }
+    }
+    let names: Vec<&str> = ALL_TARGETS
+        .into_iter()
+        .filter(|t| runs.iter().any(|r| r.target == *t))
+        .collect();
+    let header = format!("results of {}: medians over every round", files.join(", "));
+    print_tables(&header, &runs, &combos, &names);
     Ok(())
 }
 
@@ -783,6 +934,15 @@ fn main() -> Result<()> {
         println!("pgbench_compare: run it with `cargo bench --bench pgbench_compare`");
         return Ok(());
     }
+    if let Some(at) = args.iter().position(|a| a == "--summarize") {
+        // cargo bench adds --bench after the user's arguments.
+        let files: Vec<String> = args[at + 1..]
+            .iter()
+            .filter(|a| *a != "--bench")
+            .cloned()
+            .collect();
+        return summarize(&files);
+    }
     let o = parse_args(&args)?;
     if o.install_pgbouncer && pgbouncer_bin(&o).is_none() {
         install_pgbouncer()?;
@@ -817,7 +977,7 @@ fn main() -> Result<()> {
     let started = |n: &&str| targets.iter().any(|t| t.name == *n);
     let names: Vec<&str> = ALL_TARGETS.into_iter().filter(started).collect();
     drop(targets);
-    print_tables(&o, &runs, &combos, &names);
+    print_tables(&run_header(&o), &runs, &combos, &names);
     if let Some(share) = replica_share(&c, &runs, (warmup_xacts, warmup_direct), before) {
         let pct = share * 100.;
         println!("lagrouter ran {pct:.1}% of its select-only transactions on the replicas");
