@@ -639,6 +639,14 @@ mod tests {
             }
         }
         assert_eq!(last.kept(), LAST_TEXTS);
+        // The three new ones filled the free slot and replaced the two
+        // oldest (the SELECT shapes): END is still served, the first
+        // SELECT's shape is not.
+        let next = last.next;
+        k.analyze_memo(&shapes(7)[2], Memo::Last(&mut last));
+        assert_eq!(last.next, next, "END is still kept");
+        k.analyze_memo(&shapes(7)[0], Memo::Last(&mut last));
+        assert_ne!(last.next, next, "the oldest shape made room");
     }
 
     #[test]

@@ -32,9 +32,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let failed = self.expect.take_failed_parses();
-        if failed.is_empty() {
-            return;
-        }
         if let Some(pc) = self.server.as_mut() {
             for n in failed {
                 pc.conn().prepared.remove(&n);

@@ -369,6 +369,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         name: &str,
         frame: &[u8],
     ) -> Result<Option<Arc<Statement>>, ProxyError> {
+        if let Some(stmt) = self.attached_for(name) {
+            return Ok(stmt);
+        }
         let stmt = self.statement_named(name);
         let (sql, memo) = match &stmt {
             Some(s) => (&*s.query, Some(&s.analysis)),
