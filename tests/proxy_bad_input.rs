@@ -205,6 +205,31 @@ async fn bad_messages_after_login() {
                 assert!(started.elapsed() < Duration::from_secs(8), "{what}: slow");
                 others_keep_working(&proxy, what).await;
             }
+            // Inside a transaction (a server attached: messages take the
+            // session's path with no future, which hands these back to the
+            // full one): a garbage type and a Bind cut short end the session
+            // with FATAL 08P01, as outside one.
+            let cut_bind = message(b'B', b"\0lr_stmt");
+            let in_txn: [(&str, Vec<u8>); 2] = [
+                (
+                    "garbage type 'z' in a transaction",
+                    message(b'z', b"hello\0"),
+                ),
+                ("a Bind cut short in a transaction", cut_bind),
+            ];
+            for (what, bytes) in in_txn {
+                let mut raw = RawConn::login_trust(proxy.addr, "lr_bad").await;
+                raw.send(&query("begin; select 1")).await.unwrap();
+                raw.until_ready(FEW).await;
+                raw.send(&bytes).await.unwrap();
+                let e = raw
+                    .error_or_close(FEW)
+                    .await
+                    .unwrap_or_else(|| panic!("{what}: closed with no error"));
+                assert_eq!(e.code(), "08P01", "{what}: {:?}", e.fields());
+                raw.closed(FEW).await;
+                others_keep_working(&proxy, what).await;
+            }
             // Truncated message, then close; outside and inside a transaction.
             for in_txn in [false, true] {
                 let what = format!("truncated message + close (in transaction: {in_txn})");

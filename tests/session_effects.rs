@@ -184,6 +184,69 @@ async fn sql_deallocate_forgets_one_protocol_statement() {
     .await
 }
 
+/// The proxy's own statements inside a transaction, over both protocols:
+/// answered in it, with the transaction's status, and the transaction
+/// goes on on its server. (Inside a transaction every other message is
+/// handled on the session's path with no future; these go the full way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_statements_inside_a_transaction() {
+    within(
+        Duration::from_secs(120),
+        "proxy statements in a transaction",
+        async {
+            ensure_role("lr_effects").await;
+            let proxy = ProxyBuilder::new()
+                .user("name = \"lr_effects\"\npassword = \"lr_effects\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut c = RawConn::login_trust(proxy.addr, "lr_effects").await;
+            let show = query("SHOW lagrouter.route");
+            let (outside, status) = answer(&mut c, &show).await;
+            assert_eq!(status, b'I');
+            let outside = outside.expect("SHOW lagrouter.route outside a transaction");
+            assert!(!outside.is_empty());
+            let backend = query("select pg_backend_pid()");
+            assert_eq!(answer(&mut c, &query("BEGIN")).await.1, b'T');
+            let (pid, status) = answer(&mut c, &backend).await;
+            assert_eq!(status, b'T');
+            let pid = pid.expect("pg_backend_pid");
+            // Simple protocol.
+            assert_eq!(answer(&mut c, &show).await, (Ok(outside.clone()), b'T'));
+            // Extended: the unnamed statement, then a named one.
+            let unnamed = [
+                support::raw::parse("", "SHOW lagrouter.route"),
+                support::raw::bind("", ""),
+                support::raw::execute(""),
+                support::raw::sync(),
+            ]
+            .concat();
+            assert_eq!(answer(&mut c, &unnamed).await, (Ok(outside.clone()), b'T'));
+            let named = [
+                support::raw::parse("lr_show", "SHOW lagrouter.route"),
+                support::raw::bind("lr_portal", "lr_show"),
+                support::raw::execute("lr_portal"),
+                support::raw::sync(),
+            ]
+            .concat();
+            assert_eq!(answer(&mut c, &named).await, (Ok(outside.clone()), b'T'));
+            // A statement the proxy refuses: its error, from the proxy.
+            let (got, status) = answer(&mut c, &query("SET lagrouter.no_such = 1")).await;
+            assert!(got.is_err(), "SET lagrouter.no_such: {got:?}");
+            assert_eq!(
+                status, b'T',
+                "the proxy's refusal leaves the server's transaction as it is"
+            );
+            // Still the same server connection, and the transaction is open.
+            assert_eq!(answer(&mut c, &backend).await, (Ok(pid), b'T'));
+            assert_eq!(
+                answer(&mut c, &query("COMMIT")).await,
+                (Ok("COMMIT".into()), b'I')
+            );
+        },
+    )
+    .await
+}
+
 async fn show(c: &tokio_postgres::Client, name: &str) -> String {
     scalar(c, &format!("show {name}"))
         .await

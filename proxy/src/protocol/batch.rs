@@ -8,8 +8,10 @@
 //! last one stopped instead of walking the buffer again, and remembers
 //! where the Parse and Bind frames are so their texts need no second walk.
 //!
-//! Offsets are relative to the front of the client buffer: whoever removes
-//! bytes from that front calls [`BatchScan::consumed`].
+//! Whoever removes bytes from the front of the client buffer calls
+//! [`BatchScan::consumed`]: the scan keeps its places in its own offsets
+//! and counts how far the buffer's front has moved, so that costs the same
+//! however many frames the scan holds (it runs for every client message).
 
 use std::ops::Range;
 
@@ -27,7 +29,11 @@ fn ends_batch(tag: u8) -> bool {
 /// The scan of the batch at the front of the client buffer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchScan {
-    /// Bytes of whole frames scanned so far.
+    /// Bytes that left the front of the buffer since the scan started: the
+    /// buffer's front, in the scan's offsets.
+    base: usize,
+    /// Bytes of whole frames scanned so far (in the scan's offsets, as are
+    /// the places below).
     scanned: usize,
     /// Where the frame that ends the batch ends, once its header is seen (a
     /// malformed header also ends the scan: the framing error surfaces when
@@ -42,7 +48,7 @@ impl BatchScan {
     /// batch or of the whole frames; whether the batch is complete.
     pub fn complete(&mut self, buf: &[u8], max_len: usize) -> bool {
         while self.end.is_none() {
-            let rest = &buf[self.scanned.min(buf.len())..];
+            let rest = &buf[(self.scanned - self.base).min(buf.len())..];
             match peek_header(rest, max_len) {
                 Ok(Some((tag, total))) => {
                     if ends_batch(tag) {
@@ -67,12 +73,17 @@ impl BatchScan {
     /// The Parse and Bind frames of the batch scanned so far (tag and the
     /// whole frame's place in the buffer), in order.
     pub fn statement_frames(&self) -> impl Iterator<Item = (u8, Range<usize>)> + '_ {
-        self.statements.iter().cloned()
+        let base = self.base;
+        self.statements
+            .iter()
+            .filter(move |(_, r)| r.start >= base)
+            .map(move |(tag, r)| (*tag, r.start - base..r.end - base))
     }
 
     /// Starts afresh. Keeps the frame list's room for the next batch, unless
     /// a large batch grew it (an idle session holds no more than it needs).
     pub fn reset(&mut self) {
+        self.base = 0;
         self.scanned = 0;
         self.end = None;
         if self.statements.capacity() > 16 {
@@ -84,18 +95,9 @@ impl BatchScan {
 
     /// `n` bytes left the front of the buffer.
     pub fn consumed(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        if n >= self.scanned.max(self.end.unwrap_or(0)) {
+        self.base += n;
+        if self.base >= self.scanned.max(self.end.unwrap_or(0)) {
             self.reset();
-            return;
-        }
-        self.scanned -= n;
-        self.end = self.end.map(|e| e - n);
-        self.statements.retain(|(_, r)| r.start >= n);
-        for (_, r) in &mut self.statements {
-            *r = r.start - n..r.end - n;
         }
     }
 }
@@ -184,6 +186,54 @@ mod tests {
         let next = frame(fe::PARSE, b"\0select 3\0\0\0");
         assert!(!scan.complete(&next, 1 << 20));
         assert_eq!(scan.statement_frames().count(), 1);
+    }
+
+    /// Bytes arriving a few at a time while frames leave the front (as a
+    /// session handles them): at every step the scan agrees with a walk of
+    /// what is buffered, and its frames are where it says.
+    #[test]
+    fn arriving_and_consumed_frames_interleaved() {
+        let mut stream = batch();
+        stream.extend(batch());
+        stream.extend(frame(fe::QUERY, b"select 4\0"));
+        stream.extend(batch());
+        for chunk in 1..=9 {
+            for consume_every in 1..=4 {
+                let mut scan = BatchScan::default();
+                let (mut buf, mut fed, mut step) = (Vec::new(), 0, 0);
+                while fed < stream.len() || !buf.is_empty() {
+                    let n = chunk.min(stream.len() - fed);
+                    buf.extend_from_slice(&stream[fed..fed + n]);
+                    fed += n;
+                    step += 1;
+                    let what = format!("chunk {chunk}, consume every {consume_every}, step {step}");
+                    assert_eq!(scan.complete(&buf, 1 << 20), walk(&buf), "{what}");
+                    for (tag, r) in scan.statement_frames() {
+                        assert_eq!(buf[r.start], tag, "{what}");
+                        let len =
+                            u32::from_be_bytes(buf[r.start + 1..r.start + 5].try_into().unwrap());
+                        assert_eq!(r.len(), len as usize + 1, "{what}");
+                    }
+                    if step % consume_every == 0 || fed == stream.len() {
+                        // Whole frames leave the front, as the session takes them.
+                        while let Ok(Some((_, total))) = peek_header(&buf, 1 << 20) {
+                            if buf.len() < total {
+                                break;
+                            }
+                            buf.drain(..total);
+                            scan.consumed(total);
+                            if step % 2 == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    if n == 0 && buf.len() < 5 {
+                        break;
+                    }
+                }
+                assert!(buf.is_empty(), "chunk {chunk}: {buf:?} left");
+            }
+        }
     }
 
     #[test]

@@ -401,13 +401,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 frame.extend_from_slice(&self.cbuf[..total]);
                 self.cbuf.advance(total);
                 self.batch.consumed(total);
-                let handled = self.on_client_message(tag, &frame).await;
+                let handled = match self.on_client_message_now(tag, &frame) {
+                    Some(r) => r,
+                    None => self.on_client_message(tag, &frame).await,
+                };
                 self.frame_buf = frame;
                 handled?;
             } else {
                 let frame = self.cbuf.split_to(total);
                 self.batch.consumed(total);
-                self.on_client_message(tag, &frame).await?;
+                match self.on_client_message_now(tag, &frame) {
+                    Some(r) => r?,
+                    None => self.on_client_message(tag, &frame).await?,
+                }
             }
             self.drain_synthetic();
             self.forget_failed_parses();

@@ -31,10 +31,18 @@ macro_rules! attach {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// Decodes one client message (a malformed one ends the session) and
-    /// hands it to its handler. What a handler leaves in the synthetic
-    /// queue is drained by the caller.
-    pub(super) async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
+    /// Handles one client message with no future when nothing in it
+    /// waits: every message of a transaction that has its server (the hot
+    /// path), and what a failed batch drops. `None`: the message needs
+    /// [`Self::on_client_message`] (routing a new transaction, the proxy's
+    /// own statements, a malformed or unexpected message, leaving a replica
+    /// for a write), which decodes it again. What a handler leaves in the
+    /// synthetic queue is drained by the caller.
+    pub(super) fn on_client_message_now(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+    ) -> Option<Result<(), End>> {
         if self.discard_until_sync {
             match tag {
                 fe::SYNC => {
@@ -42,11 +50,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.commit_bound = false;
                     self.synthetic_ready();
                 }
-                fe::TERMINATE => return Err(End::Client),
+                fe::TERMINATE => return Some(Err(End::Client)),
                 _ => {}
             }
-            return Ok(());
+            return Some(Ok(()));
         }
+        if self.server.is_none() || (self.txn == Txn::Replica && self.expect.unsynced_idle()) {
+            return None;
+        }
+        let Ok(Some(msg)) = ClientMsg::decode(tag, &frame[5..]) else {
+            return None;
+        };
+        match msg {
+            ClientMsg::Query(sql) => {
+                if parse_proxy_command(sql).is_some() {
+                    return None;
+                }
+                if !self.deallocate_locally(sql) {
+                    let fx = self.attached(sql, None).flatten();
+                    self.query_on_server(sql, frame, fx);
+                }
+            }
+            ClientMsg::Parse(p) => {
+                if parse_proxy_command(p.query).is_some() {
+                    return None;
+                }
+                self.local.forget_statement(p.name);
+                let fx = self.attached(p.query, None).flatten();
+                self.parse_on_server(&p, frame, self.effects_of(p.query, fx));
+            }
+            ClientMsg::Bind(b) => {
+                if self.local.statement(b.statement).is_some() {
+                    return None;
+                }
+                self.local.forget_portal(b.portal);
+                let stmt = self.attached_for(b.statement)?;
+                self.bind_on_server(&b, frame, stmt);
+            }
+            ClientMsg::Describe(t) => {
+                if self.local_target(&t).is_some() {
+                    return None;
+                }
+                let stmt = self.attached_for(described_statement(&t))?;
+                self.describe_on_server(&t, frame, stmt);
+            }
+            ClientMsg::Close(t) => self.on_close(t, frame),
+            ClientMsg::Execute { portal } => {
+                if self.local.portal(portal).is_some() {
+                    return None;
+                }
+                self.forward(frame, Req::Execute);
+            }
+            ClientMsg::FunctionCall => self.function_call_on_server(frame),
+            ClientMsg::Sync => self.on_sync(frame),
+            ClientMsg::Flush | ClientMsg::Copy => self.to_server.extend_from_slice(frame),
+            ClientMsg::Terminate => return Some(Err(End::Client)),
+        }
+        Some(Ok(()))
+    }
+
+    /// Decodes one client message (a malformed one ends the session) and
+    /// hands it to its handler: what [`Self::on_client_message_now`] left.
+    pub(super) async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
         let msg = match ClientMsg::decode(tag, &frame[5..]) {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -79,13 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
             ClientMsg::FunctionCall => {
                 match attach!(self, "", Some(frame), None) {
-                    Ok(_) => {
-                        // A function of any volatility: it may write.
-                        if self.txn == Txn::Primary {
-                            self.txn = Txn::Write;
-                        }
-                        self.forward(frame, Req::FunctionCall)
-                    }
+                    Ok(_) => self.function_call_on_server(frame),
                     Err(e) => {
                         self.synthetic_error(&e);
                         self.synthetic_ready();
@@ -94,15 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(())
             }
             ClientMsg::Sync => {
-                if self.server.is_some() {
-                    self.forward(frame, Req::Sync);
-                    if std::mem::take(&mut self.commit_bound) {
-                        self.start_capture();
-                    }
-                } else {
-                    self.commit_bound = false;
-                    self.synthetic_ready();
-                }
+                self.on_sync(frame);
                 Ok(())
             }
             // Clients may send COPY data right behind the COPY query, before
@@ -124,6 +175,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.expect.push(req, Action::Forward);
     }
 
+    /// A FunctionCall, on the attached server.
+    fn function_call_on_server(&mut self, frame: &[u8]) {
+        // A function of any volatility: it may write.
+        if self.txn == Txn::Primary {
+            self.txn = Txn::Write;
+        }
+        self.forward(frame, Req::FunctionCall)
+    }
+
+    fn on_sync(&mut self, frame: &[u8]) {
+        if self.server.is_some() {
+            self.forward(frame, Req::Sync);
+            if std::mem::take(&mut self.commit_bound) {
+                self.start_capture();
+            }
+        } else {
+            self.commit_bound = false;
+            self.synthetic_ready();
+        }
+    }
+
     async fn on_query(&mut self, sql: &str, frame: &[u8]) -> Result<(), End> {
         if let Some(cmd) = parse_proxy_command(sql) {
             let mut m = BytesMut::new();
@@ -143,19 +215,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         match attach!(self, sql, None, None) {
-            Ok(fx) => {
-                self.note_effects(sql, fx);
-                self.forward(frame, Req::Query);
-                if self.txn == Txn::Write && lagrouter_routing::is_plain_commit(sql) {
-                    self.start_capture();
-                }
-            }
+            Ok(fx) => self.query_on_server(sql, frame, fx),
             Err(e) => {
                 self.synthetic_error(&e);
                 self.synthetic_ready();
             }
         }
         Ok(())
+    }
+
+    /// A simple query, on the attached server; `fx` when routing analyzed it.
+    fn query_on_server(&mut self, sql: &str, frame: &[u8], fx: Option<ServerEffects>) {
+        self.note_effects(sql, fx);
+        self.forward(frame, Req::Query);
+        if self.txn == Txn::Write && lagrouter_routing::is_plain_commit(sql) {
+            self.start_capture();
+        }
     }
 
     async fn on_parse(&mut self, p: frontend::Parse<'_>, frame: &[u8]) {
@@ -184,12 +259,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(fx) => self.effects_of(p.query, fx),
             Err(e) => return self.fail_extended(&e),
         };
+        self.parse_on_server(&p, frame, fx);
+    }
+
+    /// A Parse, on the attached server; `fx`: what its text does there.
+    fn parse_on_server(&mut self, p: &frontend::Parse<'_>, frame: &[u8], fx: ServerEffects) {
         self.note_pins(fx);
         if p.name.is_empty() {
             self.note_drops(p.query, fx);
             self.unnamed_commit = lagrouter_routing::is_plain_commit(p.query);
             self.forward(frame, Req::Parse);
-        } else if let Some(stmt) = self.remember(&p, fx) {
+        } else if let Some(stmt) = self.remember(p, fx) {
             // The server's ParseComplete answers the client; if the server
             // already has the statement, the proxy answers.
             if !self.ensure_prepared(&stmt, Action::Forward) {
@@ -227,13 +307,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(s) => Ok(s),
             None => self.attach_for(b.statement, frame).await,
         };
-        let stmt = match stmt {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail_extended(&e);
-                return Ok(());
-            }
-        };
+        match stmt {
+            Ok(stmt) => self.bind_on_server(&b, frame, stmt),
+            Err(e) => self.fail_extended(&e),
+        }
+        Ok(())
+    }
+
+    /// A Bind of the client's statement `stmt` (see [`Self::attach_for`]),
+    /// on the attached server.
+    fn bind_on_server(
+        &mut self,
+        b: &frontend::Bind<'_>,
+        frame: &[u8],
+        stmt: Option<Arc<Statement>>,
+    ) {
         self.commit_bound |= match &stmt {
             Some(s) => s.commit,
             None => b.statement.is_empty() && self.unnamed_commit,
@@ -250,19 +338,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => self.to_server.extend_from_slice(frame),
         }
         self.expect.push(Req::Bind, Action::Forward);
-        Ok(())
     }
 
-    async fn on_describe(&mut self, t: frontend::Target<'_>, frame: &[u8]) {
-        let statement = t.kind == target::STATEMENT;
-        let local_cmd = if statement {
+    /// The proxy's own statement or portal that `t` names.
+    fn local_target(&self, t: &frontend::Target<'_>) -> Option<&ProxyCommand> {
+        if t.kind == target::STATEMENT {
             self.local.statement(t.name)
         } else {
             self.local.portal(t.name)
-        };
-        if let Some(cmd) = local_cmd {
+        }
+    }
+
+    async fn on_describe(&mut self, t: frontend::Target<'_>, frame: &[u8]) {
+        if let Some(cmd) = self.local_target(&t) {
             let mut m = BytesMut::new();
-            if statement {
+            if t.kind == target::STATEMENT {
                 local::describe_statement(&mut m, cmd);
             } else {
                 local::describe_portal(&mut m, cmd);
@@ -270,15 +360,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.expect.push_synthetic(m.freeze());
             return;
         }
-        let name = if statement { t.name } else { "" };
+        let name = described_statement(&t);
         let stmt = match self.attached_for(name) {
             Some(s) => Ok(s),
             None => self.attach_for(name, frame).await,
         };
-        let stmt = match stmt {
-            Ok(s) => s,
-            Err(e) => return self.fail_extended(&e),
-        };
+        match stmt {
+            Ok(stmt) => self.describe_on_server(&t, frame, stmt),
+            Err(e) => self.fail_extended(&e),
+        }
+    }
+
+    /// A Describe, on the attached server; `stmt` as for a Bind.
+    fn describe_on_server(
+        &mut self,
+        t: &frontend::Target<'_>,
+        frame: &[u8],
+        stmt: Option<Arc<Statement>>,
+    ) {
         match stmt {
             Some(stmt) => frontend::encode_target(
                 &mut self.to_server,
@@ -540,5 +639,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn fail_extended(&mut self, e: &ProxyError) {
         self.synthetic_error(e);
         self.discard_until_sync = true;
+    }
+}
+
+/// The client's statement a Describe routes by: the one it names, or the
+/// unnamed statement for a portal (routing knows portals by their Bind).
+fn described_statement<'a>(t: &frontend::Target<'a>) -> &'a str {
+    if t.kind == target::STATEMENT {
+        t.name
+    } else {
+        ""
     }
 }
