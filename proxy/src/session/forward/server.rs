@@ -70,7 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     lost = Some("the node stopped accepting data".into());
                     break;
                 }
-                Ok(Progress::Wrote(n)) => pos += n,
+                Ok(Progress::Wrote(n)) => {
+                    pos += n;
+                    // Plain TCP holds nothing back: no flush to wait for.
+                    if pos == self.to_server.len() && conn.stream.is_plain() {
+                        break;
+                    }
+                }
                 Ok(Progress::Flushed) => break,
                 Ok(Progress::Read(0)) => {
                     lost = Some("the node closed the connection".into());
