@@ -12,7 +12,7 @@
 //! Results: target/pgbench-compare/<timestamp>.tsv, raw logs (pgbench,
 //! proxies, their configs) in target/pgbench-compare/<timestamp>/.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -365,29 +365,6 @@ fn replica_share(
     Some(on_replicas as f64 / xacts as f64)
 }
 
-/// A workload (one of [`ALL_WORKLOADS`]) and a pgbench -M mode.
-type Combo = (&'static str, String);
-
-/// One pgbench run.
-#[derive(Default)]
-struct Run {
-    /// Which results file the run came from (`--summarize`; 0 for a live
-    /// run): rounds of different files are different rounds.
-    source: usize,
-    rep: u32,
-    workload: &'static str,
-    mode: String,
-    target: String,
-    pg: Pgbench,
-}
-
-impl std::ops::Deref for Run {
-    type Target = Pgbench;
-    fn deref(&self) -> &Pgbench {
-        &self.pg
-    }
-}
-
 /// Runs pgbench against `t` (stopped after T + GRACE), measuring the
 /// proxy's CPU time.
 fn run_pgbench(
@@ -454,61 +431,6 @@ fn run_pgbench(
         target: t.name.clone(),
         pg,
     })
-}
-
-/// The runs of one workload/mode on one target.
-fn runs_of<'a>(runs: &'a [Run], wm: &'a Combo, t: &'a str) -> impl Iterator<Item = &'a Run> {
-    let same = move |r: &&Run| r.workload == wm.0 && r.mode == wm.1 && r.target == t;
-    runs.iter().filter(same)
-}
-
-/// Runs whose host lost more than this share of its CPU to other guests
-/// (steal) are left out of the medians: their numbers measure the host.
-const MAX_STEAL: f64 = 0.10;
-
-/// Whether `r` enters the medians: pgbench ran clean (with aborted clients
-/// the TPS covers the survivors only and is not comparable) and the host
-/// was not busy with other guests.
-fn clean(r: &Run) -> bool {
-    r.status == "ok" && r.steal.is_none_or(|s| s <= MAX_STEAL)
-}
-
-/// Median of `value` over the clean runs only.
-fn median_of(runs: &[Run], wm: &Combo, t: &str, value: fn(&Run) -> Option<f64>) -> Option<f64> {
-    median(
-        runs_of(runs, wm, t)
-            .filter(|r| clean(r))
-            .filter_map(value)
-            .collect(),
-    )
-}
-
-/// `a`'s TPS over `b`'s in each round (of each results file) where both
-/// ran clean.
-fn round_ratios(runs: &[Run], wm: &Combo, a: &str, b: &str) -> Vec<f64> {
-    let mut out = Vec::new();
-    for ra in runs_of(runs, wm, a).filter(|r| clean(r)) {
-        let rb = runs_of(runs, wm, b)
-            .filter(|r| clean(r))
-            .find(|r| (r.source, r.rep) == (ra.source, ra.rep));
-        if let (Some(x), Some(y)) = (ra.tps, rb.and_then(|r| r.tps))
-            && y > 0.0
-        {
-            out.push(x / y);
-        }
-    }
-    out
-}
-
-/// "median (min-max, count)" of `v`, or "-".
-fn spread(v: &[f64]) -> String {
-    match (median(v.to_vec()), v.iter().copied().reduce(f64::min)) {
-        (Some(m), Some(lo)) => {
-            let hi = v.iter().copied().fold(lo, f64::max);
-            format!("{m:.2} ({lo:.2}-{hi:.2}, {})", v.len())
-        }
-        _ => "-".into(),
-    }
 }
 
 /// One table: a row per workload/mode, a column per header.
@@ -667,24 +589,7 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
 }
 
 fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
-    let mut f = File::create(path)?;
-    let head = "rep workload mode target tps lat_ms xacts failed aborted_clients status \
-                cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn window_s steal first_error";
-    writeln!(f, "{}", head.replace(' ', "\t"))?;
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
-    for r in runs {
-        let (rep, wl, mode, t) = (r.rep, r.workload, &r.mode, &r.target);
-        let (tps, lat, xacts, failed) = (opt(r.tps), opt(r.lat_ms), r.xacts, r.failed);
-        let (aborted, status, cpu) = (r.aborted, &r.status, opt(r.cpu_us));
-        let (user, sys, switches) = (opt(r.user_us), opt(r.sys_us), opt(r.switches));
-        let (window, steal) = (opt(r.window_secs), opt(r.steal));
-        let err = &r.error;
-        let row = format!("{rep} {wl} {mode} {t} {tps} {lat} {xacts} {failed} {aborted}");
-        // Only the error text may hold spaces; empty cells stay empty.
-        let row = format!("{row} {status} {cpu} {user} {sys} {switches} {window} {steal}");
-        let row = row.replace(' ', "\t");
-        writeln!(f, "{row}\t{err}")?;
-    }
+    fs::write(path, tsv_text(runs))?;
     Ok(())
 }
 
@@ -692,53 +597,7 @@ fn write_tsv(path: &Path, runs: &[Run]) -> Result<()> {
 /// its rounds from other files'.
 fn read_tsv(path: &Path, source: usize) -> Result<Vec<Run>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut runs = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split('\t').collect();
-        let bad = || {
-            anyhow!(
-                "{}:{}: not a pgbench_compare results row",
-                path.display(),
-                n + 1
-            )
-        };
-        if f.len() < 16 {
-            return Err(bad());
-        }
-        let opt = |i: usize| -> Result<Option<f64>> {
-            Ok(match f[i] {
-                "" => None,
-                v => Some(v.parse().map_err(|_| bad())?),
-            })
-        };
-        let workload = ALL_WORKLOADS
-            .into_iter()
-            .find(|w| *w == f[1])
-            .ok_or_else(bad)?;
-        runs.push(Run {
-            source,
-            rep: f[0].parse().map_err(|_| bad())?,
-            workload,
-            mode: f[2].to_string(),
-            target: f[3].to_string(),
-            pg: Pgbench {
-                tps: opt(4)?,
-                lat_ms: opt(5)?,
-                xacts: f[6].parse().map_err(|_| bad())?,
-                failed: f[7].parse().map_err(|_| bad())?,
-                aborted: f[8].parse().map_err(|_| bad())?,
-                status: f[9].to_string(),
-                cpu_us: opt(10)?,
-                user_us: opt(11)?,
-                sys_us: opt(12)?,
-                switches: opt(13)?,
-                window_secs: opt(14)?,
-                steal: opt(15)?,
-                error: f.get(16).unwrap_or(&"").to_string(),
-            },
-        });
-    }
-    Ok(runs)
+    parse_tsv(&text, source, &ALL_WORKLOADS).map_err(|e| anyhow!("{}:{e}", path.display()))
 }
 
 /// `--summarize FILE.tsv...`: the tables of earlier runs, pooled (each

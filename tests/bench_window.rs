@@ -1,13 +1,17 @@
-//! The pgbench benches' steady-window arithmetic (`benches/common`): TPS
-//! and proxy CPU per transaction are taken between progress reports, so
-//! pgbench's connection phase (seconds, with 400 SCRAM logins) counts in
-//! neither.
+//! The pgbench benches' arithmetic (`benches/common`): TPS and proxy CPU
+//! per transaction are taken between progress reports, so pgbench's
+//! connection phase (seconds, with 400 SCRAM logins) counts in neither;
+//! the results file reads back what was written; per-round ratios pair
+//! the runs of one round of one file, and only clean ones.
 
 #[path = "../benches/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
 
-use common::{CpuTimes, Mark, Progress, Window, progress_line, round_order};
+use common::{
+    Combo, CpuTimes, Mark, Pgbench, Progress, Run, Window, parse_tsv, progress_line, round_order,
+    round_ratios, spread, tsv_text,
+};
 
 #[test]
 fn progress_reports_are_parsed_and_other_lines_are_not() {
@@ -144,4 +148,124 @@ fn no_target_always_follows_the_same_one() {
     }
     assert!(round_order::<u8>(&[], 5).is_empty());
     assert_eq!(round_order(&[1], 1), [&1]);
+}
+
+const WORKLOADS: [&str; 2] = ["select", "tpcb"];
+
+fn run(source: usize, rep: u32, target: &str, tps: Option<f64>, status: &str) -> Run {
+    Run {
+        source,
+        rep,
+        workload: "select",
+        mode: "simple".into(),
+        target: target.into(),
+        pg: Pgbench {
+            tps,
+            status: status.into(),
+            ..Pgbench::default()
+        },
+    }
+}
+
+#[test]
+fn the_results_file_reads_back_what_was_written() {
+    let mut full = run(0, 2, "lagrouter", Some(1234.5678), "ok");
+    full.workload = "tpcb";
+    full.mode = "prepared".into();
+    full.pg = Pgbench {
+        tps: Some(1234.5678),
+        lat_ms: Some(12.0),
+        xacts: 6173,
+        failed: 1,
+        aborted: 2,
+        status: "aborted".into(),
+        cpu_us: Some(150.25),
+        user_us: Some(40.5),
+        sys_us: Some(109.75),
+        switches: Some(8.5),
+        window_secs: Some(4.0),
+        steal: Some(0.125),
+        error: "pgbench: error: client 3\tgot\nsome error".into(),
+    };
+    let sparse = run(0, 0, "pgbouncer", None, "hung");
+    let text = tsv_text(&[full, sparse]);
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "a header and one line per run:\n{text}"
+    );
+    let back = parse_tsv(&text, 7, &WORKLOADS).unwrap();
+    assert_eq!(back.len(), 2);
+    let (a, b) = (&back[0], &back[1]);
+    assert_eq!(
+        (a.source, a.rep, a.workload, &*a.mode, &*a.target),
+        (7, 2, "tpcb", "prepared", "lagrouter")
+    );
+    assert_eq!(
+        (a.tps, a.lat_ms, a.xacts, a.failed, a.aborted),
+        (Some(1234.568), Some(12.0), 6173, 1, 2)
+    );
+    assert_eq!(&*a.status, "aborted");
+    assert_eq!(
+        (a.cpu_us, a.user_us, a.sys_us),
+        (Some(150.25), Some(40.5), Some(109.75))
+    );
+    assert_eq!(
+        (a.switches, a.window_secs, a.steal),
+        (Some(8.5), Some(4.0), Some(0.125))
+    );
+    assert_eq!(a.error, "pgbench: error: client 3 got some error");
+    assert_eq!(
+        (b.tps, b.cpu_us, b.steal, &*b.status, &*b.error),
+        (None, None, None, "hung", "")
+    );
+    // Rows that are not results: the line is named.
+    let head = text.lines().next().unwrap();
+    for (row, what) in [
+        ("0\tselect\tsimple", "a short row"),
+        (
+            &*text.lines().nth(1).unwrap().replace("tpcb", "tpcc"),
+            "an unknown workload",
+        ),
+        (
+            &*text.lines().nth(1).unwrap().replace("1234.568", "fast"),
+            "a number that is not",
+        ),
+    ] {
+        let e = parse_tsv(&format!("{head}\n{row}\n"), 0, &WORKLOADS).unwrap_err();
+        assert!(e.starts_with("2: "), "{what}: {e}");
+    }
+}
+
+#[test]
+fn round_ratios_pair_runs_of_one_round_of_one_file() {
+    let wm: Combo = ("select", "simple".into());
+    let runs = vec![
+        // File 0: rounds 0 and 1.
+        run(0, 0, "lagrouter", Some(900.0), "ok"),
+        run(0, 0, "pgbouncer", Some(1000.0), "ok"),
+        run(0, 1, "lagrouter", Some(1100.0), "ok"),
+        run(0, 1, "pgbouncer", Some(1000.0), "ok"),
+        // File 1 has a round 0 of its own.
+        run(1, 0, "pgbouncer", Some(500.0), "ok"),
+        run(1, 0, "lagrouter", Some(600.0), "ok"),
+        // Round 2: PgBouncer's run aborted clients; round 3: too much
+        // steal; round 4: PgBouncer gave no TPS; round 5: lagrouter alone.
+        run(0, 2, "lagrouter", Some(5000.0), "ok"),
+        run(0, 2, "pgbouncer", Some(10.0), "aborted"),
+        run(0, 3, "lagrouter", Some(5000.0), "ok"),
+        run(0, 3, "pgbouncer", Some(10.0), "ok"),
+        run(0, 4, "lagrouter", Some(5000.0), "ok"),
+        run(0, 4, "pgbouncer", None, "ok"),
+        run(0, 5, "lagrouter", Some(5000.0), "ok"),
+    ];
+    let mut runs = runs;
+    runs[9].pg.steal = Some(0.2);
+    let r = round_ratios(&runs, &wm, "lagrouter", "pgbouncer");
+    assert_eq!(r, [0.9, 1.1, 1.2]);
+    assert_eq!(spread(&r), "1.10 (0.90-1.20, 3)");
+    assert_eq!(spread(&[]), "-");
+    // Another mode's runs are not this one's.
+    let other: Combo = ("select", "extended".into());
+    assert!(round_ratios(&runs, &other, "lagrouter", "pgbouncer").is_empty());
 }

@@ -11,7 +11,11 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+mod results;
 use lagrouter::pgcluster::{Cluster, Guarded};
+#[allow(unused_imports)] // not every bench reads results
+pub use results::*;
 
 /// A child process that is stopped when dropped, so an error return or a
 /// panic never leaves a proxy or a pgbench behind.
