@@ -212,23 +212,18 @@ async fn proxy_statements_inside_a_transaction() {
             let pid = pid.expect("pg_backend_pid");
             // Simple protocol.
             assert_eq!(answer(&mut c, &show).await, (Ok(outside.clone()), b'T'));
-            // Extended: the unnamed statement, then a named one.
-            let unnamed = [
-                support::raw::parse("", "SHOW lagrouter.route"),
-                support::raw::bind("", ""),
-                support::raw::execute(""),
-                support::raw::sync(),
-            ]
-            .concat();
-            assert_eq!(answer(&mut c, &unnamed).await, (Ok(outside.clone()), b'T'));
-            let named = [
-                support::raw::parse("lr_show", "SHOW lagrouter.route"),
-                support::raw::bind("lr_portal", "lr_show"),
-                support::raw::execute("lr_portal"),
-                support::raw::sync(),
-            ]
-            .concat();
-            assert_eq!(answer(&mut c, &named).await, (Ok(outside.clone()), b'T'));
+            // Extended: the unnamed statement, then a named one and a portal.
+            for (statement, portal) in [("", ""), ("lr_show", "lr_portal")] {
+                let extended = [
+                    support::raw::parse(statement, "SHOW lagrouter.route"),
+                    support::raw::bind(portal, statement),
+                    support::raw::execute(portal),
+                    support::raw::sync(),
+                ]
+                .concat();
+                let got = answer(&mut c, &extended).await;
+                assert_eq!(got, (Ok(outside.clone()), b'T'), "statement {statement:?}");
+            }
             // A statement the proxy refuses: its error, from the proxy.
             let (got, status) = answer(&mut c, &query("SET lagrouter.no_such = 1")).await;
             assert!(got.is_err(), "SET lagrouter.no_such: {got:?}");
