@@ -129,15 +129,23 @@ async fn answer(c: &mut RawConn, bytes: &[u8]) -> (Result<String, String>, u8) {
     (Ok(row.or(tag).unwrap_or_default()), status)
 }
 
+/// A proxy with `role` as a `trust` user, and a raw session of it.
+async fn trusted_session(role: &'static str) -> (TestProxy, RawConn) {
+    ensure_role(role).await;
+    let proxy = ProxyBuilder::new()
+        .user(&format!(
+            "name = \"{role}\"\npassword = \"{role}\"\nauth = \"trust\""
+        ))
+        .start()
+        .await;
+    let c = RawConn::login_trust(proxy.addr, role).await;
+    (proxy, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_deallocate_forgets_one_protocol_statement() {
     within(Duration::from_secs(120), "DEALLOCATE name", async {
-        ensure_role("lr_effects").await;
-        let proxy = ProxyBuilder::new()
-            .user("name = \"lr_effects\"\npassword = \"lr_effects\"\nauth = \"trust\"")
-            .start()
-            .await;
-        let mut c = RawConn::login_trust(proxy.addr, "lr_effects").await;
+        let (_proxy, mut c) = trusted_session("lr_effects").await;
         for (name, sql) in [("a1", "select $1 + 1"), ("a2", "select $1 * 2")] {
             assert_eq!(answer(&mut c, &parse(name, sql)).await.1, b'I');
         }
@@ -194,12 +202,7 @@ async fn proxy_statements_inside_a_transaction() {
         Duration::from_secs(120),
         "proxy statements in a transaction",
         async {
-            ensure_role("lr_effects").await;
-            let proxy = ProxyBuilder::new()
-                .user("name = \"lr_effects\"\npassword = \"lr_effects\"\nauth = \"trust\"")
-                .start()
-                .await;
-            let mut c = RawConn::login_trust(proxy.addr, "lr_effects").await;
+            let (_proxy, mut c) = trusted_session("lr_effects").await;
             let show = query("SHOW lagrouter.route");
             let (outside, status) = answer(&mut c, &show).await;
             assert_eq!(status, b'I');
