@@ -21,8 +21,8 @@ use super::*;
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// [`Self::attach`] when a server is attached already: no routing and
     /// nothing to wait for, so the hot path (every message inside a
-    /// transaction) calls it without building `attach`'s future. `None`
-    /// when nothing is attached.
+    /// transaction, [`Self::on_client_message_now`]) calls it without
+    /// building `attach`'s future. `None` when nothing is attached.
     ///
     /// Inside the transaction the only question is whether it now writes
     /// (the statement's memo, or the session's last texts, or a cache

@@ -18,18 +18,6 @@ use crate::session::statements::Statement;
 
 use super::*;
 
-/// `$session.attach($sql, $frame, $memo).await`, without building the
-/// future when a server is attached already (every message inside a
-/// transaction): see [`Session::attached`].
-macro_rules! attach {
-    ($session:expr, $sql:expr, $frame:expr, $memo:expr) => {
-        match $session.attached($sql, $memo) {
-            Some(fx) => Ok(fx),
-            None => $session.attach($sql, $frame, $memo).await,
-        }
-    };
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Handles one client message with no future when nothing in it
     /// waits: every message of a transaction that has its server (the hot
@@ -143,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             ClientMsg::Execute { portal } => self.on_execute(portal, frame).await,
             ClientMsg::FunctionCall => {
-                match attach!(self, "", Some(frame), None) {
+                match self.attach("", Some(frame), None).await {
                     Ok(_) => self.function_call_on_server(frame),
                     Err(e) => {
                         self.synthetic_error(&e);
@@ -214,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.deallocate_locally(sql) {
             return Ok(());
         }
-        match attach!(self, sql, None, None) {
+        match self.attach(sql, None, None).await {
             Ok(fx) => self.query_on_server(sql, frame, fx),
             Err(e) => {
                 self.synthetic_error(&e);
@@ -255,7 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return;
         }
-        let fx = match attach!(self, p.query, Some(frame), None) {
+        let fx = match self.attach(p.query, Some(frame), None).await {
             Ok(fx) => self.effects_of(p.query, fx),
             Err(e) => return self.fail_extended(&e),
         };
@@ -303,11 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         self.local.forget_portal(b.portal);
-        let stmt = match self.attached_for(b.statement) {
-            Some(s) => Ok(s),
-            None => self.attach_for(b.statement, frame).await,
-        };
-        match stmt {
+        match self.attach_for(b.statement, frame).await {
             Ok(stmt) => self.bind_on_server(&b, frame, stmt),
             Err(e) => self.fail_extended(&e),
         }
@@ -360,12 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.expect.push_synthetic(m.freeze());
             return;
         }
-        let name = described_statement(&t);
-        let stmt = match self.attached_for(name) {
-            Some(s) => Ok(s),
-            None => self.attach_for(name, frame).await,
-        };
-        match stmt {
+        match self.attach_for(described_statement(&t), frame).await {
             Ok(stmt) => self.describe_on_server(&t, frame, stmt),
             Err(e) => self.fail_extended(&e),
         }
@@ -415,7 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let binary = self.local.portal_binary(portal);
             return self.execute_local(&cmd, binary).await;
         }
-        match attach!(self, "", Some(frame), None) {
+        match self.attach("", Some(frame), None).await {
             Ok(_) => self.forward(frame, Req::Execute),
             Err(e) => self.fail_extended(&e),
         }
@@ -483,8 +462,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(stmt)
     }
 
-    /// [`Self::attach_for`] when a server is attached already (no future);
-    /// `None` when nothing is attached.
+    /// [`Self::attach_for`] when a server is attached already, with no
+    /// future (see [`Self::on_client_message_now`]); `None` when nothing is
+    /// attached.
     #[inline]
     pub(super) fn attached_for(&mut self, name: &str) -> Option<Option<Arc<Statement>>> {
         self.server.as_ref()?;
