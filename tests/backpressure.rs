@@ -41,6 +41,10 @@ struct Counter {
     ready: usize,
     errors: usize,
     bytes: u64,
+    /// The body of the error message being read, and the first few read
+    /// whole (as text), so a failure says what the errors were.
+    error_body: Option<Vec<u8>>,
+    error_texts: Vec<String>,
 }
 
 impl Counter {
@@ -49,8 +53,14 @@ impl Counter {
         while !b.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(b.len());
+                if let Some(body) = &mut self.error_body {
+                    body.extend_from_slice(&b[..n]);
+                }
                 b = &b[n..];
                 self.skip -= n;
+                if self.skip == 0 {
+                    self.error_done();
+                }
                 continue;
             }
             let n = (5 - self.header.len()).min(b.len());
@@ -59,14 +69,32 @@ impl Counter {
             if self.header.len() == 5 {
                 match self.header[0] {
                     b'Z' => self.ready += 1,
-                    b'E' => self.errors += 1,
+                    b'E' => {
+                        self.errors += 1;
+                        self.error_body = Some(Vec::new());
+                    }
                     _ => {}
                 }
                 let len = i32::from_be_bytes(self.header[1..5].try_into().unwrap());
                 assert!(len >= 4, "a backend message of length {len}");
                 self.skip = len as usize - 4;
                 self.header.clear();
+                if self.skip == 0 {
+                    self.error_done();
+                }
             }
+        }
+    }
+
+    /// Keeps the text of the error just read whole (its fields, NUL
+    /// between them shown as ` | `), up to five of them.
+    fn error_done(&mut self) {
+        if let Some(body) = self.error_body.take()
+            && self.error_texts.len() < 5
+        {
+            let text = String::from_utf8_lossy(&body);
+            self.error_texts
+                .push(text.trim_end_matches('\0').replace('\0', " | "));
         }
     }
 }
@@ -127,7 +155,7 @@ async fn pipelined_requests_and_large_answers_never_deadlock() {
         took.as_secs_f64(),
         seen.errors
     );
-    assert_eq!(seen.errors, 0);
+    assert_eq!(seen.errors, 0, "errors: {:#?}", seen.error_texts);
     assert!(sent >= 50_000_000, "{sent} bytes of requests");
     assert!(seen.bytes >= 500_000_000, "{} bytes of answers", seen.bytes);
     stop(child).await;
@@ -146,7 +174,11 @@ async fn an_unread_result_costs_no_memory() {
         ))
         .await
         .unwrap();
-        raw.until_ready(Duration::from_secs(30)).await;
+        let warm = raw.until_ready(Duration::from_secs(30)).await;
+        assert!(
+            warm.iter().all(|m| m.tag != b'E'),
+            "the warming query failed: {warm:?}"
+        );
         let at_rest = status_bytes(pid, "VmRSS");
         raw.send(&query(&format!(
             "select repeat('x', 1000) from generate_series(1, {ROWS})"
@@ -177,7 +209,7 @@ async fn an_unread_result_costs_no_memory() {
             most >> 10,
             at_rest >> 20
         );
-        assert_eq!(seen.errors, 0);
+        assert_eq!(seen.errors, 0, "errors: {:#?}", seen.error_texts);
         assert!(seen.bytes >= 300_000_000, "{} bytes", seen.bytes);
         assert!(
             most < 16 << 20,

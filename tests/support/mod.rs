@@ -93,7 +93,8 @@ pub async fn on_cluster<T: Send + 'static>(
 }
 
 /// Creates a login role (SCRAM-stored password equal to its name) that may
-/// use the app database and schema, unless it exists. Tests that look at
+/// use the app database and schema, unless it exists, and waits until the
+/// running replicas have replayed it. Tests that look at
 /// `pg_stat_activity` or need a pool of their own use their own role.
 pub async fn ensure_role(name: &'static str) {
     // Tests run in parallel threads: concurrent CREATE ROLE collides on the
@@ -112,7 +113,13 @@ pub async fn ensure_role(name: &'static str) {
                 db = c.database()
             ),
         )
-        .expect("create role")
+        .expect("create role");
+        // A replica that has not replayed the role yet is still healthy
+        // (a few bytes behind) and refuses its logins with 28P01; so a
+        // test's first reads through the proxy could fail. Paused replicas
+        // are not waited for.
+        c.wait_caught_up(Duration::from_secs(60))
+            .expect("replicas replay the new role");
     })
     .await;
 }
