@@ -431,6 +431,19 @@ impl Cluster {
         }
     }
 
+    /// Rewrites node `i`'s pg_hba.conf with `first` before the harness's
+    /// own lines (see [`ClusterOptions::hba_first`]; an empty `first`
+    /// restores the default) and reloads it. The file is the node's own,
+    /// never replicated, so one replica can refuse what the others accept.
+    /// The postmaster rereads it asynchronously: a caller that needs the new
+    /// rules checks a login.
+    pub fn set_hba_first(&self, node: usize, first: &[String]) -> Result<(), ClusterError> {
+        let path = self.nodes[node].data.join("pg_hba.conf");
+        setup::write_file(&path, &setup::hba_conf(first), self.os_user)?;
+        self.psql(node, "postgres", "select pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// Stops node `i` (fast shutdown, escalating after a grace period).
     /// Stopping a stopped node does nothing.
     pub fn stop_node(&self, node: usize) -> Result<(), ClusterError> {

@@ -1,8 +1,9 @@
 //! Faults on real processes under a read load, through lagrouter with its
 //! default settings, against this binary's own primary and two replicas:
 //! the primary stalled (SIGSTOP) for 3 s, a replica stalled for 8 s, a
-//! replica crashed (immediate stop) and restarted, and the primary stalled
-//! past `primary_stall_timeout` under writing transactions. Each test states its
+//! replica crashed (immediate stop) and restarted, the primary stalled
+//! past `primary_stall_timeout` under writing transactions, and replicas
+//! refusing one role's logins. Each test states its
 //! numbers (errors seen, longest wait, time to recover) in its assertions
 //! and prints them.
 //!
@@ -397,6 +398,118 @@ async fn replica_crash_and_restart_under_load() {
         old_sessions > 0,
         "no session from before the crash came back"
     );
+}
+
+/// Puts back the default pg_hba.conf of the replicas when dropped.
+struct HbaReset(Vec<usize>);
+
+impl Drop for HbaReset {
+    fn drop(&mut self) {
+        let c = lagrouter::pgcluster::Cluster::shared();
+        for &i in &self.0 {
+            if let Err(e) = c.set_hba_first(i, &[]) {
+                eprintln!("could not reset pg_hba.conf of node {i}: {e}");
+            }
+        }
+    }
+}
+
+/// Both replicas refuse one role's logins (their own pg_hba.conf), while
+/// they stay healthy for everyone else: as a replica does that has not
+/// replayed a new role yet, or that restarts. Each of that role's reads is
+/// placed on a replica, cannot be had there, and goes to the primary, with
+/// no error, while the primary-read breaker admits it; past its 20% cap the
+/// read is refused as the breaker refuses (53400), never with the replica's
+/// login error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_refusing_a_login_send_its_reads_to_the_primary_within_the_cap() {
+    const ROLE: &str = "lr_norepl";
+    const OTHERS: usize = 160;
+    const READS: usize = 80;
+    let _serial = SERIAL.lock().await;
+    support::ensure_role(ROLE).await;
+    let c = blocking(|c| c).await;
+    let replicas: Vec<usize> = (0..c.node_count())
+        .filter(|&i| i != c.primary_index())
+        .collect();
+    let _reset = HbaReset(replicas.clone());
+    let reject = vec![format!("host all {ROLE} 127.0.0.1/32 reject")];
+    for &i in &replicas {
+        let reject = reject.clone();
+        blocking(move |c| c.set_hba_first(i, &reject).expect("pg_hba.conf")).await;
+        let direct = format!(
+            "host=127.0.0.1 port={} user={ROLE} password={ROLE} dbname={}",
+            c.port(i),
+            c.database()
+        );
+        support::eventually(Duration::from_secs(10), "the replica refuses", || {
+            let direct = direct.clone();
+            async move {
+                match tokio_postgres::connect(&direct, tokio_postgres::NoTls).await {
+                    Err(e) => (support::sqlstate(&e).as_deref() == Some("28000")).then_some(()),
+                    Ok(_) => None,
+                }
+            }
+        })
+        .await;
+    }
+    let primary_port = c.port(c.primary_index()).to_string();
+    let lr = ProxyBuilder::new()
+        .default_routing()
+        .user(&format!("name = \"{ROLE}\"\npassword = \"{ROLE}\""))
+        .start()
+        .await;
+    // Reads of another role fill the breaker's window from the replicas.
+    let app = support::connect(&lr).await;
+    for _ in 0..OTHERS {
+        let port = support::scalar(&app.client, "select inet_server_port()").await;
+        assert_ne!(
+            port.as_deref(),
+            Some(primary_port.as_str()),
+            "app read on the primary"
+        );
+    }
+    let conn = support::connect_as(&lr, ROLE, ROLE).await;
+    let mut served = 0;
+    let mut refused = Vec::new();
+    let mut longest = Duration::ZERO;
+    for i in 0..READS {
+        let started = Instant::now();
+        let r = conn.client.simple_query("select inet_server_port()").await;
+        longest = longest.max(started.elapsed());
+        match r {
+            Ok(msgs) => {
+                let port = msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                });
+                assert_eq!(port.as_deref(), Some(primary_port.as_str()), "read {i}");
+                assert!(refused.is_empty(), "read {i} served after a refusal");
+                served += 1;
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    eprintln!(
+        "replicas refusing {ROLE}: {served} of {READS} of its reads served by the primary \
+         after {OTHERS} replica reads, {} refused, the longest read {longest:?}",
+        refused.len()
+    );
+    // The breaker's share: served / (OTHERS + served) <= 20% gives 40.
+    assert!(
+        (30..=40).contains(&served),
+        "{served} reads served from the primary"
+    );
+    assert!(!refused.is_empty(), "the breaker never refused");
+    for e in &refused {
+        assert_eq!(
+            support::sqlstate(e).as_deref(),
+            Some("53400"),
+            "{}",
+            support::describe(e)
+        );
+    }
+    assert!(longest < Duration::from_secs(2), "a read took {longest:?}");
 }
 
 /// How long the saturation load runs.

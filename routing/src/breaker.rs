@@ -142,7 +142,7 @@ impl Breaker {
     /// Counts a read served by a replica (fresh or stale).
     pub fn record_read(&mut self, s: &BreakerSettings, now: Instant) {
         self.poll(s, now);
-        self.add(s, now, false);
+        self.add(s, now, true, false);
         if matches!(self.state, BreakerState::HalfOpen { .. }) && self.share(s, now) <= s.cap {
             self.state = BreakerState::Closed;
         }
@@ -151,11 +151,26 @@ impl Breaker {
     /// Asks to serve a read from the primary because no replica may take
     /// it. Counts it if admitted.
     pub fn admit_fallback(&mut self, s: &BreakerSettings, now: Instant) -> Admission {
+        self.admit(s, now, false)
+    }
+
+    /// [`Breaker::admit_fallback`] for a read already counted as a replica
+    /// read ([`Breaker::record_read`]) whose replica then could not take
+    /// it: if admitted, it counts as a fallback, not as a second read.
+    pub fn admit_fallback_of_counted(&mut self, s: &BreakerSettings, now: Instant) -> Admission {
+        self.admit(s, now, true)
+    }
+
+    fn admit(&mut self, s: &BreakerSettings, now: Instant, counted: bool) -> Admission {
         self.poll(s, now);
         let (reads, fallbacks) = self.counts(s, now);
+        // A counted read that left the window (or a reconfigured window)
+        // is counted again, so fallbacks never outnumber reads.
+        let counted = counted && reads > fallbacks;
         // The share if this fallback is served.
+        let total = reads + u64::from(!counted);
         let within_cap =
-            reads + 1 < s.min_reads || (fallbacks + 1) as f64 / (reads + 1) as f64 <= s.cap;
+            total < s.min_reads || (fallbacks + 1) as f64 / total.max(1) as f64 <= s.cap;
         let share = if reads == 0 {
             0.0
         } else {
@@ -179,7 +194,7 @@ impl Breaker {
                 return Admission::Refused { share };
             }
         }
-        self.add(s, now, true);
+        self.add(s, now, !counted, true);
         Admission::Admitted
     }
 
@@ -218,7 +233,9 @@ impl Breaker {
         }
     }
 
-    fn add(&mut self, s: &BreakerSettings, now: Instant, fallback: bool) {
+    /// Counts, in the bucket of `now`, a read (`read`) and a fallback
+    /// (`fallback`).
+    fn add(&mut self, s: &BreakerSettings, now: Instant, read: bool, fallback: bool) {
         if self.origin.is_none() || self.window != s.window {
             // First event, or the window was reconfigured: start afresh.
             self.origin = Some(now);
@@ -235,7 +252,7 @@ impl Breaker {
                 ..Bucket::default()
             };
         }
-        b.reads += 1;
+        b.reads += u64::from(read);
         b.fallbacks += u64::from(fallback);
     }
 }
@@ -313,6 +330,36 @@ mod tests {
             b.record_read(&s, ms(t0, 5100 + i));
         }
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_counted_read_that_falls_back_is_not_counted_twice() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut b = Breaker::new();
+        for i in 0..10 {
+            b.record_read(&s, ms(t0, i));
+        }
+        // Two of those ten replica reads could not be served there.
+        assert_eq!(
+            b.admit_fallback_of_counted(&s, ms(t0, 20)),
+            Admission::Admitted
+        );
+        assert_eq!(
+            b.admit_fallback_of_counted(&s, ms(t0, 21)),
+            Admission::Admitted
+        );
+        assert_eq!(b.counts(&s, ms(t0, 30)), (10, 2));
+        // A third would be 3 of 10: over the cap.
+        assert!(matches!(
+            b.admit_fallback_of_counted(&s, ms(t0, 22)),
+            Admission::Refused { .. }
+        ));
+        assert_eq!(b.state(), BreakerState::Open { since: ms(t0, 22) });
+        // With no read left in the window to match, it counts as one.
+        let mut b = Breaker::new();
+        assert_eq!(b.admit_fallback_of_counted(&s, t0), Admission::Admitted);
+        assert_eq!(b.counts(&s, t0), (1, 1));
     }
 
     #[test]

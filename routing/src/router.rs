@@ -16,7 +16,7 @@ use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
 use crate::session::SessionRouting;
 
-use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 use crate::cache::{Classifier, Memo};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
@@ -255,6 +255,44 @@ impl Router {
         )
     }
 
+    /// A read that routing placed on a healthy replica, whose replica then
+    /// could not take it (connecting or logging in failed, so nothing was
+    /// sent): it falls back to the primary through the breaker, counted as
+    /// a fallback of a read already counted. `None` for any other decision
+    /// (a write, a read a rule or hint sent to a replica, a stale read): the
+    /// caller reports the replica's error.
+    pub fn replica_unavailable(
+        &self,
+        decision: &RouteDecision,
+        now: Instant,
+    ) -> Option<Result<RouteDecision, RouteError>> {
+        if decision.primary || decision.reason != Reason::Healthy {
+            return None;
+        }
+        let primary = match crate::decide::primary_index(&self.health.load()) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let config = self.config.load();
+        let settings = BreakerSettings::from_config(&config.routing);
+        Some(
+            match self.breaker().admit_fallback_of_counted(&settings, now) {
+                Admission::Admitted => Ok(RouteDecision {
+                    node: primary,
+                    primary: true,
+                    reason: Reason::NoReplica,
+                    write: false,
+                    notice: decision.notice.clone(),
+                    catch_up: None,
+                }),
+                Admission::Refused { share } => Err(RouteError::BreakerOpen {
+                    share_percent: share * 100.0,
+                    cap_percent: settings.cap * 100.0,
+                }),
+            },
+        )
+    }
+
     /// The node that takes writes now, or why there is none. Not gated by
     /// `[safety]`: for connections that do not write (a client's login).
     pub fn write_target(&self) -> Result<usize, RouteError> {
@@ -420,6 +458,45 @@ mod tests {
             }
         }
         assert!(refused > 0, "the breaker must open on fallbacks");
+    }
+
+    #[test]
+    fn a_replica_that_cannot_take_a_read_sends_it_to_the_primary_within_the_cap() {
+        let r = router(1, |c, _| c.routing.breaker_min_reads = 10);
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        for _ in 0..10 {
+            let d = r.route_sql(&mut s, "SELECT 1", now).unwrap();
+            assert_eq!((d.node, d.reason), (1, Reason::Healthy));
+            taken.push(d);
+        }
+        // Two of those ten reads find replica1 refusing connections.
+        for d in &taken[..2] {
+            let f = r
+                .replica_unavailable(d, now)
+                .expect("a healthy read may fall back");
+            let f = f.unwrap();
+            assert_eq!(
+                (f.node, f.primary, f.reason, f.write),
+                (0, true, Reason::NoReplica, false)
+            );
+        }
+        let b = r.breaker_status(now);
+        assert_eq!((b.reads, b.fallbacks), (10, 2), "counted once each");
+        // A third is over the 20% cap: refused as the breaker refuses.
+        match r.replica_unavailable(&taken[2], now) {
+            Some(Err(RouteError::BreakerOpen { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // Writes and reads a hint sent to a replica report the error.
+        let w = r.route_sql(&mut s, "UPDATE t SET a = 1", now).unwrap();
+        assert!(r.replica_unavailable(&w, now).is_none());
+        let h = r
+            .route_sql(&mut s, "/* lagrouter:route=replica */ SELECT 1", now)
+            .unwrap();
+        assert_eq!((h.node, h.reason), (1, Reason::Hint));
+        assert!(r.replica_unavailable(&h, now).is_none());
     }
 
     #[test]

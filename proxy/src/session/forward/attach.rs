@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lagrouter_health::{HealthSnapshot, Lsn};
-use lagrouter_routing::{AnalysisMemo, Memo, ServerEffects};
+use lagrouter_routing::{AnalysisMemo, Memo, RouteDecision, ServerEffects};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProxyError;
@@ -127,6 +127,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(snap) => self.pool_in(&snap, decision.node)?,
             None => self.pool_for(decision.node)?,
         };
+        let (decision, pool, mut pc) = match caught_up {
+            Some(pc) if !decision.primary => (decision, pool, pc),
+            _ => match pool
+                .checkout(&self.config.pool, &self.user.server_login, now)
+                .await
+            {
+                Ok(pc) => (decision, pool, pc),
+                Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
+            },
+        };
         pool.counts
             .record(decision.primary, decision.write, decision.reason);
         if let Some(notice) = &decision.notice {
@@ -137,13 +147,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             (true, true, true) => Txn::Write,
             (true, true, false) => Txn::Primary,
             (true, false, _) => Txn::Other,
-        };
-        let mut pc = match caught_up {
-            Some(pc) if !decision.primary => pc,
-            _ => {
-                pool.checkout(&self.config.pool, &self.user.server_login, now)
-                    .await?
-            }
         };
         let conn = pc.conn();
         if conn.synced_to != self.params.fingerprint() {
@@ -163,6 +166,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             c.attached(decision.node);
         }
         Ok(batch.is_none().then_some(analysis.server))
+    }
+
+    /// A read placed on a healthy replica whose connection could not be
+    /// had there (`failed`: the node refused the connection or the login,
+    /// as a replica that crashed, restarts, or has not replayed a new role
+    /// yet does): nothing was sent, so it goes to the primary if the
+    /// breaker admits it ([`lagrouter_routing::Router::replica_unavailable`]).
+    /// Otherwise, and for any other decision or error (a full pool), the
+    /// client gets the error.
+    async fn instead_of_replica(
+        &mut self,
+        decision: &RouteDecision,
+        failed: ProxyError,
+    ) -> Result<(RouteDecision, Arc<ServerPool>, PooledConn), ProxyError> {
+        if !matches!(
+            failed,
+            ProxyError::NodeConnect { .. }
+                | ProxyError::NodeAuth { .. }
+                | ProxyError::NodeProtocol { .. }
+        ) {
+            return Err(failed);
+        }
+        let shared = self.shared.clone();
+        let fallback = match shared.router.replica_unavailable(decision, Instant::now()) {
+            None => return Err(failed),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                shared.route_counters.refused(e.label());
+                return Err(e.into());
+            }
+        };
+        tracing::debug!(%failed, "a replica read goes to the primary instead");
+        let pool = self.pool_for(fallback.node)?;
+        let pc = pool
+            .checkout(&self.config.pool, &self.user.server_login, Instant::now())
+            .await?;
+        Ok((fallback, pool, pc))
     }
 
     /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
