@@ -275,6 +275,15 @@ mod tests {
         t0 + Duration::from_millis(ms)
     }
 
+    /// A breaker that counted `n` replica reads, one a millisecond from `t0`.
+    fn with_reads(s: &BreakerSettings, t0: Instant, n: u64) -> Breaker {
+        let mut b = Breaker::new();
+        for i in 0..n {
+            b.record_read(s, ms(t0, i));
+        }
+        b
+    }
+
     #[test]
     fn stays_closed_under_the_cap_and_under_min_reads() {
         let s = settings();
@@ -284,10 +293,7 @@ mod tests {
         for i in 0..9 {
             assert_eq!(b.admit_fallback(&s, ms(t0, i)), Admission::Admitted);
         }
-        let mut b = Breaker::new();
-        for i in 0..80 {
-            b.record_read(&s, ms(t0, i));
-        }
+        let mut b = with_reads(&s, t0, 80);
         for i in 0..20 {
             assert_eq!(
                 b.admit_fallback(&s, ms(t0, 100 + i)),
@@ -303,10 +309,7 @@ mod tests {
     fn full_cycle_closed_open_half_open_closed() {
         let s = settings();
         let t0 = Instant::now();
-        let mut b = Breaker::new();
-        for i in 0..8 {
-            b.record_read(&s, ms(t0, i));
-        }
+        let mut b = with_reads(&s, t0, 8);
         assert_eq!(b.admit_fallback(&s, ms(t0, 10)), Admission::Admitted);
         assert_eq!(b.admit_fallback(&s, ms(t0, 11)), Admission::Admitted); // 2/10
         // 3/11 > 0.2: opens, and this read is refused.
@@ -336,10 +339,7 @@ mod tests {
     fn a_counted_read_that_falls_back_is_not_counted_twice() {
         let s = settings();
         let t0 = Instant::now();
-        let mut b = Breaker::new();
-        for i in 0..10 {
-            b.record_read(&s, ms(t0, i));
-        }
+        let mut b = with_reads(&s, t0, 10);
         // Two of those ten replica reads could not be served there.
         assert_eq!(
             b.admit_fallback_of_counted(&s, ms(t0, 20)),
@@ -366,10 +366,7 @@ mod tests {
     fn half_open_reopens_when_probes_run_out() {
         let s = settings();
         let t0 = Instant::now();
-        let mut b = Breaker::new();
-        for i in 0..10 {
-            b.record_read(&s, ms(t0, i));
-        }
+        let mut b = with_reads(&s, t0, 10);
         b.admit_fallback(&s, ms(t0, 20));
         b.admit_fallback(&s, ms(t0, 21));
         assert!(matches!(
