@@ -470,6 +470,22 @@ async fn replicas_refusing_a_login_send_its_reads_to_the_primary_within_the_cap(
         );
     }
     let conn = support::connect_as(&lr, ROLE, ROLE).await;
+    // Logins the replicas refused, from their logs.
+    let refusals = move || {
+        let needle = format!("rejects connection for host \"127.0.0.1\", user \"{ROLE}\"");
+        let replicas = replicas.clone();
+        blocking(move |c| {
+            replicas
+                .iter()
+                .map(|&i| {
+                    std::fs::read_to_string(c.log_path(i))
+                        .map_or(0, |log| log.matches(&needle).count())
+                })
+                .sum::<usize>()
+        })
+    };
+    let refusals_before = refusals().await;
+    let reads_started = Instant::now();
     let mut served = 0;
     let mut refused = Vec::new();
     let mut longest = Duration::ZERO;
@@ -490,10 +506,20 @@ async fn replicas_refusing_a_login_send_its_reads_to_the_primary_within_the_cap(
             Err(e) => refused.push(e),
         }
     }
+    let reads_took = reads_started.elapsed();
+    let attempts = refusals().await - refusals_before;
     eprintln!(
         "replicas refusing {ROLE}: {served} of {READS} of its reads served by the primary \
-         after {OTHERS} replica reads, {} refused, the longest read {longest:?}",
+         after {OTHERS} replica reads, {} refused, the longest read {longest:?}; \
+         {attempts} logins tried on the replicas in {reads_took:?}",
         refused.len()
+    );
+    // After a refused login, a replica is not asked again for REFUSED_FOR
+    // (1 s): at most one attempt a second on each replica, not one a read.
+    let most = 2 * (1 + reads_took.as_secs() as usize);
+    assert!(
+        (1..=most).contains(&attempts),
+        "{attempts} logins tried on the replicas for {READS} reads in {reads_took:?}"
     );
     // The breaker's share: served / (OTHERS + served) <= 20% gives 40.
     assert!(

@@ -10,5 +10,5 @@ pub mod pool;
 pub mod stream;
 
 pub use conn::{NodeAddr, ServerConn};
-pub use pool::{PoolKey, PooledConn, Pools, ServerPool};
+pub use pool::{PoolKey, PooledConn, Pools, REFUSED_FOR, ServerPool};
 pub use stream::NodeStream;

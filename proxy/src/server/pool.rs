@@ -62,6 +62,10 @@ pub struct ServerPool {
     /// When a failed connect was last logged: at most one line per
     /// [`CONNECT_WARNING_EVERY`], however many clients try.
     last_connect_warning: Mutex<Option<Instant>>,
+    /// The last failed connect or login and when it was, until a connect
+    /// succeeds: replica reads skip the node for [`REFUSED_FOR`] after it
+    /// (see [`ServerPool::refused_recently`]).
+    refused: Mutex<Option<(Instant, ProxyError)>>,
     /// `lagrouter_pool_checkout_wait_seconds` of the node, looked up once:
     /// with many clients most checkouts wait, and a lookup by name and
     /// label on each would cost an allocation and a registry search.
@@ -70,6 +74,12 @@ pub struct ServerPool {
 
 /// Least time between two logged connect failures of one pool.
 const CONNECT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long after a failed connect or login a replica read goes straight
+/// to its fallback, with no new attempt on the node: a role every replica
+/// refuses would otherwise cost each of its reads a login there (a fork on
+/// the node) before the fallback.
+pub const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ServerPool {
     fn new(
@@ -91,6 +101,7 @@ impl ServerPool {
             traffic,
             idle: Mutex::new(Vec::new()),
             last_connect_warning: Mutex::new(None),
+            refused: Mutex::new(None),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
             stats: PoolStats::default(),
@@ -175,7 +186,13 @@ impl ServerPool {
                 self.traffic.failed();
             }
             self.warn_connect_failed(e);
+            if let Ok(mut r) = self.refused.lock() {
+                *r = Some((Instant::now(), e.clone()));
+            }
         })?;
+        if let Ok(mut r) = self.refused.lock() {
+            *r = None;
+        }
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.in_use.fetch_add(1, Ordering::Relaxed);
         self.traffic.started();
@@ -184,6 +201,18 @@ impl ServerPool {
             _permit: permit,
             pool: self.clone(),
         })
+    }
+
+    /// The error of a connect or login that failed less than
+    /// [`REFUSED_FOR`] before `now`, when no connect succeeded since.
+    /// Only replica reads ask: they have a fallback. The primary is always
+    /// tried again.
+    pub fn refused_recently(&self, now: Instant) -> Option<ProxyError> {
+        let r = self.refused.lock().ok()?;
+        match &*r {
+            Some((at, e)) if now.saturating_duration_since(*at) < REFUSED_FOR => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Logs a failed connect, unless one was logged in the last

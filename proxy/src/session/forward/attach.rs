@@ -129,13 +129,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let (decision, pool, mut pc) = match caught_up {
             Some(pc) if !decision.primary => (decision, pool, pc),
-            _ => match pool
-                .checkout(&self.config.pool, &self.user.server_login, now)
-                .await
-            {
-                Ok(pc) => (decision, pool, pc),
-                Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
-            },
+            _ => {
+                let refused = match decision.primary {
+                    false => pool.refused_recently(now),
+                    true => None,
+                };
+                let got = match refused {
+                    Some(e) => Err(e),
+                    None => {
+                        pool.checkout(&self.config.pool, &self.user.server_login, now)
+                            .await
+                    }
+                };
+                match got {
+                    Ok(pc) => (decision, pool, pc),
+                    Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
+                }
+            }
         };
         pool.counts
             .record(decision.primary, decision.write, decision.reason);
@@ -171,7 +181,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// A read placed on a healthy replica whose connection could not be
     /// had there (`failed`: the node refused the connection or the login,
     /// as a replica that crashed, restarts, or has not replayed a new role
-    /// yet does): nothing was sent, so it goes to the primary if the
+    /// yet does; or it did so less than [`crate::server::REFUSED_FOR`]
+    /// ago, and is not asked again): nothing was sent, so it goes to the primary if the
     /// breaker admits it ([`lagrouter_routing::Router::replica_unavailable`]).
     /// Otherwise, and for any other decision or error (a full pool), the
     /// client gets the error.
