@@ -6,7 +6,7 @@
 //! reused first; stale or broken ones are dropped at checkout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -66,6 +66,9 @@ pub struct ServerPool {
     /// succeeds: replica reads skip the node for [`REFUSED_FOR`] after it
     /// (see [`ServerPool::refused_recently`]).
     refused: Mutex<Option<(Instant, ProxyError)>>,
+    /// Whether `refused` holds one: every replica read asks, and almost
+    /// always there is none (one load instead of a lock).
+    any_refused: AtomicBool,
     /// `lagrouter_pool_checkout_wait_seconds` of the node, looked up once:
     /// with many clients most checkouts wait, and a lookup by name and
     /// label on each would cost an allocation and a registry search.
@@ -102,6 +105,7 @@ impl ServerPool {
             idle: Mutex::new(Vec::new()),
             last_connect_warning: Mutex::new(None),
             refused: Mutex::new(None),
+            any_refused: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
             stats: PoolStats::default(),
@@ -188,10 +192,14 @@ impl ServerPool {
             self.warn_connect_failed(e);
             if let Ok(mut r) = self.refused.lock() {
                 *r = Some((Instant::now(), e.clone()));
+                self.any_refused.store(true, Ordering::Relaxed);
             }
         })?;
-        if let Ok(mut r) = self.refused.lock() {
+        if self.any_refused.load(Ordering::Relaxed)
+            && let Ok(mut r) = self.refused.lock()
+        {
             *r = None;
+            self.any_refused.store(false, Ordering::Relaxed);
         }
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         self.stats.in_use.fetch_add(1, Ordering::Relaxed);
@@ -208,6 +216,9 @@ impl ServerPool {
     /// Only replica reads ask: they have a fallback. The primary is always
     /// tried again.
     pub fn refused_recently(&self, now: Instant) -> Option<ProxyError> {
+        if !self.any_refused.load(Ordering::Relaxed) {
+            return None;
+        }
         let r = self.refused.lock().ok()?;
         match &*r {
             Some((at, e)) if now.saturating_duration_since(*at) < REFUSED_FOR => Some(e.clone()),
@@ -393,5 +404,60 @@ impl Pools {
             .lock()
             .map(|p| p.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of a node nothing listens on: every connect is refused.
+    fn refusing_pool() -> Arc<ServerPool> {
+        // Bind and drop: the port is free and refuses connections.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let node = Arc::new(NodeAddr {
+            name: "replica9".into(),
+            host: "127.0.0.1".into(),
+            port,
+            tls: lagrouter_config::NodeTls::disabled(),
+        });
+        let key = PoolKey {
+            node: node.name.clone(),
+            user: "u".into(),
+            database: "d".into(),
+        };
+        Arc::new(ServerPool::new(
+            key,
+            node,
+            2,
+            Arc::default(),
+            Arc::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_remembered_for_refused_for() {
+        let pool = refusing_pool();
+        let now = Instant::now();
+        assert!(pool.refused_recently(now).is_none(), "nothing failed yet");
+        let login = ServerLogin::Password("p".into());
+        let err = match pool.checkout(&PoolConfig::default(), &login, now).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected to a closed port"),
+        };
+        assert!(matches!(err, ProxyError::NodeConnect { .. }), "{err}");
+        // Asked at a time no later than the failure: remembered.
+        let kept = pool.refused_recently(now).expect("remembered");
+        assert_eq!(kept.to_string(), err.to_string());
+        assert!(
+            pool.refused_recently(Instant::now() + REFUSED_FOR)
+                .is_none(),
+            "forgotten after REFUSED_FOR"
+        );
+        // The failed connect gave its permit back.
+        assert_eq!(pool.permits.available_permits(), 2);
     }
 }

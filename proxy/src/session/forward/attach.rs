@@ -182,10 +182,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// had there (`failed`: the node refused the connection or the login,
     /// as a replica that crashed, restarts, or has not replayed a new role
     /// yet does; or it did so less than [`crate::server::REFUSED_FOR`]
-    /// ago, and is not asked again): nothing was sent, so it goes to the primary if the
-    /// breaker admits it ([`lagrouter_routing::Router::replica_unavailable`]).
-    /// Otherwise, and for any other decision or error (a full pool), the
-    /// client gets the error.
+    /// ago, and is not asked again): nothing was sent, so it goes to the
+    /// primary if the breaker admits it
+    /// ([`lagrouter_routing::Router::replica_unavailable`]). Otherwise, and
+    /// for any other decision or error (a full pool), the client gets the
+    /// error.
     async fn instead_of_replica(
         &mut self,
         decision: &RouteDecision,
