@@ -154,14 +154,11 @@ impl Breaker {
         self.admit(s, now, false)
     }
 
-    /// [`Breaker::admit_fallback`] for a read already counted as a replica
-    /// read ([`Breaker::record_read`]) whose replica then could not take
-    /// it: if admitted, it counts as a fallback, not as a second read.
-    pub fn admit_fallback_of_counted(&mut self, s: &BreakerSettings, now: Instant) -> Admission {
-        self.admit(s, now, true)
-    }
-
-    fn admit(&mut self, s: &BreakerSettings, now: Instant, counted: bool) -> Admission {
+    /// [`Breaker::admit_fallback`], where `counted` says the read was
+    /// already counted as a replica read ([`Breaker::record_read`]) whose
+    /// replica then could not take it: if admitted, it counts as a
+    /// fallback, not as a second read.
+    pub fn admit(&mut self, s: &BreakerSettings, now: Instant, counted: bool) -> Admission {
         self.poll(s, now);
         let (reads, fallbacks) = self.counts(s, now);
         // A counted read that left the window (or a reconfigured window)
@@ -341,24 +338,18 @@ mod tests {
         let t0 = Instant::now();
         let mut b = with_reads(&s, t0, 10);
         // Two of those ten replica reads could not be served there.
-        assert_eq!(
-            b.admit_fallback_of_counted(&s, ms(t0, 20)),
-            Admission::Admitted
-        );
-        assert_eq!(
-            b.admit_fallback_of_counted(&s, ms(t0, 21)),
-            Admission::Admitted
-        );
+        assert_eq!(b.admit(&s, ms(t0, 20), true), Admission::Admitted);
+        assert_eq!(b.admit(&s, ms(t0, 21), true), Admission::Admitted);
         assert_eq!(b.counts(&s, ms(t0, 30)), (10, 2));
         // A third would be 3 of 10: over the cap.
         assert!(matches!(
-            b.admit_fallback_of_counted(&s, ms(t0, 22)),
+            b.admit(&s, ms(t0, 22), true),
             Admission::Refused { .. }
         ));
         assert_eq!(b.state(), BreakerState::Open { since: ms(t0, 22) });
         // With no read left in the window to match, it counts as one.
         let mut b = Breaker::new();
-        assert_eq!(b.admit_fallback_of_counted(&s, t0), Admission::Admitted);
+        assert_eq!(b.admit(&s, t0, true), Admission::Admitted);
         assert_eq!(b.counts(&s, t0), (1, 1));
     }
 

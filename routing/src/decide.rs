@@ -69,10 +69,12 @@ pub enum BreakerUse {
     /// replica `serve_stale` may use instead (never one that has not
     /// replayed the session's required LSN). `catch_up` is a healthy
     /// replica that only lacks the session's required LSN: worth a short
-    /// wait instead of the fallback.
+    /// wait instead of the fallback. `counted`: the breaker already counted
+    /// this read, as a replica read whose replica then could not take it.
     Fallback {
         stale: Option<usize>,
         catch_up: Option<usize>,
+        counted: bool,
     },
 }
 
@@ -264,7 +266,11 @@ fn read(
     let breaker = if snap.nodes.len() <= 1 {
         BreakerUse::None
     } else {
-        BreakerUse::Fallback { stale, catch_up }
+        BreakerUse::Fallback {
+            stale,
+            catch_up,
+            counted: false,
+        }
     };
     Ok(Decided {
         decision: RouteDecision {
@@ -371,26 +377,28 @@ pub fn settle(
             breaker.record_read(settings, now);
             Ok(decided.decision)
         }
-        BreakerUse::Fallback { stale, .. } => match breaker.admit_fallback(settings, now) {
-            Admission::Admitted => Ok(decided.decision),
-            Admission::Refused { share } => match (action, stale) {
-                (BreakerOpenAction::ServeStale, Some(node)) => {
-                    breaker.record_read(settings, now);
-                    Ok(RouteDecision {
-                        node,
-                        primary: false,
-                        reason: Reason::StaleServed,
-                        write: false,
-                        notice: Some(stale_notice(&snap.nodes[node], share, settings.cap)),
-                        catch_up: None,
-                    })
-                }
-                _ => Err(RouteError::BreakerOpen {
-                    share_percent: share * 100.0,
-                    cap_percent: settings.cap * 100.0,
-                }),
-            },
-        },
+        BreakerUse::Fallback { stale, counted, .. } => {
+            match breaker.admit(settings, now, counted) {
+                Admission::Admitted => Ok(decided.decision),
+                Admission::Refused { share } => match (action, stale) {
+                    (BreakerOpenAction::ServeStale, Some(node)) => {
+                        breaker.record_read(settings, now);
+                        Ok(RouteDecision {
+                            node,
+                            primary: false,
+                            reason: Reason::StaleServed,
+                            write: false,
+                            notice: Some(stale_notice(&snap.nodes[node], share, settings.cap)),
+                            catch_up: None,
+                        })
+                    }
+                    _ => Err(RouteError::BreakerOpen {
+                        share_percent: share * 100.0,
+                        cap_percent: settings.cap * 100.0,
+                    }),
+                },
+            }
+        }
     }
 }
 

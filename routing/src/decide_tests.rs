@@ -172,7 +172,8 @@ fn read_your_writes_excludes_replicas_behind_or_unknown() {
             d.breaker,
             BreakerUse::Fallback {
                 stale: None,
-                catch_up: Some(1..=3)
+                catch_up: Some(1..=3),
+                counted: false
             }
         ),
         "no stale replica has the write, but a healthy one may catch up: {:?}",
@@ -202,7 +203,8 @@ fn fallback_reasons() {
         d.breaker,
         BreakerUse::Fallback {
             stale: Some(2),
-            catch_up: None
+            catch_up: None,
+            counted: false
         },
         "least lagged"
     );
@@ -411,7 +413,8 @@ fn drained_replicas_get_no_reads() {
         d.breaker,
         BreakerUse::Fallback {
             stale: None,
-            catch_up: None
+            catch_up: None,
+            counted: false
         }
     );
     // Draining never affects writes.

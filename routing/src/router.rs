@@ -16,7 +16,7 @@ use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
 use crate::session::SessionRouting;
 
-use crate::breaker::{Admission, Breaker, BreakerSettings, BreakerState};
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::cache::{Classifier, Memo};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
@@ -173,6 +173,7 @@ impl Router {
             BreakerUse::Fallback {
                 stale,
                 catch_up: Some(replica),
+                ..
             },
             Some(lsn),
         ) = (decided.breaker, ctx.required_lsn)
@@ -242,6 +243,7 @@ impl Router {
             breaker: BreakerUse::Fallback {
                 stale: cu.stale,
                 catch_up: None,
+                counted: false,
             },
         };
         let snap = self.health.load();
@@ -273,24 +275,31 @@ impl Router {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
-        let config = self.config.load();
-        let settings = BreakerSettings::from_config(&config.routing);
-        Some(
-            match self.breaker().admit_fallback_of_counted(&settings, now) {
-                Admission::Admitted => Ok(RouteDecision {
-                    node: primary,
-                    primary: true,
-                    reason: Reason::NoReplica,
-                    write: false,
-                    notice: decision.notice.clone(),
-                    catch_up: None,
-                }),
-                Admission::Refused { share } => Err(RouteError::BreakerOpen {
-                    share_percent: share * 100.0,
-                    cap_percent: settings.cap * 100.0,
-                }),
+        let decided = Decided {
+            decision: RouteDecision {
+                node: primary,
+                primary: true,
+                reason: Reason::NoReplica,
+                write: false,
+                notice: decision.notice.clone(),
+                catch_up: None,
             },
-        )
+            // No stale replica: this read's replica just failed it.
+            breaker: BreakerUse::Fallback {
+                stale: None,
+                catch_up: None,
+                counted: true,
+            },
+        };
+        let config = self.config.load();
+        Some(settle(
+            decided,
+            &mut self.breaker(),
+            &BreakerSettings::from_config(&config.routing),
+            config.routing.on_breaker_open,
+            &self.health.load(),
+            now,
+        ))
     }
 
     /// The node that takes writes now, or why there is none. Not gated by

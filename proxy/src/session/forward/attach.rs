@@ -130,10 +130,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let (decision, pool, mut pc) = match caught_up {
             Some(pc) if !decision.primary => (decision, pool, pc),
             _ => {
-                let refused = match decision.primary {
-                    false => pool.refused_recently(now),
-                    true => None,
-                };
+                // A replica that refused a moment ago is not asked again.
+                let refused = (!decision.primary)
+                    .then(|| pool.refused_recently(now))
+                    .flatten();
                 let got = match refused {
                     Some(e) => Err(e),
                     None => {
