@@ -13,8 +13,20 @@
 #   dumps the counters and stops the proxy. Prints the transactions run, the
 #   instructions per transaction of the whole process and of its main thread
 #   (lagrouter's sessions; its health monitor and blocking pool run on
-#   threads of their own), and leaves the profile in target/callgrind/LABEL.*
-#   (callgrind_annotate reads it).
+#   threads of their own, and callgrind keeps one profile per thread), and
+#   leaves the profiles in target/callgrind/LABEL.PID.1-NN, the main
+#   thread's in LABEL.PID.1-01 (callgrind_annotate reads them).
+#
+#   CACHE_SIM=1 also simulates the caches (valgrind --cache-sim=yes, about
+#   twice as slow) and prints the instruction-cache misses per transaction
+#   (I1mr: 64-byte lines fetched again because the path per transaction did
+#   not stay in the host's L1i; the kernel's share is not simulated).
+#
+#   FOOTPRINT=1 records the instruction addresses (--dump-instr=yes; needs
+#   python3) and prints the main thread's hot code: the 64-byte lines of the
+#   instructions that ran in at least half of the transactions. A path that
+#   spans more than the L1 instruction cache (32 KiB here) is fetched again
+#   on every transaction.
 #
 #   The proxy must accept user app, password app, database app on 127.0.0.1
 #   (PGUSER, PGPASSWORD, PGDATABASE override). RUNAS="runuser -u postgres --"
@@ -40,7 +52,10 @@ mkdir -p "$out"
 chmod 777 "$out"
 rm -f "$out/$label".*
 # shellcheck disable=SC2086
-${RUNAS:-} valgrind --tool=callgrind --callgrind-out-file="$out/$label.%p" "$@" >"$out/$label.log" 2>&1 &
+sim=()
+[[ ${CACHE_SIM:-0} == 1 ]] && sim+=(--cache-sim=yes)
+[[ ${FOOTPRINT:-0} == 1 ]] && sim+=(--dump-instr=yes)
+${RUNAS:-} valgrind --tool=callgrind --separate-threads=yes "${sim[@]}" --callgrind-out-file="$out/$label.%p" "$@" >"$out/$label.log" 2>&1 &
 cleanup() { [[ -n ${vp:-} ]] && { kill -INT "$vp" 2>/dev/null; sleep 2; kill -KILL "$vp" 2>/dev/null; } || true; }
 trap cleanup EXIT
 for _ in $(seq 1 120); do
@@ -59,8 +74,44 @@ ${RUNAS:-} callgrind_control -d "$vp" >/dev/null
 sleep 1
 cleanup
 vp=
-prof=$(ls -t "$out/$label".*.1 | head -1)
-total=$(sed -n 's/^summary: //p' "$prof")
-main=$(callgrind_annotate --threshold=100 --auto=no --inclusive=yes "$prof" 2>/dev/null |
-    awk '!done && NF > 2 && ($NF ~ /:main$/ || $(NF-1) ~ /:main$/) { gsub(",", "", $1); print $1; done = 1 }')
-echo "$label: $txns transactions, $((total / txns)) instructions per transaction (main thread: $(( ${main:-0} / txns )); profile $prof)"
+# One file per thread (--separate-threads): LABEL.PID.1-01 is the main
+# thread's (lagrouter's sessions), the others its health monitor's and
+# blocking pool's (a server login's key stretching runs there).
+main_prof=$(ls -t "$out/$label".*.1-01 | head -1)
+profs=("${main_prof%-01}"-*)
+# Events: Ir, or with CACHE_SIM=1 Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+sum_of() { # field number, files...
+    local k=$1
+    shift
+    sed -n 's/^summary: //p' "$@" | awk -v k="$k" '{ s += $k } END { print s + 0 }'
+}
+per_txn() { awk -v m="$1" -v t="$txns" 'BEGIN { printf "%.1f", m / t }'; }
+total=$(sum_of 1 "${profs[@]}")
+main=$(sum_of 1 "$main_prof")
+echo "$label: $txns transactions, $((total / txns)) instructions per transaction (main thread: $((main / txns)); profile $main_prof)"
+if [[ ${CACHE_SIM:-0} == 1 ]]; then
+    echo "$label: instruction-cache misses per transaction: $(per_txn "$(sum_of 4 "${profs[@]}")") (main thread: $(per_txn "$(sum_of 4 "$main_prof")"))"
+fi
+if [[ ${FOOTPRINT:-0} == 1 ]]; then
+    python3 - "$main_prof" "$txns" <<'PY'
+import collections, sys
+path, txns = sys.argv[1], int(sys.argv[2])
+ir = collections.Counter()
+npos, last, call_cost = 1, 0, False
+for line in open(path, errors="replace"):
+    if line.startswith("positions:"):
+        npos = len(line.split()) - 1
+    elif line.startswith("calls="):
+        call_cost = True  # the next cost line is a call's inclusive cost
+    elif line[:1] and line[0] in "0123456789+-*":
+        f = line.split()
+        a = f[0]
+        last = last if a == "*" else last + int(a, 0) if a[0] in "+-" else int(a, 0)
+        if call_cost:
+            call_cost = False
+        elif len(f) > npos:
+            ir[last] += int(f[npos])
+hot = {a >> 6 for a, n in ir.items() if n * 2 >= txns}
+print(f"hot code of the main thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
+PY
+fi
