@@ -47,7 +47,9 @@ pub async fn start(
         source,
     })?;
     let shared = proxy.shared();
-    tokio::spawn(crate::catalog::keep_loaded(
+    // On the health monitor's thread: each load connects, and the
+    // connect's SCRAM key derivation would stall every session meanwhile.
+    health.spawn_background(crate::catalog::keep_loaded(
         config,
         health.clone(),
         shared.router.clone(),

@@ -45,6 +45,8 @@ struct Inner {
     seq: watch::Sender<u64>,
     shutdown: CancellationToken,
     traffic: Traffic,
+    /// The monitor's own runtime, on its thread (`None`: the caller's).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl HealthMonitor {
@@ -56,8 +58,12 @@ impl HealthMonitor {
     /// replica serving reads) stays until it ends.
     pub async fn start(config: ConfigHandle, shutdown: CancellationToken) -> HealthMonitor {
         let cfg = config.load_full();
-        let mut monitor = HealthMonitor::idle(HealthSnapshot::initial(&cfg), shutdown.clone());
         let runtime = own_runtime(&shutdown);
+        let mut monitor = HealthMonitor::idle_on(
+            HealthSnapshot::initial(&cfg),
+            shutdown.clone(),
+            runtime.clone(),
+        );
         {
             // Spawned onto the monitor's runtime (or, if it could not be
             // built, the caller's).
@@ -78,7 +84,16 @@ impl HealthMonitor {
     }
 
     /// A monitor publishing `initial` and running nothing.
+    #[cfg(test)]
     fn idle(initial: HealthSnapshot, shutdown: CancellationToken) -> HealthMonitor {
+        HealthMonitor::idle_on(initial, shutdown, None)
+    }
+
+    fn idle_on(
+        initial: HealthSnapshot,
+        shutdown: CancellationToken,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> HealthMonitor {
         let (seq, _) = watch::channel(initial.seq);
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(initial));
         HealthMonitor {
@@ -88,7 +103,25 @@ impl HealthMonitor {
                 seq,
                 shutdown,
                 traffic: Traffic::default(),
+                runtime,
             }),
+        }
+    }
+
+    /// Runs `task` on the monitor's thread, away from the sessions' event
+    /// loop (on the caller's runtime if the monitor has no thread): for
+    /// background work whose connections log in. tokio-postgres derives
+    /// a SCRAM key from the password at every connect, 4096 rounds of
+    /// HMAC-SHA-256 by default, milliseconds during which its thread runs
+    /// nothing else.
+    pub fn spawn_background<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
         }
     }
 
@@ -297,6 +330,30 @@ mod tests {
 
     const TWO: &str = "[[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n\
                        [[nodes]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = 5433\nrole = \"replica\"\n";
+
+    #[tokio::test]
+    async fn background_work_runs_on_the_monitors_thread() {
+        // Nodes on a port nothing listens on: the checks fail fast.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = config(&format!(
+            "[[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"primary\"\n\
+             [health]\ncheck_timeout = \"200ms\"\n"
+        ));
+        let stop = CancellationToken::new();
+        let m = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await;
+        let thread = |h: tokio::task::JoinHandle<Option<String>>| async move { h.await.unwrap() };
+        let here = std::thread::current().name().map(str::to_owned);
+        let there =
+            thread(m.spawn_background(async { std::thread::current().name().map(str::to_owned) }))
+                .await;
+        assert_eq!(there.as_deref(), Some("lagrouter-health"));
+        assert_ne!(here, there);
+        stop.cancel();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn wait_primary_lsn_after_resolves_on_a_later_sample() {

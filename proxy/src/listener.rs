@@ -62,7 +62,7 @@ impl Shared {
     /// Applies a new (validated) config to users and nodes.
     pub fn apply_config(&self, config: &Config) {
         self.users
-            .store(Arc::new(UserDirectory::from_config(config)));
+            .store(Arc::new(self.users.load().reloaded(config)));
         self.auth_query.clear();
         self.nodes.store(Arc::new(node_addrs(config)));
     }

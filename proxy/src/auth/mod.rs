@@ -77,19 +77,53 @@ pub struct UserDirectory {
     users: HashMap<String, Arc<UserAuth>>,
     /// Keys the mock salts of unknown users (see [`ScramSecret::impossible`]).
     mock_key: [u8; 32],
+    /// The SCRAM secrets derived from plain-text passwords, by user, with
+    /// the password: a reload that keeps a user's password keeps its secret
+    /// (see [`UserDirectory::reloaded`]).
+    derived: HashMap<String, (String, ScramSecret)>,
 }
 
 impl UserDirectory {
     /// Prepares every user's credential (SCRAM secrets are derived once here).
     pub fn from_config(config: &Config) -> UserDirectory {
+        UserDirectory::build(config, rand::random(), &HashMap::new())
+    }
+
+    /// The directory for a reloaded `config`. A user whose plain-text
+    /// password did not change keeps its secret: deriving one is 4096
+    /// rounds of HMAC-SHA-256 (about a millisecond), on the thread that
+    /// reloads, which also serves sessions; and a salt that changes at a
+    /// reload would tell a prober which names exist. For the same reason
+    /// unknown users keep their mock salts.
+    pub fn reloaded(&self, config: &Config) -> UserDirectory {
+        UserDirectory::build(config, self.mock_key, &self.derived)
+    }
+
+    fn build(
+        config: &Config,
+        mock_key: [u8; 32],
+        previous: &HashMap<String, (String, ScramSecret)>,
+    ) -> UserDirectory {
+        let mut derived = HashMap::new();
         let users = config
             .users
             .iter()
-            .map(|u| (u.name.clone(), Arc::new(user_auth(u))))
+            .map(|u| {
+                let auth = user_auth(u, |password| {
+                    let secret = match previous.get(&u.name) {
+                        Some((p, s)) if p == password => s.clone(),
+                        _ => ScramSecret::from_password(password),
+                    };
+                    derived.insert(u.name.clone(), (password.to_owned(), secret.clone()));
+                    secret
+                });
+                (u.name.clone(), Arc::new(auth))
+            })
             .collect();
         UserDirectory {
             users,
-            mock_key: rand::random(),
+            mock_key,
+            derived,
         }
     }
 
@@ -105,12 +139,13 @@ impl UserDirectory {
     }
 }
 
-fn user_auth(u: &UserConfig) -> UserAuth {
+/// `derive` makes the SCRAM secret of a plain-text password.
+fn user_auth(u: &UserConfig, derive: impl FnOnce(&str) -> ScramSecret) -> UserAuth {
     let credential = match u.auth {
         AuthMethod::Trust => Credential::Trust,
         AuthMethod::ScramSha256 => match ScramSecret::parse(&u.password) {
             Some(s) => Credential::Scram(s),
-            None => Credential::Scram(ScramSecret::from_password(&u.password)),
+            None => Credential::Scram(derive(&u.password)),
         },
         AuthMethod::Md5 => match u.password.strip_prefix("md5") {
             Some(h) if u.password.len() == 35 => Credential::Md5(h.to_string()),
@@ -149,6 +184,58 @@ pub fn check_md5(stored_hex: &str, salt: [u8; 4], response: &str) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn users(b_password: &str) -> Config {
+        Config::from_toml_str(&format!(
+            "[[users]]\nname = \"a\"\npassword = \"x\"\n\
+             [[users]]\nname = \"b\"\npassword = \"{b_password}\"\n\
+             [[nodes]]\nname = \"primary\"\nhost = \"127.0.0.1\"\nrole = \"primary\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn salt(d: &UserDirectory, name: &str) -> String {
+        match &d.get(name).expect("configured").credential {
+            Credential::Scram(s) => s.salt_b64().to_owned(),
+            _ => panic!("{name} is a SCRAM user"),
+        }
+    }
+
+    #[test]
+    fn a_reload_derives_only_the_secrets_of_changed_passwords() {
+        let first = UserDirectory::from_config(&users("y"));
+        // A fresh directory draws new salts: what a reload would do without
+        // the reuse.
+        let fresh = UserDirectory::from_config(&users("y"));
+        assert_ne!(salt(&first, "a"), salt(&fresh, "a"));
+        assert_ne!(
+            first.unknown("nobody").salt_b64(),
+            fresh.unknown("nobody").salt_b64()
+        );
+
+        let same = first.reloaded(&users("y"));
+        assert_eq!(salt(&first, "a"), salt(&same, "a"));
+        assert_eq!(salt(&first, "b"), salt(&same, "b"));
+        let changed = same.reloaded(&users("z"));
+        assert_eq!(salt(&first, "a"), salt(&changed, "a"));
+        assert_ne!(salt(&first, "b"), salt(&changed, "b"));
+        // Unknown names keep their mock salts, as known ones keep theirs.
+        assert_eq!(
+            first.unknown("nobody").salt_b64(),
+            changed.unknown("nobody").salt_b64()
+        );
+        // The kept secret still checks the password, the new one the new
+        // password.
+        let Credential::Scram(b) = &changed.get("b").unwrap().credential else {
+            unreachable!()
+        };
+        scram::tests::login(b.clone(), "z").unwrap();
+        assert!(scram::tests::login(b.clone(), "y").is_err());
+        let Credential::Scram(a) = &changed.get("a").unwrap().credential else {
+            unreachable!()
+        };
+        scram::tests::login(a.clone(), "x").unwrap();
+    }
 
     #[test]
     fn md5_matches_libpq() {

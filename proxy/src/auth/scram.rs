@@ -39,6 +39,12 @@ impl ScramSecret {
         })
     }
 
+    /// The salt, base64 as in the verifier.
+    #[cfg(test)]
+    pub(crate) fn salt_b64(&self) -> &str {
+        &self.salt_b64
+    }
+
     /// A secret for a plain-text password (PBKDF2 with a random salt; done
     /// once per config load, not per login).
     pub fn from_password(password: &str) -> ScramSecret {
@@ -185,11 +191,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
-    fn login(secret: ScramSecret, password: &str) -> Result<(), AuthError> {
+    /// A whole SCRAM exchange of postgres-protocol's client against `secret`.
+    pub(crate) fn login(secret: ScramSecret, password: &str) -> Result<(), AuthError> {
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = ScramExchange::start(secret, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
