@@ -271,7 +271,9 @@ impl Router {
         if decision.primary || decision.reason != Reason::Healthy {
             return None;
         }
-        let primary = match crate::decide::primary_index(&self.health.load()) {
+        // One snapshot for the primary and the settling.
+        let snap = self.health.load();
+        let primary = match crate::decide::primary_index(&snap) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
@@ -297,7 +299,7 @@ impl Router {
             &mut self.breaker(),
             &BreakerSettings::from_config(&config.routing),
             config.routing.on_breaker_open,
-            &self.health.load(),
+            &snap,
             now,
         ))
     }
