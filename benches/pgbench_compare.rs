@@ -38,6 +38,9 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       per client, no pooling, parsing or routing: the CPU floor of a proxy built
       as lagrouter is, one task per client on a current-thread runtime)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
+  --lagrouter PATH (the lagrouter binary of the two lagrouter targets; default: the
+      release build cargo bench made, target/release/lagrouter; scripts/build-pgo
+      passes its instrumented build, and its result can be measured with it)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
@@ -85,6 +88,8 @@ struct Opts {
     modes: Vec<String>,
     targets: Vec<String>,
     pgbouncer: Option<PathBuf>,
+    /// The lagrouter binary; None: the one cargo bench built.
+    lagrouter: Option<PathBuf>,
     /// `pool.size` of the `lagrouter` target (with replicas: per node).
     replica_pool: u32,
     install_pgbouncer: bool,
@@ -102,6 +107,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         modes: list("simple,extended,prepared"),
         targets: list(&ALL_TARGETS.join(",")),
         pgbouncer: None,
+        lagrouter: None,
         replica_pool: POOL_SIZE,
         install_pgbouncer: false,
     };
@@ -123,6 +129,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--modes" => o.modes = list(val()?),
             "--targets" => o.targets = list(val()?),
             "--pgbouncer" => o.pgbouncer = Some(PathBuf::from(val()?)),
+            "--lagrouter" => o.lagrouter = Some(PathBuf::from(val()?)),
             "--replica-pool" => o.replica_pool = val()?.parse()?,
             "--install-pgbouncer" => o.install_pgbouncer = true,
             other => bail!("unknown option {other}\n{USAGE}"),
@@ -140,6 +147,9 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     check("mode", &o.modes, &["simple", "extended", "prepared"])?;
     if let Some(p) = o.pgbouncer.as_ref().filter(|p| !p.is_file()) {
         bail!("--pgbouncer {}: no such file", p.display());
+    }
+    if let Some(p) = o.lagrouter.as_ref().filter(|p| !p.is_file()) {
+        bail!("--lagrouter {}: no such file", p.display());
     }
     if o.secs == 0 || o.clients == 0 || o.threads == 0 || o.repeats == 0 {
         bail!("-T, -c, -j and -r must be > 0");
@@ -191,12 +201,17 @@ fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> 
     Ok(t)
 }
 
-fn start_lagrouter(c: &Cluster, name: &str, pool: u32, out: &Path) -> Result<Target> {
+fn start_lagrouter(c: &Cluster, o: &Opts, name: &str, pool: u32, out: &Path) -> Result<Target> {
     let port = free_port()?;
     let conf = out.join(format!("{name}.toml"));
     let primary_only = name == "lagrouter-primary-only";
     fs::write(&conf, lagrouter_config(c, port, primary_only, pool))?;
-    let mut cmd = Command::new(lagrouter_bin()?);
+    let bin = match &o.lagrouter {
+        Some(b) => b.clone(),
+        None => lagrouter_bin()?,
+    };
+    println!("{name}: {}", bin.display());
+    let mut cmd = Command::new(bin);
     // The shipped log level (info), whatever the caller's RUST_LOG says.
     cmd.arg("run")
         .arg("-c")
@@ -673,8 +688,8 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
                 continue;
             }
-            ("lagrouter", _) => start_lagrouter(c, name, o.replica_pool, out)?,
-            _ => start_lagrouter(c, name, POOL_SIZE, out)?,
+            ("lagrouter", _) => start_lagrouter(c, o, name, o.replica_pool, out)?,
+            _ => start_lagrouter(c, o, name, POOL_SIZE, out)?,
         };
         println!("{}: 127.0.0.1:{}", t.name, t.port);
         targets.push(t);
