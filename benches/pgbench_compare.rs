@@ -31,27 +31,33 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       txn7 (BEGIN, 5 x SELECT, END), select-c400 (-S with 400 clients, whatever -c says)
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
-  --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter
+  --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter,
+      baseline-primary-only
       (direct-replicas: the clients split over the two replicas directly, read-only
       workloads only: what the replicas give on this machine without a proxy;
       tokio-relay: a bare TCP relay to the primary on tokio, one server connection
       per client, no pooling, parsing or routing: the CPU floor of a proxy built
-      as lagrouter is, one task per client on a current-thread runtime)
+      as lagrouter is, one task per client on a current-thread runtime;
+      baseline-primary-only: lagrouter primary-only from the binary --baseline names,
+      for an A/B of two builds in one interleaved run)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --lagrouter PATH (the lagrouter binary of the two lagrouter targets; default: the
       release build cargo bench made, target/release/lagrouter; scripts/build-pgo
       passes its instrumented build, and its result can be measured with it)
+  --baseline PATH (a second lagrouter binary, run as the baseline-primary-only target;
+      without it that target is skipped)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
   --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
-const ALL_TARGETS: [&str; 6] = [
+const ALL_TARGETS: [&str; 7] = [
     "direct",
     "direct-replicas",
     "tokio-relay",
     "pgbouncer",
     "lagrouter-primary-only",
     "lagrouter",
+    "baseline-primary-only",
 ];
 const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
 /// Extra time a pgbench gets beyond -T before it counts as hung.
@@ -90,6 +96,8 @@ struct Opts {
     pgbouncer: Option<PathBuf>,
     /// The lagrouter binary; None: the one cargo bench built.
     lagrouter: Option<PathBuf>,
+    /// The `baseline-primary-only` target's lagrouter binary.
+    baseline: Option<PathBuf>,
     /// `pool.size` of the `lagrouter` target (with replicas: per node).
     replica_pool: u32,
     install_pgbouncer: bool,
@@ -105,9 +113,10 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         warmup: 2,
         workloads: list("select"),
         modes: list("simple,extended,prepared"),
-        targets: list(&ALL_TARGETS.join(",")),
+        targets: Vec::new(),
         pgbouncer: None,
         lagrouter: None,
+        baseline: None,
         replica_pool: POOL_SIZE,
         install_pgbouncer: false,
     };
@@ -130,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--targets" => o.targets = list(val()?),
             "--pgbouncer" => o.pgbouncer = Some(PathBuf::from(val()?)),
             "--lagrouter" => o.lagrouter = Some(PathBuf::from(val()?)),
+            "--baseline" => o.baseline = Some(PathBuf::from(val()?)),
             "--replica-pool" => o.replica_pool = val()?.parse()?,
             "--install-pgbouncer" => o.install_pgbouncer = true,
             other => bail!("unknown option {other}\n{USAGE}"),
@@ -142,14 +152,26 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         Some(g) => bail!("unknown {what} {g}\n{USAGE}"),
         None => Ok(()),
     };
+    let base = "baseline-primary-only";
+    if o.targets.is_empty() {
+        // Every target; the baseline when there is a binary for it.
+        let known = ALL_TARGETS.into_iter();
+        let wanted = known.filter(|t| *t != base || o.baseline.is_some());
+        o.targets = wanted.map(String::from).collect();
+    }
     check("target", &o.targets, &ALL_TARGETS)?;
+    if o.baseline.is_none() && o.targets.iter().any(|t| t == base) {
+        bail!("target {base} needs --baseline PATH (the lagrouter binary to compare with)");
+    }
     check("workload", &o.workloads, &ALL_WORKLOADS)?;
     check("mode", &o.modes, &["simple", "extended", "prepared"])?;
     if let Some(p) = o.pgbouncer.as_ref().filter(|p| !p.is_file()) {
         bail!("--pgbouncer {}: no such file", p.display());
     }
-    if let Some(p) = o.lagrouter.as_ref().filter(|p| !p.is_file()) {
-        bail!("--lagrouter {}: no such file", p.display());
+    for (opt, p) in [("--lagrouter", &o.lagrouter), ("--baseline", &o.baseline)] {
+        if let Some(p) = p.as_ref().filter(|p| !p.is_file()) {
+            bail!("{opt} {}: no such file", p.display());
+        }
     }
     if o.secs == 0 || o.clients == 0 || o.threads == 0 || o.repeats == 0 {
         bail!("-T, -c, -j and -r must be > 0");
@@ -204,9 +226,13 @@ fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> 
 fn start_lagrouter(c: &Cluster, o: &Opts, name: &str, pool: u32, out: &Path) -> Result<Target> {
     let port = free_port()?;
     let conf = out.join(format!("{name}.toml"));
-    let primary_only = name == "lagrouter-primary-only";
+    let primary_only = name.ends_with("primary-only");
     fs::write(&conf, lagrouter_config(c, port, primary_only, pool))?;
-    let bin = match &o.lagrouter {
+    let given = match name {
+        "baseline-primary-only" => &o.baseline,
+        _ => &o.lagrouter,
+    };
+    let bin = match given {
         Some(b) => b.clone(),
         None => lagrouter_bin()?,
     };
@@ -514,12 +540,17 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
     println!(
         "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
     );
-    let per_round = [(lr, pgb), (po, pgb), ("tokio-relay", pgb)];
-    let heads = [
+    let base = "baseline-primary-only";
+    let mut per_round = vec![(lr, pgb), (po, pgb), ("tokio-relay", pgb)];
+    let mut heads = vec![
         "lagrouter/pgbouncer",
         "primary-only/pgbouncer",
         "tokio-relay/pgbouncer",
     ];
+    if targets.contains(&base) {
+        per_round.extend([(po, base), (base, pgb)]);
+        heads.extend(["primary-only/baseline", "baseline/pgbouncer"]);
+    }
     print_grid("per round", &heads, combos, &|wm, i| {
         let (a, b) = per_round[i];
         spread(&round_ratios(runs, wm, a, b))
@@ -854,7 +885,12 @@ fn main() -> Result<()> {
     print_tables(&run_header(&o), &runs, &combos, &names);
     if let Some(share) = replica_share(&c, &runs, (warmup_xacts, warmup_direct), before) {
         let pct = share * 100.;
-        println!("lagrouter ran {pct:.1}% of its select-only transactions on the replicas");
+        // The replicas' counters also take in lagrouter's health checks
+        // (a few a second), hence a share a little over 100% is possible.
+        println!(
+            "lagrouter ran {pct:.1}% of its select-only transactions on the replicas \
+             (by the replicas' counters, which also count its health checks)"
+        );
     }
     let tsv = out.with_extension("tsv");
     write_tsv(&tsv, &runs)?;
