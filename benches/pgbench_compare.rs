@@ -44,8 +44,8 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --lagrouter PATH (the lagrouter binary of the two lagrouter targets; default: the
       release build cargo bench made, target/release/lagrouter; scripts/build-pgo
       passes its instrumented build, and its result can be measured with it)
-  --baseline PATH (a second lagrouter binary, run as the baseline-primary-only target;
-      without it that target is skipped)
+  --baseline PATH (a second lagrouter binary, run as the baseline-primary-only target,
+      which is among the default targets only with it and an error without it)
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
@@ -59,6 +59,8 @@ const ALL_TARGETS: [&str; 7] = [
     "lagrouter",
     "baseline-primary-only",
 ];
+/// The target that runs the `--baseline` binary.
+const BASELINE: &str = "baseline-primary-only";
 const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
 /// Extra time a pgbench gets beyond -T before it counts as hung.
 const GRACE: Duration = Duration::from_secs(60);
@@ -152,16 +154,15 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         Some(g) => bail!("unknown {what} {g}\n{USAGE}"),
         None => Ok(()),
     };
-    let base = "baseline-primary-only";
     if o.targets.is_empty() {
         // Every target; the baseline when there is a binary for it.
         let known = ALL_TARGETS.into_iter();
-        let wanted = known.filter(|t| *t != base || o.baseline.is_some());
+        let wanted = known.filter(|t| *t != BASELINE || o.baseline.is_some());
         o.targets = wanted.map(String::from).collect();
     }
     check("target", &o.targets, &ALL_TARGETS)?;
-    if o.baseline.is_none() && o.targets.iter().any(|t| t == base) {
-        bail!("target {base} needs --baseline PATH (the lagrouter binary to compare with)");
+    if o.baseline.is_none() && o.targets.iter().any(|t| t == BASELINE) {
+        bail!("target {BASELINE} needs --baseline PATH (the lagrouter binary to compare with)");
     }
     check("workload", &o.workloads, &ALL_WORKLOADS)?;
     check("mode", &o.modes, &["simple", "extended", "prepared"])?;
@@ -228,9 +229,10 @@ fn start_lagrouter(c: &Cluster, o: &Opts, name: &str, pool: u32, out: &Path) -> 
     let conf = out.join(format!("{name}.toml"));
     let primary_only = name.ends_with("primary-only");
     fs::write(&conf, lagrouter_config(c, port, primary_only, pool))?;
-    let given = match name {
-        "baseline-primary-only" => &o.baseline,
-        _ => &o.lagrouter,
+    let given = if name == BASELINE {
+        &o.baseline
+    } else {
+        &o.lagrouter
     };
     let bin = match given {
         Some(b) => b.clone(),
@@ -540,7 +542,7 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
     println!(
         "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
     );
-    let base = "baseline-primary-only";
+    let base = BASELINE;
     let mut per_round = vec![(lr, pgb), (po, pgb), ("tokio-relay", pgb)];
     let mut heads = vec![
         "lagrouter/pgbouncer",
