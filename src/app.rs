@@ -40,7 +40,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     install_metrics(&config);
-    let health = HealthMonitor::start(config.clone(), shutdown.child_token()).await;
+    let health = HealthMonitor::start(config.clone(), shutdown.child_token())
+        .await
+        .map_err(StartError::Threads)?;
     let proxy = Proxy::bind(config.clone(), &health, shutdown.clone()).await?;
     let addr = proxy.local_addr().map_err(|source| StartError::Listen {
         addr: "bound socket".into(),
@@ -120,7 +122,7 @@ async fn release_idle_buffers(shared: Arc<Shared>, shutdown: CancellationToken) 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(IDLE_BUFFER_SWEEP) => {}
+            _ = shared.timers.sleep(IDLE_BUFFER_SWEEP) => {}
         }
         let asked = shared.clients.release_idle_buffers(IDLE_BUFFER_BATCH);
         if asked > 0 {
@@ -140,7 +142,7 @@ async fn close_idle_connections(shared: Arc<Shared>, shutdown: CancellationToken
         );
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = shared.timers.sleep(every) => {}
         }
         let closed = shared.pools.close_idle(timeout);
         if closed > 0 {

@@ -21,7 +21,7 @@ pub async fn export(shared: Arc<Shared>, shutdown: CancellationToken) {
         gate_was_open = export_gate(&shared, gate_was_open);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = shared.timers.sleep(EVERY) => {}
         }
     }
 }

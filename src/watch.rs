@@ -100,7 +100,7 @@ async fn run(
         // Collapse a burst of events into one reload.
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(DEBOUNCE) => break,
+                _ = shared.timers.sleep(DEBOUNCE) => break,
                 got = rx.recv() => if got.is_none() { return },
             }
         }

@@ -76,7 +76,9 @@ async fn start(health: &str) -> Running {
     init_logs();
     let cfg = config(Cluster::shared(), health);
     let stop = CancellationToken::new();
-    let monitor = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await;
+    let monitor = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone())
+        .await
+        .expect("the monitor's threads start");
     Running { monitor, stop }
 }
 
@@ -89,7 +91,9 @@ async fn start_in_default_database(health: &str) -> Running {
     let cfg = Config::from_toml_str(&text).expect("valid");
     assert_eq!(cfg.health.database, "postgres", "the default");
     let stop = CancellationToken::new();
-    let monitor = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await;
+    let monitor = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone())
+        .await
+        .expect("the monitor's threads start");
     Running { monitor, stop }
 }
 

@@ -92,7 +92,9 @@ async fn monitor_load_then_split_brain_after_promotion() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     let cfg = config(c, &["primary", "replica", "replica"], "");
-    let fixed = HealthMonitor::start(ConfigHandle::new(cfg), stop.child_token()).await;
+    let fixed = HealthMonitor::start(ConfigHandle::new(cfg), stop.child_token())
+        .await
+        .expect("the monitor's threads start");
     wait_for(&fixed, Duration::from_secs(15), "all healthy", all_healthy).await;
     let per_query = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
                      WHERE userid = 'app'::regrole";
@@ -140,7 +142,9 @@ async fn monitor_load_then_split_brain_after_promotion() {
         &["auto", "auto", "auto"],
         "prefer_highest_timeline = true",
     );
-    let auto = HealthMonitor::start(ConfigHandle::new(cfg), stop.child_token()).await;
+    let auto = HealthMonitor::start(ConfigHandle::new(cfg), stop.child_token())
+        .await
+        .expect("the monitor's threads start");
     wait_for(&auto, Duration::from_secs(15), "auto: primary found", |s| {
         s.primary == PrimaryStatus::One(0)
     })

@@ -34,6 +34,7 @@
 //! - `traffic`: [`Traffic`], the proxy's own traffic per node, the second
 //!   path that tells a slow node from a stopped one.
 //! - `monitor`: [`HealthMonitor`], which starts it all.
+//! - `timers`: [`Timers`], the timer thread the proxy's timeouts run on.
 
 mod assemble;
 mod backoff;
@@ -52,6 +53,7 @@ mod round;
 mod snapshot;
 mod state;
 mod telemetry;
+mod timers;
 mod traffic;
 
 pub use conn::{APPLICATION_NAME, ConnTarget, connect_as};
@@ -63,4 +65,5 @@ pub use replay::ReplayWaiter;
 pub use risk::{DataAtRisk, SlotInfo, SyncSettings};
 pub use snapshot::{HealthSnapshot, NodeHealth, NodeState, PrimaryStatus, SharedSnapshot};
 pub use state::{Cause, Check, LagExcess, NodeStatus, Thresholds, Verdict, next_status, verdict};
+pub use timers::Timers;
 pub use traffic::{NodeTraffic, Traffic, TrafficSample};

@@ -12,7 +12,8 @@
 //! Everything the monitor runs (check tasks, coordinator, heartbeat writer,
 //! replay poller) runs on a runtime of its own, on its own thread
 //! (`lagrouter-health`): a saturated proxy event loop must never make a
-//! check late, since a late check is read as a slow node.
+//! check late, since a late check is read as a slow node. The monitor also
+//! starts the [`Timers`] thread the proxy's timeouts run on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use lagrouter_config::{Config, ConfigHandle, NodeConfig};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, timeout_at};
+use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::assemble::assemble;
@@ -29,6 +30,7 @@ use crate::lag::{PrimaryHistory, PrimarySample};
 use crate::probe::{NodeProber, ProbeResult};
 use crate::replay::ReplayWaiter;
 use crate::round::run_round;
+use crate::timers::Timers;
 use crate::traffic::Traffic;
 use crate::{HealthSnapshot, SharedSnapshot, heartbeat, telemetry};
 
@@ -47,6 +49,8 @@ struct Inner {
     traffic: Traffic,
     /// The monitor's own runtime, on its thread (`None`: the caller's).
     runtime: Option<tokio::runtime::Handle>,
+    /// Where timeouts run (the proxy's too).
+    timers: Timers,
 }
 
 impl HealthMonitor {
@@ -55,21 +59,30 @@ impl HealthMonitor {
     /// monitor's own thread and runtime, and waits for the first round, at
     /// most `check_timeout`, so the first snapshot is meaningful. If the
     /// round takes longer, the initial snapshot (the configured primary, no
-    /// replica serving reads) stays until it ends.
-    pub async fn start(config: ConfigHandle, shutdown: CancellationToken) -> HealthMonitor {
+    /// replica serving reads) stays until it ends. Fails only if the OS
+    /// refuses the monitor's thread or the timer thread.
+    pub async fn start(
+        config: ConfigHandle,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<HealthMonitor> {
         let cfg = config.load_full();
-        let runtime = own_runtime(&shutdown);
+        let runtime = own_runtime(&shutdown)?;
+        let timers = Timers::spawn()?;
         let mut monitor = HealthMonitor::idle_on(
             HealthSnapshot::initial(&cfg),
             shutdown.clone(),
-            runtime.clone(),
+            Some(runtime.clone()),
+            timers.clone(),
         );
         {
-            // Spawned onto the monitor's runtime (or, if it could not be
-            // built, the caller's).
-            let _entered = runtime.as_ref().map(|h| h.enter());
-            monitor.replay =
-                ReplayWaiter::start(config.clone(), monitor.shared(), shutdown.clone());
+            // Spawned onto the monitor's runtime.
+            let _entered = runtime.enter();
+            monitor.replay = ReplayWaiter::start(
+                config.clone(),
+                monitor.shared(),
+                shutdown.clone(),
+                timers.clone(),
+            );
             tokio::spawn(coordinate(config.clone(), monitor.clone()));
             tokio::spawn(heartbeat::run(
                 config,
@@ -79,31 +92,35 @@ impl HealthMonitor {
             ));
         }
         let mut rx = monitor.subscribe();
-        let _ = timeout(cfg.health.check_timeout, rx.wait_for(|seq| *seq >= 1)).await;
-        monitor
+        let _ = timers
+            .timeout(cfg.health.check_timeout, rx.wait_for(|seq| *seq >= 1))
+            .await;
+        Ok(monitor)
     }
 
     /// A monitor publishing `initial` and running nothing.
     #[cfg(test)]
     fn idle(initial: HealthSnapshot, shutdown: CancellationToken) -> HealthMonitor {
-        HealthMonitor::idle_on(initial, shutdown, None)
+        HealthMonitor::idle_on(initial, shutdown, None, Timers::default())
     }
 
     fn idle_on(
         initial: HealthSnapshot,
         shutdown: CancellationToken,
         runtime: Option<tokio::runtime::Handle>,
+        timers: Timers,
     ) -> HealthMonitor {
         let (seq, _) = watch::channel(initial.seq);
         let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(initial));
         HealthMonitor {
-            replay: ReplayWaiter::idle(shared.clone(), shutdown.clone()),
+            replay: ReplayWaiter::idle(shared.clone(), shutdown.clone(), timers.clone()),
             inner: Arc::new(Inner {
                 shared,
                 seq,
                 shutdown,
                 traffic: Traffic::default(),
                 runtime,
+                timers,
             }),
         }
     }
@@ -123,6 +140,12 @@ impl HealthMonitor {
             Some(rt) => rt.spawn(task),
             None => tokio::spawn(task),
         }
+    }
+
+    /// The timer thread's handle: the proxy's timeouts run there, so the
+    /// sessions' runtime needs no timers of its own (see `timers`).
+    pub fn timers(&self) -> Timers {
+        self.inner.timers.clone()
     }
 
     /// Where the proxy reports its own traffic per node (see `traffic`).
@@ -167,7 +190,7 @@ impl HealthMonitor {
             }
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return None,
-                r = timeout_at(deadline, rx.changed()) => {
+                r = self.inner.timers.timeout_at(deadline, rx.changed()) => {
                     if !matches!(r, Ok(Ok(()))) {
                         return None;
                     }
@@ -189,13 +212,13 @@ impl HealthMonitor {
 }
 
 /// A current-thread runtime driven by a thread of its own until
-/// `shutdown`; `None` (and a warning) if the OS refuses the thread.
-fn own_runtime(shutdown: &CancellationToken) -> Option<tokio::runtime::Handle> {
+/// `shutdown`; an error if the OS refuses the thread or the runtime.
+fn own_runtime(shutdown: &CancellationToken) -> std::io::Result<tokio::runtime::Handle> {
     // Built on the thread itself, so a runtime is never dropped on the
     // caller's (async) thread, which tokio forbids.
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = shutdown.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("lagrouter-health".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -204,7 +227,7 @@ fn own_runtime(shutdown: &CancellationToken) -> Option<tokio::runtime::Handle> {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(e));
                     return;
                 }
             };
@@ -212,13 +235,9 @@ fn own_runtime(shutdown: &CancellationToken) -> Option<tokio::runtime::Handle> {
             rt.block_on(stop.cancelled());
             // Dropping the runtime here ends the monitor's tasks and closes
             // their connections.
-        });
-    let got = match spawned {
-        Ok(_) => rx.recv().unwrap_or_else(|_| Err("the thread ended".into())),
-        Err(e) => Err(e.to_string()),
-    };
-    got.map_err(|e| tracing::warn!("health monitor shares the proxy's runtime: {e}"))
-        .ok()
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the health monitor's thread ended before it started"))?
 }
 
 /// The running check tasks and what they were built for.
@@ -344,7 +363,9 @@ mod tests {
              [health]\ncheck_timeout = \"200ms\"\n"
         ));
         let stop = CancellationToken::new();
-        let m = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone()).await;
+        let m = HealthMonitor::start(ConfigHandle::new(cfg), stop.clone())
+            .await
+            .expect("threads start");
         let thread = |h: tokio::task::JoinHandle<Option<String>>| async move { h.await.unwrap() };
         let here = std::thread::current().name().map(str::to_owned);
         let there =

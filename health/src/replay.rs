@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use lagrouter_config::ConfigHandle;
 use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio::time::{Instant, sleep, timeout};
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{ConnTarget, connect};
+use crate::timers::Timers;
 use crate::{HealthSnapshot, Lsn, NodeState, SharedSnapshot};
 
 /// How often replicas are polled while someone waits.
@@ -53,6 +54,9 @@ struct Inner {
     waiters: AtomicUsize,
     wake: Notify,
     shutdown: CancellationToken,
+    /// Where a waiter's limit runs: waiters are sessions, whose runtime
+    /// has no timers of its own.
+    timers: Timers,
 }
 
 /// Decrements the waiter count however the wait ends.
@@ -71,14 +75,19 @@ impl ReplayWaiter {
         config: ConfigHandle,
         health: SharedSnapshot,
         shutdown: CancellationToken,
+        timers: Timers,
     ) -> ReplayWaiter {
-        let w = ReplayWaiter::idle(health, shutdown);
+        let w = ReplayWaiter::idle(health, shutdown, timers);
         tokio::spawn(poll(config, w.inner.clone()));
         w
     }
 
     /// A waiter with no poller: it only sees the health snapshots.
-    pub fn idle(health: SharedSnapshot, shutdown: CancellationToken) -> ReplayWaiter {
+    pub fn idle(
+        health: SharedSnapshot,
+        shutdown: CancellationToken,
+        timers: Timers,
+    ) -> ReplayWaiter {
         ReplayWaiter {
             inner: Arc::new(Inner {
                 health,
@@ -86,6 +95,7 @@ impl ReplayWaiter {
                 waiters: AtomicUsize::new(0),
                 wake: Notify::new(),
                 shutdown,
+                timers,
             }),
         }
     }
@@ -150,7 +160,7 @@ impl ReplayWaiter {
             }
             tokio::select! {
                 _ = inner.shutdown.cancelled() => return done(),
-                r = timeout_at(deadline, rx.changed()) => {
+                r = inner.timers.timeout_at(deadline, rx.changed()) => {
                     if !matches!(r, Ok(Ok(()))) {
                         return done();
                     }
@@ -341,6 +351,7 @@ mod tests {
         let w = ReplayWaiter::idle(
             Arc::new(ArcSwap::from_pointee(snapshot())),
             CancellationToken::new(),
+            Timers::default(),
         );
         assert_eq!(w.wait(Some(Lsn(100)), 2, Duration::from_secs(1)).await, 2);
         let t0 = Instant::now();
@@ -366,6 +377,7 @@ mod tests {
         let w = ReplayWaiter::idle(
             Arc::new(ArcSwap::from_pointee(snap)),
             CancellationToken::new(),
+            Timers::default(),
         );
         assert!(w.wait_node("r1", Lsn(100), Duration::ZERO).await);
         assert!(

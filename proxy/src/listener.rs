@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use lagrouter_config::{Config, ConfigHandle};
-use lagrouter_health::{HealthMonitor, ReplayWaiter};
+use lagrouter_health::{HealthMonitor, ReplayWaiter, Timers};
 use lagrouter_routing::Router;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +50,9 @@ pub struct Shared {
     pub route_counters: crate::admin::registry::RouteCounters,
     /// Replay positions for `lagrouter.wait_replicas`.
     pub replay: ReplayWaiter,
+    /// Where every timeout the sessions take runs: `lagrouter run`'s
+    /// runtime has no timers (see `lagrouter_health::Timers`).
+    pub timers: Timers,
     pub shutdown: CancellationToken,
 }
 
@@ -93,6 +96,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot start the health monitor's or the timer thread: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A bound proxy, ready to serve.
@@ -125,7 +130,7 @@ impl Proxy {
             nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
             router: Router::new(config.clone(), health.shared()),
             config,
-            pools: Pools::new(health.traffic()),
+            pools: Pools::new(health.traffic(), health.timers()),
             cancel: Arc::new(CancelRegistry::default()),
             tls,
             stats: ProxyStats::default(),
@@ -133,6 +138,7 @@ impl Proxy {
             clients: Default::default(),
             route_counters: Default::default(),
             replay: health.replay_waiter(),
+            timers: health.timers(),
             shutdown,
         });
         Ok(Proxy { shared, listener })
@@ -164,7 +170,10 @@ impl Proxy {
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.shared
+                        .timers
+                        .sleep(std::time::Duration::from_millis(50))
+                        .await;
                     continue;
                 }
             };
@@ -186,8 +195,8 @@ impl Proxy {
         drop(self.listener);
         self.shared.clients.stop_all();
         let grace = self.shared.config.load().server.shutdown_timeout;
-        let _ =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        let _ = self.shared.timers.timeout(grace, drained).await;
     }
 }
 

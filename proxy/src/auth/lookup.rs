@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lagrouter_config::Config;
-use lagrouter_health::{ConnTarget, connect_as};
+use lagrouter_health::{ConnTarget, Timers, connect_as};
 
 use super::{Credential, ScramSecret, ServerLogin, UserAuth};
 
@@ -48,13 +48,14 @@ impl AuthQuery {
     /// The user called `name` as `auth_query` on node `primary` (an index
     /// into `config.nodes`) describes it: `Ok(None)` when there is no such
     /// user, or no usable SCRAM verifier for it. `Ok(None)` too when
-    /// `[auth_query] user` is unset.
+    /// `[auth_query] user` is unset. The query's limit runs on `timers`.
     pub async fn lookup(
         &self,
         config: &Config,
         primary: Option<usize>,
         name: &str,
         now: Instant,
+        timers: &Timers,
     ) -> Result<Option<Arc<UserAuth>>, LookupError> {
         let a = &config.auth_query;
         let Some(lookup_user) = &a.user else {
@@ -79,7 +80,9 @@ impl AuthQuery {
         let limit = config.pool.connect_timeout;
         let row = {
             let mut conn = self.conn.lock().await;
-            let r = tokio::time::timeout(limit, query(&mut conn, target, &a.query, name)).await;
+            let r = timers
+                .timeout(limit, query(&mut conn, target, &a.query, name))
+                .await;
             let r = r.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
             if r.is_err() {
                 // Reconnect next time: the connection may be what failed.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use lagrouter_config::NodeTls;
+use lagrouter_health::Timers;
 use lagrouter_routing::FxBuild;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -91,12 +92,14 @@ impl ServerConn {
         login: &ServerLogin,
         database: &str,
         timeout: Duration,
+        timers: &Timers,
     ) -> Result<ServerConn, ProxyError> {
-        match tokio::time::timeout(
-            timeout,
-            Self::connect_inner(node.clone(), user, login, database),
-        )
-        .await
+        match timers
+            .timeout(
+                timeout,
+                Self::connect_inner(node.clone(), user, login, database),
+            )
+            .await
         {
             Ok(r) => r,
             Err(_) => Err(ProxyError::NodeConnect {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lagrouter_config::PoolConfig;
-use lagrouter_health::{NodeTraffic, Traffic};
+use lagrouter_health::{NodeTraffic, Timers, Traffic};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{NodeAddr, ServerConn};
@@ -73,6 +73,8 @@ pub struct ServerPool {
     /// with many clients most checkouts wait, and a lookup by name and
     /// label on each would cost an allocation and a registry search.
     checkout_wait: metrics::Histogram,
+    /// Where the checkout and connect timeouts run.
+    timers: Timers,
 }
 
 /// Least time between two logged connect failures of one pool.
@@ -91,6 +93,7 @@ impl ServerPool {
         size: usize,
         counts: Arc<NodeCounts>,
         traffic: Arc<NodeTraffic>,
+        timers: Timers,
     ) -> ServerPool {
         let checkout_wait = metrics::histogram!(
             "lagrouter_pool_checkout_wait_seconds",
@@ -98,6 +101,7 @@ impl ServerPool {
         );
         ServerPool {
             checkout_wait,
+            timers,
             key,
             node,
             counts,
@@ -183,6 +187,7 @@ impl ServerPool {
             login,
             &self.key.database,
             cfg.connect_timeout,
+            &self.timers,
         ))
         .await
         .inspect_err(|e| {
@@ -250,8 +255,8 @@ impl ServerPool {
             });
         }
         let started = Instant::now();
-        let got =
-            tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await;
+        let permit = self.permits.clone().acquire_owned();
+        let got = self.timers.timeout(cfg.checkout_timeout, permit).await;
         // Only checkouts that had to wait are timed: the fast path stays
         // free of metrics work.
         self.checkout_wait.record(started.elapsed().as_secs_f64());
@@ -338,14 +343,17 @@ impl Drop for PooledConn {
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
     traffic: Traffic,
+    timers: Timers,
 }
 
 impl Pools {
-    /// Pools that report their traffic to `traffic` (the health monitor's).
-    pub fn new(traffic: Traffic) -> Pools {
+    /// Pools that report their traffic to `traffic` (the health monitor's)
+    /// and take their timeouts on `timers`.
+    pub fn new(traffic: Traffic, timers: Timers) -> Pools {
         Pools {
             pools: Mutex::default(),
             traffic,
+            timers,
         }
     }
 
@@ -366,7 +374,14 @@ impl Pools {
         }
         let counts = counts(&key.node);
         let traffic = self.traffic.node(&key.node);
-        let p = Arc::new(ServerPool::new(key.clone(), node, size, counts, traffic));
+        let p = Arc::new(ServerPool::new(
+            key.clone(),
+            node,
+            size,
+            counts,
+            traffic,
+            self.timers.clone(),
+        ));
         pools.insert(key, p.clone());
         p
     }
@@ -435,6 +450,7 @@ mod tests {
             2,
             Arc::default(),
             Arc::default(),
+            Timers::default(),
         ))
     }
 

@@ -29,7 +29,10 @@ pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: Socket
     // One deadline for the whole login (negotiation, TLS, startup packet,
     // authentication, the first server connection), not one per phase.
     let deadline = tokio::time::Instant::now() + shared.config.load().server.client_login_timeout;
-    let first = tokio::time::timeout_at(deadline, negotiate(&shared, &mut tcp, &mut buf)).await;
+    let first = shared
+        .timers
+        .timeout_at(deadline, negotiate(&shared, &mut tcp, &mut buf))
+        .await;
     match first {
         Ok(Ok(Negotiated::Plain(pkt))) => login(shared, tcp, buf, pkt, peer, deadline).await,
         Ok(Ok(Negotiated::Tls)) => {
@@ -61,7 +64,11 @@ async fn serve_tls(
     let Some(acceptor) = shared.tls.clone() else {
         return;
     };
-    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let mut tls = match shared
+        .timers
+        .timeout_at(deadline, acceptor.accept(tcp))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!("TLS handshake failed: {e}");
@@ -69,7 +76,11 @@ async fn serve_tls(
         }
         Err(_) => return,
     };
-    match tokio::time::timeout_at(deadline, read_startup(&mut tls, &mut buf)).await {
+    match shared
+        .timers
+        .timeout_at(deadline, read_startup(&mut tls, &mut buf))
+        .await
+    {
         Ok(Ok(StartupPacket::Cancel { pid, secret })) => shared.cancel.cancel(pid, &secret).await,
         Ok(Ok(pkt @ StartupPacket::Startup { .. })) => {
             login(shared, tls, buf, pkt, peer, deadline).await
@@ -205,11 +216,13 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let StartupPacket::Startup { version, params } = pkt else {
         return;
     };
-    let started = tokio::time::timeout_at(
-        deadline,
-        authenticate(&shared, &mut client, &mut buf, version, params),
-    )
-    .await;
+    let started = shared
+        .timers
+        .timeout_at(
+            deadline,
+            authenticate(&shared, &mut client, &mut buf, version, params),
+        )
+        .await;
     let (user, database, startup_params) = match started {
         Ok(Ok(x)) => x,
         Ok(Err(r)) => return refuse(&mut client, r).await,
@@ -239,7 +252,11 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin + Send>(
         startup_params,
         buf,
     );
-    match tokio::time::timeout_at(deadline, welcome(&mut session, pid, secret)).await {
+    let welcomed = shared
+        .timers
+        .timeout_at(deadline, welcome(&mut session, pid, secret))
+        .await;
+    match welcomed {
         Ok(Ok(())) => {}
         Ok(Err(r)) => return refuse(&mut session.client, r).await,
         Err(_) => {
@@ -317,6 +334,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             primary,
             user_name,
             std::time::Instant::now(),
+            &shared.timers,
         ))
         .await
         .map_err(|e| {

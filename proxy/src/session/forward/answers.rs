@@ -90,7 +90,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // for everything its server (the primary) has written so far.
             let limit = self.config.health.check_timeout;
             let sql = "SELECT pg_current_wal_lsn()::text";
-            match tokio::time::timeout(limit, pc.conn().query_value(sql)).await {
+            let timers = &self.shared.timers;
+            match timers.timeout(limit, pc.conn().query_value(sql)).await {
                 Ok(Ok(v)) => lsn = lsn.max(v.and_then(|v| v.parse::<Lsn>().ok())),
                 Ok(Err(e)) => return Err(self.server_lost(e.to_string()).await),
                 Err(_) => return Err(self.server_lost(no_answer(sql, limit)).await),

@@ -424,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         };
         let limit = self.config.health.check_timeout;
-        match tokio::time::timeout(limit, pc.conn().sync()).await {
+        match self.shared.timers.timeout(limit, pc.conn().sync()).await {
             Ok(Ok(status::IDLE)) => {
                 self.expect.synced_by_proxy();
                 self.local.end_transaction();
