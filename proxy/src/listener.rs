@@ -37,7 +37,9 @@ pub struct Shared {
     pub users: ArcSwap<UserDirectory>,
     /// `[auth_query]` lookups and their cache.
     pub auth_query: crate::auth::AuthQuery,
-    pub nodes: ArcSwap<Vec<Arc<NodeAddr>>>,
+    /// The configured nodes' addresses. Behind an `Arc`: a session keeps a
+    /// [`NodesCache`] of it.
+    pub nodes: Arc<ArcSwap<Vec<Arc<NodeAddr>>>>,
     pub router: Router,
     pub pools: Pools,
     pub cancel: Arc<CancelRegistry>,
@@ -56,12 +58,11 @@ pub struct Shared {
     pub shutdown: CancellationToken,
 }
 
-impl Shared {
-    /// The address of the node called `name` in the current config.
-    pub fn node_addr_named(&self, name: &str) -> Option<Arc<NodeAddr>> {
-        self.nodes.load().iter().find(|n| &*n.name == name).cloned()
-    }
+/// A session's cache of [`Shared::nodes`]: one plain atomic load while no
+/// reload changed them.
+pub type NodesCache = arc_swap::Cache<Arc<ArcSwap<Vec<Arc<NodeAddr>>>>, Arc<Vec<Arc<NodeAddr>>>>;
 
+impl Shared {
     /// Applies a new (validated) config to users and nodes.
     pub fn apply_config(&self, config: &Config) {
         self.users
@@ -127,7 +128,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             users: ArcSwap::from_pointee(UserDirectory::from_config(&cfg)),
             auth_query: crate::auth::AuthQuery::default(),
-            nodes: ArcSwap::from_pointee(node_addrs(&cfg)),
+            nodes: Arc::new(ArcSwap::from_pointee(node_addrs(&cfg))),
             router: Router::new(config.clone(), health.shared()),
             config,
             pools: Pools::new(health.traffic(), health.timers()),

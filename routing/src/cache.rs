@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use arc_swap::cache::Cache;
 
 use crate::classify::{Analysis, Class, analyze};
 use crate::functions::{FunctionCatalog, ReadOnlyFunctions};
@@ -292,11 +293,32 @@ pub enum Memo<'a> {
     Last(&'a mut LastAnalysis),
 }
 
+/// A session's cache of the [`Classifier`]'s inputs: see
+/// [`Classifier::analyze_cached`]. Holds the inputs it last saw until it is
+/// asked again (a new catalog or `read_only_functions` list is seen at the
+/// next question).
+pub struct InputsCache(Cache<Arc<ArcSwap<Inputs>>, Arc<Inputs>>);
+
+impl InputsCache {
+    /// Brings the cache up to date, so that it holds no old inputs (a
+    /// session going idle).
+    pub fn refresh(&mut self) {
+        self.0.load();
+    }
+}
+
+impl std::fmt::Debug for InputsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputsCache").finish_non_exhaustive()
+    }
+}
+
 /// Classification with its cache and its inputs (function catalog,
 /// `read_only_functions`), shared by every session.
 pub struct Classifier {
     cache: StatementCache,
-    inputs: ArcSwap<Inputs>,
+    /// Behind an `Arc`: a session keeps an [`InputsCache`] of it.
+    inputs: Arc<ArcSwap<Inputs>>,
     /// Admission filter: a text is cached only when it is seen a second
     /// time (its hash is still in its slot here). Texts with inlined
     /// literals are mostly seen once; caching them would only churn the
@@ -313,12 +335,12 @@ impl Classifier {
     pub fn new(capacity: usize) -> Self {
         Self {
             cache: StatementCache::new(capacity),
-            inputs: ArcSwap::from_pointee(Inputs {
+            inputs: Arc::new(ArcSwap::from_pointee(Inputs {
                 catalog: Arc::new(FunctionCatalog::builtin()),
                 extra: Arc::new(ReadOnlyFunctions::default()),
                 extra_source: Vec::new(),
                 epoch: 0,
-            }),
+            })),
             seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -379,6 +401,33 @@ impl Classifier {
             inputs = self.inputs.load();
         }
         self.analyze_in(&inputs, sql, memo)
+    }
+
+    /// A session's cache of the classifier's inputs, for
+    /// [`Self::analyze_cached`].
+    pub fn inputs_cache(&self) -> InputsCache {
+        InputsCache(Cache::new(self.inputs.clone()))
+    }
+
+    /// [`Self::analyze_with`] with the inputs from the caller's `cache`:
+    /// while they did not change, one plain atomic load where a load of
+    /// the shared inputs takes and gives back a debt slot (two atomic
+    /// read-modify-writes); every routed transaction and every statement
+    /// of a transaction on the primary asks. `read_only_functions: None`
+    /// leaves the operator's list as it is.
+    pub fn analyze_cached(
+        &self,
+        cache: &mut InputsCache,
+        sql: &str,
+        memo: Memo<'_>,
+        read_only_functions: Option<&[String]>,
+    ) -> Arc<Analysis> {
+        if let Some(names) = read_only_functions
+            && cache.0.load().extra_source != names
+        {
+            self.sync_read_only_functions(names);
+        }
+        self.analyze_in(cache.0.load(), sql, memo)
     }
 
     fn analyze_in(&self, inputs: &Inputs, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {

@@ -62,8 +62,8 @@ mod words;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
 pub use cache::{
-    AnalysisMemo, Classifier, LAST_TEXTS, LastAnalysis, MAX_CACHED_TEXT, MAX_LAST_TEXT, Memo,
-    StatementCache,
+    AnalysisMemo, Classifier, InputsCache, LAST_TEXTS, LastAnalysis, MAX_CACHED_TEXT,
+    MAX_LAST_TEXT, Memo, StatementCache,
 };
 pub use classify::{Analysis, Class, SessionEffect, TxnMode, analyze, classify};
 pub use command::{CommandError, ProxyCommand, ProxySetting, parse_proxy_command};
@@ -73,7 +73,7 @@ pub use functions::{FunctionCatalog, ReadOnlyFunctions, Volatility};
 pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hash::{FxBuild, FxHasher};
 pub use hints::{Hints, RouteOverride, parse_duration};
-pub use router::{BreakerStatus, CACHE_CAPACITY, Router};
+pub use router::{BreakerStatus, CACHE_CAPACITY, Router, RouterView};
 pub use server_effects::{ServerEffects, deallocated_names, server_effects, sole_deallocated_name};
 pub use session::{CommandOutcome, SessionRouting};
 pub use statements::is_plain_commit;

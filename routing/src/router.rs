@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 use lagrouter_config::{Balance, Config, ConfigHandle};
 use lagrouter_health::{HealthSnapshot, Lsn, SharedSnapshot};
 
 use crate::session::SessionRouting;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::cache::{Classifier, Memo};
+use crate::cache::{Classifier, InputsCache, Memo};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
 use crate::gate::{GateStatus, WriteGate, gate_status};
@@ -42,9 +42,9 @@ struct Shared {
     classifier: Classifier,
     breaker: Mutex<Breaker>,
     ticket: AtomicUsize,
-    /// Drained node names. ArcSwap: every read decision loads it, an
-    /// operator rarely changes it.
-    drained: ArcSwap<Vec<String>>,
+    /// Drained node names. ArcSwap: every read decision loads it (a
+    /// session through its [`RouterView`]), an operator rarely changes it.
+    drained: Arc<ArcSwap<Vec<String>>>,
 }
 
 /// Shared router: reads the latest health snapshot and config, decides.
@@ -65,7 +65,7 @@ impl Router {
                 classifier: Classifier::new(CACHE_CAPACITY),
                 breaker: Mutex::new(Breaker::new()),
                 ticket: AtomicUsize::new(0),
-                drained: ArcSwap::from_pointee(Vec::new()),
+                drained: Arc::new(ArcSwap::from_pointee(Vec::new())),
             }),
         }
     }
@@ -132,6 +132,23 @@ impl Router {
         now: Instant,
         in_use: &dyn Fn(usize) -> usize,
     ) -> Result<RouteDecision, RouteError> {
+        let drained = self.shared.drained.load();
+        self.route_in(config, snap, &drained, session, sql, analysis, now, in_use)
+    }
+
+    /// [`Self::route`] with the drained nodes the caller loaded.
+    #[allow(clippy::too_many_arguments)]
+    fn route_in(
+        &self,
+        config: &Config,
+        snap: &HealthSnapshot,
+        drained: &[String],
+        session: &mut SessionRouting,
+        sql: &str,
+        analysis: &Analysis,
+        now: Instant,
+        in_use: &dyn Fn(usize) -> usize,
+    ) -> Result<RouteDecision, RouteError> {
         let rc = &config.routing;
         for e in analysis.effects.iter() {
             session.apply_effect(e);
@@ -140,7 +157,6 @@ impl Router {
             let target = &snap.nodes[p];
             session.reconcile_timeline(target.timeline, target.promoted_at);
         }
-        let drained = self.shared.drained.load();
         let ctx = RouteContext {
             sql,
             analysis,
@@ -158,7 +174,7 @@ impl Router {
             },
             in_use,
             lag_tie_bytes: config.health.max_lag_bytes / 16,
-            drained: &drained,
+            drained,
             gate: WriteGate::from_config(config),
         };
         let mut decided = decide(&ctx)?;
@@ -330,12 +346,111 @@ impl Router {
         }
     }
 
+    /// A view of what the router shares for one session: see
+    /// [`RouterView`].
+    pub fn view(&self) -> RouterView {
+        RouterView {
+            router: self.clone(),
+            health: Cache::new(self.health.clone()),
+            drained: Cache::new(self.shared.drained.clone()),
+            inputs: self.shared.classifier.inputs_cache(),
+        }
+    }
+
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
         // The breaker's invariants hold between calls: survive a poisoned lock.
         self.shared
             .breaker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One session's view of the router's shared state (the health snapshot,
+/// the drained nodes, the classifier's inputs): each read is one plain
+/// atomic load while what it reads has not changed, where loading the
+/// shared `ArcSwap` takes and gives back a debt slot. A view holds what it
+/// last read until it is asked again; [`RouterView::refresh`] lets an idle
+/// session hold only what is current.
+pub struct RouterView {
+    router: Router,
+    health: Cache<SharedSnapshot, Arc<HealthSnapshot>>,
+    drained: Cache<Arc<ArcSwap<Vec<String>>>, Arc<Vec<String>>>,
+    inputs: InputsCache,
+}
+
+impl std::fmt::Debug for RouterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterView").finish_non_exhaustive()
+    }
+}
+
+impl RouterView {
+    /// The router this is a view of.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The latest health snapshot.
+    pub fn health(&mut self) -> &Arc<HealthSnapshot> {
+        self.health.load()
+    }
+
+    /// [`Router::analyze`]: the analysis of `sql` with the
+    /// `read_only_functions` of `config`.
+    pub fn analyze(&mut self, config: &Config, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        let names = &config.routing.read_only_functions;
+        self.router
+            .shared
+            .classifier
+            .analyze_cached(&mut self.inputs, sql, memo, Some(names))
+    }
+
+    /// The analysis of a statement inside a transaction that [`Self::analyze`]
+    /// routed (its `read_only_functions` are in place).
+    pub fn analyze_in_transaction(&mut self, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        self.router
+            .shared
+            .classifier
+            .analyze_cached(&mut self.inputs, sql, memo, None)
+    }
+
+    /// [`Router::route`] on the latest health snapshot, which it returns
+    /// with the decision (the pool the decision names is to be found in
+    /// it). `in_use(name)` is the number of server connections in use to
+    /// the node called `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route(
+        &mut self,
+        config: &Config,
+        session: &mut SessionRouting,
+        sql: &str,
+        analysis: &Analysis,
+        now: Instant,
+        in_use: &dyn Fn(&str) -> usize,
+    ) -> (Result<RouteDecision, RouteError>, &HealthSnapshot) {
+        let snap = self.health.load();
+        let drained = self.drained.load();
+        let by_index = |i: usize| snap.nodes.get(i).map_or(0, |n| in_use(&n.name));
+        let routed = self.router.route_in(
+            config, snap, drained, session, sql, analysis, now, &by_index,
+        );
+        (routed, snap)
+    }
+
+    /// [`Router::record_write`].
+    pub fn record_write(&mut self, session: &mut SessionRouting, lsn: Lsn) {
+        let snap = self.health.load();
+        let timeline = snap.primary_index().and_then(|p| snap.nodes[p].timeline);
+        session.record_write(lsn, timeline);
+    }
+
+    /// Brings every part of the view up to date, so that it keeps nothing
+    /// old alive (a session going idle).
+    pub fn refresh(&mut self) {
+        self.health.load();
+        self.drained.load();
+        self.inputs.refresh();
     }
 }
 
@@ -609,6 +724,63 @@ mod tests {
             .map(|_| r.route_sql(&mut s, "SELECT 1", now).unwrap().node)
             .collect();
         assert!(nodes.contains(&1), "{nodes:?}");
+    }
+
+    /// A session's view sees a new snapshot, drained list, catalog and
+    /// `read_only_functions` at its next question, and hands back the
+    /// snapshot its decision was made on.
+    #[test]
+    fn a_view_sees_each_change_at_the_next_question() {
+        let r = router(2, |_, s| {
+            s.nodes[1].lag_bytes = Some(0);
+            s.nodes[2].lag_bytes = Some(0);
+        });
+        let mut view = r.view();
+        let config = r.config.load_full();
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        let mut route = |view: &mut RouterView, config: &Config, sql: &str| {
+            let a = view.analyze(config, sql, Memo::None);
+            let (d, snap) = view.route(config, &mut s, sql, &a, now, &|_| 0);
+            let d = d.unwrap();
+            (d.node, snap.nodes[d.node].name.clone())
+        };
+        let first = route(&mut view, &config, "SELECT 1");
+        assert_ne!(first.0, 0, "a read goes to a replica");
+
+        r.set_drained(vec![first.1.clone()]);
+        let other = route(&mut view, &config, "SELECT 1");
+        assert_ne!(other.1, first.1, "the drained replica is skipped at once");
+
+        let mut snap = (**r.health()).clone();
+        snap.nodes.swap(1, 2);
+        r.health.store(Arc::new(snap));
+        assert_eq!(view.health().nodes[1].name, "replica2", "the new snapshot");
+        let (node, name) = route(&mut view, &config, "SELECT 1");
+        assert_eq!(name, other.1, "the index is of the snapshot handed back");
+        assert_eq!(view.health().nodes[node].name, name);
+
+        assert_eq!(route(&mut view, &config, "SELECT calc()").0, 0);
+        r.set_function_catalog(FunctionCatalog::from_rows([("calc", 's')]));
+        assert_ne!(
+            route(&mut view, &config, "SELECT calc()").0,
+            0,
+            "new catalog"
+        );
+
+        assert_eq!(route(&mut view, &config, "SELECT calc2()").0, 0);
+        let mut reloaded = (*config).clone();
+        reloaded.routing.read_only_functions = vec!["calc2".into()];
+        assert_ne!(
+            route(&mut view, &reloaded, "SELECT calc2()").0,
+            0,
+            "the transaction's config's read_only_functions"
+        );
+        let in_txn = view.analyze_in_transaction("SELECT calc2()", Memo::None);
+        assert!(!in_txn.writes, "kept for the transaction's statements");
+
+        view.refresh();
+        assert!(Arc::ptr_eq(view.health(), &r.health()));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Buf, BytesMut};
 use lagrouter_config::{Config, ConfigCache, PoolMode};
 use lagrouter_health::Lsn;
-use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, SessionRouting};
+use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, RouterView, SessionRouting};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::local::LocalStatements;
@@ -32,7 +32,7 @@ use crate::protocol::expect::Expect;
 use crate::protocol::frame::peek_header;
 use crate::protocol::tag::fe;
 use crate::protocol::{FrameError, MAX_MESSAGE_LEN, client_message_limit};
-use crate::server::{PooledConn, ServerPool};
+use crate::server::PooledConn;
 
 /// Messages larger than this are streamed through instead of buffered whole.
 const STREAM_THRESHOLD: usize = 256 * 1024;
@@ -125,7 +125,10 @@ pub struct Session<S> {
     /// After a proxy error in the extended protocol: drop messages up to Sync.
     pub(super) discard_until_sync: bool,
     /// Pools this session used, by node (looked up by name).
-    pub(super) pools: Vec<Arc<ServerPool>>,
+    pub(super) pools: attach::SessionPools,
+    /// What routing shares (health, drained nodes, the classifier's
+    /// inputs), cached for this session.
+    pub(super) view: RouterView,
     /// Statements and portals the proxy answers itself.
     local: LocalStatements,
     /// Where the attached transaction runs and what ending it takes.
@@ -172,6 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // takes writes, not a replica.
             routing.apply(&ProxyCommand::SetRoute(RouteOverride::Primary));
         }
+        let (pools, view) = (attach::SessionPools::new(&shared), shared.router.view());
         Session {
             client,
             shared,
@@ -192,7 +196,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             discard_until_sync: false,
-            pools: Vec::new(),
+            pools,
+            view,
             local: LocalStatements::default(),
             txn: Txn::Other,
             held_client: false,
@@ -424,8 +429,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// An idle session gives back its (empty) buffers; they grow again
-    /// with the next bytes.
+    /// with the next bytes. Its caches of shared state are brought up to
+    /// date, so that it keeps no old health snapshot or catalog alive.
     fn give_back_buffers(&mut self) {
+        self.view.refresh();
+        self.pools.refresh();
         if self.cbuf.is_empty() && self.to_client.is_empty() && self.to_server.is_empty() {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();

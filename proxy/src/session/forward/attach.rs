@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use lagrouter_config::Config;
 use lagrouter_health::{HealthSnapshot, Lsn};
 use lagrouter_routing::{AnalysisMemo, Memo, RouteDecision, ServerEffects};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::auth::UserAuth;
 use crate::error::ProxyError;
+use crate::listener::{NodesCache, Shared};
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Action, Req};
@@ -43,7 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(m) => Memo::Statement(m),
             None => Memo::Last(&mut self.last_in_txn),
         };
-        let analysis = self.shared.router.classifier().analyze_memo(sql, memo);
+        let analysis = self.view.analyze_in_transaction(sql, memo);
         if analysis.writes {
             self.txn = Txn::Write;
         }
@@ -80,37 +83,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             (Some(m), None) => Memo::Statement(m),
             (None, None) => Memo::Last(&mut self.last_routed),
         };
-        let analysis = shared.router.analyze(&self.config, text, memo);
+        let analysis = self.view.analyze(&self.config, text, memo);
         let now = Instant::now();
-        // One health snapshot for the decision and the pool it names (not
-        // kept over a catch-up wait: the pool is then found anew).
-        let mut snap = Some(shared.router.health());
-        let mut routed = {
+        // One health snapshot for the decision and the pool it names (a
+        // catch-up wait finds the pool anew after it).
+        let (mut routed, pool) = {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
             let (user, database) = (self.user.name.as_str(), &*self.database);
-            let snap = snap.as_deref().expect("loaded above");
-            let in_use = |node: usize| {
-                snap.nodes
-                    .get(node)
-                    .map_or(0, |n| shared.pools.in_use(&n.name, user, database))
-            };
-            let config = &*self.config;
-            shared.router.route(
-                config,
-                snap,
+            let in_use = |node: &str| shared.pools.in_use(node, user, database);
+            let (routed, snap) = self.view.route(
+                &self.config,
                 &mut self.routing,
                 text,
                 &analysis,
                 now,
                 &in_use,
-            )
+            );
+            let pool = match &routed {
+                Ok(d) if d.catch_up.is_none() => Some(self.pools.find(
+                    &shared,
+                    &self.config,
+                    &self.user,
+                    &self.database,
+                    snap,
+                    d.node,
+                )),
+                _ => None,
+            };
+            (routed, pool)
         };
         let mut caught_up = None;
         if let Ok(d) = &routed
             && let Some(cu) = d.catch_up
         {
-            snap = None;
             caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
             routed = shared
                 .router
@@ -123,8 +129,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Err(e.into());
             }
         };
-        let pool = match snap.take() {
-            Some(snap) => self.pool_in(&snap, decision.node)?,
+        let pool = match pool {
+            Some(found) => found?,
             None => self.pool_for(decision.node)?,
         };
         let (decision, pool, mut pc) = match caught_up {
@@ -238,61 +244,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .ok()
     }
 
-    /// The pool for the node routing picked. Routing names nodes by their
-    /// index in its health snapshot; the pool is found by the node's *name*,
-    /// so a reload that reorders, adds or removes nodes (snapshots follow a
-    /// round later) can never send a transaction to the wrong node.
+    /// The pool for the node routing picked, in the latest health
+    /// snapshot: see [`SessionPools::find`].
     pub(in crate::session) fn pool_for(
         &mut self,
         node: usize,
     ) -> Result<Arc<ServerPool>, ProxyError> {
-        let snap = self.shared.router.health();
-        self.pool_in(&snap, node)
-    }
-
-    /// [`Session::pool_for`] with the snapshot that routing just used.
-    fn pool_in(
-        &mut self,
-        snap: &HealthSnapshot,
-        node: usize,
-    ) -> Result<Arc<ServerPool>, ProxyError> {
-        let gone = |what: String| {
-            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
-                detail: format!("{what} is no longer in the configuration"),
-                unreachable: false,
-            })
-        };
-        let name = snap
-            .nodes
-            .get(node)
-            .map(|n| n.name.as_str())
-            .ok_or_else(|| gone(format!("node #{node}")))?;
-        let addr = self
-            .shared
-            .node_addr_named(name)
-            .ok_or_else(|| gone(format!("node \"{name}\"")))?;
-        if let Some(p) = self.pools.iter().find(|p| p.node == addr)
-            && p.size() == self.config.pool.size
-        {
-            return Ok(p.clone());
-        }
-        let key = PoolKey {
-            node: addr.name.clone(),
-            user: self.user.name.as_str().into(),
-            database: self.database.clone(),
-        };
-        let pool = self
-            .shared
-            .pools
-            .get(key, addr, self.config.pool.size, |name| {
-                self.shared.route_counters.node(name)
-            });
-        if pool.size() != self.config.pool.size {
-            pool.resize(self.config.pool.size);
-        }
-        self.pools.retain(|p| p.key.node != pool.key.node);
-        self.pools.push(pool.clone());
-        Ok(pool)
+        let snap = self.view.health();
+        self.pools.find(
+            &self.shared,
+            &self.config,
+            &self.user,
+            &self.database,
+            snap,
+            node,
+        )
     }
 
     /// The statement texts of the rest of the buffered batch (up to Sync
@@ -333,5 +299,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             all.push_str(t);
         }
         Some(all)
+    }
+}
+
+/// The pools a session used, by node, and its cache of the configured
+/// nodes' addresses.
+pub(in crate::session) struct SessionPools {
+    list: Vec<Arc<ServerPool>>,
+    nodes: NodesCache,
+}
+
+impl SessionPools {
+    pub(in crate::session) fn new(shared: &Shared) -> Self {
+        SessionPools {
+            list: Vec::new(),
+            nodes: NodesCache::new(shared.nodes.clone()),
+        }
+    }
+
+    /// Brings the nodes' cache up to date (an idle session).
+    pub(in crate::session) fn refresh(&mut self) {
+        self.nodes.load();
+    }
+
+    /// The pool for node `node` of `snap` (the snapshot routing used).
+    /// Routing names nodes by their index in its health snapshot; the pool
+    /// is found by the node's *name*, so a reload that reorders, adds or
+    /// removes nodes (snapshots follow a round later) can never send a
+    /// transaction to the wrong node.
+    pub(in crate::session) fn find(
+        &mut self,
+        shared: &Shared,
+        config: &Config,
+        user: &UserAuth,
+        database: &Arc<str>,
+        snap: &HealthSnapshot,
+        node: usize,
+    ) -> Result<Arc<ServerPool>, ProxyError> {
+        let gone = |what: String| {
+            ProxyError::Route(lagrouter_routing::RouteError::NoPrimary {
+                detail: format!("{what} is no longer in the configuration"),
+                unreachable: false,
+            })
+        };
+        let name = snap
+            .nodes
+            .get(node)
+            .map(|n| n.name.as_str())
+            .ok_or_else(|| gone(format!("node #{node}")))?;
+        let addr = self
+            .nodes
+            .load()
+            .iter()
+            .find(|n| &*n.name == name)
+            .ok_or_else(|| gone(format!("node \"{name}\"")))?;
+        let size = config.pool.size;
+        if let Some(p) = self.list.iter().find(|p| p.node == *addr)
+            && p.size() == size
+        {
+            return Ok(p.clone());
+        }
+        let key = PoolKey {
+            node: addr.name.clone(),
+            user: user.name.as_str().into(),
+            database: database.clone(),
+        };
+        let pool = shared.pools.get(key, addr.clone(), size, |name| {
+            shared.route_counters.node(name)
+        });
+        if pool.size() != size {
+            pool.resize(size);
+        }
+        self.list.retain(|p| p.key.node != pool.key.node);
+        self.list.push(pool.clone());
+        Ok(pool)
     }
 }

@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Txn::Capturing(lsn) => {
                 self.txn = Txn::Other;
                 if let Some(lsn) = lsn {
-                    self.shared.router.record_write(&mut self.routing, lsn);
+                    self.view.record_write(&mut self.routing, lsn);
                     backend::parameter_status(
                         &mut self.to_client,
                         "lagrouter.last_write_lsn",
