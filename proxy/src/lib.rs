@@ -14,6 +14,7 @@
 //! - `admin`: the admin console (`[server] admin_database`) and the client
 //!   registry and routing counters it shows.
 //! - `stalls`: ends transactions stuck on a node that stopped answering.
+//! - `wait`: a session's wait on its client and server reads.
 //! - `listener`: the accept loop and [`Shared`] state.
 //! - `error`: [`ProxyError`], every error a client can get from the proxy.
 
@@ -28,6 +29,7 @@ pub mod server;
 pub mod session;
 pub mod stalls;
 pub mod tls;
+pub mod wait;
 
 pub use error::ProxyError;
 pub use listener::{Proxy, Shared, StartError};

@@ -15,15 +15,16 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::conn::NodeAddr;
+use crate::wait::{Counted, ReadPolls};
 
 /// SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 /// An open connection to a node, before or after login.
 pub enum NodeStream {
-    Plain(TcpStream),
+    Plain(Counted<TcpStream>),
     /// Boxed: the TLS state is large and most deployments run plain.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Counted<TcpStream>>>),
 }
 
 /// What one step of [`NodeStream::write_or_read`] did.
@@ -48,7 +49,7 @@ impl NodeStream {
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let mode = node.tls.mode;
         if mode == SslMode::Disable {
-            return Ok(NodeStream::Plain(tcp));
+            return Ok(NodeStream::Plain(Counted::new(tcp)));
         }
         let Some(client) = node.tls.client.clone() else {
             return Err(format!("sslmode {mode}: no sslrootcert loaded"));
@@ -64,7 +65,7 @@ impl NodeStream {
             .map_err(|e| format!("no answer to the TLS request (sslmode {mode}): {e}"))?;
         match answer {
             b'S' => {}
-            b'N' if mode == SslMode::Prefer => return Ok(NodeStream::Plain(tcp)),
+            b'N' if mode == SslMode::Prefer => return Ok(NodeStream::Plain(Counted::new(tcp))),
             b'N' => return Err(format!("the node does not accept TLS (sslmode {mode})")),
             other => {
                 return Err(format!(
@@ -75,7 +76,7 @@ impl NodeStream {
         let name = ServerName::try_from(node.host.clone())
             .map_err(|e| format!("`{}` cannot name a TLS server: {e}", node.host))?;
         let tls = TlsConnector::from(client)
-            .connect(name, tcp)
+            .connect(name, Counted::new(tcp))
             .await
             .map_err(|e| format!("TLS handshake failed (sslmode {mode}): {e}"))?;
         Ok(NodeStream::Tls(Box::new(tls)))
@@ -89,8 +90,8 @@ impl NodeStream {
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            NodeStream::Plain(s) => s,
-            NodeStream::Tls(s) => s.get_ref().0,
+            NodeStream::Plain(s) => s.get_ref(),
+            NodeStream::Tls(s) => s.get_ref().0.get_ref(),
         }
     }
 
@@ -121,7 +122,18 @@ impl NodeStream {
     }
 }
 
+impl ReadPolls for NodeStream {
+    #[inline]
+    fn read_polls(&self) -> u64 {
+        match self {
+            NodeStream::Plain(s) => s.read_polls(),
+            NodeStream::Tls(s) => s.get_ref().0.read_polls(),
+        }
+    }
+}
+
 impl AsyncRead for NodeStream {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -135,6 +147,7 @@ impl AsyncRead for NodeStream {
 }
 
 impl AsyncWrite for NodeStream {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

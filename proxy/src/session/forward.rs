@@ -13,12 +13,13 @@ mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use lagrouter_config::{Config, ConfigCache, PoolMode};
 use lagrouter_health::Lsn;
 use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, RouterView, SessionRouting};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::local::LocalStatements;
 use super::params::SessionParams;
@@ -33,6 +34,8 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::tag::fe;
 use crate::protocol::{FrameError, MAX_MESSAGE_LEN, client_message_limit};
 use crate::server::PooledConn;
+use crate::session::ClientStream;
+use crate::wait::{ReadWait, Side};
 
 /// Messages larger than this are streamed through instead of buffered whole.
 const STREAM_THRESHOLD: usize = 256 * 1024;
@@ -129,6 +132,8 @@ pub struct Session<S> {
     /// What routing shares (health, drained nodes, the classifier's
     /// inputs), cached for this session.
     pub(super) view: RouterView,
+    /// The wait on the client's and the server's reads.
+    wait: ReadWait,
     /// Statements and portals the proxy answers itself.
     local: LocalStatements,
     /// Where the attached transaction runs and what ending it takes.
@@ -155,7 +160,7 @@ pub struct Session<S> {
     last_in_txn: LastAnalysis,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: ClientStream> Session<S> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         client: S,
@@ -198,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discard_until_sync: false,
             pools,
             view,
+            wait: ReadWait::default(),
             local: LocalStatements::default(),
             txn: Txn::Other,
             held_client: false,
@@ -247,6 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 server,
                 cbuf,
                 registered,
+                wait,
                 ..
             } = self;
             // Messages held back while the last write's LSN was fetched go
@@ -266,22 +273,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // client's next bytes in its socket until the stream pauses;
                 // a client that left meanwhile is seen when its answers fail
                 // to write, and a cancel comes on a connection of its own.
-                tokio::select! {
-                    biased;
-                    r = conn.stream.read_buf(&mut conn.read_buf) => match r {
-                        Ok(0) => return self.server_lost("the node closed the connection".into()).await,
-                        Ok(_) => {
-                            traffic.progressed();
-                            false
+                // A side whose read is known not ready and did not wake is
+                // not polled again (see `crate::wait`).
+                let woke = {
+                    let mut gone = std::pin::pin!(abandoned(registered.as_ref()));
+                    std::future::poll_fn(|cx| {
+                        let sides = wait.begin_poll(cx);
+                        let server = (&mut conn.stream, &mut conn.read_buf);
+                        if let Poll::Ready(r) =
+                            wait.poll_read(cx, Side::Server, sides, server.0, server.1)
+                        {
+                            wait.keep(sides, Side::Server as u8);
+                            return Poll::Ready(Woke::Server(r));
                         }
-                        Err(e) => return self.server_lost(e.to_string()).await,
-                    },
-                    r = client.read_buf(cbuf) => match r {
-                        Ok(0) => return End::Client,
-                        Ok(_) => true,
-                        Err(e) => return End::ClientIo(e),
-                    },
-                    node = abandoned(registered.as_ref()) => {
+                        if let Poll::Ready(r) =
+                            wait.poll_read(cx, Side::Client, sides, client, cbuf)
+                        {
+                            return Poll::Ready(Woke::Client(r));
+                        }
+                        gone.as_mut().poll(cx).map(Woke::Abandoned)
+                    })
+                    .await
+                };
+                match woke {
+                    Woke::Server(Ok(0)) => {
+                        return self
+                            .server_lost("the node closed the connection".into())
+                            .await;
+                    }
+                    Woke::Server(Ok(_)) => {
+                        traffic.progressed();
+                        false
+                    }
+                    Woke::Server(Err(e)) => return self.server_lost(e.to_string()).await,
+                    Woke::Client(Ok(0)) => return End::Client,
+                    Woke::Client(Ok(_)) => true,
+                    Woke::Client(Err(e)) => return End::ClientIo(e),
+                    Woke::Abandoned(node) => {
                         return self.server_lost(self.stopped_answering(node)).await;
                     }
                 }
@@ -477,6 +505,14 @@ fn no_answer(what: &str, limit: std::time::Duration) -> String {
 
 /// Resolves when the attached node was declared stopped (never for an
 /// unregistered session).
+/// What ended a wait on a transaction's server and its client.
+enum Woke {
+    Server(std::io::Result<usize>),
+    Client(std::io::Result<usize>),
+    /// The node stopped answering (its index).
+    Abandoned(usize),
+}
+
 async fn abandoned(entry: Option<&ClientEntry>) -> usize {
     match entry {
         Some(e) => e.abandoned().await,

@@ -22,3 +22,15 @@ pub mod startup;
 pub mod statements;
 
 pub use startup::handle_client;
+
+/// A client's byte stream: TCP or TLS over it, its socket's reads counted
+/// ([`crate::wait::Counted`]).
+pub trait ClientStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::wait::ReadPolls + Unpin + Send
+{
+}
+
+impl<T> ClientStream for T where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::wait::ReadPolls + Unpin + Send
+{
+}

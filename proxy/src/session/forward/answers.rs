@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use lagrouter_health::Lsn;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, Severity};
@@ -15,7 +15,7 @@ use crate::session::local;
 
 use super::*;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: ClientStream> Session<S> {
     #[inline]
     pub(super) fn drain_synthetic(&mut self) {
         if !self.expect.synthetic_due() {

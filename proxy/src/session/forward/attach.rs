@@ -7,7 +7,6 @@ use std::time::Instant;
 use lagrouter_config::Config;
 use lagrouter_health::{HealthSnapshot, Lsn};
 use lagrouter_routing::{AnalysisMemo, Memo, RouteDecision, ServerEffects};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::UserAuth;
 use crate::error::ProxyError;
@@ -21,7 +20,7 @@ use crate::server::{PoolKey, PooledConn, ServerPool};
 
 use super::*;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: ClientStream> Session<S> {
     /// [`Self::attach`] when a server is attached already: no routing and
     /// nothing to wait for, so the hot path (every message inside a
     /// transaction, [`Self::on_client_message_now`]) calls it without
@@ -178,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cancel.slot.set(Some(conn.cancel_target()));
         self.server = Some(pc);
+        self.wait.attached();
         if let Some(c) = &self.registered {
             c.attached(decision.node);
         }

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use lagrouter_routing::{ProxyCommand, ServerEffects, parse_proxy_command};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProxyError;
 use crate::protocol::backend;
@@ -18,7 +17,7 @@ use crate::session::statements::Statement;
 
 use super::*;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: ClientStream> Session<S> {
     /// Handles one client message with no future when nothing in it
     /// waits: every message of a transaction that has its server (the hot
     /// path), and what a failed batch drops. `None`: the message needs

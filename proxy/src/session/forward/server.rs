@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BytesMut};
 use lagrouter_config::PoolMode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend;
@@ -17,7 +17,7 @@ use crate::server::stream::Progress;
 
 use super::*;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl<S: ClientStream> Session<S> {
     /// Whether [`Self::write_server`] has anything to do: bytes to send,
     /// or a TLS stream that may hold some back. Checked before the call on
     /// the hot path (after every read), so the common "nothing" costs no
