@@ -50,7 +50,7 @@ const SESSION_LOCKS: [&str; 4] = [
 ];
 
 /// Every word an effect needs, for a quick test before lexing.
-const KEYWORDS: [&str; 9] = [
+pub(crate) const KEYWORDS: [&str; 9] = [
     "listen",
     "advisory",
     "temp",
