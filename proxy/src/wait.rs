@@ -19,11 +19,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A byte stream whose reads are counted (see the module doc): the socket
@@ -117,11 +116,13 @@ pub enum Side {
     Client = 2,
 }
 
-/// Which sides woke, and the task to wake.
+/// Which sides woke, and the task to wake. The task's waker stays until a
+/// poll from another task replaces it: a side's wake does not take it, so
+/// a poll of the same task need not register it again.
 #[derive(Default)]
 struct Woken {
     sides: AtomicU8,
-    task: AtomicWaker,
+    task: Mutex<Option<Waker>>,
 }
 
 /// One side's waker: notes the side, then wakes the task.
@@ -137,7 +138,10 @@ impl Wake for SideWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.sides.fetch_or(self.side as u8, Ordering::AcqRel);
-        self.woken.task.wake();
+        let task = self.woken.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = &*task {
+            t.wake_by_ref();
+        }
     }
 }
 
@@ -155,7 +159,7 @@ pub struct ReadWait {
     /// Counts the server connections attached, so that a new one (whose
     /// read count may equal the last one's) is never taken for it.
     attachments: u64,
-    /// The task's waker as last registered.
+    /// The task's waker as registered in [`Woken::task`].
     task: Option<Waker>,
     /// Whether the sides' own wakers are used: from the first answer of a
     /// server connection on. Until then both sides are polled with the
@@ -186,6 +190,14 @@ impl Default for ReadWait {
     }
 }
 
+impl Drop for ReadWait {
+    /// A side's waker may outlive the session, registered with a server
+    /// connection back in its pool: it then holds no task.
+    fn drop(&mut self) {
+        *self.woken.task.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 impl std::fmt::Debug for ReadWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadWait")
@@ -212,22 +224,18 @@ impl ReadWait {
         if !self.gating {
             return 0;
         }
+        // The task's waker first, then the sides: a side that wakes after
+        // the load below wakes this task.
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            *self.woken.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+            self.task = Some(waker);
+        }
         // A plain load first: most polls start with nothing woken.
-        let mut sides = self.woken.sides.load(Ordering::Acquire);
-        if sides != 0 {
-            sides = self.woken.sides.swap(0, Ordering::AcqRel);
+        if self.woken.sides.load(Ordering::Acquire) == 0 {
+            return 0;
         }
-        // A side's wake takes the task's waker: register it again after
-        // one, or for another task. Otherwise it is still there (a wake
-        // sets its side's bit before it takes the waker, so one that comes
-        // after the load above wakes this task).
-        if sides != 0 || !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-            self.woken.task.register(cx.waker());
-            if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                self.task = Some(cx.waker().clone());
-            }
-        }
-        sides
+        self.woken.sides.swap(0, Ordering::AcqRel)
     }
 
     /// Polls `side`'s read of `stream` into `buf`, unless it is known not
@@ -310,6 +318,73 @@ mod tests {
             return Some((Side::Client, r.unwrap()));
         }
         None
+    }
+
+    /// Bytes written from other threads, at every moment of the wait's
+    /// polls, each wake a chance to be lost: the wait must see them all.
+    #[test]
+    fn no_wake_is_lost_across_threads() {
+        const BYTES: usize = 20_000;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(3)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut s_peer, s) = tokio::io::duplex(64);
+            let (mut c_peer, c) = tokio::io::duplex(64);
+            let writers = [
+                tokio::spawn(async move {
+                    for i in 0..BYTES / 2 {
+                        s_peer.write_all(b"s").await.unwrap();
+                        if i % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    s_peer
+                }),
+                tokio::spawn(async move {
+                    for i in 0..BYTES / 2 {
+                        c_peer.write_all(b"c").await.unwrap();
+                        if i % 5 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    c_peer
+                }),
+            ];
+            let reader = tokio::spawn(async move {
+                let (mut server, mut client) = (Counted::new(s), Counted::new(c));
+                let mut w = ReadWait::default();
+                w.attached();
+                w.gating = true;
+                let (mut got, mut waits) = (0, 0u64);
+                while got < BYTES {
+                    let (mut sbuf, mut cbuf) =
+                        (BytesMut::with_capacity(64), BytesMut::with_capacity(64));
+                    let (_, n) = std::future::poll_fn(|cx| {
+                        match poll_both(&mut w, cx, &mut server, &mut client, &mut sbuf, &mut cbuf)
+                        {
+                            Some(r) => Poll::Ready(r),
+                            None => Poll::Pending,
+                        }
+                    })
+                    .await;
+                    got += n;
+                    waits += 1;
+                }
+                waits
+            });
+            // Bounded: a lost wake leaves the reader waiting for good.
+            let waits = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+                .await
+                .expect("every byte was seen: no wake was lost")
+                .unwrap();
+            assert!(waits >= 2, "{waits} waits");
+            for wr in writers {
+                wr.await.unwrap();
+            }
+        });
     }
 
     /// Counts the task's wake-ups.
