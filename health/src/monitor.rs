@@ -213,31 +213,15 @@ impl HealthMonitor {
 
 /// A current-thread runtime driven by a thread of its own until
 /// `shutdown`; an error if the OS refuses the thread or the runtime.
+/// Dropping the runtime then ends the monitor's tasks and closes their
+/// connections.
 fn own_runtime(shutdown: &CancellationToken) -> std::io::Result<tokio::runtime::Handle> {
-    // Built on the thread itself, so a runtime is never dropped on the
-    // caller's (async) thread, which tokio forbids.
-    let (tx, rx) = std::sync::mpsc::channel();
     let stop = shutdown.clone();
-    std::thread::Builder::new()
-        .name("lagrouter-health".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(rt.handle().clone()));
-            rt.block_on(stop.cancelled());
-            // Dropping the runtime here ends the monitor's tasks and closes
-            // their connections.
-        })?;
-    rx.recv()
-        .map_err(|_| std::io::Error::other("the health monitor's thread ended before it started"))?
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    crate::timers::runtime_thread("lagrouter-health", builder, async move {
+        stop.cancelled().await
+    })
 }
 
 /// The running check tasks and what they were built for.

@@ -42,29 +42,10 @@ impl Timers {
     /// Starts the timer thread (`lagrouter-timers`).
     pub fn spawn() -> std::io::Result<Timers> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("lagrouter-timers".into())
-            .spawn(move || {
-                // Built and dropped on this thread: tokio forbids dropping
-                // a runtime on an async thread.
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(rt.handle().clone()));
-                // Resolves (with an error) once every clone has gone.
-                let _ = rt.block_on(stopped);
-            })?;
-        let handle = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("the timer thread ended before it started"))??;
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_time();
+        // Ends (with an error) once every clone has gone.
+        let handle = runtime_thread("lagrouter-timers", builder, stopped)?;
         Ok(Timers {
             own: Some(Arc::new(Own {
                 handle,
@@ -90,6 +71,36 @@ impl Timers {
         let _on = self.own.as_ref().map(|o| o.handle.enter());
         tokio::time::sleep(wait)
     }
+}
+
+/// A current-thread runtime from `builder`, driven by a thread called
+/// `name` until `until` resolves; an error if the OS refuses the thread or
+/// the runtime. The runtime is built and dropped on that thread: tokio
+/// forbids dropping one on an async thread.
+pub(crate) fn runtime_thread<F>(
+    name: &str,
+    mut builder: tokio::runtime::Builder,
+    until: F,
+) -> std::io::Result<tokio::runtime::Handle>
+where
+    F: std::future::Future + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = match builder.build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            rt.block_on(until);
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other(format!("thread {name} ended before it started")))?
 }
 
 #[cfg(test)]

@@ -297,27 +297,120 @@ impl ReadWait {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
 
-    /// Polls both sides the way the session does: server first.
-    fn poll_both(
-        w: &mut ReadWait,
-        cx: &mut Context<'_>,
-        server: &mut Counted<tokio::io::DuplexStream>,
-        client: &mut Counted<tokio::io::DuplexStream>,
-        sbuf: &mut BytesMut,
-        cbuf: &mut BytesMut,
-    ) -> Option<(Side, usize)> {
-        let woke = w.begin_poll(cx);
-        if let Poll::Ready(r) = w.poll_read(cx, Side::Server, woke, server, sbuf) {
-            w.keep(woke, Side::Server as u8);
-            return Some((Side::Server, r.unwrap()));
+    /// A wait on two in-memory sockets.
+    struct Waiting {
+        w: ReadWait,
+        server: Counted<DuplexStream>,
+        client: Counted<DuplexStream>,
+    }
+
+    impl Waiting {
+        /// The wait, and the sockets' other ends (server's, client's).
+        fn new() -> (Waiting, DuplexStream, DuplexStream) {
+            let (s_peer, s) = tokio::io::duplex(64);
+            let (c_peer, c) = tokio::io::duplex(64);
+            let mut w = ReadWait::default();
+            w.attached();
+            let server = Counted::new(s);
+            let client = Counted::new(c);
+            (Waiting { w, server, client }, s_peer, c_peer)
         }
-        if let Poll::Ready(r) = w.poll_read(cx, Side::Client, woke, client, cbuf) {
-            w.keep(woke, Side::Server as u8 | Side::Client as u8);
-            return Some((Side::Client, r.unwrap()));
+
+        /// Polls both sides the way the session does, server first: the
+        /// side that had bytes and how many.
+        fn poll(&mut self, cx: &mut Context<'_>) -> Option<(Side, usize)> {
+            let mut buf = BytesMut::with_capacity(64);
+            let w = &mut self.w;
+            let woke = w.begin_poll(cx);
+            if let Poll::Ready(r) = w.poll_read(cx, Side::Server, woke, &mut self.server, &mut buf)
+            {
+                w.keep(woke, Side::Server as u8);
+                return Some((Side::Server, r.unwrap()));
+            }
+            if let Poll::Ready(r) = w.poll_read(cx, Side::Client, woke, &mut self.client, &mut buf)
+            {
+                return Some((Side::Client, r.unwrap()));
+            }
+            None
         }
-        None
+
+        fn polls(&self) -> (u64, u64) {
+            (self.server.read_polls(), self.client.read_polls())
+        }
+    }
+
+    /// Counts the task's wake-ups.
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn each_side_is_polled_when_it_woke_or_was_read_elsewhere() {
+        let (mut t, mut s_peer, mut c_peer) = Waiting::new();
+        let wakes = Arc::new(CountWakes(Default::default()));
+        let task = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&task);
+
+        // Until the server's first answer, both sides are polled each time
+        // with the task's waker.
+        assert_eq!(t.poll(&mut cx), None);
+        assert_eq!(t.poll(&mut cx), None);
+        s_peer.write_all(b"1").await.unwrap();
+        assert_eq!(t.poll(&mut cx), Some((Side::Server, 1)));
+        assert_eq!(t.polls(), (3, 2));
+
+        assert_eq!(t.poll(&mut cx), None);
+        assert_eq!(t.polls(), (4, 3));
+        // Woken by nothing: neither side is polled again.
+        assert_eq!(t.poll(&mut cx), None);
+        assert_eq!(t.polls(), (4, 3));
+
+        // The client writes: only its side woke; the server is not polled.
+        let before = wakes.0.load(Ordering::SeqCst);
+        c_peer.write_all(b"Q").await.unwrap();
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            before + 1,
+            "the task was woken"
+        );
+        assert_eq!(t.poll(&mut cx), Some((Side::Client, 1)));
+        assert_eq!(t.polls(), (4, 4));
+
+        // Both write before the next poll: the server's bytes come first,
+        // and the client's wake is kept for the poll after.
+        s_peer.write_all(b"A").await.unwrap();
+        c_peer.write_all(b"B").await.unwrap();
+        assert_eq!(t.poll(&mut cx), Some((Side::Server, 1)));
+        assert_eq!(
+            t.poll(&mut cx),
+            Some((Side::Client, 1)),
+            "the client's wake was not lost"
+        );
+
+        // Someone else reads the server's socket (and registers the task's
+        // own waker there): the wait polls it again, and sees its bytes.
+        assert_eq!(t.poll(&mut cx), None);
+        let mut other = BytesMut::with_capacity(8);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut t.server), &mut cx, &mut other);
+        assert!(read.is_pending());
+        s_peer.write_all(b"C").await.unwrap();
+        assert_eq!(t.poll(&mut cx), Some((Side::Server, 1)));
+
+        // A new server connection is polled whatever its read count.
+        assert_eq!(t.poll(&mut cx), None);
+        let (mut s2_peer, s2) = tokio::io::duplex(64);
+        let mut server2 = Counted::new(s2);
+        server2.reads = t.server.reads;
+        s2_peer.write_all(b"D").await.unwrap();
+        t.server = server2;
+        t.w.attached();
+        assert_eq!(t.poll(&mut cx), Some((Side::Server, 1)));
     }
 
     /// Bytes written from other threads, at every moment of the wait's
@@ -331,43 +424,25 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (mut s_peer, s) = tokio::io::duplex(64);
-            let (mut c_peer, c) = tokio::io::duplex(64);
-            let writers = [
+            let (mut t, s_peer, c_peer) = Waiting::new();
+            t.w.gating = true;
+            let writers = [(s_peer, 3), (c_peer, 5)].map(|(mut peer, every)| {
                 tokio::spawn(async move {
                     for i in 0..BYTES / 2 {
-                        s_peer.write_all(b"s").await.unwrap();
-                        if i % 3 == 0 {
+                        peer.write_all(b"x").await.unwrap();
+                        if i % every == 0 {
                             tokio::task::yield_now().await;
                         }
                     }
-                    s_peer
-                }),
-                tokio::spawn(async move {
-                    for i in 0..BYTES / 2 {
-                        c_peer.write_all(b"c").await.unwrap();
-                        if i % 5 == 0 {
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                    c_peer
-                }),
-            ];
+                    peer
+                })
+            });
             let reader = tokio::spawn(async move {
-                let (mut server, mut client) = (Counted::new(s), Counted::new(c));
-                let mut w = ReadWait::default();
-                w.attached();
-                w.gating = true;
                 let (mut got, mut waits) = (0, 0u64);
                 while got < BYTES {
-                    let (mut sbuf, mut cbuf) =
-                        (BytesMut::with_capacity(64), BytesMut::with_capacity(64));
-                    let (_, n) = std::future::poll_fn(|cx| {
-                        match poll_both(&mut w, cx, &mut server, &mut client, &mut sbuf, &mut cbuf)
-                        {
-                            Some(r) => Poll::Ready(r),
-                            None => Poll::Pending,
-                        }
+                    let (_, n) = std::future::poll_fn(|cx| match t.poll(cx) {
+                        Some(r) => Poll::Ready(r),
+                        None => Poll::Pending,
                     })
                     .await;
                     got += n;
@@ -385,192 +460,5 @@ mod tests {
                 wr.await.unwrap();
             }
         });
-    }
-
-    /// Counts the task's wake-ups.
-    struct CountWakes(std::sync::atomic::AtomicUsize);
-
-    impl Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn each_side_is_polled_when_it_woke_or_was_read_elsewhere() {
-        let (mut s_peer, s) = tokio::io::duplex(64);
-        let (mut c_peer, c) = tokio::io::duplex(64);
-        let (mut server, mut client) = (Counted::new(s), Counted::new(c));
-        let (mut sbuf, mut cbuf) = (BytesMut::with_capacity(64), BytesMut::with_capacity(64));
-        let wakes = Arc::new(CountWakes(Default::default()));
-        let task = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&task);
-        let mut w = ReadWait::default();
-        w.attached();
-        // Until the server's first answer, both sides are polled each time
-        // with the task's waker.
-        for _ in 0..2 {
-            assert_eq!(
-                poll_both(
-                    &mut w,
-                    &mut cx,
-                    &mut server,
-                    &mut client,
-                    &mut sbuf,
-                    &mut cbuf
-                ),
-                None
-            );
-        }
-        s_peer.write_all(b"1").await.unwrap();
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Server, 1))
-        );
-        assert_eq!((server.read_polls(), client.read_polls()), (3, 2));
-        server.reads = 0;
-        client.reads = 0;
-
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            None
-        );
-        let polls = (server.read_polls(), client.read_polls());
-        assert_eq!(polls, (1, 1));
-        // Woken by nothing: neither side is polled again.
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            None
-        );
-        assert_eq!((server.read_polls(), client.read_polls()), polls);
-
-        // The client writes: only its side woke; the server is not polled.
-        let before = wakes.0.load(Ordering::SeqCst);
-        c_peer.write_all(b"Q").await.unwrap();
-        assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
-            before + 1,
-            "the task was woken"
-        );
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Client, 1))
-        );
-        assert_eq!((server.read_polls(), client.read_polls()), (1, 2));
-
-        // Both write before the next poll: the server's bytes come first,
-        // and the client's wake is kept for the poll after.
-        s_peer.write_all(b"A").await.unwrap();
-        c_peer.write_all(b"B").await.unwrap();
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Server, 1))
-        );
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Client, 1)),
-            "the client's wake was not lost"
-        );
-
-        // Someone else reads the server's socket (and registers the task's
-        // own waker there): the wait polls it again, and sees its bytes.
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            None
-        );
-        let mut other = BytesMut::with_capacity(8);
-        assert!(
-            tokio_util::io::poll_read_buf(Pin::new(&mut server), &mut cx, &mut other).is_pending()
-        );
-        s_peer.write_all(b"C").await.unwrap();
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Server, 1))
-        );
-
-        // A new server connection is polled whatever its read count.
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            None
-        );
-        let (mut s2_peer, s2) = tokio::io::duplex(64);
-        let mut server2 = Counted::new(s2);
-        server2.reads = server.reads;
-        s2_peer.write_all(b"D").await.unwrap();
-        w.attached();
-        assert_eq!(
-            poll_both(
-                &mut w,
-                &mut cx,
-                &mut server2,
-                &mut client,
-                &mut sbuf,
-                &mut cbuf
-            ),
-            Some((Side::Server, 1))
-        );
     }
 }
