@@ -222,9 +222,7 @@ impl Router {
     /// `routing.read_your_writes` is on), and it becomes the session's
     /// `lagrouter.last_write_lsn`.
     pub fn record_write(&self, session: &mut SessionRouting, lsn: Lsn) {
-        let snap = self.health.load();
-        let timeline = snap.primary_index().and_then(|p| snap.nodes[p].timeline);
-        session.record_write(lsn, timeline);
+        record_write_on(&self.health.load(), session, lsn);
     }
 
     /// Settles a decision that proposed a catch-up wait: `caught_up` when
@@ -366,6 +364,13 @@ impl Router {
     }
 }
 
+/// [`Router::record_write`] on the snapshot `snap`: the write is of the
+/// timeline of its primary.
+fn record_write_on(snap: &HealthSnapshot, session: &mut SessionRouting, lsn: Lsn) {
+    let timeline = snap.primary_index().and_then(|p| snap.nodes[p].timeline);
+    session.record_write(lsn, timeline);
+}
+
 /// One session's view of the router's shared state (the health snapshot,
 /// the drained nodes, the classifier's inputs): each read is one plain
 /// atomic load while what it reads has not changed, where loading the
@@ -440,9 +445,7 @@ impl RouterView {
 
     /// [`Router::record_write`].
     pub fn record_write(&mut self, session: &mut SessionRouting, lsn: Lsn) {
-        let snap = self.health.load();
-        let timeline = snap.primary_index().and_then(|p| snap.nodes[p].timeline);
-        session.record_write(lsn, timeline);
+        record_write_on(self.health.load(), session, lsn);
     }
 
     /// Brings every part of the view up to date, so that it keeps nothing
