@@ -478,11 +478,17 @@ impl<S: ClientStream> Session<S> {
         if self.to_client.is_empty() {
             return Ok(());
         }
-        let r = async {
-            self.client.write_all(&self.to_client).await?;
-            self.client.flush().await
-        }
-        .await;
+        let r = match write_now_all(&mut self.client, &self.to_client) {
+            Ok(done) if done == self.to_client.len() => Ok(()),
+            Ok(done) => {
+                async {
+                    self.client.write_all(&self.to_client[done..]).await?;
+                    self.client.flush().await
+                }
+                .await
+            }
+            Err(e) => Err(e),
+        };
         self.shared
             .stats
             .bytes_to_clients
@@ -493,6 +499,26 @@ impl<S: ClientStream> Session<S> {
         }
         r.map_err(End::ClientIo)
     }
+}
+
+/// Writes what `out` the socket takes at once through
+/// [`WriteNow`](crate::wait::WriteNow): how many bytes (all of them unless
+/// the socket filled up or the stream must take the async path), or the
+/// socket's error.
+pub(super) fn write_now_all(
+    stream: &mut impl crate::wait::WriteNow,
+    out: &[u8],
+) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < out.len() {
+        match stream.write_now(&out[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Whether the buffered client bytes hold a complete batch: a Sync or

@@ -24,13 +24,24 @@ pub mod statements;
 pub use startup::handle_client;
 
 /// A client's byte stream: TCP or TLS over it, its socket's reads counted
-/// ([`crate::wait::Counted`]).
+/// ([`crate::wait::Counted`]), with a direct write for plain TCP
+/// ([`crate::wait::WriteNow`]).
 pub trait ClientStream:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::wait::ReadPolls + Unpin + Send
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + crate::wait::ReadPolls
+    + crate::wait::WriteNow
+    + Unpin
+    + Send
 {
 }
 
 impl<T> ClientStream for T where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::wait::ReadPolls + Unpin + Send
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::wait::ReadPolls
+        + crate::wait::WriteNow
+        + Unpin
+        + Send
 {
 }

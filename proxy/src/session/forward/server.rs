@@ -34,14 +34,31 @@ impl<S: ClientStream> Session<S> {
         if !self.server_write_due() {
             return Ok(());
         }
-        let mut pos = 0;
         let mut lost = None;
+        // Plain TCP nearly always takes the request whole: one send, no
+        // future, and nothing held back to flush.
+        let mut pos = match self.server.as_mut() {
+            Some(pc) => match write_now_all(&mut pc.conn().stream, &self.to_server) {
+                Ok(n) => n,
+                Err(e) => {
+                    lost = Some(e.to_string());
+                    0
+                }
+            },
+            None => 0,
+        };
+        let sent = lost.is_some()
+            || (pos == self.to_server.len()
+                && self
+                    .server
+                    .as_ref()
+                    .is_some_and(|pc| pc.get().stream.is_plain()));
         // Read replies while writing, so a server blocked on sending to us
         // cannot block our writes to it; when READ_AHEAD_LIMIT of them wait,
         // hand them on to the client before writing more. A client that
         // pipelines requests must read their answers as it writes, as it
         // must directly: then nobody waits for anybody.
-        while let Some(pc) = self.server.as_mut() {
+        while let Some(pc) = self.server.as_mut().filter(|_| !sent) {
             let conn = pc.conn();
             if conn.read_buf.len() >= READ_AHEAD_LIMIT {
                 let before = conn.read_buf.len();
