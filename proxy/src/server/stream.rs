@@ -15,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::conn::NodeAddr;
-use crate::wait::{Counted, ReadPolls, WriteNow};
+use crate::wait::{Counted, Direct, ReadPolls};
 
 /// SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -122,11 +122,19 @@ impl NodeStream {
     }
 }
 
-impl WriteNow for NodeStream {
+impl Direct for NodeStream {
     #[inline]
     fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             NodeStream::Plain(s) => s.write_now(buf),
+            NodeStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    #[inline]
+    fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            NodeStream::Plain(s) => s.read_now(buf),
             NodeStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }

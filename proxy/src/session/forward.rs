@@ -502,11 +502,11 @@ impl<S: ClientStream> Session<S> {
 }
 
 /// Writes what `out` the socket takes at once through
-/// [`WriteNow`](crate::wait::WriteNow): how many bytes (all of them unless
+/// [`Direct`](crate::wait::Direct): how many bytes (all of them unless
 /// the socket filled up or the stream must take the async path), or the
 /// socket's error.
 pub(super) fn write_now_all(
-    stream: &mut impl crate::wait::WriteNow,
+    stream: &mut impl crate::wait::Direct,
     out: &[u8],
 ) -> std::io::Result<usize> {
     let mut done = 0;

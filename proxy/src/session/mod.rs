@@ -25,12 +25,12 @@ pub use startup::handle_client;
 
 /// A client's byte stream: TCP or TLS over it, its socket's reads counted
 /// ([`crate::wait::Counted`]), with a direct write for plain TCP
-/// ([`crate::wait::WriteNow`]).
+/// ([`crate::wait::Direct`]).
 pub trait ClientStream:
     tokio::io::AsyncRead
     + tokio::io::AsyncWrite
     + crate::wait::ReadPolls
-    + crate::wait::WriteNow
+    + crate::wait::Direct
     + Unpin
     + Send
 {
@@ -40,7 +40,7 @@ impl<T> ClientStream for T where
     T: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
         + crate::wait::ReadPolls
-        + crate::wait::WriteNow
+        + crate::wait::Direct
         + Unpin
         + Send
 {
