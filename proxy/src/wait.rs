@@ -16,6 +16,10 @@
 //! not ready (then the registration may no longer be this wait's): every
 //! read of a socket goes through a [`Counted`] wrapper, innermost (under
 //! TLS too), which counts them.
+//!
+//! Over plain TCP the reads and writes themselves skip tokio's adapters
+//! ([`Direct`], [`poll_read_direct`]): a wait registers with the socket's
+//! read readiness alone, and bytes are moved with `try_read`/`try_write`.
 
 use std::io;
 use std::pin::Pin;
@@ -86,6 +90,40 @@ pub trait Direct {
     fn read_now(&mut self, _buf: &mut bytes::BytesMut) -> io::Result<usize> {
         Err(io::ErrorKind::WouldBlock.into())
     }
+
+    /// Polls the socket's read readiness, registering `cx`'s waker when it
+    /// is not ready; `None` for a stream without direct reads.
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        None
+    }
+}
+
+/// Reads into `buf` as `tokio_util::io::poll_read_buf` does, straight on
+/// the socket where the stream has direct reads ([`Direct`]): a wait that
+/// finds nothing only registers the waker, and bytes are read with one
+/// `try_read`, without the read-buffer adapters around each poll.
+#[inline]
+pub fn poll_read_direct<S>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut bytes::BytesMut,
+) -> Poll<io::Result<usize>>
+where
+    S: AsyncRead + Direct + Unpin,
+{
+    loop {
+        match stream.poll_readable(cx) {
+            None => return tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf),
+            Some(Poll::Pending) => return Poll::Pending,
+            Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            // Ends: a read that finds nothing clears the readiness it saw,
+            // and the next poll then registers, unless bytes came since.
+            Some(Poll::Ready(Ok(()))) => match stream.read_now(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            },
+        }
+    }
 }
 
 impl Direct for Counted<tokio::net::TcpStream> {
@@ -103,6 +141,11 @@ impl Direct for Counted<tokio::net::TcpStream> {
     #[inline]
     fn read_now(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         self.reads = self.reads.wrapping_add(1);
+        if buf.capacity() == buf.len() {
+            // As the read itself would (BytesMut's `chunk_mut`), but first,
+            // so that `spare` is what the read is offered.
+            buf.reserve(64);
+        }
         let spare = buf.capacity() - buf.len();
         let mut got = 0;
         let tcp = &self.inner;
@@ -118,6 +161,13 @@ impl Direct for Counted<tokio::net::TcpStream> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
             r => r,
         }
+    }
+
+    /// Counts as a read poll: it registers the waker of the socket's reads.
+    #[inline]
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        self.reads = self.reads.wrapping_add(1);
+        Some(self.inner.poll_read_ready(cx))
     }
 }
 
@@ -314,7 +364,7 @@ impl ReadWait {
         S: AsyncRead + ReadPolls + Direct + Unpin,
     {
         if !self.gating {
-            let r = tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+            let r = poll_read_direct(stream, cx, buf);
             if side == Side::Server && matches!(r, Poll::Ready(Ok(n)) if n > 0) {
                 self.gating = true;
             }
@@ -344,8 +394,7 @@ impl ReadWait {
                 }
             }
         }
-        let r =
-            tokio_util::io::poll_read_buf(Pin::new(stream), &mut Context::from_waker(waker), buf);
+        let r = poll_read_direct(stream, &mut Context::from_waker(waker), buf);
         let seen = r.is_pending().then(|| stream.read_polls());
         match side {
             Side::Server => self.server_idle = seen.map(|n| (self.attachments, n)),
@@ -533,25 +582,67 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let (t, s_peer, c_peer) = Waiting::new();
-            let waits = sees_every_byte(t, s_peer, c_peer).await;
+            let waits = sees_every_byte(t, s_peer, c_peer, true).await;
             assert!(waits >= 2, "in memory: {waits} waits");
-            let (t, s_peer, c_peer) = Waiting::tcp().await;
-            let waits = sees_every_byte(t, s_peer, c_peer).await;
-            assert!(waits >= 2, "TCP: {waits} waits");
+            // Over TCP, with each side's waker and with the task's (the
+            // wait before a connection's first answer).
+            for gating in [true, false] {
+                let (t, s_peer, c_peer) = Waiting::tcp().await;
+                let waits = sees_every_byte(t, s_peer, c_peer, gating).await;
+                assert!(waits >= 2, "TCP, gating {gating}: {waits} waits");
+            }
         });
+    }
+
+    /// A direct read takes what is there, from an empty buffer too (as
+    /// an idle session's is), then waits registered, and sees the end.
+    #[tokio::test]
+    async fn direct_reads_see_the_bytes_then_wait_then_the_end() {
+        let (ours, mut peer) = tcp_pair().await;
+        let mut ours = Counted::new(ours);
+        peer.write_all(&[7u8; 100]).await.unwrap();
+        let wakes = Arc::new(CountWakes(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::new();
+        let mut polls = 0;
+        while buf.len() < 100 {
+            polls += 1;
+            assert!(polls < 1000, "{} of 100 bytes", buf.len());
+            match poll_read_direct(&mut ours, &mut cx, &mut buf) {
+                Poll::Ready(r) => assert!(r.unwrap() > 0),
+                Poll::Pending => tokio::task::yield_now().await,
+            }
+        }
+        assert_eq!(&buf[..], &[7u8; 100][..]);
+        let woken = wakes.0.load(Ordering::SeqCst);
+        assert!(poll_read_direct(&mut ours, &mut cx, &mut buf).is_pending());
+        drop(peer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wakes.0.load(Ordering::SeqCst) == woken {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the end woke the reader"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            poll_read_direct(&mut ours, &mut cx, &mut buf),
+            Poll::Ready(Ok(0))
+        ));
     }
 
     const BYTES: usize = 20_000;
 
     /// Waits until the wait saw all [`BYTES`], written one at a time from
     /// other tasks: how many waits that took.
-    async fn sees_every_byte<T, P>(mut t: Waiting<T>, s_peer: P, c_peer: P) -> u64
+    async fn sees_every_byte<T, P>(mut t: Waiting<T>, s_peer: P, c_peer: P, gating: bool) -> u64
     where
         T: AsyncRead + Unpin + Send + 'static,
         Counted<T>: Direct,
         P: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        t.w.gating = true;
+        t.w.gating = gating;
         let writers = [(s_peer, 3), (c_peer, 5)].map(|(mut peer, every)| {
             tokio::spawn(async move {
                 for i in 0..BYTES / 2 {

@@ -138,6 +138,14 @@ impl Direct for NodeStream {
             NodeStream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
+
+    #[inline]
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        match self {
+            NodeStream::Plain(s) => s.poll_readable(cx),
+            NodeStream::Tls(_) => None,
+        }
+    }
 }
 
 impl ReadPolls for NodeStream {

@@ -19,7 +19,7 @@ use bytes::{Buf, BytesMut};
 use lagrouter_config::{Config, ConfigCache, PoolMode};
 use lagrouter_health::Lsn;
 use lagrouter_routing::{LastAnalysis, ProxyCommand, RouteOverride, RouterView, SessionRouting};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::local::LocalStatements;
 use super::params::SessionParams;
@@ -325,7 +325,7 @@ impl<S: ClientStream> Session<S> {
                             continue;
                         }
                     },
-                    r = client.read_buf(cbuf) => match r {
+                    r = std::future::poll_fn(|cx| crate::wait::poll_read_direct(client, cx, cbuf)) => match r {
                         Ok(0) => return End::Client,
                         Ok(_) => true,
                         Err(e) => return End::ClientIo(e),
