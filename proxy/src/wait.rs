@@ -158,7 +158,9 @@ impl Direct for Counted<tokio::net::TcpStream> {
             Ok(got)
         });
         match r {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            // Bytes read: the error is the closure's own (to clear the
+            // readiness), not the socket's.
+            Err(_) if got > 0 => Ok(got),
             r => r,
         }
     }
