@@ -74,6 +74,8 @@ pub use gate::{GateStatus, WriteGate, gate_status};
 pub use hash::{FxBuild, FxHasher};
 pub use hints::{Hints, RouteOverride, parse_duration};
 pub use router::{BreakerStatus, CACHE_CAPACITY, Router, RouterView};
-pub use server_effects::{ServerEffects, deallocated_names, server_effects, sole_deallocated_name};
+pub use server_effects::{
+    ServerEffects, deallocated_names, inert_text, server_effects, sole_deallocated_name,
+};
 pub use session::{CommandOutcome, SessionRouting};
 pub use statements::is_plain_commit;

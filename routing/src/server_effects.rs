@@ -64,6 +64,32 @@ pub(crate) const KEYWORDS: [&str; 9] = [
 
 static EFFECT_WORDS: WordSet<9> = WordSet::new(KEYWORDS);
 
+/// [`KEYWORDS`] and `lagrouter`, the word every proxy command names.
+pub(crate) const INERT_TEST_WORDS: [&str; 10] = {
+    let mut w = [""; 10];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        w[i] = KEYWORDS[i];
+        i += 1;
+    }
+    w[9] = "lagrouter";
+    w
+};
+
+/// The same stride as [`KEYWORDS`] alone (one lookup every three bytes):
+/// one pass answers both questions for the price of the effects' one.
+static INERT_TEST: WordSet<10> = WordSet::new(INERT_TEST_WORDS);
+
+/// Whether `sql` surely is neither a proxy command
+/// ([`crate::parse_proxy_command`] is `None`) nor has server effects
+/// ([`server_effects`] is empty): it holds none of the words either needs.
+/// For a statement inside a transaction that is not analyzed, which would
+/// otherwise pass over the text twice (`lagrouter`, then the effect
+/// words): about 100 instructions a statement less.
+pub fn inert_text(sql: &str) -> bool {
+    !INERT_TEST.any_in(sql)
+}
+
 /// Whether any of [`KEYWORDS`] appears in `sql`, in any letter case and
 /// anywhere (`pg_advisory_lock`, `TEMPORARY`): every statement inside a
 /// transaction comes through here, and most hold none of the words.

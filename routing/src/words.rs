@@ -245,6 +245,11 @@ mod tests {
         let long = WordSet::new(LONG);
         assert_eq!(long.stride, 8);
         agrees(&long, &LONG, b"lAgRoUtEex _");
+        // The effect words with `lagrouter`: the effects' own stride.
+        let words = crate::server_effects::INERT_TEST_WORDS;
+        let inert = WordSet::new(words);
+        assert_eq!(inert.stride, 3);
+        agrees(&inert, &words, b"lAgRoUtEeMpPx _");
     }
 
     /// Positions where [`WordSet::any_in`] would compare a word whole.

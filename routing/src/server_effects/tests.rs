@@ -227,3 +227,38 @@ fn may_have_effects_finds_what_a_naive_search_finds() {
         assert_eq!(may_have_effects(t), naive(t), "{t:?}");
     }
 }
+
+/// An inert text is no proxy command and has no effects; a text that is
+/// not inert holds `lagrouter` or an effect word.
+#[test]
+fn inert_texts_are_neither_commands_nor_effects() {
+    let pgbench = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+        "UPDATE pgbench_tellers SET tbalance = tbalance + -1234 WHERE tid = 12;",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+         VALUES (12, 3, 56789, -1234, CURRENT_TIMESTAMP);",
+        "BEGIN;",
+        "END;",
+    ];
+    let commands = [
+        "SET lagrouter.route = primary",
+        "select lagrouter.wait_replicas('1s')",
+        "SHOW LAGROUTER.last_write_lsn",
+        "/* lagrouter:max_lag=1s */ select 1",
+    ];
+    let texts = INNOCENT.iter().chain(PINS).chain(&pgbench).chain(&commands);
+    for sql in texts {
+        let named = sql.to_ascii_lowercase().contains("lagrouter");
+        assert_eq!(inert_text(sql), !named && !may_have_effects(sql), "{sql}");
+        if inert_text(sql) {
+            assert_eq!(crate::parse_proxy_command(sql), None, "{sql}");
+            assert_eq!(server_effects(sql), ServerEffects::default(), "{sql}");
+        }
+    }
+    for sql in pgbench {
+        assert!(inert_text(sql), "{sql}");
+    }
+    for sql in commands.iter().chain(PINS) {
+        assert!(!inert_text(sql), "{sql}");
+    }
+}

@@ -50,20 +50,28 @@ impl<S: ClientStream> Session<S> {
         };
         match msg {
             ClientMsg::Query(sql) => {
-                if parse_proxy_command(sql).is_some() {
+                let inert = self.inert(sql);
+                if !inert && parse_proxy_command(sql).is_some() {
                     return None;
                 }
                 if !self.deallocate_locally(sql) {
-                    let fx = self.attached(sql, None).flatten();
+                    let fx = match inert {
+                        true => Some(ServerEffects::default()),
+                        false => self.attached(sql, None).flatten(),
+                    };
                     self.query_on_server(sql, frame, fx);
                 }
             }
             ClientMsg::Parse(p) => {
-                if parse_proxy_command(p.query).is_some() {
+                let inert = self.inert(p.query);
+                if !inert && parse_proxy_command(p.query).is_some() {
                     return None;
                 }
                 self.local.forget_statement(p.name);
-                let fx = self.attached(p.query, None).flatten();
+                let fx = match inert {
+                    true => Some(ServerEffects::default()),
+                    false => self.attached(p.query, None).flatten(),
+                };
                 self.parse_on_server(&p, frame, self.effects_of(p.query, fx));
             }
             ClientMsg::Bind(b) => {
@@ -94,6 +102,14 @@ impl<S: ClientStream> Session<S> {
             ClientMsg::Terminate => return Some(Err(End::Client)),
         }
         Some(Ok(()))
+    }
+
+    /// Whether `sql`, a statement of the attached transaction that routing
+    /// does not analyze (see [`Self::attached`]), holds none of the words
+    /// a proxy command or a server effect needs: then one pass over the
+    /// text answers both, where each would make its own.
+    fn inert(&self, sql: &str) -> bool {
+        self.txn != Txn::Primary && lagrouter_routing::inert_text(sql)
     }
 
     /// Decodes one client message (a malformed one ends the session) and
