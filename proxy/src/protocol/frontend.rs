@@ -244,6 +244,14 @@ pub fn encode_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
     put_cstr(out, name);
 }
 
+/// Encodes an `Execute` of `portal`, up to `max_rows` rows (0: all).
+pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
+    out.put_u8(b'E');
+    out.put_i32((4 + portal.len() + 1 + 4) as i32);
+    put_cstr(out, portal);
+    out.put_i32(max_rows);
+}
+
 /// Encodes a simple `Query`.
 pub fn encode_query(out: &mut BytesMut, sql: &str) {
     out.put_u8(b'Q');
@@ -336,6 +344,36 @@ mod tests {
         ] {
             assert!(ClientMsg::decode(tag, body).is_err(), "{}", tag as char);
         }
+    }
+
+    /// What the proxy encodes itself decodes as the message it means,
+    /// length and all (the commit-LSN question in a client's batch).
+    #[test]
+    fn encoded_messages_decode_back() {
+        let mut out = BytesMut::new();
+        encode_parse(&mut out, "", "select 1", &[0, 0]);
+        encode_bind(&mut out, "", "", &[0, 0, 0, 0, 0, 0]);
+        encode_execute(&mut out, "p", 0);
+        encode_target(&mut out, b'C', b'S', "");
+        let mut rest = &out[..];
+        let mut seen = Vec::new();
+        while !rest.is_empty() {
+            let (tag, total) = crate::protocol::frame::peek_header(rest, 1 << 20)
+                .unwrap()
+                .expect("a whole frame");
+            seen.push(format!("{:?}", ClientMsg::decode(tag, &rest[5..total])));
+            rest = &rest[total..];
+        }
+        assert_eq!(
+            seen,
+            [
+                "Ok(Some(Parse(Parse { name: \"\", query: \"select 1\", param_types: [0, 0] })))",
+                "Ok(Some(Bind(Bind { portal: \"\", statement: \"\", rest: [0, 0, 0, 0, 0, 0] })))",
+                "Ok(Some(Execute { portal: \"p\" }))",
+                "Ok(Some(Close(Target { kind: 83, name: \"\" })))",
+            ]
+        );
+        assert_eq!(bind_first_result_binary(&[0, 0, 0, 0, 0, 0]), Ok(false));
     }
 
     #[test]
