@@ -724,6 +724,98 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
     .await
 }
 
+/// A writing transaction's `COMMIT` travels with lagrouter's commit-LSN
+/// question (a simple query is sent to the server as one extended batch
+/// with it, a batch gets it ahead of its Sync), so what the client sees
+/// when the `COMMIT` fails, or when the question itself fails, must be
+/// what PostgreSQL alone would show it: the `COMMIT`'s own error and one
+/// ReadyForQuery for a failed `COMMIT` (a deferred unique check), with
+/// nothing recorded since nothing committed; and for a `COMMIT` bound but
+/// never executed in an aborted block, where the question fails (25P02),
+/// just the client's own answers, with no error at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_commit_shows_the_client_only_its_own_answers() {
+    within(Duration::from_secs(90), "failing commits", async {
+        support::ensure_role("lr_cmt").await;
+        let proxy = ProxyBuilder::new()
+            .user("name = \"lr_cmt\"\npassword = \"lr_cmt\"\nauth = \"trust\"")
+            .start()
+            .await;
+        let mut raw = RawConn::login_trust(proxy.addr, "lr_cmt").await;
+        let wait = Duration::from_secs(10);
+        let setup = "CREATE TABLE IF NOT EXISTS lr_deferred \
+                     (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)";
+        raw.send(&query(setup)).await.unwrap();
+        no_errors(&raw.until_ready(wait).await, "create table");
+        let _ = last_write_lsn_status(&mut raw, Duration::from_millis(500)).await;
+        let tags = |msgs: &[Msg]| msgs.iter().map(|m| m.tag as char).collect::<String>();
+        for (how, end) in [
+            ("simple", query("COMMIT")),
+            (
+                "extended",
+                [parse("", "COMMIT"), bind("", ""), execute(""), sync()].concat(),
+            ),
+        ] {
+            for sql in ["BEGIN", "INSERT INTO lr_deferred VALUES (7), (7)"] {
+                raw.send(&query(sql)).await.unwrap();
+                no_errors(&raw.until_ready(wait).await, sql);
+            }
+            raw.send(&end).await.unwrap();
+            let msgs = raw.until_ready(wait).await;
+            let errors: Vec<String> = msgs
+                .iter()
+                .filter(|m| m.tag == b'E')
+                .map(|m| m.code())
+                .collect();
+            assert_eq!(
+                errors,
+                ["23505"],
+                "{how}: the COMMIT's error: {}",
+                tags(&msgs)
+            );
+            let want = if how == "simple" { "EZ" } else { "12EZ" };
+            assert_eq!(tags(&msgs), want, "{how}: what the client got");
+            assert_eq!(*msgs.last().unwrap().body.first().unwrap(), b'I', "{how}");
+            assert_eq!(
+                last_write_lsn_status(&mut raw, Duration::from_millis(500)).await,
+                None,
+                "{how}: a write was reported for a COMMIT that failed"
+            );
+        }
+        // An aborted block that wrote, and a COMMIT bound in it but never
+        // executed: the question behind it fails inside the block.
+        for sql in ["BEGIN", "INSERT INTO lr_deferred VALUES (8)"] {
+            raw.send(&query(sql)).await.unwrap();
+            no_errors(&raw.until_ready(wait).await, sql);
+        }
+        raw.send(&query("SELECT 1/0")).await.unwrap();
+        let msgs = raw.until_ready(wait).await;
+        assert_eq!(tags(&msgs), "EZ", "the failing statement");
+        raw.send(&[parse("", "COMMIT"), bind("", ""), sync()].concat())
+            .await
+            .unwrap();
+        let msgs = raw.until_ready(wait).await;
+        assert_eq!(tags(&msgs), "12Z", "a COMMIT bound in an aborted block");
+        assert_eq!(*msgs.last().unwrap().body.first().unwrap(), b'E');
+        raw.send(&query("ROLLBACK")).await.unwrap();
+        let msgs = raw.until_ready(wait).await;
+        no_errors(&msgs, "ROLLBACK");
+        assert_eq!(*msgs.last().unwrap().body.first().unwrap(), b'I');
+        // The session goes on, and a COMMIT that works still records.
+        for sql in ["BEGIN", "INSERT INTO lr_deferred VALUES (9)", "COMMIT"] {
+            raw.send(&query(sql)).await.unwrap();
+            no_errors(&raw.until_ready(wait).await, sql);
+        }
+        assert!(
+            last_write_lsn_status(&mut raw, wait).await.is_some(),
+            "no lagrouter.last_write_lsn after a COMMIT that worked"
+        );
+        raw.send(&query("DROP TABLE lr_deferred")).await.unwrap();
+        no_errors(&raw.until_ready(wait).await, "drop table");
+    })
+    .await
+}
+
 fn no_errors(msgs: &[Msg], what: &str) {
     if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
         panic!("{what}: {:?}", e.fields());

@@ -34,10 +34,13 @@ pub enum Req {
 enum Entry {
     /// Responses to `req`; forwarded when `forward`, else dropped.
     /// `name` is the server-side statement name of a named `Parse`.
+    /// `quiet`: an extended-protocol error is dropped too (see
+    /// [`Expect::push_quiet`]).
     Server {
         req: Req,
         forward: bool,
         name: Option<Arc<str>>,
+        quiet: bool,
     },
     /// A complete message the proxy sends the client at this point.
     Synthetic(Bytes),
@@ -94,6 +97,23 @@ impl Expect {
         self.push_named(req, answers, None);
     }
 
+    /// Records an extended-protocol request the proxy sends for itself
+    /// alone, none of whose answers, an error included, is the client's
+    /// business (the commit-LSN question inside a client's batch). An
+    /// error of any other dropped request in the extended protocol is
+    /// forwarded: it explains the client's own failure (an injected
+    /// re-prepare), or it is the client's own (its `COMMIT`, sent in the
+    /// extended protocol with its success answers dropped).
+    pub fn push_quiet(&mut self, req: Req) {
+        let before = self.queue.len();
+        self.push_named(req, Action::Drop, None);
+        if self.queue.len() > before
+            && let Some(Entry::Server { quiet, .. }) = self.queue.back_mut()
+        {
+            *quiet = true;
+        }
+    }
+
     /// Records a named `Parse` (server-side name), so a failure can be reported.
     pub fn push_named(&mut self, req: Req, answers: Action, name: Option<Arc<str>>) {
         let forward = answers == Action::Forward;
@@ -109,7 +129,12 @@ impl Expect {
         if !matches!(req, Req::Query | Req::FunctionCall | Req::Sync) {
             self.unsynced = true;
         }
-        self.queue.push_back(Entry::Server { req, forward, name });
+        self.queue.push_back(Entry::Server {
+            req,
+            forward,
+            name,
+            quiet: false,
+        });
     }
 
     /// Whether [`Self::take_failed_parses`] has any to give.
@@ -251,6 +276,7 @@ impl Expect {
                 if simple {
                     return Ok(Self::act(forward));
                 }
+                let quiet = matches!(self.queue.front(), Some(Entry::Server { quiet: true, .. }));
                 // The server now skips to the next Sync: drop what it will
                 // never answer, including synthetic answers queued after it.
                 while let Some(e) = self.queue.front() {
@@ -264,13 +290,8 @@ impl Expect {
                 if self.queue.is_empty() {
                     self.skipping = true;
                 }
-                // An injected re-prepare that fails explains the client's own
-                // failure, so it is forwarded; an injected query's is not.
-                Ok(if forward || req != Req::Query {
-                    Action::Forward
-                } else {
-                    Action::Drop
-                })
+                // See `push_quiet`.
+                Ok(if quiet { Action::Drop } else { Action::Forward })
             }
             b'Z' if req == Req::Sync || simple => {
                 self.status = rfq_status;
@@ -420,6 +441,45 @@ mod tests {
             .collect();
         assert_eq!(failed, vec!["b", "c"]);
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+    }
+
+    /// An error of a quiet request is dropped with the rest of its batch;
+    /// of any other dropped extended-protocol request it is forwarded (it
+    /// is, or explains, the client's own).
+    #[test]
+    fn quiet_requests_drop_their_errors() {
+        let mut e = Expect::new();
+        e.push(Req::Parse, Forward);
+        e.push(Req::Bind, Forward);
+        for req in [Req::Parse, Req::Bind, Req::Execute, Req::Close] {
+            e.push_quiet(req);
+        }
+        e.push(Req::Sync, Forward);
+        assert_eq!(feed(&mut e, b"12"), vec![Forward, Forward]);
+        // The quiet Parse fails: nothing of it reaches the client, and the
+        // rest of the batch is skipped up to the client's Sync.
+        assert_eq!(feed(&mut e, b"EZ"), vec![Drop, Forward]);
+        assert!(e.is_empty());
+
+        let mut e = Expect::new();
+        e.push(Req::Parse, Drop);
+        e.push(Req::Bind, Drop);
+        e.push(Req::Execute, Forward);
+        e.push_quiet(Req::Parse);
+        e.push(Req::Sync, Forward);
+        assert_eq!(feed(&mut e, b"12"), vec![Drop, Drop]);
+        // The client's own statement fails: its error goes to it.
+        assert_eq!(feed(&mut e, b"EZ"), vec![Forward, Forward]);
+        assert!(e.is_empty());
+
+        // Pushed while the server skips to a Sync: not owed at all.
+        let mut e = Expect::new();
+        e.push(Req::Parse, Drop);
+        assert_eq!(feed(&mut e, b"E"), vec![Forward]);
+        e.push_quiet(Req::Bind);
+        e.push(Req::Sync, Forward);
+        assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+        assert!(e.is_empty());
     }
 
     #[test]
