@@ -102,8 +102,7 @@ impl Expect {
     /// business (the commit-LSN question inside a client's batch). An
     /// error of any other dropped request in the extended protocol is
     /// forwarded: it explains the client's own failure (an injected
-    /// re-prepare), or it is the client's own (its `COMMIT`, sent in the
-    /// extended protocol with its success answers dropped).
+    /// re-prepare of the statement the client binds).
     pub fn push_quiet(&mut self, req: Req) {
         let before = self.queue.len();
         self.push_named(req, Action::Drop, None);

@@ -252,12 +252,6 @@ pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
     out.put_i32(max_rows);
 }
 
-/// Encodes a `Sync`.
-pub fn encode_sync(out: &mut BytesMut) {
-    out.put_u8(b'S');
-    out.put_i32(4);
-}
-
 /// Encodes a simple `Query`.
 pub fn encode_query(out: &mut BytesMut, sql: &str) {
     out.put_u8(b'Q');
@@ -361,7 +355,6 @@ mod tests {
         encode_bind(&mut out, "", "", &[0, 0, 0, 0, 0, 0]);
         encode_execute(&mut out, "p", 0);
         encode_target(&mut out, b'C', b'S', "");
-        encode_sync(&mut out);
         let mut rest = &out[..];
         let mut seen = Vec::new();
         while !rest.is_empty() {
@@ -378,7 +371,6 @@ mod tests {
                 "Ok(Some(Bind(Bind { portal: \"\", statement: \"\", rest: [0, 0, 0, 0, 0, 0] })))",
                 "Ok(Some(Execute { portal: \"p\" }))",
                 "Ok(Some(Close(Target { kind: 83, name: \"\" })))",
-                "Ok(Some(Sync))",
             ]
         );
         assert_eq!(bind_first_result_binary(&[0, 0, 0, 0, 0, 0]), Ok(false));

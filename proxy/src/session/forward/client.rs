@@ -230,10 +230,9 @@ impl<S: ClientStream> Session<S> {
     /// A simple query, on the attached server; `fx` when routing analyzed it.
     fn query_on_server(&mut self, sql: &str, frame: &[u8], fx: Option<ServerEffects>) {
         self.note_effects(sql, fx);
-        if self.txn == Txn::Write && !self.pinned && lagrouter_routing::is_plain_commit(sql) {
-            self.commit_with_capture(sql);
-        } else {
-            self.forward(frame, Req::Query);
+        self.forward(frame, Req::Query);
+        if self.txn == Txn::Write && lagrouter_routing::is_plain_commit(sql) {
+            self.start_capture();
         }
     }
 

@@ -284,27 +284,6 @@ impl<S: ClientStream> Session<S> {
         }
     }
 
-    /// A client's plain `COMMIT` (or `END`) as a simple query `sql`, when
-    /// its transaction wrote: sent as one extended-protocol batch with the
-    /// commit-LSN question inside ([`Self::start_capture_in_batch`]), so
-    /// the server answers both in one cycle. The client gets what the
-    /// simple query would have given it: the `COMMIT`'s CommandComplete
-    /// (or its error) and ReadyForQuery; ParseComplete and BindComplete
-    /// are dropped, and the statement and portal it ran as are the
-    /// unnamed ones, closed again, as a simple query leaves them.
-    pub(super) fn commit_with_capture(&mut self, sql: &str) {
-        let out = &mut self.to_server;
-        frontend::encode_parse(out, "", sql, &[0, 0]);
-        frontend::encode_bind(out, "", "", &[0, 0, 0, 0, 0, 0]);
-        frontend::encode_execute(out, "", 0);
-        self.expect.push(Req::Parse, Action::Drop);
-        self.expect.push(Req::Bind, Action::Drop);
-        self.expect.push(Req::Execute, Action::Forward);
-        self.start_capture_in_batch();
-        frontend::encode_sync(&mut self.to_server);
-        self.expect.push(Req::Sync, Action::Forward);
-    }
-
     /// [`Self::start_capture`] for a plain `COMMIT` that an
     /// extended-protocol batch ran (called before its Sync goes on): the
     /// question goes into the same batch, ahead of the client's Sync, so
