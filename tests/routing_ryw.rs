@@ -618,7 +618,6 @@ enum Ending {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
     within(Duration::from_secs(90), "commit endings", async {
-        support::ensure_role("lr_cmt").await;
         blocking(|c| {
             c.sql(
                 c.primary_index(),
@@ -627,7 +626,7 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
         })
         .await
         .expect("pg_walinspect (PostgreSQL contrib)");
-        let (_proxy, mut raw) = trusted_raw("lr_cmt").await;
+        let (_proxy, mut raw) = support::trusted_session("lr_cmt").await;
         let wait = Duration::from_secs(10);
         raw.send(&query("CREATE TABLE IF NOT EXISTS lr_commit_lsn (x int)"))
             .await
@@ -731,8 +730,7 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_commit_shows_the_client_only_its_own_answers() {
     within(Duration::from_secs(90), "failing commits", async {
-        support::ensure_role("lr_cmt").await;
-        let (_proxy, mut raw) = trusted_raw("lr_cmt").await;
+        let (_proxy, mut raw) = support::trusted_session("lr_cmt").await;
         let wait = Duration::from_secs(10);
         let setup = "CREATE TABLE IF NOT EXISTS lr_deferred \
                      (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)";
@@ -811,19 +809,6 @@ async fn a_failing_commit_shows_the_client_only_its_own_answers() {
         no_errors(&raw.until_ready(wait).await, "drop table");
     })
     .await
-}
-
-/// A proxy with `user` (an existing role) logging in by trust, and a raw
-/// protocol connection through it as that user.
-async fn trusted_raw(user: &str) -> (support::TestProxy, RawConn) {
-    let proxy = ProxyBuilder::new()
-        .user(&format!(
-            "name = \"{user}\"\npassword = \"{user}\"\nauth = \"trust\""
-        ))
-        .start()
-        .await;
-    let raw = RawConn::login_trust(proxy.addr, user).await;
-    (proxy, raw)
 }
 
 fn no_errors(msgs: &[Msg], what: &str) {

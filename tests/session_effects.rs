@@ -129,19 +129,6 @@ async fn answer(c: &mut RawConn, bytes: &[u8]) -> (Result<String, String>, u8) {
     (Ok(row.or(tag).unwrap_or_default()), status)
 }
 
-/// A proxy with `role` as a `trust` user, and a raw session of it.
-async fn trusted_session(role: &'static str) -> (TestProxy, RawConn) {
-    ensure_role(role).await;
-    let proxy = ProxyBuilder::new()
-        .user(&format!(
-            "name = \"{role}\"\npassword = \"{role}\"\nauth = \"trust\""
-        ))
-        .start()
-        .await;
-    let c = RawConn::login_trust(proxy.addr, role).await;
-    (proxy, c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_deallocate_forgets_one_protocol_statement() {
     within(Duration::from_secs(120), "DEALLOCATE name", async {

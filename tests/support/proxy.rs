@@ -302,3 +302,17 @@ impl Drop for TestProxy {
         self.shutdown.cancel();
     }
 }
+
+/// A proxy with `role` (created if missing) as a `trust` user, and a raw
+/// protocol session of it.
+pub async fn trusted_session(role: &'static str) -> (TestProxy, super::raw::RawConn) {
+    super::ensure_role(role).await;
+    let proxy = ProxyBuilder::new()
+        .user(&format!(
+            "name = \"{role}\"\npassword = \"{role}\"\nauth = \"trust\""
+        ))
+        .start()
+        .await;
+    let c = super::raw::RawConn::login_trust(proxy.addr, role).await;
+    (proxy, c)
+}
