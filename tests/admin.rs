@@ -253,7 +253,7 @@ async fn reload_errors_show_in_the_console() {
 /// extended-protocol messages, an oversized message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_bad_input() {
-    use support::raw::{RawConn, message, query, startup_message};
+    use support::raw::{Msg, RawConn, message, query, startup_message};
     within(Duration::from_secs(120), "console bad input", async {
         let proxy = ProxyBuilder::new()
             .server("admin_database = \"lagrouter\"")
@@ -282,11 +282,7 @@ async fn console_bad_input() {
         ext.extend(message(b'S', b""));
         c.send(&ext).await.unwrap();
         let msgs = c.until_ready(T).await;
-        let errors: Vec<String> = msgs
-            .iter()
-            .filter(|m| m.tag == b'E')
-            .map(|m| m.code())
-            .collect();
+        let errors = Msg::error_codes(&msgs);
         assert_eq!(errors, ["0A000"], "{msgs:?}");
         // Still usable.
         c.send(&query("SHOW HELP")).await.unwrap();

@@ -751,11 +751,7 @@ async fn a_failing_commit_shows_the_client_only_its_own_answers() {
             }
             raw.send(&end).await.unwrap();
             let msgs = raw.until_ready(wait).await;
-            let errors: Vec<String> = msgs
-                .iter()
-                .filter(|m| m.tag == b'E')
-                .map(|m| m.code())
-                .collect();
+            let errors = Msg::error_codes(&msgs);
             assert_eq!(
                 errors,
                 ["23505"],

@@ -33,6 +33,14 @@ impl Msg {
         self.fields().get(&b'C').cloned().unwrap_or_default()
     }
 
+    /// The SQLSTATEs of the ErrorResponses among `msgs`, in order.
+    pub fn error_codes(msgs: &[Msg]) -> Vec<String> {
+        msgs.iter()
+            .filter(|m| m.tag == b'E')
+            .map(Msg::code)
+            .collect()
+    }
+
     /// First column of a DataRow, as text (empty for NULL).
     pub fn first_value(&self) -> String {
         let len = i32::from_be_bytes(self.body[2..6].try_into().unwrap());
