@@ -55,10 +55,7 @@ impl<S: ClientStream> Session<S> {
                     return None;
                 }
                 if !self.deallocate_locally(sql) {
-                    let fx = match inert {
-                        true => Some(ServerEffects::default()),
-                        false => self.attached(sql, None).flatten(),
-                    };
+                    let fx = self.attached_effects(sql, inert);
                     self.query_on_server(sql, frame, fx);
                 }
             }
@@ -68,10 +65,7 @@ impl<S: ClientStream> Session<S> {
                     return None;
                 }
                 self.local.forget_statement(p.name);
-                let fx = match inert {
-                    true => Some(ServerEffects::default()),
-                    false => self.attached(p.query, None).flatten(),
-                };
+                let fx = self.attached_effects(p.query, inert);
                 self.parse_on_server(&p, frame, self.effects_of(p.query, fx));
             }
             ClientMsg::Bind(b) => {
@@ -110,6 +104,17 @@ impl<S: ClientStream> Session<S> {
     /// text answers both, where each would make its own.
     fn inert(&self, sql: &str) -> bool {
         self.txn != Txn::Primary && lagrouter_routing::inert_text(sql)
+    }
+
+    /// What `sql`, a statement of the attached transaction, does on the
+    /// server: nothing when it is `inert`, else what [`Self::attached`]
+    /// finds (`None` when routing does not analyze it).
+    fn attached_effects(&mut self, sql: &str, inert: bool) -> Option<ServerEffects> {
+        if inert {
+            Some(ServerEffects::default())
+        } else {
+            self.attached(sql, None).flatten()
+        }
     }
 
     /// Decodes one client message (a malformed one ends the session) and

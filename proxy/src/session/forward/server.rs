@@ -269,9 +269,10 @@ impl<S: ClientStream> Session<S> {
     /// Asks the primary where a writing transaction's commit landed, right
     /// behind what ends it: the client's plain `COMMIT` as a simple query
     /// (a batch that ran one has [`Self::start_capture_in_batch`]), or
-    /// else once the transaction is over (`maybe_release`). Behind the `COMMIT`, the server answers both
-    /// from one read of its socket, and the proxy waits no round trip of
-    /// its own before it releases the connection. Client bytes that come
+    /// else once the transaction is over (`maybe_release`). Behind the
+    /// `COMMIT`, the server answers both from one read of its socket, and
+    /// the proxy waits no round trip of its own before it releases the
+    /// connection. Client bytes that come
     /// meanwhile wait (`held_client`) and are routed with the new LSN.
     /// Never for a pinned session: its connection is not released, so
     /// nothing would end the capture (`maybe_release` returns first) and
