@@ -614,6 +614,18 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
         median_of(runs, wm, proxies[i], |r| r.switches).map_or("-".into(), |v| format!("{v:.2}"))
     });
     println!("(context switches of the proxy's threads per transaction)");
+    print_grid("host CPU us/txn", targets, combos, &|wm, i| {
+        let host = |t: &str| median_of(runs, wm, t, |r| r.host_us);
+        match (host(targets[i]), host(dir)) {
+            (Some(v), Some(d)) if targets[i] != dir => format!("{v:.1} ({:+.1})", v - d),
+            (Some(v), _) => format!("{v:.1}"),
+            _ => "-".into(),
+        }
+    });
+    println!(
+        "(busy CPU of the whole host per transaction, the nodes and pgbench included, so what a \
+         proxy makes the nodes do counts too; in brackets, more than direct)"
+    );
     for r in runs.iter().filter(|r| r.status != "ok") {
         let (rep, wl, m, t) = (r.rep, r.workload, &r.mode, &r.target);
         println!("not ok: r{rep} {wl}/{m} {t}: {} {}", r.status, r.error);

@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    Combo, CpuTimes, Mark, Pgbench, Progress, Run, Window, parse_tsv, progress_line, round_order,
-    round_ratios, spread, tsv_text,
+    Combo, CpuTimes, HostTicks, Mark, Pgbench, Progress, Run, Window, parse_tsv, progress_line,
+    round_order, round_ratios, spread, tsv_text,
 };
 
 #[test]
@@ -42,7 +42,13 @@ fn mark(at: f64, tps: f64, user: f64) -> Mark {
             sys: user / 2.0,
             switches: (user * 100.0) as u64,
         }),
+        // The host is four times as busy as the proxy's user time.
+        host: Some(ticks(0, (user * 400.0) as u64, (at * 200.0) as u64)),
     }
+}
+
+fn ticks(steal: u64, busy: u64, all: u64) -> HostTicks {
+    HostTicks { steal, busy, all }
 }
 
 #[test]
@@ -65,6 +71,22 @@ fn the_window_starts_once_transactions_run() {
         (0.52, 0.74),
         "the logins' CPU is left out"
     );
+    let (a, b) = w.host.expect("the host's at both ends");
+    assert_eq!((a.busy, b.busy), (208, 296), "so is the host's");
+    // 88 ticks of busy host over 22,000 transactions.
+    let per_txn = common::host_us_per_txn(a, b, w.xacts).unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    assert!(
+        (per_txn - 88.0 / tck * 1e6 / 22000.0).abs() < 1e-9,
+        "{per_txn}"
+    );
+    assert_eq!(
+        common::host_us_per_txn(b, a, w.xacts),
+        None,
+        "time ran back"
+    );
+    assert_eq!(common::host_us_per_txn(a, b, 0.0), None, "no transactions");
 }
 
 #[test]
@@ -92,6 +114,8 @@ fn two_halves_of_a_split_run_add_up() {
     };
     let ok = Some(std::process::ExitStatus::default());
     let mut a = common::Pgbench::from_log(&log("1000.0", false), ok, 8);
+    // The host's CPU was measured beside the first half only.
+    a.host_us = Some(300.0);
     assert_eq!(
         a.tps,
         Some(1000.0),
@@ -101,20 +125,26 @@ fn two_halves_of_a_split_run_add_up() {
     let b = common::Pgbench::from_log(&log("500.0", true), ok, 8);
     a.combine(&b);
     assert_eq!(a.tps, Some(1500.0));
+    assert_eq!(a.host_us, Some(200.0), "the host's time over both halves'");
     assert_eq!(a.xacts, 6000);
     assert_eq!((a.aborted, a.status.as_str()), (1, "ABORT(1)"));
 }
 
 #[test]
 fn steal_is_the_share_of_all_host_time() {
-    assert_eq!(common::steal_share((10, 1000), (35, 1100)), Some(0.25));
+    let steal = common::steal_share(ticks(10, 500, 1000), ticks(35, 560, 1100));
+    assert_eq!(steal, Some(0.25));
     assert_eq!(
-        common::steal_share((10, 1000), (10, 1000)),
+        common::steal_share(ticks(10, 500, 1000), ticks(10, 500, 1000)),
         None,
         "no time passed"
     );
-    let (steal, all) = common::host_ticks().expect("/proc/stat has a cpu line");
-    assert!(steal <= all);
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let line = "cpu  100 2 30 800 4 5 6 7 0 0";
+    assert_eq!(common::host_ticks_of(line), Some(ticks(7, 143, 954)));
+    assert_eq!(common::host_ticks_of("cpu  1 2 3"), None, "too short");
+    let now = common::host_ticks().expect("/proc/stat has a cpu line");
+    assert!(now.steal + now.busy <= now.all, "{now:?}");
 }
 
 #[test]
@@ -185,6 +215,7 @@ fn the_results_file_reads_back_what_was_written() {
         switches: Some(8.5),
         window_secs: Some(4.0),
         steal: Some(0.125),
+        host_us: Some(610.5),
         error: "pgbench: error: client 3\tgot\nsome error".into(),
     };
     let sparse = run(0, 0, "pgbouncer", None, "hung");
@@ -211,13 +242,25 @@ fn the_results_file_reads_back_what_was_written() {
         (Some(150.25), Some(40.5), Some(109.75))
     );
     assert_eq!(
-        (a.switches, a.window_secs, a.steal),
-        (Some(8.5), Some(4.0), Some(0.125))
+        (a.switches, a.window_secs, a.steal, a.host_us),
+        (Some(8.5), Some(4.0), Some(0.125), Some(610.5))
     );
     assert_eq!(a.error, "pgbench: error: client 3 got some error");
     assert_eq!(
-        (b.tps, b.cpu_us, b.steal, &*b.status, &*b.error),
-        (None, None, None, "hung", "")
+        (b.tps, b.cpu_us, b.steal, b.host_us, &*b.status, &*b.error),
+        (None, None, None, None, "hung", "")
+    );
+    // A file written before the host's CPU was measured: no such column,
+    // the error text right after steal.
+    let old_head = "rep\tworkload\tmode\ttarget\ttps\tlat_ms\txacts\tfailed\taborted_clients\t\
+                    status\tcpu_us_per_txn\tuser_us_per_txn\tsys_us_per_txn\tswitches_per_txn\t\
+                    window_s\tsteal\tfirst_error";
+    let old_row = "1\tselect\tsimple\tpgbouncer\t43821.500\t0.365\t219107\t0\t0\tok\t\
+                   9.100\t1.000\t8.100\t1.220\t4.000\t0.001\tsome error";
+    let old = parse_tsv(&format!("{old_head}\n{old_row}\n"), 0, &WORKLOADS).unwrap();
+    assert_eq!(
+        (old[0].tps, old[0].steal, old[0].host_us, &*old[0].error),
+        (Some(43821.5), Some(0.001), None, "some error")
     );
     // Rows that are not results: the line is named.
     let head = text.lines().next().unwrap();

@@ -88,8 +88,7 @@ pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     // it. There utime and stime (fields 14 and 15) are the 12th and 13th.
     let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
     let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
-    // SAFETY: sysconf has no preconditions.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let per_sec = ticks_per_sec();
     let mut switches = 0;
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
         let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
@@ -105,26 +104,59 @@ pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     })
 }
 
-/// The host's CPU time by kind, in ticks, from the `cpu` line of
-/// `/proc/stat`: (steal, all kinds together).
-pub fn host_ticks() -> Option<(u64, u64)> {
+/// The host's CPU time so far, in ticks of `CLK_TCK`, from the `cpu` line
+/// of `/proc/stat`, summed over its cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostTicks {
+    /// Given by the hypervisor to other guests.
+    pub steal: u64,
+    /// Running anything: user, nice, system, irq and softirq (guest time
+    /// is already in user).
+    pub busy: u64,
+    /// Every kind: busy, idle, iowait and steal.
+    pub all: u64,
+}
+
+/// The host's CPU time now (see [`HostTicks`]).
+pub fn host_ticks() -> Option<HostTicks> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    host_ticks_of(stat.lines().find(|l| l.starts_with("cpu "))?)
+}
+
+/// [`HostTicks`] from the `cpu` line of `/proc/stat`.
+pub fn host_ticks_of(line: &str) -> Option<HostTicks> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal (guest time is
-    // already in user).
-    Some((*v.get(7)?, v.iter().take(8).sum()))
+    // user nice system idle iowait irq softirq steal
+    let steal = *v.get(7)?;
+    Some(HostTicks {
+        steal,
+        busy: v[0] + v[1] + v[2] + v[5] + v[6],
+        all: v.iter().take(8).sum(),
+    })
 }
 
 /// The share of the host's CPU time the hypervisor gave to others between
 /// two [`host_ticks`] samples.
-pub fn steal_share(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
-    let all = b.1.checked_sub(a.1).filter(|&t| t > 0)?;
-    Some(b.0.saturating_sub(a.0) as f64 / all as f64)
+pub fn steal_share(a: HostTicks, b: HostTicks) -> Option<f64> {
+    let all = b.all.checked_sub(a.all).filter(|&t| t > 0)?;
+    Some(b.steal.saturating_sub(a.steal) as f64 / all as f64)
+}
+
+/// The host's busy CPU between two samples, per transaction of `xacts`,
+/// in µs.
+pub fn host_us_per_txn(a: HostTicks, b: HostTicks, xacts: f64) -> Option<f64> {
+    let busy = b.busy.checked_sub(a.busy)?;
+    (xacts > 0.0).then(|| busy as f64 / ticks_per_sec() * 1e6 / xacts)
+}
+
+/// Ticks of the CPU time counters per second (`CLK_TCK`).
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// The number after `prefix` on the first line starting with it.
@@ -206,6 +238,10 @@ pub struct Pgbench {
     /// The host's CPU steal during the run (a virtual machine's cores
     /// given to other guests), 0 to 1.
     pub steal: Option<f64>,
+    /// The whole host's busy CPU per transaction, in µs: the nodes,
+    /// pgbench and the proxy together, so what a proxy makes the nodes
+    /// do (statements of its own, more connections) counts too.
+    pub host_us: Option<f64>,
     pub error: String,
 }
 
@@ -228,11 +264,13 @@ pub fn progress_line(line: &str) -> Option<Progress> {
     Some(Progress { at, tps })
 }
 
-/// A progress report and the proxy's CPU times when the bench saw it.
+/// A progress report and the proxy's and the host's CPU times when the
+/// bench saw it.
 #[derive(Clone, Copy, Debug)]
 pub struct Mark {
     pub line: Progress,
     pub cpu: Option<CpuTimes>,
+    pub host: Option<HostTicks>,
 }
 
 /// The steady part of a run: from the first progress report that counted
@@ -244,6 +282,8 @@ pub struct Window {
     pub xacts: f64,
     /// The proxy's CPU times at both ends.
     pub cpu: Option<(CpuTimes, CpuTimes)>,
+    /// The host's at both ends.
+    pub host: Option<(HostTicks, HostTicks)>,
 }
 
 impl Window {
@@ -263,6 +303,7 @@ impl Window {
             secs,
             xacts,
             cpu: steady[0].cpu.zip(last.cpu),
+            host: steady[0].host.zip(last.host),
         })
     }
 }
@@ -295,9 +336,9 @@ impl Pgbench {
         let status = loop {
             let exited = child.exited();
             let text = fs::read_to_string(log).unwrap_or_default();
-            let cpu = proxy.and_then(cpu_times);
+            let (cpu, host) = (proxy.and_then(cpu_times), host_ticks());
             for line in text.lines().filter_map(progress_line).skip(seen) {
-                marks.push(Mark { line, cpu });
+                marks.push(Mark { line, cpu, host });
                 seen += 1;
             }
             if exited.is_some() {
@@ -315,14 +356,15 @@ impl Pgbench {
         let mut run = Pgbench::parse(&text, status, clients);
         run.steal = host.and_then(|(a, b)| steal_share(a, b));
         let whole = cpu_before.zip(cpu_after).filter(|_| run.xacts > 0);
-        let (cpu, xacts) = match Window::of(&marks) {
+        let (cpu, host, xacts) = match Window::of(&marks) {
             Some(w) => {
                 run.tps = Some(w.xacts / w.secs);
                 run.window_secs = Some(w.secs);
-                (w.cpu, w.xacts)
+                (w.cpu, w.host, w.xacts)
             }
-            None => (whole, run.xacts as f64),
+            None => (whole, host.filter(|_| run.xacts > 0), run.xacts as f64),
         };
+        run.host_us = host.and_then(|(a, b)| host_us_per_txn(a, b, xacts));
         if let Some((a, b)) = cpu {
             let per_txn = |v: f64| Some(v * 1e6 / xacts);
             run.user_us = per_txn(b.user - a.user);
@@ -341,7 +383,11 @@ impl Pgbench {
         let marks: Vec<Mark> = text
             .lines()
             .filter_map(progress_line)
-            .map(|line| Mark { line, cpu: None })
+            .map(|line| Mark {
+                line,
+                cpu: None,
+                host: None,
+            })
             .collect();
         if let Some(w) = Window::of(&marks) {
             run.tps = Some(w.xacts / w.secs);
@@ -354,6 +400,12 @@ impl Pgbench {
     /// server: TPS and counts add up; the worse status and the shorter
     /// window stand.
     pub fn combine(&mut self, other: &Pgbench) {
+        // Both ran in the same window: the host's busy time per
+        // transaction is over both halves' transactions.
+        self.host_us = match (self.host_us, self.tps, other.tps) {
+            (Some(h), Some(a), Some(b)) if a + b > 0.0 => Some(h * a / (a + b)),
+            _ => None,
+        };
         self.tps = self.tps.zip(other.tps).map(|(a, b)| a + b);
         self.xacts += other.xacts;
         self.failed += other.failed;

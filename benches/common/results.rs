@@ -85,7 +85,8 @@ pub fn spread(v: &[f64]) -> String {
 
 /// The header line of a results file.
 pub const TSV_HEAD: &str = "rep workload mode target tps lat_ms xacts failed aborted_clients status \
-                            cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn window_s steal first_error";
+                            cpu_us_per_txn user_us_per_txn sys_us_per_txn switches_per_txn window_s steal host_us_per_txn \
+                            first_error";
 
 /// A results file's text: the header, then one line per run (numbers to
 /// three decimals, an unknown one empty; the error text last, the only
@@ -99,9 +100,9 @@ pub fn tsv_text(runs: &[Run]) -> String {
         let (tps, lat, xacts, failed) = (opt(r.tps), opt(r.lat_ms), r.xacts, r.failed);
         let (aborted, status, cpu) = (r.aborted, &r.status, opt(r.cpu_us));
         let (user, sys, switches) = (opt(r.user_us), opt(r.sys_us), opt(r.switches));
-        let (window, steal) = (opt(r.window_secs), opt(r.steal));
+        let (window, steal, host) = (opt(r.window_secs), opt(r.steal), opt(r.host_us));
         let row = format!("{rep} {wl} {mode} {t} {tps} {lat} {xacts} {failed} {aborted}");
-        let row = format!("{row} {status} {cpu} {user} {sys} {switches} {window} {steal}");
+        let row = format!("{row} {status} {cpu} {user} {sys} {switches} {window} {steal} {host}");
         out.push_str(&row.replace(' ', "\t"));
         out.push('\t');
         // One line per run, whatever the error said.
@@ -120,10 +121,17 @@ pub fn parse_tsv(
     workloads: &[&'static str],
 ) -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
+    // Files written before the host's CPU was measured have no
+    // host_us_per_txn column: the error text follows steal.
+    let with_host = text
+        .lines()
+        .next()
+        .is_some_and(|h| h.split('\t').any(|c| c == "host_us_per_txn"));
+    let error_at = if with_host { 17 } else { 16 };
     for (n, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split('\t').collect();
         let bad = || format!("{}: not a pgbench_compare results row", n + 1);
-        if f.len() < 16 {
+        if f.len() < error_at {
             return Err(bad());
         }
         let opt = |i: usize| -> Result<Option<f64>, String> {
@@ -156,7 +164,8 @@ pub fn parse_tsv(
                 switches: opt(13)?,
                 window_secs: opt(14)?,
                 steal: opt(15)?,
-                error: f.get(16).unwrap_or(&"").to_string(),
+                host_us: if with_host { opt(16)? } else { None },
+                error: f.get(error_at).unwrap_or(&"").to_string(),
             },
         });
     }
