@@ -104,18 +104,17 @@ impl Expect {
     /// forwarded: it explains the client's own failure (an injected
     /// re-prepare of the statement the client binds).
     pub fn push_quiet(&mut self, req: Req) {
-        let before = self.queue.len();
-        self.push_named(req, Action::Drop, None);
-        if self.queue.len() > before
-            && let Some(Entry::Server { quiet, .. }) = self.queue.back_mut()
-        {
-            *quiet = true;
-        }
+        self.push_entry(req, false, None, true);
     }
 
     /// Records a named `Parse` (server-side name), so a failure can be reported.
     pub fn push_named(&mut self, req: Req, answers: Action, name: Option<Arc<str>>) {
-        let forward = answers == Action::Forward;
+        self.push_entry(req, answers == Action::Forward, name, false);
+    }
+
+    /// Queues a server request's entry; while the server skips to a Sync,
+    /// only a Sync is owed an answer.
+    fn push_entry(&mut self, req: Req, forward: bool, name: Option<Arc<str>>, quiet: bool) {
         if self.skipping {
             if req != Req::Sync {
                 if let Some(n) = name {
@@ -132,7 +131,7 @@ impl Expect {
             req,
             forward,
             name,
-            quiet: false,
+            quiet,
         });
     }
 
