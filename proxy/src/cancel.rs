@@ -3,6 +3,7 @@
 //! query at the moment.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -23,18 +24,16 @@ pub struct CancelTarget {
 #[derive(Debug)]
 pub struct CancelSlot {
     secret: i32,
+    /// The server connection the client was last attached to.
     target: Mutex<Option<Arc<CancelTarget>>>,
+    /// Whether the client is attached to `target` now. A release only
+    /// clears this (no lock), and an attach to the connection already in
+    /// `target` only sets it: two lock round trips a transaction fewer.
+    /// `target` is written before this is set, and a cancel reads both
+    /// under the lock, so a cancel that sees it set sees its target.
+    attached: AtomicBool,
     /// Wakes a wait the proxy runs itself (`lagrouter.wait_replicas`).
     pub local: tokio::sync::Notify,
-}
-
-impl CancelSlot {
-    /// Sets (attach) or clears (release) the target.
-    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
-        if let Ok(mut t) = self.target.lock() {
-            *t = target;
-        }
-    }
 }
 
 /// Every connected client's cancel key.
@@ -49,6 +48,31 @@ pub struct CancelKey {
     pub secret: i32,
     pub slot: Arc<CancelSlot>,
     registry: Arc<CancelRegistry>,
+    /// What the session last put in the slot's `target` (only the session
+    /// writes it), compared without the lock.
+    current: Option<Arc<CancelTarget>>,
+}
+
+impl CancelKey {
+    /// The client now runs on the connection of `target`.
+    pub fn attach(&mut self, target: &Arc<CancelTarget>) {
+        if !self
+            .current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, target))
+        {
+            if let Ok(mut t) = self.slot.target.lock() {
+                *t = Some(target.clone());
+            }
+            self.current = Some(target.clone());
+        }
+        self.slot.attached.store(true, Ordering::Release);
+    }
+
+    /// The client runs on no server connection now: a cancel is ignored.
+    pub fn detach(&mut self) {
+        self.slot.attached.store(false, Ordering::Release);
+    }
 }
 
 impl Drop for CancelKey {
@@ -72,6 +96,7 @@ impl CancelRegistry {
             let slot = Arc::new(CancelSlot {
                 secret,
                 target: Mutex::new(None),
+                attached: AtomicBool::new(false),
                 local: tokio::sync::Notify::new(),
             });
             slots.insert(pid, slot.clone());
@@ -80,6 +105,7 @@ impl CancelRegistry {
                 secret,
                 slot,
                 registry: self.clone(),
+                current: None,
             };
         }
     }
@@ -96,7 +122,12 @@ impl CancelRegistry {
                 Some(slot) if constant_time_eq(&slot.secret.to_be_bytes(), secret) => {
                     // Only a wait in progress is woken; no permit is kept.
                     slot.local.notify_waiters();
-                    slot.target.lock().ok().and_then(|t| t.clone())
+                    // `attached` read under the lock: an attach to another
+                    // connection writes `target` (under it) before it sets
+                    // `attached`, so a cancel that holds the lock never
+                    // pairs the old target with the new attachment.
+                    let t = slot.target.lock().ok();
+                    t.and_then(|t| t.clone().filter(|_| slot.attached.load(Ordering::Acquire)))
                 }
                 _ => None,
             }
@@ -117,5 +148,54 @@ impl CancelRegistry {
                 tracing::warn!(addr = %t.addr, error = %e, "cannot connect to forward cancel request")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// What a cancel with the client's key forwards to `node`: the backend
+    /// pid it names, or `None` when nothing arrives.
+    async fn forwarded(reg: &CancelRegistry, key: &CancelKey, node: &TcpListener) -> Option<i32> {
+        reg.cancel(key.pid, &key.secret.to_be_bytes()).await;
+        let accept = tokio::time::timeout(std::time::Duration::from_millis(200), node.accept());
+        let (mut s, _) = accept.await.ok()?.ok()?;
+        let mut msg = [0u8; 16];
+        s.read_exact(&mut msg).await.ok()?;
+        Some(i32::from_be_bytes(msg[8..12].try_into().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn a_cancel_reaches_only_the_connection_attached_now() {
+        let node = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = node.local_addr().unwrap().to_string();
+        let target = |pid| {
+            Arc::new(CancelTarget {
+                addr: addr.clone(),
+                pid,
+                secret: vec![0, 0, 0, 7],
+            })
+        };
+        let (a, b) = (target(11), target(22));
+        let reg = Arc::new(CancelRegistry::default());
+        let mut key = reg.register();
+        assert_eq!(forwarded(&reg, &key, &node).await, None, "never attached");
+        key.attach(&a);
+        assert_eq!(forwarded(&reg, &key, &node).await, Some(11));
+        key.detach();
+        assert_eq!(forwarded(&reg, &key, &node).await, None, "released");
+        // Back on the same connection: only the flag changes.
+        key.attach(&a);
+        assert_eq!(forwarded(&reg, &key, &node).await, Some(11));
+        key.detach();
+        key.attach(&b);
+        assert_eq!(forwarded(&reg, &key, &node).await, Some(22));
+        // A wrong secret forwards nothing.
+        reg.cancel(key.pid, &(key.secret ^ 1).to_be_bytes()).await;
+        let accept = tokio::time::timeout(std::time::Duration::from_millis(200), node.accept());
+        assert!(accept.await.is_err(), "a wrong secret was forwarded");
     }
 }

@@ -72,17 +72,15 @@ pub struct ServerConn {
 
 impl ServerConn {
     /// The cancel target of this connection's backend.
-    pub fn cancel_target(&mut self) -> Arc<crate::cancel::CancelTarget> {
+    pub fn cancel_target(&mut self) -> &Arc<crate::cancel::CancelTarget> {
         let (node, pid, secret) = (&self.node, self.pid, &self.secret);
-        self.cancel_target
-            .get_or_insert_with(|| {
-                Arc::new(crate::cancel::CancelTarget {
-                    addr: node.addr(),
-                    pid,
-                    secret: secret.clone(),
-                })
+        self.cancel_target.get_or_insert_with(|| {
+            Arc::new(crate::cancel::CancelTarget {
+                addr: node.addr(),
+                pid,
+                secret: secret.clone(),
             })
-            .clone()
+        })
     }
 
     /// Connects and logs in; returns when the server is ready for queries.

@@ -181,7 +181,7 @@ impl<S: ClientStream> Session<S> {
             pc.get().node.clone()
         });
         self.server = None; // dropped: never returned to the pool
-        self.cancel.slot.set(None);
+        self.cancel.detach();
         let e = match node {
             Some(n) => ProxyError::NodeConnect {
                 node: n.name.to_string(),

@@ -175,7 +175,7 @@ impl<S: ClientStream> Session<S> {
             }
             conn.synced_to = self.params.fingerprint();
         }
-        self.cancel.slot.set(Some(conn.cancel_target()));
+        self.cancel.attach(conn.cancel_target());
         self.server = Some(pc);
         self.wait.attached();
         if let Some(c) = &self.registered {

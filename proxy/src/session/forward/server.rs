@@ -371,7 +371,7 @@ impl<S: ClientStream> Session<S> {
             if let Some(c) = &self.registered {
                 c.released();
             }
-            self.cancel.slot.set(None);
+            self.cancel.detach();
             let conn = pc.conn();
             conn.synced_to = self.params.fingerprint();
             if conn.prepared.len() > MAX_SERVER_STATEMENTS || !conn.read_buf.is_empty() {
@@ -396,7 +396,7 @@ impl<S: ClientStream> Session<S> {
             self.release();
         } else {
             self.server = None;
-            self.cancel.slot.set(None);
+            self.cancel.detach();
         }
     }
 
