@@ -521,16 +521,12 @@ pub(super) fn write_now_all(
     Ok(done)
 }
 
-/// Whether the buffered client bytes hold a complete batch: a Sync or
-/// Flush message, or a message that ends the lookahead.
 /// Why a session gave up on lagrouter's own short query (a Sync, an LSN):
 /// these wait at most `[health] check_timeout`, as a health check does.
 fn no_answer(what: &str, limit: std::time::Duration) -> String {
     format!("no answer to lagrouter's {what} within check_timeout ({limit:?})")
 }
 
-/// Resolves when the attached node was declared stopped (never for an
-/// unregistered session).
 /// What ended a wait on a transaction's server and its client.
 enum Woke {
     Server(std::io::Result<usize>),
@@ -539,6 +535,8 @@ enum Woke {
     Abandoned(usize),
 }
 
+/// Resolves when the attached node was declared stopped (never for an
+/// unregistered session).
 async fn abandoned(entry: Option<&ClientEntry>) -> usize {
     match entry {
         Some(e) => e.abandoned().await,
