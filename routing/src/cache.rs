@@ -519,6 +519,7 @@ mod tests {
             hints: Default::default(),
             effects: Box::new([]),
             server: Default::default(),
+            names_lagrouter: false,
         })
     }
 

@@ -120,6 +120,13 @@ pub struct Analysis {
     /// What it does to the server connection (pins it, drops prepared
     /// statements).
     pub server: ServerEffects,
+    /// The text contains `lagrouter` (any case, anywhere): only then can it
+    /// be a statement the proxy answers itself
+    /// ([`crate::parse_proxy_command`]). Texts of one shape agree on it
+    /// (the word has no digit), so a cached analysis answers for every
+    /// text it is shared with, and a caller holding the analysis need not
+    /// scan the text again.
+    pub names_lagrouter: bool,
 }
 
 /// Classifies `sql` with function volatility from `catalog` and the
@@ -142,6 +149,7 @@ pub fn analyze(sql: &str, catalog: &FunctionCatalog, extra: &ReadOnlyFunctions) 
         a.writes |= other.writes;
     }
     a.server = server_effects(sql);
+    a.names_lagrouter = crate::command::mentions_lagrouter(sql);
     a
 }
 
@@ -179,6 +187,7 @@ fn analyze_lexed(
         hints,
         effects: effects.into_boxed_slice(),
         server: ServerEffects::default(),
+        names_lagrouter: false,
     }
 }
 

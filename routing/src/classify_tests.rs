@@ -344,3 +344,29 @@ fn writes_is_set_by_statements_that_may_change_data_only() {
         assert!(writes(sql), "{sql:?} may write");
     }
 }
+
+#[test]
+fn the_analysis_says_whether_a_proxy_command_may_be_in_the_text() {
+    let catalog = FunctionCatalog::builtin();
+    let extra = ReadOnlyFunctions::default();
+    let names = |sql: &str| analyze(sql, &catalog, &extra).names_lagrouter;
+    for sql in [
+        "SHOW lagrouter.route",
+        "set LagRouter.route = primary",
+        "SELECT lagrouter.wait_replicas(1, 500)",
+        "/* LAGROUTER:min_lsn=0/16B3748 */ SELECT 1",
+        "SELECT 'lagrouter'",
+    ] {
+        assert!(names(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7",
+        "SHOW lag_router",
+        "SET route = primary",
+    ] {
+        // A caller skips the proxy-command test for these.
+        assert!(!names(sql), "{sql}");
+        assert!(crate::parse_proxy_command(sql).is_none(), "{sql}");
+    }
+}

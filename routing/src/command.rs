@@ -113,7 +113,7 @@ pub fn parse_proxy_command(sql: &str) -> Option<ProxyCommand> {
 }
 
 /// Whether `sql` contains `lagrouter` in any letter case.
-fn mentions_lagrouter(sql: &str) -> bool {
+pub(crate) fn mentions_lagrouter(sql: &str) -> bool {
     static WORD: WordSet<1> = WordSet::new(["lagrouter"]);
     WORD.any_in(sql)
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lagrouter_config::Config;
 use lagrouter_health::{HealthSnapshot, Lsn};
-use lagrouter_routing::{AnalysisMemo, Memo, RouteDecision, ServerEffects};
+use lagrouter_routing::{Analysis, AnalysisMemo, Memo, RouteDecision, ServerEffects};
 
 use crate::auth::UserAuth;
 use crate::error::ProxyError;
@@ -37,6 +37,19 @@ impl<S: ClientStream> Session<S> {
         sql: &str,
         memo: Option<&AnalysisMemo>,
     ) -> Option<Option<ServerEffects>> {
+        let analysis = self.attached_analysis(sql, memo)?;
+        Some(analysis.map(|a| self.runs_in_transaction(&a)))
+    }
+
+    /// [`Self::attached`] without acting on the analysis: `Some(None)`
+    /// when routing does not analyze `sql`. The caller passes what it
+    /// sends on to [`Self::runs_in_transaction`].
+    #[inline]
+    pub(super) fn attached_analysis(
+        &mut self,
+        sql: &str,
+        memo: Option<&AnalysisMemo>,
+    ) -> Option<Option<Arc<Analysis>>> {
         self.server.as_ref()?;
         if self.txn != Txn::Primary || sql.is_empty() {
             return Some(None);
@@ -45,11 +58,18 @@ impl<S: ClientStream> Session<S> {
             Some(m) => Memo::Statement(m),
             None => Memo::Last(&mut self.last_in_txn),
         };
-        let analysis = self.view.analyze_in_transaction(sql, memo);
+        Some(Some(self.view.analyze_in_transaction(sql, memo)))
+    }
+
+    /// A statement of the attached transaction analyzed as `analysis` goes
+    /// to the server: one that may write makes the transaction a write.
+    /// What it does to the connection.
+    #[inline]
+    pub(super) fn runs_in_transaction(&mut self, analysis: &Analysis) -> ServerEffects {
         if analysis.writes {
             self.txn = Txn::Write;
         }
-        Some(Some(analysis.server))
+        analysis.server
     }
 
     /// Attaches a server connection for the transaction that starts with

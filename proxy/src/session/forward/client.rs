@@ -50,22 +50,14 @@ impl<S: ClientStream> Session<S> {
         };
         match msg {
             ClientMsg::Query(sql) => {
-                let inert = self.inert(sql);
-                if !inert && parse_proxy_command(sql).is_some() {
-                    return None;
-                }
+                let fx = self.attached_effects(sql)?;
                 if !self.deallocate_locally(sql) {
-                    let fx = self.attached_effects(sql, inert);
                     self.query_on_server(sql, frame, fx);
                 }
             }
             ClientMsg::Parse(p) => {
-                let inert = self.inert(p.query);
-                if !inert && parse_proxy_command(p.query).is_some() {
-                    return None;
-                }
+                let fx = self.attached_effects(p.query)?;
                 self.local.forget_statement(p.name);
-                let fx = self.attached_effects(p.query, inert);
                 self.parse_on_server(&p, frame, self.effects_of(p.query, fx));
             }
             ClientMsg::Bind(b) => {
@@ -107,13 +99,26 @@ impl<S: ClientStream> Session<S> {
     }
 
     /// What `sql`, a statement of the attached transaction, does on the
-    /// server: nothing when it is `inert`, else what [`Self::attached`]
-    /// finds (`None` when routing does not analyze it).
-    fn attached_effects(&mut self, sql: &str, inert: bool) -> Option<ServerEffects> {
-        if inert {
-            Some(ServerEffects::default())
-        } else {
-            self.attached(sql, None).flatten()
+    /// server: nothing when it is [`Self::inert`], else what
+    /// [`Self::attached`] finds (`Some(None)` when routing does not
+    /// analyze it). `None` when it is a statement the proxy answers
+    /// itself (handled by [`Self::on_client_message`]). An analyzed text
+    /// is looked for `lagrouter` only when its analysis says the word is
+    /// in it: a statement of a transaction not yet writing is analyzed
+    /// anyway, and the analysis (most often a kept one, compared) spares
+    /// that pass over the text.
+    fn attached_effects(&mut self, sql: &str) -> Option<Option<ServerEffects>> {
+        if self.inert(sql) {
+            return Some(Some(ServerEffects::default()));
+        }
+        match self.attached_analysis(sql, None).flatten() {
+            Some(a) => {
+                if a.names_lagrouter && parse_proxy_command(sql).is_some() {
+                    return None;
+                }
+                Some(Some(self.runs_in_transaction(&a)))
+            }
+            None => parse_proxy_command(sql).is_none().then_some(None),
         }
     }
 
