@@ -111,15 +111,12 @@ impl<S: ClientStream> Session<S> {
         if self.inert(sql) {
             return Some(Some(ServerEffects::default()));
         }
-        match self.attached_analysis(sql, None).flatten() {
-            Some(a) => {
-                if a.names_lagrouter && parse_proxy_command(sql).is_some() {
-                    return None;
-                }
-                Some(Some(self.runs_in_transaction(&a)))
-            }
-            None => parse_proxy_command(sql).is_none().then_some(None),
+        let analysis = self.attached_analysis(sql, None).flatten();
+        if analysis.as_ref().is_none_or(|a| a.names_lagrouter) && parse_proxy_command(sql).is_some()
+        {
+            return None;
         }
+        Some(analysis.map(|a| self.runs_in_transaction(&a)))
     }
 
     /// Decodes one client message (a malformed one ends the session) and
