@@ -55,6 +55,36 @@ pub enum Action {
     Drop,
 }
 
+/// Server message tags that pass to the client untouched: see
+/// [`Expect::pass_set`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassSet(PassKind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassKind {
+    None,
+    /// A forwarded simple query's rows, completions, notices and errors.
+    Query,
+    /// A forwarded Execute's rows.
+    Execute,
+}
+
+impl PassSet {
+    const NONE: PassSet = PassSet(PassKind::None);
+    const QUERY: PassSet = PassSet(PassKind::Query);
+    const EXECUTE: PassSet = PassSet(PassKind::Execute);
+
+    /// Whether a message tagged `tag` passes.
+    #[inline]
+    pub fn passes(self, tag: u8) -> bool {
+        match self.0 {
+            PassKind::None => false,
+            PassKind::Query => matches!(tag, b'T' | b'D' | b'C' | b'I' | b'E' | b'N' | b'A'),
+            PassKind::Execute => matches!(tag, b'D' | b'N' | b'A'),
+        }
+    }
+}
+
 /// A server message that does not fit the requests outstanding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("server sent unexpected message '{}' (expected responses to {expected:?})", *.tag as char)]
@@ -222,6 +252,31 @@ impl Expect {
             Action::Forward
         } else {
             Action::Drop
+        }
+    }
+
+    /// The server messages that, while nothing else is fed in, go to the
+    /// client and change nothing here: [`Self::on_server`] would answer
+    /// `Action::Forward` to each and leave the state as it is. Lets the
+    /// reader of a query's answers pass its rows by the tag alone; it asks
+    /// again after any message outside the set.
+    #[inline]
+    pub fn pass_set(&self) -> PassSet {
+        if self.in_copy {
+            return PassSet::NONE;
+        }
+        match self.queue.front() {
+            Some(Entry::Server {
+                req: Req::Query,
+                forward: true,
+                ..
+            }) => PassSet::QUERY,
+            Some(Entry::Server {
+                req: Req::Execute,
+                forward: true,
+                ..
+            }) => PassSet::EXECUTE,
+            _ => PassSet::NONE,
         }
     }
 
@@ -526,6 +581,90 @@ mod tests {
         e.push(Req::FunctionCall, Action::Forward);
         assert_eq!(feed(&mut e, b"VZ"), vec![Forward, Forward]);
         assert!(e.is_empty());
+    }
+
+    /// Whatever the state, a tag its pass set names gets `Forward` from
+    /// `on_server` and leaves the state as it was; so a reader may skip
+    /// `on_server` for it.
+    #[test]
+    fn the_pass_set_is_what_on_server_forwards_without_a_change() {
+        type Setup = fn(&mut Expect);
+        let states: [(&str, Setup); 11] = [
+            ("idle", |_| {}),
+            ("query", |e| e.push(Req::Query, Forward)),
+            ("query, rows begun", |e| {
+                e.push(Req::Query, Forward);
+                feed(e, b"TD");
+            }),
+            ("injected query first", |e| {
+                e.push(Req::Query, Drop);
+                e.push(Req::Query, Forward);
+            }),
+            ("query in copy", |e| {
+                e.push(Req::Query, Forward);
+                feed(e, b"H");
+            }),
+            ("execute", |e| {
+                e.push(Req::Bind, Forward);
+                e.push(Req::Execute, Forward);
+                e.push(Req::Sync, Forward);
+                feed(e, b"2");
+            }),
+            ("injected execute", |e| {
+                e.push(Req::Execute, Drop);
+                e.push(Req::Sync, Forward);
+            }),
+            ("quiet execute", |e| {
+                e.push_quiet(Req::Execute);
+                e.push(Req::Sync, Forward);
+            }),
+            ("bind", |e| e.push(Req::Bind, Forward)),
+            ("function call", |e| e.push(Req::FunctionCall, Forward)),
+            ("synthetic first", |e| {
+                e.push_synthetic(Bytes::from_static(b"1\0\0\0\x04"));
+                e.push(Req::Sync, Forward);
+            }),
+        ];
+        let mut passed = Vec::new();
+        for (name, setup) in states {
+            let mut e = Expect::new();
+            setup(&mut e);
+            let set = e.pass_set();
+            for tag in 0..=u8::MAX {
+                if !set.passes(tag) {
+                    continue;
+                }
+                let mut e = Expect::new();
+                setup(&mut e);
+                let before = format!("{e:?}");
+                assert_eq!(
+                    e.on_server(tag, b'I'),
+                    Ok(Forward),
+                    "{name}: {}",
+                    tag as char
+                );
+                assert_eq!(format!("{e:?}"), before, "{name}: {}", tag as char);
+                passed.push((name, tag));
+            }
+        }
+        // Rows pass wherever they are the answer, and only there.
+        for name in ["query", "query, rows begun", "execute"] {
+            assert!(passed.contains(&(name, b'D')), "{name}");
+        }
+        assert!(passed.contains(&("query", b'C')) && !passed.contains(&("execute", b'C')));
+        assert!(
+            !passed
+                .iter()
+                .any(|&(_, t)| matches!(t, b'Z' | b'S' | b'G' | b'H'))
+        );
+        for name in [
+            "idle",
+            "injected query first",
+            "query in copy",
+            "injected execute",
+        ] {
+            assert!(!passed.iter().any(|&(n, _)| n == name), "{name}");
+        }
     }
 
     #[test]

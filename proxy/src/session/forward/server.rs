@@ -149,10 +149,17 @@ impl<S: ClientStream> Session<S> {
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
+        if conn.read_buf.is_empty() && !expect.has_failed_parses() {
+            // Woken by the client: nothing to read.
+            return Ok(to_client.len() > READ_AHEAD_LIMIT);
+        }
         let mut desync = None;
         // `read_buf[span..pos]`: forwarded, not copied yet; `pos`: the next
         // message.
         let (mut span, mut pos) = (0, 0);
+        // Rows and completions of the query being answered go to the
+        // client by their tag alone (asked again after any other message).
+        let mut pass = expect.pass_set();
         let settle = |to_client: &mut BytesMut, buf: &mut BytesMut, span: usize, pos: usize| {
             to_client.extend_from_slice(&buf[span..pos]);
             buf.advance(pos);
@@ -188,6 +195,7 @@ impl<S: ClientStream> Session<S> {
                 {
                     match expect.on_server(tag, 0) {
                         Ok(a) => {
+                            pass = expect.pass_set();
                             *server_stream = Passthrough {
                                 remaining: total,
                                 forward: a == crate::protocol::expect::Action::Forward,
@@ -202,6 +210,13 @@ impl<S: ClientStream> Session<S> {
                 }
                 conn.read_buf.reserve(total - conn.read_buf.len());
                 break;
+            }
+            if pass.passes(tag) {
+                pos += total;
+                if to_client.len() + (pos - span) > READ_AHEAD_LIMIT {
+                    break;
+                }
+                continue;
             }
             let frame = &conn.read_buf[pos..pos + total];
             let status = if tag == be::READY_FOR_QUERY {
@@ -255,10 +270,13 @@ impl<S: ClientStream> Session<S> {
             if to_client.len() + (pos - span) > READ_AHEAD_LIMIT {
                 break;
             }
+            pass = expect.pass_set();
         }
         settle(to_client, &mut conn.read_buf, span, pos);
-        for name in expect.take_failed_parses() {
-            conn.prepared.remove(&name);
+        if expect.has_failed_parses() {
+            for name in expect.take_failed_parses() {
+                conn.prepared.remove(&name);
+            }
         }
         if let Some(detail) = desync {
             return Err(format!("protocol out of step: {detail}"));
