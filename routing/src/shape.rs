@@ -70,7 +70,7 @@ fn digits(s: &[u8]) -> usize {
 }
 
 /// If a number run starts at `i`, the index just past it.
-#[inline]
+#[cfg(test)]
 fn run_end(s: &[u8], i: usize) -> Option<usize> {
     if !s.get(i)?.is_ascii_digit() || (i > 0 && ident_byte(s[i - 1])) {
         return None;
@@ -126,33 +126,40 @@ pub(crate) fn shape_hash(build: &impl BuildHasher, sql: &str) -> u64 {
 }
 
 /// The length of the longest common prefix of `a` and `b`, eight bytes at
-/// a time.
+/// a time; the last bytes of a text of eight or more are compared as the
+/// eight that end it (those before are already known equal).
 #[inline]
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let first_diff = |at: usize, x: u64, y: u64| at + ((x ^ y).trailing_zeros() / 8) as usize;
+    if n < 8 {
+        return a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    }
     let mut i = 0;
     while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("8 bytes"));
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let (x, y) = (word(a, i), word(b, i));
         if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+            return first_diff(i, x, y);
         }
         i += 8;
     }
-    while i < n && a[i] == b[i] {
-        i += 1;
+    if i == n {
+        return n;
     }
-    i
+    let (x, y) = (word(a, n - 8), word(b, n - 8));
+    if x == y { n } else { first_diff(n - 8, x, y) }
 }
 
 /// Whether `a` and `b` are equal once every number run is a placeholder.
 ///
 /// Skips the common prefix at word speed, then looks only at where the
-/// texts differ: that must be inside a number run of both (one starting at
-/// the same place, as the bytes before agree), and the texts must again be
-/// of the same shape after the two runs. (Past a run's end the next byte
-/// is no digit, so a run further on starts where it would in the whole
-/// text.)
+/// texts differ: that must be inside a number run of both, or just past
+/// one (a run that starts at the same place, as the bytes before agree),
+/// and the texts must again be of the same shape after the two runs.
+/// (Past a run's end the next byte is no digit, so a run further on
+/// starts where it would in the whole text.)
 pub(crate) fn same_shape(a: &str, b: &str) -> bool {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
@@ -160,15 +167,22 @@ pub(crate) fn same_shape(a: &str, b: &str) -> bool {
         if p == a.len() && p == b.len() {
             return true;
         }
-        // The start of the digits that end at (or run through) `p`.
+        // The digits, common to both, that end at `p`; past the start of
+        // the texts (or of what follows a run) a number run begins after
+        // a byte that is not an identifier's.
         let mut q = p;
         while q > 0 && a[q - 1].is_ascii_digit() {
             q -= 1;
         }
-        match (run_end(a, q), run_end(b, q)) {
-            (Some(ea), Some(eb)) => (a, b) = (&a[ea..], &b[eb..]),
-            _ => return false,
+        if q > 0 && ident_byte(a[q - 1]) {
+            return false;
         }
+        let (ea, eb) = (p + digits(&a[p..]), p + digits(&b[p..]));
+        if ea == q || eb == q {
+            // A number in one text where the other has none.
+            return false;
+        }
+        (a, b) = (&a[ea..], &b[eb..]);
     }
 }
 
@@ -330,6 +344,25 @@ mod tests {
                 }
             }
             buf[pos] = b'a';
+        }
+    }
+
+    #[test]
+    fn common_prefix_matches_a_byte_loop() {
+        for len in 0..26 {
+            let a: Vec<u8> = (0..len as u8).collect();
+            for at in 0..=len {
+                for blen in [at, len, len + 3] {
+                    let mut b = a.clone();
+                    b.resize(blen, 0xEE);
+                    if at < b.len() {
+                        b[at] = 0xFF;
+                    }
+                    let want = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+                    assert_eq!(common_prefix(&a, &b), want, "len {len}, at {at}, b {blen}");
+                    assert_eq!(common_prefix(&b, &a), want, "len {len}, at {at}, b {blen}");
+                }
+            }
         }
     }
 
