@@ -30,20 +30,25 @@ pub enum Req {
     Sync,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is owed, in order: small and `Copy`, so that taking one off the
+/// queue (every answer that ends a request) moves a few bytes and drops
+/// nothing. What an entry needs beyond that waits in a queue of its own,
+/// in the same order ([`Expect::names`], [`Expect::synthetic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
     /// Responses to `req`; forwarded when `forward`, else dropped.
-    /// `name` is the server-side statement name of a named `Parse`.
-    /// `quiet`: an extended-protocol error is dropped too (see
+    /// `named`: a named `Parse`, whose server-side statement name is next
+    /// in `names`. `quiet`: an extended-protocol error is dropped too (see
     /// [`Expect::push_quiet`]).
     Server {
         req: Req,
         forward: bool,
-        name: Option<Arc<str>>,
+        named: bool,
         quiet: bool,
     },
-    /// A complete message the proxy sends the client at this point.
-    Synthetic(Bytes),
+    /// A complete message the proxy sends the client at this point: the
+    /// next in `synthetic`.
+    Synthetic,
 }
 
 /// What to do with a server message.
@@ -97,6 +102,10 @@ pub struct Desync {
 #[derive(Debug, Default)]
 pub struct Expect {
     queue: VecDeque<Entry>,
+    /// The names of the named `Parse` entries queued, in order.
+    names: VecDeque<Arc<str>>,
+    /// The messages of the `Synthetic` entries queued, in order.
+    synthetic: VecDeque<Bytes>,
     /// An error in the extended protocol makes the server skip to `Sync`;
     /// requests sent after the error and before the `Sync` get no answer.
     skipping: bool,
@@ -157,10 +166,14 @@ impl Expect {
         if !matches!(req, Req::Query | Req::FunctionCall | Req::Sync) {
             self.unsynced = true;
         }
+        let named = name.is_some();
+        if let Some(n) = name {
+            self.names.push_back(n);
+        }
         self.queue.push_back(Entry::Server {
             req,
             forward,
-            name,
+            named,
             quiet,
         });
     }
@@ -178,22 +191,23 @@ impl Expect {
 
     /// Records a message the proxy answers itself at this point in order.
     pub fn push_synthetic(&mut self, msg: Bytes) {
-        self.queue.push_back(Entry::Synthetic(msg));
+        self.synthetic.push_back(msg);
+        self.queue.push_back(Entry::Synthetic);
     }
 
     /// Whether the next thing owed is a synthetic message.
     #[inline]
     pub fn synthetic_due(&self) -> bool {
-        matches!(self.queue.front(), Some(Entry::Synthetic(_)))
+        matches!(self.queue.front(), Some(Entry::Synthetic))
     }
 
     /// The synthetic message now due, if the next thing owed is one.
     pub fn pop_synthetic(&mut self) -> Option<Bytes> {
         match self.queue.front() {
-            Some(Entry::Synthetic(_)) => match self.queue.pop_front() {
-                Some(Entry::Synthetic(b)) => Some(b),
-                _ => None,
-            },
+            Some(Entry::Synthetic) => {
+                self.queue.pop_front();
+                self.synthetic.pop_front()
+            }
             _ => None,
         }
     }
@@ -336,8 +350,14 @@ impl Expect {
                     if matches!(e, Entry::Server { req: Req::Sync, .. }) {
                         break;
                     }
-                    if let Some(Entry::Server { name: Some(n), .. }) = self.queue.pop_front() {
-                        self.failed_parses.push(n);
+                    match self.queue.pop_front() {
+                        Some(Entry::Server { named: true, .. }) => {
+                            self.failed_parses.extend(self.names.pop_front());
+                        }
+                        Some(Entry::Synthetic) => {
+                            self.synthetic.pop_front();
+                        }
+                        _ => {}
                     }
                 }
                 if self.queue.is_empty() {
@@ -356,8 +376,11 @@ impl Expect {
         }
     }
 
+    /// Takes the answered request (a `Server` entry) off the queue.
     fn pop(&mut self, forward: bool) -> Result<Action, Desync> {
-        self.queue.pop_front();
+        if let Some(Entry::Server { named: true, .. }) = self.queue.pop_front() {
+            self.names.pop_front();
+        }
         Ok(Self::act(forward))
     }
 }
@@ -369,8 +392,31 @@ mod tests {
 
     fn feed(e: &mut Expect, tags: &[u8]) -> Vec<Action> {
         tags.iter()
-            .map(|&t| e.on_server(t, b'I').unwrap())
+            .map(|&t| {
+                let a = e.on_server(t, b'I').unwrap();
+                in_step(e);
+                a
+            })
             .collect()
+    }
+
+    /// The side queues hold what the entries queued call for, no more.
+    fn in_step(e: &Expect) {
+        let named = e
+            .queue
+            .iter()
+            .filter(|x| matches!(x, Entry::Server { named: true, .. }))
+            .count();
+        let synthetic = e
+            .queue
+            .iter()
+            .filter(|x| matches!(x, Entry::Synthetic))
+            .count();
+        assert_eq!(
+            (e.names.len(), e.synthetic.len()),
+            (named, synthetic),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -494,6 +540,35 @@ mod tests {
             .collect();
         assert_eq!(failed, vec!["b", "c"]);
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+    }
+
+    /// Names and synthetic messages leave with their entries: answered,
+    /// sent, or skipped by an error, and only those.
+    #[test]
+    fn names_and_synthetic_messages_leave_with_their_entries() {
+        let mut e = Expect::new();
+        e.push_named(Req::Parse, Action::Forward, Some("a".into()));
+        e.push_synthetic(Bytes::from_static(b"x"));
+        e.push_named(Req::Parse, Action::Forward, Some("b".into()));
+        e.push(Req::Bind, Action::Forward);
+        e.push_synthetic(Bytes::from_static(b"y"));
+        e.push_named(Req::Parse, Action::Forward, Some("c".into()));
+        e.push(Req::Sync, Action::Forward);
+        in_step(&e);
+        assert_eq!(feed(&mut e, b"1"), vec![Forward]);
+        assert!(e.take_failed_parses().is_empty(), "a was parsed");
+        assert_eq!(e.pop_synthetic().as_deref(), Some(&b"x"[..]));
+        assert_eq!(e.pop_synthetic(), None);
+        assert_eq!(feed(&mut e, b"E"), vec![Forward]);
+        let failed: Vec<_> = e
+            .take_failed_parses()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(failed, vec!["b", "c"]);
+        assert_eq!(e.pop_synthetic(), None, "y was skipped with its batch");
+        assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
+        assert!(e.is_empty() && e.names.is_empty() && e.synthetic.is_empty());
     }
 
     /// An error of a quiet request is dropped with the rest of its batch;
