@@ -21,6 +21,7 @@ use crate::cache::{Classifier, InputsCache, Memo};
 use crate::decide::{BreakerUse, Decided, RouteContext, decide, settle};
 use crate::functions::FunctionCatalog;
 use crate::gate::{GateStatus, WriteGate, gate_status};
+use crate::hints::RouteOverride;
 use crate::{Analysis, CatchUp, Reason, RouteDecision, RouteError};
 
 /// Statements the classification cache holds at most.
@@ -133,10 +134,13 @@ impl Router {
         in_use: &dyn Fn(usize) -> usize,
     ) -> Result<RouteDecision, RouteError> {
         let drained = self.shared.drained.load();
-        self.route_in(config, snap, &drained, session, sql, analysis, now, in_use)
+        self.route_in(
+            config, snap, &drained, session, sql, analysis, now, in_use, None,
+        )
     }
 
-    /// [`Self::route`] with the drained nodes the caller loaded.
+    /// [`Self::route`] with the drained nodes the caller loaded, and the
+    /// caller's memo of its last decision, if it keeps one.
     #[allow(clippy::too_many_arguments)]
     fn route_in(
         &self,
@@ -148,6 +152,7 @@ impl Router {
         analysis: &Analysis,
         now: Instant,
         in_use: &dyn Fn(usize) -> usize,
+        memo: Option<(&mut DecisionMemo, MemoInputs<'_>)>,
     ) -> Result<RouteDecision, RouteError> {
         let rc = &config.routing;
         for e in analysis.effects.iter() {
@@ -177,7 +182,10 @@ impl Router {
             drained,
             gate: WriteGate::from_config(config),
         };
-        let mut decided = decide(&ctx)?;
+        let mut decided = match memo {
+            Some((m, inputs)) => m.decide(inputs, &ctx)?,
+            None => decide(&ctx)?,
+        };
         if let Some(lost) = session.take_lost_write_notice() {
             let d = &mut decided.decision;
             d.notice = Some(match d.notice.take() {
@@ -352,6 +360,7 @@ impl Router {
             health: Cache::new(self.health.clone()),
             drained: Cache::new(self.shared.drained.clone()),
             inputs: self.shared.classifier.inputs_cache(),
+            memo: DecisionMemo::default(),
         }
     }
 
@@ -382,6 +391,101 @@ pub struct RouterView {
     health: Cache<SharedSnapshot, Arc<HealthSnapshot>>,
     drained: Cache<Arc<ArcSwap<Vec<String>>>, Arc<Vec<String>>>,
     inputs: InputsCache,
+    memo: DecisionMemo,
+}
+
+/// What a decision was made on, for [`DecisionMemo`]: the very config,
+/// health snapshot, drained list and analysis (the same allocations; a
+/// new snapshot, say, is a new one even if equal), and the session's
+/// state as [`decide`] reads it.
+#[derive(Clone, Copy)]
+struct MemoInputs<'a> {
+    config: &'a Arc<Config>,
+    snap: &'a Arc<HealthSnapshot>,
+    drained: &'a Arc<Vec<String>>,
+    analysis: &'a Arc<Analysis>,
+}
+
+/// A session's last routing decision, with what it was made on: the same
+/// inputs make the same decision, so the next transaction of a session
+/// that sends one shape of statement (the common case: a new health
+/// snapshot comes once per check, a new analysis with a new shape) takes
+/// it back after a few pointer comparisons instead of deciding anew. Only
+/// where nothing else goes in: no `[[routing.rules]]` (they match the
+/// text, which texts of one shape need not share), `balance =
+/// "least_lag"` (round_robin turns with every transaction,
+/// least_connections counts connections in use), and a decision with no
+/// notice and no fallback to the primary (which the breaker may yet
+/// refuse or the session wait on). The breaker still counts every read.
+/// Debug builds (the test suite) decide anew at every memo hit and check
+/// that both agree.
+#[derive(Default)]
+struct DecisionMemo {
+    last: Option<Memoized>,
+    #[cfg(test)]
+    hits: u64,
+}
+
+struct Memoized {
+    config: Arc<Config>,
+    snap: Arc<HealthSnapshot>,
+    drained: Arc<Vec<String>>,
+    analysis: Arc<Analysis>,
+    session: SessionKey,
+    decided: Decided,
+}
+
+/// The session's state [`decide`] reads (see [`RouteContext`]).
+type SessionKey = (RouteOverride, bool, Option<Lsn>, usize);
+
+impl DecisionMemo {
+    fn decide(
+        &mut self,
+        inputs: MemoInputs<'_>,
+        ctx: &RouteContext<'_>,
+    ) -> Result<Decided, RouteError> {
+        let rc = ctx.config;
+        if !rc.rules.is_empty() || rc.balance != Balance::LeastLag {
+            self.last = None;
+            return decide(ctx);
+        }
+        let session = (
+            ctx.session_route,
+            ctx.default_read_only,
+            ctx.required_lsn,
+            ctx.ticket,
+        );
+        if let Some(m) = &self.last
+            && Arc::ptr_eq(&m.snap, inputs.snap)
+            && Arc::ptr_eq(&m.analysis, inputs.analysis)
+            && Arc::ptr_eq(&m.config, inputs.config)
+            && Arc::ptr_eq(&m.drained, inputs.drained)
+            && m.session == session
+        {
+            debug_assert!(
+                decide(ctx).is_ok_and(|d| d == m.decided),
+                "a memoized routing decision differs from deciding anew"
+            );
+            #[cfg(test)]
+            {
+                self.hits += 1;
+            }
+            return Ok(m.decided.clone());
+        }
+        let decided = decide(ctx)?;
+        let kept = decided.decision.notice.is_none()
+            && decided.decision.catch_up.is_none()
+            && matches!(decided.breaker, BreakerUse::None | BreakerUse::ReplicaRead);
+        self.last = kept.then(|| Memoized {
+            config: inputs.config.clone(),
+            snap: inputs.snap.clone(),
+            drained: inputs.drained.clone(),
+            analysis: inputs.analysis.clone(),
+            session,
+            decided: decided.clone(),
+        });
+        Ok(decided)
+    }
 }
 
 impl std::fmt::Debug for RouterView {
@@ -427,18 +531,32 @@ impl RouterView {
     #[allow(clippy::too_many_arguments)]
     pub fn route(
         &mut self,
-        config: &Config,
+        config: &Arc<Config>,
         session: &mut SessionRouting,
         sql: &str,
-        analysis: &Analysis,
+        analysis: &Arc<Analysis>,
         now: Instant,
         in_use: &dyn Fn(&str) -> usize,
     ) -> (Result<RouteDecision, RouteError>, &HealthSnapshot) {
         let snap = self.health.load();
         let drained = self.drained.load();
         let by_index = |i: usize| snap.nodes.get(i).map_or(0, |n| in_use(&n.name));
+        let inputs = MemoInputs {
+            config,
+            snap,
+            drained,
+            analysis,
+        };
         let routed = self.router.route_in(
-            config, snap, drained, session, sql, analysis, now, &by_index,
+            config,
+            snap,
+            drained,
+            session,
+            sql,
+            analysis,
+            now,
+            &by_index,
+            Some((&mut self.memo, inputs)),
         );
         (routed, snap)
     }
@@ -454,6 +572,7 @@ impl RouterView {
         self.health.load();
         self.drained.load();
         self.inputs.refresh();
+        self.memo = DecisionMemo::default();
     }
 }
 
@@ -729,6 +848,84 @@ mod tests {
         assert!(nodes.contains(&1), "{nodes:?}");
     }
 
+    /// A view takes its last decision back only while everything it was
+    /// made on is the same (the debug build checks each such decision
+    /// against deciding anew), and decides anew as soon as the snapshot,
+    /// the drained list, the session's route or the config changes.
+    #[test]
+    fn a_decision_is_taken_back_only_while_what_it_was_made_on_holds() {
+        let r = router(2, |_, s| {
+            s.nodes[1].lag_bytes = Some(0);
+            s.nodes[2].lag_bytes = Some(0);
+        });
+        let mut view = r.view();
+        let config = r.config.load_full();
+        let mut s = SessionRouting::new();
+        let now = Instant::now();
+        let route = |view: &mut RouterView, s: &mut SessionRouting, config: &Arc<Config>| {
+            let a = view.analyze(config, "SELECT abalance FROM t WHERE aid = 7", Memo::None);
+            let (d, _) = view.route(config, s, "SELECT 1", &a, now, &|_| 0);
+            d.unwrap().node
+        };
+        let first = route(&mut view, &mut s, &config);
+        assert_ne!(first, 0);
+        for _ in 0..5 {
+            assert_eq!(route(&mut view, &mut s, &config), first);
+        }
+        let hits = view.memo.hits;
+        assert!(hits >= 3, "{hits} of 5 taken back");
+
+        // The chosen replica lags: a new snapshot, a new decision.
+        let mut snap = (**r.health()).clone();
+        snap.nodes[first].lag_bytes = Some(200_000);
+        r.health.store(Arc::new(snap));
+        let other = route(&mut view, &mut s, &config);
+        assert!(
+            other != first && other != 0,
+            "moved off the lagging replica"
+        );
+        assert_eq!(view.memo.hits, hits);
+        assert_eq!(route(&mut view, &mut s, &config), other);
+        assert_eq!(view.memo.hits, hits + 1);
+
+        // Drained, then the session's own route.
+        r.set_drained(vec![format!("replica{other}")]);
+        assert_eq!(
+            route(&mut view, &mut s, &config),
+            first,
+            "the other one is drained"
+        );
+        r.set_drained(vec![]);
+        s.apply(&crate::ProxyCommand::SetRoute(RouteOverride::Primary));
+        assert_eq!(
+            route(&mut view, &mut s, &config),
+            0,
+            "SET lagrouter.route = primary"
+        );
+        assert_eq!(route(&mut view, &mut s, &config), 0);
+        s.apply(&crate::ProxyCommand::SetRoute(RouteOverride::Default));
+        assert_eq!(route(&mut view, &mut s, &config), other);
+
+        // A config with rules: every decision anew (a rule matches the
+        // text, which texts of one shape need not share).
+        let mut ruled = (*config).clone();
+        ruled.routing.rules = vec![lagrouter_config::RuleConfig {
+            pattern: regex::Regex::new("^SELECT 2").expect("pattern"),
+            route: lagrouter_config::RuleRoute::Primary,
+        }];
+        let ruled = Arc::new(ruled);
+        let before = view.memo.hits;
+        for _ in 0..3 {
+            assert_eq!(route(&mut view, &mut s, &ruled), other);
+        }
+        assert_eq!(view.memo.hits, before, "no decision taken back under rules");
+        view.refresh();
+        assert!(
+            view.memo.last.is_none(),
+            "an idle session holds no old decision"
+        );
+    }
+
     /// A session's view sees a new snapshot, drained list, catalog and
     /// `read_only_functions` at its next question, and hands back the
     /// snapshot its decision was made on.
@@ -742,7 +939,7 @@ mod tests {
         let config = r.config.load_full();
         let mut s = SessionRouting::new();
         let now = Instant::now();
-        let mut route = |view: &mut RouterView, config: &Config, sql: &str| {
+        let mut route = |view: &mut RouterView, config: &Arc<Config>, sql: &str| {
             let a = view.analyze(config, sql, Memo::None);
             let (d, snap) = view.route(config, &mut s, sql, &a, now, &|_| 0);
             let d = d.unwrap();
@@ -774,6 +971,7 @@ mod tests {
         assert_eq!(route(&mut view, &config, "SELECT calc2()").0, 0);
         let mut reloaded = (*config).clone();
         reloaded.routing.read_only_functions = vec!["calc2".into()];
+        let reloaded = Arc::new(reloaded);
         assert_ne!(
             route(&mut view, &reloaded, "SELECT calc2()").0,
             0,
