@@ -848,19 +848,24 @@ mod tests {
         assert!(nodes.contains(&1), "{nodes:?}");
     }
 
+    /// A router whose two replicas tie, a session's view of it, its
+    /// config and a new session.
+    fn tied_replicas() -> (Router, RouterView, Arc<Config>, SessionRouting) {
+        let r = router(2, |_, s| {
+            s.nodes[1].lag_bytes = Some(0);
+            s.nodes[2].lag_bytes = Some(0);
+        });
+        let (view, config) = (r.view(), r.config.load_full());
+        (r, view, config, SessionRouting::new())
+    }
+
     /// A view takes its last decision back only while everything it was
     /// made on is the same (the debug build checks each such decision
     /// against deciding anew), and decides anew as soon as the snapshot,
     /// the drained list, the session's route or the config changes.
     #[test]
     fn a_decision_is_taken_back_only_while_what_it_was_made_on_holds() {
-        let r = router(2, |_, s| {
-            s.nodes[1].lag_bytes = Some(0);
-            s.nodes[2].lag_bytes = Some(0);
-        });
-        let mut view = r.view();
-        let config = r.config.load_full();
-        let mut s = SessionRouting::new();
+        let (r, mut view, config, mut s) = tied_replicas();
         let now = Instant::now();
         let route = |view: &mut RouterView, s: &mut SessionRouting, config: &Arc<Config>| {
             let a = view.analyze(config, "SELECT abalance FROM t WHERE aid = 7", Memo::None);
@@ -931,13 +936,7 @@ mod tests {
     /// snapshot its decision was made on.
     #[test]
     fn a_view_sees_each_change_at_the_next_question() {
-        let r = router(2, |_, s| {
-            s.nodes[1].lag_bytes = Some(0);
-            s.nodes[2].lag_bytes = Some(0);
-        });
-        let mut view = r.view();
-        let config = r.config.load_full();
-        let mut s = SessionRouting::new();
+        let (r, mut view, config, mut s) = tied_replicas();
         let now = Instant::now();
         let mut route = |view: &mut RouterView, config: &Arc<Config>, sql: &str| {
             let a = view.analyze(config, sql, Memo::None);
