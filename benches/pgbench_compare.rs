@@ -221,7 +221,37 @@ fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> 
         split: None,
     };
     wait_ready(c, &mut t, out)?;
+    if let Some(p) = &t.proc {
+        warn_other_autogroup(name, p.id());
+    }
     Ok(t)
+}
+
+/// Says so when a target runs in another scheduler autogroup than the
+/// bench (and pgbench, its child). With autogroups on, the kernel shares
+/// the cores between groups before tasks: a proxy in a group of its own
+/// takes CPU from the nodes' group, which on this 2-core host moved TPS
+/// by 8% (a PgBouncer started with `-d`, or anything through `setsid`).
+/// Every target the bench starts stays in its session, so they compare
+/// alike; this catches a change that breaks that.
+fn warn_other_autogroup(name: &str, pid: u32) {
+    let on = fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled");
+    if on.is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    let group = |pid: &str| {
+        fs::read_to_string(format!("/proc/{pid}/autogroup"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+    };
+    if let (Some(ours), Some(theirs)) = (group("self"), group(&pid.to_string()))
+        && ours != theirs
+    {
+        println!(
+            "WARNING: {name} runs in scheduler autogroup {theirs}, the bench in {ours}: \
+             its TPS does not compare with the other targets'"
+        );
+    }
 }
 
 fn start_lagrouter(c: &Cluster, o: &Opts, name: &str, pool: u32, out: &Path) -> Result<Target> {
