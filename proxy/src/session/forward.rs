@@ -521,6 +521,22 @@ pub(super) fn write_now_all(
     Ok(done)
 }
 
+/// What of `out` the socket takes at once through
+/// [`Direct`](crate::wait::Direct), as [`write_now_all`], except that an
+/// error stops it as a full socket does: the caller queues the rest, and
+/// the write that sends it meets the error again (or, if it passed, sends
+/// it).
+pub(super) fn write_now_prefix(stream: &mut impl crate::wait::Direct, out: &[u8]) -> usize {
+    let mut done = 0;
+    while done < out.len() {
+        match stream.write_now(&out[done..]) {
+            Ok(n) if n > 0 => done += n,
+            _ => break,
+        }
+    }
+    done
+}
+
 /// Why a session gave up on lagrouter's own short query (a Sync, an LSN):
 /// these wait at most `[health] check_timeout`, as a health check does.
 fn no_answer(what: &str, limit: std::time::Duration) -> String {

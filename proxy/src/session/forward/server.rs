@@ -140,6 +140,8 @@ impl<S: ClientStream> Session<S> {
     /// buffer is advanced once.
     pub(super) fn take_server_messages(&mut self) -> Result<bool, String> {
         let Session {
+            client,
+            shared,
             server,
             expect,
             to_client,
@@ -272,7 +274,23 @@ impl<S: ClientStream> Session<S> {
             }
             pass = expect.pass_set();
         }
-        settle(to_client, &mut conn.read_buf, span, pos);
+        if to_client.is_empty() && pos > span {
+            // Nothing queued before these answers (the common case): they
+            // go to the client straight from the read buffer, not copied
+            // into `to_client` first. What the socket does not take now,
+            // or does not take for an error, is queued as before:
+            // `flush_client` writes it, or meets the error again.
+            let out = &conn.read_buf[span..pos];
+            let done = write_now_prefix(client, out);
+            shared
+                .stats
+                .bytes_to_clients
+                .fetch_add(done as u64, Ordering::Relaxed);
+            to_client.extend_from_slice(&out[done..]);
+            conn.read_buf.advance(pos);
+        } else {
+            settle(to_client, &mut conn.read_buf, span, pos);
+        }
         if expect.has_failed_parses() {
             for name in expect.take_failed_parses() {
                 conn.prepared.remove(&name);
