@@ -337,6 +337,7 @@ impl<S: ClientStream> Session<S> {
                     return e;
                 }
                 if self.server_write_due()
+                    && !self.write_server_now()
                     && let Err(e) = self.write_server().await
                 {
                     return e;
@@ -360,6 +361,7 @@ impl<S: ClientStream> Session<S> {
             }
             self.maybe_release();
             if self.server_write_due()
+                && !self.write_server_now()
                 && let Err(e) = self.write_server().await
             {
                 return e;

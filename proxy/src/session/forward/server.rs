@@ -30,6 +30,32 @@ impl<S: ClientStream> Session<S> {
                 .is_some_and(|pc| !pc.get().stream.is_plain())
     }
 
+    /// The common case of [`Self::write_server`] without its future:
+    /// plain TCP takes the whole request at once. `true` when nothing is
+    /// left to do; otherwise what was sent is gone from `to_server` and
+    /// `write_server` does the rest (a full socket, TLS, an error, which
+    /// it then meets again).
+    pub(super) fn write_server_now(&mut self) -> bool {
+        let Some(pc) = self.server.as_mut() else {
+            return false;
+        };
+        let conn = pc.conn();
+        if !conn.stream.is_plain() {
+            return false;
+        }
+        let done = write_now_prefix(&mut conn.stream, &self.to_server);
+        self.shared
+            .stats
+            .bytes_to_servers
+            .fetch_add(done as u64, Ordering::Relaxed);
+        if done == self.to_server.len() {
+            self.to_server.clear();
+            return true;
+        }
+        self.to_server.advance(done);
+        false
+    }
+
     pub(super) async fn write_server(&mut self) -> Result<(), End> {
         if !self.server_write_due() {
             return Ok(());
