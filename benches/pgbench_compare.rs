@@ -32,12 +32,14 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
   --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter,
-      baseline-primary-only
+      baseline-primary-only, and mio-relay (only when named)
       (direct-replicas: the clients split over the two replicas directly, read-only
       workloads only: what the replicas give on this machine without a proxy;
       tokio-relay: a bare TCP relay to the primary on tokio, one server connection
       per client, no pooling, parsing or routing: the CPU floor of a proxy built
       as lagrouter is, one task per client on a current-thread runtime;
+      mio-relay: the same relay on an event loop of its own over mio (epoll), with
+      no tasks or wakers, as PgBouncer runs on libevent: what the loop costs without tokio;
       baseline-primary-only: lagrouter primary-only from the binary --baseline names,
       for an A/B of two builds in one interleaved run)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
@@ -50,10 +52,11 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
   --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
-const ALL_TARGETS: [&str; 7] = [
+const ALL_TARGETS: [&str; 8] = [
     "direct",
     "direct-replicas",
     "tokio-relay",
+    "mio-relay",
     "pgbouncer",
     "lagrouter-primary-only",
     "lagrouter",
@@ -155,8 +158,9 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         None => Ok(()),
     };
     if o.targets.is_empty() {
-        // Every target; the baseline when there is a binary for it.
-        let known = ALL_TARGETS.into_iter();
+        // Every target but the mio relay (a gauge, asked for by name);
+        // the baseline when there is a binary for it.
+        let known = ALL_TARGETS.into_iter().filter(|t| *t != "mio-relay");
         let wanted = known.filter(|t| *t != BASELINE || o.baseline.is_some());
         o.targets = wanted.map(String::from).collect();
     }
@@ -742,7 +746,7 @@ fn direct_replicas(c: &Cluster) -> Target {
 /// max_connections (300 here) clients, and replicas take no writes.
 fn runs_workload(t: &Target, wl: &str) -> bool {
     match t.name.as_str() {
-        "direct" | "tokio-relay" => wl != "select-c400",
+        "direct" | "tokio-relay" | "mio-relay" => wl != "select-c400",
         "direct-replicas" => wl != "tpcb",
         _ => true,
     }
@@ -757,7 +761,8 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
         let t = match (name, pgbouncer_bin(o)) {
             ("direct", _) => direct(c),
             ("direct-replicas", _) => direct_replicas(c),
-            ("tokio-relay", _) => start_relay(c, out)?,
+            ("tokio-relay", _) => start_relay(c, out, name, RELAY_ARG)?,
+            ("mio-relay", _) => start_relay(c, out, name, MIO_RELAY_ARG)?,
             ("pgbouncer", Some(bin)) => start_pgbouncer(c, &bin, out)?,
             ("pgbouncer", None) => {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
@@ -812,14 +817,15 @@ fn run_matrix(
     Ok(runs)
 }
 
-/// Starts this bench binary again as the `tokio-relay` target.
-fn start_relay(c: &Cluster, out: &Path) -> Result<Target> {
+/// Starts this bench binary again as the relay target `name`, which
+/// `flag` selects.
+fn start_relay(c: &Cluster, out: &Path, name: &str, flag: &str) -> Result<Target> {
     let port = free_port()?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg(RELAY_ARG)
+    cmd.arg(flag)
         .arg(port.to_string())
         .arg(c.port(c.primary_index()).to_string());
-    start_proxy(c, "tokio-relay", port, cmd, out)
+    start_proxy(c, name, port, cmd, out)
 }
 
 /// The argument that makes this binary the relay.
@@ -870,12 +876,160 @@ fn relay(listen: u16, upstream: u16) -> Result<()> {
     })
 }
 
+/// The argument that makes this binary the `mio-relay`.
+const MIO_RELAY_ARG: &str = "--mio-relay";
+
+/// The `mio-relay` target: the `tokio-relay`'s work (a connection of its
+/// own to 127.0.0.1:`upstream` per client, bytes copied both ways) on an
+/// event loop of its own over mio (epoll, edge-triggered), on one thread,
+/// as PgBouncer runs on libevent: no tasks, wakers or run queue, a
+/// readiness event handled where it is read. What a proxy's loop costs
+/// without tokio. As tokio's reads do, a read shorter than the buffer is
+/// taken to have drained the socket (epoll reports the next bytes anew),
+/// so an event costs one `recv`, not a second that says `EAGAIN`. Runs
+/// until killed.
+fn mio_relay(listen: u16, upstream: u16) -> Result<()> {
+    use mio::net::{TcpListener, TcpStream};
+    use mio::{Events, Interest, Poll, Token};
+    use std::io::{ErrorKind, Read};
+
+    /// A client's socket (side 0) and its server's (side 1), with the
+    /// bytes due to each that its socket did not take yet.
+    struct Pair {
+        sock: [TcpStream; 2],
+        due: [Vec<u8>; 2],
+    }
+    /// Writes what `sock` takes of `due` (from `at`); the count.
+    fn write_some(sock: &mut TcpStream, due: &[u8]) -> std::io::Result<usize> {
+        let mut at = 0;
+        while at < due.len() {
+            match sock.write(&due[at..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(at)
+    }
+    /// Handles an event on `side` of `p`; `Ok(false)` when the pair ends.
+    fn on_event(
+        p: &mut Pair,
+        side: usize,
+        readable: bool,
+        writable: bool,
+        buf: &mut [u8],
+    ) -> std::io::Result<bool> {
+        if writable && !p.due[side].is_empty() {
+            let n = write_some(&mut p.sock[side], &p.due[side])?;
+            p.due[side].drain(..n);
+        }
+        if !readable {
+            return Ok(true);
+        }
+        let other = 1 - side;
+        loop {
+            let n = match p.sock[side].read(buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let sent = if p.due[other].is_empty() {
+                write_some(&mut p.sock[other], &buf[..n])?
+            } else {
+                0
+            };
+            p.due[other].extend_from_slice(&buf[sent..n]);
+            if n < buf.len() {
+                return Ok(true);
+            }
+        }
+    }
+
+    const LISTENER: Token = Token(usize::MAX);
+    let mut poll = Poll::new()?;
+    let mut listener = TcpListener::bind(([127, 0, 0, 1], listen).into())?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    // Pair `i` has tokens 2i (client) and 2i + 1 (server).
+    let mut pairs: Vec<Option<Pair>> = Vec::new();
+    let (mut free, mut closed): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 16384];
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                loop {
+                    let client = match listener.accept() {
+                        Ok((c, _)) => c,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    server.set_nonblocking(true)?;
+                    let mut sock = [client, TcpStream::from_std(server)];
+                    let i = free.pop().unwrap_or_else(|| {
+                        pairs.push(None);
+                        pairs.len() - 1
+                    });
+                    for (side, s) in sock.iter_mut().enumerate() {
+                        s.set_nodelay(true)?;
+                        poll.registry().register(
+                            s,
+                            Token(2 * i + side),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )?;
+                    }
+                    pairs[i] = Some(Pair {
+                        sock,
+                        due: [Vec::new(), Vec::new()],
+                    });
+                }
+                continue;
+            }
+            let (i, side) = (ev.token().0 / 2, ev.token().0 % 2);
+            let Some(p) = pairs.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            if !matches!(
+                on_event(p, side, readable, ev.is_writable(), &mut buf),
+                Ok(true)
+            ) {
+                if let Some(mut p) = pairs[i].take() {
+                    for s in &mut p.sock {
+                        let _ = poll.registry().deregister(s);
+                    }
+                }
+                // Reused after this batch: a later event of it may still
+                // name the slot.
+                closed.push(i);
+            }
+        }
+        free.append(&mut closed);
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [flag, listen, upstream] = args.as_slice()
-        && flag == RELAY_ARG
-    {
-        return relay(listen.parse()?, upstream.parse()?);
+    if let [flag, listen, upstream] = args.as_slice() {
+        if flag == RELAY_ARG {
+            return relay(listen.parse()?, upstream.parse()?);
+        }
+        if flag == MIO_RELAY_ARG {
+            return mio_relay(listen.parse()?, upstream.parse()?);
+        }
     }
     // `cargo test --benches` runs bench targets without --bench; a cluster
     // and minutes of pgbench there would only slow the tests down.
