@@ -899,7 +899,7 @@ fn mio_relay(listen: u16, upstream: u16) -> Result<()> {
         sock: [TcpStream; 2],
         due: [Vec<u8>; 2],
     }
-    /// Writes what `sock` takes of `due` (from `at`); the count.
+    /// Writes what `sock` takes of `due` now; the count written.
     fn write_some(sock: &mut TcpStream, due: &[u8]) -> std::io::Result<usize> {
         let mut at = 0;
         while at < due.len() {

@@ -400,6 +400,14 @@ mod tests {
             .collect()
     }
 
+    /// The names of the failed and skipped parses, taken.
+    fn failed_names(e: &mut Expect) -> Vec<String> {
+        e.take_failed_parses()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
     /// The side queues hold what the entries queued call for, no more.
     fn in_step(e: &Expect) {
         let named = e
@@ -533,11 +541,7 @@ mod tests {
         assert_eq!(e.on_server(b'E', 0).unwrap(), Forward);
         e.push_named(Req::Parse, Action::Forward, Some("c".into()));
         e.push(Req::Sync, Action::Forward);
-        let failed: Vec<_> = e
-            .take_failed_parses()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let failed = failed_names(&mut e);
         assert_eq!(failed, vec!["b", "c"]);
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);
     }
@@ -560,11 +564,7 @@ mod tests {
         assert_eq!(e.pop_synthetic().as_deref(), Some(&b"x"[..]));
         assert_eq!(e.pop_synthetic(), None);
         assert_eq!(feed(&mut e, b"E"), vec![Forward]);
-        let failed: Vec<_> = e
-            .take_failed_parses()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let failed = failed_names(&mut e);
         assert_eq!(failed, vec!["b", "c"]);
         assert_eq!(e.pop_synthetic(), None, "y was skipped with its batch");
         assert_eq!(feed(&mut e, b"Z"), vec![Forward]);

@@ -336,11 +336,18 @@ impl<S: ClientStream> Session<S> {
                 if let Err(e) = self.on_client_data().await {
                     return e;
                 }
-                if self.server_write_due()
-                    && !self.write_server_now()
-                    && let Err(e) = self.write_server().await
-                {
-                    return e;
+                // Without a future in the common case (see
+                // `write_server_now`), as below.
+                if self.server_write_due() {
+                    match self.write_server_now() {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if let Err(e) = self.write_server().await {
+                                return e;
+                            }
+                        }
+                        Err(detail) => return self.server_lost(detail).await,
+                    }
                 }
             }
             // Handled without a future in the common case (no read-ahead
@@ -360,11 +367,16 @@ impl<S: ClientStream> Session<S> {
                 }
             }
             self.maybe_release();
-            if self.server_write_due()
-                && !self.write_server_now()
-                && let Err(e) = self.write_server().await
-            {
-                return e;
+            if self.server_write_due() {
+                match self.write_server_now() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Err(e) = self.write_server().await {
+                            return e;
+                        }
+                    }
+                    Err(detail) => return self.server_lost(detail).await,
+                }
             }
         }
     }
@@ -481,15 +493,15 @@ impl<S: ClientStream> Session<S> {
             return Ok(());
         }
         let r = match write_now_all(&mut self.client, &self.to_client) {
-            Ok(done) if done == self.to_client.len() => Ok(()),
-            Ok(done) => {
+            (_, Some(e)) => Err(e),
+            (done, None) if done == self.to_client.len() => Ok(()),
+            (done, None) => {
                 async {
                     self.client.write_all(&self.to_client[done..]).await?;
                     self.client.flush().await
                 }
                 .await
             }
-            Err(e) => Err(e),
         };
         self.shared
             .stats
@@ -503,40 +515,24 @@ impl<S: ClientStream> Session<S> {
     }
 }
 
-/// Writes what `out` the socket takes at once through
+/// Writes what of `out` the socket takes at once through
 /// [`Direct`](crate::wait::Direct): how many bytes (all of them unless
-/// the socket filled up or the stream must take the async path), or the
-/// socket's error.
+/// the socket filled up, the stream must take the async path, or an
+/// error stopped it), and the socket's error if one did.
 pub(super) fn write_now_all(
     stream: &mut impl crate::wait::Direct,
     out: &[u8],
-) -> std::io::Result<usize> {
+) -> (usize, Option<std::io::Error>) {
     let mut done = 0;
     while done < out.len() {
         match stream.write_now(&out[done..]) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+            Err(e) => return (done, Some(e)),
         }
     }
-    Ok(done)
-}
-
-/// What of `out` the socket takes at once through
-/// [`Direct`](crate::wait::Direct), as [`write_now_all`], except that an
-/// error stops it as a full socket does: the caller queues the rest, and
-/// the write that sends it meets the error again (or, if it passed, sends
-/// it).
-pub(super) fn write_now_prefix(stream: &mut impl crate::wait::Direct, out: &[u8]) -> usize {
-    let mut done = 0;
-    while done < out.len() {
-        match stream.write_now(&out[done..]) {
-            Ok(n) if n > 0 => done += n,
-            _ => break,
-        }
-    }
-    done
+    (done, None)
 }
 
 /// Why a session gave up on lagrouter's own short query (a Sync, an LSN):

@@ -30,55 +30,51 @@ impl<S: ClientStream> Session<S> {
                 .is_some_and(|pc| !pc.get().stream.is_plain())
     }
 
-    /// The common case of [`Self::write_server`] without its future:
-    /// plain TCP takes the whole request at once. `true` when nothing is
-    /// left to do; otherwise what was sent is gone from `to_server` and
-    /// `write_server` does the rest (a full socket, TLS, an error, which
-    /// it then meets again).
-    pub(super) fn write_server_now(&mut self) -> bool {
+    /// The common case of [`Self::write_server`], without a future (the
+    /// session loop calls it when [`Self::server_write_due`], and
+    /// `write_server` only if it must: an async call costs more than the
+    /// send): plain TCP takes the whole request at once. `Ok(true)` when
+    /// nothing is left to do; `Ok(false)` when what was sent is gone from
+    /// `to_server` and the rest needs `write_server` (a full socket, TLS,
+    /// no server); `Err` is the socket's error.
+    pub(super) fn write_server_now(&mut self) -> Result<bool, String> {
         let Some(pc) = self.server.as_mut() else {
-            return false;
+            return Ok(false);
         };
         let conn = pc.conn();
         if !conn.stream.is_plain() {
-            return false;
+            return Ok(false);
         }
-        let done = write_now_prefix(&mut conn.stream, &self.to_server);
+        let (done, err) = write_now_all(&mut conn.stream, &self.to_server);
         self.shared
             .stats
             .bytes_to_servers
             .fetch_add(done as u64, Ordering::Relaxed);
+        if let Some(e) = err {
+            return Err(e.to_string());
+        }
         if done == self.to_server.len() {
             self.to_server.clear();
-            return true;
+            return Ok(true);
         }
         self.to_server.advance(done);
-        false
+        Ok(false)
     }
 
     pub(super) async fn write_server(&mut self) -> Result<(), End> {
         if !self.server_write_due() {
             return Ok(());
         }
-        let mut lost = None;
         // Plain TCP nearly always takes the request whole: one send, no
         // future, and nothing held back to flush.
-        let mut pos = match self.server.as_mut() {
-            Some(pc) => match write_now_all(&mut pc.conn().stream, &self.to_server) {
-                Ok(n) => n,
-                Err(e) => {
-                    lost = Some(e.to_string());
-                    0
-                }
-            },
-            None => 0,
-        };
-        let sent = lost.is_some()
-            || (pos == self.to_server.len()
-                && self
-                    .server
-                    .as_ref()
-                    .is_some_and(|pc| pc.get().stream.is_plain()));
+        let mut lost = None;
+        match self.write_server_now() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(detail) => lost = Some(detail),
+        }
+        let sent = lost.is_some();
+        let mut pos = 0;
         // Read replies while writing, so a server blocked on sending to us
         // cannot block our writes to it; when READ_AHEAD_LIMIT of them wait,
         // hand them on to the client before writing more. A client that
@@ -307,7 +303,8 @@ impl<S: ClientStream> Session<S> {
             // or does not take for an error, is queued as before:
             // `flush_client` writes it, or meets the error again.
             let out = &conn.read_buf[span..pos];
-            let done = write_now_prefix(client, out);
+            // A client's error ends the session whatever it says.
+            let (done, _) = write_now_all(client, out);
             shared
                 .stats
                 .bytes_to_clients
