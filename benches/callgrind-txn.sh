@@ -11,11 +11,11 @@
 #   pgbench once to warm up (NW transactions per client, default 200), zeroes
 #   the counters, runs pgbench with NT transactions per client (default 1000),
 #   dumps the counters and stops the proxy. Prints the transactions run, the
-#   instructions per transaction of the whole process and of its main thread
-#   (lagrouter's sessions; its health monitor and blocking pool run on
-#   threads of their own, and callgrind keeps one profile per thread), and
-#   leaves the profiles in target/callgrind/LABEL.PID.1-NN, the main
-#   thread's in LABEL.PID.1-01 (callgrind_annotate reads them).
+#   instructions per transaction of the whole process and of its busiest
+#   thread (lagrouter's session worker; its main thread, health monitor and
+#   blocking pool run on threads of their own, and callgrind keeps one
+#   profile per thread), and leaves the profiles in
+#   target/callgrind/LABEL.PID.1-NN (callgrind_annotate reads them).
 #
 #   CACHE_SIM=1 also simulates the caches (valgrind --cache-sim=yes, about
 #   twice as slow) and prints the instruction-cache misses per transaction
@@ -23,7 +23,7 @@
 #   not stay in the host's L1i; the kernel's share is not simulated).
 #
 #   FOOTPRINT=1 records the instruction addresses (--dump-instr=yes; needs
-#   python3) and prints the main thread's hot code: the 64-byte lines of the
+#   python3) and prints the busiest thread's hot code: the 64-byte lines of the
 #   instructions that ran in at least half of the transactions. A path that
 #   spans more than the L1 instruction cache (32 KiB here) is fetched again
 #   on every transaction.
@@ -74,11 +74,13 @@ ${RUNAS:-} callgrind_control -d "$vp" >/dev/null
 sleep 1
 cleanup
 vp=
-# One file per thread (--separate-threads): LABEL.PID.1-01 is the main
-# thread's (lagrouter's sessions), the others its health monitor's and
-# blocking pool's (a server login's key stretching runs there).
-main_prof=$(ls -t "$out/$label".*.1-01 | head -1)
-profs=("${main_prof%-01}"-*)
+# One file per thread (--separate-threads). The busiest is where the
+# transactions ran: lagrouter's session worker (lagrouter-worker-0, with
+# the default workers = 1), PgBouncer's one thread; the others are
+# lagrouter's main thread (listener, maintenance), health monitor and
+# blocking pool (a server login's key stretching runs there).
+first_prof=$(ls -t "$out/$label".*.1-01 | head -1)
+profs=("${first_prof%-01}"-*)
 # Events: Ir, or with CACHE_SIM=1 Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
 sum_of() { # field number, files...
     local k=$1
@@ -86,11 +88,15 @@ sum_of() { # field number, files...
     sed -n 's/^summary: //p' "$@" | awk -v k="$k" '{ s += $k } END { print s + 0 }'
 }
 per_txn() { awk -v m="$1" -v t="$txns" 'BEGIN { printf "%.1f", m / t }'; }
+main_prof=$first_prof main=0
+for p in "${profs[@]}"; do
+    n=$(sum_of 1 "$p")
+    if ((n > main)); then main=$n main_prof=$p; fi
+done
 total=$(sum_of 1 "${profs[@]}")
-main=$(sum_of 1 "$main_prof")
-echo "$label: $txns transactions, $((total / txns)) instructions per transaction (main thread: $((main / txns)); profile $main_prof)"
+echo "$label: $txns transactions, $((total / txns)) instructions per transaction (busiest thread: $((main / txns)); profile $main_prof)"
 if [[ ${CACHE_SIM:-0} == 1 ]]; then
-    echo "$label: instruction-cache misses per transaction: $(per_txn "$(sum_of 4 "${profs[@]}")") (main thread: $(per_txn "$(sum_of 4 "$main_prof")"))"
+    echo "$label: instruction-cache misses per transaction: $(per_txn "$(sum_of 4 "${profs[@]}")") (busiest thread: $(per_txn "$(sum_of 4 "$main_prof")"))"
 fi
 if [[ ${FOOTPRINT:-0} == 1 ]]; then
     python3 - "$main_prof" "$txns" <<'PY'
@@ -112,6 +118,6 @@ for line in open(path, errors="replace"):
         elif len(f) > npos:
             ir[last] += int(f[npos])
 hot = {a >> 6 for a, n in ir.items() if n * 2 >= txns}
-print(f"hot code of the main thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
+print(f"hot code of the busiest thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
 PY
 fi

@@ -50,8 +50,8 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// `lagrouter run -c FILE`: serves until SIGINT or SIGTERM, on a runtime
-/// of `server.workers` threads.
+/// `lagrouter run -c FILE`: serves until SIGINT or SIGTERM: the sessions
+/// on `server.workers` worker threads, the rest on the main thread.
 pub fn serve(path: &Path) -> ExitCode {
     init_tracing();
     let config = match Config::load(path) {
@@ -69,7 +69,7 @@ pub fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let rt = match runtime(config.server.workers) {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lagrouter: cannot start the runtime: {e}");
@@ -134,24 +134,17 @@ pub fn fit_open_files(config: &Config) -> Result<u64, String> {
     Ok(lim.rlim_cur)
 }
 
-/// The runtime `lagrouter run` serves on: `workers` = 1 is one event loop
-/// on the calling thread (no work stealing, no cross-thread wakeups: the
-/// least CPU per transaction); more is a work-stealing pool of that many
-/// threads. It has no timers: parking through tokio's time driver cost
-/// every idle moment of the loop a lock, two clock reads and a pass over
-/// the timer wheel (5% of a select-only transaction's instructions, 11% of
-/// a TPC-B one's), so every timeout runs on the health monitor's timer
-/// thread instead (`Shared::timers`, `lagrouter_health::Timers`).
-pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    builder.enable_io().build()
+/// The runtime of `lagrouter run`'s main thread: the listener, signals,
+/// reloads, maintenance, connects and cancel requests. The sessions run on
+/// the proxy's own worker threads (`lagrouter_proxy::rt`). It has no
+/// timers: parking through tokio's time driver cost every idle moment of
+/// the loop a lock, two clock reads and a pass over the timer wheel, so
+/// every timeout runs on the health monitor's timer thread instead
+/// (`Shared::timers`, `lagrouter_health::Timers`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
 }
 
 async fn run(config: Config, path: &Path) -> anyhow::Result<()> {

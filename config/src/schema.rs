@@ -76,10 +76,13 @@ pub struct ServerConfig {
     /// Most client connections at once; more are refused with 53300.
     /// Default 10000. Restart.
     pub max_client_connections: usize,
-    /// Threads that run sessions. 1 runs one event loop on one thread, as
-    /// PgBouncer does: the least CPU per transaction. More spread sessions
-    /// over that many threads, for a proxy with cores of its own. Default
-    /// 1. Restart.
+    /// Threads that run sessions, each its own event loop (the listener,
+    /// maintenance and connects run on the main thread). 1 runs every
+    /// session on one loop, as PgBouncer does: the least CPU per
+    /// transaction. More spread clients over that many loops in turn, for
+    /// a proxy with cores of its own; a server connection then often
+    /// serves a session of another loop, which its loop wakes across
+    /// threads. Default 1. Restart.
     pub workers: usize,
     /// PEM certificate chain for client TLS. Set together with `tls_key`.
     /// Default unset (SSLRequest answered 'N'). Restart.

@@ -14,6 +14,8 @@
 //! - `admin`: the admin console (`[server] admin_database`) and the client
 //!   registry and routing counters it shows.
 //! - `stalls`: ends transactions stuck on a node that stopped answering.
+//! - `rt`: the sessions' event loop (worker threads over mio) and its
+//!   TCP stream.
 //! - `wait`: a session's wait on its client and server reads.
 //! - `listener`: the accept loop and [`Shared`] state.
 //! - `error`: [`ProxyError`], every error a client can get from the proxy.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod listener;
 pub mod protocol;
 pub mod reload;
+pub mod rt;
 pub mod server;
 pub mod session;
 pub mod stalls;

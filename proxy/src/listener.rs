@@ -56,6 +56,8 @@ pub struct Shared {
     /// runtime has no timers (see `lagrouter_health::Timers`).
     pub timers: Timers,
     pub shutdown: CancellationToken,
+    /// The worker threads the sessions run on (`server.workers`).
+    pub engine: crate::rt::Engine,
 }
 
 /// A session's cache of [`Shared::nodes`]: one plain atomic load while no
@@ -97,7 +99,7 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot start the health monitor's or the timer thread: {0}")]
+    #[error("cannot start the health monitor's, the timer or a worker thread: {0}")]
     Threads(std::io::Error),
 }
 
@@ -119,6 +121,11 @@ impl Proxy {
             (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k).map_err(StartError::Tls)?),
             _ => None,
         };
+        let engine = crate::rt::Engine::start(
+            cfg.server.workers,
+            tokio::runtime::Handle::try_current().ok(),
+        )
+        .map_err(StartError::Threads)?;
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -141,6 +148,7 @@ impl Proxy {
             replay: health.replay_waiter(),
             timers: health.timers(),
             shutdown,
+            engine,
         });
         Ok(Proxy { shared, listener })
     }
@@ -158,9 +166,18 @@ impl Proxy {
     /// Accepts clients until shutdown, then closes the listening socket and
     /// waits up to `server.shutdown_timeout` for sessions to finish.
     pub async fn run(self) {
+        // However this ends (shutdown, or its runtime dropped), the
+        // sessions' workers stop with it.
+        struct StopWorkers(Arc<Shared>);
+        impl Drop for StopWorkers {
+            fn drop(&mut self) {
+                self.0.engine.stop();
+            }
+        }
+        let _stop = StopWorkers(self.shared.clone());
         let max = self.shared.config.load().server.max_client_connections;
         let slots = Arc::new(Semaphore::new(max));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut refusals = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => break,
@@ -178,13 +195,13 @@ impl Proxy {
                     continue;
                 }
             };
-            while tasks.try_join_next().is_some() {}
+            while refusals.try_join_next().is_some() {}
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tasks.spawn(too_many_clients(tcp, max));
+                refusals.spawn(too_many_clients(tcp, max));
                 continue;
             };
             let shared = self.shared.clone();
-            tasks.spawn(async move {
+            self.shared.engine.spawn(async move {
                 tracing::trace!(%peer, "client connected");
                 crate::session::handle_client(shared, tcp, peer).await;
                 drop(permit);
@@ -196,7 +213,14 @@ impl Proxy {
         drop(self.listener);
         self.shared.clients.stop_all();
         let grace = self.shared.config.load().server.shutdown_timeout;
-        let drained = async { while tasks.join_next().await.is_some() {} };
+        // Every session holds a slot until it ends: all slots back, all
+        // sessions done.
+        let drained = async {
+            let _ = slots
+                .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+                .await;
+            while refusals.join_next().await.is_some() {}
+        };
         let _ = self.shared.timers.timeout(grace, drained).await;
     }
 }

@@ -17,9 +17,11 @@
 //! read of a socket goes through a [`Counted`] wrapper, innermost (under
 //! TLS too), which counts them.
 //!
-//! Over plain TCP the reads and writes themselves skip tokio's adapters
+//! Over plain TCP the reads and writes themselves skip the async adapters
 //! ([`Direct`], [`poll_read_direct`]): a wait registers with the socket's
-//! read readiness alone, and bytes are moved with `try_read`/`try_write`.
+//! read readiness alone, and bytes are moved with `try_read`/`try_write`,
+//! on the worker's loop ([`crate::rt::TcpStream`]) or, for a socket left on
+//! tokio's, on tokio's.
 
 use std::io;
 use std::pin::Pin;
@@ -163,6 +165,28 @@ impl Direct for Counted<tokio::net::TcpStream> {
             Err(_) if got > 0 => Ok(got),
             r => r,
         }
+    }
+
+    /// Counts as a read poll: it registers the waker of the socket's reads.
+    #[inline]
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        self.reads = self.reads.wrapping_add(1);
+        Some(self.inner.poll_read_ready(cx))
+    }
+}
+
+impl Direct for Counted<crate::rt::TcpStream> {
+    #[inline]
+    fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.try_write(buf)
+    }
+
+    /// A read counts as a poll of the socket (see [`ReadPolls`]); a short
+    /// one clears the readiness ([`crate::rt::TcpStream::try_read_buf`]).
+    #[inline]
+    fn read_now(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        self.reads = self.reads.wrapping_add(1);
+        self.inner.try_read_buf(buf)
     }
 
     /// Counts as a read poll: it registers the waker of the socket's reads.

@@ -215,23 +215,22 @@ pub fn cluster_nodes(c: &Cluster) -> String {
     c.nodes_toml()
 }
 
-/// Starts lagrouter as `lagrouter run` does: on a runtime of its own, of
-/// `server.workers` threads (one event loop by default), in a thread of
-/// its own, so the tests exercise the runtime users get. The runtime lives
+/// Starts lagrouter as `lagrouter run` does: on a runtime of its own, in a
+/// thread of its own, with the sessions on `server.workers` worker
+/// threads, so the tests exercise the threads users get. The runtime lives
 /// until the listener has drained after `shutdown`; `Running::join` ends
 /// then.
 pub async fn start_lagrouter(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<lagrouter::app::Running, lagrouter_proxy::StartError> {
-    let workers = config.server.workers;
     let handle = ConfigHandle::new(config);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("lagrouter".into())
         .spawn(move || {
-            let rt = lagrouter::cli::runtime(workers).expect("lagrouter's runtime starts");
+            let rt = lagrouter::cli::runtime().expect("lagrouter's runtime starts");
             rt.block_on(async move {
                 match lagrouter::app::start(handle, shutdown).await {
                     Ok(running) => {

@@ -6,10 +6,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::rt::TcpStream;
 use bytes::BytesMut;
 use lagrouter_config::SslMode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -43,10 +43,9 @@ impl NodeStream {
     /// A node that declines gets plain text under `prefer` and an error
     /// under the other modes. The error says why, for a 08006.
     pub async fn connect(node: &NodeAddr) -> Result<NodeStream, String> {
-        let mut tcp = TcpStream::connect((node.host.as_str(), node.port))
+        let mut tcp = TcpStream::connect(&node.host, node.port)
             .await
             .map_err(|e| e.to_string())?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let mode = node.tls.mode;
         if mode == SslMode::Disable {
             return Ok(NodeStream::Plain(Counted::new(tcp)));

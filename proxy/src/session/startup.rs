@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::rt::TcpStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::ClientStream;
 use super::forward::Session;
@@ -25,8 +25,15 @@ const AUTH_MESSAGE_LIMIT: usize = 64 * 1024;
 
 /// Serves one client connection from accept to close. Never panics on
 /// client input; every refusal is a FATAL ErrorResponse with a SQLSTATE.
-pub async fn handle_client(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle_client(shared: Arc<Shared>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let mut tcp = match TcpStream::from_tokio(tcp) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot take the client's socket onto a worker: {e}");
+            return;
+        }
+    };
     let mut buf = BytesMut::with_capacity(1024);
     // One deadline for the whole login (negotiation, TLS, startup packet,
     // authentication, the first server connection), not one per phase.
@@ -557,7 +564,7 @@ mod sizes {
 
     use std::future::Future;
 
-    use tokio::net::TcpStream;
+    use crate::rt::TcpStream;
 
     use super::super::forward::Session;
     use crate::wait::Counted;

@@ -1,0 +1,407 @@
+//! A TCP socket on a worker's loop, or on tokio's off a worker thread.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{Worker, current_worker, take_budget};
+
+const READ: usize = 1;
+const WRITE: usize = 2;
+/// The peer closed its side (or the socket failed): never cleared, as
+/// tokio's own closed states, since the event that says so comes once and
+/// a read that returned bytes before the end does not show it.
+const READ_CLOSED: usize = 4;
+const WRITE_CLOSED: usize = 8;
+/// Each event adds one tick above the readiness bits, so that readiness
+/// seen before a system call is cleared after it only if no event came in
+/// between (an edge-triggered event is never lost).
+const TICK: usize = 16;
+
+/// What makes the socket ready for `bit` (`READ` or `WRITE`).
+#[inline]
+fn ready_for(bit: usize) -> usize {
+    bit | (bit << 2)
+}
+
+/// A socket's readiness and the wakers of its reader and writer, shared by
+/// the socket and its worker's loop.
+pub(crate) struct IoState {
+    ready: AtomicUsize,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl IoState {
+    pub(super) fn on_event(&self, ev: &mio::event::Event) {
+        let mut bits = 0;
+        if ev.is_readable() {
+            bits |= READ;
+        }
+        if ev.is_read_closed() || ev.is_error() {
+            bits |= READ | READ_CLOSED;
+        }
+        if ev.is_writable() {
+            bits |= WRITE;
+        }
+        if ev.is_write_closed() || ev.is_error() {
+            bits |= WRITE | WRITE_CLOSED;
+        }
+        if bits == 0 {
+            return;
+        }
+        self.ready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                Some((r | bits).wrapping_add(TICK))
+            })
+            .ok();
+        if bits & READ != 0 {
+            self.read.wake();
+        }
+        if bits & WRITE != 0 {
+            self.write.wake();
+        }
+    }
+
+    /// Ready for `bit`: the readiness word seen; else registers `cx`.
+    #[inline]
+    fn poll_ready(&self, cx: &mut Context<'_>, bit: usize) -> Poll<usize> {
+        let r = self.ready.load(Ordering::Acquire);
+        if r & ready_for(bit) != 0 {
+            return Poll::Ready(r);
+        }
+        let w = if bit == READ { &self.read } else { &self.write };
+        w.register(cx.waker());
+        // An event between the load and the registration woke no one.
+        let r = self.ready.load(Ordering::Acquire);
+        if r & ready_for(bit) != 0 {
+            Poll::Ready(r)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Clears `bit` if nothing happened since `seen` was read.
+    #[inline]
+    fn clear(&self, seen: usize, bit: usize) {
+        let _ = self
+            .ready
+            .compare_exchange(seen, seen & !bit, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// A socket registered with a worker's loop.
+struct Own {
+    io: mio::net::TcpStream,
+    state: Arc<IoState>,
+    token: usize,
+    worker: Arc<Worker>,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        let _ = self.worker.registry.deregister(&mut self.io);
+        self.worker.release(self.token);
+    }
+}
+
+impl Own {
+    /// One system call on the socket if it looks ready for `bit`: clears
+    /// the readiness on `WouldBlock` (and, for `drained`, also when the
+    /// call shows the socket had no more).
+    #[inline]
+    fn try_op<T>(
+        &self,
+        bit: usize,
+        op: impl FnOnce(&mio::net::TcpStream) -> io::Result<T>,
+        drained: impl FnOnce(&T) -> bool,
+    ) -> io::Result<T> {
+        let seen = self.state.ready.load(Ordering::Acquire);
+        if seen & ready_for(bit) == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        match op(&self.io) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.state.clear(seen, bit);
+                Err(e)
+            }
+            Ok(v) => {
+                if drained(&v) {
+                    self.state.clear(seen, bit);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn poll_op<T>(
+        &self,
+        cx: &mut Context<'_>,
+        bit: usize,
+        mut op: impl FnMut(&mio::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        if !take_budget() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        loop {
+            let seen = match self.state.poll_ready(cx, bit) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
+            };
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.state.clear(seen, bit),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+enum Inner {
+    Own(Own),
+    Tokio(tokio::net::TcpStream),
+}
+
+/// A TCP stream to a client or a node. On a worker's thread it runs on
+/// that worker's loop; elsewhere (a session run on a plain tokio runtime,
+/// as some tests do) it stays tokio's.
+pub struct TcpStream(Inner);
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.0 {
+            Inner::Own(_) => "worker",
+            Inner::Tokio(_) => "tokio",
+        };
+        f.debug_struct("TcpStream")
+            .field("loop", &kind)
+            .field("peer", &self.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    /// Takes over a socket accepted or connected on tokio: onto this
+    /// thread's worker loop if it has one.
+    pub fn from_tokio(s: tokio::net::TcpStream) -> io::Result<TcpStream> {
+        let Some(worker) = current_worker() else {
+            return Ok(TcpStream(Inner::Tokio(s)));
+        };
+        let std = s.into_std()?;
+        let mut io = mio::net::TcpStream::from_std(std);
+        // Ready until a call says otherwise: a socket just connected or
+        // accepted usually is, and its first edge may have passed.
+        let state = Arc::new(IoState {
+            ready: AtomicUsize::new(READ | WRITE),
+            read: AtomicWaker::new(),
+            write: AtomicWaker::new(),
+        });
+        let token = Arc::into_raw(state.clone()) as usize;
+        if let Err(e) = worker.registry.register(
+            &mut io,
+            mio::Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        ) {
+            // SAFETY: made just above, never handed to the loop.
+            drop(unsafe { Arc::from_raw(token as *const IoState) });
+            return Err(e);
+        }
+        Ok(TcpStream(Inner::Own(Own {
+            io,
+            state,
+            token,
+            worker,
+        })))
+    }
+
+    /// Connects to `host:port` (name lookup and connect on tokio), then
+    /// takes the socket over ([`Self::from_tokio`]).
+    pub async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        TcpStream::from_tokio(tcp)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match &self.0 {
+            Inner::Own(o) => o.io.peer_addr(),
+            Inner::Tokio(s) => s.peer_addr(),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match &self.0 {
+            Inner::Own(o) => o.io.set_nodelay(on),
+            Inner::Tokio(s) => s.set_nodelay(on),
+        }
+    }
+
+    /// Whether the socket runs on a worker's loop (not tokio's).
+    pub fn on_worker(&self) -> bool {
+        matches!(self.0, Inner::Own(_))
+    }
+
+    /// Reads what the socket has now; `WouldBlock` when nothing. Always
+    /// asks the kernel (a liveness probe must see a close the loop has
+    /// not yet been told of).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.0 {
+            Inner::Own(o) => {
+                let seen = o.state.ready.load(Ordering::Acquire);
+                let r = (&o.io).read(buf);
+                if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                    o.state.clear(seen, READ);
+                }
+                r
+            }
+            Inner::Tokio(s) => s.try_read(buf),
+        }
+    }
+
+    /// Writes what the socket takes now; `WouldBlock` when nothing.
+    #[inline]
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match &self.0 {
+            Inner::Own(o) => o.try_op(WRITE, |mut io| io.write(buf), |_| false),
+            Inner::Tokio(s) => s.try_write(buf),
+        }
+    }
+
+    /// Reads what the socket has into `buf`'s spare capacity (made
+    /// non-empty first). A read shorter than the space offered drained the
+    /// socket and clears its readiness, so the next wait registers at once
+    /// instead of first reading `EAGAIN`; bytes that arrived after the
+    /// read (a newer event) keep it.
+    #[inline]
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() == buf.len() {
+            buf.reserve(64);
+        }
+        let spare = buf.capacity() - buf.len();
+        match &self.0 {
+            Inner::Own(o) => o.try_op(READ, |io| read_into(io, buf), |&n| n > 0 && n < spare),
+            Inner::Tokio(tcp) => {
+                let mut got = 0;
+                let r = tcp.try_io(tokio::io::Interest::READABLE, || {
+                    got = tcp.try_read_buf(buf)?;
+                    if got > 0 && got < spare {
+                        // Not an error: asks try_io to clear the readiness.
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(got)
+                });
+                match r {
+                    // Bytes read: the error is the closure's own.
+                    Err(_) if got > 0 => Ok(got),
+                    r => r,
+                }
+            }
+        }
+    }
+
+    /// Polls read readiness, registering `cx`'s waker when not ready.
+    #[inline]
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.0 {
+            Inner::Own(o) => {
+                if !take_budget() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                o.state.poll_ready(cx, READ).map(|_| Ok(()))
+            }
+            Inner::Tokio(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+/// Reads into `buf`'s spare capacity, as tokio's `try_read_buf` does.
+#[inline]
+fn read_into(mut io: &mio::net::TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let dst = buf.chunk_mut();
+    // SAFETY: as tokio's `try_read_buf`: the kernel only writes into the
+    // spare bytes, and `advance_mut` counts no more than it wrote.
+    let dst = unsafe { &mut *(dst as *mut _ as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+    let n = io.read(dst)?;
+    // SAFETY: `n` bytes were just written by the read.
+    unsafe { buf.advance_mut(n) };
+    Ok(n)
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Own(o) => {
+                let r = o.poll_op(cx, READ, |mut io| {
+                    // SAFETY: as in `read_into`; `assume_init` below counts
+                    // only what the read wrote.
+                    let dst = unsafe { &mut *(buf.unfilled_mut() as *mut _ as *mut [u8]) };
+                    io.read(dst)
+                });
+                match r {
+                    Poll::Ready(Ok(n)) => {
+                        // SAFETY: `n` bytes were written by the read.
+                        unsafe { buf.assume_init(n) };
+                        buf.advance(n);
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Inner::Tokio(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            Inner::Own(o) => o.poll_op(cx, WRITE, |mut io| io.write(buf)),
+            Inner::Tokio(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            Inner::Own(o) => o.poll_op(cx, WRITE, |mut io| io.write_vectored(bufs)),
+            Inner::Tokio(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Own(o) => Poll::Ready(o.io.shutdown(std::net::Shutdown::Write)),
+            Inner::Tokio(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Engine, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn spawned_tasks_run_on_every_worker() {
+    let engine = Engine::start(2, None).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 0..10 {
+        let tx = tx.clone();
+        engine.spawn(async move {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            tx.send((i, name)).unwrap();
+        });
+    }
+    let mut seen: Vec<(i32, String)> = (0..10).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    seen.sort();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    for name in ["lagrouter-worker-0", "lagrouter-worker-1"] {
+        assert!(
+            seen.iter().any(|s| s.1 == name),
+            "no task ran on {name}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_task_woken_from_another_thread_runs_again() {
+    let engine = Engine::start(1, None).unwrap();
+    let (wake_tx, wake_rx) = tokio::sync::oneshot::channel::<u32>();
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move {
+        let v = wake_rx.await.unwrap();
+        tx.send(v).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        rx.try_recv().is_err(),
+        "the task finished before it was woken"
+    );
+    std::thread::spawn(move || wake_tx.send(7).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 7);
+}
+
+#[test]
+fn a_panicking_task_leaves_its_worker_running() {
+    let engine = Engine::start(1, None).unwrap();
+    engine.spawn(async { panic!("this task panics on purpose") });
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move { tx.send(()).unwrap() });
+    rx.recv_timeout(WAIT).unwrap();
+}
+
+/// Signals when dropped.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn stop_drops_the_tasks_still_waiting() {
+    let engine = Engine::start(1, None).unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (never_tx, never_rx) = tokio::sync::oneshot::channel::<()>();
+    let flag = DropFlag(dropped.clone());
+    engine.spawn(async move {
+        let _flag = flag;
+        let _ = never_rx.await;
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    engine.stop();
+    let start = std::time::Instant::now();
+    while dropped.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < WAIT, "the waiting task was not dropped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(never_tx);
+}
+
+/// A session-like echo on a worker: the socket is accepted on tokio and
+/// taken over by the worker's loop, then serves many round trips and a
+/// large transfer that fills the socket buffers both ways.
+#[test]
+fn a_socket_taken_over_echoes_round_trips_and_large_writes() {
+    let rt = tokio_rt();
+    let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (on_worker_tx, on_worker_rx) = mpsc::channel();
+    let accept = rt.spawn(async move { listener.accept().await.unwrap().0 });
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let accepted = rt.block_on(accept).unwrap();
+    engine.spawn(async move {
+        let mut s = TcpStream::from_tokio(accepted).unwrap();
+        on_worker_tx.send(s.on_worker()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                let _ = s.shutdown().await;
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    assert!(
+        on_worker_rx.recv_timeout(WAIT).unwrap(),
+        "not on the worker's loop"
+    );
+    for i in 0..1000u32 {
+        client.write_all(&i.to_be_bytes()).unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(u32::from_be_bytes(got), i);
+    }
+    // 8 MiB: more than both directions' socket buffers hold, so the
+    // echo's writes wait for writability while the client still sends.
+    let big: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let mut writer = client.try_clone().unwrap();
+    let sent = big.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back == big, "echoed bytes differ");
+}
+
+#[test]
+fn off_a_worker_a_socket_stays_on_tokio() {
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let s = TcpStream::from_tokio(c).unwrap();
+        assert!(!s.on_worker());
+    });
+}
+
+/// Bytes and the peer's close that arrive together come as one event: the
+/// short read that takes the bytes must not hide the close from the next
+/// wait (it would wait forever).
+#[test]
+fn a_close_that_came_with_the_last_bytes_is_seen() {
+    let rt = tokio_rt();
+    let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = rt.spawn(async move { listener.accept().await.unwrap().0 });
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let accepted = rt.block_on(accept).unwrap();
+    let (armed_tx, armed_rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move {
+        let s = TcpStream::from_tokio(accepted).unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        // Nothing yet: the readiness the socket started with is used up.
+        let first = s.try_read_buf(&mut buf).unwrap_err();
+        assert_eq!(first.kind(), std::io::ErrorKind::WouldBlock);
+        armed_tx.send(()).unwrap();
+        loop {
+            std::future::poll_fn(|cx| s.poll_read_ready(cx))
+                .await
+                .unwrap();
+            match s.try_read_buf(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tx.send(buf.len()).unwrap();
+    });
+    armed_rx.recv_timeout(WAIT).unwrap();
+    // Holds the (only) worker while the bytes and the close arrive, so
+    // that its loop sees them in one event.
+    let (busy_tx, busy_rx) = mpsc::channel();
+    engine.spawn(async move {
+        busy_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    busy_rx.recv_timeout(WAIT).unwrap();
+    client.write_all(b"0123456789").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).expect("the close was never seen"), 10);
+}
