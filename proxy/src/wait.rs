@@ -128,53 +128,6 @@ where
     }
 }
 
-impl Direct for Counted<tokio::net::TcpStream> {
-    #[inline]
-    fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.try_write(buf)
-    }
-
-    /// A read counts as a poll of the socket (see [`ReadPolls`]). As
-    /// tokio's own `poll_read` does, a read shorter than the space offered
-    /// drained the socket and clears its readiness, so that the next wait
-    /// registers at once instead of first reading `EAGAIN`: the outer
-    /// `try_io` clears it with the readiness seen before the read, so
-    /// bytes that arrived after the read (a newer readiness) keep it.
-    #[inline]
-    fn read_now(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
-        self.reads = self.reads.wrapping_add(1);
-        if buf.capacity() == buf.len() {
-            // As the read itself would (BytesMut's `chunk_mut`), but first,
-            // so that `spare` is what the read is offered.
-            buf.reserve(64);
-        }
-        let spare = buf.capacity() - buf.len();
-        let mut got = 0;
-        let tcp = &self.inner;
-        let r = tcp.try_io(tokio::io::Interest::READABLE, || {
-            got = tcp.try_read_buf(buf)?;
-            if got > 0 && got < spare {
-                // Not an error: asks try_io to clear the readiness.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(got)
-        });
-        match r {
-            // Bytes read: the error is the closure's own (to clear the
-            // readiness), not the socket's.
-            Err(_) if got > 0 => Ok(got),
-            r => r,
-        }
-    }
-
-    /// Counts as a read poll: it registers the waker of the socket's reads.
-    #[inline]
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
-        self.reads = self.reads.wrapping_add(1);
-        Some(self.inner.poll_read_ready(cx))
-    }
-}
-
 impl Direct for Counted<crate::rt::TcpStream> {
     #[inline]
     fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -484,15 +437,18 @@ mod tests {
         (ours.unwrap().0, peer)
     }
 
-    impl Waiting<tokio::net::TcpStream> {
+    impl Waiting<crate::rt::TcpStream> {
+        /// Over loopback TCP: on a worker's loop when called on a worker's
+        /// thread, on tokio's elsewhere.
         async fn tcp() -> (
-            Waiting<tokio::net::TcpStream>,
+            Waiting<crate::rt::TcpStream>,
             tokio::net::TcpStream,
             tokio::net::TcpStream,
         ) {
             let (s, s_peer) = tcp_pair().await;
             let (c, c_peer) = tcp_pair().await;
-            (Waiting::with(s, c), s_peer, c_peer)
+            let own = |t| crate::rt::TcpStream::from_tokio(t).unwrap();
+            (Waiting::with(own(s), own(c)), s_peer, c_peer)
         }
     }
 
@@ -625,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn direct_reads_see_the_bytes_then_wait_then_the_end() {
         let (ours, mut peer) = tcp_pair().await;
-        let mut ours = Counted::new(ours);
+        let mut ours = Counted::new(crate::rt::TcpStream::from_tokio(ours).unwrap());
         peer.write_all(&[7u8; 100]).await.unwrap();
         let wakes = Arc::new(CountWakes(Default::default()));
         let waker = Waker::from(wakes.clone());
@@ -662,14 +618,63 @@ mod tests {
 
     /// Waits until the wait saw all [`BYTES`], written one at a time from
     /// other tasks: how many waits that took.
-    async fn sees_every_byte<T, P>(mut t: Waiting<T>, s_peer: P, c_peer: P, gating: bool) -> u64
+    /// Reads until every byte the writers send came: how many waits.
+    async fn read_every_byte<T>(mut t: Waiting<T>) -> u64
     where
-        T: AsyncRead + Unpin + Send + 'static,
+        T: AsyncRead + Unpin,
         Counted<T>: Direct,
+    {
+        let (mut got, mut waits) = (0, 0u64);
+        while got < BYTES {
+            let (_, n) = std::future::poll_fn(|cx| match t.poll(cx) {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            })
+            .await;
+            got += n;
+            waits += 1;
+        }
+        waits
+    }
+
+    /// The same on a worker's loop (`crate::rt`): the sockets are its own,
+    /// and the writers run on tokio's threads, so every wake crosses
+    /// threads through the loop's epoll set.
+    #[test]
+    fn no_wake_is_lost_on_a_workers_loop() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = crate::rt::Engine::start(1, Some(rt.handle().clone())).unwrap();
+        for gating in [true, false] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            engine.spawn(async move {
+                let (mut t, s_peer, c_peer) = Waiting::tcp().await;
+                assert!(t.server.get_ref().on_worker() && t.client.get_ref().on_worker());
+                t.w.gating = gating;
+                let writers = spawn_writers(s_peer, c_peer);
+                let waits = read_every_byte(t).await;
+                for wr in writers {
+                    wr.await.unwrap();
+                }
+                tx.send(waits).unwrap();
+            });
+            // Bounded: a lost wake leaves the reader waiting for good.
+            let waits = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("every byte was seen on the worker's loop: no wake was lost");
+            assert!(waits >= 2, "worker's loop, gating {gating}: {waits} waits");
+        }
+    }
+
+    /// Writes half the bytes to each side from tasks of their own.
+    fn spawn_writers<P>(s_peer: P, c_peer: P) -> [tokio::task::JoinHandle<P>; 2]
+    where
         P: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        t.w.gating = gating;
-        let writers = [(s_peer, 3), (c_peer, 5)].map(|(mut peer, every)| {
+        [(s_peer, 3), (c_peer, 5)].map(|(mut peer, every)| {
             tokio::spawn(async move {
                 for i in 0..BYTES / 2 {
                     peer.write_all(b"x").await.unwrap();
@@ -679,20 +684,18 @@ mod tests {
                 }
                 peer
             })
-        });
-        let reader = tokio::spawn(async move {
-            let (mut got, mut waits) = (0, 0u64);
-            while got < BYTES {
-                let (_, n) = std::future::poll_fn(|cx| match t.poll(cx) {
-                    Some(r) => Poll::Ready(r),
-                    None => Poll::Pending,
-                })
-                .await;
-                got += n;
-                waits += 1;
-            }
-            waits
-        });
+        })
+    }
+
+    async fn sees_every_byte<T, P>(mut t: Waiting<T>, s_peer: P, c_peer: P, gating: bool) -> u64
+    where
+        T: AsyncRead + Unpin + Send + 'static,
+        Counted<T>: Direct,
+        P: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        t.w.gating = gating;
+        let writers = spawn_writers(s_peer, c_peer);
+        let reader = tokio::spawn(read_every_byte(t));
         // Bounded: a lost wake leaves the reader waiting for good.
         let r = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
             .await

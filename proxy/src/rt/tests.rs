@@ -18,6 +18,18 @@ fn tokio_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A loopback connection: the client's end (blocking std), and the end
+/// accepted on tokio, as the listener accepts clients.
+fn loopback(rt: &tokio::runtime::Runtime) -> (std::net::TcpStream, tokio::net::TcpStream) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = rt.spawn(async move { listener.accept().await.unwrap().0 });
+    let client = std::net::TcpStream::connect(addr).unwrap();
+    (client, rt.block_on(accept).unwrap())
+}
+
 #[test]
 fn spawned_tasks_run_on_every_worker() {
     let engine = Engine::start(2, None).unwrap();
@@ -109,15 +121,9 @@ fn stop_drops_the_tasks_still_waiting() {
 fn a_socket_taken_over_echoes_round_trips_and_large_writes() {
     let rt = tokio_rt();
     let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let (on_worker_tx, on_worker_rx) = mpsc::channel();
-    let accept = rt.spawn(async move { listener.accept().await.unwrap().0 });
-    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    let (mut client, accepted) = loopback(&rt);
     client.set_read_timeout(Some(WAIT)).unwrap();
-    let accepted = rt.block_on(accept).unwrap();
     engine.spawn(async move {
         let mut s = TcpStream::from_tokio(accepted).unwrap();
         on_worker_tx.send(s.on_worker()).unwrap();
@@ -177,13 +183,7 @@ fn off_a_worker_a_socket_stays_on_tokio() {
 fn a_close_that_came_with_the_last_bytes_is_seen() {
     let rt = tokio_rt();
     let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accept = rt.spawn(async move { listener.accept().await.unwrap().0 });
-    let mut client = std::net::TcpStream::connect(addr).unwrap();
-    let accepted = rt.block_on(accept).unwrap();
+    let (mut client, accepted) = loopback(&rt);
     let (armed_tx, armed_rx) = mpsc::channel();
     let (tx, rx) = mpsc::channel();
     engine.spawn(async move {
