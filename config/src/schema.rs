@@ -80,9 +80,9 @@ pub struct ServerConfig {
     /// maintenance and connects run on the main thread). 1 runs every
     /// session on one loop, as PgBouncer does: the least CPU per
     /// transaction. More spread clients over that many loops in turn, for
-    /// a proxy with cores of its own; a server connection then often
-    /// serves a session of another loop, which its loop wakes across
-    /// threads. Default 1. Restart.
+    /// a proxy with cores of its own; a session then prefers the idle
+    /// server connections of its own loop, and moves another loop's to
+    /// its own. Default 1. Restart.
     pub workers: usize,
     /// PEM certificate chain for client TLS. Set together with `tls_key`.
     /// Default unset (SSLRequest answered 'N'). Restart.

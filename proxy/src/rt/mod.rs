@@ -183,6 +183,12 @@ fn local_of<'a>(worker: &Arc<Worker>) -> Option<&'a Local> {
     unsafe { l.as_ref() }.filter(|l| std::ptr::eq(l.worker, Arc::as_ptr(worker)))
 }
 
+/// Whether `worker`'s loop runs on this thread.
+#[inline]
+pub(crate) fn is_current_worker(worker: &Arc<Worker>) -> bool {
+    local_of(worker).is_some()
+}
+
 /// The worker whose loop runs on this thread, if any.
 pub(crate) fn current_worker() -> Option<Arc<Worker>> {
     CURRENT.with(|c| {

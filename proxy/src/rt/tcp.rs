@@ -223,6 +223,65 @@ impl TcpStream {
         })))
     }
 
+    /// Moves the socket onto this thread's worker loop when it is on
+    /// another worker's: a server connection checked out by a session of
+    /// another loop would otherwise have every answer woken across threads
+    /// (with `server.workers` above 1). Two `epoll_ctl` calls; nothing on
+    /// the socket's own loop or off a worker thread. If the new loop
+    /// refuses it, the socket goes back to its old one.
+    pub fn adopt(&mut self) {
+        let Inner::Own(o) = &mut self.0 else {
+            return;
+        };
+        if super::is_current_worker(&o.worker) {
+            return;
+        }
+        let Some(worker) = current_worker() else {
+            return;
+        };
+        let state = Arc::new(IoState {
+            ready: AtomicUsize::new(READ | WRITE),
+            read: AtomicWaker::new(),
+            write: AtomicWaker::new(),
+        });
+        let token = Arc::into_raw(state.clone()) as usize;
+        let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
+        // Out of the old set first: mio ties a source to one registry.
+        if o.worker.registry.deregister(&mut o.io).is_err() {
+            // SAFETY: made just above, never handed to a loop.
+            drop(unsafe { Arc::from_raw(token as *const IoState) });
+            return;
+        }
+        if worker
+            .registry
+            .register(&mut o.io, mio::Token(token), both)
+            .is_err()
+        {
+            // SAFETY: as above.
+            drop(unsafe { Arc::from_raw(token as *const IoState) });
+            // Back where it was, ready (an edge may have passed meanwhile);
+            // failing that too, the next read or write reports it.
+            o.state.ready.fetch_or(READ | WRITE, Ordering::AcqRel);
+            let _ = o
+                .worker
+                .registry
+                .register(&mut o.io, mio::Token(o.token), both);
+            return;
+        }
+        o.worker.release(o.token);
+        o.state = state;
+        o.token = token;
+        o.worker = worker;
+    }
+
+    /// Whether the socket is on the loop of the thread calling.
+    pub fn on_this_worker(&self) -> bool {
+        match &self.0 {
+            Inner::Own(o) => super::is_current_worker(&o.worker),
+            Inner::Tokio(_) => false,
+        }
+    }
+
     /// Connects to `host:port` (name lookup and connect on tokio), then
     /// takes the socket over ([`Self::from_tokio`]).
     pub async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {

@@ -219,3 +219,44 @@ fn a_close_that_came_with_the_last_bytes_is_seen() {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).expect("the close was never seen"), 10);
 }
+
+/// A socket handed to a session of another worker moves to that worker's
+/// loop when adopted, and keeps working there.
+#[test]
+fn an_adopted_socket_moves_to_the_callers_loop() {
+    let rt = tokio_rt();
+    let engine = Engine::start(2, Some(rt.handle().clone())).unwrap();
+    let (mut client, accepted) = loopback(&rt);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (hand_tx, hand_rx) = tokio::sync::oneshot::channel::<TcpStream>();
+    let (tx, rx) = mpsc::channel();
+    // Spawned in turn: the first task runs on worker 0, the second on 1.
+    engine.spawn(async move {
+        let s = TcpStream::from_tokio(accepted).unwrap();
+        assert!(s.on_this_worker());
+        hand_tx.send(s).unwrap();
+    });
+    engine.spawn(async move {
+        let mut s = hand_rx.await.unwrap();
+        let before = s.on_this_worker();
+        s.adopt();
+        let after = s.on_this_worker();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        tx.send((
+            before,
+            after,
+            std::thread::current().name().map(String::from),
+        ))
+        .unwrap();
+    });
+    client.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    let (before, after, thread) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(thread.as_deref(), Some("lagrouter-worker-1"));
+    assert!(!before, "the socket was on worker 1's loop before adopt");
+    assert!(after, "adopt did not move the socket to worker 1's loop");
+}

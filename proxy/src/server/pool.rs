@@ -86,6 +86,26 @@ const CONNECT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_sec
 /// the node) before the fallback.
 pub const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Idle connections looked at for one on the caller's worker loop, newest
+/// first, before the newest is taken whatever its loop.
+const SAME_LOOP_LOOKS: usize = 4;
+
+/// Takes an idle connection: the newest on the calling session's loop
+/// among the last few, else the newest. With one loop (the default) that
+/// is always the newest; with more, a connection from another loop has to
+/// move its socket ([`NodeStream::adopt`](crate::server::stream::NodeStream::adopt)).
+#[allow(clippy::vec_box)] // the pool's own list: boxes move cheaply
+fn take_idle(idle: &mut Vec<Box<ServerConn>>) -> Option<Box<ServerConn>> {
+    let n = idle.len();
+    let same = (n.saturating_sub(SAME_LOOP_LOOKS)..n)
+        .rev()
+        .find(|&i| idle[i].stream.tcp().on_this_worker());
+    match same {
+        Some(i) if i + 1 != n => Some(idle.remove(i)),
+        _ => idle.pop(),
+    }
+}
+
 impl ServerPool {
     fn new(
         key: PoolKey,
@@ -162,8 +182,8 @@ impl ServerPool {
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         loop {
-            let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
-            let Some(conn) = conn else { break };
+            let conn = self.idle.lock().ok().and_then(|mut v| take_idle(&mut v));
+            let Some(mut conn) = conn else { break };
             let idle_for = now.saturating_duration_since(conn.last_used);
             // Probing costs a syscall: only for connections idle long enough
             // that the server (or a middlebox) may have closed them.
@@ -171,6 +191,10 @@ impl ServerPool {
                 self.stats.open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
+            // With several worker loops, the connection may come from a
+            // session of another loop (none of the last few idle ones was
+            // on this loop): its answers now wake this one.
+            conn.stream.adopt();
             self.stats.in_use.fetch_add(1, Ordering::Relaxed);
             self.traffic.started();
             return Ok(PooledConn {

@@ -86,6 +86,15 @@ impl NodeStream {
         matches!(self, NodeStream::Plain(_))
     }
 
+    /// Moves the socket onto the calling session's loop
+    /// ([`TcpStream::adopt`]).
+    pub fn adopt(&mut self) {
+        match self {
+            NodeStream::Plain(s) => s.get_mut().adopt(),
+            NodeStream::Tls(s) => s.get_mut().0.get_mut().adopt(),
+        }
+    }
+
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {
