@@ -97,6 +97,27 @@ impl IoState {
     }
 }
 
+const BOTH: mio::Interest = mio::Interest::READABLE.add(mio::Interest::WRITABLE);
+
+/// Registers `io` with `worker`'s loop under a new state, whose address is
+/// the token (the loop holds that reference until the socket is released).
+/// Ready until a call says otherwise: a socket just connected, accepted or
+/// moved usually is, and its first edge may have passed.
+fn register(worker: &Worker, io: &mut mio::net::TcpStream) -> io::Result<(Arc<IoState>, usize)> {
+    let state = Arc::new(IoState {
+        ready: AtomicUsize::new(READ | WRITE),
+        read: AtomicWaker::new(),
+        write: AtomicWaker::new(),
+    });
+    let token = Arc::into_raw(state.clone()) as usize;
+    if let Err(e) = worker.registry.register(io, mio::Token(token), BOTH) {
+        // SAFETY: made just above, never handed to the loop.
+        drop(unsafe { Arc::from_raw(token as *const IoState) });
+        return Err(e);
+    }
+    Ok((state, token))
+}
+
 /// A socket registered with a worker's loop.
 struct Own {
     io: mio::net::TcpStream,
@@ -113,9 +134,28 @@ impl Drop for Own {
 }
 
 impl Own {
-    /// One system call on the socket if it looks ready for `bit`: clears
-    /// the readiness on `WouldBlock` (and, for `drained`, also when the
-    /// call shows the socket had no more).
+    /// One system call on the socket, `seen` the readiness read before
+    /// it: clears `bit` on `WouldBlock`, and when `drained` says the call
+    /// emptied the socket.
+    #[inline]
+    fn call<T>(
+        &self,
+        seen: usize,
+        bit: usize,
+        op: impl FnOnce(&mio::net::TcpStream) -> io::Result<T>,
+        drained: impl FnOnce(&T) -> bool,
+    ) -> io::Result<T> {
+        let r = op(&self.io);
+        match &r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.state.clear(seen, bit),
+            Ok(v) if drained(v) => self.state.clear(seen, bit),
+            _ => {}
+        }
+        r
+    }
+
+    /// [`Self::call`] if the socket looks ready for `bit`, else
+    /// `WouldBlock` without a system call.
     #[inline]
     fn try_op<T>(
         &self,
@@ -127,19 +167,7 @@ impl Own {
         if seen & ready_for(bit) == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        match op(&self.io) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.state.clear(seen, bit);
-                Err(e)
-            }
-            Ok(v) => {
-                if drained(&v) {
-                    self.state.clear(seen, bit);
-                }
-                Ok(v)
-            }
-            Err(e) => Err(e),
-        }
+        self.call(seen, bit, op, drained)
     }
 
     fn poll_op<T>(
@@ -157,9 +185,12 @@ impl Own {
                 Poll::Ready(r) => r,
                 Poll::Pending => return Poll::Pending,
             };
-            match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.state.clear(seen, bit),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            match self.call(seen, bit, &mut op, |_| false) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 r => return Poll::Ready(r),
             }
         }
@@ -198,23 +229,7 @@ impl TcpStream {
         };
         let std = s.into_std()?;
         let mut io = mio::net::TcpStream::from_std(std);
-        // Ready until a call says otherwise: a socket just connected or
-        // accepted usually is, and its first edge may have passed.
-        let state = Arc::new(IoState {
-            ready: AtomicUsize::new(READ | WRITE),
-            read: AtomicWaker::new(),
-            write: AtomicWaker::new(),
-        });
-        let token = Arc::into_raw(state.clone()) as usize;
-        if let Err(e) = worker.registry.register(
-            &mut io,
-            mio::Token(token),
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        ) {
-            // SAFETY: made just above, never handed to the loop.
-            drop(unsafe { Arc::from_raw(token as *const IoState) });
-            return Err(e);
-        }
+        let (state, token) = register(&worker, &mut io)?;
         Ok(TcpStream(Inner::Own(Own {
             io,
             state,
@@ -239,35 +254,20 @@ impl TcpStream {
         let Some(worker) = current_worker() else {
             return;
         };
-        let state = Arc::new(IoState {
-            ready: AtomicUsize::new(READ | WRITE),
-            read: AtomicWaker::new(),
-            write: AtomicWaker::new(),
-        });
-        let token = Arc::into_raw(state.clone()) as usize;
-        let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
         // Out of the old set first: mio ties a source to one registry.
         if o.worker.registry.deregister(&mut o.io).is_err() {
-            // SAFETY: made just above, never handed to a loop.
-            drop(unsafe { Arc::from_raw(token as *const IoState) });
             return;
         }
-        if worker
-            .registry
-            .register(&mut o.io, mio::Token(token), both)
-            .is_err()
-        {
-            // SAFETY: as above.
-            drop(unsafe { Arc::from_raw(token as *const IoState) });
+        let Ok((state, token)) = register(&worker, &mut o.io) else {
             // Back where it was, ready (an edge may have passed meanwhile);
             // failing that too, the next read or write reports it.
             o.state.ready.fetch_or(READ | WRITE, Ordering::AcqRel);
             let _ = o
                 .worker
                 .registry
-                .register(&mut o.io, mio::Token(o.token), both);
+                .register(&mut o.io, mio::Token(o.token), BOTH);
             return;
-        }
+        };
         o.worker.release(o.token);
         o.state = state;
         o.token = token;
@@ -316,11 +316,7 @@ impl TcpStream {
         match &self.0 {
             Inner::Own(o) => {
                 let seen = o.state.ready.load(Ordering::Acquire);
-                let r = (&o.io).read(buf);
-                if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-                    o.state.clear(seen, READ);
-                }
-                r
+                o.call(seen, READ, |mut io| io.read(buf), |_| false)
             }
             Inner::Tokio(s) => s.try_read(buf),
         }
