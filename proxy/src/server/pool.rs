@@ -91,18 +91,23 @@ pub const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 const SAME_LOOP_LOOKS: usize = 4;
 
 /// Takes an idle connection: the newest on the calling session's loop
-/// among the last few, else the newest. With one loop (the default) that
-/// is always the newest; with more, a connection from another loop has to
-/// move its socket ([`NodeStream::adopt`](crate::server::stream::NodeStream::adopt)).
+/// among the last few, else the newest; and whether it is on that loop.
+/// With one loop (the default) that is always the newest, on its loop;
+/// with more, a connection from another loop has to move its socket
+/// ([`NodeStream::adopt`](crate::server::stream::NodeStream::adopt)).
 #[allow(clippy::vec_box)] // the pool's own list: boxes move cheaply
-fn take_idle(idle: &mut Vec<Box<ServerConn>>) -> Option<Box<ServerConn>> {
+fn take_idle(idle: &mut Vec<Box<ServerConn>>) -> Option<(Box<ServerConn>, bool)> {
     let n = idle.len();
-    let same = (n.saturating_sub(SAME_LOOP_LOOKS)..n)
+    let on_loop = |c: &ServerConn| c.stream.tcp().on_this_worker();
+    if on_loop(idle.last()?) {
+        return idle.pop().map(|c| (c, true));
+    }
+    let same = (n.saturating_sub(SAME_LOOP_LOOKS)..n - 1)
         .rev()
-        .find(|&i| idle[i].stream.tcp().on_this_worker());
+        .find(|&i| on_loop(&idle[i]));
     match same {
-        Some(i) if i + 1 != n => Some(idle.remove(i)),
-        _ => idle.pop(),
+        Some(i) => Some((idle.remove(i), true)),
+        None => idle.pop().map(|c| (c, false)),
     }
 }
 
@@ -183,7 +188,9 @@ impl ServerPool {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         loop {
             let conn = self.idle.lock().ok().and_then(|mut v| take_idle(&mut v));
-            let Some(mut conn) = conn else { break };
+            let Some((mut conn, on_loop)) = conn else {
+                break;
+            };
             let idle_for = now.saturating_duration_since(conn.last_used);
             // Probing costs a syscall: only for connections idle long enough
             // that the server (or a middlebox) may have closed them.
@@ -194,7 +201,9 @@ impl ServerPool {
             // With several worker loops, the connection may come from a
             // session of another loop (none of the last few idle ones was
             // on this loop): its answers now wake this one.
-            conn.stream.adopt();
+            if !on_loop {
+                conn.stream.adopt();
+            }
             self.stats.in_use.fetch_add(1, Ordering::Relaxed);
             self.traffic.started();
             return Ok(PooledConn {
