@@ -38,6 +38,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::time::Instant;
 
 mod tcp;
 #[cfg(test)]
@@ -167,6 +168,8 @@ struct Local {
     queue: RefCell<VecDeque<Arc<Task>>>,
     /// Socket operations left to the task being polled.
     budget: Cell<u32>,
+    /// The clock, read once per turn after the poll (see [`now`]).
+    now: Cell<Instant>,
 }
 
 thread_local! {
@@ -201,6 +204,25 @@ pub(crate) fn current_worker() -> Option<Arc<Worker>> {
                 Arc::from_raw(l.worker)
             }
         })
+    })
+}
+
+/// The time: on a worker's thread, as read when its loop last came back
+/// from the poll (at most one turn old: the sessions woken by those
+/// events, at most [`TASKS_PER_TURN`] of them), else the clock. The
+/// sessions' per-transaction reads (routing's `now`, a pooled
+/// connection's last use) take it from here: a clock read costs a few
+/// hundred cycles in a virtual machine, and a busy loop's turn serves
+/// many transactions. Nothing here needs better than a turn: the lag and
+/// stall limits are tens of milliseconds and up.
+#[inline]
+pub(crate) fn now() -> Instant {
+    CURRENT.with(|c| {
+        // SAFETY: as in `local_of`.
+        match unsafe { c.get().as_ref() } {
+            Some(l) => l.now.get(),
+            None => Instant::now(),
+        }
     })
 }
 
@@ -344,6 +366,7 @@ fn run(worker: Arc<Worker>, mut poll: mio::Poll) {
         worker: Arc::as_ptr(&worker),
         queue: RefCell::new(VecDeque::with_capacity(64)),
         budget: Cell::new(BUDGET),
+        now: Cell::new(Instant::now()),
     };
     CURRENT.with(|c| c.set(&local));
     let mut tasks: slab::Slab<Arc<Task>> = slab::Slab::new();
@@ -368,7 +391,9 @@ fn run(worker: Arc<Worker>, mut poll: mio::Poll) {
         worker.free_released();
         let busy = !local.queue.borrow().is_empty() || worker.has_remote.load(Ordering::Acquire);
         let timeout = busy.then_some(std::time::Duration::ZERO);
-        if let Err(e) = poll.poll(&mut events, timeout) {
+        let polled = poll.poll(&mut events, timeout);
+        local.now.set(Instant::now());
+        if let Err(e) = polled {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!("a worker's event loop failed: {e}");
                 break;

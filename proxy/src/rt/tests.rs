@@ -260,3 +260,37 @@ fn an_adopted_socket_moves_to_the_callers_loop() {
     assert!(!before, "the socket was on worker 1's loop before adopt");
     assert!(after, "adopt did not move the socket to worker 1's loop");
 }
+
+#[test]
+fn the_loops_clock_is_read_once_per_turn_and_moves_with_the_turns() {
+    use std::time::Instant;
+    // Off a worker: the clock itself.
+    let before = Instant::now();
+    let off = super::now();
+    assert!(off >= before && off <= Instant::now());
+
+    let engine = Engine::start(1, None).unwrap();
+    let (wake_tx, wake_rx) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move {
+        // Within one poll: one reading, whatever time passes.
+        let first = super::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let same_turn = super::now();
+        wake_rx.await.unwrap();
+        // Woken by another thread after 100 ms: a later turn's reading.
+        let next_turn = super::now();
+        tx.send((first, same_turn, next_turn)).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let woken_at = Instant::now();
+    wake_tx.send(()).unwrap();
+    let (first, same_turn, next_turn) = rx.recv_timeout(WAIT).unwrap();
+    let done = Instant::now();
+    assert_eq!(first, same_turn, "one turn, one reading");
+    assert!(
+        next_turn >= woken_at && next_turn <= done,
+        "the turn after the wake-up reads the clock anew: {:?} after the wake-up",
+        next_turn.saturating_duration_since(woken_at)
+    );
+}

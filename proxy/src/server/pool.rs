@@ -307,7 +307,7 @@ impl ServerPool {
     }
 
     fn give_back(&self, mut conn: Box<ServerConn>) {
-        conn.last_used = Instant::now();
+        conn.last_used = crate::rt::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }

@@ -103,7 +103,7 @@ impl<S: ClientStream> Session<S> {
             (None, None) => Memo::Last(&mut self.last_routed),
         };
         let analysis = self.view.analyze(&self.config, text, memo);
-        let now = Instant::now();
+        let now = crate::rt::now();
         // One health snapshot for the decision and the pool it names (a
         // catch-up wait finds the pool anew after it).
         let (mut routed, pool) = {
