@@ -36,14 +36,15 @@ const TICK: usize = 16;
 #[inline]
 fn recv(io: &mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call;
-    // the address arguments are null, which recvfrom(2) allows.
+    // the address arguments are null, which recvfrom(2) allows. Every
+    // argument is passed a full register wide (`syscall` reads `long`s).
     let n = unsafe {
         libc::syscall(
             libc::SYS_recvfrom,
-            io.as_raw_fd(),
+            io.as_raw_fd() as libc::c_long,
             buf.as_mut_ptr(),
             buf.len(),
-            0,
+            0 as libc::c_long,
             std::ptr::null_mut::<libc::sockaddr>(),
             std::ptr::null_mut::<libc::socklen_t>(),
         )
@@ -60,16 +61,17 @@ fn recv(io: &mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 #[inline]
 fn send(io: &mio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call;
-    // the address arguments are null and zero, which sendto(2) allows.
+    // the address arguments are null and zero, which sendto(2) allows;
+    // every argument a full register wide, as in `recv`.
     let n = unsafe {
         libc::syscall(
             libc::SYS_sendto,
-            io.as_raw_fd(),
+            io.as_raw_fd() as libc::c_long,
             buf.as_ptr(),
             buf.len(),
-            libc::MSG_NOSIGNAL,
+            libc::MSG_NOSIGNAL as libc::c_long,
             std::ptr::null::<libc::sockaddr>(),
-            0 as libc::socklen_t,
+            0 as libc::c_long,
         )
     };
     if n < 0 {
