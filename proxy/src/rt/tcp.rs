@@ -35,42 +35,53 @@ const TICK: usize = 16;
 /// itself, as a single-threaded program's glibc does.
 #[inline]
 fn recv(io: &mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call;
-    // the address arguments are null, which recvfrom(2) allows. Every
-    // argument is passed a full register wide (`syscall` reads `long`s).
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            io.as_raw_fd() as libc::c_long,
-            buf.as_mut_ptr(),
-            buf.len(),
-            0 as libc::c_long,
-            std::ptr::null_mut::<libc::sockaddr>(),
-            std::ptr::null_mut::<libc::socklen_t>(),
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+    unsafe { transfer(libc::SYS_recvfrom, io, buf.as_mut_ptr(), buf.len(), 0) }
 }
 
 /// `send(2)` on `io` without glibc's wrapper (see [`recv`]); a closed
 /// peer is an error, not a `SIGPIPE`, as std's `write`.
 #[inline]
 fn send(io: &mio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call;
-    // the address arguments are null and zero, which sendto(2) allows;
-    // every argument a full register wide, as in `recv`.
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call,
+    // and sendto(2) does not write to it.
+    unsafe {
+        transfer(
+            libc::SYS_sendto,
+            io,
+            buf.as_ptr().cast_mut(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    }
+}
+
+/// `recvfrom(2)` or `sendto(2)` (`nr`) of `len` bytes at `buf` on `io`,
+/// with no address (null and zero, which both allow). Every argument is
+/// passed a full register wide: `syscall` reads `long`s.
+///
+/// # Safety
+///
+/// `buf` must be valid for `len` bytes for the call: for writes when
+/// receiving, for reads when sending.
+#[inline]
+unsafe fn transfer(
+    nr: libc::c_long,
+    io: &mio::net::TcpStream,
+    buf: *mut u8,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    // SAFETY: the caller's promise on `buf`; the descriptor is `io`'s,
+    // open for the borrow.
     let n = unsafe {
         libc::syscall(
-            libc::SYS_sendto,
+            nr,
             io.as_raw_fd() as libc::c_long,
-            buf.as_ptr(),
-            buf.len(),
-            libc::MSG_NOSIGNAL as libc::c_long,
-            std::ptr::null::<libc::sockaddr>(),
+            buf,
+            len,
+            flags as libc::c_long,
+            0 as libc::c_long,
             0 as libc::c_long,
         )
     };
