@@ -17,6 +17,13 @@
 //! read of a socket goes through a [`Counted`] wrapper, innermost (under
 //! TLS too), which counts them.
 //!
+//! A socket on a worker's loop needs no waker of its own for that: its
+//! readiness word says whether a read event came since it was last
+//! drained ([`Direct::read_ready`]), and the task's own waker, registered
+//! when it was seen not ready, stays registered until such an event. The
+//! side's waker (a flag, a lock, a second wake-up call on every event) is
+//! then left out; it serves TLS and sockets on tokio's driver.
+//!
 //! Over plain TCP the reads and writes themselves skip the async adapters
 //! ([`Direct`], [`poll_read_direct`]): a wait registers with the socket's
 //! read readiness alone, and bytes are moved with `try_read`/`try_write`,
@@ -98,6 +105,13 @@ pub trait Direct {
     fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
         None
     }
+
+    /// Whether the socket had a read event since its readiness was last
+    /// cleared, without polling it ([`crate::rt::TcpStream::read_ready`]):
+    /// `None` where the stream cannot tell.
+    fn read_ready(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// Reads into `buf` as `tokio_util::io::poll_read_buf` does, straight on
@@ -147,6 +161,11 @@ impl Direct for Counted<crate::rt::TcpStream> {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
         self.reads = self.reads.wrapping_add(1);
         Some(self.inner.poll_read_ready(cx))
+    }
+
+    #[inline]
+    fn read_ready(&self) -> Option<bool> {
+        self.inner.read_ready()
     }
 }
 
@@ -327,7 +346,9 @@ impl ReadWait {
 
     /// Polls `side`'s read of `stream` into `buf`, unless it is known not
     /// to be ready: it was seen not ready, nothing read the socket since,
-    /// and `side` did not wake (in `woke`, from [`Self::begin_poll`]).
+    /// and `side` did not wake (its socket says so, [`Direct::read_ready`],
+    /// or else its waker did not note it in `woke`, from
+    /// [`Self::begin_poll`]).
     /// Not ready is `Pending`. `cx` is the task's, used until the server
     /// connection's first answer.
     #[inline]
@@ -353,15 +374,16 @@ impl ReadWait {
             Side::Server => self.server_idle == Some((self.attachments, stream.read_polls())),
             Side::Client => self.client_idle == Some(stream.read_polls()),
         };
-        if idle && woke & side as u8 == 0 {
+        // A socket on a worker's loop tells by itself whether it woke, and
+        // keeps the task's own waker registered until it does: the side's
+        // waker, its lock and its flag are not needed there.
+        let ready = stream.read_ready();
+        let side_woke = ready.unwrap_or(woke & side as u8 != 0);
+        if idle && !side_woke {
             return Poll::Pending;
         }
-        let waker = match side {
-            Side::Server => &self.server_waker,
-            Side::Client => &self.client_waker,
-        };
         // A side that woke has its bytes: read them without the poll.
-        if woke & side as u8 != 0 {
+        if side_woke {
             match stream.read_now(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 r => {
@@ -373,6 +395,11 @@ impl ReadWait {
                 }
             }
         }
+        let waker = match (ready, side) {
+            (Some(_), _) => cx.waker(),
+            (None, Side::Server) => &self.server_waker,
+            (None, Side::Client) => &self.client_waker,
+        };
         let r = poll_read_direct(stream, &mut Context::from_waker(waker), buf);
         let seen = r.is_pending().then(|| stream.read_polls());
         match side {
@@ -653,6 +680,9 @@ mod tests {
             engine.spawn(async move {
                 let (mut t, s_peer, c_peer) = Waiting::tcp().await;
                 assert!(t.server.get_ref().on_worker() && t.client.get_ref().on_worker());
+                // The sockets tell the wait whether they woke: the sides'
+                // wakers are not used (the path this test is for).
+                assert!(t.server.read_ready().is_some() && t.client.read_ready().is_some());
                 t.w.gating = gating;
                 let writers = spawn_writers(s_peer, c_peer);
                 let waits = read_every_byte(t).await;

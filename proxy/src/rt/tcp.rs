@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
@@ -104,6 +104,11 @@ pub(crate) struct IoState {
     ready: AtomicUsize,
     read: AtomicWaker,
     write: AtomicWaker,
+    /// A writer registered in `write` and not woken since. Every event
+    /// reports the socket writable (edge-triggered, both interests), but a
+    /// writer rarely waits: without this flag each event would pay the
+    /// two atomic read-modify-writes of taking an empty waker.
+    write_waiting: AtomicBool,
 }
 
 impl IoState {
@@ -124,15 +129,21 @@ impl IoState {
         if bits == 0 {
             return;
         }
+        // SeqCst, with the flag's load after it: a writer sets the flag
+        // before it loads the readiness (SeqCst both), so either this sees
+        // the flag or the writer sees the readiness.
         self.ready
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
                 Some((r | bits).wrapping_add(TICK))
             })
             .ok();
         if bits & READ != 0 {
             self.read.wake();
         }
-        if bits & WRITE != 0 {
+        if bits & WRITE != 0
+            && self.write_waiting.load(Ordering::SeqCst)
+            && self.write_waiting.swap(false, Ordering::SeqCst)
+        {
             self.write.wake();
         }
     }
@@ -144,10 +155,15 @@ impl IoState {
         if r & ready_for(bit) != 0 {
             return Poll::Ready(r);
         }
-        let w = if bit == READ { &self.read } else { &self.write };
+        let w = if bit == READ {
+            &self.read
+        } else {
+            self.write_waiting.store(true, Ordering::SeqCst);
+            &self.write
+        };
         w.register(cx.waker());
         // An event between the load and the registration woke no one.
-        let r = self.ready.load(Ordering::Acquire);
+        let r = self.ready.load(Ordering::SeqCst);
         if r & ready_for(bit) != 0 {
             Poll::Ready(r)
         } else {
@@ -166,15 +182,28 @@ impl IoState {
 
 const BOTH: mio::Interest = mio::Interest::READABLE.add(mio::Interest::WRITABLE);
 
+#[cfg(test)]
+thread_local! {
+    // Tests: the next registration on this thread fails as a full epoll
+    // set's would.
+    pub(super) static REFUSE_NEXT_REGISTRATION: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
 /// Registers `io` with `worker`'s loop under a new state, whose address is
 /// the token (the loop holds that reference until the socket is released).
 /// Ready until a call says otherwise: a socket just connected, accepted or
 /// moved usually is, and its first edge may have passed.
 fn register(worker: &Worker, io: &mut mio::net::TcpStream) -> io::Result<(Arc<IoState>, usize)> {
+    #[cfg(test)]
+    if REFUSE_NEXT_REGISTRATION.take() {
+        return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+    }
     let state = Arc::new(IoState {
         ready: AtomicUsize::new(READ | WRITE),
         read: AtomicWaker::new(),
         write: AtomicWaker::new(),
+        write_waiting: AtomicBool::new(false),
     });
     let token = Arc::into_raw(state.clone()) as usize;
     if let Err(e) = worker.registry.register(io, mio::Token(token), BOTH) {
@@ -290,19 +319,31 @@ impl std::fmt::Debug for TcpStream {
 impl TcpStream {
     /// Takes over a socket accepted or connected on tokio: onto this
     /// thread's worker loop if it has one.
+    ///
+    /// If the loop's epoll set refuses the socket (`ENOMEM`, or `ENOSPC`
+    /// at `fs.epoll.max_user_watches`), it goes back to tokio's driver and
+    /// is served from there (each wake-up then crosses threads), rather
+    /// than dropped with the client never told why. An error here means
+    /// tokio refused it too.
     pub fn from_tokio(s: tokio::net::TcpStream) -> io::Result<TcpStream> {
         let Some(worker) = current_worker() else {
             return Ok(TcpStream(Inner::Tokio(s)));
         };
         let std = s.into_std()?;
         let mut io = mio::net::TcpStream::from_std(std);
-        let (state, token) = register(&worker, &mut io)?;
-        Ok(TcpStream(Inner::Own(Own {
-            io,
-            state,
-            token,
-            worker,
-        })))
+        match register(&worker, &mut io) {
+            Ok((state, token)) => Ok(TcpStream(Inner::Own(Own {
+                io,
+                state,
+                token,
+                worker,
+            }))),
+            Err(e) => {
+                tracing::warn!("a worker's loop refused a socket ({e}); it stays on tokio's");
+                let s = tokio::net::TcpStream::from_std(io.into())?;
+                Ok(TcpStream(Inner::Tokio(s)))
+            }
+        }
     }
 
     /// Moves the socket onto this thread's worker loop when it is on
@@ -427,6 +468,20 @@ impl TcpStream {
                     r => r,
                 }
             }
+        }
+    }
+
+    /// Whether a read event came since the socket's read readiness was
+    /// last cleared (or it closed): one load, no system call, nothing
+    /// registered. `None` for a socket on tokio's driver, which cannot
+    /// tell. A waker registered for reads stays registered while this is
+    /// `Some(false)`: an event sets the readiness before it takes the
+    /// waker, and only a read clears it.
+    #[inline]
+    pub fn read_ready(&self) -> Option<bool> {
+        match &self.0 {
+            Inner::Own(o) => Some(o.state.ready.load(Ordering::Acquire) & ready_for(READ) != 0),
+            Inner::Tokio(_) => None,
         }
     }
 

@@ -261,6 +261,63 @@ fn an_adopted_socket_moves_to_the_callers_loop() {
     assert!(after, "adopt did not move the socket to worker 1's loop");
 }
 
+/// A writer that waits for room is woken by writability alone: the task
+/// reads nothing, so no read event can wake it instead.
+#[test]
+fn a_waiting_writer_is_woken_when_the_peer_reads() {
+    let rt = tokio_rt();
+    let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
+    let (mut client, accepted) = loopback(&rt);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let big: Vec<u8> = (0..8 << 20).map(|i| (i % 253) as u8).collect();
+    let sent = big.clone();
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move {
+        let mut s = TcpStream::from_tokio(accepted).unwrap();
+        let on_worker = s.on_worker();
+        s.write_all(&sent).await.unwrap();
+        s.shutdown().await.unwrap();
+        tx.send(on_worker).unwrap();
+    });
+    // The writer fills both socket buffers and waits.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rx.try_recv().is_err(), "8 MiB did not fill the socket");
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    assert!(back == big, "got {} of {} bytes", back.len(), big.len());
+    assert!(rx.recv_timeout(WAIT).unwrap(), "not on the worker's loop");
+}
+
+/// A socket the worker's epoll set refuses stays on tokio's driver and
+/// is served from there: the client is not dropped.
+#[test]
+fn a_socket_the_loop_refuses_is_served_from_tokio() {
+    let rt = tokio_rt();
+    let engine = Engine::start(1, Some(rt.handle().clone())).unwrap();
+    let (mut client, accepted) = loopback(&rt);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    engine.spawn(async move {
+        super::tcp::REFUSE_NEXT_REGISTRATION.set(true);
+        let mut s = TcpStream::from_tokio(accepted).unwrap();
+        let refused = !super::tcp::REFUSE_NEXT_REGISTRATION.get();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        tx.send((refused, s.on_worker())).unwrap();
+    });
+    client.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(
+        &back, b"hello",
+        "the refused socket carried bytes both ways"
+    );
+    let (refused, on_worker) = rx.recv_timeout(WAIT).unwrap();
+    assert!(refused, "the registration was refused");
+    assert!(!on_worker, "the refused socket is on tokio's driver");
+}
+
 #[test]
 fn the_loops_clock_is_read_once_per_turn_and_moves_with_the_turns() {
     use std::time::Instant;

@@ -154,6 +154,14 @@ impl Direct for NodeStream {
             NodeStream::Tls(_) => None,
         }
     }
+
+    #[inline]
+    fn read_ready(&self) -> Option<bool> {
+        match self {
+            NodeStream::Plain(s) => s.read_ready(),
+            NodeStream::Tls(_) => None,
+        }
+    }
 }
 
 impl ReadPolls for NodeStream {

@@ -30,7 +30,8 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: tokio::net::TcpStream, peer
     let mut tcp = match TcpStream::from_tokio(tcp) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(%peer, "cannot take the client's socket onto a worker: {e}");
+            // Neither the worker's loop nor tokio's driver took it.
+            tracing::warn!(%peer, "cannot register the client's socket: {e}");
             return;
         }
     };
