@@ -28,6 +28,14 @@
 #   spans more than the L1 instruction cache (32 KiB here) is fetched again
 #   on every transaction.
 #
+#   LOCKS=1 also records the instruction addresses and prints how many
+#   lock-prefixed instructions (atomic read-modify-writes: lock cmpxchg,
+#   lock xadd, xchg with memory...) the busiest thread ran per transaction
+#   in the proxy's own binary (not in shared libraries; needs objdump),
+#   with the functions that ran most of them. Callgrind counts one such
+#   instruction as one, but each costs tens of cycles: an ordering the
+#   instruction count does not show.
+#
 #   The proxy must accept user app, password app, database app on 127.0.0.1
 #   (PGUSER, PGPASSWORD, PGDATABASE override). RUNAS="runuser -u postgres --"
 #   runs the proxy as another user (PgBouncer refuses to run as root).
@@ -54,7 +62,8 @@ rm -f "$out/$label".*
 # shellcheck disable=SC2086
 sim=()
 [[ ${CACHE_SIM:-0} == 1 ]] && sim+=(--cache-sim=yes)
-[[ ${FOOTPRINT:-0} == 1 ]] && sim+=(--dump-instr=yes)
+[[ ${FOOTPRINT:-0} == 1 || ${LOCKS:-0} == 1 ]] && sim+=(--dump-instr=yes)
+proxy_bin=$(command -v "$1" || true)
 ${RUNAS:-} valgrind --tool=callgrind --separate-threads=yes "${sim[@]}" --callgrind-out-file="$out/$label.%p" "$@" >"$out/$label.log" 2>&1 &
 cleanup() { [[ -n ${vp:-} ]] && { kill -INT "$vp" 2>/dev/null; sleep 2; kill -KILL "$vp" 2>/dev/null; } || true; }
 trap cleanup EXIT
@@ -119,5 +128,61 @@ for line in open(path, errors="replace"):
             ir[last] += int(f[npos])
 hot = {a >> 6 for a, n in ir.items() if n * 2 >= txns}
 print(f"hot code of the busiest thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
+PY
+fi
+if [[ ${LOCKS:-0} == 1 ]]; then
+    command -v objdump >/dev/null || { echo "callgrind-txn: objdump not found (apt-get install binutils)" >&2; exit 1; }
+    python3 - "$main_prof" "$txns" "$(readlink -f "$proxy_bin")" <<'PY'
+import collections, os, re, subprocess, sys
+path, txns, binary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+names = {"ob": {}, "fn": {}}
+def name(kind, s):
+    m = re.match(r"\((\d+)\)(?: (.*))?", s)
+    if not m:
+        return s
+    if m.group(2):
+        names[kind][m.group(1)] = m.group(2)
+    return names[kind].get(m.group(1), m.group(1))
+ir, fn_of = collections.Counter(), {}
+npos, last, call_cost, ob, fn = 1, 0, False, "", ""
+for line in open(path, errors="replace"):
+    if line.startswith("positions:"):
+        npos = len(line.split()) - 1
+    elif line.startswith("ob="):
+        ob = name("ob", line[3:].strip())
+    elif line.startswith("cob="):
+        name("ob", line[4:].strip())
+    elif line.startswith("fn="):
+        fn = name("fn", line[3:].strip())
+    elif line.startswith("cfn="):
+        name("fn", line[4:].strip())
+    elif line.startswith("calls="):
+        call_cost = True
+    elif line[:1] and line[0] in "0123456789+-*":
+        f = line.split()
+        a = f[0]
+        last = last if a == "*" else last + int(a, 0) if a[0] in "+-" else int(a, 0)
+        if call_cost:
+            call_cost = False
+        elif len(f) > npos and os.path.basename(ob) == os.path.basename(binary):
+            ir[last] += int(f[npos])
+            fn_of[last] = fn
+dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True).stdout
+locked = set()
+for l in dis.splitlines():
+    m = re.match(r"\s*([0-9a-f]+):\s+(\S+)(.*)", l)
+    if m and (m.group(2) == "lock" or (m.group(2).startswith("xchg") and "(" in m.group(3))):
+        locked.add(int(m.group(1), 16))
+# The binary's load address under valgrind: the one that puts the most
+# executed addresses on instructions.
+base = max((0, 0x108000, 0x4000000), key=lambda b: sum(1 for a in ir if a - b in locked))
+by_fn = collections.Counter()
+for a, n in ir.items():
+    if a - base in locked:
+        by_fn[fn_of[a]] += n
+total = sum(by_fn.values())
+print(f"lock-prefixed instructions per transaction (busiest thread, {os.path.basename(binary)} only): {total / txns:.1f}")
+for f, n in by_fn.most_common(8):
+    print(f"  {n / txns:6.1f}  {f[:100]}")
 PY
 fi

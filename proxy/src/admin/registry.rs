@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use atomic_waker::AtomicWaker;
 use lagrouter_routing::Reason;
 
 /// One connected client, as `SHOW CLIENTS` shows it.
@@ -31,8 +30,15 @@ pub struct ClientInfo {
     attached: AtomicUsize,
     /// Transactions routed for this client.
     pub transactions: AtomicU64,
-    /// Woken by [`ClientRegistry::stop_all`] and [`ClientRegistry::abandon_node`].
-    stop_waker: AtomicWaker,
+    /// The session's waker, woken by [`ClientRegistry::stop_all`],
+    /// [`ClientRegistry::abandon_node`] and
+    /// [`ClientRegistry::release_idle_buffers`] after they set their flag.
+    /// Woken by reference and never taken: a wait whose waker is the one
+    /// already here registers nothing ([`ClientInfo::watch`]).
+    session_waker: Mutex<Option<Waker>>,
+    /// The data and vtable pointers of the waker in `session_waker`, as
+    /// the session last set it (written and read by the session alone).
+    watched: [AtomicUsize; 2],
     /// Node index + 1 whose in-flight work this client must abandon (the
     /// node stopped answering), or 0.
     abandon: AtomicUsize,
@@ -65,12 +71,51 @@ impl ClientInfo {
         self.attached.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    /// Makes `waker` the one woken for this client's flags, unless it is
+    /// already. The flags are loaded after this (SeqCst): a flag set
+    /// after that load is followed by a wake of the waker here, and
+    /// replacing it takes the lock the wake takes. Every wait on a server
+    /// calls this: two plain loads, where registering with an
+    /// `AtomicWaker` was two compare-and-swaps.
+    #[inline]
+    fn watch(&self, waker: &Waker) {
+        let id = [
+            waker.data() as usize,
+            std::ptr::from_ref(waker.vtable()) as usize,
+        ];
+        if self.watched[0].load(Ordering::Relaxed) == id[0]
+            && self.watched[1].load(Ordering::Relaxed) == id[1]
+        {
+            return;
+        }
+        // The waker kept here holds the pointers alive: no other waker can
+        // have them while it is here.
+        *self
+            .session_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+        self.watched[0].store(id[0], Ordering::Relaxed);
+        self.watched[1].store(id[1], Ordering::Relaxed);
+    }
+
+    /// Wakes the session, after a flag was set (SeqCst).
+    fn wake_session(&self) {
+        let w = self
+            .session_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = &*w {
+            w.wake_by_ref();
+        }
+    }
+
     /// Resolves with the node index once the node this client is attached
     /// to has been declared stopped ([`ClientRegistry::abandon_node`]).
-    /// Polled with every wait on a server: one atomic waker, two loads.
+    /// Polled with every wait on a server: two loads for the waker, two
+    /// for the flag.
     pub fn abandoned(&self) -> impl Future<Output = usize> + '_ {
         std::future::poll_fn(move |cx| {
-            self.stop_waker.register(cx.waker());
+            self.watch(cx.waker());
             let a = self.abandon.load(Ordering::SeqCst);
             if a != 0 && a == self.attached.load(Ordering::Relaxed) {
                 Poll::Ready(a - 1)
@@ -109,7 +154,8 @@ impl ClientRegistry {
             since: SystemTime::now(),
             attached: AtomicUsize::new(0),
             transactions: AtomicU64::new(0),
-            stop_waker: AtomicWaker::new(),
+            session_waker: Mutex::new(None),
+            watched: [AtomicUsize::new(0), AtomicUsize::new(0)],
             abandon: AtomicUsize::new(0),
             shrink: AtomicBool::new(false),
             swept_at: AtomicU64::new(0),
@@ -131,7 +177,7 @@ impl ClientRegistry {
         self.stopping.store(true, Ordering::SeqCst);
         if let Ok(m) = self.clients.lock() {
             for c in m.values() {
-                c.stop_waker.wake();
+                c.wake_session();
             }
         }
     }
@@ -147,7 +193,7 @@ impl ClientRegistry {
         for c in m.values() {
             if c.attached_node() == Some(node) {
                 c.abandon.store(node + 1, Ordering::SeqCst);
-                c.stop_waker.wake();
+                c.wake_session();
                 n += 1;
             }
         }
@@ -176,7 +222,7 @@ impl ClientRegistry {
             {
                 c.asked_at.store(t + 1, Ordering::Relaxed);
                 c.shrink.store(true, Ordering::SeqCst);
-                c.stop_waker.wake();
+                c.wake_session();
                 n += 1;
             }
         }
@@ -214,13 +260,15 @@ pub enum IdleEvent {
 impl ClientEntry {
     /// Resolves once the proxy is shutting down, or the session should give
     /// back its buffers. A session awaits it each time it goes idle, so it
-    /// takes no lock: one atomic waker per client and two flags.
+    /// takes no lock ([`ClientInfo::watch`]) and loads two flags.
     pub fn idle_event(&self) -> impl Future<Output = IdleEvent> + '_ {
         std::future::poll_fn(move |cx| {
-            self.info.stop_waker.register(cx.waker());
+            self.info.watch(cx.waker());
             if self.stopping.load(Ordering::SeqCst) {
                 Poll::Ready(IdleEvent::Stop)
-            } else if self.info.shrink.swap(false, Ordering::SeqCst) {
+            } else if self.info.shrink.load(Ordering::SeqCst)
+                && self.info.shrink.swap(false, Ordering::SeqCst)
+            {
                 Poll::Ready(IdleEvent::Shrink)
             } else {
                 Poll::Pending
@@ -247,6 +295,13 @@ impl Drop for ClientEntry {
         if let Ok(mut m) = self.map.lock() {
             m.remove(&self.info.id);
         }
+        // The session's task holds this entry: its waker must not outlive
+        // it here (an `Arc<ClientInfo>` may, in an admin listing).
+        *self
+            .info
+            .session_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -402,6 +457,85 @@ mod tests {
         assert_eq!((left.len(), left[0].user.as_str()), (1, "other"));
         drop(b);
         assert!(r.list().is_empty());
+    }
+
+    /// Counts the wake-ups of a waker.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A session's waker stays registered through the wakes its flags
+    /// cause, is cloned only when it changes, and each flag wakes it.
+    #[test]
+    fn flags_wake_the_session_whose_waker_stays_registered() {
+        use std::future::Future;
+        let r = ClientRegistry::default();
+        let e = r.register("app", "db".into(), None);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let woken = || wakes.0.load(Ordering::SeqCst);
+
+        e.attached(1);
+        let poll_abandoned =
+            |cx: &mut std::task::Context<'_>| std::pin::pin!(e.abandoned()).as_mut().poll(cx);
+        assert!(poll_abandoned(&mut cx).is_pending());
+        // Ours, the waker's and the one kept for the flags.
+        assert_eq!(Arc::strong_count(&wakes), 3);
+        assert!(poll_abandoned(&mut cx).is_pending());
+        assert_eq!(
+            Arc::strong_count(&wakes),
+            3,
+            "the same waker is not cloned again"
+        );
+        assert_eq!(r.abandon_node(0), 0, "only the clients of that node");
+        assert_eq!(r.abandon_node(1), 1);
+        assert_eq!(woken(), 1);
+        assert_eq!(poll_abandoned(&mut cx), Poll::Ready(1));
+
+        // Attached again: the wait registers nothing (the same waker), and
+        // the waker the last wake woke is still there to be woken.
+        e.released();
+        e.attached(1);
+        assert!(poll_abandoned(&mut cx).is_pending());
+        r.abandon_node(1);
+        assert_eq!(woken(), 2, "the waker stayed registered after a wake");
+
+        e.released();
+        let poll_idle =
+            |cx: &mut std::task::Context<'_>| std::pin::pin!(e.idle_event()).as_mut().poll(cx);
+        assert!(poll_idle(&mut cx).is_pending());
+        assert_eq!(
+            r.release_idle_buffers(10),
+            0,
+            "ran a transaction since the last sweep"
+        );
+        assert_eq!(r.release_idle_buffers(10), 1);
+        assert_eq!(woken(), 3);
+        assert_eq!(poll_idle(&mut cx), Poll::Ready(IdleEvent::Shrink));
+        assert!(
+            poll_idle(&mut cx).is_pending(),
+            "a shrink request is taken once"
+        );
+
+        // Another waker replaces the first, which is woken no more.
+        let wakes2 = Arc::new(Wakes::default());
+        let waker2 = Waker::from(wakes2.clone());
+        assert!(poll_idle(&mut std::task::Context::from_waker(&waker2)).is_pending());
+        assert_eq!(Arc::strong_count(&wakes), 2, "the first waker was let go");
+        r.stop_all();
+        assert_eq!((woken(), wakes2.0.load(Ordering::SeqCst)), (3, 1));
+        assert_eq!(
+            poll_idle(&mut std::task::Context::from_waker(&waker2)),
+            Poll::Ready(IdleEvent::Stop)
+        );
+        drop(e);
+        assert_eq!(Arc::strong_count(&wakes2), 2, "the entry let its waker go");
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl Worker {
     }
 
     fn free_released(&self) {
-        if !self.has_released.swap(false, Ordering::AcqRel) {
+        // A load first: this runs every turn, and most turns free nothing.
+        if !self.has_released.load(Ordering::Acquire)
+            || !self.has_released.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let tokens =
@@ -142,23 +145,47 @@ unsafe impl Sync for Task {}
 
 impl Task {
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
         match local_of(&self.worker) {
-            Some(l) => l.queue.borrow_mut().push_back(self.clone()),
-            None => self.worker.push_remote(self.clone()),
+            Some(l) => {
+                if self.mark_queued_here() {
+                    l.queue.borrow_mut().push_back(self.clone());
+                }
+            }
+            None => {
+                if !self.queued.swap(true, Ordering::AcqRel) {
+                    self.worker.push_remote(self.clone());
+                }
+            }
         }
     }
 
     fn wake(self: Arc<Self>) {
-        if self.queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
         match local_of(&self.worker) {
-            Some(l) => l.queue.borrow_mut().push_back(self),
-            None => self.worker.clone().push_remote(self),
+            Some(l) => {
+                if self.mark_queued_here() {
+                    l.queue.borrow_mut().push_back(self);
+                }
+            }
+            None => {
+                if !self.queued.swap(true, Ordering::AcqRel) {
+                    self.worker.clone().push_remote(self);
+                }
+            }
         }
+    }
+
+    /// Marks the task queued, on its worker's thread, with a load and a
+    /// store instead of a read-modify-write (most wakes come from the
+    /// task's own loop). A wake from another thread at the same moment
+    /// may then queue it a second time: it is polled once more for
+    /// nothing, never not at all (its flag is cleared before each poll).
+    #[inline]
+    fn mark_queued_here(&self) -> bool {
+        if self.queued.load(Ordering::Acquire) {
+            return false;
+        }
+        self.queued.store(true, Ordering::Release);
+        true
     }
 }
 

@@ -1,12 +1,13 @@
 //! A TCP socket on a worker's loop, or on tokio's off a worker thread.
 
+use std::cell::UnsafeCell;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
@@ -100,16 +101,31 @@ fn ready_for(bit: usize) -> usize {
 
 /// A socket's readiness and the wakers of its reader and writer, shared by
 /// the socket and its worker's loop.
+///
+/// A reader on the loop's own thread, where the events are taken, waits
+/// in `local_read`, with no atomics: that is every session reading its
+/// client and the server connections of its own loop. A reader or writer
+/// on another thread waits in an `AtomicWaker`, with a flag that says so.
+/// Every event reports the socket writable (edge-triggered, both
+/// interests) and most report it readable; without the flags each event
+/// would pay the two atomic read-modify-writes of taking an empty waker.
 pub(crate) struct IoState {
     ready: AtomicUsize,
+    /// Touched only on the loop's thread (and by the last reference).
+    local_read: UnsafeCell<Option<Waker>>,
     read: AtomicWaker,
+    /// A reader registered in `read` and not woken since.
+    read_waiting: AtomicBool,
     write: AtomicWaker,
-    /// A writer registered in `write` and not woken since. Every event
-    /// reports the socket writable (edge-triggered, both interests), but a
-    /// writer rarely waits: without this flag each event would pay the
-    /// two atomic read-modify-writes of taking an empty waker.
+    /// A writer registered in `write` and not woken since.
     write_waiting: AtomicBool,
 }
+
+// SAFETY: `local_read` is only touched on the thread of the loop the state
+// is registered with (`on_event` runs there, and `poll_ready` uses it only
+// there), or through the last reference when the state is dropped; the
+// rest is atomics. A `Waker` may move between threads.
+unsafe impl Sync for IoState {}
 
 impl IoState {
     pub(super) fn on_event(&self, ev: &mio::event::Event) {
@@ -129,38 +145,50 @@ impl IoState {
         if bits == 0 {
             return;
         }
-        // SeqCst, with the flag's load after it: a writer sets the flag
-        // before it loads the readiness (SeqCst both), so either this sees
-        // the flag or the writer sees the readiness.
+        // SeqCst: see `wake_waiting`.
         self.ready
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
                 Some((r | bits).wrapping_add(TICK))
             })
             .ok();
         if bits & READ != 0 {
-            self.read.wake();
+            // SAFETY: events are taken on the loop's thread. The waker is
+            // out of the cell before it runs.
+            let local = unsafe { (*self.local_read.get()).take() };
+            if let Some(w) = local {
+                w.wake();
+            }
+            wake_waiting(&self.read_waiting, &self.read);
         }
-        if bits & WRITE != 0
-            && self.write_waiting.load(Ordering::SeqCst)
-            && self.write_waiting.swap(false, Ordering::SeqCst)
-        {
-            self.write.wake();
+        if bits & WRITE != 0 {
+            wake_waiting(&self.write_waiting, &self.write);
         }
     }
 
     /// Ready for `bit`: the readiness word seen; else registers `cx`.
+    /// `on_loop`: this is the thread of the loop the socket is registered
+    /// with.
     #[inline]
-    fn poll_ready(&self, cx: &mut Context<'_>, bit: usize) -> Poll<usize> {
+    fn poll_ready(&self, cx: &mut Context<'_>, bit: usize, on_loop: bool) -> Poll<usize> {
         let r = self.ready.load(Ordering::Acquire);
         if r & ready_for(bit) != 0 {
             return Poll::Ready(r);
         }
-        let w = if bit == READ {
-            &self.read
+        if bit == READ && on_loop {
+            // SAFETY: this is the loop's thread (the caller's word), so no
+            // event is taken between the load above and the next one.
+            let slot = unsafe { &mut *self.local_read.get() };
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let (w, waiting) = if bit == READ {
+            (&self.read, &self.read_waiting)
         } else {
-            self.write_waiting.store(true, Ordering::SeqCst);
-            &self.write
+            (&self.write, &self.write_waiting)
         };
+        waiting.store(true, Ordering::SeqCst);
         w.register(cx.waker());
         // An event between the load and the registration woke no one.
         let r = self.ready.load(Ordering::SeqCst);
@@ -177,6 +205,17 @@ impl IoState {
         let _ = self
             .ready
             .compare_exchange(seen, seen & !bit, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// Wakes the waker in `w` if `waiting` says one is there. SeqCst, after
+/// the readiness update: a waiter sets the flag before it loads the
+/// readiness, so either this sees the flag or the waiter sees the
+/// readiness.
+#[inline]
+fn wake_waiting(waiting: &AtomicBool, w: &AtomicWaker) {
+    if waiting.load(Ordering::SeqCst) && waiting.swap(false, Ordering::SeqCst) {
+        w.wake();
     }
 }
 
@@ -201,7 +240,9 @@ fn register(worker: &Worker, io: &mut mio::net::TcpStream) -> io::Result<(Arc<Io
     }
     let state = Arc::new(IoState {
         ready: AtomicUsize::new(READ | WRITE),
+        local_read: UnsafeCell::new(None),
         read: AtomicWaker::new(),
+        read_waiting: AtomicBool::new(false),
         write: AtomicWaker::new(),
         write_waiting: AtomicBool::new(false),
     });
@@ -277,7 +318,8 @@ impl Own {
             return Poll::Pending;
         }
         loop {
-            let seen = match self.state.poll_ready(cx, bit) {
+            let on_loop = super::is_current_worker(&self.worker);
+            let seen = match self.state.poll_ready(cx, bit, on_loop) {
                 Poll::Ready(r) => r,
                 Poll::Pending => return Poll::Pending,
             };
@@ -494,7 +536,8 @@ impl TcpStream {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                o.state.poll_ready(cx, READ).map(|_| Ok(()))
+                let on_loop = super::is_current_worker(&o.worker);
+                o.state.poll_ready(cx, READ, on_loop).map(|_| Ok(()))
             }
             Inner::Tokio(s) => s.poll_read_ready(cx),
         }

@@ -261,6 +261,48 @@ fn an_adopted_socket_moves_to_the_callers_loop() {
     assert!(after, "adopt did not move the socket to worker 1's loop");
 }
 
+/// A socket read from another loop's thread (a server connection of one
+/// loop checked out by a session of another, not moved): its reader waits
+/// in the shared waker, not the loop's own slot, and every read wakes it.
+#[test]
+fn a_socket_read_from_another_loops_thread_wakes_its_reader() {
+    let rt = tokio_rt();
+    let engine = Engine::start(2, Some(rt.handle().clone())).unwrap();
+    let (mut client, accepted) = loopback(&rt);
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (hand_tx, hand_rx) = tokio::sync::oneshot::channel::<TcpStream>();
+    let (tx, rx) = mpsc::channel();
+    // Spawned in turn: the first task runs on worker 0, the second on 1.
+    engine.spawn(async move {
+        hand_tx
+            .send(TcpStream::from_tokio(accepted).unwrap())
+            .unwrap();
+    });
+    engine.spawn(async move {
+        let mut s = hand_rx.await.unwrap();
+        tx.send(s.on_this_worker()).unwrap();
+        let mut buf = [0u8; 4];
+        for _ in 0..200 {
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        }
+    });
+    assert!(
+        !rx.recv_timeout(WAIT).unwrap(),
+        "the socket is on the reader's own loop"
+    );
+    for i in 0..200u32 {
+        // The reader waits before each message arrives.
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        client.write_all(&i.to_be_bytes()).unwrap();
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(u32::from_be_bytes(got), i);
+    }
+}
+
 /// A writer that waits for room is woken by writability alone: the task
 /// reads nothing, so no read event can wake it instead.
 #[test]
