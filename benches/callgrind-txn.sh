@@ -107,15 +107,36 @@ echo "$label: $txns transactions, $((total / txns)) instructions per transaction
 if [[ ${CACHE_SIM:-0} == 1 ]]; then
     echo "$label: instruction-cache misses per transaction: $(per_txn "$(sum_of 4 "${profs[@]}")") (busiest thread: $(per_txn "$(sum_of 4 "$main_prof")"))"
 fi
-if [[ ${FOOTPRINT:-0} == 1 ]]; then
-    python3 - "$main_prof" "$txns" <<'PY'
-import collections, sys
+if [[ ${FOOTPRINT:-0} == 1 || ${LOCKS:-0} == 1 ]]; then
+    if [[ ${LOCKS:-0} == 1 ]]; then
+        command -v objdump >/dev/null || { echo "callgrind-txn: objdump not found (apt-get install binutils)" >&2; exit 1; }
+    fi
+    python3 - "$main_prof" "$txns" "${FOOTPRINT:-0}" "${LOCKS:-0}" "$(readlink -f "$proxy_bin")" <<'PY'
+import collections, os, re, subprocess, sys
 path, txns = sys.argv[1], int(sys.argv[2])
-ir = collections.Counter()
-npos, last, call_cost = 1, 0, False
+footprint, locks, binary = sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5]
+# Instructions per address (all objects), and the object and function of
+# each: callgrind names a file or function once with its number, then by
+# the number alone.
+names = {"ob": {}, "fn": {}}
+def name(kind, s):
+    m = re.match(r"\((\d+)\)(?: (.*))?", s)
+    if not m:
+        return s
+    if m.group(2):
+        names[kind][m.group(1)] = m.group(2)
+    return names[kind].get(m.group(1), m.group(1))
+ir, where = collections.Counter(), {}
+npos, last, call_cost, ob, fn = 1, 0, False, "", ""
 for line in open(path, errors="replace"):
     if line.startswith("positions:"):
         npos = len(line.split()) - 1
+    elif line.startswith(("ob=", "fn=")):
+        kind = line[:2]
+        v = name(kind, line[3:].strip())
+        ob, fn = (v, fn) if kind == "ob" else (ob, v)
+    elif line.startswith(("cob=", "cfn=")):
+        name(line[1:3], line[4:].strip())
     elif line.startswith("calls="):
         call_cost = True  # the next cost line is a call's inclusive cost
     elif line[:1] and line[0] in "0123456789+-*":
@@ -126,63 +147,29 @@ for line in open(path, errors="replace"):
             call_cost = False
         elif len(f) > npos:
             ir[last] += int(f[npos])
-hot = {a >> 6 for a, n in ir.items() if n * 2 >= txns}
-print(f"hot code of the busiest thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
-PY
-fi
-if [[ ${LOCKS:-0} == 1 ]]; then
-    command -v objdump >/dev/null || { echo "callgrind-txn: objdump not found (apt-get install binutils)" >&2; exit 1; }
-    python3 - "$main_prof" "$txns" "$(readlink -f "$proxy_bin")" <<'PY'
-import collections, os, re, subprocess, sys
-path, txns, binary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-names = {"ob": {}, "fn": {}}
-def name(kind, s):
-    m = re.match(r"\((\d+)\)(?: (.*))?", s)
-    if not m:
-        return s
-    if m.group(2):
-        names[kind][m.group(1)] = m.group(2)
-    return names[kind].get(m.group(1), m.group(1))
-ir, fn_of = collections.Counter(), {}
-npos, last, call_cost, ob, fn = 1, 0, False, "", ""
-for line in open(path, errors="replace"):
-    if line.startswith("positions:"):
-        npos = len(line.split()) - 1
-    elif line.startswith("ob="):
-        ob = name("ob", line[3:].strip())
-    elif line.startswith("cob="):
-        name("ob", line[4:].strip())
-    elif line.startswith("fn="):
-        fn = name("fn", line[3:].strip())
-    elif line.startswith("cfn="):
-        name("fn", line[4:].strip())
-    elif line.startswith("calls="):
-        call_cost = True
-    elif line[:1] and line[0] in "0123456789+-*":
-        f = line.split()
-        a = f[0]
-        last = last if a == "*" else last + int(a, 0) if a[0] in "+-" else int(a, 0)
-        if call_cost:
-            call_cost = False
-        elif len(f) > npos and os.path.basename(ob) == os.path.basename(binary):
-            ir[last] += int(f[npos])
-            fn_of[last] = fn
-dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True).stdout
-locked = set()
-for l in dis.splitlines():
-    m = re.match(r"\s*([0-9a-f]+):\s+(\S+)(.*)", l)
-    if m and (m.group(2) == "lock" or (m.group(2).startswith("xchg") and "(" in m.group(3))):
-        locked.add(int(m.group(1), 16))
-# The binary's load address under valgrind: the one that puts the most
-# executed addresses on instructions.
-base = max((0, 0x108000, 0x4000000), key=lambda b: sum(1 for a in ir if a - b in locked))
-by_fn = collections.Counter()
-for a, n in ir.items():
-    if a - base in locked:
-        by_fn[fn_of[a]] += n
-total = sum(by_fn.values())
-print(f"lock-prefixed instructions per transaction (busiest thread, {os.path.basename(binary)} only): {total / txns:.1f}")
-for f, n in by_fn.most_common(8):
-    print(f"  {n / txns:6.1f}  {f[:100]}")
+            where[last] = (ob, fn)
+if footprint:
+    hot = {a >> 6 for a, n in ir.items() if n * 2 >= txns}
+    print(f"hot code of the busiest thread: {len(hot)} lines of 64 bytes = {len(hot) * 64 / 1024:.1f} KiB")
+if locks:
+    own = os.path.basename(binary)
+    mine = {a: n for a, n in ir.items() if os.path.basename(where[a][0]) == own}
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True).stdout
+    locked = set()
+    for l in dis.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\s+(\S+)(.*)", l)
+        if m and (m.group(2) == "lock" or (m.group(2).startswith("xchg") and "(" in m.group(3))):
+            locked.add(int(m.group(1), 16))
+    # The binary's load address under valgrind: the one that puts the
+    # most executed addresses on instructions.
+    base = max((0, 0x108000, 0x4000000), key=lambda b: sum(1 for a in mine if a - b in locked))
+    by_fn = collections.Counter()
+    for a, n in mine.items():
+        if a - base in locked:
+            by_fn[where[a][1]] += n
+    total = sum(by_fn.values())
+    print(f"lock-prefixed instructions per transaction (busiest thread, {own} only): {total / txns:.1f}")
+    for f, n in by_fn.most_common(8):
+        print(f"  {n / txns:6.1f}  {f[:100]}")
 PY
 fi

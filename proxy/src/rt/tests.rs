@@ -220,22 +220,35 @@ fn a_close_that_came_with_the_last_bytes_is_seen() {
     assert_eq!(rx.recv_timeout(WAIT).expect("the close was never seen"), 10);
 }
 
-/// A socket handed to a session of another worker moves to that worker's
-/// loop when adopted, and keeps working there.
-#[test]
-fn an_adopted_socket_moves_to_the_callers_loop() {
+/// A two-worker engine, a client connected to it, and the accepted end
+/// taken over on worker 0 (its first task; tasks are spawned on the
+/// workers in turn, so the caller's next one runs on worker 1), handed to
+/// whoever awaits the receiver.
+fn socket_of_worker_0() -> (
+    tokio::runtime::Runtime,
+    Engine,
+    std::net::TcpStream,
+    tokio::sync::oneshot::Receiver<TcpStream>,
+) {
     let rt = tokio_rt();
     let engine = Engine::start(2, Some(rt.handle().clone())).unwrap();
-    let (mut client, accepted) = loopback(&rt);
+    let (client, accepted) = loopback(&rt);
     client.set_read_timeout(Some(WAIT)).unwrap();
-    let (hand_tx, hand_rx) = tokio::sync::oneshot::channel::<TcpStream>();
-    let (tx, rx) = mpsc::channel();
-    // Spawned in turn: the first task runs on worker 0, the second on 1.
+    let (hand_tx, hand_rx) = tokio::sync::oneshot::channel();
     engine.spawn(async move {
         let s = TcpStream::from_tokio(accepted).unwrap();
         assert!(s.on_this_worker());
         hand_tx.send(s).unwrap();
     });
+    (rt, engine, client, hand_rx)
+}
+
+/// A socket handed to a session of another worker moves to that worker's
+/// loop when adopted, and keeps working there.
+#[test]
+fn an_adopted_socket_moves_to_the_callers_loop() {
+    let (_rt, engine, mut client, hand_rx) = socket_of_worker_0();
+    let (tx, rx) = mpsc::channel();
     engine.spawn(async move {
         let mut s = hand_rx.await.unwrap();
         let before = s.on_this_worker();
@@ -266,18 +279,8 @@ fn an_adopted_socket_moves_to_the_callers_loop() {
 /// in the shared waker, not the loop's own slot, and every read wakes it.
 #[test]
 fn a_socket_read_from_another_loops_thread_wakes_its_reader() {
-    let rt = tokio_rt();
-    let engine = Engine::start(2, Some(rt.handle().clone())).unwrap();
-    let (mut client, accepted) = loopback(&rt);
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    let (hand_tx, hand_rx) = tokio::sync::oneshot::channel::<TcpStream>();
+    let (_rt, engine, mut client, hand_rx) = socket_of_worker_0();
     let (tx, rx) = mpsc::channel();
-    // Spawned in turn: the first task runs on worker 0, the second on 1.
-    engine.spawn(async move {
-        hand_tx
-            .send(TcpStream::from_tokio(accepted).unwrap())
-            .unwrap();
-    });
     engine.spawn(async move {
         let mut s = hand_rx.await.unwrap();
         tx.send(s.on_this_worker()).unwrap();
