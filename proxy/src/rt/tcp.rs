@@ -307,6 +307,14 @@ impl Own {
         self.call(seen, bit, op, drained)
     }
 
+    /// [`IoState::poll_ready`], told whether this is the thread of the
+    /// socket's loop.
+    #[inline]
+    fn poll_ready(&self, cx: &mut Context<'_>, bit: usize) -> Poll<usize> {
+        let on_loop = super::is_current_worker(&self.worker);
+        self.state.poll_ready(cx, bit, on_loop)
+    }
+
     fn poll_op<T>(
         &self,
         cx: &mut Context<'_>,
@@ -318,8 +326,7 @@ impl Own {
             return Poll::Pending;
         }
         loop {
-            let on_loop = super::is_current_worker(&self.worker);
-            let seen = match self.state.poll_ready(cx, bit, on_loop) {
+            let seen = match self.poll_ready(cx, bit) {
                 Poll::Ready(r) => r,
                 Poll::Pending => return Poll::Pending,
             };
@@ -536,8 +543,7 @@ impl TcpStream {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                let on_loop = super::is_current_worker(&o.worker);
-                o.state.poll_ready(cx, READ, on_loop).map(|_| Ok(()))
+                o.poll_ready(cx, READ).map(|_| Ok(()))
             }
             Inner::Tokio(s) => s.poll_read_ready(cx),
         }
