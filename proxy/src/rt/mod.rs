@@ -63,6 +63,8 @@ const BUDGET: u32 = 128;
 
 /// A task that is not in its worker's task list yet.
 const NO_SLOT: usize = usize::MAX;
+/// A task that has finished, and left its worker's task list.
+const DONE: usize = usize::MAX - 1;
 
 /// What a worker shares with other threads: its epoll set's registry, its
 /// waker and the queues other threads fill.
@@ -133,7 +135,8 @@ struct Task {
     future: UnsafeCell<Option<BoxFuture>>,
     /// In a run queue (or being pushed on one): a second wake is a no-op.
     queued: AtomicBool,
-    /// Its index in the worker's task list; touched on the worker's thread.
+    /// Its key in the worker's task list ([`NO_SLOT`] before its first
+    /// poll, [`DONE`] after its last); touched on the worker's thread.
     slot: AtomicUsize,
     worker: Arc<Worker>,
 }
@@ -146,11 +149,7 @@ unsafe impl Sync for Task {}
 impl Task {
     fn wake_by_ref(self: &Arc<Self>) {
         match local_of(&self.worker) {
-            Some(l) => {
-                if self.mark_queued_here() {
-                    l.queue.borrow_mut().push_back(self.clone());
-                }
-            }
+            Some(l) => self.queue_here(l),
             None => {
                 if !self.queued.swap(true, Ordering::AcqRel) {
                     self.worker.push_remote(self.clone());
@@ -161,11 +160,7 @@ impl Task {
 
     fn wake(self: Arc<Self>) {
         match local_of(&self.worker) {
-            Some(l) => {
-                if self.mark_queued_here() {
-                    l.queue.borrow_mut().push_back(self);
-                }
-            }
+            Some(l) => self.queue_here(l),
             None => {
                 if !self.queued.swap(true, Ordering::AcqRel) {
                     self.worker.clone().push_remote(self);
@@ -174,29 +169,57 @@ impl Task {
         }
     }
 
-    /// Marks the task queued, on its worker's thread, with a load and a
-    /// store instead of a read-modify-write (most wakes come from the
-    /// task's own loop). A wake from another thread at the same moment
-    /// may then queue it a second time: it is polled once more for
-    /// nothing, never not at all (its flag is cleared before each poll).
+    /// Queues the task on its own worker's thread: its key in the task
+    /// list, no reference count taken (the list holds one), and the
+    /// queued flag set with a load and a store instead of a
+    /// read-modify-write (most wakes come from the task's own loop). A
+    /// wake from another thread at the same moment may then queue it a
+    /// second time: it is polled once more for nothing, never not at all
+    /// (its flag is cleared before each poll). A task that has finished
+    /// is not queued.
     #[inline]
-    fn mark_queued_here(&self) -> bool {
-        if self.queued.load(Ordering::Acquire) {
-            return false;
+    fn queue_here(&self, l: &Local) {
+        let key = self.slot.load(Ordering::Relaxed);
+        if key >= DONE || self.queued.load(Ordering::Acquire) {
+            return;
         }
         self.queued.store(true, Ordering::Release);
-        true
+        l.queue.borrow_mut().push_back(key);
     }
 }
 
 /// A worker's thread-local state while its loop runs.
 struct Local {
     worker: *const Worker,
-    queue: RefCell<VecDeque<Arc<Task>>>,
+    /// The worker's tasks: the list holds each one's reference while it
+    /// runs, so that the run queue and a local wake need none.
+    tasks: RefCell<slab::Slab<Arc<Task>>>,
+    /// Keys in `tasks` of the tasks to poll. A key may outlive its task
+    /// (one that woke itself and then finished) and name a newer one: that
+    /// one is polled once for nothing, which a future allows.
+    queue: RefCell<VecDeque<usize>>,
     /// Socket operations left to the task being polled.
     budget: Cell<u32>,
     /// The clock, read once per turn after the poll (see [`now`]).
     now: Cell<Instant>,
+}
+
+impl Local {
+    /// Queues a task that came through the remote queue or was spawned
+    /// here: a new one enters the task list; the list's reference stands
+    /// for the queue's, and the one given is dropped.
+    fn adopt(&self, task: Arc<Task>) {
+        let key = match task.slot.load(Ordering::Relaxed) {
+            DONE => return,
+            NO_SLOT => {
+                let key = self.tasks.borrow_mut().insert(task.clone());
+                task.slot.store(key, Ordering::Relaxed);
+                key
+            }
+            key => key,
+        };
+        self.queue.borrow_mut().push_back(key);
+    }
 }
 
 thread_local! {
@@ -366,7 +389,7 @@ impl Engine {
             worker: worker.clone(),
         });
         match local_of(worker) {
-            Some(l) => l.queue.borrow_mut().push_back(task),
+            Some(l) => l.adopt(task),
             None => worker.push_remote(task),
         }
     }
@@ -391,26 +414,28 @@ impl Drop for Engine {
 fn run(worker: Arc<Worker>, mut poll: mio::Poll) {
     let local = Local {
         worker: Arc::as_ptr(&worker),
+        tasks: RefCell::new(slab::Slab::new()),
         queue: RefCell::new(VecDeque::with_capacity(64)),
         budget: Cell::new(BUDGET),
         now: Cell::new(Instant::now()),
     };
     CURRENT.with(|c| c.set(&local));
-    let mut tasks: slab::Slab<Arc<Task>> = slab::Slab::new();
     let mut events = mio::Events::with_capacity(256);
     loop {
         if worker.has_remote.load(Ordering::Acquire) {
             worker.has_remote.store(false, Ordering::Release);
             let remote =
                 std::mem::take(&mut *worker.remote.lock().unwrap_or_else(PoisonError::into_inner));
-            local.queue.borrow_mut().extend(remote);
+            for task in remote {
+                local.adopt(task);
+            }
         }
         for _ in 0..TASKS_PER_TURN {
-            let Some(task) = local.queue.borrow_mut().pop_front() else {
+            let Some(key) = local.queue.borrow_mut().pop_front() else {
                 break;
             };
             local.budget.set(BUDGET);
-            run_task(task, &mut tasks);
+            run_task(&local, key);
         }
         if worker.stop.load(Ordering::Acquire) {
             break;
@@ -440,7 +465,8 @@ fn run(worker: Arc<Worker>, mut poll: mio::Poll) {
     // Stopping: the tasks' futures go now, on this thread, with their
     // sockets (a waker a socket holds would otherwise keep its own task).
     CURRENT.with(|c| c.set(std::ptr::null()));
-    for task in tasks.drain() {
+    let tasks = std::mem::take(&mut *local.tasks.borrow_mut());
+    for (_, task) in tasks {
         // SAFETY: this is the task's worker thread.
         drop(unsafe { (*task.future.get()).take() });
     }
@@ -448,21 +474,26 @@ fn run(worker: Arc<Worker>, mut poll: mio::Poll) {
     worker.free_released();
 }
 
-fn run_task(task: Arc<Task>, tasks: &mut slab::Slab<Arc<Task>>) {
+/// Polls the task at `key` in `local`'s task list, if one is there.
+fn run_task(local: &Local, key: usize) {
+    // A pointer, not a borrow of the list: the poll may spawn (insert).
+    let Some(task) = local.tasks.borrow().get(key).map(Arc::as_ptr) else {
+        return;
+    };
+    // SAFETY: the list keeps the task alive until it is removed below,
+    // after its last use here; only this function removes a task.
+    let task = unsafe { &*task };
     task.queued.store(false, Ordering::Release);
     // SAFETY: only this worker's thread touches the future.
     let slot = unsafe { &mut *task.future.get() };
     let Some(future) = slot.as_mut() else {
         return;
     };
-    if task.slot.load(Ordering::Relaxed) == NO_SLOT {
-        task.slot
-            .store(tasks.insert(task.clone()), Ordering::Relaxed);
-    }
-    // SAFETY: a borrowed waker: `task` outlives it, and it is never
-    // dropped (ManuallyDrop), so no count is given back that was not taken.
+    // SAFETY: a borrowed waker: the list's reference outlives it, and it
+    // is never dropped (ManuallyDrop), so no count is given back that was
+    // not taken.
     let waker = ManuallyDrop::new(unsafe {
-        Waker::from_raw(RawWaker::new(Arc::as_ptr(&task) as *const (), &VTABLE))
+        Waker::from_raw(RawWaker::new(std::ptr::from_ref(task).cast(), &VTABLE))
     });
     let mut cx = Context::from_waker(&waker);
     let done = match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
@@ -478,9 +509,9 @@ fn run_task(task: Arc<Task>, tasks: &mut slab::Slab<Arc<Task>>) {
         if catch_unwind(AssertUnwindSafe(|| drop(future))).is_err() {
             tracing::error!("a session panicked while it was dropped");
         }
-        let i = task.slot.swap(NO_SLOT, Ordering::Relaxed);
-        if i != NO_SLOT {
-            tasks.remove(i);
-        }
+        task.slot.store(DONE, Ordering::Relaxed);
+        // Dropped after the list's borrow ends.
+        let removed = local.tasks.borrow_mut().try_remove(key);
+        drop(removed);
     }
 }

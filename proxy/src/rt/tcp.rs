@@ -152,11 +152,14 @@ impl IoState {
             })
             .ok();
         if bits & READ != 0 {
-            // SAFETY: events are taken on the loop's thread. The waker is
-            // out of the cell before it runs.
-            let local = unsafe { (*self.local_read.get()).take() };
-            if let Some(w) = local {
-                w.wake();
+            // SAFETY: events are taken on the loop's thread, and a wake
+            // does not poll: nothing registers a reader during the call.
+            // The waker stays: a reader that waits again with the same
+            // one (the usual case) registers nothing, and the task's
+            // reference count is not touched. A reader that has stopped
+            // waiting is polled once for nothing.
+            if let Some(w) = unsafe { &*self.local_read.get() } {
+                w.wake_by_ref();
             }
             wake_waiting(&self.read_waiting, &self.read);
         }

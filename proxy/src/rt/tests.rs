@@ -396,3 +396,71 @@ fn the_loops_clock_is_read_once_per_turn_and_moves_with_the_turns() {
         next_turn.saturating_duration_since(woken_at)
     );
 }
+
+/// A task that wakes itself in its last poll leaves its key in the run
+/// queue; the next task spawned takes that key and is polled once more for
+/// nothing. A waker of a finished task, woken on the worker or from
+/// another thread, does nothing.
+#[test]
+fn a_finished_tasks_key_and_wakers_are_harmless() {
+    use std::future::poll_fn;
+    use std::sync::Mutex;
+    use std::task::{Poll, Waker};
+
+    let engine = Arc::new(Engine::start(1, None).unwrap());
+    let a_polls = Arc::new(AtomicUsize::new(0));
+    let b_polls = Arc::new(AtomicUsize::new(0));
+    let a_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<u32>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (a, b, aw, e) = (
+        a_polls.clone(),
+        b_polls.clone(),
+        a_waker.clone(),
+        engine.clone(),
+    );
+    // The parent spawns A then X on its own worker: they run in that
+    // order, in one turn.
+    engine.spawn(async move {
+        let aw2 = aw.clone();
+        e.spawn(poll_fn(move |cx| {
+            a.fetch_add(1, Ordering::SeqCst);
+            *aw2.lock().unwrap() = Some(cx.waker().clone());
+            cx.waker().wake_by_ref();
+            Poll::Ready(())
+        }));
+        let e2 = e.clone();
+        e.spawn(async move {
+            // A is done: its waker, woken here, queues nothing.
+            let w = aw.lock().unwrap().clone().expect("A ran first");
+            w.wake_by_ref();
+            // B takes the key A left (the last one freed).
+            let mut go = Some(go_rx);
+            e2.spawn(poll_fn(move |cx| {
+                b.fetch_add(1, Ordering::SeqCst);
+                match std::pin::Pin::new(go.as_mut().unwrap()).poll(cx) {
+                    Poll::Ready(v) => {
+                        done_tx.send(v.unwrap()).unwrap();
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }));
+        });
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(a_polls.load(Ordering::SeqCst), 1, "A is polled once");
+    assert_eq!(
+        b_polls.load(Ordering::SeqCst),
+        2,
+        "B is polled for its own wake and for A's key"
+    );
+    // From another thread: A's waker still does nothing.
+    let w = a_waker.lock().unwrap().take().unwrap();
+    std::thread::spawn(move || w.wake()).join().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(a_polls.load(Ordering::SeqCst), 1, "A is not polled again");
+    go_tx.send(9).unwrap();
+    assert_eq!(done_rx.recv_timeout(WAIT).unwrap(), 9, "B ran to its end");
+    assert_eq!(b_polls.load(Ordering::SeqCst), 3);
+}
