@@ -430,10 +430,26 @@ impl Classifier {
         self.analyze_in(cache.0.load(), sql, memo)
     }
 
+    /// `f` of the analysis of `sql` with the inputs from the caller's
+    /// `cache` (their `read_only_functions` as they are): as
+    /// [`Self::analyze_cached`], but the analysis is lent to `f`, not
+    /// handed out, so that a session's last texts or the cache answer with
+    /// no reference count taken and given back (two atomic
+    /// read-modify-writes on every statement of a transaction).
+    pub fn analyze_cached_with<R>(
+        &self,
+        cache: &mut InputsCache,
+        sql: &str,
+        memo: Memo<'_>,
+        f: impl Fn(&Analysis) -> R,
+    ) -> R {
+        self.analyze_in_with(cache.0.load(), sql, memo, f)
+    }
+
     fn analyze_in(&self, inputs: &Inputs, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
         let memo = match memo {
-            Memo::None => return self.analyze_last(inputs, sql, None),
-            Memo::Last(last) => return self.analyze_last(inputs, sql, Some(last)),
+            Memo::None => return self.analyze_last(inputs, sql, None, Arc::clone),
+            Memo::Last(last) => return self.analyze_last(inputs, sql, Some(last), Arc::clone),
             Memo::Statement(m) => m,
         };
         if let Ok(m) = memo.0.lock()
@@ -442,23 +458,40 @@ impl Classifier {
         {
             return a.clone();
         }
-        let a = self.analyze_last(inputs, sql, None);
+        let a = self.analyze_last(inputs, sql, None, Arc::clone);
         if let Ok(mut m) = memo.0.lock() {
             *m = Some((inputs.epoch, a.clone()));
         }
         a
     }
 
-    /// The analysis of `sql` at `inputs`, trying `last` (the session's last
-    /// text) first and making the cache's entry for `sql` the new `last`.
-    fn analyze_last(
+    /// [`Self::analyze_in`], the analysis lent to `f`.
+    fn analyze_in_with<R>(
+        &self,
+        inputs: &Inputs,
+        sql: &str,
+        memo: Memo<'_>,
+        f: impl Fn(&Analysis) -> R,
+    ) -> R {
+        match memo {
+            Memo::None => self.analyze_last(inputs, sql, None, |a| f(a)),
+            Memo::Last(last) => self.analyze_last(inputs, sql, Some(last), |a| f(a)),
+            Memo::Statement(_) => f(&self.analyze_in(inputs, sql, memo)),
+        }
+    }
+
+    /// `f` of the analysis of `sql` at `inputs`, trying `last` (the
+    /// session's last text) first and making the cache's entry for `sql`
+    /// the new `last`.
+    fn analyze_last<R>(
         &self,
         inputs: &Inputs,
         sql: &str,
         mut last: Option<&mut LastAnalysis>,
-    ) -> Arc<Analysis> {
+        f: impl Fn(&Arc<Analysis>) -> R,
+    ) -> R {
         if let Some(e) = last.as_mut().and_then(|l| l.find(sql, inputs.epoch)) {
-            return e.analysis.clone();
+            return f(&e.analysis);
         }
         let key = self.cache.key(sql);
         let hit = self.cache.lookup(key, sql, inputs.epoch, |e| {
@@ -467,18 +500,19 @@ impl Classifier {
             {
                 last.keep(e);
             }
-            e.analysis.clone()
+            f(&e.analysis)
         });
-        if let Some(a) = hit {
-            return a;
+        if let Some(r) = hit {
+            return r;
         }
         let a = Arc::new(analyze(sql, &inputs.catalog, &inputs.extra));
+        let r = f(&a);
         // The low bits pick the slot (the shard uses the top ones).
         let slot = &self.seen[key as usize & (SEEN_SLOTS - 1)];
         if slot.swap(key, Ordering::Relaxed) == key {
-            self.cache.insert_keyed(key, sql, inputs.epoch, a.clone());
+            self.cache.insert_keyed(key, sql, inputs.epoch, a);
         }
-        a
+        r
     }
 
     /// What `sql` does to its server connection: none when the text holds

@@ -515,13 +515,21 @@ impl RouterView {
             .analyze_cached(&mut self.inputs, sql, memo, Some(names))
     }
 
-    /// The analysis of a statement inside a transaction that [`Self::analyze`]
-    /// routed (its `read_only_functions` are in place).
-    pub fn analyze_in_transaction(&mut self, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+    /// `f` of the analysis of a statement inside a transaction that
+    /// [`Self::analyze`] routed (its `read_only_functions` are in place).
+    /// The analysis is lent, not handed out: this is every statement of a
+    /// transaction on the primary, and a reference count taken and given
+    /// back is two atomic read-modify-writes.
+    pub fn analyze_in_transaction<R>(
+        &mut self,
+        sql: &str,
+        memo: Memo<'_>,
+        f: impl Fn(&Analysis) -> R,
+    ) -> R {
         self.router
             .shared
             .classifier
-            .analyze_cached(&mut self.inputs, sql, memo, None)
+            .analyze_cached_with(&mut self.inputs, sql, memo, f)
     }
 
     /// [`Router::route`] on the latest health snapshot, which it returns
@@ -976,8 +984,8 @@ mod tests {
             0,
             "the transaction's config's read_only_functions"
         );
-        let in_txn = view.analyze_in_transaction("SELECT calc2()", Memo::None);
-        assert!(!in_txn.writes, "kept for the transaction's statements");
+        let writes = view.analyze_in_transaction("SELECT calc2()", Memo::None, |a| a.writes);
+        assert!(!writes, "kept for the transaction's statements");
 
         view.refresh();
         assert!(Arc::ptr_eq(view.health(), &r.health()));

@@ -20,6 +20,25 @@ use crate::server::{PoolKey, PooledConn, ServerPool};
 
 use super::*;
 
+/// What a statement inside an attached transaction needs of its
+/// analysis, copied out of it (the analysis is lent: no reference count).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InTransaction {
+    pub(super) writes: bool,
+    pub(super) server: ServerEffects,
+    pub(super) names_lagrouter: bool,
+}
+
+impl InTransaction {
+    fn of(a: &Analysis) -> InTransaction {
+        InTransaction {
+            writes: a.writes,
+            server: a.server,
+            names_lagrouter: a.names_lagrouter,
+        }
+    }
+}
+
 impl<S: ClientStream> Session<S> {
     /// [`Self::attach`] when a server is attached already: no routing and
     /// nothing to wait for, so the hot path (every message inside a
@@ -38,7 +57,7 @@ impl<S: ClientStream> Session<S> {
         memo: Option<&AnalysisMemo>,
     ) -> Option<Option<ServerEffects>> {
         let analysis = self.attached_analysis(sql, memo)?;
-        Some(analysis.map(|a| self.runs_in_transaction(&a)))
+        Some(analysis.map(|a| self.runs_in_transaction(a)))
     }
 
     /// [`Self::attached`] without acting on the analysis: `Some(None)`
@@ -49,7 +68,7 @@ impl<S: ClientStream> Session<S> {
         &mut self,
         sql: &str,
         memo: Option<&AnalysisMemo>,
-    ) -> Option<Option<Arc<Analysis>>> {
+    ) -> Option<Option<InTransaction>> {
         self.server.as_ref()?;
         if self.txn != Txn::Primary || sql.is_empty() {
             return Some(None);
@@ -58,14 +77,18 @@ impl<S: ClientStream> Session<S> {
             Some(m) => Memo::Statement(m),
             None => Memo::Last(&mut self.last_in_txn),
         };
-        Some(Some(self.view.analyze_in_transaction(sql, memo)))
+        Some(Some(self.view.analyze_in_transaction(
+            sql,
+            memo,
+            InTransaction::of,
+        )))
     }
 
     /// A statement of the attached transaction analyzed as `analysis` goes
     /// to the server: one that may write makes the transaction a write.
     /// What it does to the connection.
     #[inline]
-    pub(super) fn runs_in_transaction(&mut self, analysis: &Analysis) -> ServerEffects {
+    pub(super) fn runs_in_transaction(&mut self, analysis: InTransaction) -> ServerEffects {
         if analysis.writes {
             self.txn = Txn::Write;
         }

@@ -116,7 +116,7 @@ impl<S: ClientStream> Session<S> {
         {
             return None;
         }
-        Some(analysis.map(|a| self.runs_in_transaction(&a)))
+        Some(analysis.map(|a| self.runs_in_transaction(a)))
     }
 
     /// Decodes one client message (a malformed one ends the session) and
