@@ -27,7 +27,7 @@ use super::statements::Statements;
 use crate::admin::registry::{ClientEntry, IdleEvent};
 use crate::auth::UserAuth;
 use crate::cancel::CancelKey;
-use crate::listener::Shared;
+use crate::listener::{ProxyStats, Shared};
 use crate::protocol::batch::BatchScan;
 use crate::protocol::expect::Expect;
 use crate::protocol::frame::peek_header;
@@ -55,6 +55,54 @@ const BATCH_LOOKAHEAD_LIMIT: usize = 1024 * 1024;
 /// Asks the primary, after a writing transaction, for a position at or past
 /// its commit record (the insert position covers commits whose WAL is not
 /// flushed yet, as with synchronous_commit = off).
+/// Forwarded bytes a session counts before it adds them to the proxy's
+/// counters, at the latest (see [`Unreported`]).
+const REPORT_BYTES_EVERY: u64 = 64 * 1024;
+
+/// Bytes a session forwarded and has not added to the proxy's counters
+/// yet. They are added when a transaction ends, when the session ends,
+/// and when either count passes [`REPORT_BYTES_EVERY`]; an atomic add on
+/// a counter every session shares, twice per statement, cost more than the
+/// rest of the bookkeeping of a statement inside a transaction.
+#[derive(Debug, Default)]
+pub(super) struct Unreported {
+    to_clients: u64,
+    to_servers: u64,
+}
+
+impl Unreported {
+    #[inline]
+    pub(super) fn sent_to_clients(&mut self, n: usize, stats: &ProxyStats) {
+        self.to_clients += n as u64;
+        if self.to_clients >= REPORT_BYTES_EVERY {
+            self.report(stats);
+        }
+    }
+
+    #[inline]
+    pub(super) fn sent_to_servers(&mut self, n: usize, stats: &ProxyStats) {
+        self.to_servers += n as u64;
+        if self.to_servers >= REPORT_BYTES_EVERY {
+            self.report(stats);
+        }
+    }
+
+    /// Adds the counts to `stats`.
+    pub(super) fn report(&mut self, stats: &ProxyStats) {
+        if self.to_clients != 0 {
+            stats
+                .bytes_to_clients
+                .fetch_add(self.to_clients, Ordering::Relaxed);
+        }
+        if self.to_servers != 0 {
+            stats
+                .bytes_to_servers
+                .fetch_add(self.to_servers, Ordering::Relaxed);
+        }
+        *self = Unreported::default();
+    }
+}
+
 const COMMIT_LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
 
 /// Why a session ended.
@@ -158,6 +206,8 @@ pub struct Session<S> {
     /// apart, so a transaction's first statement and its body do not
     /// replace each other at every transaction.
     last_in_txn: LastAnalysis,
+    /// Bytes forwarded since the counters were last told.
+    unreported: Unreported,
 }
 
 impl<S: ClientStream> Session<S> {
@@ -215,6 +265,7 @@ impl<S: ClientStream> Session<S> {
             frame_buf: BytesMut::new(),
             last_routed: LastAnalysis::default(),
             last_in_txn: LastAnalysis::default(),
+            unreported: Unreported::default(),
         }
     }
 
@@ -503,10 +554,8 @@ impl<S: ClientStream> Session<S> {
                 .await
             }
         };
-        self.shared
-            .stats
-            .bytes_to_clients
-            .fetch_add(self.to_client.len() as u64, Ordering::Relaxed);
+        self.unreported
+            .sent_to_clients(self.to_client.len(), &self.shared.stats);
         self.to_client.clear();
         if self.to_client.capacity() > READ_AHEAD_LIMIT * 2 {
             self.to_client = BytesMut::with_capacity(READ_CHUNK);
@@ -564,5 +613,35 @@ async fn idle_event(entry: Option<&ClientEntry>) -> IdleEvent {
     match entry {
         Some(e) => e.idle_event().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreported_bytes_reach_the_counters_past_the_limit_and_when_reported() {
+        let stats = ProxyStats::default();
+        let mut u = Unreported::default();
+        let counts = |s: &ProxyStats| {
+            (
+                s.bytes_to_clients.load(Ordering::Relaxed),
+                s.bytes_to_servers.load(Ordering::Relaxed),
+            )
+        };
+        u.sent_to_clients(100, &stats);
+        u.sent_to_servers(50, &stats);
+        assert_eq!(counts(&stats), (0, 0), "held below the limit");
+        u.sent_to_clients(REPORT_BYTES_EVERY as usize, &stats);
+        assert_eq!(
+            counts(&stats),
+            (100 + REPORT_BYTES_EVERY, 50),
+            "past the limit: both counts go"
+        );
+        u.sent_to_servers(7, &stats);
+        u.report(&stats);
+        u.report(&stats);
+        assert_eq!(counts(&stats), (100 + REPORT_BYTES_EVERY, 57), "once each");
     }
 }

@@ -46,10 +46,7 @@ impl<S: ClientStream> Session<S> {
             return Ok(false);
         }
         let (done, err) = write_now_all(&mut conn.stream, &self.to_server);
-        self.shared
-            .stats
-            .bytes_to_servers
-            .fetch_add(done as u64, Ordering::Relaxed);
+        self.unreported.sent_to_servers(done, &self.shared.stats);
         if let Some(e) = err {
             return Err(e.to_string());
         }
@@ -128,10 +125,7 @@ impl<S: ClientStream> Session<S> {
                 }
             }
         }
-        self.shared
-            .stats
-            .bytes_to_servers
-            .fetch_add(pos as u64, Ordering::Relaxed);
+        self.unreported.sent_to_servers(pos, &self.shared.stats);
         self.to_server.clear();
         match lost {
             Some(detail) => Err(self.server_lost(detail).await),
@@ -170,6 +164,7 @@ impl<S: ClientStream> Session<S> {
             params,
             server_stream,
             txn,
+            unreported,
             ..
         } = self;
         let conn = server.as_mut().expect("attached").conn();
@@ -305,10 +300,7 @@ impl<S: ClientStream> Session<S> {
             let out = &conn.read_buf[span..pos];
             // A client's error ends the session whatever it says.
             let (done, _) = write_now_all(client, out);
-            shared
-                .stats
-                .bytes_to_clients
-                .fetch_add(done as u64, Ordering::Relaxed);
+            unreported.sent_to_clients(done, &shared.stats);
             to_client.extend_from_slice(&out[done..]);
             conn.read_buf.advance(pos);
         } else {
@@ -413,6 +405,7 @@ impl<S: ClientStream> Session<S> {
             Txn::Other | Txn::Primary | Txn::Replica => {}
         }
         self.local.end_transaction();
+        self.unreported.report(&self.shared.stats);
         if self.config.pool.mode == PoolMode::Session {
             // The connection stays, on the primary: the next transaction
             // may write, so its commit LSN is asked once a statement does.
@@ -444,6 +437,7 @@ impl<S: ClientStream> Session<S> {
     /// Ends the session: a clean server connection goes back to the pool, a
     /// dirty one (mid-transaction, or carrying pinned session state) is closed.
     pub(super) fn finish(&mut self) {
+        self.unreported.report(&self.shared.stats);
         if self.pinned {
             self.shared
                 .stats
