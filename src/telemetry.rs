@@ -64,13 +64,11 @@ fn export_once(shared: &Shared) {
         server_connections += open;
         gauge!("lagrouter_pool_size", &labels).set(p.size() as f64);
         gauge!("lagrouter_pool_open_connections", &labels).set(open as f64);
-        gauge!("lagrouter_pool_in_use_connections", &labels)
-            .set(s.in_use.load(Ordering::Relaxed) as f64);
+        gauge!("lagrouter_pool_in_use_connections", &labels).set(p.in_use() as f64);
         gauge!("lagrouter_pool_idle_connections", &labels).set(p.idle_count() as f64);
         gauge!("lagrouter_pool_waiting_clients", &labels)
             .set(s.waiting.load(Ordering::Relaxed) as f64);
-        counter!("lagrouter_pool_checkouts_total", &labels)
-            .absolute(s.checkouts.load(Ordering::Relaxed) as u64);
+        counter!("lagrouter_pool_checkouts_total", &labels).absolute(p.checkouts() as u64);
         counter!("lagrouter_pool_checkout_timeouts_total", &labels)
             .absolute(s.timeouts.load(Ordering::Relaxed) as u64);
     }

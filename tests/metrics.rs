@@ -80,6 +80,16 @@ async fn metrics_move_with_traffic_and_with_injected_lag() {
         sum(&after, "lagrouter_pool_checkouts_total", &[]) >= 50.0,
         "pool counters:\n{after}"
     );
+    // The client is idle between transactions: every connection is back.
+    assert_eq!(
+        sum(&after, "lagrouter_pool_in_use_connections", &[]),
+        0.0,
+        "in use while idle:\n{after}"
+    );
+    assert!(
+        sum(&after, "lagrouter_pool_idle_connections", &[]) >= 1.0,
+        "idle connections:\n{after}"
+    );
     assert!(
         after.contains("lagrouter_pool_size{"),
         "pool size:\n{after}"

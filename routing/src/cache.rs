@@ -249,6 +249,7 @@ impl LastAnalysis {
     /// The kept entry that answers for `sql` at `epoch`: the one that
     /// answered last is asked first (a shape often comes several times in
     /// a row), then the others.
+    #[inline]
     fn find(&mut self, sql: &str, epoch: u64) -> Option<&Entry> {
         let first = self.last_hit;
         let at = std::iter::once(first)

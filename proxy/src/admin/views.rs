@@ -138,10 +138,10 @@ fn pools(shared: &Shared) -> Table {
             s(&p.key.database),
             s(p.size()),
             s(st.open.load(Ordering::Relaxed)),
-            s(st.in_use.load(Ordering::Relaxed)),
+            s(p.in_use()),
             s(p.idle_count()),
             s(st.waiting.load(Ordering::Relaxed)),
-            s(st.checkouts.load(Ordering::Relaxed)),
+            s(p.checkouts()),
             s(st.timeouts.load(Ordering::Relaxed)),
         ]);
     }
@@ -211,7 +211,7 @@ fn servers(shared: &Shared) -> Table {
             s(&p.key.user),
             s(&p.key.database),
             s(p.stats.open.load(Ordering::Relaxed)),
-            s(p.stats.in_use.load(Ordering::Relaxed)),
+            s(p.in_use()),
             s(p.idle_count()),
         ]);
     }
@@ -244,7 +244,10 @@ fn stats(shared: &Shared) -> Table {
         "server_connections",
         sum(|s| s.open.load(Ordering::Relaxed)),
     );
-    t.kv("checkouts", sum(|s| s.checkouts.load(Ordering::Relaxed)));
+    t.kv(
+        "checkouts",
+        pools.iter().map(|p| p.checkouts()).sum::<usize>(),
+    );
     t.kv(
         "checkout_timeouts",
         sum(|s| s.timeouts.load(Ordering::Relaxed)),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use lagrouter_config::PoolConfig;
 use lagrouter_health::{NodeTraffic, Timers, Traffic};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{NodeAddr, ServerConn};
 use crate::admin::registry::NodeCounts;
@@ -30,26 +30,40 @@ pub struct PoolKey {
     pub database: Arc<str>,
 }
 
-/// Gauges a pool keeps for metrics and the admin console.
+/// Gauges a pool keeps for metrics and the admin console. Connections in
+/// use and checkouts are counted under the idle list's lock
+/// ([`ServerPool::in_use`], [`ServerPool::checkouts`]): every checkout and
+/// return takes it anyway.
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub open: AtomicUsize,
-    pub in_use: AtomicUsize,
     pub waiting: AtomicUsize,
-    pub checkouts: AtomicUsize,
     pub timeouts: AtomicUsize,
+}
+
+/// What the pool's lock guards: the idle connections, newest last, and the
+/// counts that change with them.
+#[derive(Default)]
+struct Idle {
+    /// Boxed: a connection moves in and out of here, and through the
+    /// session, on every transaction; a pointer moves cheaper than the
+    /// struct (measured: 6% of the proxy's instructions per select-only
+    /// transaction).
+    #[allow(clippy::vec_box)]
+    conns: Vec<Box<ServerConn>>,
+    in_use: usize,
+    checkouts: usize,
 }
 
 /// The server connections of one (node, user, database).
 pub struct ServerPool {
     pub key: PoolKey,
     pub node: Arc<NodeAddr>,
-    /// Boxed: a connection moves in and out of here, and through the
-    /// session, on every transaction; a pointer moves cheaper than the
-    /// struct (measured: 6% of the proxy's instructions per select-only
-    /// transaction).
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<ServerConn>>>,
+    idle: Mutex<Idle>,
+    /// One per connection out or being opened. Taken and given back
+    /// without an `OwnedSemaphorePermit` (whose `Arc` of the semaphore is
+    /// two more atomic operations per transaction): [`Permit`] and
+    /// [`PooledConn`] give theirs back when dropped.
     permits: Arc<Semaphore>,
     size: AtomicUsize,
     pub stats: PoolStats,
@@ -131,7 +145,7 @@ impl ServerPool {
             node,
             counts,
             traffic,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
             last_connect_warning: Mutex::new(None),
             refused: Mutex::new(None),
             any_refused: AtomicBool::new(false),
@@ -153,7 +167,24 @@ impl ServerPool {
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.idle.lock().map(|v| v.conns.len()).unwrap_or(0)
+    }
+
+    /// Connections checked out now.
+    pub fn in_use(&self) -> usize {
+        self.idle.lock().map(|v| v.in_use).unwrap_or(0)
+    }
+
+    /// Checkouts since the pool was made (not the waits that timed out).
+    pub fn checkouts(&self) -> usize {
+        self.idle.lock().map(|v| v.checkouts).unwrap_or(0)
+    }
+
+    /// Runs `f` on the idle list and its counts, poisoned or not: the
+    /// counts are plain numbers, never left half-changed.
+    #[inline]
+    fn with_idle<R>(&self, f: impl FnOnce(&mut Idle) -> R) -> R {
+        f(&mut self.idle.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Changes the size live: grows at once, shrinks as connections return.
@@ -181,20 +212,37 @@ impl ServerPool {
         login: &ServerLogin,
         now: Instant,
     ) -> Result<PooledConn, ProxyError> {
-        let (permit, now) = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => (p, now),
-            Err(_) => (self.wait_permit(cfg).await?, Instant::now()),
+        let now = match self.permits.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                now
+            }
+            Err(_) => {
+                self.wait_permit(cfg).await?;
+                Instant::now()
+            }
         };
-        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let permit = Permit(&self.permits);
+        let mut first = true;
         loop {
-            let conn = self.idle.lock().ok().and_then(|mut v| take_idle(&mut v));
-            let Some((mut conn, on_loop)) = conn else {
+            let taken = self.with_idle(|idle| {
+                if std::mem::take(&mut first) {
+                    idle.checkouts += 1;
+                }
+                let taken = take_idle(&mut idle.conns);
+                if taken.is_some() {
+                    idle.in_use += 1;
+                }
+                taken
+            });
+            let Some((mut conn, on_loop)) = taken else {
                 break;
             };
             let idle_for = now.saturating_duration_since(conn.last_used);
             // Probing costs a syscall: only for connections idle long enough
             // that the server (or a middlebox) may have closed them.
             if idle_for > cfg.idle_timeout || (idle_for > PROBE_AFTER_IDLE && !conn.looks_alive()) {
+                self.with_idle(|idle| idle.in_use -= 1);
                 self.stats.open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
@@ -204,11 +252,10 @@ impl ServerPool {
             if !on_loop {
                 conn.stream.adopt();
             }
-            self.stats.in_use.fetch_add(1, Ordering::Relaxed);
             self.traffic.started();
+            std::mem::forget(permit);
             return Ok(PooledConn {
                 conn: Some(conn),
-                _permit: permit,
                 pool: self.clone(),
             });
         }
@@ -240,11 +287,11 @@ impl ServerPool {
             self.any_refused.store(false, Ordering::Relaxed);
         }
         self.stats.open.fetch_add(1, Ordering::Relaxed);
-        self.stats.in_use.fetch_add(1, Ordering::Relaxed);
+        self.with_idle(|idle| idle.in_use += 1);
         self.traffic.started();
+        std::mem::forget(permit);
         Ok(PooledConn {
             conn: Some(Box::new(conn)),
-            _permit: permit,
             pool: self.clone(),
         })
     }
@@ -278,7 +325,9 @@ impl ServerPool {
         tracing::warn!(pool = %self.label(), "cannot open a server connection: {e}");
     }
 
-    async fn wait_permit(&self, cfg: &PoolConfig) -> Result<OwnedSemaphorePermit, ProxyError> {
+    /// Waits for a permit and keeps it (forgotten: the caller gives it
+    /// back).
+    async fn wait_permit(&self, cfg: &PoolConfig) -> Result<(), ProxyError> {
         let waiting = self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let _guard = Decrement(&self.stats.waiting);
         if waiting >= cfg.max_waiters {
@@ -288,13 +337,16 @@ impl ServerPool {
             });
         }
         let started = Instant::now();
-        let permit = self.permits.clone().acquire_owned();
+        let permit = self.permits.acquire();
         let got = self.timers.timeout(cfg.checkout_timeout, permit).await;
         // Only checkouts that had to wait are timed: the fast path stays
         // free of metrics work.
         self.checkout_wait.record(started.elapsed().as_secs_f64());
         match got {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => {
+                p.forget();
+                Ok(())
+            }
             _ => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(ProxyError::CheckoutTimeout {
@@ -308,9 +360,21 @@ impl ServerPool {
 
     fn give_back(&self, mut conn: Box<ServerConn>) {
         conn.last_used = crate::rt::now();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
+        self.with_idle(|idle| {
+            idle.in_use -= 1;
+            idle.conns.push(conn);
+        });
+    }
+}
+
+/// A permit taken and not yet in a [`PooledConn`]: given back if the
+/// checkout fails or is dropped (the client left while it waited for a
+/// connect).
+struct Permit<'a>(&'a Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }
 
@@ -321,11 +385,12 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// A checked-out connection. [`PooledConn::release`] returns it; dropping
-/// it otherwise closes the connection (a dirty connection never returns).
+/// A checked-out connection, holding one of its pool's permits.
+/// [`PooledConn::release`] returns it; dropping it otherwise closes the
+/// connection (a dirty connection never returns). Either way the permit
+/// goes back when it is dropped.
 pub struct PooledConn {
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
     pool: Arc<ServerPool>,
 }
 
@@ -354,7 +419,6 @@ impl PooledConn {
     /// Returns a clean, idle connection to the pool.
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
-            self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
             self.pool.traffic.ended();
             self.pool.give_back(c);
         }
@@ -364,10 +428,13 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
-            self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+            self.pool.with_idle(|idle| idle.in_use -= 1);
             self.pool.traffic.ended();
             self.pool.stats.open.fetch_sub(1, Ordering::Relaxed);
         }
+        // After the connection is back (or closed): a waiter woken by the
+        // permit finds it idle.
+        self.pool.permits.add_permits(1);
     }
 }
 
@@ -425,12 +492,12 @@ impl Pools {
         let now = Instant::now();
         let mut closed = 0;
         for pool in self.all() {
-            let Ok(mut idle) = pool.idle.lock() else {
-                continue;
-            };
-            let before = idle.len();
-            idle.retain(|c| now.saturating_duration_since(c.last_used) <= idle_timeout);
-            let n = before - idle.len();
+            let n = pool.with_idle(|idle| {
+                let before = idle.conns.len();
+                idle.conns
+                    .retain(|c| now.saturating_duration_since(c.last_used) <= idle_timeout);
+                before - idle.conns.len()
+            });
             pool.stats.open.fetch_sub(n, Ordering::Relaxed);
             closed += n;
         }
@@ -443,7 +510,7 @@ impl Pools {
         pools
             .iter()
             .find(|(k, _)| &*k.node == node && &*k.user == user && &*k.database == database)
-            .map_or(0, |(_, p)| p.stats.in_use.load(Ordering::Relaxed))
+            .map_or(0, |(_, p)| p.in_use())
     }
 
     /// Every pool, for metrics and the admin console.
@@ -466,6 +533,11 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        pool_at(port)
+    }
+
+    /// A pool of size 2 of a node at `port` on loopback.
+    fn pool_at(port: u16) -> Arc<ServerPool> {
         let node = Arc::new(NodeAddr {
             name: "replica9".into(),
             host: "127.0.0.1".into(),
@@ -508,5 +580,21 @@ mod tests {
         );
         // The failed connect gave its permit back.
         assert_eq!(pool.permits.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_checkout_dropped_while_it_connects_gives_its_permit_back() {
+        // Accepts (the backlog does) and never answers the startup.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let pool = pool_at(silent.local_addr().expect("its address").port());
+        let login = ServerLogin::Password("p".into());
+        let cfg = PoolConfig::default();
+        let checkout = pool.checkout(&cfg, &login, Instant::now());
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), checkout).await;
+        assert!(waited.is_err(), "the login never finishes");
+        assert_eq!(pool.permits.available_permits(), 2, "the permit is back");
+        assert_eq!(pool.checkouts(), 1);
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(pool.stats.open.load(Ordering::Relaxed), 0);
     }
 }
