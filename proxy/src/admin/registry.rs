@@ -58,7 +58,10 @@ impl ClientInfo {
         self.abandon.store(0, Ordering::Relaxed);
         self.attached
             .store(node.saturating_add(1), Ordering::Relaxed);
-        self.transactions.fetch_add(1, Ordering::Relaxed);
+        // Only the client's own session writes it: a load and a store,
+        // not a read-modify-write (readers see one value or the next).
+        let t = self.transactions.load(Ordering::Relaxed);
+        self.transactions.store(t + 1, Ordering::Relaxed);
     }
 
     /// The server connection went back to the pool.

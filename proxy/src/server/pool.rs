@@ -205,9 +205,11 @@ impl ServerPool {
 
     /// Takes a connection, waiting at most `cfg.checkout_timeout`. `now` is
     /// the caller's clock reading (one less per transaction), retaken after
-    /// a wait.
+    /// a wait. The pool's `Arc` moves into the connection (it is there
+    /// for the caller, [`PooledConn::pool`]): no count taken and given
+    /// back per transaction.
     pub async fn checkout(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         cfg: &PoolConfig,
         login: &ServerLogin,
         now: Instant,
@@ -256,7 +258,7 @@ impl ServerPool {
             std::mem::forget(permit);
             return Ok(PooledConn {
                 conn: Some(conn),
-                pool: self.clone(),
+                pool: self,
             });
         }
         // Boxed: connecting (TCP, TLS, authentication) is rare and its
@@ -292,7 +294,7 @@ impl ServerPool {
         std::mem::forget(permit);
         Ok(PooledConn {
             conn: Some(Box::new(conn)),
-            pool: self.clone(),
+            pool: self,
         })
     }
 
@@ -398,6 +400,11 @@ impl PooledConn {
     /// The connection.
     pub fn conn(&mut self) -> &mut ServerConn {
         self.conn.as_mut().expect("present until released")
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self.pool
     }
 
     /// Read-only access.
@@ -565,7 +572,11 @@ mod tests {
         let now = Instant::now();
         assert!(pool.refused_recently(now).is_none(), "nothing failed yet");
         let login = ServerLogin::Password("p".into());
-        let err = match pool.checkout(&PoolConfig::default(), &login, now).await {
+        let err = match pool
+            .clone()
+            .checkout(&PoolConfig::default(), &login, now)
+            .await
+        {
             Err(e) => e,
             Ok(_) => panic!("connected to a closed port"),
         };
@@ -589,7 +600,7 @@ mod tests {
         let pool = pool_at(silent.local_addr().expect("its address").port());
         let login = ServerLogin::Password("p".into());
         let cfg = PoolConfig::default();
-        let checkout = pool.checkout(&cfg, &login, Instant::now());
+        let checkout = pool.clone().checkout(&cfg, &login, Instant::now());
         let waited = tokio::time::timeout(std::time::Duration::from_millis(300), checkout).await;
         assert!(waited.is_err(), "the login never finishes");
         assert_eq!(pool.permits.available_permits(), 2, "the permit is back");

@@ -116,7 +116,6 @@ impl<S: ClientStream> Session<S> {
         }
         let batch = frame.and_then(|_| self.batch_text(sql));
         let text = batch.as_deref().unwrap_or(sql);
-        let shared = self.shared.clone();
         // A batch's joined text is analyzed as a whole, with no memo (a
         // statement's is of `sql` alone; a session's last text is of one
         // statement, as is most traffic).
@@ -133,7 +132,8 @@ impl<S: ClientStream> Session<S> {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
             let (user, database) = (self.user.name.as_str(), &*self.database);
-            let in_use = |node: &str| shared.pools.in_use(node, user, database);
+            let pools = &self.shared.pools;
+            let in_use = |node: &str| pools.in_use(node, user, database);
             let (routed, snap) = self.view.route(
                 &self.config,
                 &mut self.routing,
@@ -144,7 +144,7 @@ impl<S: ClientStream> Session<S> {
             );
             let pool = match &routed {
                 Ok(d) if d.catch_up.is_none() => Some(self.pools.find(
-                    &shared,
+                    &self.shared,
                     &self.config,
                     &self.user,
                     &self.database,
@@ -160,14 +160,15 @@ impl<S: ClientStream> Session<S> {
             && let Some(cu) = d.catch_up
         {
             caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
-            routed = shared
+            routed = self
+                .shared
                 .router
                 .catch_up_done(d, caught_up.is_some(), Instant::now());
         }
         let decision = match routed {
             Ok(d) => d,
             Err(e) => {
-                shared.route_counters.refused(e.label());
+                self.shared.route_counters.refused(e.label());
                 return Err(e.into());
             }
         };
@@ -175,8 +176,8 @@ impl<S: ClientStream> Session<S> {
             Some(found) => found?,
             None => self.pool_for(decision.node)?,
         };
-        let (decision, pool, mut pc) = match caught_up {
-            Some(pc) if !decision.primary => (decision, pool, pc),
+        let (decision, mut pc) = match caught_up {
+            Some(pc) if !decision.primary => (decision, pc),
             _ => {
                 // A replica that refused a moment ago is not asked again.
                 let refused = (!decision.primary)
@@ -190,12 +191,13 @@ impl<S: ClientStream> Session<S> {
                     }
                 };
                 match got {
-                    Ok(pc) => (decision, pool, pc),
+                    Ok(pc) => (decision, pc),
                     Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
                 }
             }
         };
-        pool.counts
+        pc.pool()
+            .counts
             .record(decision.primary, decision.write, decision.reason);
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
@@ -240,7 +242,7 @@ impl<S: ClientStream> Session<S> {
         &mut self,
         decision: &RouteDecision,
         failed: ProxyError,
-    ) -> Result<(RouteDecision, Arc<ServerPool>, PooledConn), ProxyError> {
+    ) -> Result<(RouteDecision, PooledConn), ProxyError> {
         if !matches!(
             failed,
             ProxyError::NodeConnect { .. }
@@ -259,11 +261,11 @@ impl<S: ClientStream> Session<S> {
             }
         };
         tracing::debug!(%failed, "a replica read goes to the primary instead");
-        let pool = self.pool_for(fallback.node)?;
-        let pc = pool
+        let pc = self
+            .pool_for(fallback.node)?
             .checkout(&self.config.pool, &self.user.server_login, Instant::now())
             .await?;
-        Ok((fallback, pool, pc))
+        Ok((fallback, pc))
     }
 
     /// Waits, up to `routing.read_your_writes_wait`, for `replica` to replay
