@@ -48,23 +48,23 @@ pub struct CancelKey {
     pub secret: i32,
     pub slot: Arc<CancelSlot>,
     registry: Arc<CancelRegistry>,
-    /// What the session last put in the slot's `target` (only the session
-    /// writes it), compared without the lock.
-    current: Option<Arc<CancelTarget>>,
+    /// The address of what the session last put in the slot's `target`
+    /// (0: nothing), compared without the lock. An address, not a second
+    /// reference: only the session writes `target`, so the allocation at
+    /// this address is the one the slot holds, alive and not reused, and
+    /// an equal address is the same target. (A reference would cost a
+    /// count taken and one given back at every change of connection.)
+    current: usize,
 }
 
 impl CancelKey {
     /// The client now runs on the connection of `target`.
     pub fn attach(&mut self, target: &Arc<CancelTarget>) {
-        if !self
-            .current
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, target))
-        {
-            if let Ok(mut t) = self.slot.target.lock() {
-                *t = Some(target.clone());
-            }
-            self.current = Some(target.clone());
+        let at = Arc::as_ptr(target) as usize;
+        if self.current != at {
+            let mut t = self.slot.target.lock().unwrap_or_else(|p| p.into_inner());
+            *t = Some(target.clone());
+            self.current = at;
         }
         self.slot.attached.store(true, Ordering::Release);
     }
@@ -105,7 +105,7 @@ impl CancelRegistry {
                 secret,
                 slot,
                 registry: self.clone(),
-                current: None,
+                current: 0,
             };
         }
     }
