@@ -52,9 +52,7 @@ const COPIED_FRAME: usize = 8 * 1024;
 /// on what is buffered (a write among them still goes to the primary if it
 /// is in the buffer; see `batch_text`).
 const BATCH_LOOKAHEAD_LIMIT: usize = 1024 * 1024;
-/// Asks the primary, after a writing transaction, for a position at or past
-/// its commit record (the insert position covers commits whose WAL is not
-/// flushed yet, as with synchronous_commit = off).
+
 /// Forwarded bytes a session counts before it adds them to the proxy's
 /// counters, at the latest (see [`Unreported`]).
 const REPORT_BYTES_EVERY: u64 = 64 * 1024;
@@ -103,6 +101,9 @@ impl Unreported {
     }
 }
 
+/// Asks the primary, after a writing transaction, for a position at or past
+/// its commit record (the insert position covers commits whose WAL is not
+/// flushed yet, as with synchronous_commit = off).
 const COMMIT_LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
 
 /// Why a session ended.
