@@ -9,8 +9,8 @@
 mod common;
 
 use common::{
-    Combo, CpuTimes, HostTicks, Mark, Pgbench, Progress, Run, Window, parse_tsv, progress_line,
-    round_order, round_ratios, spread, tsv_text,
+    Combo, CpuTimes, HostTicks, Mark, Pgbench, Progress, Run, Window, median_interval, parse_tsv,
+    progress_line, round_order, round_ratios, spread, tsv_text,
 };
 
 #[test]
@@ -311,4 +311,31 @@ fn round_ratios_pair_runs_of_one_round_of_one_file() {
     // Another mode's runs are not this one's.
     let other: Combo = ("select", "extended".into());
     assert!(round_ratios(&runs, &other, "lagrouter", "pgbouncer").is_empty());
+}
+
+#[test]
+fn the_median_interval_is_the_order_statistics_that_hold_95_percent() {
+    let v = |n: usize| (1..=n).map(|i| i as f64).collect::<Vec<f64>>();
+    // Under six values even the range holds the median with less than 95%.
+    assert_eq!(median_interval(&v(5)), None);
+    // Six to eight: the range (n = 6: 1 - 2/64 = 96.9%).
+    assert_eq!(median_interval(&v(6)), Some((1.0, 6.0)));
+    assert_eq!(median_interval(&v(8)), Some((1.0, 8.0)));
+    // Nine: P(B <= 1) = 10/512 = 1.95%, P(B <= 2) = 46/512 = 9.0%.
+    assert_eq!(median_interval(&v(9)), Some((2.0, 8.0)));
+    // Twelve: P(B <= 2) = 79/4096 = 1.9%, P(B <= 3) = 299/4096 = 7.3%.
+    assert_eq!(median_interval(&v(12)), Some((3.0, 10.0)));
+    // A hundred: the usual table gives the 40th and 61st values.
+    assert_eq!(median_interval(&v(100)), Some((40.0, 61.0)));
+    // Order does not matter.
+    let mut r = v(12);
+    r.reverse();
+    assert_eq!(median_interval(&r), Some((3.0, 10.0)));
+    assert_eq!(median_interval(&v(1001)), None);
+    // spread shows the interval only where it is narrower than the range.
+    let eight: Vec<f64> = v(8).iter().map(|x| x / 10.0).collect();
+    assert_eq!(spread(&eight), "0.45 (0.10-0.80, 8)");
+    // Eleven: P(B <= 1) = 12/2048 = 0.6%, P(B <= 2) = 67/2048 = 3.3%.
+    let eleven: Vec<f64> = v(11).iter().map(|x| 0.9 + x / 100.0).collect();
+    assert_eq!(spread(&eleven), "0.96 (0.91-1.01, 11; 95% 0.92-1.00)");
 }
