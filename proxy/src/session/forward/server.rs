@@ -341,8 +341,8 @@ impl<S: ClientStream> Session<S> {
     /// question goes into the same batch, ahead of the client's Sync, so
     /// the server answers both in one cycle and one write, where a query
     /// behind the Sync costs it a second (35 µs more per transaction
-    /// against 12–24 in one, measured straight at the primary; see the
-    /// README). It runs as the unnamed statement and portal, closed
+    /// against 12–24 in one, measured straight at the primary; see
+    /// docs/performance.md). It runs as the unnamed statement and portal, closed
     /// again: afterwards the client has no unnamed statement, as after
     /// the simple query it replaces. When the `COMMIT` fails, the server
     /// skips it with the rest of the batch ([`Expect`] drops what it never
