@@ -444,41 +444,38 @@ impl Classifier {
         memo: Memo<'_>,
         f: impl Fn(&Analysis) -> R,
     ) -> R {
-        self.analyze_in_with(cache.0.load(), sql, memo, f)
+        self.analyze_in_with(cache.0.load(), sql, memo, |a| f(a))
     }
 
     fn analyze_in(&self, inputs: &Inputs, sql: &str, memo: Memo<'_>) -> Arc<Analysis> {
+        self.analyze_in_with(inputs, sql, memo, Arc::clone)
+    }
+
+    /// `f` of the analysis of `sql` at `inputs`, through `memo`.
+    fn analyze_in_with<R>(
+        &self,
+        inputs: &Inputs,
+        sql: &str,
+        memo: Memo<'_>,
+        f: impl Fn(&Arc<Analysis>) -> R,
+    ) -> R {
         let memo = match memo {
-            Memo::None => return self.analyze_last(inputs, sql, None, Arc::clone),
-            Memo::Last(last) => return self.analyze_last(inputs, sql, Some(last), Arc::clone),
+            Memo::None => return self.analyze_last(inputs, sql, None, f),
+            Memo::Last(last) => return self.analyze_last(inputs, sql, Some(last), f),
             Memo::Statement(m) => m,
         };
         if let Ok(m) = memo.0.lock()
             && let Some((e, a)) = &*m
             && *e == inputs.epoch
         {
-            return a.clone();
+            return f(a);
         }
         let a = self.analyze_last(inputs, sql, None, Arc::clone);
+        let r = f(&a);
         if let Ok(mut m) = memo.0.lock() {
-            *m = Some((inputs.epoch, a.clone()));
+            *m = Some((inputs.epoch, a));
         }
-        a
-    }
-
-    /// [`Self::analyze_in`], the analysis lent to `f`.
-    fn analyze_in_with<R>(
-        &self,
-        inputs: &Inputs,
-        sql: &str,
-        memo: Memo<'_>,
-        f: impl Fn(&Analysis) -> R,
-    ) -> R {
-        match memo {
-            Memo::None => self.analyze_last(inputs, sql, None, |a| f(a)),
-            Memo::Last(last) => self.analyze_last(inputs, sql, Some(last), |a| f(a)),
-            Memo::Statement(_) => f(&self.analyze_in(inputs, sql, memo)),
-        }
+        r
     }
 
     /// `f` of the analysis of `sql` at `inputs`, trying `last` (the
