@@ -158,15 +158,12 @@ impl Task {
         }
     }
 
+    /// As [`Self::wake_by_ref`]; a wake from another thread takes a
+    /// count for the remote queue and gives this one back, where it
+    /// could hand this one over: two atomic operations on a path that
+    /// locks the queue and writes to the worker's eventfd anyway.
     fn wake(self: Arc<Self>) {
-        match local_of(&self.worker) {
-            Some(l) => self.queue_here(l),
-            None => {
-                if !self.queued.swap(true, Ordering::AcqRel) {
-                    self.worker.clone().push_remote(self);
-                }
-            }
-        }
+        self.wake_by_ref();
     }
 
     /// Queues the task on its own worker's thread: its key in the task
