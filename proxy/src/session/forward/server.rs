@@ -342,9 +342,9 @@ impl<S: ClientStream> Session<S> {
     /// the server answers both in one cycle and one write, where a query
     /// behind the Sync costs it a second (35 µs more per transaction
     /// against 12–24 in one, measured straight at the primary; see
-    /// docs/performance.md). It runs as the unnamed statement and portal, closed
-    /// again: afterwards the client has no unnamed statement, as after
-    /// the simple query it replaces. When the `COMMIT` fails, the server
+    /// docs/performance.md). It runs as the unnamed statement and
+    /// portal, closed again: afterwards the client has no unnamed
+    /// statement, as after the simple query it replaces. When the `COMMIT` fails, the server
     /// skips it with the rest of the batch ([`Expect`] drops what it never
     /// answers) and nothing is recorded: nothing was committed. When the
     /// `COMMIT` did not end the block (bound, never executed), the question
