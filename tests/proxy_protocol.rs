@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::process::{psql, run};
-use support::raw::{RawConn, message, query};
+use support::raw::{RawConn, bind, execute, message, parse, query, sync};
 use support::*;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -646,6 +646,11 @@ async fn shutdown_ends_idle_sessions_and_lets_transactions_finish() {
             idle.until_ready(T).await;
             busy.send(&query("begin; select 1")).await.unwrap();
             busy.until_ready(T).await;
+            // A transaction the proxy holds with no server yet (a lone
+            // BEGIN) is one too.
+            let mut begun = RawConn::login_trust(proxy.addr, "lr_stop").await;
+            begun.send(&query("begin")).await.unwrap();
+            begun.until_ready(T).await;
             proxy.shut_down();
             let e = idle
                 .error_or_close(T)
@@ -663,12 +668,247 @@ async fn shutdown_ends_idle_sessions_and_lets_transactions_finish() {
             busy.send(&query("select 2; commit")).await.unwrap();
             let msgs = busy.until_ready(T).await;
             assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+            begun.send(&query("select 3")).await.unwrap();
+            assert_eq!(
+                shape(&begun.until_ready(T).await),
+                ["T", "D", "C SELECT 1", "Z T"]
+            );
+            begun.send(&query("commit")).await.unwrap();
+            assert_eq!(shape(&begun.until_ready(T).await), ["C COMMIT", "Z I"]);
+            let e = begun
+                .error_or_close(T)
+                .await
+                .expect("an error, not a bare close");
+            assert_eq!(e.code(), "57P01", "{:?}", e.fields());
+            begun.closed(T).await;
             let e = busy
                 .error_or_close(T)
                 .await
                 .expect("an error, not a bare close");
             assert_eq!(e.code(), "57P01", "{:?}", e.fields());
             busy.closed(T).await;
+        },
+    )
+    .await
+}
+
+/// Tags and, for ReadyForQuery, the status, of `msgs`, as text: `C BEGIN`,
+/// `Z T`, `E 25P02`, `1`; not ParameterStatus (`lagrouter.last_write_lsn`
+/// follows a write's ReadyForQuery).
+fn shape(msgs: &[support::raw::Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.tag != b'S')
+        .map(|m| match m.tag {
+            b'Z' => format!("Z {}", m.body[0] as char),
+            b'E' => format!("E {}", m.code()),
+            b'C' => format!("C {}", String::from_utf8_lossy(&m.body[..m.body.len() - 1])),
+            t => (t as char).to_string(),
+        })
+        .collect()
+}
+
+/// A plain `BEGIN` is answered by the proxy and goes to the server with
+/// the transaction's first statement: until then the client holds no
+/// server connection (a pool of one serves another client meanwhile), and
+/// the transaction starts (`now()`) at that statement. Then it is an
+/// ordinary transaction: it holds the connection, and commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_begin_holds_no_server_until_its_first_statement() {
+    within(
+        Duration::from_secs(120),
+        "test a_lone_begin_holds_no_server_until_its_first_statement",
+        async {
+            ensure_role("lr_begin").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .pool("checkout_timeout = \"1s\"")
+                .user("name = \"lr_begin\"\npassword = \"lr_begin\"\nauth = \"trust\"")
+                .start()
+                .await;
+            connect(&proxy)
+                .await
+                .batch_execute("create table if not exists lr_begin_t (v int); delete from lr_begin_t; grant all on lr_begin_t to public")
+                .await
+                .unwrap();
+            // The same user: the same pools.
+            let other = connect_as(&proxy, "lr_begin", "lr_begin").await;
+            let mut c = RawConn::login_trust(proxy.addr, "lr_begin").await;
+            c.send(&query("begin")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C BEGIN", "Z T"]);
+            // The primary pool's one connection is free: another client
+            // uses it.
+            for _ in 0..3 {
+                assert_eq!(
+                    scalar(&other, "select txid_current() > 0")
+                        .await
+                        .as_deref(),
+                    Some("t")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.send(&query(
+                "select (statement_timestamp() - now() < interval '100 ms')::text",
+            ))
+            .await
+            .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(shape(&msgs), ["T", "D", "C SELECT 1", "Z T"]);
+            assert_eq!(
+                msgs[1].first_value(),
+                "true",
+                "now() is the first statement's start, not the BEGIN's 300 ms before"
+            );
+            c.send(&query("insert into lr_begin_t values (1)")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C INSERT 0 1", "Z T"]);
+            // Now the transaction holds the connection.
+            expect_sqlstate(
+                other
+                    .query("insert into lr_begin_t values (9) returning v", &[])
+                    .await,
+                "53300",
+                "the pool's one connection is in the transaction",
+            );
+            c.send(&query("commit")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C COMMIT", "Z I"]);
+            assert_eq!(
+                scalar(&other, "select count(*) from lr_begin_t where v = 1")
+                    .await
+                    .as_deref(),
+                Some("1")
+            );
+            // The same as an extended-protocol batch (libpq's
+            // PQsendQueryParams), and as a Bind of a named statement
+            // (pgbench -M prepared); the next statement is a simple query
+            // or extended.
+            let portal_describe = message(b'D', b"P\0");
+            c.send(&[parse("", "BEGIN"), bind("", ""), portal_describe, execute(""), sync()].concat())
+                .await
+                .unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "n", "C BEGIN", "Z T"]);
+            assert_eq!(scalar(&other, "select txid_current() > 0").await.as_deref(), Some("t"));
+            c.send(&query("insert into lr_begin_t values (2)")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C INSERT 0 1", "Z T"]);
+            c.send(&query("rollback")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C ROLLBACK", "Z I"]);
+            c.send(&[parse("s_begin", "begin;"), sync()].concat()).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["1", "Z I"]);
+            c.send(&[bind("", "s_begin"), execute(""), sync()].concat())
+                .await
+                .unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["2", "C BEGIN", "Z T"]);
+            assert_eq!(scalar(&other, "select txid_current() > 0").await.as_deref(), Some("t"));
+            let batch = [
+                parse("", "insert into lr_begin_t values (3)"),
+                bind("", ""),
+                execute(""),
+                sync(),
+            ]
+            .concat();
+            c.send(&batch).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "C INSERT 0 1", "Z T"]);
+            c.send(&[parse("", "commit"), bind("", ""), execute(""), sync()].concat())
+                .await
+                .unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "C COMMIT", "Z I"]);
+            assert_eq!(
+                scalar(&other, "select string_agg(v::text, ',' order by v) from lr_begin_t")
+                    .await
+                    .as_deref(),
+                Some("1,3")
+            );
+            // A second BEGIN inside the block reaches the server, which warns.
+            c.send(&query("begin")).await.unwrap();
+            c.until_ready(T).await;
+            c.send(&query("begin")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["N", "C BEGIN", "Z T"]);
+            c.send(&query("rollback")).await.unwrap();
+            assert_eq!(shape(&c.until_ready(T).await), ["C ROLLBACK", "Z I"]);
+        },
+    )
+    .await
+}
+
+/// The first statement after a `BEGIN` the proxy answered finds no server
+/// (a pool of one, held; `checkout_timeout` 1 s): the client gets 53300
+/// and is in a failed transaction block, as on a server. Every statement
+/// then gets 25P02, simple or extended, nothing runs, and `ROLLBACK` or
+/// `COMMIT` (simple or extended) answers `ROLLBACK` and ends the block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_server() {
+    within(
+        Duration::from_secs(120),
+        "test a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_server",
+        async {
+            ensure_role("lr_begin2").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .pool("checkout_timeout = \"1s\"")
+                .user("name = \"lr_begin2\"\npassword = \"lr_begin2\"\nauth = \"trust\"")
+                .start()
+                .await;
+            connect(&proxy)
+                .await
+                .batch_execute("create table if not exists lr_begin2_t (v int); delete from lr_begin2_t; grant all on lr_begin2_t to public")
+                .await
+                .unwrap();
+            // The same user: the same pools.
+            let holder = connect_as(&proxy, "lr_begin2", "lr_begin2").await;
+            let mut c = RawConn::login_trust(proxy.addr, "lr_begin2").await;
+            for end in ["rollback", "COMMIT", "extended"] {
+                holder.batch_execute("begin; select 1").await.unwrap();
+                c.send(&query("begin")).await.unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["C BEGIN", "Z T"]);
+                c.send(&query("insert into lr_begin2_t values (2)")).await.unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["E 53300", "Z E"], "{end}");
+                // The server is free again: the block stays failed all the same.
+                holder.batch_execute("commit").await.unwrap();
+                c.send(&query("insert into lr_begin2_t values (3)")).await.unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["E 25P02", "Z E"], "{end}");
+                c.send(&query("")).await.unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["I", "Z E"], "{end}");
+                let batch = [
+                    parse("", "insert into lr_begin2_t values (4)"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                ]
+                .concat();
+                c.send(&batch).await.unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["E 25P02", "Z E"], "{end}");
+                c.send(&[parse("s_ins", "insert into lr_begin2_t values (5)"), sync()].concat())
+                    .await
+                    .unwrap();
+                assert_eq!(shape(&c.until_ready(T).await), ["E 25P02", "Z E"], "{end}");
+                if end == "extended" {
+                    let batch = [
+                        parse("", "ROLLBACK"),
+                        bind("", ""),
+                        execute(""),
+                        sync(),
+                    ]
+                    .concat();
+                    c.send(&batch).await.unwrap();
+                    assert_eq!(
+                        shape(&c.until_ready(T).await),
+                        ["1", "2", "C ROLLBACK", "Z I"]
+                    );
+                } else {
+                    c.send(&query(end)).await.unwrap();
+                    assert_eq!(shape(&c.until_ready(T).await), ["C ROLLBACK", "Z I"], "{end}");
+                }
+                // Out of the block: statements run again.
+                c.send(&query("select 'again'")).await.unwrap();
+                assert_eq!(
+                    shape(&c.until_ready(T).await),
+                    ["T", "D", "C SELECT 1", "Z I"],
+                    "{end}"
+                );
+            }
+            assert_eq!(
+                scalar(&holder, "select count(*) from lr_begin2_t").await.as_deref(),
+                Some("0"),
+                "nothing of the failed transactions ran"
+            );
         },
     )
     .await

@@ -47,6 +47,10 @@ pub enum ProxyError {
         "lagrouter: message of type '{tag}' is {len} bytes long, over the limit of {limit} bytes for it"
     )]
     MessageTooLarge { tag: char, len: usize, limit: usize },
+    /// A statement in a transaction that failed before it reached a server
+    /// (its first statement found none): the server's own message and code.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    FailedTransaction,
 }
 
 impl ProxyError {
@@ -59,6 +63,7 @@ impl ProxyError {
             ProxyError::CheckoutTimeout { .. } | ProxyError::TooManyWaiters { .. } => "53300",
             ProxyError::Route(e) => e.sqlstate(),
             ProxyError::TooManyStatements(_) | ProxyError::MessageTooLarge { .. } => "54000",
+            ProxyError::FailedTransaction => "25P02",
         }
     }
 
@@ -84,7 +89,7 @@ impl ProxyError {
             ProxyError::MessageTooLarge { .. } => {
                 "Query, Parse, Bind, CopyData and FunctionCall may be up to [server] max_message_size; other messages up to 10000 bytes."
             }
-            ProxyError::ClientProtocol(_) => return None,
+            ProxyError::ClientProtocol(_) | ProxyError::FailedTransaction => return None,
         })
     }
 }

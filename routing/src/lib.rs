@@ -78,4 +78,4 @@ pub use server_effects::{
     ServerEffects, deallocated_names, inert_text, server_effects, sole_deallocated_name,
 };
 pub use session::{CommandOutcome, SessionRouting};
-pub use statements::is_plain_commit;
+pub use statements::{is_plain_begin, is_plain_commit, is_plain_transaction_end};

@@ -106,6 +106,21 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
     Stmt::Write
 }
 
+/// `sql` as one statement's words: the first (the verb) and the rest,
+/// with whitespace and one trailing `;` trimmed.
+fn verb_and_rest(sql: &str) -> (&str, &str) {
+    let s = sql.trim_ascii();
+    let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
+    let split = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+    let (verb, rest) = s.split_at(split);
+    (verb, rest.trim_ascii_start())
+}
+
+/// Whether `rest` is nothing, `WORK` or `TRANSACTION`.
+fn plain_noise(rest: &str) -> bool {
+    rest.is_empty() || rest.eq_ignore_ascii_case("work") || rest.eq_ignore_ascii_case("transaction")
+}
+
 /// Whether `sql` is exactly a plain `COMMIT` or `END` (any case, `WORK` or
 /// `TRANSACTION` after it, whitespace and one trailing `;` allowed): text
 /// that, run inside a transaction block, ends it. Not `AND CHAIN`, not
@@ -114,24 +129,48 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
 /// check on raw text, made on every statement inside a writing
 /// transaction, so it does not lex.
 pub fn is_plain_commit(sql: &str) -> bool {
-    let s = sql.trim_ascii_start();
-    if !matches!(s.as_bytes().first(), Some(b'c' | b'C' | b'e' | b'E')) {
+    if !matches!(
+        sql.trim_ascii_start().as_bytes().first(),
+        Some(b'c' | b'C' | b'e' | b'E')
+    ) {
         return false;
     }
-    let s = s.trim_ascii_end();
-    let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
-    let split = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
-    let (verb, rest) = s.split_at(split);
-    let rest = rest.trim_ascii_start();
-    (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end"))
-        && (rest.is_empty()
-            || rest.eq_ignore_ascii_case("work")
-            || rest.eq_ignore_ascii_case("transaction"))
+    let (verb, rest) = verb_and_rest(sql);
+    (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end")) && plain_noise(rest)
+}
+
+/// Whether `sql` is exactly a plain `BEGIN` (`WORK` or `TRANSACTION` after
+/// it) or `START TRANSACTION`, as [`is_plain_commit`] reads text: no
+/// isolation level, no access mode, no comment, no other statement. Such
+/// a `BEGIN`, sent when no transaction is open, can only succeed, and
+/// only starts the block.
+pub fn is_plain_begin(sql: &str) -> bool {
+    if !matches!(
+        sql.trim_ascii_start().as_bytes().first(),
+        Some(b'b' | b'B' | b's' | b'S')
+    ) {
+        return false;
+    }
+    let (verb, rest) = verb_and_rest(sql);
+    (verb.eq_ignore_ascii_case("begin") && plain_noise(rest))
+        || (verb.eq_ignore_ascii_case("start") && rest.eq_ignore_ascii_case("transaction"))
+}
+
+/// Whether `sql` is a plain `COMMIT`/`END` ([`is_plain_commit`]) or a
+/// plain `ROLLBACK`/`ABORT` (`WORK` or `TRANSACTION` after it): what a
+/// failed transaction block takes to end (the server answers `ROLLBACK`
+/// to each).
+pub fn is_plain_transaction_end(sql: &str) -> bool {
+    let (verb, rest) = verb_and_rest(sql);
+    ["commit", "end", "rollback", "abort"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+        && plain_noise(rest)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_plain_commit;
+    use super::{is_plain_begin, is_plain_commit, is_plain_transaction_end};
     use crate::{FunctionCatalog, ReadOnlyFunctions, analyze};
 
     #[test]
@@ -169,6 +208,59 @@ mod tests {
             "SELECT 1; COMMIT",
         ] {
             assert!(!is_plain_commit(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn plain_begins_are_recognized_and_nothing_with_options() {
+        for s in [
+            "BEGIN",
+            "begin;",
+            " Begin Work ; ",
+            "BEGIN TRANSACTION",
+            "start transaction",
+            "START\tTRANSACTION;",
+        ] {
+            assert!(is_plain_begin(s), "{s:?}");
+        }
+        for s in [
+            "",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "BEGIN READ ONLY",
+            "START TRANSACTION READ WRITE",
+            "START",
+            "BEGIN; SELECT 1",
+            "BEGIN;;",
+            "/* c */ BEGIN",
+            "BEGIN -- c",
+            "BEGINNING",
+            "SELECT 1",
+            "COMMIT",
+        ] {
+            assert!(!is_plain_begin(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_block_ends_with_commit_end_rollback_or_abort() {
+        for s in [
+            "COMMIT",
+            "end work",
+            "ROLLBACK;",
+            "rollback transaction",
+            "ABORT",
+        ] {
+            assert!(is_plain_transaction_end(s), "{s:?}");
+        }
+        for s in [
+            "ROLLBACK TO SAVEPOINT a",
+            "ROLLBACK AND CHAIN",
+            "ROLLBACK PREPARED 'x'",
+            "ABORT; SELECT 1",
+            "SELECT 1",
+            "",
+        ] {
+            assert!(!is_plain_transaction_end(s), "{s:?}");
         }
     }
 

@@ -137,6 +137,16 @@ pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, DecodeError> {
     })
 }
 
+/// How many parameter values a `Bind` (the `rest` after its names) carries.
+pub fn bind_parameter_count(rest: &[u8]) -> Result<i16, DecodeError> {
+    let mut r = Reader::new(rest, "Bind");
+    let formats = r.i16()?;
+    for _ in 0..formats.max(0) {
+        r.i16()?;
+    }
+    r.i16()
+}
+
 /// Whether a `Bind` (the `rest` after its names) asks for the first
 /// result column in binary format.
 pub fn bind_first_result_binary(rest: &[u8]) -> Result<bool, DecodeError> {

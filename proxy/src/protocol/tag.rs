@@ -22,6 +22,8 @@ pub mod fe {
 /// Messages a server sends.
 pub mod be {
     pub const PARSE_COMPLETE: u8 = b'1';
+    pub const EMPTY_QUERY: u8 = b'I';
+    pub const NO_DATA: u8 = b'n';
     pub const BIND_COMPLETE: u8 = b'2';
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const DATA_ROW: u8 = b'D';

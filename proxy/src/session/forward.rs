@@ -3,12 +3,14 @@
 //! - here: the session's state, the run loop and the client byte pump;
 //! - `client`: client messages, one handler each;
 //! - `attach`: routing a transaction to a server connection;
+//! - `open`: a transaction the client opened that has no server yet;
 //! - `server`: the server side and the end of a transaction;
 //! - `answers`: what the proxy answers itself, and fatal errors.
 
 mod answers;
 mod attach;
 mod client;
+mod open;
 mod server;
 
 use std::sync::Arc;
@@ -189,6 +191,8 @@ pub struct Session<S> {
     txn: Txn,
     /// Client bytes arrived during the capture and wait to be routed.
     held_client: bool,
+    /// A transaction the client opened that has no server yet.
+    open: open::OpenTxn,
     /// A `Bind` of a plain `COMMIT` went to the server since the last
     /// Sync: the commit-LSN query follows that Sync.
     commit_bound: bool,
@@ -258,6 +262,7 @@ impl<S: ClientStream> Session<S> {
             local: LocalStatements::default(),
             txn: Txn::Other,
             held_client: false,
+            open: open::OpenTxn::None,
             commit_bound: false,
             unnamed_commit: false,
             client_stream: Passthrough::default(),
@@ -300,6 +305,9 @@ impl<S: ClientStream> Session<S> {
             if !self.cbuf.is_empty() && self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(READ_CHUNK);
             }
+            // A client inside a transaction the proxy holds is not idle:
+            // at shutdown it may still finish it, as one on a server may.
+            let in_txn = !matches!(self.open, open::OpenTxn::None);
             let Session {
                 client,
                 server,
@@ -368,7 +376,7 @@ impl<S: ClientStream> Session<S> {
             } else {
                 tokio::select! {
                     biased;
-                    ev = idle_event(registered.as_ref()) => match ev {
+                    ev = idle_event(registered.as_ref()), if !in_txn => match ev {
                         IdleEvent::Stop => {
                             return self.fatal("57P01", "lagrouter is shutting down", None).await;
                         }

@@ -13,6 +13,7 @@ use crate::protocol::client_message_limit;
 use crate::protocol::tag::status;
 use crate::session::local;
 
+use super::open::OpenTxn;
 use super::*;
 
 impl<S: ClientStream> Session<S> {
@@ -45,14 +46,21 @@ impl<S: ClientStream> Session<S> {
         self.expect.push_synthetic(m.freeze());
     }
 
+    pub(super) fn synthetic_complete(&mut self, command: &str) {
+        let mut m = BytesMut::new();
+        backend::command_complete(&mut m, command);
+        self.expect.push_synthetic(m.freeze());
+    }
+
     pub(super) fn synthetic_ready(&mut self) {
         let mut m = BytesMut::new();
         backend::ready_for_query(
             &mut m,
-            if self.server.is_some() {
-                self.expect.status()
-            } else {
-                status::IDLE
+            match (&self.server, &self.open) {
+                (Some(_), _) => self.expect.status(),
+                (None, OpenTxn::None) => status::IDLE,
+                (None, OpenTxn::Begun { .. }) => status::IN_TRANSACTION,
+                (None, OpenTxn::Failed { .. }) => status::FAILED,
             },
         );
         self.expect.push_synthetic(m.freeze());

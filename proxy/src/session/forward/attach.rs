@@ -18,6 +18,7 @@ use crate::protocol::frontend;
 use crate::protocol::tag::fe;
 use crate::server::{PoolKey, PooledConn, ServerPool};
 
+use super::open::OpenTxn;
 use super::*;
 
 /// What a statement inside an attached transaction needs of its
@@ -36,6 +37,29 @@ impl InTransaction {
             server: a.server,
             names_lagrouter: a.names_lagrouter,
         }
+    }
+}
+
+/// A transaction routed and not attached yet ([`Session::route`]).
+pub(super) struct Routed {
+    pub(super) decision: RouteDecision,
+    /// The pool of the node routing picked.
+    pool: Arc<ServerPool>,
+    /// The replica's connection, when the read waited for it to catch up.
+    caught_up: Option<PooledConn>,
+    /// Whether the analyzed text may write.
+    writes: bool,
+    /// What the text does to its server connection, when it was analyzed
+    /// alone (not as a batch).
+    effects: Option<ServerEffects>,
+    /// When it was routed.
+    pub(super) now: Instant,
+}
+
+impl Routed {
+    /// Whether it holds nothing yet: a decision and a pool, no connection.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.caught_up.is_none()
     }
 }
 
@@ -101,6 +125,11 @@ impl<S: ClientStream> Session<S> {
     /// where a prepared statement keeps the analysis of its text `sql`.
     /// Returns what `sql` does to its server connection when it analyzed
     /// `sql` alone.
+    ///
+    /// A transaction whose `BEGIN` the proxy answered ([`OpenTxn::Begun`])
+    /// goes where that `BEGIN` was routed, and the `BEGIN` goes in front
+    /// of `sql`, which is then a statement inside it. When that fails, the
+    /// client's transaction is a failed one ([`OpenTxn::Failed`]).
     pub(super) async fn attach(
         &mut self,
         sql: &str,
@@ -110,6 +139,45 @@ impl<S: ClientStream> Session<S> {
         if let Some(fx) = self.attached(sql, memo) {
             return Ok(fx);
         }
+        let OpenTxn::Begun {
+            sql: begin,
+            routed,
+            extended,
+        } = std::mem::take(&mut self.open)
+        else {
+            let routed = self.route(sql, frame, memo).await?;
+            return self.attach_routed(routed).await;
+        };
+        if let Err(e) = Box::pin(self.attach_routed(*routed)).await {
+            self.open = OpenTxn::failed();
+            return Err(e);
+        }
+        let out = &mut self.to_server;
+        if extended {
+            // As the client sent it, but for the Sync: the server answers
+            // with the client's next Sync, in one write.
+            frontend::encode_parse(out, "", &begin, &[0, 0]);
+            frontend::encode_bind(out, "", "", &[0, 0, 0, 0, 0, 0]);
+            frontend::encode_execute(out, "", 0);
+            for req in [Req::Parse, Req::Bind, Req::Execute] {
+                self.expect.push_quiet(req);
+            }
+        } else {
+            frontend::encode_query(out, &begin);
+            self.expect.push(Req::Query, Action::Drop);
+        }
+        Ok(self.attached(sql, memo).flatten())
+    }
+
+    /// Routes the transaction that starts with `sql` (see
+    /// [`Self::attach`]): where it goes, and the pool there. A read that
+    /// waited for a replica to catch up holds that replica's connection.
+    pub(super) async fn route(
+        &mut self,
+        sql: &str,
+        frame: Option<&[u8]>,
+        memo: Option<&AnalysisMemo>,
+    ) -> Result<Routed, ProxyError> {
         let current = self.config_cache.load();
         if !Arc::ptr_eq(current, &self.config) {
             self.config = current.clone();
@@ -176,6 +244,29 @@ impl<S: ClientStream> Session<S> {
             Some(found) => found?,
             None => self.pool_for(decision.node)?,
         };
+        Ok(Routed {
+            decision,
+            pool,
+            caught_up,
+            writes: analysis.writes,
+            effects: batch.is_none().then_some(analysis.server),
+            now,
+        })
+    }
+
+    /// Attaches a server connection where `routed` says.
+    pub(super) async fn attach_routed(
+        &mut self,
+        routed: Routed,
+    ) -> Result<Option<ServerEffects>, ProxyError> {
+        let Routed {
+            decision,
+            pool,
+            caught_up,
+            writes,
+            effects,
+            now,
+        } = routed;
         let (decision, mut pc) = match caught_up {
             Some(pc) if !decision.primary => (decision, pc),
             _ => {
@@ -202,7 +293,7 @@ impl<S: ClientStream> Session<S> {
         if let Some(notice) = &decision.notice {
             backend::error_response(&mut self.to_client, Severity::Notice, "01000", notice, None);
         }
-        self.txn = match (decision.primary, decision.write, analysis.writes) {
+        self.txn = match (decision.primary, decision.write, writes) {
             (false, _, _) => Txn::Replica,
             (true, true, true) => Txn::Write,
             (true, true, false) => Txn::Primary,
@@ -226,7 +317,7 @@ impl<S: ClientStream> Session<S> {
         if let Some(c) = &self.registered {
             c.attached(decision.node);
         }
-        Ok(batch.is_none().then_some(analysis.server))
+        Ok(effects)
     }
 
     /// A read placed on a healthy replica whose connection could not be

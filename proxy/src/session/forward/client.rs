@@ -136,6 +136,13 @@ impl<S: ClientStream> Session<S> {
         if self.txn == Txn::Replica && self.expect.unsynced_idle() {
             Box::pin(self.leave_replica_for_write(&msg)).await?;
         }
+        if self.server.is_none()
+            && (self.answer_failed_txn(&msg)
+                || (matches!(msg, ClientMsg::Parse(_) | ClientMsg::Bind(_))
+                    && self.begin_batch_locally(&msg).await))
+        {
+            return Ok(());
+        }
         match msg {
             ClientMsg::Query(sql) => self.on_query(sql, frame).await,
             ClientMsg::Parse(p) => {
@@ -207,6 +214,10 @@ impl<S: ClientStream> Session<S> {
     }
 
     async fn on_query(&mut self, sql: &str, frame: &[u8]) -> Result<(), End> {
+        if self.server.is_none() && (self.answer_failed_query(sql) || self.begin_locally(sql).await)
+        {
+            return Ok(());
+        }
         if let Some(cmd) = parse_proxy_command(sql) {
             let mut m = BytesMut::new();
             if let local::Executed::Wait(w) =

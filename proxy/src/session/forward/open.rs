@@ -1,0 +1,298 @@
+//! A transaction the client opened that has no server yet.
+//!
+//! A plain `BEGIN` with no transaction open (transaction pooling) is
+//! answered by the proxy and sent to the server in front of the
+//! transaction's first statement, in the same write: the server answers
+//! both from one read of its socket, and the `BEGIN` costs neither the
+//! proxy nor the server a round trip of its own (see
+//! docs/performance.md). The client sees what the server would answer.
+//! What differs is when the server starts the transaction: at its first
+//! statement, so `now()` is that statement's start, as if the `BEGIN` had
+//! been slow to arrive; and a client that sends `BEGIN` and nothing more
+//! holds no server connection.
+//!
+//! When the first statement finds no server (a full pool, no primary),
+//! the client is told why and is in a failed transaction block, as it
+//! would be on the server: until it ends the block, every statement gets
+//! `25P02`, and `COMMIT` or `ROLLBACK` answers `ROLLBACK`.
+
+use bytes::BytesMut;
+
+use crate::error::ProxyError;
+use crate::protocol::backend;
+use crate::protocol::frontend::{self, ClientMsg};
+use crate::protocol::tag::{be, target};
+
+use super::attach::Routed;
+use super::*;
+
+/// See the module documentation.
+#[derive(Default)]
+pub(super) enum OpenTxn {
+    /// The client is not in a transaction the proxy holds.
+    #[default]
+    None,
+    /// The client's `BEGIN`, answered and not sent yet, and where it was
+    /// routed (the primary, holding no connection yet).
+    Begun {
+        sql: Box<str>,
+        routed: Box<Routed>,
+        /// It came as an extended-protocol batch (and goes as one).
+        extended: bool,
+    },
+    /// The transaction failed before it had a server; `ending` is the
+    /// portal (bound in this failed block) of a `COMMIT` or `ROLLBACK`.
+    Failed {
+        unnamed_ends: bool,
+        ending: Option<Box<str>>,
+    },
+}
+
+impl OpenTxn {
+    pub(super) fn failed() -> OpenTxn {
+        OpenTxn::Failed {
+            unnamed_ends: false,
+            ending: None,
+        }
+    }
+}
+
+impl<S: ClientStream> Session<S> {
+    /// Answers `sql`, a simple query with no server attached, when it is
+    /// a plain `BEGIN` with no transaction open (transaction pooling): it
+    /// is routed now, as it would be attached, so a refusal (the write
+    /// gate, no primary) is its answer as before; the connection is
+    /// checked out at the first statement. `false`: `sql` is handled as
+    /// usual.
+    pub(super) async fn begin_locally(&mut self, sql: &str) -> bool {
+        if !matches!(self.open, OpenTxn::None)
+            || self.config.pool.mode != PoolMode::Transaction
+            || !lagrouter_routing::is_plain_begin(sql)
+        {
+            return false;
+        }
+        self.begin(sql, None, BytesMut::new()).await
+    }
+
+    /// Answers the client's batch, of which `first` (a Parse or a Bind)
+    /// was read and the rest is in the buffer up to its Sync, when it only
+    /// runs a plain `BEGIN` with no transaction open (transaction
+    /// pooling), as [`Self::begin_locally`] does a simple query: a Parse
+    /// of the unnamed statement or a Bind of one of the client's
+    /// statements, with no parameters, then at most a Describe, an
+    /// Execute, and the Sync. The rest of the batch is consumed. `false`:
+    /// anything else, handled as usual.
+    pub(super) async fn begin_batch_locally(&mut self, first: &ClientMsg<'_>) -> bool {
+        if !matches!(self.open, OpenTxn::None) || self.config.pool.mode != PoolMode::Transaction {
+            return false;
+        }
+        let mut answers = BytesMut::new();
+        let (sql, mut bound) = match first {
+            ClientMsg::Parse(p)
+                if p.name.is_empty()
+                    && p.param_types.iter().all(|b| *b == 0)
+                    && lagrouter_routing::is_plain_begin(p.query) =>
+            {
+                backend::empty(&mut answers, be::PARSE_COMPLETE);
+                (p.query, None)
+            }
+            ClientMsg::Bind(b) => match self.statements.get(b.statement) {
+                Some(s)
+                    if self.local.statement(b.statement).is_none()
+                        && lagrouter_routing::is_plain_begin(&s.query)
+                        && frontend::bind_parameter_count(b.rest) == Ok(0) =>
+                {
+                    backend::empty(&mut answers, be::BIND_COMPLETE);
+                    (&*s.query, Some(b.portal))
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        // The rest of the batch, as the shape above allows.
+        let (mut at, mut executed) = (0, false);
+        let buf = &self.cbuf[..];
+        loop {
+            let Ok(Some((tag, total))) = peek_header(&buf[at..], MAX_MESSAGE_LEN) else {
+                return false;
+            };
+            let Some(frame) = buf.get(at + 5..at + total) else {
+                return false;
+            };
+            at += total;
+            let Ok(Some(msg)) = ClientMsg::decode(tag, frame) else {
+                return false;
+            };
+            match (msg, bound) {
+                (ClientMsg::Bind(b), None)
+                    if b.statement.is_empty()
+                        && frontend::bind_parameter_count(b.rest) == Ok(0) =>
+                {
+                    backend::empty(&mut answers, be::BIND_COMPLETE);
+                    bound = Some(b.portal);
+                }
+                (ClientMsg::Describe(t), Some(portal))
+                    if !executed && t.kind == target::PORTAL && t.name == portal =>
+                {
+                    backend::empty(&mut answers, be::NO_DATA);
+                }
+                (ClientMsg::Execute { portal: e }, Some(portal)) if !executed && e == portal => {
+                    backend::command_complete(&mut answers, "BEGIN");
+                    executed = true;
+                }
+                (ClientMsg::Sync, Some(_)) if executed => break,
+                _ => return false,
+            }
+        }
+        let sql: Box<str> = sql.into();
+        let parsed = matches!(first, ClientMsg::Parse(_));
+        let done = self.begin(&sql, Some(at), answers).await;
+        if done && parsed {
+            // The unnamed statement is the `BEGIN` now.
+            self.unnamed_commit = false;
+        }
+        done
+    }
+
+    /// Opens the transaction of `sql`, a plain `BEGIN`: a simple query,
+    /// or (`batch`: the bytes of its batch still in the buffer) an
+    /// extended-protocol one whose `answers` but the ReadyForQuery are
+    /// written. It is routed now, as it would be attached, so a refusal
+    /// (the write gate, no primary) is its answer as before, and the
+    /// connection is checked out at the first statement. Routed elsewhere
+    /// than the primary (a read-only default can send it to a replica,
+    /// which may have waited to catch up), it is attached now and handled
+    /// as usual (`false`).
+    async fn begin(&mut self, sql: &str, batch: Option<usize>, mut answers: BytesMut) -> bool {
+        let e = match self.route(sql, None, None).await {
+            Ok(routed) if routed.decision.primary && routed.holds_nothing() => {
+                self.open = OpenTxn::Begun {
+                    sql: sql.into(),
+                    routed: Box::new(routed),
+                    extended: batch.is_some(),
+                };
+                match batch {
+                    Some(n) => {
+                        self.cbuf.advance(n);
+                        self.batch.consumed(n);
+                    }
+                    None => backend::command_complete(&mut answers, "BEGIN"),
+                }
+                self.expect.push_synthetic(answers.freeze());
+                self.synthetic_ready();
+                return true;
+            }
+            Ok(routed) => match Box::pin(self.attach_routed(routed)).await {
+                Ok(_) => return false,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        // As an attach that fails.
+        if batch.is_some() {
+            self.fail_extended(&e);
+        } else {
+            self.synthetic_error(&e);
+            self.synthetic_ready();
+        }
+        true
+    }
+
+    /// Answers `sql`, a simple query with no server attached, in a failed
+    /// transaction the proxy holds, as the server would: `COMMIT` or
+    /// `ROLLBACK` answers `ROLLBACK` and ends the block, anything else
+    /// fails with `25P02`. `false`: not in such a transaction.
+    pub(super) fn answer_failed_query(&mut self, sql: &str) -> bool {
+        if !matches!(self.open, OpenTxn::Failed { .. }) {
+            return false;
+        }
+        if lagrouter_routing::is_plain_transaction_end(sql) {
+            self.open = OpenTxn::None;
+            self.synthetic_complete("ROLLBACK");
+        } else if sql.trim_ascii().is_empty() {
+            self.synthetic_empty(be::EMPTY_QUERY);
+        } else {
+            self.synthetic_error(&ProxyError::FailedTransaction);
+        }
+        self.synthetic_ready();
+        true
+    }
+
+    /// Answers `msg`, an extended-protocol message with no server
+    /// attached, in a failed transaction the proxy holds, as the server
+    /// would in a failed block: a `COMMIT` or `ROLLBACK` is parsed, bound,
+    /// described and executed (answering `ROLLBACK`, which ends the
+    /// block); anything else fails with `25P02` and the rest of the batch
+    /// is dropped. `false`: not in such a transaction, or a message the
+    /// usual handler answers the same (Sync, Close, Flush, a named Parse
+    /// of a transaction end: kept, as outside a transaction, for the
+    /// server that runs its Bind).
+    pub(super) fn answer_failed_txn(&mut self, msg: &ClientMsg<'_>) -> bool {
+        let OpenTxn::Failed {
+            unnamed_ends,
+            ending,
+        } = &mut self.open
+        else {
+            return false;
+        };
+        let ends = |statements: &Statements, unnamed_ends: bool, name: &str| {
+            if name.is_empty() {
+                unnamed_ends
+            } else {
+                statements
+                    .get(name)
+                    .is_some_and(|s| lagrouter_routing::is_plain_transaction_end(&s.query))
+            }
+        };
+        let mut m = BytesMut::new();
+        let ok = match msg {
+            ClientMsg::Parse(p) if lagrouter_routing::is_plain_transaction_end(p.query) => {
+                if !p.name.is_empty() {
+                    return false;
+                }
+                *unnamed_ends = true;
+                backend::empty(&mut m, be::PARSE_COMPLETE);
+                true
+            }
+            ClientMsg::Bind(b) if ends(&self.statements, *unnamed_ends, b.statement) => {
+                *ending = Some(b.portal.into());
+                backend::empty(&mut m, be::BIND_COMPLETE);
+                true
+            }
+            ClientMsg::Describe(t)
+                if t.kind == target::STATEMENT && ends(&self.statements, *unnamed_ends, t.name) =>
+            {
+                backend::parameter_description(&mut m, &[]);
+                backend::empty(&mut m, be::NO_DATA);
+                true
+            }
+            ClientMsg::Describe(t)
+                if t.kind == target::PORTAL && ending.as_deref() == Some(t.name) =>
+            {
+                backend::empty(&mut m, be::NO_DATA);
+                true
+            }
+            ClientMsg::Execute { portal } if ending.as_deref() == Some(*portal) => {
+                self.open = OpenTxn::None;
+                backend::command_complete(&mut m, "ROLLBACK");
+                true
+            }
+            ClientMsg::Parse(_)
+            | ClientMsg::Bind(_)
+            | ClientMsg::Describe(_)
+            | ClientMsg::Execute { .. } => false,
+            ClientMsg::FunctionCall => {
+                self.synthetic_error(&ProxyError::FailedTransaction);
+                self.synthetic_ready();
+                return true;
+            }
+            _ => return false,
+        };
+        if ok {
+            self.expect.push_synthetic(m.freeze());
+        } else {
+            self.fail_extended(&ProxyError::FailedTransaction);
+        }
+        true
+    }
+}
