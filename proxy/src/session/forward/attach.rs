@@ -148,7 +148,11 @@ impl<S: ClientStream> Session<S> {
             let routed = self.route(sql, frame, memo).await?;
             return self.attach_routed(routed).await;
         };
-        if let Err(e) = Box::pin(self.attach_routed(*routed)).await {
+        // Checked out now: the pool judges its idle connections by this
+        // clock, not the `BEGIN`'s.
+        let mut routed = *routed;
+        routed.now = crate::rt::now();
+        if let Err(e) = Box::pin(self.attach_routed(routed)).await {
             self.open = OpenTxn::failed();
             return Err(e);
         }
