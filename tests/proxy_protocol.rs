@@ -707,6 +707,32 @@ fn shape(msgs: &[support::raw::Msg]) -> Vec<String> {
         .collect()
 }
 
+/// A proxy whose pools hold one connection each (`checkout_timeout` 1 s),
+/// and two clients of `user` (a trust login, so the same pools): a driver
+/// and a raw connection. The table `{user}_t (v int)` is empty.
+async fn pool_of_one(user: &'static str) -> (TestProxy, Conn, RawConn) {
+    ensure_role(user).await;
+    let proxy = ProxyBuilder::new()
+        .pool_size(1)
+        .pool("checkout_timeout = \"1s\"")
+        .user(&format!(
+            "name = \"{user}\"\npassword = \"{user}\"\nauth = \"trust\""
+        ))
+        .start()
+        .await;
+    connect(&proxy)
+        .await
+        .batch_execute(&format!(
+            "create table if not exists {user}_t (v int); delete from {user}_t; \
+             grant all on {user}_t to public"
+        ))
+        .await
+        .unwrap();
+    let driver = connect_as(&proxy, user, user).await;
+    let raw = RawConn::login_trust(proxy.addr, user).await;
+    (proxy, driver, raw)
+}
+
 /// A plain `BEGIN` is answered by the proxy and goes to the server with
 /// the transaction's first statement: until then the client holds no
 /// server connection (a pool of one serves another client meanwhile), and
@@ -718,30 +744,14 @@ async fn a_lone_begin_holds_no_server_until_its_first_statement() {
         Duration::from_secs(120),
         "test a_lone_begin_holds_no_server_until_its_first_statement",
         async {
-            ensure_role("lr_begin").await;
-            let proxy = ProxyBuilder::new()
-                .pool_size(1)
-                .pool("checkout_timeout = \"1s\"")
-                .user("name = \"lr_begin\"\npassword = \"lr_begin\"\nauth = \"trust\"")
-                .start()
-                .await;
-            connect(&proxy)
-                .await
-                .batch_execute("create table if not exists lr_begin_t (v int); delete from lr_begin_t; grant all on lr_begin_t to public")
-                .await
-                .unwrap();
-            // The same user: the same pools.
-            let other = connect_as(&proxy, "lr_begin", "lr_begin").await;
-            let mut c = RawConn::login_trust(proxy.addr, "lr_begin").await;
+            let (_proxy, other, mut c) = pool_of_one("lr_begin").await;
             c.send(&query("begin")).await.unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["C BEGIN", "Z T"]);
             // The primary pool's one connection is free: another client
             // uses it.
             for _ in 0..3 {
                 assert_eq!(
-                    scalar(&other, "select txid_current() > 0")
-                        .await
-                        .as_deref(),
+                    scalar(&other, "select txid_current() > 0").await.as_deref(),
                     Some("t")
                 );
             }
@@ -758,7 +768,9 @@ async fn a_lone_begin_holds_no_server_until_its_first_statement() {
                 "true",
                 "now() is the first statement's start, not the BEGIN's 300 ms before"
             );
-            c.send(&query("insert into lr_begin_t values (1)")).await.unwrap();
+            c.send(&query("insert into lr_begin_t values (1)"))
+                .await
+                .unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["C INSERT 0 1", "Z T"]);
             // Now the transaction holds the connection.
             expect_sqlstate(
@@ -781,22 +793,44 @@ async fn a_lone_begin_holds_no_server_until_its_first_statement() {
             // (pgbench -M prepared); the next statement is a simple query
             // or extended.
             let portal_describe = message(b'D', b"P\0");
-            c.send(&[parse("", "BEGIN"), bind("", ""), portal_describe, execute(""), sync()].concat())
+            c.send(
+                &[
+                    parse("", "BEGIN"),
+                    bind("", ""),
+                    portal_describe,
+                    execute(""),
+                    sync(),
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                shape(&c.until_ready(T).await),
+                ["1", "2", "n", "C BEGIN", "Z T"]
+            );
+            assert_eq!(
+                scalar(&other, "select txid_current() > 0").await.as_deref(),
+                Some("t")
+            );
+            c.send(&query("insert into lr_begin_t values (2)"))
                 .await
                 .unwrap();
-            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "n", "C BEGIN", "Z T"]);
-            assert_eq!(scalar(&other, "select txid_current() > 0").await.as_deref(), Some("t"));
-            c.send(&query("insert into lr_begin_t values (2)")).await.unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["C INSERT 0 1", "Z T"]);
             c.send(&query("rollback")).await.unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["C ROLLBACK", "Z I"]);
-            c.send(&[parse("s_begin", "begin;"), sync()].concat()).await.unwrap();
+            c.send(&[parse("s_begin", "begin;"), sync()].concat())
+                .await
+                .unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["1", "Z I"]);
             c.send(&[bind("", "s_begin"), execute(""), sync()].concat())
                 .await
                 .unwrap();
             assert_eq!(shape(&c.until_ready(T).await), ["2", "C BEGIN", "Z T"]);
-            assert_eq!(scalar(&other, "select txid_current() > 0").await.as_deref(), Some("t"));
+            assert_eq!(
+                scalar(&other, "select txid_current() > 0").await.as_deref(),
+                Some("t")
+            );
             let batch = [
                 parse("", "insert into lr_begin_t values (3)"),
                 bind("", ""),
@@ -805,15 +839,24 @@ async fn a_lone_begin_holds_no_server_until_its_first_statement() {
             ]
             .concat();
             c.send(&batch).await.unwrap();
-            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "C INSERT 0 1", "Z T"]);
+            assert_eq!(
+                shape(&c.until_ready(T).await),
+                ["1", "2", "C INSERT 0 1", "Z T"]
+            );
             c.send(&[parse("", "commit"), bind("", ""), execute(""), sync()].concat())
                 .await
                 .unwrap();
-            assert_eq!(shape(&c.until_ready(T).await), ["1", "2", "C COMMIT", "Z I"]);
             assert_eq!(
-                scalar(&other, "select string_agg(v::text, ',' order by v) from lr_begin_t")
-                    .await
-                    .as_deref(),
+                shape(&c.until_ready(T).await),
+                ["1", "2", "C COMMIT", "Z I"]
+            );
+            assert_eq!(
+                scalar(
+                    &other,
+                    "select string_agg(v::text, ',' order by v) from lr_begin_t"
+                )
+                .await
+                .as_deref(),
                 Some("1,3")
             );
             // A second BEGIN inside the block reaches the server, which warns.
@@ -839,30 +882,20 @@ async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_ser
         Duration::from_secs(120),
         "test a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_server",
         async {
-            ensure_role("lr_begin2").await;
-            let proxy = ProxyBuilder::new()
-                .pool_size(1)
-                .pool("checkout_timeout = \"1s\"")
-                .user("name = \"lr_begin2\"\npassword = \"lr_begin2\"\nauth = \"trust\"")
-                .start()
-                .await;
-            connect(&proxy)
-                .await
-                .batch_execute("create table if not exists lr_begin2_t (v int); delete from lr_begin2_t; grant all on lr_begin2_t to public")
-                .await
-                .unwrap();
-            // The same user: the same pools.
-            let holder = connect_as(&proxy, "lr_begin2", "lr_begin2").await;
-            let mut c = RawConn::login_trust(proxy.addr, "lr_begin2").await;
+            let (_proxy, holder, mut c) = pool_of_one("lr_begin2").await;
             for end in ["rollback", "COMMIT", "extended"] {
                 holder.batch_execute("begin; select 1").await.unwrap();
                 c.send(&query("begin")).await.unwrap();
                 assert_eq!(shape(&c.until_ready(T).await), ["C BEGIN", "Z T"]);
-                c.send(&query("insert into lr_begin2_t values (2)")).await.unwrap();
+                c.send(&query("insert into lr_begin2_t values (2)"))
+                    .await
+                    .unwrap();
                 assert_eq!(shape(&c.until_ready(T).await), ["E 53300", "Z E"], "{end}");
                 // The server is free again: the block stays failed all the same.
                 holder.batch_execute("commit").await.unwrap();
-                c.send(&query("insert into lr_begin2_t values (3)")).await.unwrap();
+                c.send(&query("insert into lr_begin2_t values (3)"))
+                    .await
+                    .unwrap();
                 assert_eq!(shape(&c.until_ready(T).await), ["E 25P02", "Z E"], "{end}");
                 c.send(&query("")).await.unwrap();
                 assert_eq!(shape(&c.until_ready(T).await), ["I", "Z E"], "{end}");
@@ -880,13 +913,7 @@ async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_ser
                     .unwrap();
                 assert_eq!(shape(&c.until_ready(T).await), ["E 25P02", "Z E"], "{end}");
                 if end == "extended" {
-                    let batch = [
-                        parse("", "ROLLBACK"),
-                        bind("", ""),
-                        execute(""),
-                        sync(),
-                    ]
-                    .concat();
+                    let batch = [parse("", "ROLLBACK"), bind("", ""), execute(""), sync()].concat();
                     c.send(&batch).await.unwrap();
                     assert_eq!(
                         shape(&c.until_ready(T).await),
@@ -894,7 +921,11 @@ async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_ser
                     );
                 } else {
                     c.send(&query(end)).await.unwrap();
-                    assert_eq!(shape(&c.until_ready(T).await), ["C ROLLBACK", "Z I"], "{end}");
+                    assert_eq!(
+                        shape(&c.until_ready(T).await),
+                        ["C ROLLBACK", "Z I"],
+                        "{end}"
+                    );
                 }
                 // Out of the block: statements run again.
                 c.send(&query("select 'again'")).await.unwrap();
@@ -905,7 +936,9 @@ async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_ser
                 );
             }
             assert_eq!(
-                scalar(&holder, "select count(*) from lr_begin2_t").await.as_deref(),
+                scalar(&holder, "select count(*) from lr_begin2_t")
+                    .await
+                    .as_deref(),
                 Some("0"),
                 "nothing of the failed transactions ran"
             );

@@ -137,24 +137,26 @@ pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, DecodeError> {
     })
 }
 
-/// How many parameter values a `Bind` (the `rest` after its names) carries.
-pub fn bind_parameter_count(rest: &[u8]) -> Result<i16, DecodeError> {
+/// A reader of a `Bind`'s `rest` (after its names), past its parameter
+/// format codes: at the number of parameter values.
+fn bind_at_parameters(rest: &[u8]) -> Result<Reader<'_>, DecodeError> {
     let mut r = Reader::new(rest, "Bind");
     let formats = r.i16()?;
     for _ in 0..formats.max(0) {
         r.i16()?;
     }
-    r.i16()
+    Ok(r)
+}
+
+/// How many parameter values a `Bind` (the `rest` after its names) carries.
+pub fn bind_parameter_count(rest: &[u8]) -> Result<i16, DecodeError> {
+    bind_at_parameters(rest)?.i16()
 }
 
 /// Whether a `Bind` (the `rest` after its names) asks for the first
 /// result column in binary format.
 pub fn bind_first_result_binary(rest: &[u8]) -> Result<bool, DecodeError> {
-    let mut r = Reader::new(rest, "Bind");
-    let formats = r.i16()?;
-    for _ in 0..formats.max(0) {
-        r.i16()?;
-    }
+    let mut r = bind_at_parameters(rest)?;
     let params = r.i16()?;
     for _ in 0..params.max(0) {
         let len = r.i32()?;

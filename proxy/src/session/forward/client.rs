@@ -8,7 +8,6 @@ use bytes::BytesMut;
 use lagrouter_routing::{ProxyCommand, ServerEffects, parse_proxy_command};
 
 use crate::error::ProxyError;
-use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frontend::{self, ClientMsg};
 use crate::protocol::tag::{be, fe, status, target};
@@ -214,8 +213,7 @@ impl<S: ClientStream> Session<S> {
     }
 
     async fn on_query(&mut self, sql: &str, frame: &[u8]) -> Result<(), End> {
-        if self.server.is_none() && (self.answer_failed_query(sql) || self.begin_locally(sql).await)
-        {
+        if self.server.is_none() && self.begin_locally(sql).await {
             return Ok(());
         }
         if let Some(cmd) = parse_proxy_command(sql) {
@@ -562,9 +560,7 @@ impl<S: ClientStream> Session<S> {
         if !(self.local.forget_statement(&name) || known) {
             return false;
         }
-        let mut m = BytesMut::new();
-        backend::command_complete(&mut m, "DEALLOCATE");
-        self.expect.push_synthetic(m.freeze());
+        self.synthetic_complete("DEALLOCATE");
         self.synthetic_ready();
         self.drain_synthetic();
         true

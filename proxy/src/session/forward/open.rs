@@ -198,14 +198,10 @@ impl<S: ClientStream> Session<S> {
         true
     }
 
-    /// Answers `sql`, a simple query with no server attached, in a failed
-    /// transaction the proxy holds, as the server would: `COMMIT` or
+    /// [`Self::answer_failed_txn`] for a simple query: `COMMIT` or
     /// `ROLLBACK` answers `ROLLBACK` and ends the block, anything else
-    /// fails with `25P02`. `false`: not in such a transaction.
-    pub(super) fn answer_failed_query(&mut self, sql: &str) -> bool {
-        if !matches!(self.open, OpenTxn::Failed { .. }) {
-            return false;
-        }
+    /// fails with `25P02`.
+    fn answer_failed_query(&mut self, sql: &str) -> bool {
         if lagrouter_routing::is_plain_transaction_end(sql) {
             self.open = OpenTxn::None;
             self.synthetic_complete("ROLLBACK");
@@ -218,16 +214,22 @@ impl<S: ClientStream> Session<S> {
         true
     }
 
-    /// Answers `msg`, an extended-protocol message with no server
-    /// attached, in a failed transaction the proxy holds, as the server
-    /// would in a failed block: a `COMMIT` or `ROLLBACK` is parsed, bound,
-    /// described and executed (answering `ROLLBACK`, which ends the
-    /// block); anything else fails with `25P02` and the rest of the batch
-    /// is dropped. `false`: not in such a transaction, or a message the
-    /// usual handler answers the same (Sync, Close, Flush, a named Parse
-    /// of a transaction end: kept, as outside a transaction, for the
-    /// server that runs its Bind).
+    /// Answers `msg`, a client message with no server attached, in a
+    /// failed transaction the proxy holds, as the server would in a
+    /// failed block: a `COMMIT` or `ROLLBACK`, simple or parsed, bound,
+    /// described and executed, answers `ROLLBACK` and ends the block;
+    /// anything else fails with `25P02` (in the extended protocol, the
+    /// rest of the batch is dropped). `false`: not in such a transaction,
+    /// or a message the usual handler answers the same (Sync, Close,
+    /// Flush, a named Parse of a transaction end: kept, as outside a
+    /// transaction, for the server that runs its Bind).
     pub(super) fn answer_failed_txn(&mut self, msg: &ClientMsg<'_>) -> bool {
+        if !matches!(self.open, OpenTxn::Failed { .. }) {
+            return false;
+        }
+        if let ClientMsg::Query(sql) = msg {
+            return self.answer_failed_query(sql);
+        }
         let OpenTxn::Failed {
             unnamed_ends,
             ending,
