@@ -6,15 +6,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::Message;
 use pgwire::messages::data::{
-    DataRow, FORMAT_CODE_TEXT, FieldDescription, NoData, ParameterDescription, RowDescription,
+    DataRow, FORMAT_CODE_TEXT, FieldDescription, ParameterDescription, RowDescription,
 };
-use pgwire::messages::extendedquery::{
-    BindComplete, CloseComplete, ParseComplete, PortalSuspended,
-};
-use pgwire::messages::response::{
-    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery,
-    TransactionStatus,
-};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
@@ -196,8 +190,18 @@ pub fn backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
 /// `ReadyForQuery` with a transaction status ('I', 'T' or 'E'; anything
 /// else is sent as 'E', the status that makes a client roll back).
 pub fn ready_for_query(out: &mut BytesMut, status: u8) {
-    let status = TransactionStatus::try_from(status).unwrap_or(TransactionStatus::Error);
-    put(out, ReadyForQuery::new(status));
+    out.extend_from_slice(&ready_message(status));
+}
+
+/// [`ready_for_query`] as a whole message, for an answer queued to be sent
+/// later (every answer the proxy gives itself ends with one): framed by
+/// hand, as pgwire frames it (tested below), and not allocated.
+pub fn ready_message(status: u8) -> Bytes {
+    match status {
+        b'I' => Bytes::from_static(b"Z\0\0\0\x05I"),
+        b'T' => Bytes::from_static(b"Z\0\0\0\x05T"),
+        _ => Bytes::from_static(b"Z\0\0\0\x05E"),
+    }
 }
 
 /// `NegotiateProtocolVersion`: the newest version supported (3.0) and
@@ -256,21 +260,24 @@ pub fn error_response(
 }
 
 /// A message with an empty body: `ParseComplete` '1', `BindComplete` '2',
-/// `CloseComplete` '3', `NoData` 'n', `EmptyQueryResponse` 'I' or
-/// `PortalSuspended` 's'. Any other tag is written as it is, with an empty
-/// body.
+/// `CloseComplete` '3', `NoData` 'n', `EmptyQueryResponse` 'I',
+/// `PortalSuspended` 's', or any other tag. Framed by hand, as pgwire
+/// frames them (tested below): a deferred `BEGIN`'s answers and a
+/// prepared statement's `ParseComplete` are written in every transaction.
 pub fn empty(out: &mut BytesMut, tag: u8) {
+    out.extend_from_slice(&[tag, 0, 0, 0, 4]);
+}
+
+/// [`empty`] as a whole message, for an answer queued to be sent later:
+/// the usual tags without allocating.
+pub fn empty_message(tag: u8) -> Bytes {
     match tag {
-        b'1' => put(out, ParseComplete::new()),
-        b'2' => put(out, BindComplete::new()),
-        b'3' => put(out, CloseComplete::new()),
-        b'n' => put(out, NoData::new()),
-        b'I' => put(out, EmptyQueryResponse::new()),
-        b's' => put(out, PortalSuspended::new()),
-        other => {
-            out.put_u8(other);
-            out.put_i32(4);
-        }
+        b'1' => Bytes::from_static(b"1\0\0\0\x04"),
+        b'2' => Bytes::from_static(b"2\0\0\0\x04"),
+        b'3' => Bytes::from_static(b"3\0\0\0\x04"),
+        b'n' => Bytes::from_static(b"n\0\0\0\x04"),
+        b'I' => Bytes::from_static(b"I\0\0\0\x04"),
+        other => Bytes::copy_from_slice(&[other, 0, 0, 0, 4]),
     }
 }
 
@@ -279,10 +286,24 @@ pub fn parameter_description(out: &mut BytesMut, types: &[u32]) {
     put(out, ParameterDescription::new(types.to_vec()));
 }
 
-/// `CommandComplete` with a tag such as `SHOW` or `SET`.
+/// `CommandComplete` with a tag such as `SHOW` or `SET`. Framed by hand,
+/// as [`parameter_status`] (a deferred `BEGIN` answers with one).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    put(out, CommandComplete::new(tag.into()));
+    let len = 4 + tag.len() + 1;
+    let Ok(len) = i32::try_from(len) else {
+        tracing::error!("cannot encode a CommandComplete of {len} bytes");
+        return;
+    };
+    out.reserve(1 + len as usize);
+    out.put_u8(b'C');
+    out.put_i32(len);
+    out.put_slice(tag.as_bytes());
+    out.put_u8(0);
 }
+
+/// [`command_complete`] of `BEGIN`, whole: the answer to a deferred
+/// `BEGIN`, queued without allocating.
+pub const BEGIN_COMPLETE: &[u8] = b"C\0\0\0\x0aBEGIN\0";
 
 /// `RowDescription` of text columns.
 pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
@@ -359,6 +380,59 @@ mod tests {
             put(&mut theirs, ParameterStatus::new(k.into(), v.into()));
             assert_eq!(ours, theirs, "{k}={v}");
             assert_eq!(decode_parameter_status(&ours[5..]).unwrap(), (k, v));
+        }
+    }
+
+    #[test]
+    fn hand_framed_messages_are_framed_as_pgwire_frames_them() {
+        use pgwire::messages::data::NoData;
+        use pgwire::messages::extendedquery::{
+            BindComplete, CloseComplete, ParseComplete, PortalSuspended,
+        };
+        use pgwire::messages::response::{
+            CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus,
+        };
+        let theirs = |f: &dyn Fn(&mut BytesMut)| {
+            let mut b = BytesMut::new();
+            f(&mut b);
+            b
+        };
+        for (tag, pg) in [
+            (b'1', theirs(&|b| put(b, ParseComplete::new()))),
+            (b'2', theirs(&|b| put(b, BindComplete::new()))),
+            (b'3', theirs(&|b| put(b, CloseComplete::new()))),
+            (b'n', theirs(&|b| put(b, NoData::new()))),
+            (b'I', theirs(&|b| put(b, EmptyQueryResponse::new()))),
+            (b's', theirs(&|b| put(b, PortalSuspended::new()))),
+        ] {
+            let mut ours = BytesMut::new();
+            empty(&mut ours, tag);
+            assert_eq!(ours, pg, "{}", tag as char);
+            assert_eq!(empty_message(tag), pg, "{}", tag as char);
+        }
+        for (status, ts) in [
+            (b'I', TransactionStatus::Idle),
+            (b'T', TransactionStatus::Transaction),
+            (b'E', TransactionStatus::Error),
+            (b'x', TransactionStatus::Error),
+        ] {
+            let pg = theirs(&|b| put(b, ReadyForQuery::new(ts)));
+            let mut ours = BytesMut::new();
+            ready_for_query(&mut ours, status);
+            assert_eq!(ours, pg, "{}", status as char);
+            assert_eq!(ready_message(status), pg, "{}", status as char);
+        }
+        let mut ours = BytesMut::new();
+        command_complete(&mut ours, "BEGIN");
+        assert_eq!(&ours[..], BEGIN_COMPLETE);
+        for tag in ["BEGIN", "ROLLBACK", "DEALLOCATE", "SELECT 1", ""] {
+            let mut ours = BytesMut::new();
+            command_complete(&mut ours, tag);
+            assert_eq!(
+                ours,
+                theirs(&|b| put(b, CommandComplete::new(tag.into()))),
+                "{tag}"
+            );
         }
     }
 

@@ -264,6 +264,55 @@ pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
     out.put_i32(max_rows);
 }
 
+/// A `Bind` of the unnamed statement to the unnamed portal, with no
+/// parameters and its results in text, then an `Execute` of all the
+/// portal's rows: what follows the `Parse` of a statement the proxy runs
+/// in a batch (the commit-LSN question, a deferred `BEGIN`). As
+/// [`encode_bind`] and [`encode_execute`] frame them (tested below).
+pub const BIND_EXECUTE_UNNAMED: &[u8] = b"B\0\0\0\x0c\0\0\0\0\0\0\0\0E\0\0\0\x09\0\0\0\0\0";
+
+/// A `Close` of the unnamed statement.
+pub const CLOSE_UNNAMED_STATEMENT: &[u8] = b"C\0\0\0\x06S\0";
+
+/// [`encode_query`] at compile time, for a statement of the proxy's own:
+/// `N` is `sql.len() + 6`.
+pub const fn query_message<const N: usize>(sql: &str) -> [u8; N] {
+    framed(b'Q', sql.as_bytes(), &[0])
+}
+
+/// [`encode_parse`] of the unnamed statement, with no parameter types, at
+/// compile time: `N` is `sql.len() + 9`.
+pub const fn parse_message<const N: usize>(sql: &str) -> [u8; N] {
+    framed(b'P', sql.as_bytes(), &[0, 0, 0])
+}
+
+/// `tag`, the length, `[0]` (the unnamed statement) when `tag` is a
+/// Parse, then `body` and `tail`.
+const fn framed<const N: usize>(tag: u8, body: &[u8], tail: &[u8]) -> [u8; N] {
+    let name = if tag == b'P' { 1 } else { 0 };
+    assert!(N == 5 + name + body.len() + tail.len(), "wrong length");
+    let mut out = [0u8; N];
+    out[0] = tag;
+    let len = ((N - 1) as u32).to_be_bytes();
+    let mut i = 0;
+    while i < 4 {
+        out[1 + i] = len[i];
+        i += 1;
+    }
+    // out[5] is already the unnamed statement's 0 for a Parse.
+    let mut i = 0;
+    while i < body.len() {
+        out[5 + name + i] = body[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < tail.len() {
+        out[5 + name + body.len() + i] = tail[i];
+        i += 1;
+    }
+    out
+}
+
 /// Encodes a simple `Query`.
 pub fn encode_query(out: &mut BytesMut, sql: &str) {
     out.put_u8(b'Q');
@@ -324,6 +373,26 @@ mod bind_format_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_messages_are_framed_as_the_encoders_frame_them() {
+        let mut b = BytesMut::new();
+        encode_bind(&mut b, "", "", &[0, 0, 0, 0, 0, 0]);
+        encode_execute(&mut b, "", 0);
+        assert_eq!(&b[..], BIND_EXECUTE_UNNAMED);
+        let mut b = BytesMut::new();
+        encode_target(&mut b, b'C', b'S', "");
+        assert_eq!(&b[..], CLOSE_UNNAMED_STATEMENT);
+        const SQL: &str = "SELECT pg_catalog.now()";
+        let mut b = BytesMut::new();
+        encode_query(&mut b, SQL);
+        assert_eq!(b[..], query_message::<{ SQL.len() + 6 }>(SQL));
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "", SQL, &[0, 0]);
+        assert_eq!(b[..], parse_message::<{ SQL.len() + 9 }>(SQL));
+        let p = decode_parse(&b[5..]).unwrap();
+        assert_eq!((p.name, p.query), ("", SQL));
+    }
 
     #[test]
     fn client_messages_decode_once() {

@@ -107,6 +107,12 @@ impl Unreported {
 /// its commit record (the insert position covers commits whose WAL is not
 /// flushed yet, as with synchronous_commit = off).
 const COMMIT_LSN_QUERY: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+/// [`COMMIT_LSN_QUERY`] as a simple `Query`, and as the `Parse` of the
+/// unnamed statement: framed once, at compile time.
+const COMMIT_LSN_SIMPLE: [u8; COMMIT_LSN_QUERY.len() + 6] =
+    crate::protocol::frontend::query_message(COMMIT_LSN_QUERY);
+const COMMIT_LSN_PARSE: [u8; COMMIT_LSN_QUERY.len() + 9] =
+    crate::protocol::frontend::parse_message(COMMIT_LSN_QUERY);
 
 /// Why a session ended.
 #[derive(Debug)]

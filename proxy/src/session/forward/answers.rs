@@ -41,9 +41,7 @@ impl<S: ClientStream> Session<S> {
     }
 
     pub(super) fn synthetic_empty(&mut self, tag: u8) {
-        let mut m = BytesMut::new();
-        backend::empty(&mut m, tag);
-        self.expect.push_synthetic(m.freeze());
+        self.expect.push_synthetic(backend::empty_message(tag));
     }
 
     pub(super) fn synthetic_complete(&mut self, command: &str) {
@@ -53,17 +51,13 @@ impl<S: ClientStream> Session<S> {
     }
 
     pub(super) fn synthetic_ready(&mut self) {
-        let mut m = BytesMut::new();
-        backend::ready_for_query(
-            &mut m,
-            match (&self.server, &self.open) {
-                (Some(_), _) => self.expect.status(),
-                (None, OpenTxn::None) => status::IDLE,
-                (None, OpenTxn::Begun { .. }) => status::IN_TRANSACTION,
-                (None, OpenTxn::Failed { .. }) => status::FAILED,
-            },
-        );
-        self.expect.push_synthetic(m.freeze());
+        let ready = backend::ready_message(match (&self.server, &self.open) {
+            (Some(_), _) => self.expect.status(),
+            (None, OpenTxn::None) => status::IDLE,
+            (None, OpenTxn::Begun { .. }) => status::IN_TRANSACTION,
+            (None, OpenTxn::Failed { .. }) => status::FAILED,
+        });
+        self.expect.push_synthetic(ready);
     }
 
     pub(in crate::session) fn synthetic_error(&mut self, e: &ProxyError) {

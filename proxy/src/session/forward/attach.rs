@@ -161,8 +161,7 @@ impl<S: ClientStream> Session<S> {
             // As the client sent it, but for the Sync: the server answers
             // with the client's next Sync, in one write.
             frontend::encode_parse(out, "", &begin, &[0, 0]);
-            frontend::encode_bind(out, "", "", &[0, 0, 0, 0, 0, 0]);
-            frontend::encode_execute(out, "", 0);
+            out.extend_from_slice(frontend::BIND_EXECUTE_UNNAMED);
             for req in [Req::Parse, Req::Bind, Req::Execute] {
                 self.expect.push_quiet(req);
             }

@@ -16,7 +16,7 @@
 //! would be on the server: until it ends the block, every statement gets
 //! `25P02`, and `COMMIT` or `ROLLBACK` answers `ROLLBACK`.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::ProxyError;
 use crate::protocol::backend;
@@ -137,7 +137,7 @@ impl<S: ClientStream> Session<S> {
                     backend::empty(&mut answers, be::NO_DATA);
                 }
                 (ClientMsg::Execute { portal: e }, Some(portal)) if !executed && e == portal => {
-                    backend::command_complete(&mut answers, "BEGIN");
+                    answers.extend_from_slice(backend::BEGIN_COMPLETE);
                     executed = true;
                 }
                 (ClientMsg::Sync, Some(_)) if executed => break,
@@ -163,7 +163,7 @@ impl<S: ClientStream> Session<S> {
     /// than the primary (a read-only default can send it to a replica,
     /// which may have waited to catch up), it is attached now and handled
     /// as usual (`false`).
-    async fn begin(&mut self, sql: &str, batch: Option<usize>, mut answers: BytesMut) -> bool {
+    async fn begin(&mut self, sql: &str, batch: Option<usize>, answers: BytesMut) -> bool {
         let e = match self.route(sql, None, None).await {
             Ok(routed) if routed.decision.primary && routed.holds_nothing() => {
                 self.open = OpenTxn::Begun {
@@ -171,14 +171,15 @@ impl<S: ClientStream> Session<S> {
                     routed: Box::new(routed),
                     extended: batch.is_some(),
                 };
-                match batch {
+                let answers = match batch {
                     Some(n) => {
                         self.cbuf.advance(n);
                         self.batch.consumed(n);
+                        answers.freeze()
                     }
-                    None => backend::command_complete(&mut answers, "BEGIN"),
-                }
-                self.expect.push_synthetic(answers.freeze());
+                    None => Bytes::from_static(backend::BEGIN_COMPLETE),
+                };
+                self.expect.push_synthetic(answers);
                 self.synthetic_ready();
                 return true;
             }

@@ -12,7 +12,7 @@ use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
 use crate::protocol::frontend;
-use crate::protocol::tag::{be, fe, status};
+use crate::protocol::tag::{be, status};
 use crate::server::stream::Progress;
 
 use super::*;
@@ -331,7 +331,7 @@ impl<S: ClientStream> Session<S> {
     pub(super) fn start_capture(&mut self) {
         if self.txn == Txn::Write && !self.pinned {
             self.txn = Txn::Capturing(None);
-            frontend::encode_query(&mut self.to_server, COMMIT_LSN_QUERY);
+            self.to_server.extend_from_slice(&COMMIT_LSN_SIMPLE);
             self.expect.push(Req::Query, Action::Drop);
         }
     }
@@ -358,10 +358,9 @@ impl<S: ClientStream> Session<S> {
             let out = &mut self.to_server;
             // No parameter types; no parameter formats, parameters or
             // result formats (the answer in text).
-            frontend::encode_parse(out, "", COMMIT_LSN_QUERY, &[0, 0]);
-            frontend::encode_bind(out, "", "", &[0, 0, 0, 0, 0, 0]);
-            frontend::encode_execute(out, "", 0);
-            frontend::encode_target(out, fe::CLOSE, b'S', "");
+            out.extend_from_slice(&COMMIT_LSN_PARSE);
+            out.extend_from_slice(frontend::BIND_EXECUTE_UNNAMED);
+            out.extend_from_slice(frontend::CLOSE_UNNAMED_STATEMENT);
             for req in [Req::Parse, Req::Bind, Req::Execute, Req::Close] {
                 self.expect.push_quiet(req);
             }
