@@ -694,8 +694,13 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
                 .await
                 .unwrap_or_else(|| panic!("{ending:?}: no lagrouter.last_write_lsn"));
             let token: Lsn = token.parse().expect("an LSN");
+            // Up to the flush position: pg_walinspect refuses an end past
+            // it ("cannot accept future end LSN"), and the write position
+            // runs ahead of it while another backend's WAL (a health
+            // heartbeat) is written but not flushed. The client's commit
+            // record is flushed: synchronous_commit is on.
             let find = format!(
-                "SELECT end_lsn FROM pg_get_wal_records_info('{start}', pg_current_wal_lsn()) \
+                "SELECT end_lsn FROM pg_get_wal_records_info('{start}', pg_current_wal_flush_lsn()) \
                  WHERE xid::text = '{xid}' AND resource_manager = 'Transaction' \
                  AND record_type = 'COMMIT'"
             );
