@@ -164,22 +164,29 @@ pub fn auth_sasl_data(out: &mut BytesMut, code: i32, data: &[u8]) {
     );
 }
 
-/// `ParameterStatus`.
+/// `ParameterStatus`. Framed by hand: every writing transaction reports
+/// its LSN with one, and the message type would copy both strings first.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    // Framed by hand: every writing transaction reports its LSN with one,
-    // and the message type would copy both strings first.
-    let len = 4 + name.len() + 1 + value.len() + 1;
+    put_cstrs(out, b'S', &[name, value]);
+}
+
+/// A message of `tag` whose body is `strings`, each ending with a 0 byte,
+/// as pgwire frames `ParameterStatus` and `CommandComplete` (tested below).
+/// One too large for a length (it never is: lagrouter writes these) is
+/// left out and logged.
+fn put_cstrs(out: &mut BytesMut, tag: u8, strings: &[&str]) {
+    let len = 4 + strings.iter().map(|s| s.len() + 1).sum::<usize>();
     let Ok(len) = i32::try_from(len) else {
-        tracing::error!("cannot encode a ParameterStatus of {len} bytes");
+        tracing::error!("cannot encode a '{}' message of {len} bytes", tag as char);
         return;
     };
     out.reserve(1 + len as usize);
-    out.put_u8(b'S');
+    out.put_u8(tag);
     out.put_i32(len);
-    out.put_slice(name.as_bytes());
-    out.put_u8(0);
-    out.put_slice(value.as_bytes());
-    out.put_u8(0);
+    for s in strings {
+        out.put_slice(s.as_bytes());
+        out.put_u8(0);
+    }
 }
 
 /// `BackendKeyData`.
@@ -286,19 +293,10 @@ pub fn parameter_description(out: &mut BytesMut, types: &[u32]) {
     put(out, ParameterDescription::new(types.to_vec()));
 }
 
-/// `CommandComplete` with a tag such as `SHOW` or `SET`. Framed by hand,
-/// as [`parameter_status`] (a deferred `BEGIN` answers with one).
+/// `CommandComplete` with a tag such as `SHOW` or `SET`, framed by hand
+/// (a deferred `BEGIN` answers with one).
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    let len = 4 + tag.len() + 1;
-    let Ok(len) = i32::try_from(len) else {
-        tracing::error!("cannot encode a CommandComplete of {len} bytes");
-        return;
-    };
-    out.reserve(1 + len as usize);
-    out.put_u8(b'C');
-    out.put_i32(len);
-    out.put_slice(tag.as_bytes());
-    out.put_u8(0);
+    put_cstrs(out, b'C', &[tag]);
 }
 
 /// [`command_complete`] of `BEGIN`, whole: the answer to a deferred

@@ -277,40 +277,35 @@ pub const CLOSE_UNNAMED_STATEMENT: &[u8] = b"C\0\0\0\x06S\0";
 /// [`encode_query`] at compile time, for a statement of the proxy's own:
 /// `N` is `sql.len() + 6`.
 pub const fn query_message<const N: usize>(sql: &str) -> [u8; N] {
-    framed(b'Q', sql.as_bytes(), &[0])
+    framed(b'Q', &[], sql.as_bytes(), &[0])
 }
 
 /// [`encode_parse`] of the unnamed statement, with no parameter types, at
 /// compile time: `N` is `sql.len() + 9`.
 pub const fn parse_message<const N: usize>(sql: &str) -> [u8; N] {
-    framed(b'P', sql.as_bytes(), &[0, 0, 0])
+    framed(b'P', &[0], sql.as_bytes(), &[0, 0, 0])
 }
 
-/// `tag`, the length, `[0]` (the unnamed statement) when `tag` is a
-/// Parse, then `body` and `tail`.
-const fn framed<const N: usize>(tag: u8, body: &[u8], tail: &[u8]) -> [u8; N] {
-    let name = if tag == b'P' { 1 } else { 0 };
-    assert!(N == 5 + name + body.len() + tail.len(), "wrong length");
+/// `tag`, the length, then `head`, `body` and `tail`.
+const fn framed<const N: usize>(tag: u8, head: &[u8], body: &[u8], tail: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out[0] = tag;
-    let len = ((N - 1) as u32).to_be_bytes();
-    let mut i = 0;
-    while i < 4 {
-        out[1 + i] = len[i];
-        i += 1;
-    }
-    // out[5] is already the unnamed statement's 0 for a Parse.
-    let mut i = 0;
-    while i < body.len() {
-        out[5 + name + i] = body[i];
-        i += 1;
-    }
-    let mut i = 0;
-    while i < tail.len() {
-        out[5 + name + body.len() + i] = tail[i];
-        i += 1;
-    }
+    let mut at = put_const(&mut out, 1, &((N - 1) as u32).to_be_bytes());
+    at = put_const(&mut out, at, head);
+    at = put_const(&mut out, at, body);
+    at = put_const(&mut out, at, tail);
+    assert!(at == N, "wrong length");
     out
+}
+
+/// Copies `src` into `out` at `at`; returns where it ends.
+const fn put_const<const N: usize>(out: &mut [u8; N], at: usize, src: &[u8]) -> usize {
+    let mut i = 0;
+    while i < src.len() {
+        out[at + i] = src[i];
+        i += 1;
+    }
+    at + src.len()
 }
 
 /// Encodes a simple `Query`.
