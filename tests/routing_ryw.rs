@@ -608,8 +608,10 @@ enum Ending {
 }
 
 /// The recorded write of each way to end a transaction covers its commit
-/// record. lagrouter sends its commit-LSN query right behind a plain
-/// `COMMIT` (the simple query, or the Sync of the batch that has it), so the
+/// record. lagrouter sends its commit-LSN question (a FunctionCall of
+/// `pg_current_wal_insert_lsn()` by its OID, which is checked here against
+/// the server's catalog) right behind a plain `COMMIT` (the simple query,
+/// or the Sync of the batch that has it), so the
 /// answer must still come from after the commit, and a `COMMIT` that did not
 /// end the block must record nothing until the real end. The commit record
 /// is looked up with pg_walinspect by the transaction's id: the token must
@@ -626,6 +628,18 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
         })
         .await
         .expect("pg_walinspect (PostgreSQL contrib)");
+        let oid = blocking(|c| {
+            c.sql(
+                c.primary_index(),
+                "SELECT 'pg_catalog.pg_current_wal_insert_lsn()'::regprocedure::oid",
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            oid, "2852",
+            "pg_current_wal_insert_lsn()'s OID, which lagrouter calls by (PG_CURRENT_WAL_INSERT_LSN)"
+        );
         let (_proxy, mut raw) = support::trusted_session("lr_cmt").await;
         let wait = Duration::from_secs(10);
         raw.send(&query("CREATE TABLE IF NOT EXISTS lr_commit_lsn (x int)"))
@@ -725,7 +739,7 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
 }
 
 /// A writing transaction's `COMMIT` travels with lagrouter's commit-LSN
-/// question (right behind a simple query, ahead of a batch's Sync), so
+/// question (right behind a simple query or a batch's Sync), so
 /// what the client sees when the `COMMIT` fails, or when the question
 /// itself fails, must be what PostgreSQL alone would show it: the
 /// `COMMIT`'s own error and one ReadyForQuery for a failed `COMMIT` (a
@@ -766,17 +780,17 @@ async fn a_failing_commit_shows_the_client_only_its_own_answers() {
             let want = if how == "simple" { "EZ" } else { "12EZ" };
             assert_eq!(tags(&msgs), want, "{how}: what the client got");
             assert_eq!(*msgs.last().unwrap().body.first().unwrap(), b'I', "{how}");
-            // Behind a simple query the question runs whatever the COMMIT
-            // did, and records the primary's position after it: later
-            // than anything, so it only makes reads wait longer. Inside a
-            // batch the server skips it with the rest.
-            let reported = last_write_lsn_status(&mut raw, Duration::from_millis(500)).await;
-            if how == "extended" {
-                assert_eq!(
-                    reported, None,
-                    "a write was reported for a COMMIT that failed"
-                );
-            }
+            // The question runs behind the failed COMMIT (the transaction
+            // is over) and records the primary's position after it: later
+            // than anything the transaction could have written, so it only
+            // makes reads wait longer. Its answers are not the client's.
+            let reported = last_write_lsn_status(&mut raw, wait).await;
+            assert!(
+                reported
+                    .as_deref()
+                    .is_some_and(|l| l.parse::<Lsn>().is_ok()),
+                "{how}: the position after a failed COMMIT: {reported:?}"
+            );
         }
         // An aborted block that wrote, and a COMMIT bound in it but never
         // executed: the question behind it fails inside the block.

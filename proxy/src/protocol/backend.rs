@@ -98,6 +98,16 @@ pub fn decode_first_column(body: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
     Ok(Some(r.bytes(len as usize)?))
 }
 
+/// The result of a `FunctionCallResponse` body; `None` when it is NULL.
+pub fn decode_function_result(body: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
+    let mut r = Reader::new(body, "FunctionCallResponse");
+    let len = r.i32()?;
+    if len < 0 {
+        return Ok(None);
+    }
+    Ok(Some(r.bytes(len as usize)?))
+}
+
 /// Decodes the fields of an `ErrorResponse`/`NoticeResponse` body.
 pub fn decode_error_fields(body: &[u8]) -> Result<ErrorFields, DecodeError> {
     let mut r = Reader::new(body, "ErrorResponse");
@@ -471,6 +481,19 @@ mod tests {
             }
         );
         assert!(decode_auth(&[0, 0, 0, 10, b'x']).is_err());
+    }
+
+    #[test]
+    fn function_results_are_bounds_checked() {
+        let v = b"\0\0\0\x0b16/B374D848";
+        assert_eq!(
+            decode_function_result(v).unwrap(),
+            Some(&b"16/B374D848"[..])
+        );
+        assert_eq!(decode_function_result(b"\xff\xff\xff\xff").unwrap(), None);
+        // Shorter than it says, or no length at all: an error, not a panic.
+        assert!(decode_function_result(&v[..9]).is_err());
+        assert!(decode_function_result(b"\0\0").is_err());
     }
 
     #[test]

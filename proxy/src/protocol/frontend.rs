@@ -267,23 +267,15 @@ pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
 /// A `Bind` of the unnamed statement to the unnamed portal, with no
 /// parameters and its results in text, then an `Execute` of all the
 /// portal's rows: what follows the `Parse` of a statement the proxy runs
-/// in a batch (the commit-LSN question, a deferred `BEGIN`). As
-/// [`encode_bind`] and [`encode_execute`] frame them (tested below).
+/// in a batch (a deferred `BEGIN`). As [`encode_bind`] and
+/// [`encode_execute`] frame them (tested below).
 pub const BIND_EXECUTE_UNNAMED: &[u8] = b"B\0\0\0\x0c\0\0\0\0\0\0\0\0E\0\0\0\x09\0\0\0\0\0";
 
-/// A `Close` of the unnamed statement.
-pub const CLOSE_UNNAMED_STATEMENT: &[u8] = b"C\0\0\0\x06S\0";
-
-/// [`encode_query`] at compile time, for a statement of the proxy's own:
-/// `N` is `sql.len() + 6`.
-pub const fn query_message<const N: usize>(sql: &str) -> [u8; N] {
-    framed(b'Q', &[], sql.as_bytes(), &[0])
-}
-
-/// [`encode_parse`] of the unnamed statement, with no parameter types, at
-/// compile time: `N` is `sql.len() + 9`.
-pub const fn parse_message<const N: usize>(sql: &str) -> [u8; N] {
-    framed(b'P', &[0], sql.as_bytes(), &[0, 0, 0])
+/// A `FunctionCall` of the function whose `pg_proc` OID is `oid`, with no
+/// arguments and its result in text, at compile time: the message's OID,
+/// then no argument format codes, no arguments, and result format 0.
+pub const fn function_call_message(oid: u32) -> [u8; 15] {
+    framed(b'F', &oid.to_be_bytes(), &[], &[0, 0, 0, 0, 0, 0])
 }
 
 /// `tag`, the length, then `head`, `body` and `tail`.
@@ -375,18 +367,28 @@ mod tests {
         encode_bind(&mut b, "", "", &[0, 0, 0, 0, 0, 0]);
         encode_execute(&mut b, "", 0);
         assert_eq!(&b[..], BIND_EXECUTE_UNNAMED);
+        // FunctionCall (protocol docs, "Message Formats"): Int32 length,
+        // Int32 OID, Int16 argument format codes (0), Int16 arguments (0),
+        // Int16 result format (0: text).
         let mut b = BytesMut::new();
-        encode_target(&mut b, b'C', b'S', "");
-        assert_eq!(&b[..], CLOSE_UNNAMED_STATEMENT);
-        const SQL: &str = "SELECT pg_catalog.now()";
-        let mut b = BytesMut::new();
-        encode_query(&mut b, SQL);
-        assert_eq!(b[..], query_message::<{ SQL.len() + 6 }>(SQL));
-        let mut b = BytesMut::new();
-        encode_parse(&mut b, "", SQL, &[0, 0]);
-        assert_eq!(b[..], parse_message::<{ SQL.len() + 9 }>(SQL));
-        let p = decode_parse(&b[5..]).unwrap();
-        assert_eq!((p.name, p.query), ("", SQL));
+        b.put_u8(b'F');
+        b.put_i32(4 + 4 + 2 + 2 + 2);
+        b.put_u32(0x0102_0304);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+        assert_eq!(b[..], function_call_message(0x0102_0304));
+        let (tag, total) = crate::protocol::frame::peek_header(&b, 1 << 20)
+            .unwrap()
+            .expect("a whole frame");
+        assert_eq!(
+            (tag, total),
+            (crate::protocol::tag::fe::FUNCTION_CALL, b.len())
+        );
+        assert_eq!(
+            ClientMsg::decode(tag, &b[5..]),
+            Ok(Some(ClientMsg::FunctionCall))
+        );
     }
 
     #[test]

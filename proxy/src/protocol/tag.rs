@@ -27,6 +27,7 @@ pub mod be {
     pub const BIND_COMPLETE: u8 = b'2';
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const DATA_ROW: u8 = b'D';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
     pub const ERROR: u8 = b'E';
     pub const PARAMETER_STATUS: u8 = b'S';
     pub const READY_FOR_QUERY: u8 = b'Z';

@@ -202,10 +202,10 @@ impl<S: ClientStream> Session<S> {
 
     fn on_sync(&mut self, frame: &[u8]) {
         if self.server.is_some() {
-            if std::mem::take(&mut self.commit_bound) {
-                self.start_capture_in_batch();
-            }
             self.forward(frame, Req::Sync);
+            if std::mem::take(&mut self.commit_bound) {
+                self.start_capture();
+            }
         } else {
             self.commit_bound = false;
             self.synthetic_ready();

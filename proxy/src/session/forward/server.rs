@@ -11,7 +11,6 @@ use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frame::peek_header;
-use crate::protocol::frontend;
 use crate::protocol::tag::{be, status};
 use crate::server::stream::Progress;
 
@@ -260,9 +259,9 @@ impl<S: ClientStream> Session<S> {
                         }
                     }
                 }
-                be::DATA_ROW if !forward && txn.capturing() => {
+                be::FUNCTION_CALL_RESPONSE if !forward && txn.capturing() => {
                     *txn = Txn::Capturing(
-                        backend::decode_first_column(&frame[5..])
+                        backend::decode_function_result(&frame[5..])
                             .ok()
                             .flatten()
                             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
@@ -317,53 +316,27 @@ impl<S: ClientStream> Session<S> {
         Ok(self.to_client.len() > READ_AHEAD_LIMIT)
     }
 
-    /// Asks the primary where a writing transaction's commit landed, right
-    /// behind what ends it: the client's plain `COMMIT` as a simple query
-    /// (a batch that ran one has [`Self::start_capture_in_batch`]), or
-    /// else once the transaction is over (`maybe_release`). Behind the
-    /// `COMMIT`, the server answers both from one read of its socket, and
-    /// the proxy waits no round trip of its own before it releases the
-    /// connection. Client bytes that come
-    /// meanwhile wait (`held_client`) and are routed with the new LSN.
+    /// Asks the primary where a writing transaction's commit landed
+    /// ([`COMMIT_LSN_CALL`]), right behind what ends it: the client's
+    /// plain `COMMIT` as a simple query, or the Sync of an
+    /// extended-protocol batch that ran one, or else once the transaction
+    /// is over (`maybe_release`). Behind the `COMMIT`, the server answers
+    /// both from one read of its socket, and the proxy waits no round trip
+    /// of its own before it releases the connection. None of the call's
+    /// answers, an error included, reaches the client. Client bytes that
+    /// come meanwhile wait (`held_client`) and are routed with the new LSN.
+    /// When the batch's `COMMIT` did not end the block (bound, never
+    /// executed), the call runs inside it and [`Self::maybe_release`] asks
+    /// again at the real end; when the `COMMIT` failed, the answer is a
+    /// position past anything the transaction could have written.
     /// Never for a pinned session: its connection is not released, so
     /// nothing would end the capture (`maybe_release` returns first) and
     /// the client's next message would wait for good.
     pub(super) fn start_capture(&mut self) {
         if self.txn == Txn::Write && !self.pinned {
             self.txn = Txn::Capturing(None);
-            self.to_server.extend_from_slice(&COMMIT_LSN_SIMPLE);
-            self.expect.push(Req::Query, Action::Drop);
-        }
-    }
-
-    /// [`Self::start_capture`] for a plain `COMMIT` that an
-    /// extended-protocol batch ran (called before its Sync goes on): the
-    /// question goes into the same batch, ahead of the client's Sync, so
-    /// the server answers both in one cycle and one write, where a query
-    /// behind the Sync costs it a second (35 µs more per transaction
-    /// against 12–24 in one, measured straight at the primary; see
-    /// docs/performance.md). It runs as the unnamed statement and
-    /// portal, closed again: afterwards the client has no unnamed
-    /// statement, as after the simple query it replaces. When the `COMMIT` fails, the server
-    /// skips it with the rest of the batch ([`Expect`] drops what it never
-    /// answers) and nothing is recorded: nothing was committed. When the
-    /// `COMMIT` did not end the block (bound, never executed), the question
-    /// runs inside it and [`Self::maybe_release`] asks again at the real
-    /// end.
-    ///
-    /// [`Expect`]: crate::protocol::expect::Expect
-    pub(super) fn start_capture_in_batch(&mut self) {
-        if self.txn == Txn::Write && !self.pinned {
-            self.txn = Txn::Capturing(None);
-            let out = &mut self.to_server;
-            // No parameter types; no parameter formats, parameters or
-            // result formats (the answer in text).
-            out.extend_from_slice(&COMMIT_LSN_PARSE);
-            out.extend_from_slice(frontend::BIND_EXECUTE_UNNAMED);
-            out.extend_from_slice(frontend::CLOSE_UNNAMED_STATEMENT);
-            for req in [Req::Parse, Req::Bind, Req::Execute, Req::Close] {
-                self.expect.push_quiet(req);
-            }
+            self.to_server.extend_from_slice(&COMMIT_LSN_CALL);
+            self.expect.push(Req::FunctionCall, Action::Drop);
         }
     }
 
