@@ -12,9 +12,11 @@ alone.
 
   simple-base          Query COMMIT
   simple+query         ... + Query SELECT pg_current_wal_insert_lsn()
+  simple+named         ... + Bind/Execute/Sync of the SELECT prepared once
   simple+fcall         ... + FunctionCall of the function by OID (lagrouter)
   ext-base             Parse/Bind/Execute COMMIT, Sync
   ext+inbatch-unnamed  ... + Parse/Bind/Execute/Close of the SELECT, before the Sync
+  ext+inbatch-named    ... + Bind/Execute of the SELECT prepared once, before the Sync
   ext+fcall            ... + FunctionCall after the Sync (lagrouter)
 
 Usage (on the primary's host, which must trust the connection: the unix
@@ -49,11 +51,16 @@ def query(sql):
     return msg(b"Q", cstr(sql))
 
 
-def parse(sql):
-    return msg(b"P", cstr("") + cstr(sql) + struct.pack("!h", 0))
+def parse(sql, name=""):
+    return msg(b"P", cstr(name) + cstr(sql) + struct.pack("!h", 0))
 
 
-BIND = msg(b"B", cstr("") + cstr("") + struct.pack("!hhh", 0, 0, 0))
+def bind(statement=""):
+    return msg(b"B", cstr("") + cstr(statement) + struct.pack("!hhh", 0, 0, 0))
+
+
+BIND = bind()
+BIND_LSN = bind("lsn")
 EXECUTE = msg(b"E", cstr("") + struct.pack("!i", 0))
 CLOSE = msg(b"C", b"S" + cstr(""))
 SYNC = msg(b"S", b"")
@@ -62,12 +69,14 @@ FCALL = msg(b"F", struct.pack("!ihhh", PG_CURRENT_WAL_INSERT_LSN, 0, 0, 0))
 VARIANTS = {
     "simple-base": (query("COMMIT"), 1),
     "simple+query": (query("COMMIT") + query(LSN_SQL), 2),
+    "simple+named": (query("COMMIT") + BIND_LSN + EXECUTE + SYNC, 2),
     "simple+fcall": (query("COMMIT") + FCALL, 2),
     "ext-base": (parse("COMMIT") + BIND + EXECUTE + SYNC, 1),
     "ext+inbatch-unnamed": (
         parse("COMMIT") + BIND + EXECUTE + parse(LSN_SQL) + BIND + EXECUTE + CLOSE + SYNC,
         1,
     ),
+    "ext+inbatch-named": (parse("COMMIT") + BIND + EXECUTE + BIND_LSN + EXECUTE + SYNC, 1),
     "ext+fcall": (parse("COMMIT") + BIND + EXECUTE + SYNC + FCALL, 2),
 }
 
@@ -132,6 +141,7 @@ def main():
     c = Conn(args)
     row = [m for m in c.run(query("SELECT pg_backend_pid()"), 1) if m[:1] == b"D"][0]
     pid = int(row[11:].decode())
+    c.run(parse(LSN_SQL, "lsn") + SYNC, 1)
     if not os.path.exists(f"/proc/{pid}/schedstat"):
         sys.exit(f"commit-lsn-cost: server process {pid} is not on this host")
     names = list(VARIANTS)
