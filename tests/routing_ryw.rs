@@ -486,6 +486,147 @@ async fn causal_token_makes_other_connections_see_the_write() {
     drop((a, b, c, d, e));
 }
 
+/// EXECUTE on the function the commit-LSN question calls, revoked from
+/// every role but superusers while the guard lives; granted back on drop,
+/// even when an assertion fails.
+struct Revoked;
+
+const INSERT_LSN_FN: &str = "FUNCTION pg_catalog.pg_current_wal_insert_lsn()";
+
+impl Revoked {
+    async fn new() -> Revoked {
+        blocking(|c| {
+            c.sql(
+                c.primary_index(),
+                &format!("REVOKE EXECUTE ON {INSERT_LSN_FN} FROM PUBLIC"),
+            )
+        })
+        .await
+        .expect("revoke");
+        Revoked
+    }
+}
+
+impl Drop for Revoked {
+    fn drop(&mut self) {
+        let c = lagrouter::pgcluster::Cluster::shared();
+        if let Err(e) = c.sql(
+            c.primary_index(),
+            &format!("GRANT EXECUTE ON {INSERT_LSN_FN} TO PUBLIC"),
+        ) {
+            eprintln!("could not grant {INSERT_LSN_FN} back: {e}");
+        }
+    }
+}
+
+/// When the commit-LSN question fails on a connection that lives on (its
+/// function's EXECUTE revoked from the session's role), the write is
+/// committed but its position unknown. No replica can be shown to have it,
+/// so the session's reads go to the primary, with both replicas paused
+/// (where a replica read would miss the row: the control, a connection
+/// without the write, is served by one). Once the question works again,
+/// the end of the session's next transaction on the primary learns a
+/// position, and after the replicas replay it reads go back to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_commit_position_keeps_the_sessions_reads_on_the_primary() {
+    let _serial = SERIAL.lock().await;
+    caught_up().await;
+    support::ensure_role("lr_unk").await;
+    let lr = Lr::start(
+        ProxyBuilder::new().user("name = \"lr_unk\"\npassword = \"lr_unk\"\nauth = \"trust\""),
+        "max_lag_bytes = 268435456\n",
+    )
+    .await;
+    let a = lr.connect().await;
+    a.batch_execute(
+        "DROP TABLE IF EXISTS unk_rows; \
+         CREATE TABLE unk_rows (id int PRIMARY KEY)",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create table: {}", describe(&e)));
+    let before = last_write_lsn(&a).await;
+    caught_up().await;
+    lr.wait_all_healthy(Duration::from_secs(10)).await;
+
+    let revoked = Revoked::new().await;
+    let paused = Paused::new(&[1, 2]).await;
+    a.execute("INSERT INTO unk_rows VALUES (1)", &[])
+        .await
+        .unwrap_or_else(|e| panic!("insert: {}", describe(&e)));
+    assert_eq!(
+        last_write_lsn(&a).await,
+        before,
+        "a position was recorded though the question could not run"
+    );
+    let sel = "SELECT count(*), inet_server_port() FROM unk_rows WHERE id = 1";
+    let served =
+        |r: &[Vec<Option<String>>]| lr.node_of(r[0][1].as_deref().unwrap().parse().unwrap());
+
+    // Control: a connection that did not write reads from a paused replica.
+    let d = lr.connect().await;
+    let r = rows(&d, sel).await;
+    assert_ne!(
+        served(&r),
+        0,
+        "a fresh connection should read from a replica"
+    );
+    assert_eq!(
+        r[0][0].as_deref(),
+        Some("0"),
+        "a paused replica has the row?"
+    );
+
+    // The writer: every read on the primary while the position is unknown.
+    for i in 0..3 {
+        let r = rows(&a, sel).await;
+        eprintln!("unknown position, read {i}: {r:?}");
+        assert_eq!(
+            r[0][0].as_deref(),
+            Some("1"),
+            "read {i} missed the session's own row"
+        );
+        assert_eq!(served(&r), 0, "read {i} left the primary");
+        let r = a
+            .query_one(sel, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sel}: {}", describe(&e)));
+        assert_eq!(
+            (r.get::<_, i64>(0), lr.node_of(r.get::<_, i32>(1))),
+            (1, 0),
+            "extended read {i}"
+        );
+    }
+
+    // The question works again: the next read on the primary learns a
+    // position past the insert.
+    drop(revoked);
+    let r = rows(&a, sel).await;
+    assert_eq!((r[0][0].as_deref(), served(&r)), (Some("1"), 0));
+    let learned = last_write_lsn(&a)
+        .await
+        .expect("a position once the question works");
+    assert!(Some(learned) > before, "{learned} is not past {before:?}");
+    let check = format!("select pg_current_wal_lsn() >= '{learned}'::pg_lsn");
+    assert_eq!(blocking(move |c| c.sql(0, &check)).await.unwrap(), "t");
+
+    paused.resume().await;
+    caught_up().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = rows(&a, sel).await;
+        assert_eq!(r[0][0].as_deref(), Some("1"));
+        if served(&r) != 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer still reads from the primary 10 s after the replicas caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((a, d));
+}
+
 /// A transaction routed as a write because it starts with `BEGIN`, whose
 /// statements only read, commits no WAL of its own: lagrouter asks no
 /// commit LSN for it, so the session's last write stays where it was (and
@@ -493,6 +634,8 @@ async fn causal_token_makes_other_connections_see_the_write() {
 /// that may write, in the same kind of transaction, moves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_only_reads_records_no_write() {
+    // The commit-LSN question must be answered: one test revokes it.
+    let _serial = SERIAL.lock().await;
     within(Duration::from_secs(60), "read-only BEGIN…COMMIT", async {
         let proxy = ProxyBuilder::new().start().await;
         let c = support::connect(&proxy).await;
@@ -564,6 +707,8 @@ async fn a_transaction_that_only_reads_records_no_write() {
 /// its commit LSN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_pooling_sessions_live_on_the_primary() {
+    // The commit-LSN question must be answered: one test revokes it.
+    let _serial = SERIAL.lock().await;
     within(Duration::from_secs(60), "session pooling", async {
         let proxy = ProxyBuilder::new().pool("mode = \"session\"").start().await;
         let primary_port = blocking(|c| c.port(c.primary_index())).await;
@@ -619,6 +764,8 @@ enum Ending {
 /// commit), and the ParameterStatus must come only after the real end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
+    // The commit-LSN question must be answered: one test revokes it.
+    let _serial = SERIAL.lock().await;
     within(Duration::from_secs(90), "commit endings", async {
         blocking(|c| {
             c.sql(
@@ -748,6 +895,8 @@ async fn the_recorded_write_covers_the_commit_however_it_is_sent() {
 /// own answers, with no error at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_commit_shows_the_client_only_its_own_answers() {
+    // The commit-LSN question must be answered: one test revokes it.
+    let _serial = SERIAL.lock().await;
     within(Duration::from_secs(90), "failing commits", async {
         let (_proxy, mut raw) = support::trusted_session("lr_cmt").await;
         let wait = Duration::from_secs(10);

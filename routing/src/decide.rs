@@ -19,6 +19,7 @@ use crate::breaker::{Admission, Breaker, BreakerSettings};
 use crate::classify::{Analysis, Class};
 use crate::gate::WriteGate;
 use crate::hints::RouteOverride;
+use crate::session::UNRESOLVED_WRITE;
 use crate::{Reason, RouteDecision, RouteError};
 
 /// Everything a decision depends on.
@@ -256,8 +257,11 @@ fn read(
             )
         })
         .map(|(i, _)| i);
+    // No replica is waited for a position none can reach.
     let catch_up = match (reason, ctx.required_lsn) {
-        (Reason::ReadYourWrites, Some(_)) => pick(ctx, replicas().filter(|(_, n)| fresh(n))),
+        (Reason::ReadYourWrites, Some(l)) if l != UNRESOLVED_WRITE => {
+            pick(ctx, replicas().filter(|(_, n)| fresh(n)))
+        }
         _ => None,
     };
     let node = primary_index(snap)?;

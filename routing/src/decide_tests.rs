@@ -187,6 +187,31 @@ fn read_your_writes_excludes_replicas_behind_or_unknown() {
     );
 }
 
+/// A write whose position the proxy could not learn: no replica can be
+/// shown to have it, however far it has replayed, so the read goes to the
+/// primary as a read-your-writes fallback; no replica is waited for and
+/// none is served stale.
+#[test]
+fn an_unresolved_write_reads_from_the_primary_and_waits_for_no_replica() {
+    let mut c = Case::new(2);
+    c.snap.nodes[1].replay_lsn = Some(Lsn(u64::MAX - 1));
+    c.snap.nodes[2].replay_lsn = Some(Lsn(1 << 40));
+    c.required = Some(crate::UNRESOLVED_WRITE);
+    let d = c.decide("SELECT 1").unwrap();
+    assert_eq!(
+        (d.decision.node, d.decision.reason, d.decision.primary),
+        (0, Reason::ReadYourWrites, true)
+    );
+    assert_eq!(
+        d.breaker,
+        BreakerUse::Fallback {
+            stale: None,
+            catch_up: None,
+            counted: false
+        }
+    );
+}
+
 #[test]
 fn fallback_reasons() {
     let mut c = Case::new(2);

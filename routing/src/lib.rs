@@ -77,5 +77,5 @@ pub use router::{BreakerStatus, CACHE_CAPACITY, Router, RouterView};
 pub use server_effects::{
     ServerEffects, deallocated_names, inert_text, server_effects, sole_deallocated_name,
 };
-pub use session::{CommandOutcome, SessionRouting};
+pub use session::{CommandOutcome, SessionRouting, UNRESOLVED_WRITE};
 pub use statements::{is_plain_begin, is_plain_commit, is_plain_transaction_end};

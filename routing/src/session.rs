@@ -30,7 +30,18 @@ pub struct SessionRouting {
     /// This session's tie-break among equally good replicas (taken on its
     /// first routed read), so that it keeps one replica while they tie.
     affinity: Option<usize>,
+    /// A write committed whose position the proxy could not learn (its
+    /// commit-LSN question failed): until a position asked after it is
+    /// recorded, a read needs [`UNRESOLVED_WRITE`], which only the primary
+    /// has.
+    unresolved_write: bool,
 }
+
+/// The position a read needs while the session's last write has none
+/// ([`SessionRouting::record_unresolved_write`]): past every real LSN, so
+/// no replica has it and the read goes to the primary, counted by the
+/// breaker as any read-your-writes fallback. No replica is waited for.
+pub const UNRESOLVED_WRITE: Lsn = Lsn(u64::MAX);
 
 /// What the proxy answers to a [`ProxyCommand`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +104,29 @@ impl SessionRouting {
 
     /// Records that a transaction of this session wrote and committed at
     /// `lsn`, on a primary on `timeline` (if known). Never moves backwards.
+    /// Any position the proxy asked the primary for after a write covers
+    /// it, so this also resolves an [unresolved
+    /// write](Self::record_unresolved_write).
     pub fn record_write(&mut self, lsn: Lsn, timeline: Option<u32>) {
         self.last_write_lsn = self.last_write_lsn.max(Some(lsn));
         self.last_write_timeline = timeline.or(self.last_write_timeline);
+        self.unresolved_write = false;
+    }
+
+    /// Records that a transaction of this session wrote and committed but
+    /// the proxy could not learn where (the commit-LSN question failed on
+    /// a connection that lives on). No replica can be shown to have the
+    /// write, so reads go to the primary (with read-your-writes on) until
+    /// [`Self::record_write`] records a position asked after it: the proxy
+    /// asks again at the end of the session's next transaction on the
+    /// primary ([`Self::write_unresolved`]).
+    pub fn record_unresolved_write(&mut self) {
+        self.unresolved_write = true;
+    }
+
+    /// Whether the session's last write has no known position yet.
+    pub fn write_unresolved(&self) -> bool {
+        self.unresolved_write
     }
 
     /// After a failover: the session's last write committed on another
@@ -140,10 +171,10 @@ impl SessionRouting {
     /// read-your-writes is on), its causal token, and a statement's
     /// `min_lsn` hint, whichever is furthest. `None`: any fresh node.
     pub fn required_lsn(&self, read_your_writes: bool, hint: Option<Lsn>) -> Option<Lsn> {
-        let own = if read_your_writes {
-            self.last_write_lsn
-        } else {
-            None
+        let own = match read_your_writes {
+            true if self.unresolved_write => Some(UNRESOLVED_WRITE),
+            true => self.last_write_lsn,
+            false => None,
         };
         own.max(self.min_lsn).max(hint)
     }
@@ -226,6 +257,30 @@ mod tests {
             Some(Lsn(200)),
             "tokens hold without RYW"
         );
+    }
+
+    #[test]
+    fn an_unresolved_write_needs_the_primary_until_a_position_is_recorded() {
+        let mut s = SessionRouting::new();
+        s.record_write(Lsn(100), None);
+        s.record_unresolved_write();
+        assert!(s.write_unresolved());
+        assert_eq!(s.required_lsn(true, None), Some(UNRESOLVED_WRITE));
+        assert_eq!(
+            s.required_lsn(true, Some(Lsn(500))),
+            Some(UNRESOLVED_WRITE),
+            "a hint does not lower it"
+        );
+        assert_eq!(
+            s.required_lsn(false, None),
+            None,
+            "read_your_writes = false"
+        );
+        assert_eq!(s.last_write_lsn(), Some(Lsn(100)), "the token is unchanged");
+        // A position asked after the write resolves it.
+        s.record_write(Lsn(300), None);
+        assert!(!s.write_unresolved());
+        assert_eq!(s.required_lsn(true, None), Some(Lsn(300)));
     }
 
     #[test]

@@ -299,6 +299,9 @@ impl<S: ClientStream> Session<S> {
         self.txn = match (decision.primary, decision.write, writes) {
             (false, _, _) => Txn::Replica,
             (true, true, true) => Txn::Write,
+            // The session's last write has no known position: this
+            // transaction's end asks the primary for one.
+            (true, _, _) if self.routing.write_unresolved() => Txn::Write,
             (true, true, false) => Txn::Primary,
             (true, false, _) => Txn::Other,
         };

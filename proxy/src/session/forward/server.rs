@@ -365,13 +365,24 @@ impl<S: ClientStream> Session<S> {
             }
             Txn::Capturing(lsn) => {
                 self.txn = Txn::Other;
-                if let Some(lsn) = lsn {
-                    self.view.record_write(&mut self.routing, lsn);
-                    backend::parameter_status(
-                        &mut self.to_client,
-                        "lagrouter.last_write_lsn",
-                        &lsn.text(),
-                    );
+                match lsn {
+                    Some(lsn) => {
+                        self.view.record_write(&mut self.routing, lsn);
+                        backend::parameter_status(
+                            &mut self.to_client,
+                            "lagrouter.last_write_lsn",
+                            &lsn.text(),
+                        );
+                    }
+                    None => {
+                        // The question failed or its answer was no LSN
+                        // (the server said why in the log line above).
+                        // The write is committed all the same: its reads
+                        // go to the primary until a later question, at
+                        // the end of the next transaction there, answers.
+                        tracing::warn!(user = %self.user.name, "the position of a committed write is unknown; the session reads from the primary until it is learned");
+                        self.routing.record_unresolved_write();
+                    }
                 }
             }
             Txn::Other | Txn::Primary | Txn::Replica => {}
