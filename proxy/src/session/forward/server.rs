@@ -381,6 +381,7 @@ impl<S: ClientStream> Session<S> {
                         // go to the primary until a later question, at
                         // the end of the next transaction there, answers.
                         tracing::warn!(user = %self.user.name, "the position of a committed write is unknown; the session reads from the primary until it is learned");
+                        metrics::counter!("lagrouter_commit_lsn_unknown_total").increment(1);
                         self.routing.record_unresolved_write();
                     }
                 }
