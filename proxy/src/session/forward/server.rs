@@ -332,12 +332,29 @@ impl<S: ClientStream> Session<S> {
     /// Never for a pinned session: its connection is not released, so
     /// nothing would end the capture (`maybe_release` returns first) and
     /// the client's next message would wait for good.
+    /// Out of line: three callers, one of them the per-message path,
+    /// which stays smaller without it.
+    #[inline(never)]
     pub(super) fn start_capture(&mut self) {
         if self.txn == Txn::Write && !self.pinned {
             self.txn = Txn::Capturing(None);
             self.to_server.extend_from_slice(&COMMIT_LSN_CALL);
             self.expect.push(Req::FunctionCall, Action::Drop);
         }
+    }
+
+    /// The commit-LSN question failed or its answer was no LSN (the
+    /// server said why in the log line `take_server_messages` wrote). The
+    /// write is committed all the same: the session's reads go to the
+    /// primary until a later question, at the end of its next transaction
+    /// there, answers. Out of line: rare, and kept out of the
+    /// per-transaction code.
+    #[cold]
+    #[inline(never)]
+    fn write_position_unknown(&mut self) {
+        tracing::warn!(user = %self.user.name, "the position of a committed write is unknown; the session reads from the primary until it is learned");
+        metrics::counter!("lagrouter_commit_lsn_unknown_total").increment(1);
+        self.routing.record_unresolved_write();
     }
 
     pub(super) fn maybe_release(&mut self) {
@@ -374,16 +391,7 @@ impl<S: ClientStream> Session<S> {
                             &lsn.text(),
                         );
                     }
-                    None => {
-                        // The question failed or its answer was no LSN
-                        // (the server said why in the log line above).
-                        // The write is committed all the same: its reads
-                        // go to the primary until a later question, at
-                        // the end of the next transaction there, answers.
-                        tracing::warn!(user = %self.user.name, "the position of a committed write is unknown; the session reads from the primary until it is learned");
-                        metrics::counter!("lagrouter_commit_lsn_unknown_total").increment(1);
-                        self.routing.record_unresolved_write();
-                    }
+                    None => self.write_position_unknown(),
                 }
             }
             Txn::Other | Txn::Primary | Txn::Replica => {}
