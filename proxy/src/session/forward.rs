@@ -113,9 +113,9 @@ const PG_CURRENT_WAL_INSERT_LSN: u32 = 2852;
 /// its commit record (the insert position covers commits whose WAL is not
 /// flushed yet, as with synchronous_commit = off): a `FunctionCall` of
 /// [`PG_CURRENT_WAL_INSERT_LSN`], framed at compile time. The server runs
-/// the function without parsing, planning or a portal: 2–8 µs of its CPU
+/// the function without parsing, planning or a portal: 0–8 µs of its CPU
 /// per writing transaction, where `SELECT pg_current_wal_insert_lsn()`
-/// cost 14–18 µs (docs/performance.md). It calls the function by OID, so
+/// cost 8–18 µs (docs/performance.md). It calls the function by OID, so
 /// no `search_path` and no function of the client's can stand in for it,
 /// and it leaves no statement or portal behind.
 const COMMIT_LSN_CALL: [u8; 15] =
