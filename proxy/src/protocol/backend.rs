@@ -91,16 +91,17 @@ pub fn decode_first_column(body: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
     if r.i16()? <= 0 {
         return Ok(None);
     }
-    let len = r.i32()?;
-    if len < 0 {
-        return Ok(None);
-    }
-    Ok(Some(r.bytes(len as usize)?))
+    value(&mut r)
 }
 
 /// The result of a `FunctionCallResponse` body; `None` when it is NULL.
 pub fn decode_function_result(body: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
-    let mut r = Reader::new(body, "FunctionCallResponse");
+    value(&mut Reader::new(body, "FunctionCallResponse"))
+}
+
+/// A value as the server sends one: its length, then its bytes; `None`
+/// for a length of -1 (NULL).
+fn value<'a>(r: &mut Reader<'a>) -> Result<Option<&'a [u8]>, DecodeError> {
     let len = r.i32()?;
     if len < 0 {
         return Ok(None);

@@ -138,7 +138,7 @@ impl Expect {
 
     /// Records an extended-protocol request the proxy sends for itself
     /// alone, none of whose answers, an error included, is the client's
-    /// business (the commit-LSN question inside a client's batch). An
+    /// business (a deferred `BEGIN` replayed in a client's batch). An
     /// error of any other dropped request in the extended protocol is
     /// forwarded: it explains the client's own failure (an injected
     /// re-prepare of the statement the client binds).

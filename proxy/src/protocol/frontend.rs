@@ -425,7 +425,7 @@ mod tests {
     }
 
     /// What the proxy encodes itself decodes as the message it means,
-    /// length and all (the commit-LSN question in a client's batch).
+    /// length and all (a deferred `BEGIN` replayed in a client's batch).
     #[test]
     fn encoded_messages_decode_back() {
         let mut out = BytesMut::new();
