@@ -272,10 +272,10 @@ pub fn encode_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
 pub const BIND_EXECUTE_UNNAMED: &[u8] = b"B\0\0\0\x0c\0\0\0\0\0\0\0\0E\0\0\0\x09\0\0\0\0\0";
 
 /// A `FunctionCall` of the function whose `pg_proc` OID is `oid`, with no
-/// arguments and its result in text, at compile time: the message's OID,
-/// then no argument format codes, no arguments, and result format 0.
+/// arguments and its result in binary, at compile time: the message's OID,
+/// then no argument format codes, no arguments, and result format 1.
 pub const fn function_call_message(oid: u32) -> [u8; 15] {
-    framed(b'F', &oid.to_be_bytes(), &[], &[0, 0, 0, 0, 0, 0])
+    framed(b'F', &oid.to_be_bytes(), &[], &[0, 0, 0, 0, 0, 1])
 }
 
 /// `tag`, the length, then `head`, `body` and `tail`.
@@ -369,14 +369,14 @@ mod tests {
         assert_eq!(&b[..], BIND_EXECUTE_UNNAMED);
         // FunctionCall (protocol docs, "Message Formats"): Int32 length,
         // Int32 OID, Int16 argument format codes (0), Int16 arguments (0),
-        // Int16 result format (0: text).
+        // Int16 result format (1: binary).
         let mut b = BytesMut::new();
         b.put_u8(b'F');
         b.put_i32(4 + 4 + 2 + 2 + 2);
         b.put_u32(0x0102_0304);
         b.put_i16(0);
         b.put_i16(0);
-        b.put_i16(0);
+        b.put_i16(1);
         assert_eq!(b[..], function_call_message(0x0102_0304));
         let (tag, total) = crate::protocol::frame::peek_header(&b, 1 << 20)
             .unwrap()

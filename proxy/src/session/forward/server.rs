@@ -260,11 +260,12 @@ impl<S: ClientStream> Session<S> {
                     }
                 }
                 be::FUNCTION_CALL_RESPONSE if !forward && txn.capturing() => {
+                    // pg_lsn in binary (`pg_lsn_send`): 8 bytes, big-endian.
                     *txn = Txn::Capturing(
                         backend::decode_function_result(&frame[5..])
                             .ok()
                             .flatten()
-                            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+                            .and_then(|v| Some(Lsn(u64::from_be_bytes(v.try_into().ok()?)))),
                     );
                 }
                 be::ERROR if !forward => {
