@@ -214,6 +214,81 @@ impl ServerPool {
         login: &ServerLogin,
         now: Instant,
     ) -> Result<PooledConn, ProxyError> {
+        match self.try_checkout(cfg, now) {
+            Ok(pc) => Ok(pc),
+            Err(pool) => pool.checkout_waiting(cfg, login, now).await,
+        }
+    }
+
+    /// [`Self::checkout`] when it need not wait: a permit is free and a
+    /// live idle connection is there, as for most transactions. Otherwise
+    /// the pool comes back, nothing taken or counted, for
+    /// [`Self::checkout_waiting`]. A plain function: a caller that tries
+    /// it first builds no future in the common case.
+    pub fn try_checkout(
+        self: Arc<Self>,
+        cfg: &PoolConfig,
+        now: Instant,
+    ) -> Result<PooledConn, Arc<Self>> {
+        let Ok(p) = self.permits.try_acquire() else {
+            return Err(self);
+        };
+        p.forget();
+        let permit = Permit(&self.permits);
+        let Some(conn) = self.take_live(cfg, now) else {
+            drop(permit);
+            return Err(self);
+        };
+        std::mem::forget(permit);
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self,
+        })
+    }
+
+    /// A live idle connection, counted as a checkout and in use, if the
+    /// pool has one (the caller holds a permit). Dead ones found on the
+    /// way are closed.
+    fn take_live(&self, cfg: &PoolConfig, now: Instant) -> Option<Box<ServerConn>> {
+        loop {
+            let (mut conn, on_loop) = self.with_idle(|idle| {
+                let taken = take_idle(&mut idle.conns);
+                if taken.is_some() {
+                    idle.in_use += 1;
+                    idle.checkouts += 1;
+                }
+                taken
+            })?;
+            let idle_for = now.saturating_duration_since(conn.last_used);
+            // Probing costs a syscall: only for connections idle long enough
+            // that the server (or a middlebox) may have closed them.
+            if idle_for > cfg.idle_timeout || (idle_for > PROBE_AFTER_IDLE && !conn.looks_alive()) {
+                self.with_idle(|idle| {
+                    idle.in_use -= 1;
+                    idle.checkouts -= 1;
+                });
+                self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            // With several worker loops, the connection may come from a
+            // session of another loop (none of the last few idle ones was
+            // on this loop): its answers now wake this one.
+            if !on_loop {
+                conn.stream.adopt();
+            }
+            self.traffic.started();
+            return Some(conn);
+        }
+    }
+
+    /// [`Self::checkout`] past [`Self::try_checkout`]: waits for a permit,
+    /// then takes an idle connection or opens one.
+    async fn checkout_waiting(
+        self: Arc<Self>,
+        cfg: &PoolConfig,
+        login: &ServerLogin,
+        now: Instant,
+    ) -> Result<PooledConn, ProxyError> {
         let now = match self.permits.try_acquire() {
             Ok(p) => {
                 p.forget();
@@ -225,42 +300,14 @@ impl ServerPool {
             }
         };
         let permit = Permit(&self.permits);
-        let mut first = true;
-        loop {
-            let taken = self.with_idle(|idle| {
-                if std::mem::take(&mut first) {
-                    idle.checkouts += 1;
-                }
-                let taken = take_idle(&mut idle.conns);
-                if taken.is_some() {
-                    idle.in_use += 1;
-                }
-                taken
-            });
-            let Some((mut conn, on_loop)) = taken else {
-                break;
-            };
-            let idle_for = now.saturating_duration_since(conn.last_used);
-            // Probing costs a syscall: only for connections idle long enough
-            // that the server (or a middlebox) may have closed them.
-            if idle_for > cfg.idle_timeout || (idle_for > PROBE_AFTER_IDLE && !conn.looks_alive()) {
-                self.with_idle(|idle| idle.in_use -= 1);
-                self.stats.open.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-            // With several worker loops, the connection may come from a
-            // session of another loop (none of the last few idle ones was
-            // on this loop): its answers now wake this one.
-            if !on_loop {
-                conn.stream.adopt();
-            }
-            self.traffic.started();
+        if let Some(conn) = self.take_live(cfg, now) {
             std::mem::forget(permit);
             return Ok(PooledConn {
                 conn: Some(conn),
                 pool: self,
             });
         }
+        self.with_idle(|idle| idle.checkouts += 1);
         // Boxed: connecting (TCP, TLS, authentication) is rare and its
         // future large; inline it would size every client's task.
         let conn = Box::pin(ServerConn::connect(

@@ -40,7 +40,7 @@ impl InTransaction {
     }
 }
 
-/// A transaction routed and not attached yet ([`Session::route`]).
+/// A transaction routed and not attached yet ([`Session::route_now`]).
 pub(super) struct Routed {
     pub(super) decision: RouteDecision,
     /// The pool of the node routing picked.
@@ -61,6 +61,24 @@ impl Routed {
     pub(super) fn holds_nothing(&self) -> bool {
         self.caught_up.is_none()
     }
+}
+
+/// What [`Session::route_now`] did: routed, or a read that is to wait
+/// for a replica to catch up first ([`Session::caught_up`]).
+pub(super) enum Routing {
+    Done(Routed),
+    CatchUp(Box<CatchUpWait>),
+}
+
+/// A read routed to wait for `replica` to replay `lsn`, and what its
+/// [`Routed`] will carry.
+pub(super) struct CatchUpWait {
+    decision: RouteDecision,
+    replica: usize,
+    lsn: Lsn,
+    writes: bool,
+    effects: Option<ServerEffects>,
+    now: Instant,
 }
 
 impl<S: ClientStream> Session<S> {
@@ -139,20 +157,33 @@ impl<S: ClientStream> Session<S> {
         if let Some(fx) = self.attached(sql, memo) {
             return Ok(fx);
         }
+        // Each step is a plain function first, and a future (boxed: the
+        // waits are rare and their futures large) only when it must wait:
+        // this is every transaction's path.
         let OpenTxn::Begun {
             sql: begin,
             routed,
             extended,
         } = std::mem::take(&mut self.open)
         else {
-            let routed = self.route(sql, frame, memo).await?;
-            return self.attach_routed(routed).await;
+            let routed = match self.route_now(sql, frame, memo)? {
+                Routing::Done(routed) => routed,
+                Routing::CatchUp(wait) => Box::pin(self.caught_up(*wait)).await?,
+            };
+            return match self.attach_routed_now(routed) {
+                Ok(fx) => Ok(fx),
+                Err(routed) => Box::pin(self.attach_routed_waiting(routed)).await,
+            };
         };
         // Checked out now: the pool judges its idle connections by this
         // clock, not the `BEGIN`'s.
         let mut routed = *routed;
         routed.now = crate::rt::now();
-        if let Err(e) = Box::pin(self.attach_routed(routed)).await {
+        let attached = match self.attach_routed_now(routed) {
+            Ok(_) => Ok(()),
+            Err(routed) => Box::pin(self.attach_routed_waiting(routed)).await.map(drop),
+        };
+        if let Err(e) = attached {
             self.open = OpenTxn::failed();
             return Err(e);
         }
@@ -173,14 +204,15 @@ impl<S: ClientStream> Session<S> {
     }
 
     /// Routes the transaction that starts with `sql` (see
-    /// [`Self::attach`]): where it goes, and the pool there. A read that
-    /// waited for a replica to catch up holds that replica's connection.
-    pub(super) async fn route(
+    /// [`Self::attach`]): where it goes, and the pool there; or, for a
+    /// read that is to wait for a replica to catch up first, what
+    /// [`Self::caught_up`] needs.
+    pub(super) fn route_now(
         &mut self,
         sql: &str,
         frame: Option<&[u8]>,
         memo: Option<&AnalysisMemo>,
-    ) -> Result<Routed, ProxyError> {
+    ) -> Result<Routing, ProxyError> {
         let current = self.config_cache.load();
         if !Arc::ptr_eq(current, &self.config) {
             self.config = current.clone();
@@ -199,7 +231,7 @@ impl<S: ClientStream> Session<S> {
         let now = crate::rt::now();
         // One health snapshot for the decision and the pool it names (a
         // catch-up wait finds the pool anew after it).
-        let (mut routed, pool) = {
+        let (routed, pool) = {
             // Only `balance = "least_connections"` asks: connections in use
             // to a node by everyone, in this user's and database's pool.
             let (user, database) = (self.user.name.as_str(), &*self.database);
@@ -226,16 +258,6 @@ impl<S: ClientStream> Session<S> {
             };
             (routed, pool)
         };
-        let mut caught_up = None;
-        if let Ok(d) = &routed
-            && let Some(cu) = d.catch_up
-        {
-            caught_up = Box::pin(self.catch_up(cu.replica, cu.lsn)).await;
-            routed = self
-                .shared
-                .router
-                .catch_up_done(d, caught_up.is_some(), Instant::now());
-        }
         let decision = match routed {
             Ok(d) => d,
             Err(e) => {
@@ -243,25 +265,68 @@ impl<S: ClientStream> Session<S> {
                 return Err(e.into());
             }
         };
+        let writes = analysis.writes;
+        let effects = batch.is_none().then_some(analysis.server);
+        if let Some(cu) = decision.catch_up {
+            return Ok(Routing::CatchUp(Box::new(CatchUpWait {
+                decision,
+                replica: cu.replica,
+                lsn: cu.lsn,
+                writes,
+                effects,
+                now,
+            })));
+        }
         let pool = match pool {
             Some(found) => found?,
             None => self.pool_for(decision.node)?,
         };
+        Ok(Routing::Done(Routed {
+            decision,
+            pool,
+            caught_up: None,
+            writes,
+            effects,
+            now,
+        }))
+    }
+
+    /// [`Self::route_now`] of a read that waits for a replica to catch up:
+    /// the wait, then the decision it leads to and the pool there. A read
+    /// that caught up holds that replica's connection.
+    pub(super) async fn caught_up(&mut self, wait: CatchUpWait) -> Result<Routed, ProxyError> {
+        let caught_up = self.catch_up(wait.replica, wait.lsn).await;
+        let decision = match self.shared.router.catch_up_done(
+            &wait.decision,
+            caught_up.is_some(),
+            Instant::now(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                self.shared.route_counters.refused(e.label());
+                return Err(e.into());
+            }
+        };
+        let pool = self.pool_for(decision.node)?;
         Ok(Routed {
             decision,
             pool,
             caught_up,
-            writes: analysis.writes,
-            effects: batch.is_none().then_some(analysis.server),
-            now,
+            writes: wait.writes,
+            effects: wait.effects,
+            now: wait.now,
         })
     }
 
-    /// Attaches a server connection where `routed` says.
-    pub(super) async fn attach_routed(
+    /// Attaches a server connection where `routed` says, when nothing
+    /// needs waiting for: with the
+    /// connection of a read that caught up, or an idle one of the pool
+    /// ([`ServerPool::try_checkout`]). Otherwise `routed` comes back for
+    /// [`Self::attach_routed_waiting`], nothing taken.
+    pub(super) fn attach_routed_now(
         &mut self,
         routed: Routed,
-    ) -> Result<Option<ServerEffects>, ProxyError> {
+    ) -> Result<Option<ServerEffects>, Routed> {
         let Routed {
             decision,
             pool,
@@ -270,26 +335,68 @@ impl<S: ClientStream> Session<S> {
             effects,
             now,
         } = routed;
-        let (decision, mut pc) = match caught_up {
-            Some(pc) if !decision.primary => (decision, pc),
-            _ => {
-                // A replica that refused a moment ago is not asked again.
-                let refused = (!decision.primary)
-                    .then(|| pool.refused_recently(now))
-                    .flatten();
-                let got = match refused {
-                    Some(e) => Err(e),
-                    None => {
-                        pool.checkout(&self.config.pool, &self.user.server_login, now)
-                            .await
-                    }
-                };
-                match got {
-                    Ok(pc) => (decision, pc),
-                    Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
-                }
+        if let Some(pc) = caught_up.filter(|_| !decision.primary) {
+            return Ok(self.attach_conn(decision, pc, writes, effects));
+        }
+        // A replica that refused a moment ago: the slow path answers.
+        let refused = !decision.primary && pool.refused_recently(now).is_some();
+        let pool = match refused {
+            true => Err(pool),
+            false => pool.try_checkout(&self.config.pool, now),
+        };
+        match pool {
+            Ok(pc) => Ok(self.attach_conn(decision, pc, writes, effects)),
+            Err(pool) => Err(Routed {
+                decision,
+                pool,
+                caught_up: None,
+                writes,
+                effects,
+                now,
+            }),
+        }
+    }
+
+    /// [`Self::attach_routed_now`] when it could not: waits for
+    /// a connection of the pool, or falls back to the primary.
+    pub(super) async fn attach_routed_waiting(
+        &mut self,
+        routed: Routed,
+    ) -> Result<Option<ServerEffects>, ProxyError> {
+        let Routed {
+            decision,
+            pool,
+            writes,
+            effects,
+            now,
+            ..
+        } = routed;
+        // A replica that refused a moment ago is not asked again.
+        let refused = (!decision.primary)
+            .then(|| pool.refused_recently(now))
+            .flatten();
+        let got = match refused {
+            Some(e) => Err(e),
+            None => {
+                pool.checkout(&self.config.pool, &self.user.server_login, now)
+                    .await
             }
         };
+        let (decision, pc) = match got {
+            Ok(pc) => (decision, pc),
+            Err(e) => Box::pin(self.instead_of_replica(&decision, e)).await?,
+        };
+        Ok(self.attach_conn(decision, pc, writes, effects))
+    }
+
+    /// Attaches `pc`, where `decision` placed the transaction.
+    fn attach_conn(
+        &mut self,
+        decision: RouteDecision,
+        mut pc: PooledConn,
+        writes: bool,
+        effects: Option<ServerEffects>,
+    ) -> Option<ServerEffects> {
         pc.pool()
             .counts
             .record(decision.primary, decision.write, decision.reason);
@@ -323,7 +430,7 @@ impl<S: ClientStream> Session<S> {
         if let Some(c) = &self.registered {
             c.attached(decision.node);
         }
-        Ok(effects)
+        effects
     }
 
     /// A read placed on a healthy replica whose connection could not be

@@ -23,7 +23,7 @@ use crate::protocol::backend;
 use crate::protocol::frontend::{self, ClientMsg};
 use crate::protocol::tag::{be, target};
 
-use super::attach::Routed;
+use super::attach::{Routed, Routing};
 use super::*;
 
 /// See the module documentation.
@@ -164,7 +164,14 @@ impl<S: ClientStream> Session<S> {
     /// which may have waited to catch up), it is attached now and handled
     /// as usual (`false`).
     async fn begin(&mut self, sql: &str, batch: Option<usize>, answers: BytesMut) -> bool {
-        let e = match self.route(sql, None, None).await {
+        // A plain function first: routed to the primary, as nearly every
+        // `BEGIN` is, nothing waits and no future is built.
+        let routed = match self.route_now(sql, None, None) {
+            Ok(Routing::Done(routed)) => Ok(routed),
+            Ok(Routing::CatchUp(wait)) => Box::pin(self.caught_up(*wait)).await,
+            Err(e) => Err(e),
+        };
+        let e = match routed {
             Ok(routed) if routed.decision.primary && routed.holds_nothing() => {
                 self.open = OpenTxn::Begun {
                     sql: sql.into(),
@@ -183,9 +190,12 @@ impl<S: ClientStream> Session<S> {
                 self.synthetic_ready();
                 return true;
             }
-            Ok(routed) => match Box::pin(self.attach_routed(routed)).await {
+            Ok(routed) => match self.attach_routed_now(routed) {
                 Ok(_) => return false,
-                Err(e) => e,
+                Err(routed) => match Box::pin(self.attach_routed_waiting(routed)).await {
+                    Ok(_) => return false,
+                    Err(e) => e,
+                },
             },
             Err(e) => e,
         };
