@@ -213,6 +213,11 @@ impl Router {
             });
             return Ok(decision);
         }
+        // A write, or a read the router did not place (nothing for the
+        // breaker): no lock of the breaker every session shares.
+        if decided.breaker == BreakerUse::None {
+            return Ok(decided.decision);
+        }
         let settings = BreakerSettings::from_config(rc);
         settle(
             decided,
@@ -417,6 +422,10 @@ struct MemoInputs<'a> {
 /// least_connections counts connections in use), and a decision with no
 /// notice and no fallback to the primary (which the breaker may yet
 /// refuse or the session wait on). The breaker still counts every read.
+/// The session's required LSN and ticket go into the comparison only for
+/// a replica read: nothing else reads them (a write goes to the primary
+/// whatever the session's last write was), so a session that writes
+/// again and again takes its decision back too.
 /// Debug builds (the test suite) decide anew at every memo hit and check
 /// that both agree.
 #[derive(Default)]
@@ -460,7 +469,9 @@ impl DecisionMemo {
             && Arc::ptr_eq(&m.analysis, inputs.analysis)
             && Arc::ptr_eq(&m.config, inputs.config)
             && Arc::ptr_eq(&m.drained, inputs.drained)
-            && m.session == session
+            && (m.session.0, m.session.1) == (session.0, session.1)
+            && (m.decided.breaker != BreakerUse::ReplicaRead
+                || (m.session.2, m.session.3) == (session.2, session.3))
         {
             debug_assert!(
                 decide(ctx).is_ok_and(|d| d == m.decided),
@@ -937,6 +948,54 @@ mod tests {
             view.memo.last.is_none(),
             "an idle session holds no old decision"
         );
+    }
+
+    /// A session that writes in every transaction (pgbench's TPC-B) has a
+    /// new last-write LSN each time. Its writes are taken back all the
+    /// same: no write depends on it. A replica read does (the replica
+    /// must have replayed it), and is decided anew.
+    #[test]
+    fn a_new_write_position_decides_reads_anew_and_not_writes() {
+        let (r, mut view, config, mut s) = tied_replicas();
+        let now = Instant::now();
+        let mut route = |s: &mut SessionRouting, sql: &str| {
+            let a = view.analyze(&config, sql, Memo::None);
+            let (d, _) = view.route(&config, s, sql, &a, now, &|_| 0);
+            (d.unwrap(), view.memo.hits)
+        };
+        let update = "UPDATE t SET abalance = abalance + 1 WHERE aid = 7";
+        // Twice first: the text's analysis is cached at the first.
+        route(&mut s, update);
+        let (first, before) = route(&mut s, update);
+        assert!(first.primary && first.write);
+        for lsn in 1..=4u64 {
+            s.record_write(Lsn(lsn * 100), None);
+            let (d, h) = route(&mut s, update);
+            assert_eq!(d, first);
+            assert_eq!(h, before + lsn, "the write after LSN {lsn} taken back");
+        }
+
+        // A replica that has replayed up to 1000 only.
+        let mut snap = (**r.health()).clone();
+        for n in &mut snap.nodes[1..] {
+            n.replay_lsn = Some(Lsn(1000));
+        }
+        r.health.store(Arc::new(snap));
+        let select = "SELECT abalance FROM t WHERE aid = 7";
+        s.record_write(Lsn(900), None);
+        route(&mut s, select);
+        let (read, h0) = route(&mut s, select);
+        assert!(!read.primary, "both replicas have 900");
+        let (again, h1) = route(&mut s, select);
+        assert_eq!(
+            (again.node, h1),
+            (read.node, h0 + 1),
+            "the same inputs: taken back"
+        );
+        s.record_write(Lsn(2000), None);
+        let (after, h2) = route(&mut s, select);
+        assert!(after.primary, "no replica has 2000: {after:?}");
+        assert_eq!(h2, h1, "a new write position: decided anew");
     }
 
     /// A session's view sees a new snapshot, drained list, catalog and
