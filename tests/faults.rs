@@ -2,8 +2,9 @@
 //! default settings, against this binary's own primary and two replicas:
 //! the primary stalled (SIGSTOP) for 3 s, a replica stalled for 8 s, a
 //! replica crashed (immediate stop) and restarted, the primary stalled
-//! past `primary_stall_timeout` under writing transactions, and replicas
-//! refusing one role's logins. Each test states its
+//! past `primary_stall_timeout` under writing transactions, replicas
+//! refusing one role's logins, and replicas whose checks are blocked
+//! while they serve. Each test states its
 //! numbers (errors seen, longest wait, time to recover) in its assertions
 //! and prints them.
 //!
@@ -110,6 +111,88 @@ async fn primary_stall_costs_reads_nothing() {
         "a read started during the stall waited {:?}",
         longest(&during)
     );
+    assert!(
+        during.iter().all(|r| r.outcome != Ok(0)),
+        "reads went to the primary"
+    );
+    assert_eq!(demotions, [], "replica demotions");
+}
+
+/// The replicas' health checks go unanswered for 7 s while the replicas
+/// keep serving reads: the primary holds an ACCESS EXCLUSIVE lock on the
+/// heartbeat table the checks read, and the replicas replay it (as they
+/// replay a vacuum's truncation). A check that waits on a lock, or on a
+/// disk that stalls, is not a node that is down: the proxy's own reads
+/// keep getting answers, so the misses hold the replicas in service
+/// (`SERVING_MISSES_FACTOR`), and the reads see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_blocked_on_replicas_that_serve_demote_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (_lr, log, load) = under_read_load().await;
+
+    // Long enough for several missed checks in a row: a round that waits
+    // on the primary's blocked check too takes two `check_timeout`s.
+    const HELD: Duration = Duration::from_secs(7);
+    let began = Instant::now();
+    let locker = blocking(|c| {
+        c.sql(
+            c.primary_index(),
+            "BEGIN; LOCK TABLE lagrouter_heartbeat IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(7); COMMIT;",
+        )
+    });
+    let locker = tokio::spawn(locker);
+    // A commit elsewhere flushes the WAL, the lock's record with it, to the
+    // replicas.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocking(|c| c.sql(c.primary_index(), "SELECT txid_current()"))
+        .await
+        .expect("a commit on the primary");
+    locker
+        .await
+        .expect("the locking session")
+        .expect("the lock held and released");
+    let released = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = load.finish().await;
+    let seen = log.snapshot();
+
+    let during: Vec<&Read> = reads
+        .iter()
+        .filter(|r| r.started >= began && r.started < released)
+        .collect();
+    let errs = errors(&reads);
+    let demotions: Vec<_> = [1, 2].iter().flat_map(|&i| log.demotions(i)).collect();
+    let most_missed = |i: usize| seen.iter().map(|s| s.missed[i]).max().unwrap_or(0);
+    eprintln!(
+        "replica checks blocked {:?}: most missed checks in a row {} and {}, {} reads ({} while \
+         blocked), {} errors, longest read started while blocked {:?}, replica demotions \
+         {demotions:?}",
+        released - began,
+        most_missed(1),
+        most_missed(2),
+        reads.len(),
+        during.len(),
+        errs.len(),
+        longest(&during),
+    );
+    assert!(
+        released - began >= HELD,
+        "the lock was held {:?}",
+        released - began
+    );
+    assert!(
+        most_missed(1) >= 2 && most_missed(2) >= 2,
+        "the replicas' checks were blocked (missed {} and {})",
+        most_missed(1),
+        most_missed(2)
+    );
+    assert!(
+        during.len() > 100,
+        "the load kept reading: {}",
+        during.len()
+    );
+    assert_eq!(errs.len(), 0, "read errors: {errs:?}");
     assert!(
         during.iter().all(|r| r.outcome != Ok(0)),
         "reads went to the primary"

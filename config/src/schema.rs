@@ -297,9 +297,11 @@ pub struct HealthConfig {
     /// Default 3. Live.
     pub recover_after_checks: u32,
     /// Consecutive checks without an answer within `check_timeout` before
-    /// a node is `Unreachable`. A refused or broken connection makes it
-    /// `Unreachable` at once, and so does a slow check while the node's
-    /// client traffic makes no progress either. Default 2. Live.
+    /// a node is `Unreachable`; four times as many while the node keeps
+    /// answering its client traffic (only its check is slow). A refused or
+    /// broken connection makes it `Unreachable` at once, and so does a
+    /// slow check while the node's client traffic makes no progress
+    /// either. Default 2. Live.
     pub timeouts_before_unreachable: u32,
     /// Transactions waiting on a primary that stopped answering (it is
     /// `Unreachable`: checks missed, or its traffic stuck) are ended with

@@ -125,6 +125,7 @@ pub fn assemble(
             Err(e) if e.is_slow() => (
                 Check::Missed {
                     reason: e.to_string(),
+                    serving: matches!(e, ProbeError::Serving(_)),
                 },
                 None,
                 None,
@@ -268,7 +269,9 @@ fn node_health(
         cause: match to.state {
             NodeState::Healthy => None,
             _ => v.cause().or(match v {
-                Verdict::Missed(_) if to.state == NodeState::Unreachable => Some(Cause::Timeout),
+                Verdict::Missed { .. } if to.state == NodeState::Unreachable => {
+                    Some(Cause::Timeout)
+                }
                 _ => last.and_then(|l| l.cause),
             }),
         },
@@ -280,8 +283,8 @@ fn node_health(
         },
         unreachable_reason: match (v, to.state) {
             (Verdict::Unreachable { reason, .. }, _) => Some(reason.clone()),
-            (Verdict::Missed(r), NodeState::Unreachable) => Some(r.clone()),
-            (Verdict::Missed(_), _) => last.and_then(|l| l.unreachable_reason.clone()),
+            (Verdict::Missed { reason, .. }, NodeState::Unreachable) => Some(reason.clone()),
+            (Verdict::Missed { .. }, _) => last.and_then(|l| l.unreachable_reason.clone()),
             _ => None,
         },
         // Set by the caller.

@@ -43,13 +43,18 @@ pub enum ProbeError {
     /// progress either (or a connection to it failed) meanwhile.
     #[error("no answer for {0:?} while lagrouter's client traffic to the node was stuck too")]
     Stalled(Duration),
+    /// The check was slow while the node kept answering the proxy's own
+    /// traffic: the node serves, its check is what is slow (a lock, a
+    /// stalled disk). A miss, with a longer limit (see `state`).
+    #[error("no answer for {0:?} while the node kept answering lagrouter's clients")]
+    Serving(Duration),
 }
 
 impl ProbeError {
     /// Short label for the `reason` of `lagrouter_health_check_failures_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            ProbeError::Timeout(_) | ProbeError::Stalled(_) => "timeout",
+            ProbeError::Timeout(_) | ProbeError::Stalled(_) | ProbeError::Serving(_) => "timeout",
             ProbeError::Connect(_) | ProbeError::Backoff { .. } | ProbeError::Broken(_) => {
                 "connect"
             }
@@ -67,6 +72,7 @@ impl ProbeError {
         matches!(
             self,
             ProbeError::Timeout(_)
+                | ProbeError::Serving(_)
                 | ProbeError::Task("still busy with earlier checks" | "no answer by the deadline")
         )
     }
@@ -75,7 +81,7 @@ impl ProbeError {
     pub fn cause(&self) -> crate::Cause {
         use crate::Cause;
         match self {
-            ProbeError::Timeout(_) => Cause::Timeout,
+            ProbeError::Timeout(_) | ProbeError::Serving(_) => Cause::Timeout,
             ProbeError::Stalled(_) => Cause::Stalled,
             ProbeError::Connect(_) | ProbeError::Backoff { .. } | ProbeError::Broken(_) => {
                 Cause::Refused

@@ -13,7 +13,9 @@
 //! own traffic (see `traffic`): if that is stuck too, the node is given up
 //! on there and then ([`ProbeError::Stalled`]), so a stopped node stops
 //! getting reads well before `check_timeout`; otherwise the round waits on
-//! until `check_timeout` and a late answer is only a missed check.
+//! until `check_timeout` and a late answer is only a missed check: one
+//! that counts toward `Unreachable` more slowly when the proxy's traffic
+//! brought bytes from the node meanwhile ([`ProbeError::Serving`]).
 
 use std::time::Duration;
 
@@ -195,8 +197,19 @@ async fn answer(
         Ok(Err(_)) => Err(ProbeError::Task("stopped")),
         Err(_) => Err(ProbeError::Task("no answer by the deadline")),
     };
+    // Slow: a stuck data path gives the node up; one that brought bytes
+    // from the node meanwhile says the node serves, and only its check is
+    // slow.
     match result {
-        Err(e) if e.is_slow() => Err(stalled(Instant::now()).unwrap_or(e)),
+        Err(e) if e.is_slow() => {
+            let now = Instant::now();
+            let serving = || {
+                let later = path.sample();
+                (later.progress > before.progress && later.failed == before.failed)
+                    .then(|| ProbeError::Serving(now.saturating_duration_since(start)))
+            };
+            Err(stalled(now).or_else(serving).unwrap_or(e))
+        }
         r => r,
     }
 }
@@ -350,6 +363,10 @@ mod tests {
         );
     }
 
+    /// A replica that does not answer its check: given up at the look
+    /// when the proxy's own traffic to it is stuck; a plain miss at the
+    /// timeout when there is none; a miss that says the node serves when
+    /// bytes kept arriving from it.
     #[tokio::test(start_paused = true)]
     async fn a_slow_replica_is_given_up_at_once_only_when_its_traffic_is_stuck() {
         let cfg = config(["primary", "replica", "replica"]);
@@ -358,7 +375,7 @@ mod tests {
             lsn,
             delay_ms: 1,
         };
-        for stuck in [false, true] {
+        for (traffic_to_it, stuck) in [(true, false), (true, true), (false, false)] {
             let log: Log = Arc::default();
             let probers = [
                 answering(0, false, 900, 1, log.clone()),
@@ -367,8 +384,10 @@ mod tests {
             ];
             let traffic = Traffic::default();
             let path = traffic.node("n1");
-            path.started(); // a client's transaction waits on n1
-            if !stuck {
+            if traffic_to_it {
+                path.started(); // a client's transaction waits on n1
+            }
+            if traffic_to_it && !stuck {
                 // ...and bytes keep arriving from it.
                 let path = path.clone();
                 tokio::spawn(async move {
@@ -380,14 +399,27 @@ mod tests {
             }
             let out = run_round(&probers, &HealthSnapshot::initial(&cfg), &cfg, &traffic).await;
             let look = Duration::from_millis(250);
-            if stuck {
-                assert_eq!(out[1].result, Err(ProbeError::Stalled(look)));
-                assert_eq!(out[1].took, look);
-                assert!(at(&log, 0, "asked")[0] - at(&log, 1, "asked")[0] <= look);
-            } else {
-                let r = out[1].result.clone().unwrap_err();
-                assert!(r.is_slow(), "only missed: {r:?}");
-                assert!(out[1].took >= Duration::from_secs(1));
+            let r = out[1].result.clone().unwrap_err();
+            match (traffic_to_it, stuck) {
+                (true, true) => {
+                    assert_eq!(r, ProbeError::Stalled(look));
+                    assert_eq!(out[1].took, look);
+                    assert!(at(&log, 0, "asked")[0] - at(&log, 1, "asked")[0] <= look);
+                }
+                (true, false) => {
+                    assert!(
+                        matches!(r, ProbeError::Serving(d) if d >= Duration::from_secs(1)),
+                        "a miss of a node that serves: {r:?}"
+                    );
+                    assert!(r.is_slow());
+                }
+                (false, _) => {
+                    assert!(
+                        r.is_slow() && !matches!(r, ProbeError::Serving(_)),
+                        "a plain miss: {r:?}"
+                    );
+                    assert!(out[1].took >= Duration::from_secs(1));
+                }
             }
         }
     }

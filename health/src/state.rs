@@ -6,7 +6,9 @@
 //! checks. Missing evidence is not bad evidence: a check that is merely slow
 //! ([`Check::Missed`]) keeps the node where it is, and only
 //! `timeouts_before_unreachable` misses in a row make it `Unreachable`
-//! (a refused or broken connection does so at once). Pure: no IO, no clock
+//! (a refused or broken connection does so at once). While the node keeps
+//! answering the proxy's own clients, only [`SERVING_MISSES_FACTOR`] times
+//! as many do: it serves, and its check is what is slow. Pure: no IO, no clock
 //! (time is passed in), so every transition is unit-tested below.
 
 use std::fmt;
@@ -109,8 +111,20 @@ pub enum Check {
     Unreachable { reason: String, cause: Cause },
     /// The node did not answer in time, and nothing else says it is down:
     /// missing evidence, which keeps the node's state (see [`next_status`]).
-    Missed { reason: String },
+    /// `serving`: the proxy's own traffic brought bytes from the node
+    /// meanwhile.
+    Missed { reason: String, serving: bool },
 }
+
+/// How many times `timeouts_before_unreachable` missed checks in a row make
+/// a node `Unreachable` when it kept answering the proxy's clients through
+/// every one of them (a check blocked by a lock, a disk that stalls for a
+/// second): 8 with the defaults, about 10 s of checks. Demoting such a
+/// node would send its reads to the primary, where the breaker refuses
+/// most of them, for a node that answers them; holding it longer bounds
+/// how long its lag goes unmeasured. Read-your-writes is unaffected: the
+/// node's replay position stays the last one it reported.
+pub const SERVING_MISSES_FACTOR: u32 = 4;
 
 /// How a check compares to the thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,15 +135,16 @@ pub enum Verdict {
     OverThreshold(LagExcess),
     /// Did not answer, and is taken as down.
     Unreachable { reason: String, cause: Cause },
-    /// Did not answer in time; not (yet) taken as down.
-    Missed(String),
+    /// Did not answer in time; not (yet) taken as down. `serving` as in
+    /// [`Check::Missed`].
+    Missed { reason: String, serving: bool },
 }
 
 impl Verdict {
     /// The cause a bad verdict demotes for; `None` for good and missed.
     pub fn cause(&self) -> Option<Cause> {
         match self {
-            Verdict::Good | Verdict::Missed(_) => None,
+            Verdict::Good | Verdict::Missed { .. } => None,
             Verdict::Unreachable { cause, .. } => Some(*cause),
             Verdict::OverThreshold(LagExcess::Bytes { .. } | LagExcess::Time { .. }) => {
                 Some(Cause::Lag)
@@ -187,7 +202,10 @@ pub fn verdict(check: &Check, t: &Thresholds) -> Verdict {
             reason: reason.clone(),
             cause: *cause,
         },
-        Check::Missed { reason } => Verdict::Missed(reason.clone()),
+        Check::Missed { reason, serving } => Verdict::Missed {
+            reason: reason.clone(),
+            serving: *serving,
+        },
         Check::NotFollowing => Verdict::OverThreshold(LagExcess::NotFollowing),
         Check::Answered {
             lag_bytes,
@@ -250,9 +268,14 @@ pub fn next_status(prev: &NodeStatus, v: &Verdict, t: &Thresholds, now: Instant)
     let mut missed = 0;
     let (state, good_checks) = match v {
         Verdict::Unreachable { .. } => (NodeState::Unreachable, 0),
-        Verdict::Missed(_) => {
+        Verdict::Missed { serving, .. } => {
             missed = prev.missed.saturating_add(1);
-            if missed >= t.timeouts_before_unreachable.max(1) {
+            let limit = t.timeouts_before_unreachable.max(1);
+            let limit = match serving {
+                true => limit.saturating_mul(SERVING_MISSES_FACTOR),
+                false => limit,
+            };
+            if missed >= limit {
                 (NodeState::Unreachable, 0)
             } else {
                 // Hold: neither a good check nor a bad one.
@@ -322,9 +345,16 @@ mod tests {
             cause: Cause::Refused,
         }
     }
+    fn serving() -> Check {
+        Check::Missed {
+            reason: "no answer while the node kept answering lagrouter's clients".into(),
+            serving: true,
+        }
+    }
     fn slow() -> Check {
         Check::Missed {
             reason: "no answer within check_timeout".into(),
+            serving: false,
         }
     }
 
@@ -599,6 +629,29 @@ mod tests {
         let s = step(s, good(), t0);
         assert_eq!((s.state, s.missed), (NodeState::Healthy, 0));
         assert_eq!(step(s, slow(), t0).state, NodeState::Healthy);
+    }
+
+    /// A node that keeps answering the proxy's clients while its checks
+    /// go unanswered holds its state for `SERVING_MISSES_FACTOR` times the
+    /// limit; a miss without that evidence counts as before, and the
+    /// misses in a row count together.
+    #[test]
+    fn a_node_that_serves_holds_longer_through_missed_checks() {
+        let t0 = Instant::now();
+        let limit = T.timeouts_before_unreachable * SERVING_MISSES_FACTOR;
+        let mut s = status(NodeState::Healthy, 9, t0);
+        for i in 1..limit {
+            s = step(s, serving(), t0);
+            assert_eq!((s.state, s.missed), (NodeState::Healthy, i), "miss {i}");
+        }
+        s = step(s, serving(), t0);
+        assert_eq!((s.state, s.missed), (NodeState::Unreachable, limit));
+
+        // Two serving misses, then one with no traffic: over the plain limit.
+        let s = step(status(NodeState::Healthy, 9, t0), serving(), t0);
+        let s = step(s, serving(), t0);
+        assert_eq!(s.state, NodeState::Healthy);
+        assert_eq!(step(s, slow(), t0).state, NodeState::Unreachable);
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn log_change(n: &NodeHealth, c: &StateChange) {
             node = %n.name, from, to, cause, %reason, previous_state_for = ?was_for,
             "node unreachable: health check failed"
         ),
-        (Verdict::Missed(reason), _) => tracing::warn!(
+        (Verdict::Missed { reason, .. }, _) => tracing::warn!(
             node = %n.name, from, to, cause, %reason, missed = n.status.missed,
             previous_state_for = ?was_for,
             "node unreachable: too many checks in a row without an answer"

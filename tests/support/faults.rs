@@ -264,6 +264,8 @@ pub struct Seen {
     pub at: Instant,
     pub states: Vec<NodeState>,
     pub causes: Vec<Option<Cause>>,
+    /// Missed checks in a row, per node.
+    pub missed: Vec<u32>,
 }
 
 /// Every snapshot published while it runs.
@@ -286,6 +288,7 @@ impl StateLog {
                     at: Instant::now(),
                     states: snap.nodes.iter().map(|n| n.state()).collect(),
                     causes: snap.nodes.iter().map(|n| n.cause).collect(),
+                    missed: snap.nodes.iter().map(|n| n.status.missed).collect(),
                 });
                 tokio::select! {
                     _ = s.cancelled() => return,
