@@ -70,9 +70,9 @@ pub struct ParseLsnError(pub String);
 impl FromStr for Lsn {
     type Err = ParseLsnError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // One pass over the bytes: this runs once per write transaction
-        // (its commit LSN), where split, validate and `from_str_radix`
-        // cost a few hundred instructions.
+        // One pass over the bytes: this runs for every node at every
+        // health check and for every `wait_replicas` answer, where split,
+        // validate and `from_str_radix` cost a few hundred instructions.
         fn hex(h: &[u8]) -> Option<u64> {
             if h.is_empty() || h.len() > 8 {
                 return None;

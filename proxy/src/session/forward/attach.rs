@@ -319,10 +319,10 @@ impl<S: ClientStream> Session<S> {
     }
 
     /// Attaches a server connection where `routed` says, when nothing
-    /// needs waiting for: with the
-    /// connection of a read that caught up, or an idle one of the pool
-    /// ([`ServerPool::try_checkout`]). Otherwise `routed` comes back for
-    /// [`Self::attach_routed_waiting`], nothing taken.
+    /// needs waiting for: with the connection of a read that caught up,
+    /// or an idle one of the pool ([`ServerPool::try_checkout`]).
+    /// Otherwise `routed` comes back for [`Self::attach_routed_waiting`],
+    /// nothing taken.
     pub(super) fn attach_routed_now(
         &mut self,
         routed: Routed,
@@ -335,16 +335,13 @@ impl<S: ClientStream> Session<S> {
             effects,
             now,
         } = routed;
-        if let Some(pc) = caught_up.filter(|_| !decision.primary) {
-            return Ok(self.attach_conn(decision, pc, writes, effects));
-        }
-        // A replica that refused a moment ago: the slow path answers.
-        let refused = !decision.primary && pool.refused_recently(now).is_some();
-        let pool = match refused {
-            true => Err(pool),
-            false => pool.try_checkout(&self.config.pool, now),
+        let got = match caught_up {
+            Some(pc) if !decision.primary => Ok(pc),
+            // A replica that refused a moment ago: the slow path answers.
+            _ if !decision.primary && pool.refused_recently(now).is_some() => Err(pool),
+            _ => pool.try_checkout(&self.config.pool, now),
         };
-        match pool {
+        match got {
             Ok(pc) => Ok(self.attach_conn(decision, pc, writes, effects)),
             Err(pool) => Err(Routed {
                 decision,
