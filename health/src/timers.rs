@@ -71,6 +71,25 @@ impl Timers {
         let _on = self.own.as_ref().map(|o| o.handle.enter());
         tokio::time::sleep(wait)
     }
+
+    /// Completes at `deadline`.
+    pub fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let _on = self.own.as_ref().map(|o| o.handle.enter());
+        tokio::time::sleep_until(deadline)
+    }
+
+    /// Runs `task` where the timers run: on the timer thread, or on the
+    /// caller's runtime for [`Timers::default`]. For work that only
+    /// sleeps and wakes others (a pool's wait deadlines).
+    pub fn run<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.own {
+            Some(o) => drop(o.handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
 }
 
 /// A current-thread runtime from `builder`, driven by a thread called
