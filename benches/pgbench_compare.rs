@@ -32,7 +32,7 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
   --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter,
-      baseline-primary-only, and mio-relay (only when named)
+      baseline-primary-only, and mio-relay and lagrouter-one-replica (only when named)
       (direct-replicas: the clients split over the two replicas directly, read-only
       workloads only: what the replicas give on this machine without a proxy;
       tokio-relay: a bare TCP relay to the primary on tokio, one server connection
@@ -41,7 +41,10 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       mio-relay: the same relay on an event loop of its own over mio (epoll), with
       no tasks or wakers, as PgBouncer runs on libevent: what the loop costs without tokio;
       baseline-primary-only: lagrouter primary-only from the binary --baseline names,
-      for an A/B of two builds in one interleaved run)
+      for an A/B of two builds in one interleaved run;
+      lagrouter-one-replica: lagrouter with the primary and the first replica only:
+      against lagrouter, what reading from two node instances instead of one costs
+      the host, where every node shares the same cores)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --lagrouter PATH (the lagrouter binary of the two lagrouter targets; default: the
       release build cargo bench made, target/release/lagrouter; scripts/build-pgo
@@ -52,7 +55,7 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
   --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
-const ALL_TARGETS: [&str; 8] = [
+const ALL_TARGETS: [&str; 9] = [
     "direct",
     "direct-replicas",
     "tokio-relay",
@@ -61,7 +64,10 @@ const ALL_TARGETS: [&str; 8] = [
     "lagrouter-primary-only",
     "lagrouter",
     "baseline-primary-only",
+    "lagrouter-one-replica",
 ];
+/// Targets run only when named.
+const NAMED_ONLY: [&str; 2] = ["mio-relay", "lagrouter-one-replica"];
 /// The target that runs the `--baseline` binary.
 const BASELINE: &str = "baseline-primary-only";
 const ALL_WORKLOADS: [&str; 4] = ["select", "tpcb", "txn7", "select-c400"];
@@ -158,9 +164,9 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         None => Ok(()),
     };
     if o.targets.is_empty() {
-        // Every target but the mio relay (a gauge, asked for by name);
-        // the baseline when there is a binary for it.
-        let known = ALL_TARGETS.into_iter().filter(|t| *t != "mio-relay");
+        // Every target but the gauges asked for by name; the baseline
+        // when there is a binary for it.
+        let known = ALL_TARGETS.into_iter().filter(|t| !NAMED_ONLY.contains(t));
         let wanted = known.filter(|t| *t != BASELINE || o.baseline.is_some());
         o.targets = wanted.map(String::from).collect();
     }
@@ -193,11 +199,13 @@ struct Target {
     split: Option<u16>,
 }
 
-/// `primary_only` is the pure proxy overhead variant. It needs
+/// The config of lagrouter target `name`. `*primary-only` is the pure
+/// proxy overhead variant. It needs
 /// primary_read_cap = 1: without replicas every read is a primary fallback
 /// and the default cap would open the breaker. The full variant keeps the
 /// shipped defaults.
-fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool, pool: u32) -> String {
+fn lagrouter_config(c: &Cluster, port: u16, name: &str, pool: u32) -> String {
+    let primary_only = name.ends_with("primary-only");
     let (user, password) = (c.app_user(), c.app_password());
     let mut t = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = {pool}\n\n\
@@ -205,6 +213,10 @@ fn lagrouter_config(c: &Cluster, port: u16, primary_only: bool, pool: u32) -> St
     );
     t += &if primary_only {
         c.node_toml(c.primary_index(), "primary")
+    } else if name == "lagrouter-one-replica" {
+        let replica = (0..c.node_count()).find(|&i| i != c.primary_index());
+        c.node_toml(c.primary_index(), "primary")
+            + &c.node_toml(replica.expect("a replica"), "replica")
     } else {
         c.nodes_toml()
     };
@@ -261,8 +273,7 @@ fn warn_other_autogroup(name: &str, pid: u32) {
 fn start_lagrouter(c: &Cluster, o: &Opts, name: &str, pool: u32, out: &Path) -> Result<Target> {
     let port = free_port()?;
     let conf = out.join(format!("{name}.toml"));
-    let primary_only = name.ends_with("primary-only");
-    fs::write(&conf, lagrouter_config(c, port, primary_only, pool))?;
+    fs::write(&conf, lagrouter_config(c, port, name, pool))?;
     let given = if name == BASELINE {
         &o.baseline
     } else {
@@ -587,6 +598,11 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
         per_round.extend([(po, base), (base, pgb)]);
         heads.extend(["primary-only/baseline", "baseline/pgbouncer"]);
     }
+    let one = "lagrouter-one-replica";
+    if targets.contains(&one) {
+        per_round.extend([(one, pgb), (lr, one)]);
+        heads.extend(["one-replica/pgbouncer", "lagrouter/one-replica"]);
+    }
     print_grid("per round", &heads, combos, &|wm, i| {
         let (a, b) = per_round[i];
         spread(&round_ratios(runs, wm, a, b))
@@ -768,7 +784,9 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
                 continue;
             }
-            ("lagrouter", _) => start_lagrouter(c, o, name, o.replica_pool, out)?,
+            ("lagrouter" | "lagrouter-one-replica", _) => {
+                start_lagrouter(c, o, name, o.replica_pool, out)?
+            }
             _ => start_lagrouter(c, o, name, POOL_SIZE, out)?,
         };
         println!("{}: 127.0.0.1:{}", t.name, t.port);
