@@ -423,8 +423,9 @@ fn settled_replica_xacts(c: &Cluster) -> Option<u64> {
     Some(last)
 }
 
-/// Which share of lagrouter's select-only transactions the replicas ran,
-/// to show that the full variant really reads from them. Their count also
+/// Which share of the select-only transactions of the lagrouter targets
+/// with replicas (`lagrouter`, `lagrouter-one-replica`) the replicas ran,
+/// to show that they really read from them. Their count also
 /// holds lagrouter's health checks, so a little over 100% is possible. Call
 /// it with the proxies stopped: exiting backends flush their statistics.
 fn replica_share(
@@ -435,7 +436,7 @@ fn replica_share(
 ) -> Option<f64> {
     let lr = runs
         .iter()
-        .filter(|r| r.target == "lagrouter" && r.workload.starts_with("select"));
+        .filter(|r| reads_replicas(&r.target) && r.workload.starts_with("select"));
     let xacts = warmup + lr.map(|r| r.xacts).sum::<u64>();
     if xacts == 0 {
         return None;
@@ -451,6 +452,11 @@ fn replica_share(
         .saturating_sub(before?)
         .saturating_sub(others);
     Some(on_replicas as f64 / xacts as f64)
+}
+
+/// Whether lagrouter target `t` sends its reads to replicas.
+fn reads_replicas(t: &str) -> bool {
+    matches!(t, "lagrouter" | "lagrouter-one-replica")
 }
 
 /// Runs pgbench against `t` (stopped after T + GRACE), measuring the
@@ -1084,7 +1090,7 @@ fn main() -> Result<()> {
         let log = out.join(format!("warmup-{}.log", t.name));
         let run = run_pgbench(&c, &o, t, &("select", "simple".into()), o.warmup, &log)?;
         match t.name.as_str() {
-            "lagrouter" => warmup_xacts += run.xacts,
+            t if reads_replicas(t) => warmup_xacts += run.xacts,
             "direct-replicas" => warmup_direct += run.xacts,
             _ => {}
         }
@@ -1104,7 +1110,7 @@ fn main() -> Result<()> {
         // The replicas' counters also take in lagrouter's health checks
         // (a few a second), hence a share a little over 100% is possible.
         println!(
-            "lagrouter ran {pct:.1}% of its select-only transactions on the replicas \
+            "lagrouter (with replicas) ran {pct:.1}% of its select-only transactions on the replicas \
              (by the replicas' counters, which also count its health checks)"
         );
     }
