@@ -311,8 +311,10 @@ pub struct HealthConfig {
     /// they wait as long as the primary stays stopped. Default `10s`. Live.
     #[serde(with = "humantime_serde")]
     pub primary_stall_timeout: Duration,
-    /// How often the heartbeat row is written on the primary; `0s` disables
-    /// it (time lag then reads as unknown). Default `500ms`. Live.
+    /// How often this instance's heartbeat row (each instance has its own;
+    /// time lag is the age of the newest a replica replayed) is written on
+    /// the primary; `0s` disables it (time lag then reads as unknown).
+    /// Default `500ms`. Live.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Table the heartbeat is written to (created if missing). Default

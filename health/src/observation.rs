@@ -20,7 +20,7 @@ pub enum HeartbeatQuery {
     /// Not yet known to exist on this node: ask `to_regclass` instead of
     /// reading it, so a missing table is not a failed check.
     ProbeTable(String),
-    /// Known to exist: read the heartbeat row's age.
+    /// Known to exist: read the age of the newest heartbeat row (one per instance).
     Read(String),
 }
 
@@ -30,9 +30,9 @@ pub fn check_sql(hb: &HeartbeatQuery) -> String {
     let hb_col = match hb {
         HeartbeatQuery::Off => "NULL".to_string(),
         HeartbeatQuery::ProbeTable(t) => format!("(to_regclass('{t}') IS NOT NULL)::text"),
-        HeartbeatQuery::Read(t) => format!(
-            "(SELECT extract(epoch FROM clock_timestamp() - ts)::text FROM {t} WHERE id = 1)"
-        ),
+        HeartbeatQuery::Read(t) => {
+            format!("(SELECT extract(epoch FROM clock_timestamp() - max(ts))::text FROM {t})")
+        }
     };
     // A replica's timeline: the WAL receiver's when this user may see it
     // (pg_read_all_stats / pg_monitor), else the last restartpoint's,
