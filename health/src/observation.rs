@@ -423,7 +423,7 @@ mod tests {
             "pg_last_wal_replay_lsn()",
             "pg_last_wal_receive_lsn()",
             "pg_last_xact_replay_timestamp()",
-            "FROM s.hb WHERE id = 1",
+            "max(ts))::text FROM s.hb)",
             "pg_replication_slots",
             "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)",
             "synchronous_standby_names",
