@@ -42,9 +42,9 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       no tasks or wakers, as PgBouncer runs on libevent: what the loop costs without tokio;
       baseline-primary-only: lagrouter primary-only from the binary --baseline names,
       for an A/B of two builds in one interleaved run;
-      lagrouter-one-replica: lagrouter with the primary and the first replica only:
-      against lagrouter, what reading from two node instances instead of one costs
-      the host, where every node shares the same cores)
+      lagrouter-one-replica (select workloads only): lagrouter with the primary and
+      the first replica only: against lagrouter, what reading from two node
+      instances instead of one costs the host, where every node shares the same cores)
   --pgbouncer PATH (the PgBouncer binary; default: pgbouncer on PATH or /usr/sbin)
   --lagrouter PATH (the lagrouter binary of the two lagrouter targets; default: the
       release build cargo bench made, target/release/lagrouter; scripts/build-pgo
@@ -770,6 +770,9 @@ fn runs_workload(t: &Target, wl: &str) -> bool {
     match t.name.as_str() {
         "direct" | "tokio-relay" | "mio-relay" => wl != "select-c400",
         "direct-replicas" => wl != "tpcb",
+        // Its point is where reads go: the other workloads start with
+        // BEGIN or write, and go to the primary as `lagrouter`'s do.
+        "lagrouter-one-replica" => wl.starts_with("select"),
         _ => true,
     }
 }
