@@ -530,43 +530,40 @@ impl ServerPool {
     /// waiter, with its permit, or to the idle list.
     fn give_back(&self, mut conn: Box<ServerConn>) {
         conn.last_used = crate::rt::now();
-        let mut conn = Some(conn);
-        let waker = self.with_idle(|idle| {
-            idle.in_use -= 1;
-            // While the pool is over its size (it shrank), the permit is
-            // kept back instead.
-            if idle.free >= 0 {
-                while let Some(w) = idle.waiters.pop_front() {
-                    match w.grant(conn.take()) {
-                        Ok(waker) => {
-                            idle.in_use += 1;
-                            idle.checkouts += 1;
-                            return waker;
-                        }
-                        Err(c) => conn = c,
-                    }
-                }
-            }
-            idle.conns.extend(conn.take());
-            idle.free += 1;
-            None
-        });
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.hand_on(Some(conn));
     }
 
     /// Takes back a permit with no connection: to the first waiter, or
     /// free.
     fn return_permit(&self) {
+        self.hand_on(None);
+    }
+
+    /// Gives a permit that came back, with `conn` if a connection came
+    /// back with it, to the first waiter still waiting; else the permit is
+    /// free and the connection idle. While the pool is over its size (it
+    /// shrank), the permit is kept back instead.
+    fn hand_on(&self, mut conn: Option<Box<ServerConn>>) {
+        let returned = conn.is_some();
         let waker = self.with_idle(|idle| {
-            if idle.free >= 0 {
-                while let Some(w) = idle.waiters.pop_front() {
-                    if let Ok(waker) = w.grant(None) {
+            if returned {
+                idle.in_use -= 1;
+            }
+            while idle.free >= 0
+                && let Some(w) = idle.waiters.pop_front()
+            {
+                match w.grant(conn.take()) {
+                    Ok(waker) => {
+                        if returned {
+                            idle.in_use += 1;
+                            idle.checkouts += 1;
+                        }
                         return waker;
                     }
+                    Err(c) => conn = c,
                 }
             }
+            idle.conns.extend(conn.take());
             idle.free += 1;
             None
         });
@@ -904,6 +901,32 @@ mod tests {
         }
     }
 
+    /// A pool of one on a [`trusting_node`], its connection checked out:
+    /// the pool, its config, the login, the held connection and the
+    /// node's count of connections accepted.
+    async fn pool_of_one_held(
+        checkout_timeout_ms: u64,
+        max_waiters: usize,
+    ) -> (
+        Arc<ServerPool>,
+        PoolConfig,
+        ServerLogin,
+        PooledConn,
+        Arc<AtomicUsize>,
+    ) {
+        let (port, accepted) = trusting_node();
+        let pool = pool_at(port);
+        pool.resize(1);
+        let cfg = cfg_waiting(checkout_timeout_ms, max_waiters);
+        let login = ServerLogin::Password("p".into());
+        let held = pool
+            .clone()
+            .checkout(&cfg, &login, Instant::now())
+            .await
+            .expect("a connection");
+        (pool, cfg, login, held, accepted)
+    }
+
     /// Lets spawned checkouts run until they wait.
     async fn settle() {
         for _ in 0..50 {
@@ -914,16 +937,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_comes_back_goes_to_the_first_waiter() {
-        let (port, accepted) = trusting_node();
-        let pool = pool_at(port);
-        pool.resize(1);
-        let cfg = cfg_waiting(10_000, 10);
-        let login = ServerLogin::Password("p".into());
-        let held = pool
-            .clone()
-            .checkout(&cfg, &login, Instant::now())
-            .await
-            .expect("a connection");
+        let (pool, cfg, login, held, accepted) = pool_of_one_held(10_000, 10).await;
         let pid = held.get().pid;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -963,16 +977,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_times_out_and_one_past_max_waiters_is_refused_at_once() {
-        let (port, _) = trusting_node();
-        let pool = pool_at(port);
-        pool.resize(1);
-        let cfg = cfg_waiting(300, 1);
-        let login = ServerLogin::Password("p".into());
-        let held = pool
-            .clone()
-            .checkout(&cfg, &login, Instant::now())
-            .await
-            .expect("a connection");
+        let (pool, cfg, login, held, _) = pool_of_one_held(300, 1).await;
         let waiter = {
             let (pool, cfg, login) = (pool.clone(), cfg.clone(), login.clone());
             tokio::spawn(async move {
@@ -1023,16 +1028,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_waiter_passes_its_turn_and_a_closed_connection_its_permit() {
-        let (port, accepted) = trusting_node();
-        let pool = pool_at(port);
-        pool.resize(1);
-        let cfg = cfg_waiting(10_000, 10);
-        let login = ServerLogin::Password("p".into());
-        let held = pool
-            .clone()
-            .checkout(&cfg, &login, Instant::now())
-            .await
-            .expect("a connection");
+        let (pool, cfg, login, held, accepted) = pool_of_one_held(10_000, 10).await;
         let spawn = |pool: Arc<ServerPool>| {
             let (cfg, login) = (cfg.clone(), login.clone());
             tokio::spawn(async move {
