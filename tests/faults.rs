@@ -55,6 +55,44 @@ fn longest(reads: &[&Read]) -> Duration {
     reads.iter().map(|r| r.took()).max().unwrap_or_default()
 }
 
+/// A read load through a fault the replicas should not feel: the reads
+/// started in its window, and over the whole load the errors and the
+/// replicas' demotions.
+struct Unfelt<'a> {
+    during: Vec<&'a Read>,
+    errs: Vec<&'a Read>,
+    demotions: Vec<(Instant, NodeState, Option<Cause>)>,
+}
+
+impl<'a> Unfelt<'a> {
+    fn of(reads: &'a [Read], log: &StateLog, from: Instant, to: Instant) -> Self {
+        Unfelt {
+            during: reads
+                .iter()
+                .filter(|r| r.started >= from && r.started < to)
+                .collect(),
+            errs: errors(reads),
+            demotions: [1, 2].iter().flat_map(|&i| log.demotions(i)).collect(),
+        }
+    }
+
+    /// The load kept reading through the window, from the replicas, with
+    /// no error and no replica demoted.
+    fn assert_unfelt(&self) {
+        assert!(
+            self.during.len() > 100,
+            "the load kept reading: {}",
+            self.during.len()
+        );
+        assert_eq!(self.errs.len(), 0, "read errors: {:?}", self.errs);
+        assert!(
+            self.during.iter().all(|r| r.outcome != Ok(0)),
+            "reads went to the primary"
+        );
+        assert_eq!(self.demotions, [], "replica demotions");
+    }
+}
+
 /// Restarts a crashed node when dropped, even on panic.
 struct Restart(usize);
 
@@ -84,38 +122,24 @@ async fn primary_stall_costs_reads_nothing() {
     let reads = load.finish().await;
     let seen = log.snapshot();
 
-    let during: Vec<&Read> = reads
-        .iter()
-        .filter(|r| r.started >= stall_began && r.started < stall_ended)
-        .collect();
-    let errs = errors(&reads);
-    let demotions: Vec<_> = [1, 2].iter().flat_map(|&i| log.demotions(i)).collect();
+    let w = Unfelt::of(&reads, &log, stall_began, stall_ended);
     let primary_unreachable = seen.iter().any(|s| s.states[0] == NodeState::Unreachable);
     eprintln!(
         "primary stall 3 s: {} reads ({} during the stall), {} errors, longest read started \
-         during the stall {:?}, replica demotions {demotions:?}, primary went {:?}",
+         during the stall {:?}, replica demotions {:?}, primary went {:?}",
         reads.len(),
-        during.len(),
-        errs.len(),
-        longest(&during),
+        w.during.len(),
+        w.errs.len(),
+        longest(&w.during),
+        w.demotions,
         primary_unreachable,
     );
+    w.assert_unfelt();
     assert!(
-        during.len() > 100,
-        "the load kept reading: {}",
-        during.len()
-    );
-    assert_eq!(errs.len(), 0, "read errors: {errs:?}");
-    assert!(
-        longest(&during) <= Duration::from_secs(1),
+        longest(&w.during) <= Duration::from_secs(1),
         "a read started during the stall waited {:?}",
-        longest(&during)
+        longest(&w.during)
     );
-    assert!(
-        during.iter().all(|r| r.outcome != Ok(0)),
-        "reads went to the primary"
-    );
-    assert_eq!(demotions, [], "replica demotions");
 }
 
 /// The replicas' health checks go unanswered for 7 s while the replicas
@@ -157,24 +181,19 @@ async fn checks_blocked_on_replicas_that_serve_demote_nothing() {
     let reads = load.finish().await;
     let seen = log.snapshot();
 
-    let during: Vec<&Read> = reads
-        .iter()
-        .filter(|r| r.started >= began && r.started < released)
-        .collect();
-    let errs = errors(&reads);
-    let demotions: Vec<_> = [1, 2].iter().flat_map(|&i| log.demotions(i)).collect();
+    let w = Unfelt::of(&reads, &log, began, released);
     let most_missed = |i: usize| seen.iter().map(|s| s.missed[i]).max().unwrap_or(0);
     eprintln!(
         "replica checks blocked {:?}: most missed checks in a row {} and {}, {} reads ({} while \
-         blocked), {} errors, longest read started while blocked {:?}, replica demotions \
-         {demotions:?}",
+         blocked), {} errors, longest read started while blocked {:?}, replica demotions {:?}",
         released - began,
         most_missed(1),
         most_missed(2),
         reads.len(),
-        during.len(),
-        errs.len(),
-        longest(&during),
+        w.during.len(),
+        w.errs.len(),
+        longest(&w.during),
+        w.demotions,
     );
     assert!(
         released - began >= HELD,
@@ -187,17 +206,7 @@ async fn checks_blocked_on_replicas_that_serve_demote_nothing() {
         most_missed(1),
         most_missed(2)
     );
-    assert!(
-        during.len() > 100,
-        "the load kept reading: {}",
-        during.len()
-    );
-    assert_eq!(errs.len(), 0, "read errors: {errs:?}");
-    assert!(
-        during.iter().all(|r| r.outcome != Ok(0)),
-        "reads went to the primary"
-    );
-    assert_eq!(demotions, [], "replica demotions");
+    w.assert_unfelt();
 }
 
 /// The primary stops and stays stopped while two writing transactions hold

@@ -200,10 +200,19 @@ async fn sslmode_require_against_a_proxy_without_tls_fails_clearly() {
         out.stderr
     );
     // And the raw answer to SSLRequest is 'N', after which plain startup works.
-    let mut raw = RawConn::connect(proxy.addr).await;
-    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
+    declined_then_plain_startup(proxy.addr, SSL_REQUEST).await;
+}
+
+/// SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// GSSENCRequest: length 8, code 80877104.
+const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+
+/// Sends `request` on a new connection, expects 'N', then starts in the
+/// clear and expects an authentication request.
+async fn declined_then_plain_startup(addr: std::net::SocketAddr, request: [u8; 8]) {
+    let mut raw = RawConn::connect(addr).await;
+    raw.send(&request).await.unwrap();
     assert_eq!(raw.read_byte(T).await, Ok(b'N'));
     raw.send(&startup_message(
         196608,
@@ -248,29 +257,12 @@ async fn protocol_3_2_gets_negotiate_protocol_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gssenc_request_gets_n() {
     let proxy = ProxyBuilder::new().start().await;
-    let mut raw = RawConn::connect(proxy.addr).await;
-    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
-    assert_eq!(raw.read_byte(T).await, Ok(b'N'));
-    raw.send(&startup_message(
-        196608,
-        &[("user", "app"), ("database", "app")],
-    ))
-    .await
-    .unwrap();
-    let m = raw.recv(T).await.expect("auth request");
-    assert_eq!(m.tag, b'R', "{m:?}");
-    drop(raw);
+    declined_then_plain_startup(proxy.addr, GSSENC_REQUEST).await;
     // A second GSSENCRequest on one connection is a protocol violation.
     let mut raw = RawConn::connect(proxy.addr).await;
-    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
+    raw.send(&GSSENC_REQUEST).await.unwrap();
     assert_eq!(raw.read_byte(T).await, Ok(b'N'));
-    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
+    raw.send(&GSSENC_REQUEST).await.unwrap();
     if let Some(e) = raw.error_or_close(T).await {
         assert_eq!(e.code(), "08P01", "{:?}", e.fields());
     }
