@@ -54,6 +54,9 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
   --replica-pool N (20: lagrouter's pool.size with replicas; 7 makes its server
       connections in all about PgBouncer's 20, which matters when the nodes share cores)
   --install-pgbouncer (apt-get install -y pgbouncer first)
+  --retries N (2): a run whose host lost more than 10% of its CPU to other guests
+      (steal) is run again at once, up to N times; the lost one stays in the results,
+      left out of the medians as before
   --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
 const ALL_TARGETS: [&str; 9] = [
     "direct",
@@ -112,6 +115,8 @@ struct Opts {
     /// `pool.size` of the `lagrouter` target (with replicas: per node).
     replica_pool: u32,
     install_pgbouncer: bool,
+    /// How many times a run over [`MAX_STEAL`] is run again.
+    retries: u32,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
@@ -120,6 +125,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         clients: 16,
         threads: 2,
         repeats: 3,
+        retries: 2,
         scale: 10,
         warmup: 2,
         workloads: list("select"),
@@ -143,6 +149,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "-c" => o.clients = val()?.parse()?,
             "-j" => o.threads = val()?.parse()?,
             "-r" => o.repeats = val()?.parse()?,
+            "--retries" => o.retries = val()?.parse()?,
             "--scale" => o.scale = val()?.parse()?,
             "--warmup" => o.warmup = val()?.parse()?,
             "--workloads" => o.workloads = list(val()?),
@@ -691,15 +698,35 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
         .iter()
         .filter(|r| r.status == "ok" && !clean(r))
         .count();
+    // A slot: one target's run of one workload/mode in one round (run
+    // again when stolen, see `--retries`).
+    let slot = |r: &Run| {
+        (
+            r.source,
+            r.rep,
+            r.workload,
+            r.mode.clone(),
+            r.target.clone(),
+        )
+    };
+    let mut slots: Vec<_> = runs.iter().map(slot).collect();
+    slots.sort();
+    slots.dedup();
+    let unfilled = slots
+        .iter()
+        .filter(|k| !runs.iter().any(|r| slot(r) == **k && clean(r)))
+        .count();
     if let Some(m) = median(steals.clone()) {
         let max = steals.iter().copied().fold(0.0, f64::max);
         println!(
             "host CPU steal during the runs: median {:.1}%, max {:.1}%; {stolen} of {} runs \
-             over {:.0}% left out of the medians",
+             over {:.0}% left out of the medians; {unfilled} of {} slots (a target's run of a \
+             row in a round) without a clean run",
             m * 100.,
             max * 100.,
             runs.len(),
-            MAX_STEAL * 100.
+            MAX_STEAL * 100.,
+            slots.len(),
         );
     }
 }
@@ -822,6 +849,8 @@ fn run_matrix(
         .count();
     let total = per_rep * o.repeats as usize;
     let mut runs = Vec::new();
+    // The slot of the matrix, not the runs made: a run done again keeps it.
+    let mut n = 0;
     for rep in 1..=o.repeats {
         let order = round_order(targets, rep as usize - 1);
         let matrix = combos
@@ -829,16 +858,43 @@ fn run_matrix(
             .flat_map(|wm| order.iter().map(move |t| (wm, *t)));
         let matrix = matrix.filter(|(wm, t)| runs_workload(t, wm.0));
         for (wm, t) in matrix {
-            let (wl, mode, name, n, secs) = (wm.0, &wm.1, &t.name, runs.len() + 1, o.secs);
+            let (wl, mode, name, secs) = (wm.0, &wm.1, &t.name, o.secs);
+            n += 1;
             print!("[{n}/{total}] {wl}/{mode} {name} {secs}s ... ");
             std::io::stdout().flush()?;
-            let log = out.join(format!("r{rep}-{wl}-{mode}-{name}.log"));
-            let mut run = run_pgbench(c, o, t, wm, secs, &log)?;
-            run.rep = rep;
-            let cpu = run.cpu_us.map(|v| format!(", {v:.1} us CPU/txn"));
-            let (tps, cpu) = (run.tps.unwrap_or(0.), cpu.unwrap_or_default());
-            println!("{tps:.0} tps{cpu} {}", run.status);
-            runs.push(run);
+            for attempt in 0..=o.retries {
+                let again = if attempt == 0 {
+                    String::new()
+                } else {
+                    format!(".again{attempt}")
+                };
+                let log = out.join(format!("r{rep}-{wl}-{mode}-{name}{again}.log"));
+                let mut run = run_pgbench(c, o, t, wm, secs, &log)?;
+                run.rep = rep;
+                let cpu = run.cpu_us.map(|v| format!(", {v:.1} us CPU/txn"));
+                let (tps, cpu) = (run.tps.unwrap_or(0.), cpu.unwrap_or_default());
+                let stolen = run.steal.filter(|&s| s > MAX_STEAL);
+                runs.push(run);
+                match stolen {
+                    Some(steal) if attempt < o.retries => {
+                        // Kept (out of the medians, in the steal count);
+                        // the same slot of the round runs again at once.
+                        println!(
+                            "{tps:.0} tps{cpu}, {:.0}% steal: again ({} of {})",
+                            steal * 100.,
+                            attempt + 1,
+                            o.retries
+                        );
+                        print!("    {wl}/{mode} {name} {secs}s ... ");
+                        std::io::stdout().flush()?;
+                    }
+                    _ => {
+                        let status = &runs.last().expect("pushed").status;
+                        println!("{tps:.0} tps{cpu} {status}");
+                        break;
+                    }
+                }
+            }
         }
     }
     Ok(runs)
