@@ -873,9 +873,9 @@ fn run_matrix(
                 run.rep = rep;
                 let cpu = run.cpu_us.map(|v| format!(", {v:.1} us CPU/txn"));
                 let (tps, cpu) = (run.tps.unwrap_or(0.), cpu.unwrap_or_default());
-                let stolen = run.steal.filter(|&s| s > MAX_STEAL);
+                let steal = stolen(&run);
                 runs.push(run);
-                match stolen {
+                match steal {
                     Some(steal) if attempt < o.retries => {
                         // Kept (out of the medians, in the steal count);
                         // the same slot of the round runs again at once.

@@ -42,7 +42,12 @@ pub const MAX_STEAL: f64 = 0.10;
 /// the TPS covers the survivors only and is not comparable) and the host
 /// was not busy with other guests.
 pub fn clean(r: &Run) -> bool {
-    r.status == "ok" && r.steal.is_none_or(|s| s <= MAX_STEAL)
+    r.status == "ok" && stolen(r).is_none()
+}
+
+/// The host's steal during `r`, when it was over [`MAX_STEAL`].
+pub fn stolen(r: &Run) -> Option<f64> {
+    r.steal.filter(|&s| s > MAX_STEAL)
 }
 
 /// Median of `value` over the clean runs only.
