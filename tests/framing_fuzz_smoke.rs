@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use lagrouter_proxy::protocol::batch::BatchScan;
 use lagrouter_proxy::protocol::expect::{Action, Expect, Req};
+use lagrouter_proxy::protocol::text::TextEncoding;
 use lagrouter_proxy::protocol::{backend, frame, frontend};
 
 struct XorShift(u64);
@@ -65,6 +66,8 @@ fn seeds() -> Vec<Vec<u8>> {
     s.push(startup(&c));
     s.push(tagged(b'Q', b"SELECT 1\0"));
     s.push(tagged(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17"));
+    s.push(tagged(b'Q', b"SELECT E'\x95\x5c', 'caf\xe9'\0"));
+    s.push(tagged(b'P', b"s2\0SELECT '\x81\x30\x81'\0\0\0"));
     s.push(tagged(b'B', b"p\0s1\0\0\x01\0\0\0\x01\0\0\0\x011\0\0"));
     s.push(tagged(b'D', b"Ss1\0"));
     s.push(tagged(b'C', b"Pp\0"));
@@ -129,6 +132,13 @@ fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
     v
 }
 
+const ENCODINGS: [TextEncoding; 4] = [
+    TextEncoding::AsciiSafe,
+    TextEncoding::ShiftJis,
+    TextEncoding::DoubleByte,
+    TextEncoding::Gb18030,
+];
+
 fn frontend_stream(data: &[u8], limit: usize) {
     let _ = frame::peek_header(data, limit);
     let mut buf = BytesMut::from(data);
@@ -141,6 +151,13 @@ fn frontend_stream(data: &[u8], limit: usize) {
         let _ = frontend::decode_target(body, "Describe");
         let _ = frontend::decode_sasl_initial(body);
         let _ = frontend::decode_password(body);
+        // Texts read in each client encoding's layout.
+        for enc in ENCODINGS {
+            for tag in [b'Q', b'P'] {
+                let mut readable = String::new();
+                let _ = frontend::ClientMsg::decode_foreign(tag, body, enc, &mut readable);
+            }
+        }
     }
 }
 

@@ -13,7 +13,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::process::{psql, run};
-use support::raw::{RawConn, bind, execute, message, parse, query, sync};
+use support::raw::{
+    Msg, RawConn, bind, execute, message, parse, parse_bytes, query, query_bytes, sync,
+};
 use support::*;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -941,6 +943,170 @@ async fn a_transaction_whose_first_statement_finds_no_server_fails_as_on_the_ser
                     .as_deref(),
                 Some("0"),
                 "nothing of the failed transactions ran"
+            );
+        },
+    )
+    .await
+}
+
+/// The DataRows among `msgs`, their columns as sent.
+fn data_rows(msgs: &[support::raw::Msg]) -> Vec<Vec<Vec<u8>>> {
+    msgs.iter()
+        .filter(|m| m.tag == b'D')
+        .map(support::raw::Msg::values)
+        .collect()
+}
+
+/// The transaction status of the ReadyForQuery that ends `msgs`.
+fn ready_status(msgs: &[support::raw::Msg]) -> u8 {
+    let z = msgs.last().expect("messages");
+    assert_eq!(z.tag, b'Z', "{msgs:?}");
+    z.body[0]
+}
+
+/// Statement texts that are not UTF-8 keep the session: a LATIN1 client's
+/// texts reach the server as sent (simple and extended protocol, named
+/// statements prepared again from what the client sent, two statements
+/// that differ only in an accented letter kept apart); a Shift-JIS
+/// client's write behind a string whose last character ends in 0x5C (a
+/// backslash, read byte by byte, that would hide the write from routing)
+/// goes to the primary; a UTF-8 client's stray byte gets the server's own
+/// 22021, in a transaction too, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_in_other_client_encodings() {
+    within(
+        Duration::from_secs(120),
+        "test texts_in_other_client_encodings",
+        async {
+            ensure_role("lr_enc").await;
+            let proxy = ProxyBuilder::new()
+                .user("name = \"lr_enc\"\npassword = \"lr_enc\"\nauth = \"trust\"")
+                .start()
+                .await;
+            connect(&proxy)
+                .await
+                .batch_execute(
+                    "create table if not exists lr_enc_t (v text); delete from lr_enc_t; \
+                     grant all on lr_enc_t to public",
+                )
+                .await
+                .unwrap();
+            let mut c =
+                RawConn::login_trust_with(proxy.addr, "lr_enc", &[("client_encoding", "LATIN1")])
+                    .await;
+            // Two named statements that routing reads alike ('x' and an
+            // accented letter), prepared on whichever node runs their Bind.
+            let (e, grave) = (b"select 'x\xe9'::text", b"select 'x\xe8'::text");
+            let mut batch = [parse_bytes("e", e), parse_bytes("g", grave)].concat();
+            for s in ["e", "g"] {
+                batch.extend([bind("", s), execute(""), sync()].concat());
+            }
+            c.send(&batch).await.unwrap();
+            let mut rows = Vec::new();
+            for _ in 0..2 {
+                let msgs = c.until_ready(T).await;
+                assert_eq!(Msg::error_codes(&msgs), Vec::<String>::new());
+                rows.extend(data_rows(&msgs));
+            }
+            assert_eq!(rows, [vec![b"x\xe9".to_vec()], vec![b"x\xe8".to_vec()]]);
+            // A write, read back; the same statements again in a
+            // transaction on the primary.
+            c.send(&query_bytes(b"insert into lr_enc_t values ('caf\xe9')"))
+                .await
+                .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(Msg::error_codes(&msgs), Vec::<String>::new());
+            c.send(&query_bytes(
+                b"select v, length(v) from lr_enc_t where v like 'caf%'",
+            ))
+            .await
+            .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(data_rows(&msgs), [vec![b"caf\xe9".to_vec(), b"4".to_vec()]]);
+            // A batch routed as the one transaction it is: its second
+            // statement writes.
+            c.send(
+                &[
+                    parse_bytes("", b"select 'r\xe9'"),
+                    bind("", ""),
+                    execute(""),
+                    parse_bytes("", b"insert into lr_enc_t values ('b\xe9')"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(Msg::error_codes(&msgs), Vec::<String>::new(), "{msgs:?}");
+            c.send(&query("begin; insert into lr_enc_t values ('t')"))
+                .await
+                .unwrap();
+            assert_eq!(ready_status(&c.until_ready(T).await), b'T');
+            c.send(
+                &[
+                    bind("", "g"),
+                    execute(""),
+                    parse_bytes("", b"select pg_is_in_recovery()::text"),
+                    bind("", ""),
+                    execute(""),
+                    sync(),
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(
+                data_rows(&msgs),
+                [vec![b"x\xe8".to_vec()], vec![b"false".to_vec()]]
+            );
+            c.send(&query("commit")).await.unwrap();
+            assert_eq!(ready_status(&c.until_ready(T).await), b'I');
+
+            // Shift-JIS: 0x95 0x5C is one character.
+            c.send(&query("set client_encoding = 'SJIS'"))
+                .await
+                .unwrap();
+            c.until_ready(T).await;
+            c.send(&query_bytes(
+                b"select E'\x95\x5c'; insert into lr_enc_t values ('sjis'); -- '",
+            ))
+            .await
+            .unwrap();
+            let msgs = c.until_ready(T).await;
+            assert_eq!(Msg::error_codes(&msgs), Vec::<String>::new(), "{msgs:?}");
+            assert_eq!(data_rows(&msgs), [vec![b"\x95\x5c".to_vec()]]);
+            c.send(&query("select count(*) from lr_enc_t where v = 'sjis'"))
+                .await
+                .unwrap();
+            assert_eq!(data_rows(&c.until_ready(T).await), [vec![b"1".to_vec()]]);
+
+            // UTF-8: a stray byte is the server's 22021, not the session's end.
+            c.send(&query("set client_encoding = 'UTF8'"))
+                .await
+                .unwrap();
+            c.until_ready(T).await;
+            for (sql, status) in [
+                (&b"select '\xff'"[..], b'I'),
+                (b"begin", b'T'),
+                (b"select '\xff'", b'E'),
+                (b"rollback", b'I'),
+            ] {
+                c.send(&query_bytes(sql)).await.unwrap();
+                let msgs = c.until_ready(T).await;
+                let want: &[&str] = if sql.is_ascii() { &[] } else { &["22021"] };
+                assert_eq!(Msg::error_codes(&msgs), want, "{msgs:?}");
+                assert_eq!(ready_status(&msgs), status);
+            }
+            c.send(&[bind("", "e"), execute(""), sync()].concat())
+                .await
+                .unwrap();
+            assert_eq!(
+                data_rows(&c.until_ready(T).await),
+                [vec!["xé".as_bytes().to_vec()]]
             );
         },
     )

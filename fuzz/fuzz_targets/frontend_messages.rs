@@ -2,8 +2,16 @@
 #![no_main]
 
 use bytes::BytesMut;
+use lagrouter_proxy::protocol::text::TextEncoding;
 use lagrouter_proxy::protocol::{frame, frontend};
 use libfuzzer_sys::fuzz_target;
+
+const ENCODINGS: [TextEncoding; 4] = [
+    TextEncoding::AsciiSafe,
+    TextEncoding::ShiftJis,
+    TextEncoding::DoubleByte,
+    TextEncoding::Gb18030,
+];
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the frame limit, so TooLong is reachable too.
@@ -30,6 +38,13 @@ fuzz_target!(|data: &[u8]| {
                 let _ = frontend::decode_query(body);
                 let _ = frontend::decode_parse(body);
                 let _ = frontend::decode_bind(body);
+            }
+        }
+        // Texts read in each client encoding's layout.
+        for enc in ENCODINGS {
+            for tag in [b'Q', b'P'] {
+                let mut readable = String::new();
+                let _ = frontend::ClientMsg::decode_foreign(tag, body, enc, &mut readable);
             }
         }
     }

@@ -41,6 +41,21 @@ impl Msg {
             .collect()
     }
 
+    /// The columns of a DataRow as sent (empty for NULL).
+    pub fn values(&self) -> Vec<Vec<u8>> {
+        let n = i16::from_be_bytes(self.body[..2].try_into().unwrap());
+        let mut at = 2;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let len = i32::from_be_bytes(self.body[at..at + 4].try_into().unwrap());
+            at += 4;
+            let len = usize::try_from(len).unwrap_or(0);
+            out.push(self.body[at..at + len].to_vec());
+            at += len;
+        }
+        out
+    }
+
     /// First column of a DataRow, as text (empty for NULL).
     pub fn first_value(&self) -> String {
         let len = i32::from_be_bytes(self.body[2..6].try_into().unwrap());
@@ -95,14 +110,22 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// A simple Query message.
 pub fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    message(b'Q', &body)
+    query_bytes(sql.as_bytes())
+}
+
+/// A simple Query message whose text is `sql` as it is (in any encoding).
+pub fn query_bytes(sql: &[u8]) -> Vec<u8> {
+    message(b'Q', &[sql, b"\0"].concat())
 }
 
 /// Parse of `sql` as statement `name` (no parameter types).
 pub fn parse(name: &str, sql: &str) -> Vec<u8> {
-    message(b'P', &[cstr(name), cstr(sql), vec![0, 0]].concat())
+    parse_bytes(name, sql.as_bytes())
+}
+
+/// Parse of `sql`, as it is (in any encoding), as statement `name`.
+pub fn parse_bytes(name: &str, sql: &[u8]) -> Vec<u8> {
+    message(b'P', &[&cstr(name)[..], sql, b"\0\0\0"].concat())
 }
 
 /// Bind of `statement` to `portal`, with no parameters and text results.
@@ -134,13 +157,21 @@ impl RawConn {
 
     /// Logs in as a `trust` user and reads up to ReadyForQuery.
     pub async fn login_trust(addr: SocketAddr, user: &str) -> RawConn {
+        RawConn::login_trust_with(addr, user, &[]).await
+    }
+
+    /// [`Self::login_trust`] with more startup parameters.
+    pub async fn login_trust_with(
+        addr: SocketAddr,
+        user: &str,
+        params: &[(&str, &str)],
+    ) -> RawConn {
         let mut c = RawConn::connect(addr).await;
-        c.send(&startup_message(
-            196608,
-            &[("user", user), ("database", "app")],
-        ))
-        .await
-        .expect("send startup");
+        let mut all = vec![("user", user), ("database", "app")];
+        all.extend_from_slice(params);
+        c.send(&startup_message(196608, &all))
+            .await
+            .expect("send startup");
         let msgs = c.until_ready(Duration::from_secs(15)).await;
         let auth = msgs
             .iter()

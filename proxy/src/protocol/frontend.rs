@@ -3,6 +3,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::reader::{DecodeError, Reader};
+use super::text::{TextEncoding, readable};
 
 /// Protocol version 3.0.
 pub const PROTOCOL_3_0: i32 = 196_608;
@@ -81,7 +82,11 @@ pub fn decode_query(body: &[u8]) -> Result<&str, DecodeError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parse<'a> {
     pub name: &'a str,
+    /// The text as routing reads it.
     pub query: &'a str,
+    /// The text as sent, when that is not `query`: not UTF-8
+    /// ([`ClientMsg::decode_foreign`]).
+    pub wire: Option<&'a [u8]>,
     /// i16 count followed by i32 OIDs, as sent.
     pub param_types: &'a [u8],
 }
@@ -91,8 +96,18 @@ pub fn decode_parse(body: &[u8]) -> Result<Parse<'_>, DecodeError> {
     let mut r = Reader::new(body, "Parse");
     let name = r.cstr_utf8()?;
     let query = r.cstr_utf8()?;
-    let param_types = r.rest();
-    let mut t = Reader::new(param_types, "Parse");
+    Ok(Parse {
+        name,
+        query,
+        wire: None,
+        param_types: parse_param_types(r.rest())?,
+    })
+}
+
+/// A `Parse`'s parameter-type tail, checked: an i16 count, then as many
+/// OIDs.
+fn parse_param_types(tail: &[u8]) -> Result<&[u8], DecodeError> {
+    let mut t = Reader::new(tail, "Parse");
     let n = t.i16()?;
     if n < 0 || t.rest().len() != n as usize * 4 {
         return Err(DecodeError {
@@ -100,20 +115,18 @@ pub fn decode_parse(body: &[u8]) -> Result<Parse<'_>, DecodeError> {
             detail: "parameter type count does not match",
         });
     }
-    Ok(Parse {
-        name,
-        query,
-        param_types,
-    })
+    Ok(tail)
 }
 
-/// Encodes a `Parse` with a (possibly rewritten) statement name.
-pub fn encode_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u8]) {
+/// Encodes a `Parse` with a (possibly rewritten) statement name; `query`
+/// as it is to reach the server.
+pub fn encode_parse(out: &mut BytesMut, name: &str, query: &[u8], param_types: &[u8]) {
     let len = 4 + name.len() + 1 + query.len() + 1 + param_types.len();
     out.put_u8(b'P');
     out.put_i32(len as i32);
     put_cstr(out, name);
-    put_cstr(out, query);
+    out.put_slice(query);
+    out.put_u8(0);
     out.put_slice(param_types);
 }
 
@@ -245,6 +258,43 @@ impl<'a> ClientMsg<'a> {
             fe::TERMINATE => ClientMsg::Terminate,
             _ => return Ok(None),
         }))
+    }
+
+    /// A `Query` or `Parse` that [`Self::decode`] refused for its text
+    /// alone, not UTF-8: `Some` with the text as routing reads it, written
+    /// into `readable_text` ([`readable`], the client's encoding `enc`),
+    /// and for a `Parse` the text as sent in [`Parse::wire`]. `None` for
+    /// any other message or fault (a name that is not UTF-8 included).
+    pub fn decode_foreign(
+        tag: u8,
+        body: &'a [u8],
+        enc: TextEncoding,
+        readable_text: &'a mut String,
+    ) -> Option<ClientMsg<'a>> {
+        use crate::protocol::tag::fe;
+        match tag {
+            fe::QUERY => {
+                let wire = Reader::new(body, "Query").cstr().ok()?;
+                *readable_text = readable(wire, enc);
+                let query: &'a String = readable_text;
+                Some(ClientMsg::Query(query))
+            }
+            fe::PARSE => {
+                let mut r = Reader::new(body, "Parse");
+                let name = r.cstr_utf8().ok()?;
+                let wire = r.cstr().ok()?;
+                let param_types = parse_param_types(r.rest()).ok()?;
+                *readable_text = readable(wire, enc);
+                let query: &'a String = readable_text;
+                Some(ClientMsg::Parse(Parse {
+                    name,
+                    query,
+                    wire: Some(wire),
+                    param_types,
+                }))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -424,12 +474,57 @@ mod tests {
         }
     }
 
+    /// A text that is not UTF-8 fails `decode` and is read by
+    /// `decode_foreign`, for `Query` and `Parse` only; a name that is not
+    /// UTF-8, or a body at fault otherwise, is still refused.
+    #[test]
+    fn texts_not_utf8_decode_as_foreign() {
+        let mut r = String::new();
+        let enc = TextEncoding::AsciiSafe;
+        assert!(ClientMsg::decode(b'Q', b"select '\xe9'\0").is_err());
+        assert_eq!(
+            ClientMsg::decode_foreign(b'Q', b"select '\xe9'\0", enc, &mut r),
+            Some(ClientMsg::Query("select '\u{fffd}'"))
+        );
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, "s", b"select '\xe9'", &[0, 1, 0, 0, 0, 25]);
+        assert!(ClientMsg::decode(b'P', &b[5..]).is_err());
+        let mut r = String::new();
+        let Some(ClientMsg::Parse(p)) = ClientMsg::decode_foreign(b'P', &b[5..], enc, &mut r)
+        else {
+            panic!("not a Parse");
+        };
+        assert_eq!(
+            (p.name, p.query, p.wire, p.param_types),
+            (
+                "s",
+                "select '\u{fffd}'",
+                Some(&b"select '\xe9'"[..]),
+                &[0, 1, 0, 0, 0, 25][..]
+            )
+        );
+        let mut r = String::new();
+        for (tag, body) in [
+            (b'P', &b"\xe9\0select 1\0\0\0"[..]),
+            (b'P', b"s\0select '\xe9'\0\0\x01"),
+            (b'Q', b"select '\xe9'"),
+            (b'B', b"\xe9\0\0\0\0\0\0\0\0"),
+            (b'E', b"\xe9\0\0\0\0\0"),
+        ] {
+            assert_eq!(
+                ClientMsg::decode_foreign(tag, body, enc, &mut r),
+                None,
+                "{body:?}"
+            );
+        }
+    }
+
     /// What the proxy encodes itself decodes as the message it means,
     /// length and all (a deferred `BEGIN` replayed in a client's batch).
     #[test]
     fn encoded_messages_decode_back() {
         let mut out = BytesMut::new();
-        encode_parse(&mut out, "", "select 1", &[0, 0]);
+        encode_parse(&mut out, "", b"select 1", &[0, 0]);
         encode_bind(&mut out, "", "", &[0, 0, 0, 0, 0, 0]);
         encode_execute(&mut out, "p", 0);
         encode_target(&mut out, b'C', b'S', "");
@@ -445,7 +540,7 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "Ok(Some(Parse(Parse { name: \"\", query: \"select 1\", param_types: [0, 0] })))",
+                "Ok(Some(Parse(Parse { name: \"\", query: \"select 1\", wire: None, param_types: [0, 0] })))",
                 "Ok(Some(Bind(Bind { portal: \"\", statement: \"\", rest: [0, 0, 0, 0, 0, 0] })))",
                 "Ok(Some(Execute { portal: \"p\" }))",
                 "Ok(Some(Close(Target { kind: 83, name: \"\" })))",
@@ -507,11 +602,11 @@ mod tests {
     #[test]
     fn parse_and_bind_round_trip_with_new_names() {
         let mut b = BytesMut::new();
-        encode_parse(&mut b, "s1", "SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        encode_parse(&mut b, "s1", b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
         let p = decode_parse(&b[5..]).unwrap();
         assert_eq!((p.name, p.query), ("s1", "SELECT $1"));
         let mut again = BytesMut::new();
-        encode_parse(&mut again, "lr_1", p.query, p.param_types);
+        encode_parse(&mut again, "lr_1", p.query.as_bytes(), p.param_types);
         assert_eq!(decode_parse(&again[5..]).unwrap().name, "lr_1");
 
         let mut b = BytesMut::new();
@@ -526,10 +621,10 @@ mod tests {
     #[test]
     fn parse_rejects_mismatched_type_counts() {
         let mut b = BytesMut::new();
-        encode_parse(&mut b, "", "x", &[0, 2, 0, 0, 0, 23]);
+        encode_parse(&mut b, "", b"x", &[0, 2, 0, 0, 0, 23]);
         assert!(decode_parse(&b[5..]).is_err());
         let mut b = BytesMut::new();
-        encode_parse(&mut b, "", "x", &[0xff, 0xff]);
+        encode_parse(&mut b, "", b"x", &[0xff, 0xff]);
         assert!(decode_parse(&b[5..]).is_err());
     }
 

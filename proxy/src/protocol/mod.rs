@@ -10,6 +10,7 @@
 //! - `reader`: a bounds-checked cursor over a message body.
 //! - `frontend`: messages clients send (decode) and the proxy sends servers (encode).
 //! - `backend`: messages servers send (decode) and the proxy sends clients (encode).
+//! - `text`: reading statement texts sent in a client encoding other than UTF-8.
 //! - `batch`: the client's batch ahead of routing, scanned once as it arrives.
 //! - `expect`: the backend protocol state: which responses a server still owes.
 
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod frontend;
 pub mod reader;
 pub mod tag;
+pub mod text;
 
 pub use frame::{
     Frame, FrameError, MAX_MESSAGE_LEN, client_message_limit, split_frame, split_startup,

@@ -112,6 +112,11 @@ impl SessionParams {
         self.fingerprint = h.finish() | 1; // never 0, which means "never synced"
     }
 
+    /// The value of `name`, if the session has one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// Content hash: equal settings give equal fingerprints.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint

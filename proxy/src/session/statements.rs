@@ -19,7 +19,11 @@ pub const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
 pub struct Statement {
     /// Name used on server connections (`lr_` + 128 bits of SHA-256).
     pub server_name: Arc<str>,
+    /// The text as routing reads it.
     pub query: Arc<str>,
+    /// The text as the client sent it, when that is not `query` (not
+    /// UTF-8: see [`crate::protocol::text`]).
+    wire: Option<Bytes>,
     /// Parameter type tail of the `Parse` message, as sent.
     pub param_types: Bytes,
     /// Running it drops prepared statements (`DEALLOCATE`, `DISCARD ALL`).
@@ -30,10 +34,17 @@ pub struct Statement {
     pub commit: bool,
 }
 
-/// Server-side name for a statement's text and parameter types.
-pub fn server_name(query: &str, param_types: &[u8]) -> Arc<str> {
+impl Statement {
+    /// The text as it is to reach the server.
+    pub fn text(&self) -> &[u8] {
+        self.wire.as_deref().unwrap_or(self.query.as_bytes())
+    }
+}
+
+/// Server-side name for a statement's text (as sent) and parameter types.
+pub fn server_name(text: &[u8], param_types: &[u8]) -> Arc<str> {
     let mut h = Sha256::new();
-    h.update(query.as_bytes());
+    h.update(text);
     h.update([0]);
     h.update(param_types);
     let d = h.finalize();
@@ -55,16 +66,20 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Records `name`; `None` when the client already holds the most allowed.
+    /// Records `name`, the statement `query` (as routing reads it; `wire`:
+    /// as sent, when that differs); `None` when the client already holds
+    /// the most allowed.
     pub fn insert(
         &mut self,
         name: &str,
         query: &str,
+        wire: Option<&[u8]>,
         param_types: &[u8],
         drops: bool,
     ) -> Option<Arc<Statement>> {
+        let text = wire.unwrap_or(query.as_bytes());
         if let Some(s) = self.by_name.get(name)
-            && &*s.query == query
+            && s.text() == text
             && s.param_types == param_types
         {
             return Some(s.clone());
@@ -73,8 +88,9 @@ impl Statements {
             return None;
         }
         let s = Arc::new(Statement {
-            server_name: server_name(query, param_types),
+            server_name: server_name(text, param_types),
             query: query.into(),
+            wire: wire.map(Bytes::copy_from_slice),
             param_types: Bytes::copy_from_slice(param_types),
             drops,
             analysis: AnalysisMemo::default(),
@@ -112,11 +128,11 @@ mod tests {
     fn same_text_and_types_share_a_server_name() {
         let mut a = Statements::default();
         let mut b = Statements::default();
-        let x = a.insert("P_1", "SELECT 1", &[0, 0], false).unwrap();
-        let y = b.insert("other", "SELECT 1", &[0, 0], false).unwrap();
+        let x = a.insert("P_1", "SELECT 1", None, &[0, 0], false).unwrap();
+        let y = b.insert("other", "SELECT 1", None, &[0, 0], false).unwrap();
         assert_eq!(x.server_name, y.server_name);
         let z = b
-            .insert("z", "SELECT 1", &[0, 1, 0, 0, 0, 23], false)
+            .insert("z", "SELECT 1", None, &[0, 1, 0, 0, 0, 23], false)
             .unwrap();
         assert_ne!(x.server_name, z.server_name);
         assert_eq!(x.server_name.len(), 35);
@@ -125,11 +141,34 @@ mod tests {
     #[test]
     fn reprepare_with_new_text_replaces() {
         let mut a = Statements::default();
-        a.insert("s", "SELECT 1", &[0, 0], false).unwrap();
-        let t = a.insert("s", "SELECT 2", &[0, 0], false).unwrap();
+        a.insert("s", "SELECT 1", None, &[0, 0], false).unwrap();
+        let t = a.insert("s", "SELECT 2", None, &[0, 0], false).unwrap();
         assert_eq!(&*a.get("s").unwrap().query, "SELECT 2");
         assert_eq!(a.get("s").unwrap().server_name, t.server_name);
         a.remove("s");
         assert!(a.get("s").is_none());
+    }
+
+    /// Two LATIN1 texts that routing reads alike ("é" and "è" are both
+    /// U+FFFD to it) are two statements, each prepared as sent.
+    #[test]
+    fn texts_not_utf8_are_kept_and_named_as_sent() {
+        let mut a = Statements::default();
+        let read = "SELECT '\u{fffd}'";
+        let e = a
+            .insert("e", read, Some(b"SELECT '\xe9'"), &[0, 0], false)
+            .unwrap();
+        let grave = a
+            .insert("g", read, Some(b"SELECT '\xe8'"), &[0, 0], false)
+            .unwrap();
+        assert_eq!((e.text(), &*e.query), (&b"SELECT '\xe9'"[..], read));
+        assert_eq!(grave.text(), b"SELECT '\xe8'");
+        assert_ne!(e.server_name, grave.server_name);
+        // Prepared again as "è": a new statement, not the kept "é".
+        let again = a
+            .insert("e", read, Some(b"SELECT '\xe8'"), &[0, 0], false)
+            .unwrap();
+        assert_eq!(again.server_name, grave.server_name);
+        assert_eq!(a.get("e").unwrap().text(), b"SELECT '\xe8'");
     }
 }

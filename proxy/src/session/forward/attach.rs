@@ -1,6 +1,7 @@
 //! Attaching a server connection to a transaction: routing, read-your-writes
 //! catch-up, the pool of the chosen node, and restoring the session's settings.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::listener::{NodesCache, Shared};
 use crate::protocol::MAX_MESSAGE_LEN;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::expect::{Action, Req};
-use crate::protocol::frontend;
+use crate::protocol::frontend::{self, ClientMsg};
 use crate::protocol::tag::fe;
 use crate::server::{PoolKey, PooledConn, ServerPool};
 
@@ -191,7 +192,7 @@ impl<S: ClientStream> Session<S> {
         if extended {
             // As the client sent it, but for the Sync: the server answers
             // with the client's next Sync, in one write.
-            frontend::encode_parse(out, "", &begin, &[0, 0]);
+            frontend::encode_parse(out, "", begin.as_bytes(), &[0, 0]);
             out.extend_from_slice(frontend::BIND_EXECUTE_UNNAMED);
             for req in [Req::Parse, Req::Bind, Req::Execute] {
                 self.expect.push_quiet(req);
@@ -514,13 +515,22 @@ impl<S: ClientStream> Session<S> {
         // Catch up with what arrived since the last scan (a batch over the
         // lookahead limit is routed before it is whole).
         self.batch.complete(&self.cbuf, MAX_MESSAGE_LEN);
-        let mut texts: Vec<&str> = Vec::new();
+        let enc = self.text_encoding();
+        let mut texts: Vec<Cow<'_, str>> = Vec::new();
         for (tag, at) in self.batch.statement_frames() {
             let body = &self.cbuf[at.start + 5..at.end];
             match tag {
                 fe::PARSE => {
                     if let Ok(p) = frontend::decode_parse(body) {
-                        texts.push(p.query);
+                        texts.push(Cow::Borrowed(p.query));
+                    } else {
+                        // Not UTF-8 (or malformed: the session ends when
+                        // the Parse is handled, and nothing is routed).
+                        let mut readable = String::new();
+                        if ClientMsg::decode_foreign(fe::PARSE, body, enc, &mut readable).is_some()
+                        {
+                            texts.push(Cow::Owned(readable));
+                        }
                     }
                 }
                 _ => {
@@ -530,7 +540,7 @@ impl<S: ClientStream> Session<S> {
                         && !b.statement.is_empty()
                         && let Some(s) = self.statements.get(b.statement)
                     {
-                        texts.push(&s.query);
+                        texts.push(Cow::Borrowed(&s.query));
                     }
                 }
             }
@@ -542,7 +552,7 @@ impl<S: ClientStream> Session<S> {
         let mut all = String::from(sql);
         for t in texts {
             all.push_str(";\n");
-            all.push_str(t);
+            all.push_str(&t);
         }
         Some(all)
     }

@@ -11,6 +11,7 @@ use crate::error::ProxyError;
 use crate::protocol::expect::{Action, Req};
 use crate::protocol::frontend::{self, ClientMsg};
 use crate::protocol::tag::{be, fe, status, target};
+use crate::protocol::text::TextEncoding;
 use crate::session::local;
 use crate::session::statements::Statement;
 
@@ -120,7 +121,12 @@ impl<S: ClientStream> Session<S> {
 
     /// Decodes one client message (a malformed one ends the session) and
     /// hands it to its handler: what [`Self::on_client_message_now`] left.
+    /// A statement text that is not UTF-8 is no fault: the server reads it
+    /// in the client's encoding (or refuses it, 22021, as it would
+    /// directly), and routing reads it as [`ClientMsg::decode_foreign`]
+    /// gives it.
     pub(super) async fn on_client_message(&mut self, tag: u8, frame: &[u8]) -> Result<(), End> {
+        let mut readable = String::new();
         let msg = match ClientMsg::decode(tag, &frame[5..]) {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -130,7 +136,13 @@ impl<S: ClientStream> Session<S> {
                 ));
                 return Err(self.fatal_error(e).await);
             }
-            Err(e) => return Err(self.malformed(e).await),
+            Err(e) => {
+                let enc = self.text_encoding();
+                match ClientMsg::decode_foreign(tag, &frame[5..], enc, &mut readable) {
+                    Some(m) => m,
+                    None => return Err(self.malformed(e).await),
+                }
+            }
         };
         if self.txn == Txn::Replica && self.expect.unsynced_idle() {
             Box::pin(self.leave_replica_for_write(&msg)).await?;
@@ -183,6 +195,12 @@ impl<S: ClientStream> Session<S> {
             }
             ClientMsg::Terminate => Err(End::Client),
         }
+    }
+
+    /// How the client's statement texts are encoded: its
+    /// `client_encoding` (a name the server reported, or the client chose).
+    pub(super) fn text_encoding(&self) -> TextEncoding {
+        TextEncoding::named(self.params.get("client_encoding").unwrap_or_default())
     }
 
     /// Sends the client's `frame` on; its answers go to the client.
@@ -302,7 +320,7 @@ impl<S: ClientStream> Session<S> {
     fn remember(&mut self, p: &frontend::Parse<'_>, fx: ServerEffects) -> Option<Arc<Statement>> {
         let stmt = self
             .statements
-            .insert(p.name, p.query, p.param_types, fx.drops());
+            .insert(p.name, p.query, p.wire, p.param_types, fx.drops());
         if stmt.is_none() {
             self.fail_extended(&ProxyError::TooManyStatements(
                 crate::session::statements::MAX_STATEMENTS_PER_CLIENT,
@@ -529,7 +547,7 @@ impl<S: ClientStream> Session<S> {
         frontend::encode_parse(
             &mut self.to_server,
             &stmt.server_name,
-            &stmt.query,
+            stmt.text(),
             &stmt.param_types,
         );
         conn.prepared.insert(stmt.server_name.clone());
