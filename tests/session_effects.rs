@@ -15,7 +15,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::raw::{RawConn, cstr, message, query};
+use support::raw::{Msg, RawConn, cstr, message, query};
 use support::*;
 use tokio_postgres::AsyncMessage;
 
@@ -310,6 +310,74 @@ async fn session_parameters_follow_the_client_across_pooled_connections() {
                 b_tz,
                 "RESET did not restore the default"
             );
+        },
+    )
+    .await
+}
+
+/// A startup setting follows its client, and only its client, across a
+/// pooled connection shared with others: a client that did not set it
+/// sees the default (the proxy's `SET`s return it there), and a
+/// non-ASCII value reaches the server intact on a connection another
+/// client left in LATIN1 (the `SET`s read the same in any
+/// `client_encoding`). A value the server reports cannot be non-ASCII:
+/// PostgreSQL makes `application_name` ASCII.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_the_client_across_client_encodings() {
+    within(
+        Duration::from_secs(120),
+        "test settings_follow_the_client_across_client_encodings",
+        async {
+            ensure_role("lr_latin1").await;
+            let proxy = ProxyBuilder::new()
+                .pool_size(1)
+                .user("name = \"lr_latin1\"\npassword = \"lr_latin1\"\nauth = \"trust\"")
+                .start()
+                .await;
+            let mut latin1 = RawConn::login_trust_with(
+                proxy.addr,
+                "lr_latin1",
+                &[("client_encoding", "LATIN1")],
+            )
+            .await;
+            let base = proxy.conn_str("lr_latin1", "lr_latin1");
+            let utf8 = try_connect_str(&format!("{base} options='-c search_path=café☕,public'"))
+                .await
+                .unwrap_or_else(|e| panic!("{}", describe(&e)));
+            // Both (one user: one pool) on the primary's one connection, in
+            // turn.
+            latin1
+                .send(&query("set lagrouter.route = primary"))
+                .await
+                .unwrap();
+            latin1.until_ready(T).await;
+            let plain = try_connect_str(&base)
+                .await
+                .unwrap_or_else(|e| panic!("{}", describe(&e)));
+            for c in [&utf8, &plain] {
+                c.batch_execute("set lagrouter.route = primary")
+                    .await
+                    .unwrap();
+            }
+            let default = "\"$user\", public";
+            for i in 0..4 {
+                assert_eq!(
+                    show(&utf8, "search_path").await,
+                    "café☕,public",
+                    "round {i}"
+                );
+                assert_eq!(
+                    show(&plain, "search_path").await,
+                    default,
+                    "round {i}: another client's startup setting leaked"
+                );
+                assert_eq!(show(&utf8, "search_path").await, "café☕,public");
+                latin1.send(&query("show search_path")).await.unwrap();
+                let msgs = latin1.until_ready(T).await;
+                assert_eq!(Msg::error_codes(&msgs), Vec::<String>::new(), "round {i}");
+                let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+                assert_eq!(row.first_value(), default, "round {i}");
+            }
         },
     )
     .await

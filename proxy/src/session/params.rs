@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Reported parameters a client cannot set.
 const READ_ONLY: &[&str] = &[
     "server_version",
@@ -128,42 +130,85 @@ impl SessionParams {
     }
 
     /// One query that sets every setting whose value on the server
-    /// (`current(name)`) differs, and the pairs it sets.
+    /// (`current`: what the connection is known to have) differs, and
+    /// returns to its default every setting the connection has that the
+    /// session does not (another session's startup option, such as
+    /// `search_path`); `None` when nothing differs.
     ///
     /// `set_config(name, value, false)` takes the value as a startup packet
     /// does: a list such as `search_path=a,b` is two schemas (`SET
     /// search_path TO 'a,b'` would be one schema called "a,b").
-    pub fn sync_sql<'a>(
-        &'a self,
-        current: impl Fn(&str) -> Option<&'a str>,
-    ) -> Option<(String, Vec<(String, String)>)> {
-        let mut sql = String::from("SELECT ");
-        let mut set = Vec::new();
+    /// `set_config(name, NULL, false)` is `RESET name` (PostgreSQL's
+    /// `set_config_by_name`), in the same `SELECT`.
+    pub fn sync_sql(&self, current: &BTreeMap<String, String>) -> Option<Sync> {
+        let mut sync = Sync {
+            sql: String::from("SELECT "),
+            set: Vec::new(),
+            reset: Vec::new(),
+        };
         for (k, v) in &self.values {
-            if current(k) == Some(v.as_str()) {
+            if current.get(k) == Some(v) {
                 continue;
             }
-            if !set.is_empty() {
-                sql.push_str(", ");
+            sync.item(k, Some(v));
+            sync.set.push((k.clone(), v.clone()));
+        }
+        for k in current.keys() {
+            if settable(k) && !self.values.contains_key(k) {
+                sync.item(k, None);
+                sync.reset.push(k.clone());
             }
-            sql.push_str("pg_catalog.set_config(");
-            quote_literal(&mut sql, k);
-            sql.push_str(", ");
-            quote_literal(&mut sql, v);
-            sql.push_str(", false)");
-            set.push((k.clone(), v.clone()));
         }
-        if set.is_empty() {
-            None
-        } else {
-            Some((sql, set))
+        (!sync.set.is_empty() || !sync.reset.is_empty()).then_some(sync)
+    }
+}
+
+/// What brings a server connection's settings in line with a session's
+/// ([`SessionParams::sync_sql`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sync {
+    /// The one query that does it.
+    pub sql: String,
+    /// The settings it sets, with their values.
+    pub set: Vec<(String, String)>,
+    /// The settings it returns to their defaults.
+    pub reset: Vec<String>,
+}
+
+impl Sync {
+    /// Appends `set_config(name, value or NULL, false)`.
+    fn item(&mut self, name: &str, value: Option<&str>) {
+        if !self.set.is_empty() || !self.reset.is_empty() {
+            self.sql.push_str(", ");
         }
+        self.sql.push_str("pg_catalog.set_config(");
+        quote_literal(&mut self.sql, name);
+        self.sql.push_str(", ");
+        match value {
+            Some(v) => quote_literal(&mut self.sql, v),
+            None => self.sql.push_str("NULL"),
+        }
+        self.sql.push_str(", false)");
     }
 }
 
 /// A string literal that reads the same whatever
-/// `standard_conforming_strings` is: `E'...'` when it holds a backslash.
+/// `standard_conforming_strings` is (`E'...'` when it holds a backslash),
+/// and whatever the connection's `client_encoding`: the server reads a
+/// query's text in the encoding the connection has when the query arrives,
+/// which may be one another client left (LATIN1, say), so a value that is
+/// not ASCII goes as its UTF-8 bytes in hex, which the server converts
+/// (`convert_from`).
 fn quote_literal(out: &mut String, s: &str) {
+    if !s.is_ascii() {
+        out.push_str("pg_catalog.convert_from(E'\\\\x");
+        for b in s.bytes() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out.push_str("'::bytea, 'UTF8')");
+        return;
+    }
     if s.contains('\\') {
         out.push('E');
     }
@@ -207,28 +252,52 @@ mod tests {
 
     #[test]
     fn sync_sets_only_differences_with_quoting() {
+        let on = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let p = SessionParams::from_pairs([
             ("application_name".into(), "it's".into()),
             ("TimeZone".into(), "UTC".into()),
         ]);
-        let (sql, set) = p
-            .sync_sql(|k| if k == "TimeZone" { Some("UTC") } else { None })
-            .unwrap();
+        let s = p.sync_sql(&on(&[("TimeZone", "UTC")])).unwrap();
         assert_eq!(
-            sql,
+            s.sql,
             "SELECT pg_catalog.set_config('application_name', 'it''s', false)"
         );
+        assert_eq!(s.set.len(), 1);
         let q = SessionParams::from_pairs([("application_name".into(), r"a\b".into())]);
-        let (sql, _) = q.sync_sql(|_| None).unwrap();
         assert_eq!(
-            sql,
+            q.sync_sql(&on(&[])).unwrap().sql,
             r"SELECT pg_catalog.set_config('application_name', E'a\\b', false)"
         );
-        assert_eq!(set.len(), 1);
-        assert!(
-            p.sync_sql(|k| p.values.get(k).map(String::as_str))
-                .is_none()
+        let q = SessionParams::from_pairs([("application_name".into(), "é'\\".into())]);
+        let sql = q.sync_sql(&on(&[])).unwrap().sql;
+        assert_eq!(
+            sql,
+            r"SELECT pg_catalog.set_config('application_name', pg_catalog.convert_from(E'\\xc3a9275c'::bytea, 'UTF8'), false)"
         );
+        assert!(sql.is_ascii());
+        assert!(p.sync_sql(&p.values).is_none());
+    }
+
+    /// What another session set on the connection and this one did not
+    /// (a startup option) goes back to its default; what no client may
+    /// set (reported by the server) stays.
+    #[test]
+    fn sync_resets_what_another_session_set() {
+        let p = SessionParams::from_pairs([("TimeZone".into(), "UTC".into())]);
+        let mut conn = p.values.clone();
+        conn.insert("search_path".into(), "other".into());
+        conn.insert("server_version".into(), "15.8".into());
+        let s = p.sync_sql(&conn).unwrap();
+        assert_eq!(
+            s.sql,
+            "SELECT pg_catalog.set_config('search_path', NULL, false)"
+        );
+        assert_eq!((s.set.len(), s.reset), (0, vec!["search_path".to_string()]));
     }
 
     #[test]

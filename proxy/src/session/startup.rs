@@ -508,9 +508,8 @@ async fn welcome<S: ClientStream>(
     // left on this pooled connection.
     session.params.default_to(&conn.defaults);
     let mut reported = conn.params.clone();
-    let current = |k: &str| conn.params.get(k).map(String::as_str);
-    if let Some((sql, set)) = session.params.sync_sql(current) {
-        let error = conn.simple_query(&sql).await?.error;
+    if let Some(sync) = session.params.sync_sql(&conn.params) {
+        let error = conn.simple_query(&sync.sql).await?.error;
         if let Some(e) = error {
             // The connection is fine but its settings are now unknown: close it.
             drop(pc);
@@ -524,9 +523,12 @@ async fn welcome<S: ClientStream>(
                 format!("invalid startup setting: {}", e.message),
             ));
         }
+        for k in sync.reset {
+            conn.params.remove(&k);
+        }
         reported = conn.params.clone();
         // Settings the server does not report are remembered as set.
-        for (k, v) in set {
+        for (k, v) in sync.set {
             conn.params.entry(k).or_insert(v);
         }
     }

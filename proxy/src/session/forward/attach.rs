@@ -412,12 +412,14 @@ impl<S: ClientStream> Session<S> {
         };
         let conn = pc.conn();
         if conn.synced_to != self.params.fingerprint() {
-            let current = |k: &str| conn.params.get(k).map(String::as_str);
-            if let Some((sql, set)) = self.params.sync_sql(current) {
-                frontend::encode_query(&mut self.to_server, &sql);
+            if let Some(sync) = self.params.sync_sql(&conn.params) {
+                frontend::encode_query(&mut self.to_server, &sync.sql);
                 self.expect.push(Req::Query, Action::Drop);
-                for (k, v) in set {
+                for (k, v) in sync.set {
                     conn.params.insert(k, v);
+                }
+                for k in sync.reset {
+                    conn.params.remove(&k);
                 }
             }
             conn.synced_to = self.params.fingerprint();
