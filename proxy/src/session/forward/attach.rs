@@ -517,24 +517,51 @@ impl<S: ClientStream> Session<S> {
         // Catch up with what arrived since the last scan (a batch over the
         // lookahead limit is routed before it is whole).
         self.batch.complete(&self.cbuf, MAX_MESSAGE_LEN);
+        let mut texts: Vec<&str> = Vec::new();
+        let mut foreign = false;
+        self.batch_texts(|t| match t {
+            BatchText::Text(t) => texts.push(t),
+            BatchText::Foreign(_) => foreign = true,
+        });
+        if foreign {
+            return self.foreign_batch_text(sql);
+        }
+        joined(sql, texts)
+    }
+
+    /// [`Self::batch_text`] for a batch with a `Parse` whose text is not
+    /// UTF-8, read as [`ClientMsg::decode_foreign`] reads it. Out of line:
+    /// rare, and the common path keeps borrowing every text.
+    #[cold]
+    #[inline(never)]
+    fn foreign_batch_text(&self, sql: &str) -> Option<String> {
         let enc = self.text_encoding();
         let mut texts: Vec<Cow<'_, str>> = Vec::new();
+        self.batch_texts(|t| match t {
+            BatchText::Text(t) => texts.push(Cow::Borrowed(t)),
+            BatchText::Foreign(body) => {
+                let mut readable = String::new();
+                if ClientMsg::decode_foreign(fe::PARSE, body, enc, &mut readable).is_some() {
+                    texts.push(Cow::Owned(readable));
+                }
+            }
+        });
+        joined(sql, texts)
+    }
+
+    /// Hands `each` the statement texts of the buffered batch, in order:
+    /// each `Parse`'s, and the kept text of each `Bind` of a named
+    /// statement. A `Parse` that does not decode (its text not UTF-8, or
+    /// malformed: then the session ends when the `Parse` is handled, and
+    /// nothing is routed) comes as its body.
+    fn batch_texts<'s>(&'s self, mut each: impl FnMut(BatchText<'s>)) {
         for (tag, at) in self.batch.statement_frames() {
             let body = &self.cbuf[at.start + 5..at.end];
             match tag {
-                fe::PARSE => {
-                    if let Ok(p) = frontend::decode_parse(body) {
-                        texts.push(Cow::Borrowed(p.query));
-                    } else {
-                        // Not UTF-8 (or malformed: the session ends when
-                        // the Parse is handled, and nothing is routed).
-                        let mut readable = String::new();
-                        if ClientMsg::decode_foreign(fe::PARSE, body, enc, &mut readable).is_some()
-                        {
-                            texts.push(Cow::Owned(readable));
-                        }
-                    }
-                }
+                fe::PARSE => match frontend::decode_parse(body) {
+                    Ok(p) => each(BatchText::Text(p.query)),
+                    Err(_) => each(BatchText::Foreign(body)),
+                },
                 _ => {
                     // Bind. The unnamed statement is never kept: its Parse
                     // is in the batch.
@@ -542,22 +569,35 @@ impl<S: ClientStream> Session<S> {
                         && !b.statement.is_empty()
                         && let Some(s) = self.statements.get(b.statement)
                     {
-                        texts.push(Cow::Borrowed(&s.query));
+                        each(BatchText::Text(&s.query));
                     }
                 }
             }
         }
-        texts.retain(|t| !t.is_empty() && *t != sql);
-        if texts.is_empty() {
-            return None;
-        }
-        let mut all = String::from(sql);
-        for t in texts {
-            all.push_str(";\n");
-            all.push_str(&t);
-        }
-        Some(all)
     }
+}
+
+/// One statement text of a buffered batch ([`Session::batch_texts`]).
+enum BatchText<'s> {
+    Text(&'s str),
+    /// The body of a `Parse` that did not decode.
+    Foreign(&'s [u8]),
+}
+
+/// `sql` and the batch's other `texts` (neither empty nor `sql` itself),
+/// one statement after another; `None` when there are none.
+#[inline]
+fn joined<T: AsRef<str>>(sql: &str, mut texts: Vec<T>) -> Option<String> {
+    texts.retain(|t| !t.as_ref().is_empty() && t.as_ref() != sql);
+    if texts.is_empty() {
+        return None;
+    }
+    let mut all = String::from(sql);
+    for t in texts {
+        all.push_str(";\n");
+        all.push_str(t.as_ref());
+    }
+    Some(all)
 }
 
 /// The pools a session used, by node, and its cache of the configured

@@ -136,13 +136,10 @@ impl<S: ClientStream> Session<S> {
                 ));
                 return Err(self.fatal_error(e).await);
             }
-            Err(e) => {
-                let enc = self.text_encoding();
-                match ClientMsg::decode_foreign(tag, &frame[5..], enc, &mut readable) {
-                    Some(m) => m,
-                    None => return Err(self.malformed(e).await),
-                }
-            }
+            Err(e) => match self.decode_foreign(tag, &frame[5..], &mut readable) {
+                Some(m) => m,
+                None => return Err(self.malformed(e).await),
+            },
         };
         if self.txn == Txn::Replica && self.expect.unsynced_idle() {
             Box::pin(self.leave_replica_for_write(&msg)).await?;
@@ -195,6 +192,19 @@ impl<S: ClientStream> Session<S> {
             }
             ClientMsg::Terminate => Err(End::Client),
         }
+    }
+
+    /// [`ClientMsg::decode_foreign`] in the client's encoding. Out of
+    /// line: rare, and kept out of the per-message code.
+    #[cold]
+    #[inline(never)]
+    fn decode_foreign<'a>(
+        &self,
+        tag: u8,
+        body: &'a [u8],
+        readable: &'a mut String,
+    ) -> Option<ClientMsg<'a>> {
+        ClientMsg::decode_foreign(tag, body, self.text_encoding(), readable)
     }
 
     /// How the client's statement texts are encoded: its
