@@ -957,6 +957,12 @@ fn data_rows(msgs: &[support::raw::Msg]) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Parse, Bind and Execute of `sql` (in any encoding) as the unnamed
+/// statement.
+fn unnamed(sql: &[u8]) -> Vec<u8> {
+    [parse_bytes("", sql), bind("", ""), execute("")].concat()
+}
+
 /// The transaction status of the ReadyForQuery that ends `msgs`.
 fn ready_status(msgs: &[support::raw::Msg]) -> u8 {
     let z = msgs.last().expect("messages");
@@ -1027,12 +1033,8 @@ async fn texts_in_other_client_encodings() {
             // statement writes.
             c.send(
                 &[
-                    parse_bytes("", b"select 'r\xe9'"),
-                    bind("", ""),
-                    execute(""),
-                    parse_bytes("", b"insert into lr_enc_t values ('b\xe9')"),
-                    bind("", ""),
-                    execute(""),
+                    unnamed(b"select 'r\xe9'"),
+                    unnamed(b"insert into lr_enc_t values ('b\xe9')"),
                     sync(),
                 ]
                 .concat(),
@@ -1049,9 +1051,7 @@ async fn texts_in_other_client_encodings() {
                 &[
                     bind("", "g"),
                     execute(""),
-                    parse_bytes("", b"select pg_is_in_recovery()::text"),
-                    bind("", ""),
-                    execute(""),
+                    unnamed(b"select pg_is_in_recovery()::text"),
                     sync(),
                 ]
                 .concat(),
