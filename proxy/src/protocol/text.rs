@@ -86,8 +86,7 @@ pub fn readable(text: &[u8], enc: TextEncoding) -> String {
                 .iter()
                 .position(|b| !b.is_ascii())
                 .unwrap_or(rest.len());
-            // Tested just above: ASCII bytes only.
-            out.push_str(std::str::from_utf8(&rest[..run]).expect("ASCII"));
+            out.extend(rest[..run].iter().map(|&b| char::from(b)));
             rest = &rest[run..];
         } else {
             out.push(char::REPLACEMENT_CHARACTER);

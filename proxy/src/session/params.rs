@@ -2,9 +2,8 @@
 //! and the `SET`s that bring a pooled server connection in line with them.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::hash::{DefaultHasher, Hash, Hasher};
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Reported parameters a client cannot set.
 const READ_ONLY: &[&str] = &[
@@ -203,8 +202,7 @@ fn quote_literal(out: &mut String, s: &str) {
     if !s.is_ascii() {
         out.push_str("pg_catalog.convert_from(E'\\\\x");
         for b in s.bytes() {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            let _ = write!(out, "{b:02x}"); // into a String: cannot fail
         }
         out.push_str("'::bytea, 'UTF8')");
         return;
