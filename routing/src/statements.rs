@@ -111,9 +111,35 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
 fn verb_and_rest(sql: &str) -> (&str, &str) {
     let s = sql.trim_ascii();
     let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
-    let split = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+    let split = s
+        .bytes()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(s.len());
     let (verb, rest) = s.split_at(split);
     (verb, rest.trim_ascii_start())
+}
+
+/// Which of `verbs` (lowercase ASCII) `sql` starts with, as
+/// [`verb_and_rest`] reads text, and what follows it: its index, and the
+/// rest as `verb_and_rest` gives it. A test of a byte or two for the texts
+/// these checks see most (`SELECT`, `UPDATE`...), and one pass for those
+/// it accepts.
+#[inline(always)]
+fn after_verb<'s>(sql: &'s str, verbs: [&str; 2]) -> Option<(usize, &'s str)> {
+    let s = sql.trim_ascii_start().as_bytes();
+    let first = s.first()?.to_ascii_lowercase();
+    let at = verbs.iter().position(|v| v.as_bytes()[0] == first)?;
+    let verb = verbs[at].as_bytes();
+    if !s.get(..verb.len())?.eq_ignore_ascii_case(verb)
+        || s.get(verb.len())
+            .is_some_and(|&c| c != b';' && !c.is_ascii_whitespace())
+    {
+        return None;
+    }
+    // The verb is ASCII: `verb.len()` is a character boundary.
+    let rest = sql.trim_ascii_start()[verb.len()..].trim_ascii_end();
+    let rest = rest.strip_suffix(';').map_or(rest, str::trim_ascii_end);
+    Some((at, rest.trim_ascii_start()))
 }
 
 /// Whether `rest` is nothing, `WORK` or `TRANSACTION`.
@@ -129,14 +155,7 @@ fn plain_noise(rest: &str) -> bool {
 /// check on raw text, made on every statement inside a writing
 /// transaction, so it does not lex.
 pub fn is_plain_commit(sql: &str) -> bool {
-    if !matches!(
-        sql.trim_ascii_start().as_bytes().first(),
-        Some(b'c' | b'C' | b'e' | b'E')
-    ) {
-        return false;
-    }
-    let (verb, rest) = verb_and_rest(sql);
-    (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end")) && plain_noise(rest)
+    after_verb(sql, ["commit", "end"]).is_some_and(|(_, rest)| plain_noise(rest))
 }
 
 /// Whether `sql` is exactly a plain `BEGIN` (`WORK` or `TRANSACTION` after
@@ -145,15 +164,11 @@ pub fn is_plain_commit(sql: &str) -> bool {
 /// a `BEGIN`, sent when no transaction is open, can only succeed, and
 /// only starts the block.
 pub fn is_plain_begin(sql: &str) -> bool {
-    if !matches!(
-        sql.trim_ascii_start().as_bytes().first(),
-        Some(b'b' | b'B' | b's' | b'S')
-    ) {
-        return false;
+    match after_verb(sql, ["begin", "start"]) {
+        Some((0, rest)) => plain_noise(rest),
+        Some((_, rest)) => rest.eq_ignore_ascii_case("transaction"),
+        None => false,
     }
-    let (verb, rest) = verb_and_rest(sql);
-    (verb.eq_ignore_ascii_case("begin") && plain_noise(rest))
-        || (verb.eq_ignore_ascii_case("start") && rest.eq_ignore_ascii_case("transaction"))
 }
 
 /// Whether `sql` is a plain `COMMIT`/`END` ([`is_plain_commit`]) or a
@@ -262,6 +277,57 @@ mod tests {
         ] {
             assert!(!is_plain_transaction_end(s), "{s:?}");
         }
+    }
+
+    /// The checks read a text's first word as [`verb_and_rest`] does
+    /// (the reference below): over every text built from these pieces,
+    /// they answer as the reference does.
+    #[test]
+    fn the_checks_read_the_verb_as_verb_and_rest_does() {
+        use super::{plain_noise, verb_and_rest};
+        let begin = |s: &str| {
+            let (verb, rest) = verb_and_rest(s);
+            (verb.eq_ignore_ascii_case("begin") && plain_noise(rest))
+                || (verb.eq_ignore_ascii_case("start") && rest.eq_ignore_ascii_case("transaction"))
+        };
+        let commit = |s: &str| {
+            let (verb, rest) = verb_and_rest(s);
+            (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end"))
+                && plain_noise(rest)
+        };
+        let mut texts = 0;
+        for lead in ["", " ", "\n\t "] {
+            for verb in [
+                "begin",
+                "BEGIN",
+                "Start",
+                "start",
+                "commit",
+                "END",
+                "end",
+                "beg",
+                "en",
+                "",
+                "begins",
+                "ends",
+                "select",
+                "SELECT",
+                "starts",
+                "committed",
+            ] {
+                for sep in ["", " ", "\t", ";", " ;", ";;", "\n", "/**/", "x"] {
+                    for rest in ["", "work", "TRANSACTION", "transaction ;", "read only"] {
+                        for end in ["", ";", " ; ", ";;", "\n", "; x"] {
+                            let s = format!("{lead}{verb}{sep}{rest}{end}");
+                            assert_eq!(is_plain_begin(&s), begin(&s), "{s:?}");
+                            assert_eq!(is_plain_commit(&s), commit(&s), "{s:?}");
+                            texts += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(texts, 3 * 16 * 9 * 5 * 6);
     }
 
     /// What the fast check accepts, the classifier reads as a lone end of a

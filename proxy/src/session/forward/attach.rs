@@ -64,6 +64,42 @@ impl Routed {
     }
 }
 
+/// A text analyzed for routing and not routed yet
+/// ([`Session::analyze_to_route`]).
+pub(super) struct ToRoute {
+    /// The batch's texts joined, when routing reads more than the
+    /// message's own text.
+    batch: Option<String>,
+    analysis: Arc<Analysis>,
+}
+
+impl ToRoute {
+    /// Whether the text routing read names `lagrouter`. When it does not,
+    /// no statement of it is one the proxy answers
+    /// ([`lagrouter_routing::parse_proxy_command`] is `None`): the read
+    /// text holds the message's own in full.
+    pub(super) fn names_lagrouter(&self) -> bool {
+        self.analysis.names_lagrouter
+    }
+}
+
+/// How far [`Session::attach_to_now`] got.
+pub(super) enum Attach {
+    /// Attached; what the text does to its connection, when it was
+    /// analyzed alone.
+    Done(Option<ServerEffects>),
+    /// To finish with [`Session::attach_waiting`].
+    Wait(AttachWait),
+}
+
+/// What an attach waits for.
+pub(super) enum AttachWait {
+    /// A connection of the routed node's pool (or the fallback).
+    Pool(Routed),
+    /// A replica to catch up with the session's writes.
+    CatchUp(Box<CatchUpWait>),
+}
+
 /// What [`Session::route_now`] did: routed, or a read that is to wait
 /// for a replica to catch up first ([`Session::caught_up`]).
 pub(super) enum Routing {
@@ -167,13 +203,10 @@ impl<S: ClientStream> Session<S> {
             extended,
         } = std::mem::take(&mut self.open)
         else {
-            let routed = match self.route_now(sql, frame, memo)? {
-                Routing::Done(routed) => routed,
-                Routing::CatchUp(wait) => Box::pin(self.caught_up(*wait)).await?,
-            };
-            return match self.attach_routed_now(routed) {
-                Ok(fx) => Ok(fx),
-                Err(routed) => Box::pin(self.attach_routed_waiting(routed)).await,
+            let to = self.analyze_to_route(sql, frame, memo);
+            return match self.attach_to_now(sql, to)? {
+                Attach::Done(fx) => Ok(fx),
+                Attach::Wait(wait) => Box::pin(self.attach_waiting(wait)).await,
             };
         };
         // Checked out now: the pool judges its idle connections by this
@@ -204,6 +237,38 @@ impl<S: ClientStream> Session<S> {
         Ok(self.attached(sql, memo).flatten())
     }
 
+    /// [`Self::attach`] of a transaction the proxy did not begin, routed
+    /// by `to` (the analysis of `sql`, or of its batch), as far as it goes
+    /// without waiting. A caller that made `to` ahead, when
+    /// [`Self::routes_next`], attaches with this and no future for the
+    /// common case. A failed block the proxy held is over, as in `attach`.
+    #[inline]
+    pub(super) fn attach_to_now(&mut self, sql: &str, to: ToRoute) -> Result<Attach, ProxyError> {
+        self.open = OpenTxn::None;
+        Ok(match self.route_analyzed(sql, to)? {
+            Routing::Done(routed) => match self.attach_routed_now(routed) {
+                Ok(fx) => Attach::Done(fx),
+                Err(routed) => Attach::Wait(AttachWait::Pool(routed)),
+            },
+            Routing::CatchUp(wait) => Attach::Wait(AttachWait::CatchUp(wait)),
+        })
+    }
+
+    /// The rest of [`Self::attach_to_now`]: the wait, then the attach.
+    pub(super) async fn attach_waiting(
+        &mut self,
+        wait: AttachWait,
+    ) -> Result<Option<ServerEffects>, ProxyError> {
+        let routed = match wait {
+            AttachWait::Pool(routed) => routed,
+            AttachWait::CatchUp(wait) => self.caught_up(*wait).await?,
+        };
+        match self.attach_routed_now(routed) {
+            Ok(fx) => Ok(fx),
+            Err(routed) => self.attach_routed_waiting(routed).await,
+        }
+    }
+
     /// Routes the transaction that starts with `sql` (see
     /// [`Self::attach`]): where it goes, and the pool there; or, for a
     /// read that is to wait for a replica to catch up first, what
@@ -214,6 +279,28 @@ impl<S: ClientStream> Session<S> {
         frame: Option<&[u8]>,
         memo: Option<&AnalysisMemo>,
     ) -> Result<Routing, ProxyError> {
+        let to = self.analyze_to_route(sql, frame, memo);
+        self.route_analyzed(sql, to)
+    }
+
+    /// Whether the next [`Self::attach`] routes (nothing is attached and
+    /// no `BEGIN` is held), so that an analysis made ahead for it is used.
+    pub(super) fn routes_next(&self) -> bool {
+        self.server.is_none() && !matches!(self.open, OpenTxn::Begun { .. })
+    }
+
+    /// The analysis [`Self::route_now`] routes by, on the latest config:
+    /// of the batch's texts joined for an extended-protocol message
+    /// (`frame`) in a batch of several, else of `sql` alone. Made ahead
+    /// by a caller that needs it before it attaches (whether the text can
+    /// be a proxy command), and then handed to [`Self::attach`].
+    #[inline]
+    pub(super) fn analyze_to_route(
+        &mut self,
+        sql: &str,
+        frame: Option<&[u8]>,
+        memo: Option<&AnalysisMemo>,
+    ) -> ToRoute {
         let current = self.config_cache.load();
         if !Arc::ptr_eq(current, &self.config) {
             self.config = current.clone();
@@ -229,6 +316,13 @@ impl<S: ClientStream> Session<S> {
             (None, None) => Memo::Last(&mut self.last_routed),
         };
         let analysis = self.view.analyze(&self.config, text, memo);
+        ToRoute { batch, analysis }
+    }
+
+    /// [`Self::route_now`] of the text `to` analyzed.
+    fn route_analyzed(&mut self, sql: &str, to: ToRoute) -> Result<Routing, ProxyError> {
+        let ToRoute { batch, analysis } = to;
+        let text = batch.as_deref().unwrap_or(sql);
         let now = crate::rt::now();
         // One health snapshot for the decision and the pool it names (a
         // catch-up wait finds the pool anew after it).

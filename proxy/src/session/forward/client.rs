@@ -15,6 +15,7 @@ use crate::protocol::text::TextEncoding;
 use crate::session::local;
 use crate::session::statements::Statement;
 
+use super::attach::{Attach, ToRoute};
 use super::*;
 
 impl<S: ClientStream> Session<S> {
@@ -244,7 +245,14 @@ impl<S: ClientStream> Session<S> {
         if self.server.is_none() && self.begin_locally(sql).await {
             return Ok(());
         }
-        if let Some(cmd) = parse_proxy_command(sql) {
+        // Routing's analysis (most often a kept one, compared) says
+        // whether the text names `lagrouter`, sparing that pass over it.
+        let ahead = self
+            .routes_next()
+            .then(|| self.analyze_to_route(sql, None, None));
+        if ahead.as_ref().is_none_or(ToRoute::names_lagrouter)
+            && let Some(cmd) = parse_proxy_command(sql)
+        {
             let mut m = BytesMut::new();
             if let local::Executed::Wait(w) =
                 local::execute(&mut m, &mut self.routing, &cmd, local::Asked::SimpleQuery)
@@ -261,7 +269,15 @@ impl<S: ClientStream> Session<S> {
         if self.deallocate_locally(sql) {
             return Ok(());
         }
-        match self.attach(sql, None, None).await {
+        let attached = match ahead {
+            Some(to) => match self.attach_to_now(sql, to) {
+                Ok(Attach::Done(fx)) => Ok(fx),
+                Ok(Attach::Wait(wait)) => Box::pin(self.attach_waiting(wait)).await,
+                Err(e) => Err(e),
+            },
+            None => self.attach(sql, None, None).await,
+        };
+        match attached {
             Ok(fx) => self.query_on_server(sql, frame, fx),
             Err(e) => {
                 self.synthetic_error(&e);
@@ -281,7 +297,13 @@ impl<S: ClientStream> Session<S> {
     }
 
     async fn on_parse(&mut self, p: frontend::Parse<'_>, frame: &[u8]) {
-        if let Some(cmd) = parse_proxy_command(p.query) {
+        // As for a simple query; a named Parse outside a transaction is
+        // not routed (below).
+        let ahead = (p.name.is_empty() && self.routes_next())
+            .then(|| self.analyze_to_route(p.query, Some(frame), None));
+        if ahead.as_ref().is_none_or(ToRoute::names_lagrouter)
+            && let Some(cmd) = parse_proxy_command(p.query)
+        {
             self.statements.remove(p.name);
             self.local.prepare(p.name, cmd);
             self.synthetic_empty(be::PARSE_COMPLETE);
@@ -302,7 +324,15 @@ impl<S: ClientStream> Session<S> {
             }
             return;
         }
-        let fx = match self.attach(p.query, Some(frame), None).await {
+        let attached = match ahead {
+            Some(to) => match self.attach_to_now(p.query, to) {
+                Ok(Attach::Done(fx)) => Ok(fx),
+                Ok(Attach::Wait(wait)) => Box::pin(self.attach_waiting(wait)).await,
+                Err(e) => Err(e),
+            },
+            None => self.attach(p.query, Some(frame), None).await,
+        };
+        let fx = match attached {
             Ok(fx) => self.effects_of(p.query, fx),
             Err(e) => return self.fail_extended(&e),
         };
