@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use support::process::{psql, run};
 use support::raw::{
-    Msg, RawConn, bind, execute, message, parse, parse_bytes, query, query_bytes, sync,
+    Msg, RawConn, bind, execute, message, parse, parse_bytes, query, query_bytes,
+    startup_message_bytes, sync,
 };
 use support::*;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -1107,6 +1108,37 @@ async fn texts_in_other_client_encodings() {
             assert_eq!(
                 data_rows(&c.until_ready(T).await),
                 [vec!["xé".as_bytes().to_vec()]]
+            );
+
+            // A LATIN1 program name in the startup packet is taken as
+            // PostgreSQL 15 takes it: each byte outside printable ASCII `?`.
+            let mut c = RawConn::login_trust_bytes(
+                proxy.addr,
+                "lr_enc",
+                &[("application_name", b"caf\xe9")],
+            )
+            .await;
+            c.send(&query("show application_name")).await.unwrap();
+            assert_eq!(data_rows(&c.until_ready(T).await), [vec![b"caf?".to_vec()]]);
+            // Other values must be UTF-8: refused at login, with the reason.
+            let mut c = RawConn::connect(proxy.addr).await;
+            let startup = startup_message_bytes(
+                196608,
+                &[
+                    ("user", b"lr_enc"),
+                    ("database", b"app"),
+                    ("search_path", b"caf\xe9"),
+                ],
+            );
+            c.send(&startup).await.unwrap();
+            let e = c
+                .error_or_close(T)
+                .await
+                .expect("an error before the close");
+            assert_eq!(e.code(), "08P01");
+            assert!(
+                String::from_utf8_lossy(&e.body).contains("not valid UTF-8"),
+                "{e:?}"
             );
         },
     )

@@ -78,12 +78,18 @@ pub struct RawConn {
 
 /// A StartupMessage with `version` and parameters.
 pub fn startup_message(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let params: Vec<(&str, &[u8])> = params.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    startup_message_bytes(version, &params)
+}
+
+/// [`startup_message`] with values in any bytes.
+pub fn startup_message_bytes(version: i32, params: &[(&str, &[u8])]) -> Vec<u8> {
     let mut body = BytesMut::new();
     body.put_i32(version);
     for (k, v) in params {
         body.put_slice(k.as_bytes());
         body.put_u8(0);
-        body.put_slice(v.as_bytes());
+        body.put_slice(v);
         body.put_u8(0);
     }
     body.put_u8(0);
@@ -166,10 +172,20 @@ impl RawConn {
         user: &str,
         params: &[(&str, &str)],
     ) -> RawConn {
+        let params: Vec<(&str, &[u8])> = params.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        RawConn::login_trust_bytes(addr, user, &params).await
+    }
+
+    /// [`Self::login_trust_with`] with values in any bytes.
+    pub async fn login_trust_bytes(
+        addr: SocketAddr,
+        user: &str,
+        params: &[(&str, &[u8])],
+    ) -> RawConn {
         let mut c = RawConn::connect(addr).await;
-        let mut all = vec![("user", user), ("database", "app")];
+        let mut all = vec![("user", user.as_bytes()), ("database", &b"app"[..])];
         all.extend_from_slice(params);
-        c.send(&startup_message(196608, &all))
+        c.send(&startup_message_bytes(196608, &all))
             .await
             .expect("send startup");
         let msgs = c.until_ready(Duration::from_secs(15)).await;

@@ -55,20 +55,46 @@ pub fn decode_startup(body: &[u8]) -> Result<StartupPacket, DecodeError> {
                 if k.is_empty() {
                     break;
                 }
-                let v = r.cstr_utf8()?;
+                let v = startup_value(k, r.cstr()?)?;
                 if params.len() >= 64 {
                     return Err(DecodeError {
                         what: "startup",
                         detail: "too many parameters",
                     });
                 }
-                params.push((k.to_string(), v.to_string()));
+                params.push((k.to_string(), v));
             }
             Ok(StartupPacket::Startup { version, params })
         }
         _ => Err(DecodeError {
             what: "startup",
             detail: "unsupported protocol version",
+        }),
+    }
+}
+
+/// A startup parameter's value. PostgreSQL takes `application_name` in
+/// any bytes and keeps only printable ASCII of it, each other byte made
+/// `?` (PostgreSQL 15's `pg_clean_ascii`): a client whose locale is
+/// LATIN1 sends its program's name so. The proxy does the same to a name
+/// that is not UTF-8, which it could not pass on otherwise; the server
+/// cleans a UTF-8 one itself. Other values must be UTF-8.
+fn startup_value(name: &str, value: &[u8]) -> Result<String, DecodeError> {
+    match std::str::from_utf8(value) {
+        Ok(v) => Ok(v.to_string()),
+        Err(_) if name == "application_name" => Ok(value
+            .iter()
+            .map(|&b| {
+                if (32..=126).contains(&b) {
+                    b as char
+                } else {
+                    '?'
+                }
+            })
+            .collect()),
+        Err(_) => Err(DecodeError {
+            what: "startup",
+            detail: "a parameter value is not valid UTF-8 (only application_name may be in another encoding)",
         }),
     }
 }
@@ -568,6 +594,42 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// An `application_name` that is not UTF-8 is taken as PostgreSQL 15
+    /// takes it (printable ASCII kept, each other byte `?`); another value
+    /// that is not UTF-8 is refused.
+    #[test]
+    fn startup_values_that_are_not_utf8() {
+        let packet = |name: &[u8], value: &[u8]| {
+            let mut b = BytesMut::new();
+            b.put_i32(PROTOCOL_3_0);
+            for s in [&b"user"[..], b"app", name, value, b""] {
+                b.put_slice(s);
+                b.put_u8(0);
+            }
+            decode_startup(&b)
+        };
+        let params = |p: Result<StartupPacket, DecodeError>| match p.unwrap() {
+            StartupPacket::Startup { params, .. } => params,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            params(packet(b"application_name", b"caf\xe9 \x01\x7f~")),
+            vec![
+                ("user".into(), "app".into()),
+                ("application_name".into(), "caf? ??~".into())
+            ]
+        );
+        // UTF-8 stays as sent: the server cleans it itself.
+        assert_eq!(
+            params(packet(b"application_name", "café".as_bytes()))[1].1,
+            "café"
+        );
+        for name in [&b"user"[..], b"database", b"options", b"search_path"] {
+            let e = packet(name, b"caf\xe9").unwrap_err();
+            assert!(e.to_string().contains("not valid UTF-8"), "{e}");
         }
     }
 
