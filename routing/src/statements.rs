@@ -106,26 +106,13 @@ pub(crate) fn reset_statement(sql: &str, t: &[Token], effects: &mut Vec<SessionE
     Stmt::Write
 }
 
-/// `sql` as one statement's words: the first (the verb) and the rest,
-/// with whitespace and one trailing `;` trimmed.
-fn verb_and_rest(sql: &str) -> (&str, &str) {
-    let s = sql.trim_ascii();
-    let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
-    let split = s
-        .bytes()
-        .position(|b| b.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let (verb, rest) = s.split_at(split);
-    (verb, rest.trim_ascii_start())
-}
-
-/// Which of `verbs` (lowercase ASCII) `sql` starts with, as
-/// [`verb_and_rest`] reads text, and what follows it: its index, and the
-/// rest as `verb_and_rest` gives it. A test of a byte or two for the texts
-/// these checks see most (`SELECT`, `UPDATE`...), and one pass for those
-/// it accepts.
+/// Which of `verbs` (lowercase ASCII, each with a first letter of its
+/// own) is `sql`'s first word, and the rest: the text trimmed, with one
+/// trailing `;`, the verb and the whitespace after it taken off. A test of
+/// a byte or two for the texts these checks see most (`SELECT`,
+/// `UPDATE`...), and one pass for those it accepts.
 #[inline(always)]
-fn after_verb<'s>(sql: &'s str, verbs: [&str; 2]) -> Option<(usize, &'s str)> {
+fn after_verb<'s, const N: usize>(sql: &'s str, verbs: [&str; N]) -> Option<(usize, &'s str)> {
     let s = sql.trim_ascii_start().as_bytes();
     let first = s.first()?.to_ascii_lowercase();
     let at = verbs.iter().position(|v| v.as_bytes()[0] == first)?;
@@ -176,17 +163,28 @@ pub fn is_plain_begin(sql: &str) -> bool {
 /// failed transaction block takes to end (the server answers `ROLLBACK`
 /// to each).
 pub fn is_plain_transaction_end(sql: &str) -> bool {
-    let (verb, rest) = verb_and_rest(sql);
-    ["commit", "end", "rollback", "abort"]
-        .iter()
-        .any(|v| verb.eq_ignore_ascii_case(v))
-        && plain_noise(rest)
+    after_verb(sql, ["commit", "end", "rollback", "abort"])
+        .is_some_and(|(_, rest)| plain_noise(rest))
 }
 
 #[cfg(test)]
 mod tests {
     use super::{is_plain_begin, is_plain_commit, is_plain_transaction_end};
     use crate::{FunctionCatalog, ReadOnlyFunctions, analyze};
+
+    /// The checks' reading of a text, written the plain way, as the
+    /// reference: `sql` as one statement's words, the first (the verb)
+    /// and the rest, with whitespace and one trailing `;` trimmed.
+    fn verb_and_rest(sql: &str) -> (&str, &str) {
+        let s = sql.trim_ascii();
+        let s = s.strip_suffix(';').map_or(s, str::trim_ascii_end);
+        let split = s
+            .bytes()
+            .position(|b| b.is_ascii_whitespace())
+            .unwrap_or(s.len());
+        let (verb, rest) = s.split_at(split);
+        (verb, rest.trim_ascii_start())
+    }
 
     #[test]
     fn plain_commits_are_recognized() {
@@ -280,11 +278,11 @@ mod tests {
     }
 
     /// The checks read a text's first word as [`verb_and_rest`] does
-    /// (the reference below): over every text built from these pieces,
+    /// (the reference above): over every text built from these pieces,
     /// they answer as the reference does.
     #[test]
     fn the_checks_read_the_verb_as_verb_and_rest_does() {
-        use super::{plain_noise, verb_and_rest};
+        use super::plain_noise;
         let begin = |s: &str| {
             let (verb, rest) = verb_and_rest(s);
             (verb.eq_ignore_ascii_case("begin") && plain_noise(rest))
@@ -293,6 +291,13 @@ mod tests {
         let commit = |s: &str| {
             let (verb, rest) = verb_and_rest(s);
             (verb.eq_ignore_ascii_case("commit") || verb.eq_ignore_ascii_case("end"))
+                && plain_noise(rest)
+        };
+        let end_of_failed = |s: &str| {
+            let (verb, rest) = verb_and_rest(s);
+            ["commit", "end", "rollback", "abort"]
+                .iter()
+                .any(|v| verb.eq_ignore_ascii_case(v))
                 && plain_noise(rest)
         };
         let mut texts = 0;
@@ -314,6 +319,9 @@ mod tests {
                 "SELECT",
                 "starts",
                 "committed",
+                "ROLLBACK",
+                "abort",
+                "rollbacks",
             ] {
                 for sep in ["", " ", "\t", ";", " ;", ";;", "\n", "/**/", "x"] {
                     for rest in ["", "work", "TRANSACTION", "transaction ;", "read only"] {
@@ -321,13 +329,14 @@ mod tests {
                             let s = format!("{lead}{verb}{sep}{rest}{end}");
                             assert_eq!(is_plain_begin(&s), begin(&s), "{s:?}");
                             assert_eq!(is_plain_commit(&s), commit(&s), "{s:?}");
+                            assert_eq!(is_plain_transaction_end(&s), end_of_failed(&s), "{s:?}");
                             texts += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(texts, 3 * 16 * 9 * 5 * 6);
+        assert_eq!(texts, 3 * 19 * 9 * 5 * 6);
     }
 
     /// What the fast check accepts, the classifier reads as a lone end of a
