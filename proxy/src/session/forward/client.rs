@@ -272,7 +272,7 @@ impl<S: ClientStream> Session<S> {
         let attached = match ahead {
             Some(to) => match self.attach_to_now(sql, to) {
                 Ok(Attach::Done(fx)) => Ok(fx),
-                Ok(Attach::Wait(wait)) => Box::pin(self.attach_waiting(wait)).await,
+                Ok(Attach::Wait(wait)) => self.attach_waiting(wait).await,
                 Err(e) => Err(e),
             },
             None => self.attach(sql, None, None).await,
@@ -327,7 +327,7 @@ impl<S: ClientStream> Session<S> {
         let attached = match ahead {
             Some(to) => match self.attach_to_now(p.query, to) {
                 Ok(Attach::Done(fx)) => Ok(fx),
-                Ok(Attach::Wait(wait)) => Box::pin(self.attach_waiting(wait)).await,
+                Ok(Attach::Wait(wait)) => self.attach_waiting(wait).await,
                 Err(e) => Err(e),
             },
             None => self.attach(p.query, Some(frame), None).await,
