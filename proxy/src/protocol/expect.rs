@@ -195,10 +195,12 @@ impl Expect {
         self.queue.push_back(Entry::Synthetic);
     }
 
-    /// Whether the next thing owed is a synthetic message.
+    /// Whether the next thing owed is a synthetic message. Asked after
+    /// every client message: with none queued (most of the time) it reads
+    /// one length, not the queue's front.
     #[inline]
     pub fn synthetic_due(&self) -> bool {
-        matches!(self.queue.front(), Some(Entry::Synthetic))
+        !self.synthetic.is_empty() && matches!(self.queue.front(), Some(Entry::Synthetic))
     }
 
     /// The synthetic message now due, if the next thing owed is one.

@@ -17,11 +17,18 @@ use super::open::OpenTxn;
 use super::*;
 
 impl<S: ClientStream> Session<S> {
-    #[inline]
+    /// Sends the client the synthetic answers now due. The test is
+    /// inlined into every caller (after each client message); the copy
+    /// is not.
+    #[inline(always)]
     pub(super) fn drain_synthetic(&mut self) {
-        if !self.expect.synthetic_due() {
-            return;
+        if self.expect.synthetic_due() {
+            self.drain_synthetic_due();
         }
+    }
+
+    #[inline(never)]
+    fn drain_synthetic_due(&mut self) {
         while let Some(m) = self.expect.pop_synthetic() {
             self.to_client.extend_from_slice(&m);
         }
