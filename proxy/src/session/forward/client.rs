@@ -31,6 +31,19 @@ enum ParseNext {
     Attach,
 }
 
+/// What [`Session::bind_now`] left to do before the Bind goes on
+/// ([`Session::bind_attached`]), with the client's statement it binds.
+enum BindNext {
+    /// Nothing: the Bind was handled.
+    Done,
+    /// A Bind of the proxy's own statement ([`Session::bind_local`]).
+    Local(ProxyCommand),
+    /// Wait for the routed transaction's connection.
+    Wait(AttachWait, Option<Arc<Statement>>),
+    /// Attach through [`Session::attach`].
+    Attach(Option<Arc<Statement>>),
+}
+
 impl<S: ClientStream> Session<S> {
     /// Handles one client message with no future when nothing in it
     /// waits: every message of a transaction that has its server (the hot
@@ -179,7 +192,16 @@ impl<S: ClientStream> Session<S> {
                 self.parse_attached(&p, frame, attached);
                 Ok(())
             }
-            ClientMsg::Bind(b) => self.on_bind(b, frame).await,
+            ClientMsg::Bind(b) => {
+                match self.bind_now(&b, frame) {
+                    BindNext::Done => {}
+                    BindNext::Local(cmd) => return Box::pin(self.bind_local(b, cmd)).await,
+                    // Boxed with the Bind: held here across the wait, it
+                    // would take room in every state of this future.
+                    next => Box::pin(self.bind_waiting(b, frame, next)).await,
+                }
+                Ok(())
+            }
             ClientMsg::Describe(t) => {
                 self.on_describe(t, frame).await;
                 Ok(())
@@ -408,22 +430,77 @@ impl<S: ClientStream> Session<S> {
         stmt
     }
 
-    async fn on_bind(&mut self, b: frontend::Bind<'_>, frame: &[u8]) -> Result<(), End> {
-        if let Some(cmd) = self.local.statement(b.statement).cloned() {
-            let binary = match frontend::bind_first_result_binary(b.rest) {
-                Ok(binary) => binary,
-                Err(e) => return Err(self.malformed(e).await),
-            };
-            self.local.bind(b.portal, cmd, binary);
-            self.synthetic_empty(be::BIND_COMPLETE);
-            return Ok(());
+    /// A Bind of the proxy's own statement: answered here.
+    async fn bind_local(&mut self, b: frontend::Bind<'_>, cmd: ProxyCommand) -> Result<(), End> {
+        let binary = match frontend::bind_first_result_binary(b.rest) {
+            Ok(binary) => binary,
+            Err(e) => return Err(self.malformed(e).await),
+        };
+        self.local.bind(b.portal, cmd, binary);
+        self.synthetic_empty(be::BIND_COMPLETE);
+        Ok(())
+    }
+
+    /// A Bind, as far as it goes without waiting ([`Self::parse_now`]'s
+    /// counterpart, for a transaction that starts with a Bind of a
+    /// prepared statement): attached and on the server, most often, with
+    /// no future built. [`Self::attach_for`] in steps.
+    fn bind_now(&mut self, b: &frontend::Bind<'_>, frame: &[u8]) -> BindNext {
+        if let Some(cmd) = self.local.statement(b.statement) {
+            return BindNext::Local(cmd.clone());
         }
         self.local.forget_portal(b.portal);
-        match self.attach_for(b.statement, frame).await {
-            Ok(stmt) => self.bind_on_server(&b, frame, stmt),
+        if let Some(stmt) = self.attached_for(b.statement) {
+            self.bind_on_server(b, frame, stmt);
+            return BindNext::Done;
+        }
+        let stmt = self.statement_named(b.statement);
+        if !self.routes_next() {
+            return BindNext::Attach(stmt);
+        }
+        let (sql, memo) = match &stmt {
+            Some(s) => (&*s.query, Some(&s.analysis)),
+            None => ("", None),
+        };
+        let to = self.analyze_to_route(sql, Some(frame), memo);
+        match self.attach_to_now(sql, to) {
+            Ok(Attach::Done(_)) => self.bind_attached(b, frame, stmt),
+            Ok(Attach::Wait(wait)) => return BindNext::Wait(wait, stmt),
             Err(e) => self.fail_extended(&e),
         }
-        Ok(())
+        BindNext::Done
+    }
+
+    /// The wait [`Self::bind_now`] left (`next`), then the Bind.
+    async fn bind_waiting(&mut self, b: frontend::Bind<'_>, frame: &[u8], next: BindNext) {
+        let (attached, stmt) = match next {
+            BindNext::Wait(wait, stmt) => (self.attach_waiting(wait).await, stmt),
+            BindNext::Attach(stmt) => {
+                let (sql, memo) = match &stmt {
+                    Some(s) => (&*s.query, Some(&s.analysis)),
+                    None => ("", None),
+                };
+                (self.attach(sql, Some(frame), memo).await, stmt)
+            }
+            BindNext::Done | BindNext::Local(_) => return,
+        };
+        match attached {
+            Ok(_) => self.bind_attached(&b, frame, stmt),
+            Err(e) => self.fail_extended(&e),
+        }
+    }
+
+    /// The rest of a Bind once attached for the client's statement `stmt`.
+    fn bind_attached(
+        &mut self,
+        b: &frontend::Bind<'_>,
+        frame: &[u8],
+        stmt: Option<Arc<Statement>>,
+    ) {
+        if let Some(s) = &stmt {
+            self.ensure_prepared(s, Action::Drop);
+        }
+        self.bind_on_server(b, frame, stmt);
     }
 
     /// A Bind of the client's statement `stmt` (see [`Self::attach_for`]),
