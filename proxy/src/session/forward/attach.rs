@@ -98,6 +98,16 @@ pub(super) enum Attach {
 pub(super) type AttachFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<ServerEffects>, ProxyError>> + Send + 'a>>;
 
+/// What a message that starts a transaction waits for before it goes on,
+/// when its routing did not attach at once (see [`Session::attach_later`]).
+pub(super) enum Later {
+    /// The routed transaction's connection ([`Session::attach_waiting`]).
+    Wait(AttachWait),
+    /// The whole of [`Session::attach`]: a `BEGIN` the proxy held back
+    /// goes first, or a server is attached already.
+    Attach,
+}
+
 /// What an attach waits for.
 pub(super) enum AttachWait {
     /// A connection of the routed node's pool (or the fallback).
@@ -283,6 +293,22 @@ impl<S: ClientStream> Session<S> {
                     Err(routed) => self.attach_routed_waiting(routed).await,
                 }
             }),
+        }
+    }
+
+    /// The rest of an attach that a message's plain first step (a Parse's
+    /// or a Bind's) left as `later`, for the text `sql` of the message
+    /// `frame` (`memo` as for [`Self::attach`]): boxed, as every wait is.
+    pub(super) fn attach_later<'a>(
+        &'a mut self,
+        later: Later,
+        sql: &'a str,
+        frame: &'a [u8],
+        memo: Option<&'a AnalysisMemo>,
+    ) -> AttachFuture<'a> {
+        match later {
+            Later::Wait(wait) => self.attach_waiting(wait),
+            Later::Attach => Box::pin(self.attach(sql, Some(frame), memo)),
         }
     }
 

@@ -15,33 +15,35 @@ use crate::protocol::text::TextEncoding;
 use crate::session::local;
 use crate::session::statements::Statement;
 
-use super::attach::{Attach, AttachWait, ToRoute};
+use super::attach::{Attach, Later, ToRoute};
 use super::*;
 
-/// What [`Session::parse_now`] left to do before the Parse goes on
-/// ([`Session::parse_attached`]).
-enum ParseNext {
-    /// Nothing: the Parse was handled.
-    Done,
-    /// Wait for the routed transaction's connection.
-    Wait(AttachWait),
-    /// Attach through [`Session::attach`] (a `BEGIN` held back, or a
-    /// Parse [`Session::on_client_message_now`] left with a server
-    /// attached).
-    Attach,
-}
-
-/// What [`Session::bind_now`] left to do before the Bind goes on
-/// ([`Session::bind_attached`]), with the client's statement it binds.
+/// What [`Session::bind_now`] left to do before the Bind goes on.
 enum BindNext {
     /// Nothing: the Bind was handled.
     Done,
     /// A Bind of the proxy's own statement ([`Session::bind_local`]).
     Local(ProxyCommand),
-    /// Wait for the routed transaction's connection.
-    Wait(AttachWait, Option<Arc<Statement>>),
-    /// Attach through [`Session::attach`].
-    Attach(Option<Arc<Statement>>),
+    /// The attach's wait, then the Bind ([`Session::bind_waiting`]).
+    Later(Later, Option<Arc<Statement>>),
+}
+
+/// How far [`Session::attach_named_now`] got.
+pub(super) enum Named {
+    /// Attached (or failed to), with the client's statement prepared on
+    /// the server.
+    Ready(Result<Option<Arc<Statement>>, ProxyError>),
+    /// To finish with [`Session::attach_named_later`].
+    Later(Later, Option<Arc<Statement>>),
+}
+
+/// The text a client's statement routes by and where its analysis is
+/// kept: none for the unnamed statement or a name never prepared.
+fn route_input(stmt: &Option<Arc<Statement>>) -> (&str, Option<&lagrouter_routing::AnalysisMemo>) {
+    match stmt {
+        Some(s) => (&s.query, Some(&s.analysis)),
+        None => ("", None),
+    }
 }
 
 impl<S: ClientStream> Session<S> {
@@ -183,23 +185,23 @@ impl<S: ClientStream> Session<S> {
             ClientMsg::Parse(p) => {
                 // One await for both waits: what lives across two awaits
                 // would take room in every state of this future.
-                let attached = match self.parse_now(&p, frame) {
-                    ParseNext::Done => return Ok(()),
-                    ParseNext::Wait(wait) => self.attach_waiting(wait),
-                    ParseNext::Attach => Box::pin(self.attach(p.query, Some(frame), None)),
-                }
-                .await;
+                let Some(later) = self.parse_now(&p, frame) else {
+                    return Ok(());
+                };
+                let attached = self.attach_later(later, p.query, frame, None).await;
                 self.parse_attached(&p, frame, attached);
                 Ok(())
             }
             ClientMsg::Bind(b) => {
-                match self.bind_now(&b, frame) {
-                    BindNext::Done => {}
+                let (later, stmt) = match self.bind_now(&b, frame) {
+                    BindNext::Done => return Ok(()),
                     BindNext::Local(cmd) => return Box::pin(self.bind_local(b, cmd)).await,
-                    // Boxed with the Bind: held here across the wait, it
-                    // would take room in every state of this future.
-                    next => Box::pin(self.bind_waiting(b, frame, next)).await,
-                }
+                    BindNext::Later(later, stmt) => (later, stmt),
+                };
+                // Boxed with the Bind, and awaited outside the match: held
+                // here across the wait, or the match's value with it, they
+                // would take room in every state of this future.
+                Box::pin(self.bind_waiting(b, frame, later, stmt)).await;
                 Ok(())
             }
             ClientMsg::Describe(t) => {
@@ -344,7 +346,9 @@ impl<S: ClientStream> Session<S> {
     /// function, so that routing a transaction that starts with a Parse
     /// builds and moves no future of its own (two `memcpy` calls of the
     /// 576 bytes an `async fn` took, on every extended transaction).
-    fn parse_now(&mut self, p: &frontend::Parse<'_>, frame: &[u8]) -> ParseNext {
+    /// `Some`: what is left before the Parse goes on
+    /// ([`Self::parse_attached`]).
+    fn parse_now(&mut self, p: &frontend::Parse<'_>, frame: &[u8]) -> Option<Later> {
         // As for a simple query; a named Parse outside a transaction is
         // not routed (below).
         let ahead = (p.name.is_empty() && self.routes_next())
@@ -355,7 +359,7 @@ impl<S: ClientStream> Session<S> {
             self.statements.remove(p.name);
             self.local.prepare(p.name, cmd);
             self.synthetic_empty(be::PARSE_COMPLETE);
-            return ParseNext::Done;
+            return None;
         }
         self.local.forget_statement(p.name);
         if !p.name.is_empty() && self.server.is_none() {
@@ -370,17 +374,18 @@ impl<S: ClientStream> Session<S> {
                 self.note_pins(fx);
                 self.synthetic_empty(be::PARSE_COMPLETE);
             }
-            return ParseNext::Done;
+            return None;
         }
+        // No analysis ahead: a `BEGIN` held back, or a server attached.
         let Some(to) = ahead else {
-            return ParseNext::Attach;
+            return Some(Later::Attach);
         };
         match self.attach_to_now(p.query, to) {
             Ok(Attach::Done(fx)) => self.parse_attached(p, frame, Ok(fx)),
-            Ok(Attach::Wait(wait)) => return ParseNext::Wait(wait),
+            Ok(Attach::Wait(wait)) => return Some(Later::Wait(wait)),
             Err(e) => self.fail_extended(&e),
         }
-        ParseNext::Done
+        None
     }
 
     /// The rest of a Parse once its attach is over: on the server, or the
@@ -444,67 +449,36 @@ impl<S: ClientStream> Session<S> {
     /// A Bind, as far as it goes without waiting ([`Self::parse_now`]'s
     /// counterpart, for a transaction that starts with a Bind of a
     /// prepared statement): attached and on the server, most often, with
-    /// no future built. [`Self::attach_for`] in steps.
+    /// no future built.
     fn bind_now(&mut self, b: &frontend::Bind<'_>, frame: &[u8]) -> BindNext {
         if let Some(cmd) = self.local.statement(b.statement) {
             return BindNext::Local(cmd.clone());
         }
         self.local.forget_portal(b.portal);
-        if let Some(stmt) = self.attached_for(b.statement) {
-            self.bind_on_server(b, frame, stmt);
-            return BindNext::Done;
-        }
-        let stmt = self.statement_named(b.statement);
-        if !self.routes_next() {
-            return BindNext::Attach(stmt);
-        }
-        let (sql, memo) = match &stmt {
-            Some(s) => (&*s.query, Some(&s.analysis)),
-            None => ("", None),
-        };
-        let to = self.analyze_to_route(sql, Some(frame), memo);
-        match self.attach_to_now(sql, to) {
-            Ok(Attach::Done(_)) => self.bind_attached(b, frame, stmt),
-            Ok(Attach::Wait(wait)) => return BindNext::Wait(wait, stmt),
-            Err(e) => self.fail_extended(&e),
+        match self.attach_named_now(b.statement, frame) {
+            Named::Ready(Ok(stmt)) => self.bind_on_server(b, frame, stmt),
+            Named::Ready(Err(e)) => self.fail_extended(&e),
+            Named::Later(later, stmt) => return BindNext::Later(later, stmt),
         }
         BindNext::Done
     }
 
-    /// The wait [`Self::bind_now`] left (`next`), then the Bind.
-    async fn bind_waiting(&mut self, b: frontend::Bind<'_>, frame: &[u8], next: BindNext) {
-        let (attached, stmt) = match next {
-            BindNext::Wait(wait, stmt) => (self.attach_waiting(wait).await, stmt),
-            BindNext::Attach(stmt) => {
-                let (sql, memo) = match &stmt {
-                    Some(s) => (&*s.query, Some(&s.analysis)),
-                    None => ("", None),
-                };
-                (self.attach(sql, Some(frame), memo).await, stmt)
-            }
-            BindNext::Done | BindNext::Local(_) => return,
-        };
-        match attached {
-            Ok(_) => self.bind_attached(&b, frame, stmt),
+    /// The wait [`Self::bind_now`] left, then the Bind.
+    async fn bind_waiting(
+        &mut self,
+        b: frontend::Bind<'_>,
+        frame: &[u8],
+        later: Later,
+        stmt: Option<Arc<Statement>>,
+    ) {
+        match self.attach_named_later(later, stmt, frame).await {
+            Ok(stmt) => self.bind_on_server(&b, frame, stmt),
             Err(e) => self.fail_extended(&e),
         }
     }
 
-    /// The rest of a Bind once attached for the client's statement `stmt`.
-    fn bind_attached(
-        &mut self,
-        b: &frontend::Bind<'_>,
-        frame: &[u8],
-        stmt: Option<Arc<Statement>>,
-    ) {
-        if let Some(s) = &stmt {
-            self.ensure_prepared(s, Action::Drop);
-        }
-        self.bind_on_server(b, frame, stmt);
-    }
-
-    /// A Bind of the client's statement `stmt` (see [`Self::attach_for`]),
-    /// on the attached server.
+    /// A Bind of the client's statement `stmt` (see
+    /// [`Self::attach_named_now`]), on the attached server.
     fn bind_on_server(
         &mut self,
         b: &frontend::Bind<'_>,
@@ -549,7 +523,11 @@ impl<S: ClientStream> Session<S> {
             self.expect.push_synthetic(m.freeze());
             return;
         }
-        match self.attach_for(described_statement(&t), frame).await {
+        let attached = match self.attach_named_now(described_statement(&t), frame) {
+            Named::Ready(r) => r,
+            Named::Later(later, stmt) => self.attach_named_later(later, stmt, frame).await,
+        };
+        match attached {
             Ok(stmt) => self.describe_on_server(&t, frame, stmt),
             Err(e) => self.fail_extended(&e),
         }
@@ -642,43 +620,67 @@ impl<S: ClientStream> Session<S> {
         }
     }
 
-    /// Attaches for an extended-protocol message that names the client's
-    /// statement `name` (routing by its text) and makes sure the attached
-    /// server has it prepared. `None` for the unnamed statement and for
-    /// names the client never prepared (sent on as they are; the server
-    /// answers 26000).
-    pub(super) async fn attach_for(
-        &mut self,
-        name: &str,
-        frame: &[u8],
-    ) -> Result<Option<Arc<Statement>>, ProxyError> {
+    /// Attaches for an extended-protocol message (`frame`) that names the
+    /// client's statement `name` (a Bind's, or a Describe's), routing by
+    /// its text, and makes sure the attached server has it prepared, as
+    /// far as that goes without waiting: most often all the way. The
+    /// statement is `None` for the unnamed statement and for names the
+    /// client never prepared (sent on as they are; the server answers
+    /// 26000).
+    pub(super) fn attach_named_now(&mut self, name: &str, frame: &[u8]) -> Named {
         if let Some(stmt) = self.attached_for(name) {
-            return Ok(stmt);
+            return Named::Ready(Ok(stmt));
         }
         let stmt = self.statement_named(name);
-        let (sql, memo) = match &stmt {
-            Some(s) => (&*s.query, Some(&s.analysis)),
-            None => ("", None),
-        };
-        self.attach(sql, Some(frame), memo).await?;
-        if let Some(s) = &stmt {
-            self.ensure_prepared(s, Action::Drop);
+        if !self.routes_next() {
+            return Named::Later(Later::Attach, stmt);
         }
+        let (sql, memo) = route_input(&stmt);
+        let to = self.analyze_to_route(sql, Some(frame), memo);
+        match self.attach_to_now(sql, to) {
+            Ok(Attach::Done(_)) => {
+                self.prepare_named(&stmt);
+                Named::Ready(Ok(stmt))
+            }
+            Ok(Attach::Wait(wait)) => Named::Later(Later::Wait(wait), stmt),
+            Err(e) => Named::Ready(Err(e)),
+        }
+    }
+
+    /// The rest of [`Self::attach_named_now`]: its wait, then the
+    /// statement prepared.
+    pub(super) async fn attach_named_later(
+        &mut self,
+        later: Later,
+        stmt: Option<Arc<Statement>>,
+        frame: &[u8],
+    ) -> Result<Option<Arc<Statement>>, ProxyError> {
+        let (sql, memo) = route_input(&stmt);
+        self.attach_later(later, sql, frame, memo).await?;
+        self.prepare_named(&stmt);
         Ok(stmt)
     }
 
-    /// [`Self::attach_for`] when a server is attached already, with no
-    /// future (see [`Self::on_client_message_now`]); `None` when nothing is
-    /// attached.
+    /// [`Self::attach_named_now`] when a server is attached already (see
+    /// [`Self::on_client_message_now`]); `None` when nothing is attached.
     #[inline]
     pub(super) fn attached_for(&mut self, name: &str) -> Option<Option<Arc<Statement>>> {
         self.server.as_ref()?;
         let stmt = self.statement_named(name);
         if let Some(s) = &stmt {
             self.attached(&s.query, Some(&s.analysis));
+        }
+        self.prepare_named(&stmt);
+        Some(stmt)
+    }
+
+    /// Prepares the client's statement `stmt` on the attached server if it
+    /// lacks it (the Parse's answer dropped).
+    #[inline]
+    fn prepare_named(&mut self, stmt: &Option<Arc<Statement>>) {
+        if let Some(s) = stmt {
             self.ensure_prepared(s, Action::Drop);
         }
-        Some(stmt)
     }
 
     /// The client's statement `name`: `None` for the unnamed statement and
