@@ -29,7 +29,7 @@ enum BindNext {
 }
 
 /// How far [`Session::attach_named_now`] got.
-pub(super) enum Named {
+enum Named {
     /// Attached (or failed to), with the client's statement prepared on
     /// the server.
     Ready(Result<Option<Arc<Statement>>, ProxyError>),
@@ -627,7 +627,7 @@ impl<S: ClientStream> Session<S> {
     /// statement is `None` for the unnamed statement and for names the
     /// client never prepared (sent on as they are; the server answers
     /// 26000).
-    pub(super) fn attach_named_now(&mut self, name: &str, frame: &[u8]) -> Named {
+    fn attach_named_now(&mut self, name: &str, frame: &[u8]) -> Named {
         if let Some(stmt) = self.attached_for(name) {
             return Named::Ready(Ok(stmt));
         }
@@ -649,7 +649,7 @@ impl<S: ClientStream> Session<S> {
 
     /// The rest of [`Self::attach_named_now`]: its wait, then the
     /// statement prepared.
-    pub(super) async fn attach_named_later(
+    async fn attach_named_later(
         &mut self,
         later: Later,
         stmt: Option<Arc<Statement>>,
