@@ -669,8 +669,8 @@ impl<S: ClientStream> Session<S> {
         let stmt = self.statement_named(name);
         if let Some(s) = &stmt {
             self.attached(&s.query, Some(&s.analysis));
+            self.ensure_prepared(s, Action::Drop);
         }
-        self.prepare_named(&stmt);
         Some(stmt)
     }
 
