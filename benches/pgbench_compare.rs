@@ -31,10 +31,14 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       txn7 (BEGIN, 5 x SELECT, END), select-c400 (-S with 400 clients, whatever -c says)
   --modes simple,extended,prepared (all three), for every workload
   --scale N (10)   --warmup SECS (2, 0 = none)
-  --targets direct,direct-replicas,tokio-relay,pgbouncer,lagrouter-primary-only,lagrouter,
-      baseline-primary-only, and mio-relay and lagrouter-one-replica (only when named)
+  --targets direct,direct-replicas,tokio-relay,pgbouncer,pgbouncer-replicas,
+      lagrouter-primary-only,lagrouter,baseline-primary-only, and mio-relay and
+      lagrouter-one-replica (only when named)
       (direct-replicas: the clients split over the two replicas directly, read-only
       workloads only: what the replicas give on this machine without a proxy;
+      pgbouncer-replicas (select workloads only): one PgBouncer with a pool to each
+      replica, the clients split over the two: the same nodes as lagrouter's reads,
+      as an application that sends its reads to the replicas itself would use it;
       tokio-relay: a bare TCP relay to the primary on tokio, one server connection
       per client, no pooling, parsing or routing: the CPU floor of a proxy built
       as lagrouter is, one task per client on a current-thread runtime;
@@ -58,12 +62,13 @@ const USAGE: &str = "options: -T SECS (10) -c CLIENTS (16) -j THREADS (2) -r REP
       (steal) is run again at once, up to N times; the lost one stays in the results,
       left out of the medians as before
   --summarize FILE.tsv... (no run: the tables of earlier runs' results, pooled)";
-const ALL_TARGETS: [&str; 9] = [
+const ALL_TARGETS: [&str; 10] = [
     "direct",
     "direct-replicas",
     "tokio-relay",
     "mio-relay",
     "pgbouncer",
+    "pgbouncer-replicas",
     "lagrouter-primary-only",
     "lagrouter",
     "baseline-primary-only",
@@ -201,9 +206,12 @@ fn parse_args(args: &[String]) -> Result<Opts> {
 struct Target {
     name: String,
     port: u16,
+    /// The database pgbench names on `port`.
+    db: String,
     proc: Option<Proc>,
-    /// A second port that gets half the clients (`direct-replicas`).
-    split: Option<u16>,
+    /// Where the other half of the clients go, port and database
+    /// (`direct-replicas`, `pgbouncer-replicas`).
+    split: Option<(u16, String)>,
 }
 
 /// The config of lagrouter target `name`. `*primary-only` is the pure
@@ -236,12 +244,26 @@ fn lagrouter_config(c: &Cluster, port: u16, name: &str, pool: u32) -> String {
 
 /// Spawns a proxy listening on `port` and waits until it serves queries.
 fn start_proxy(c: &Cluster, name: &str, port: u16, cmd: Command, out: &Path) -> Result<Target> {
+    start_proxy_split(c, name, (port, c.database().into()), None, cmd, out)
+}
+
+/// [`start_proxy`] for a proxy pgbench reaches as database `at.1`, with
+/// half the clients at `split` when given.
+fn start_proxy_split(
+    c: &Cluster,
+    name: &str,
+    at: (u16, String),
+    split: Option<(u16, String)>,
+    cmd: Command,
+    out: &Path,
+) -> Result<Target> {
     let proc = spawn_logged(cmd, &out.join(format!("{name}.log")))?;
     let mut t = Target {
         name: name.into(),
-        port,
+        port: at.0,
+        db: at.1,
         proc: Some(proc),
-        split: None,
+        split,
     };
     wait_ready(c, &mut t, out)?;
     if let Some(p) = &t.proc {
@@ -327,8 +349,12 @@ fn install_pgbouncer() -> Result<()> {
 /// PgBouncer as the comparison runs it: transaction pooling on the primary,
 /// SCRAM with app's secret from pg_authid (so it can also log into the
 /// server with SCRAM), pool size 20, `max_prepared_statements = 200` from
-/// 1.21 on, in the foreground, logging to stderr.
-fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
+/// 1.21 on, in the foreground, logging to stderr. As `pgbouncer-replicas`,
+/// the same with a database per replica instead (`APP_r1`, `APP_r2`, each
+/// its own pool of 20 to its replica), and half the clients on each: what
+/// an application that sends its reads to the replicas itself gets from
+/// one PgBouncer, the like-for-like comparison for lagrouter's reads.
+fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path, name: &str) -> Result<Target> {
     // Prepared statements in transaction mode: 1.21 and later.
     let version = Command::new(bin).arg("--version").output()?;
     let version = String::from_utf8_lossy(&version.stdout).into_owned();
@@ -340,7 +366,20 @@ fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
         Some(v) if v >= (1, 21) => "max_prepared_statements = 200\n",
         _ => "",
     };
-    let (user, db, host, pg_port) = (c.app_user(), c.database(), c.host(), c.port(0));
+    let (user, db, host) = (c.app_user(), c.database(), c.host());
+    let nodes: Vec<(String, u16)> = if name == "pgbouncer-replicas" {
+        let replicas = (0..c.node_count()).filter(|&i| i != c.primary_index());
+        let replicas: Vec<usize> = replicas.take(2).collect();
+        if replicas.len() < 2 {
+            bail!("{name} needs two replicas");
+        }
+        (1..)
+            .zip(replicas)
+            .map(|(n, i)| (format!("{db}_r{n}"), c.port(i)))
+            .collect()
+    } else {
+        vec![(db.to_string(), c.port(c.primary_index()))]
+    };
     let sql = format!("select rolpassword from pg_authid where rolname = '{user}'");
     let secret = c.sql(0, &sql)?;
     if !secret.starts_with("SCRAM-SHA-256$") {
@@ -348,12 +387,16 @@ fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
     }
     let (port, auth, ini) = (
         free_port()?,
-        out.join("userlist.txt"),
-        out.join("pgbouncer.ini"),
+        out.join(format!("{name}-userlist.txt")),
+        out.join(format!("{name}.ini")),
     );
     fs::write(&auth, format!("\"{user}\" \"{secret}\"\n"))?;
+    let databases: String = nodes
+        .iter()
+        .map(|(alias, pg_port)| format!("{alias} = host={host} port={pg_port} dbname={db}\n"))
+        .collect();
     let text = format!(
-        "[databases]\n{db} = host={host} port={pg_port} dbname={db}\n\n[pgbouncer]\n\
+        "[databases]\n{databases}\n[pgbouncer]\n\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
          default_pool_size = {POOL_SIZE}\nmax_client_conn = {}\n\
@@ -372,7 +415,8 @@ fn start_pgbouncer(c: &Cluster, bin: &Path, out: &Path) -> Result<Target> {
         cmd.args(["-u", "postgres"]);
     }
     cmd.arg(&ini);
-    start_proxy(c, "pgbouncer", port, cmd, out)
+    let split = nodes.get(1).map(|(alias, _)| (port, alias.clone()));
+    start_proxy_split(c, name, (port, nodes[0].0.clone()), split, cmd, out)
 }
 
 /// Polls (bounded) until `select 1` works through the target; fails at once
@@ -391,7 +435,7 @@ fn wait_ready(c: &Cluster, t: &mut Target, out: &Path) -> Result<()> {
         }
         if TcpStream::connect(("127.0.0.1", t.port)).is_ok() {
             let mut cmd = pg_tool(c, "psql", t.port);
-            cmd.args(["-X", "-At", "-c", "select 1", c.database()]);
+            cmd.args(["-X", "-At", "-c", "select 1", &t.db]);
             let status = spawn_logged(cmd, &log)?.wait_for(Duration::from_secs(10));
             if status.is_some_and(|s| s.success()) {
                 return Ok(());
@@ -448,10 +492,10 @@ fn replica_share(
     if xacts == 0 {
         return None;
     }
-    // The replicas also ran the direct-replicas runs.
+    // The replicas also ran the direct-replicas and pgbouncer-replicas runs.
     let others = runs
         .iter()
-        .filter(|r| r.target == "direct-replicas")
+        .filter(|r| others_on_replicas(&r.target))
         .map(|r| r.xacts)
         .sum::<u64>()
         + warmup_direct;
@@ -459,6 +503,12 @@ fn replica_share(
         .saturating_sub(before?)
         .saturating_sub(others);
     Some(on_replicas as f64 / xacts as f64)
+}
+
+/// Whether `t` is a target other than lagrouter that reads from the
+/// replicas.
+fn others_on_replicas(t: &str) -> bool {
+    matches!(t, "direct-replicas" | "pgbouncer-replicas")
 }
 
 /// Whether lagrouter target `t` sends its reads to replicas.
@@ -482,7 +532,7 @@ fn run_pgbench(
         "select-c400" => (MANY_CLIENTS, secs + MANY_CLIENTS_CONNECT),
         _ => (o.clients, secs),
     };
-    let pgbench = |port: u16, clients: u32, threads: u32| -> Result<Command> {
+    let pgbench = |port: u16, db: &str, clients: u32, threads: u32| -> Result<Command> {
         let mut cmd = pg_tool(c, "pgbench", port);
         let args = format!("-n -P 1 -M {} -c {clients} -j {threads} -T {secs}", wm.1);
         cmd.args(args.split_whitespace());
@@ -502,21 +552,21 @@ fn run_pgbench(
             }
             _ => {} // tpcb: pgbench's built-in script
         }
-        cmd.arg(c.database());
+        cmd.arg(db);
         Ok(cmd)
     };
     let pid = t.proc.as_ref().map(Proc::id);
-    let pg = match t.split {
+    let pg = match &t.split {
         None => {
-            let cmd = pgbench(t.port, clients, o.threads)?;
+            let cmd = pgbench(t.port, &t.db, clients, o.threads)?;
             Pgbench::run(cmd, log, secs, GRACE, clients, pid)?
         }
-        Some(port) => {
-            // Half the clients (and threads) on each port, at once.
+        Some((port, db)) => {
+            // Half the clients (and threads) on each side, at once.
             let (half, threads) = (clients / 2, (o.threads / 2).max(1));
             let other_log = log.with_extension("split.log");
-            let mut other = spawn_logged(pgbench(port, half, threads)?, &other_log)?;
-            let cmd = pgbench(t.port, clients - half, threads)?;
+            let mut other = spawn_logged(pgbench(*port, db, half, threads)?, &other_log)?;
+            let cmd = pgbench(t.port, &t.db, clients - half, threads)?;
             let mut pg = Pgbench::run(cmd, log, secs, GRACE, clients - half, pid)?;
             let status = other.wait_for(Duration::from_secs(secs) + GRACE);
             let text = fs::read_to_string(&other_log).unwrap_or_default();
@@ -584,10 +634,18 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
         }
     });
     let (lr, po, pgb, dir) = ("lagrouter", "lagrouter-primary-only", "pgbouncer", "direct");
-    let reps = "direct-replicas";
-    let ratios = [(lr, pgb), (lr, dir), (lr, reps), (po, pgb), (po, dir)];
+    let (reps, pgbr) = ("direct-replicas", "pgbouncer-replicas");
+    let ratios = [
+        (lr, pgb),
+        (lr, pgbr),
+        (lr, dir),
+        (lr, reps),
+        (po, pgb),
+        (po, dir),
+    ];
     let heads = [
         "lagrouter/pgbouncer",
+        "lagrouter/pgb-replicas",
         "lagrouter/direct",
         "lagrouter/direct-replicas",
         "primary-only/pgbouncer",
@@ -598,7 +656,8 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
         both.map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
     });
     println!(
-        "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's)"
+        "(goal: lagrouter/pgbouncer >= 1.00 on every workload, CPU/txn at or below PgBouncer's; \
+         pgb-replicas: PgBouncer on the replicas lagrouter reads from, the clients split over them)"
     );
     let base = BASELINE;
     let mut per_round = vec![(lr, pgb), (po, pgb), ("tokio-relay", pgb)];
@@ -610,6 +669,10 @@ fn print_tables(header: &str, runs: &[Run], combos: &[Combo], targets: &[&str]) 
     if targets.contains(&base) {
         per_round.extend([(po, base), (base, pgb)]);
         heads.extend(["primary-only/baseline", "baseline/pgbouncer"]);
+    }
+    if targets.contains(&pgbr) {
+        per_round.extend([(lr, pgbr), (pgbr, pgb)]);
+        heads.extend(["lagrouter/pgb-replicas", "pgb-replicas/pgbouncer"]);
     }
     let one = "lagrouter-one-replica";
     if targets.contains(&one) {
@@ -774,6 +837,7 @@ fn direct(c: &Cluster) -> Target {
     Target {
         name: "direct".into(),
         port: c.port(c.primary_index()),
+        db: c.database().into(),
         proc: None,
         split: None,
     }
@@ -783,11 +847,13 @@ fn direct(c: &Cluster) -> Target {
 fn direct_replicas(c: &Cluster) -> Target {
     let mut replicas = (0..c.node_count()).filter(|&i| i != c.primary_index());
     let (a, b) = (replicas.next(), replicas.next());
+    let db = c.database().to_string();
     Target {
         name: "direct-replicas".into(),
         port: c.port(a.expect("a replica")),
+        db: db.clone(),
         proc: None,
-        split: Some(c.port(b.expect("two replicas"))),
+        split: Some((c.port(b.expect("two replicas")), db)),
     }
 }
 
@@ -799,7 +865,7 @@ fn runs_workload(t: &Target, wl: &str) -> bool {
         "direct-replicas" => wl != "tpcb",
         // Its point is where reads go: the other workloads start with
         // BEGIN or write, and go to the primary as `lagrouter`'s do.
-        "lagrouter-one-replica" => wl.starts_with("select"),
+        "lagrouter-one-replica" | "pgbouncer-replicas" => wl.starts_with("select"),
         _ => true,
     }
 }
@@ -815,8 +881,8 @@ fn start_targets(c: &Cluster, o: &Opts, out: &Path) -> Result<Vec<Target>> {
             ("direct-replicas", _) => direct_replicas(c),
             ("tokio-relay", _) => start_relay(c, out, name, RELAY_ARG)?,
             ("mio-relay", _) => start_relay(c, out, name, MIO_RELAY_ARG)?,
-            ("pgbouncer", Some(bin)) => start_pgbouncer(c, &bin, out)?,
-            ("pgbouncer", None) => {
+            ("pgbouncer" | "pgbouncer-replicas", Some(bin)) => start_pgbouncer(c, &bin, out, name)?,
+            ("pgbouncer" | "pgbouncer-replicas", None) => {
                 println!("pgbouncer: not installed (apt-get install pgbouncer)");
                 continue;
             }
@@ -1143,14 +1209,15 @@ fn main() -> Result<()> {
     let targets = start_targets(&c, &o, &out)?;
     // Warm-up, not reported: caches, pools, lagrouter's replicas turning Healthy.
     // Transactions the replicas ran in the warm-up: lagrouter's, and the
-    // direct-replicas target's (taken off the replicas' count).
+    // direct-replicas and pgbouncer-replicas targets' (taken off the
+    // replicas' count).
     let (mut warmup_xacts, mut warmup_direct) = (0, 0);
     for t in targets.iter().filter(|_| o.warmup > 0) {
         let log = out.join(format!("warmup-{}.log", t.name));
         let run = run_pgbench(&c, &o, t, &("select", "simple".into()), o.warmup, &log)?;
         match t.name.as_str() {
             t if reads_replicas(t) => warmup_xacts += run.xacts,
-            "direct-replicas" => warmup_direct += run.xacts,
+            t if others_on_replicas(t) => warmup_direct += run.xacts,
             _ => {}
         }
     }

@@ -114,8 +114,10 @@ fn two_halves_of_a_split_run_add_up() {
     };
     let ok = Some(std::process::ExitStatus::default());
     let mut a = common::Pgbench::from_log(&log("1000.0", false), ok, 8);
-    // The host's CPU was measured beside the first half only.
+    // The host's CPU, and the proxy's (one proxy serving both halves, as
+    // `pgbouncer-replicas` does), were measured beside the first half only.
     a.host_us = Some(300.0);
+    (a.cpu_us, a.user_us, a.sys_us, a.switches) = (Some(30.0), Some(6.0), Some(24.0), Some(3.0));
     assert_eq!(
         a.tps,
         Some(1000.0),
@@ -126,6 +128,11 @@ fn two_halves_of_a_split_run_add_up() {
     a.combine(&b);
     assert_eq!(a.tps, Some(1500.0));
     assert_eq!(a.host_us, Some(200.0), "the host's time over both halves'");
+    assert_eq!(
+        (a.cpu_us, a.user_us, a.sys_us, a.switches),
+        (Some(20.0), Some(4.0), Some(16.0), Some(2.0)),
+        "the proxy's time and switches over both halves'"
+    );
     assert_eq!(a.xacts, 6000);
     assert_eq!((a.aborted, a.status.as_str()), (1, "ABORT(1)"));
 }

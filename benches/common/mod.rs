@@ -397,15 +397,22 @@ impl Pgbench {
     }
 
     /// Adds `other`, a pgbench that ran at the same time against another
-    /// server: TPS and counts add up; the worse status and the shorter
-    /// window stand.
+    /// server, or the same proxy: TPS and counts add up; the worse status
+    /// and the shorter window stand.
     pub fn combine(&mut self, other: &Pgbench) {
-        // Both ran in the same window: the host's busy time per
-        // transaction is over both halves' transactions.
-        self.host_us = match (self.host_us, self.tps, other.tps) {
-            (Some(h), Some(a), Some(b)) if a + b > 0.0 => Some(h * a / (a + b)),
+        // Both ran in the same window: the host's busy time, and the
+        // proxy's CPU when one proxy served both halves, are per
+        // transaction of both.
+        let share = match (self.tps, other.tps) {
+            (Some(a), Some(b)) if a + b > 0.0 => Some(a / (a + b)),
             _ => None,
         };
+        let per_both = |v: Option<f64>| v.zip(share).map(|(v, s)| v * s);
+        self.host_us = per_both(self.host_us);
+        self.cpu_us = per_both(self.cpu_us);
+        self.user_us = per_both(self.user_us);
+        self.sys_us = per_both(self.sys_us);
+        self.switches = per_both(self.switches);
         self.tps = self.tps.zip(other.tps).map(|(a, b)| a + b);
         self.xacts += other.xacts;
         self.failed += other.failed;
