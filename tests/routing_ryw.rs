@@ -353,10 +353,13 @@ async fn causal_token_makes_other_connections_see_the_write() {
         .parse()
         .unwrap_or_else(|e| panic!("token {token:?} is no LSN: {e:?}"));
     eprintln!("token after A's insert: {token}");
-    // The token is a real position: at or before the primary's, and past
-    // what the paused replicas replayed (else this test could not fail).
+    // The token is a real position: at or before the primary's insert
+    // position (what lagrouter asks for; the write position can trail it
+    // while WAL inserted since, the heartbeat's say, is not written yet),
+    // and past what the paused replicas replayed (else this test could
+    // not fail).
     let check = format!(
-        "select pg_current_wal_lsn() >= '{lsn}'::pg_lsn, \
+        "select pg_current_wal_insert_lsn() >= '{lsn}'::pg_lsn, \
          exists (select from tok_rows where id = 1)"
     );
     assert_eq!(
@@ -606,7 +609,8 @@ async fn an_unknown_commit_position_keeps_the_sessions_reads_on_the_primary() {
         .await
         .expect("a position once the question works");
     assert!(Some(learned) > before, "{learned} is not past {before:?}");
-    let check = format!("select pg_current_wal_lsn() >= '{learned}'::pg_lsn");
+    // A real position (see the token's check above).
+    let check = format!("select pg_current_wal_insert_lsn() >= '{learned}'::pg_lsn");
     assert_eq!(blocking(move |c| c.sql(0, &check)).await.unwrap(), "t");
 
     paused.resume().await;
