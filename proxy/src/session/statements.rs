@@ -32,6 +32,8 @@ pub struct Statement {
     pub analysis: AnalysisMemo,
     /// It is a plain `COMMIT` ([`lagrouter_routing::is_plain_commit`]).
     pub commit: bool,
+    /// It is a plain `BEGIN` ([`lagrouter_routing::is_plain_begin`]).
+    pub begin: bool,
 }
 
 impl Statement {
@@ -63,6 +65,9 @@ pub fn server_name(text: &[u8], param_types: &[u8]) -> Arc<str> {
 #[derive(Default)]
 pub struct Statements {
     by_name: HashMap<String, Arc<Statement>, FxBuild>,
+    /// How many of them are a plain `BEGIN`: with none, a Bind that
+    /// starts a transaction is not looked up to see whether it begins one.
+    begins: usize,
 }
 
 impl Statements {
@@ -95,9 +100,18 @@ impl Statements {
             drops,
             analysis: AnalysisMemo::default(),
             commit: lagrouter_routing::is_plain_commit(query),
+            begin: lagrouter_routing::is_plain_begin(query),
         });
-        self.by_name.insert(name.to_string(), s.clone());
+        self.begins += usize::from(s.begin);
+        if let Some(old) = self.by_name.insert(name.to_string(), s.clone()) {
+            self.begins -= usize::from(old.begin);
+        }
         Some(s)
+    }
+
+    /// Whether any of them is a plain `BEGIN`.
+    pub fn may_begin(&self) -> bool {
+        self.begins > 0
     }
 
     /// The statement called `name`.
@@ -107,7 +121,9 @@ impl Statements {
 
     /// Forgets `name` (Close, `DEALLOCATE name`); whether it was known.
     pub fn remove(&mut self, name: &str) -> Option<Arc<Statement>> {
-        self.by_name.remove(name)
+        let s = self.by_name.remove(name)?;
+        self.begins -= usize::from(s.begin);
+        Some(s)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,6 +133,7 @@ impl Statements {
     /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.begins = 0;
     }
 }
 
@@ -147,6 +164,36 @@ mod tests {
         assert_eq!(a.get("s").unwrap().server_name, t.server_name);
         a.remove("s");
         assert!(a.get("s").is_none());
+    }
+
+    #[test]
+    fn plain_begins_are_counted_through_replace_remove_and_clear() {
+        let mut a = Statements::default();
+        assert!(!a.may_begin());
+        a.insert("s", "SELECT 1", None, &[], false).unwrap();
+        assert!(!a.may_begin());
+        assert!(a.insert("b", "begin", None, &[], false).unwrap().begin);
+        a.insert("b2", "START TRANSACTION", None, &[], false)
+            .unwrap();
+        assert_eq!(a.begins, 2);
+        // The same again changes nothing; another text in its place does.
+        a.insert("b", "begin", None, &[], false).unwrap();
+        assert_eq!(a.begins, 2);
+        a.insert("b", "SELECT 2", None, &[], false).unwrap();
+        assert_eq!(a.begins, 1);
+        // Not a plain BEGIN: not counted.
+        a.insert("s", "BEGIN ISOLATION LEVEL SERIALIZABLE", None, &[], false);
+        assert_eq!(a.begins, 1);
+        a.insert("w", "begin work", None, &[], false).unwrap();
+        assert_eq!(a.begins, 2);
+        assert!(a.remove("b2").is_some());
+        assert!(a.remove("b2").is_none());
+        assert_eq!(a.begins, 1);
+        assert!(a.may_begin());
+        a.clear();
+        assert!(!a.may_begin());
+        a.insert("x", "BEGIN", None, &[], false).unwrap();
+        assert!(a.may_begin());
     }
 
     /// Two LATIN1 texts that routing reads alike ("é" and "è" are both

@@ -231,7 +231,9 @@ impl<S: ClientStream> Session<S> {
         routed.now = crate::rt::now();
         let attached = match self.attach_routed_now(routed) {
             Ok(_) => Ok(()),
-            Err(routed) => Box::pin(self.attach_routed_waiting(routed)).await.map(drop),
+            Err(routed) => small_box(self.attach_routed_waiting(routed))
+                .await
+                .map(drop),
         };
         if let Err(e) = attached {
             self.open = OpenTxn::failed();
@@ -285,8 +287,8 @@ impl<S: ClientStream> Session<S> {
     /// transactions wait for the pool.
     pub(super) fn attach_waiting(&mut self, wait: AttachWait) -> AttachFuture<'_> {
         match wait {
-            AttachWait::Pool(routed) => Box::pin(self.attach_routed_waiting(routed)),
-            AttachWait::CatchUp(wait) => Box::pin(async move {
+            AttachWait::Pool(routed) => small_box(self.attach_routed_waiting(routed)),
+            AttachWait::CatchUp(wait) => small_box(async move {
                 let routed = self.caught_up(*wait).await?;
                 match self.attach_routed_now(routed) {
                     Ok(fx) => Ok(fx),
@@ -308,7 +310,7 @@ impl<S: ClientStream> Session<S> {
     ) -> AttachFuture<'a> {
         match later {
             Later::Wait(wait) => self.attach_waiting(wait),
-            Later::Attach => Box::pin(self.attach(sql, Some(frame), memo)),
+            Later::Attach => small_box(self.attach(sql, Some(frame), memo)),
         }
     }
 

@@ -173,12 +173,15 @@ impl<S: ClientStream> Session<S> {
         if self.txn == Txn::Replica && self.expect.unsynced_idle() {
             Box::pin(self.leave_replica_for_write(&msg)).await?;
         }
-        if self.server.is_none()
-            && (self.answer_failed_txn(&msg)
-                || (matches!(msg, ClientMsg::Parse(_) | ClientMsg::Bind(_))
-                    && self.begin_batch_locally(&msg).await))
-        {
-            return Ok(());
+        if self.server.is_none() {
+            if self.answer_failed_txn(&msg) {
+                return Ok(());
+            }
+            if let Some(batch) = self.plain_begin_batch(&msg)
+                && self.begin_batch(batch).await
+            {
+                return Ok(());
+            }
         }
         match msg {
             ClientMsg::Query(sql) => self.on_query(sql, frame).await,
@@ -201,7 +204,7 @@ impl<S: ClientStream> Session<S> {
                 // Boxed with the Bind, and awaited outside the match: held
                 // here across the wait, or the match's value with it, they
                 // would take room in every state of this future.
-                Box::pin(self.bind_waiting(b, frame, later, stmt)).await;
+                small_box(self.bind_waiting(b, frame, later, stmt)).await;
                 Ok(())
             }
             ClientMsg::Describe(t) => {

@@ -26,6 +26,17 @@ use crate::protocol::tag::{be, target};
 use super::attach::{Routed, Routing};
 use super::*;
 
+/// A batch that only runs a plain `BEGIN` ([`Session::plain_begin_batch`]).
+pub(super) struct BeginBatch {
+    sql: Box<str>,
+    /// Its bytes in the client buffer past its first message.
+    len: usize,
+    /// What the server would answer but the ReadyForQuery.
+    answers: BytesMut,
+    /// It starts with a Parse (of the unnamed statement).
+    parsed: bool,
+}
+
 /// See the module documentation.
 #[derive(Default)]
 pub(super) enum OpenTxn {
@@ -74,54 +85,70 @@ impl<S: ClientStream> Session<S> {
         self.begin(sql, None, BytesMut::new()).await
     }
 
-    /// Answers the client's batch, of which `first` (a Parse or a Bind)
-    /// was read and the rest is in the buffer up to its Sync, when it only
-    /// runs a plain `BEGIN` with no transaction open (transaction
-    /// pooling), as [`Self::begin_locally`] does a simple query: a Parse
-    /// of the unnamed statement or a Bind of one of the client's
+    /// The client's batch, of which `first` (a Parse or a Bind) was read
+    /// and the rest is in the buffer up to its Sync, when it only runs a
+    /// plain `BEGIN` with no transaction open (transaction pooling): a
+    /// Parse of the unnamed statement or a Bind of one of the client's
     /// statements, with no parameters, then at most a Describe, an
-    /// Execute, and the Sync. The rest of the batch is consumed. `false`:
-    /// anything else, handled as usual.
-    pub(super) async fn begin_batch_locally(&mut self, first: &ClientMsg<'_>) -> bool {
-        if !matches!(self.open, OpenTxn::None) || self.config.pool.mode != PoolMode::Transaction {
-            return false;
-        }
-        let mut answers = BytesMut::new();
-        let (sql, mut bound) = match first {
+    /// Execute, and the Sync. [`Self::begin_batch`] answers it. `None`:
+    /// anything else, handled as usual. On the path of every
+    /// extended-protocol transaction, where the test nearly always fails
+    /// at the first message: that test is inlined, the rest out of line,
+    /// and no future is built (an `async fn` was, for each).
+    #[inline]
+    pub(super) fn plain_begin_batch(&self, first: &ClientMsg<'_>) -> Option<BeginBatch> {
+        let (sql, portal) = match first {
             ClientMsg::Parse(p)
                 if p.name.is_empty()
                     && p.param_types.iter().all(|b| *b == 0)
                     && lagrouter_routing::is_plain_begin(p.query) =>
             {
-                backend::empty(&mut answers, be::PARSE_COMPLETE);
                 (p.query, None)
             }
-            ClientMsg::Bind(b) => match self.statements.get(b.statement) {
-                Some(s)
-                    if self.local.statement(b.statement).is_none()
-                        && lagrouter_routing::is_plain_begin(&s.query)
-                        && frontend::bind_parameter_count(b.rest) == Ok(0) =>
-                {
-                    backend::empty(&mut answers, be::BIND_COMPLETE);
-                    (&*s.query, Some(b.portal))
+            // Looked up only when the client prepared a plain `BEGIN`.
+            ClientMsg::Bind(b) if self.statements.may_begin() => {
+                match self.statements.get(b.statement) {
+                    Some(s)
+                        if s.begin
+                            && self.local.statement(b.statement).is_none()
+                            && frontend::bind_parameter_count(b.rest) == Ok(0) =>
+                    {
+                        (&*s.query, Some(b.portal))
+                    }
+                    _ => return None,
                 }
-                _ => return false,
-            },
-            _ => return false,
+            }
+            _ => return None,
         };
+        self.plain_begin_batch_rest(sql, portal)
+    }
+
+    /// [`Self::plain_begin_batch`] past its first message, a Parse of
+    /// `sql` (`portal`: `None`) or a Bind of it to `portal`.
+    #[inline(never)]
+    fn plain_begin_batch_rest(&self, sql: &str, portal: Option<&str>) -> Option<BeginBatch> {
+        if !matches!(self.open, OpenTxn::None) || self.config.pool.mode != PoolMode::Transaction {
+            return None;
+        }
+        let (parsed, mut bound) = (portal.is_none(), portal);
+        let mut answers = BytesMut::new();
+        let first = if parsed {
+            be::PARSE_COMPLETE
+        } else {
+            be::BIND_COMPLETE
+        };
+        backend::empty(&mut answers, first);
         // The rest of the batch, as the shape above allows.
         let (mut at, mut executed) = (0, false);
         let buf = &self.cbuf[..];
         loop {
             let Ok(Some((tag, total))) = peek_header(&buf[at..], MAX_MESSAGE_LEN) else {
-                return false;
+                return None;
             };
-            let Some(frame) = buf.get(at + 5..at + total) else {
-                return false;
-            };
+            let frame = buf.get(at + 5..at + total)?;
             at += total;
             let Ok(Some(msg)) = ClientMsg::decode(tag, frame) else {
-                return false;
+                return None;
             };
             match (msg, bound) {
                 (ClientMsg::Bind(b), None)
@@ -141,13 +168,24 @@ impl<S: ClientStream> Session<S> {
                     executed = true;
                 }
                 (ClientMsg::Sync, Some(_)) if executed => break,
-                _ => return false,
+                _ => return None,
             }
         }
-        let sql: Box<str> = sql.into();
-        let parsed = matches!(first, ClientMsg::Parse(_));
-        let done = self.begin(&sql, Some(at), answers).await;
-        if done && parsed {
+        Some(BeginBatch {
+            sql: sql.into(),
+            len: at,
+            answers,
+            parsed,
+        })
+    }
+
+    /// Answers `batch`, a plain `BEGIN` in the extended protocol, as
+    /// [`Self::begin_locally`] does a simple query, and consumes the rest
+    /// of it. `false`: it was attached instead, and its first message is
+    /// handled as usual.
+    pub(super) async fn begin_batch(&mut self, batch: BeginBatch) -> bool {
+        let done = self.begin(&batch.sql, Some(batch.len), batch.answers).await;
+        if done && batch.parsed {
             // The unnamed statement is the `BEGIN` now.
             self.unnamed_commit = false;
         }
@@ -168,7 +206,7 @@ impl<S: ClientStream> Session<S> {
         // `BEGIN` is, nothing waits and no future is built.
         let routed = match self.route_now(sql, None, None) {
             Ok(Routing::Done(routed)) => Ok(routed),
-            Ok(Routing::CatchUp(wait)) => Box::pin(self.caught_up(*wait)).await,
+            Ok(Routing::CatchUp(wait)) => small_box(self.caught_up(*wait)).await,
             Err(e) => Err(e),
         };
         let e = match routed {
@@ -192,7 +230,7 @@ impl<S: ClientStream> Session<S> {
             }
             Ok(routed) => match self.attach_routed_now(routed) {
                 Ok(_) => return false,
-                Err(routed) => match Box::pin(self.attach_routed_waiting(routed)).await {
+                Err(routed) => match small_box(self.attach_routed_waiting(routed)).await {
                     Ok(_) => return false,
                     Err(e) => e,
                 },
