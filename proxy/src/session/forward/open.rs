@@ -93,8 +93,8 @@ impl<S: ClientStream> Session<S> {
     /// Execute, and the Sync. [`Self::begin_batch`] answers it. `None`:
     /// anything else, handled as usual. On the path of every
     /// extended-protocol transaction, where the test nearly always fails
-    /// at the first message: that test is inlined, the rest out of line,
-    /// and no future is built (an `async fn` was, for each).
+    /// at the first message: a plain function (an `async fn` built and
+    /// polled a future for each), its rest out of line.
     #[inline]
     pub(super) fn plain_begin_batch(&self, first: &ClientMsg<'_>) -> Option<BeginBatch> {
         let (sql, portal) = match first {
