@@ -361,18 +361,31 @@ impl ServerPool {
         }
     }
 
-    /// [`Self::checkout`] past [`Self::try_checkout`]: waits for a permit,
-    /// then takes an idle connection or opens one.
-    async fn checkout_waiting(
+    /// [`Self::checkout`] past [`Self::try_checkout`]: waits for a permit
+    /// (at most `cfg.checkout_timeout` from `now`), then takes an idle
+    /// connection or opens one. For a caller whose `try_checkout` just
+    /// failed: it does not try again.
+    pub async fn checkout_waiting(
         self: Arc<Self>,
         cfg: &PoolConfig,
         login: &ServerLogin,
         now: Instant,
     ) -> Result<PooledConn, ProxyError> {
-        let now = match self.wait_turn(cfg, now).await? {
+        let turn = Turn {
+            pool: &self,
+            state: TurnState::New {
+                deadline: now + cfg.checkout_timeout,
+                max_waiters: cfg.max_waiters,
+            },
+        };
+        let now = match turn.await? {
             Turned::Free => now,
-            Turned::Permit => Instant::now(),
+            Turned::Permit => {
+                self.waited(now);
+                Instant::now()
+            }
             Turned::Conn(mut conn) => {
+                self.waited(now);
                 // Handed over as it came back, by a session that may be on
                 // another worker loop.
                 if !conn.stream.tcp().on_this_worker() {
@@ -382,6 +395,15 @@ impl ServerPool {
                 return Ok(PooledConn {
                     conn: Some(conn),
                     pool: self,
+                });
+            }
+            Turned::TimedOut => {
+                self.waited(now);
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(ProxyError::CheckoutTimeout {
+                    pool: self.label(),
+                    timeout_ms: cfg.checkout_timeout.as_millis(),
+                    size: self.size(),
                 });
             }
         };
@@ -460,16 +482,22 @@ impl ServerPool {
         tracing::warn!(pool = %self.label(), "cannot open a server connection: {e}");
     }
 
-    /// A permit for a checkout, taken at once if one is free, else after
-    /// waiting in line for at most `cfg.checkout_timeout` from `now`.
-    /// The caller holds what comes (it goes back with [`Permit`] or the
-    /// [`PooledConn`]).
-    async fn wait_turn(
+    /// Records a checkout that waited since `since`. Only checkouts that
+    /// had to wait are timed: the fast path stays free of metrics work.
+    fn waited(&self, since: Instant) {
+        self.checkout_wait.record(since.elapsed().as_secs_f64());
+    }
+
+    /// Queues a waiter that `waker` wakes, unless a permit is free (then
+    /// taken: `Ok(None)`) or the line is full. Its first poll is the one
+    /// that queues it, so the waker goes in with it: no poll after that
+    /// finds it still waiting, and no lock on its grant is taken for it.
+    fn enqueue(
         self: &Arc<Self>,
-        cfg: &PoolConfig,
-        now: Instant,
-    ) -> Result<Turned, ProxyError> {
-        let deadline = now + cfg.checkout_timeout;
+        deadline: Instant,
+        max_waiters: usize,
+        waker: &Waker,
+    ) -> Result<Option<Arc<Waiter>>, ProxyError> {
         let mut start_watch = false;
         let mut hurry_watch = false;
         let waiter = self.with_idle(|idle| {
@@ -478,16 +506,16 @@ impl ServerPool {
                 return Ok(None);
             }
             let waiting = self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-            if waiting >= cfg.max_waiters {
+            if waiting >= max_waiters {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 return Err(ProxyError::TooManyWaiters {
                     pool: self.label(),
-                    limit: cfg.max_waiters,
+                    limit: max_waiters,
                 });
             }
             let w = Arc::new(Waiter {
                 deadline,
-                grant: Mutex::new(Grant::Waiting(None)),
+                grant: Mutex::new(Grant::Waiting(Some(waker.clone()))),
             });
             idle.waiters.push_back(w.clone());
             match idle.watch_until {
@@ -499,31 +527,12 @@ impl ServerPool {
             }
             Ok(Some(w))
         })?;
-        let Some(waiter) = waiter else {
-            return Ok(Turned::Free);
-        };
-        let _counted = Decrement(&self.stats.waiting);
         if start_watch {
             self.timers.run(watch_deadlines(self.clone()));
         } else if hurry_watch {
             self.watch_sooner.notify_one();
         }
-        let got = Turn { pool: self, waiter }.await;
-        // Only checkouts that had to wait are timed: the fast path stays
-        // free of metrics work.
-        self.checkout_wait.record(now.elapsed().as_secs_f64());
-        match got {
-            Some(Some(conn)) => Ok(Turned::Conn(conn)),
-            Some(None) => Ok(Turned::Permit),
-            None => {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(ProxyError::CheckoutTimeout {
-                    pool: self.label(),
-                    timeout_ms: cfg.checkout_timeout.as_millis(),
-                    size: self.size(),
-                })
-            }
-        }
+        Ok(waiter)
     }
 
     /// Takes back a connection that is clean and idle: to the first
@@ -573,7 +582,7 @@ impl ServerPool {
     }
 }
 
-/// What [`ServerPool::wait_turn`] got.
+/// What a [`Turn`] came to.
 enum Turned {
     /// A permit that was free: no wait.
     Free,
@@ -581,40 +590,85 @@ enum Turned {
     Permit,
     /// A connection as it came back, with its permit.
     Conn(Box<ServerConn>),
+    /// Nothing: the deadline passed first.
+    TimedOut,
 }
 
-/// A [`Waiter`]'s turn: its connection (`Some(Some)`), its permit
-/// (`Some(None)`), or `None` once its deadline passed. Dropped before,
-/// it gives back what it was given.
+/// A checkout's turn in its pool's line. Its first poll takes a free
+/// permit ([`Turned::Free`]), or refuses a full line, or queues a
+/// [`Waiter`] with the poll's waker; a queued turn is ready with what the
+/// waiter was given, or [`Turned::TimedOut`]. Dropped while queued, it
+/// gives back what it was given.
 struct Turn<'a> {
-    pool: &'a ServerPool,
-    waiter: Arc<Waiter>,
+    pool: &'a Arc<ServerPool>,
+    state: TurnState,
+}
+
+enum TurnState {
+    New {
+        deadline: Instant,
+        max_waiters: usize,
+    },
+    /// In the line, counted in `stats.waiting`.
+    Queued(Arc<Waiter>),
+    Done,
 }
 
 impl Future for Turn<'_> {
-    type Output = Option<Option<Box<ServerConn>>>;
+    type Output = Result<Turned, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut g = self.waiter.grant.lock().unwrap_or_else(|p| p.into_inner());
-        match std::mem::replace(&mut *g, Grant::Gone) {
-            Grant::Waiting(w) => {
-                *g = Grant::Waiting(match w {
-                    Some(w) if w.will_wake(cx.waker()) => Some(w),
-                    _ => Some(cx.waker().clone()),
-                });
-                Poll::Pending
+        let this = self.get_mut();
+        let got = match &this.state {
+            TurnState::New {
+                deadline,
+                max_waiters,
+            } => match this.pool.enqueue(*deadline, *max_waiters, cx.waker()) {
+                Ok(Some(w)) => {
+                    this.state = TurnState::Queued(w);
+                    return Poll::Pending;
+                }
+                Ok(None) => {
+                    this.state = TurnState::Done;
+                    return Poll::Ready(Ok(Turned::Free));
+                }
+                Err(e) => {
+                    this.state = TurnState::Done;
+                    return Poll::Ready(Err(e));
+                }
+            },
+            TurnState::Queued(w) => {
+                let mut g = w.grant.lock().unwrap_or_else(|p| p.into_inner());
+                match std::mem::replace(&mut *g, Grant::Gone) {
+                    Grant::Waiting(w) => {
+                        *g = Grant::Waiting(match w {
+                            Some(w) if w.will_wake(cx.waker()) => Some(w),
+                            _ => Some(cx.waker().clone()),
+                        });
+                        return Poll::Pending;
+                    }
+                    Grant::Conn(c) => Turned::Conn(c),
+                    Grant::Permit => Turned::Permit,
+                    Grant::TimedOut | Grant::Gone => Turned::TimedOut,
+                }
             }
-            Grant::Conn(c) => Poll::Ready(Some(Some(c))),
-            Grant::Permit => Poll::Ready(Some(None)),
-            Grant::TimedOut | Grant::Gone => Poll::Ready(None),
-        }
+            TurnState::Done => panic!("Turn polled after it was ready"),
+        };
+        // The grant is `Gone` now: nothing for `drop` to give back.
+        this.state = TurnState::Done;
+        this.pool.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        Poll::Ready(Ok(got))
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        let TurnState::Queued(w) = &self.state else {
+            return;
+        };
+        self.pool.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         let given = {
-            let mut g = self.waiter.grant.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = w.grant.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *g, Grant::Gone)
         };
         match given {
@@ -673,13 +727,6 @@ struct Permit<'a>(&'a ServerPool);
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.0.return_permit();
-    }
-}
-
-struct Decrement<'a>(&'a AtomicUsize);
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

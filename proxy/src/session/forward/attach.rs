@@ -495,7 +495,9 @@ impl<S: ClientStream> Session<S> {
     }
 
     /// [`Self::attach_routed_now`] when it could not: waits for
-    /// a connection of the pool, or falls back to the primary.
+    /// a connection of the pool, or falls back to the primary. Only for
+    /// `routed` as `attach_routed_now` gave it back, just now: the pool is
+    /// not tried again before the wait.
     ///
     /// A plain function around an `async` block: the block holds only
     /// what the wait needs, where an `async fn` keeps its argument
@@ -520,8 +522,9 @@ impl<S: ClientStream> Session<S> {
         async move {
             let got = match refused {
                 Some(e) => Err(e),
+                // `attach_routed_now` tried the pool a moment ago.
                 None => {
-                    pool.checkout(&self.config.pool, &self.user.server_login, now)
+                    pool.checkout_waiting(&self.config.pool, &self.user.server_login, now)
                         .await
                 }
             };
