@@ -46,8 +46,9 @@ const READ_AHEAD_LIMIT: usize = 4 * 1024 * 1024;
 /// A server connection holding more prepared statements is closed on release.
 const MAX_SERVER_STATEMENTS: usize = 5_000;
 const READ_CHUNK: usize = 16 * 1024;
-/// Client messages up to this size are copied out of the read buffer to be
-/// handled; larger ones are split off it (no copy).
+/// Client messages up to this size are handled in the read buffer when
+/// the hot path takes them, and copied out of it when they need the
+/// slow one (routing); larger ones are split off it (no copy).
 const COPIED_FRAME: usize = 8 * 1024;
 /// Before routing, an extended-protocol batch is read up to its Sync or
 /// Flush so every statement in it is classified; larger batches are routed
@@ -236,7 +237,7 @@ pub struct Session<S> {
     server_stream: Passthrough,
     /// This session in the admin console's client list (while it runs).
     registered: Option<ClientEntry>,
-    /// The client message being handled (see [`COPIED_FRAME`]), reused.
+    /// The client message being routed (see [`COPIED_FRAME`]), reused.
     frame_buf: BytesMut,
     /// The last text routing analyzed (of a simple query or an unnamed
     /// statement), tried first for the next.
@@ -534,20 +535,30 @@ impl<S: ClientStream> Session<S> {
                 return Ok(());
             }
             if total <= COPIED_FRAME {
-                // Copied out (cheaper than splitting the buffer, which makes
-                // it shared and reference-counts every message), so the
-                // client buffer stays free for the batch lookahead.
-                let mut frame = std::mem::take(&mut self.frame_buf);
-                frame.clear();
-                frame.extend_from_slice(&self.cbuf[..total]);
-                self.cbuf.advance(total);
-                self.batch.consumed(total);
-                let handled = match self.on_client_message_now(tag, &frame) {
-                    Some(r) => r,
-                    None => self.on_client_message(tag, &frame).await,
-                };
-                self.frame_buf = frame;
-                handled?;
+                // A message of an attached transaction (the hot path) is
+                // handled where it lies: the buffer is lent out while the
+                // handler, which never looks at it, runs.
+                let cbuf = std::mem::take(&mut self.cbuf);
+                let now = self.on_client_message_now(tag, &cbuf[..total]);
+                self.cbuf = cbuf;
+                if let Some(r) = now {
+                    self.cbuf.advance(total);
+                    self.batch.consumed(total);
+                    r?;
+                } else {
+                    // Copied out (cheaper than splitting the buffer, which
+                    // makes it shared and reference-counts every message),
+                    // so the client buffer stays free for the batch
+                    // lookahead routing reads.
+                    let mut frame = std::mem::take(&mut self.frame_buf);
+                    frame.clear();
+                    frame.extend_from_slice(&self.cbuf[..total]);
+                    self.cbuf.advance(total);
+                    self.batch.consumed(total);
+                    let handled = self.on_client_message(tag, &frame).await;
+                    self.frame_buf = frame;
+                    handled?;
+                }
             } else {
                 let frame = self.cbuf.split_to(total);
                 self.batch.consumed(total);
