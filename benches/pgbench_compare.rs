@@ -1186,6 +1186,10 @@ fn main() -> Result<()> {
         println!("pgbench_compare: run it with `cargo bench --bench pgbench_compare`");
         return Ok(());
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("cargo bench --bench pgbench_compare -- [options]\n{USAGE}");
+        return Ok(());
+    }
     if let Some(at) = args.iter().position(|a| a == "--summarize") {
         // cargo bench adds --bench after the user's arguments.
         let files: Vec<String> = args[at + 1..]
