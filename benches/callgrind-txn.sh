@@ -47,6 +47,16 @@
 #   instruction as one, but each costs tens of cycles: an ordering the
 #   instruction count does not show.
 #
+#   NET=1 counts the transactions net of the logins: pgbench connects its
+#   clients again for the measured run, and at 400 clients of 50
+#   transactions each a login is 1 in 50 transactions (a SCRAM exchange:
+#   about a fifth of a short run's instructions). It runs the measured
+#   pgbench twice, NT then 2 x NT transactions per client, dumps after
+#   each, and reports the second less the first over the transactions
+#   the second ran more: the logins, as many in both, cancel. The
+#   profiles left are both runs' dumps (NN.1-TT and NN.2-TT); FOOTPRINT and
+#   LOCKS read the second, per transaction of that run, logins included.
+#
 #   The proxy must accept user app, password app, database app on 127.0.0.1
 #   (PGUSER, PGPASSWORD, PGDATABASE override). RUNAS="runuser -u postgres --"
 #   runs the proxy as another user (PgBouncer refuses to run as root).
@@ -95,9 +105,21 @@ vp=$(pgrep -f "callgrind-out-file=$out/$label" | tail -1)
 pgbench -h 127.0.0.1 -p "$port" -n $pgargs -t "$nw" >/dev/null 2>&1 || { echo "callgrind-txn: warm-up failed" >&2; exit 1; }
 ${RUNAS:-} callgrind_control -z "$vp" >/dev/null
 # shellcheck disable=SC2086
-txns=$(pgbench -h 127.0.0.1 -p "$port" -n $pgargs -t "$nt" 2>&1 | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-[[ -n $txns && $txns -gt 0 ]] || { echo "callgrind-txn: pgbench failed" >&2; exit 1; }
-${RUNAS:-} callgrind_control -d "$vp" >/dev/null
+measure() { # transactions per client; prints the transactions run
+    local n
+    # shellcheck disable=SC2086
+    n=$(pgbench -h 127.0.0.1 -p "$port" -n $pgargs -t "$1" 2>&1 | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    [[ -n $n && $n -gt 0 ]] || { echo "callgrind-txn: pgbench failed" >&2; exit 1; }
+    ${RUNAS:-} callgrind_control -d "$vp" >/dev/null
+    echo "$n"
+}
+txns=$(measure "$nt")
+part=1
+if [[ ${NET:-0} == 1 ]]; then
+    first_txns=$txns
+    txns=$(measure $((2 * nt)))
+    part=2
+fi
 sleep 1
 cleanup
 vp=
@@ -107,13 +129,28 @@ vp=
 # thread; the others are
 # lagrouter's main thread (listener, maintenance), health monitor and
 # blocking pool (a server login's key stretching runs there).
-first_prof=$(ls -t "$out/$label".*.1-01 | head -1)
+first_prof=$(ls -t "$out/$label".*."$part"-01 | head -1)
 profs=("${first_prof%-01}"-*)
 # Events: Ir, or with CACHE_SIM=1 Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-sum_of() { # field number, files...
+sum_part() { # field number, files...
     local k=$1
     shift
     sed -n 's/^summary: //p' "$@" | awk -v k="$k" '{ s += $k } END { print s + 0 }'
+}
+# With NET=1, a file's count less that of the same thread in the first
+# run's dump (part 1).
+sum_of() { # field number, files...
+    local k=$1 n
+    shift
+    n=$(sum_part "$k" "$@")
+    if [[ $part == 2 ]]; then
+        local f firsts=()
+        for f in "$@"; do
+            [[ -e ${f%.2-*}.1-${f##*.2-} ]] && firsts+=("${f%.2-*}.1-${f##*.2-}")
+        done
+        ((${#firsts[@]} > 0)) && n=$((n - $(sum_part "$k" "${firsts[@]}")))
+    fi
+    echo "$n"
 }
 per_txn() { awk -v m="$1" -v t="$txns" 'BEGIN { printf "%.1f", m / t }'; }
 # Only threads that wait on sockets count: a server login's key stretching
@@ -131,6 +168,11 @@ for pass in sockets any; do
     ((main > 0)) && break
 done
 total=$(sum_of 1 "${profs[@]}")
+run_txns=$txns # the profile's own (FOOTPRINT, LOCKS)
+if [[ $part == 2 ]]; then
+    echo "$label: net of logins: $txns - $first_txns transactions"
+    txns=$((txns - first_txns))
+fi
 echo "$label: $txns transactions, $((total / txns)) instructions per transaction (busiest thread: $((main / txns)); profile $main_prof)"
 if [[ ${CACHE_SIM:-0} == 1 ]]; then
     echo "$label: instruction-cache misses per transaction: $(per_txn "$(sum_of 4 "${profs[@]}")") (busiest thread: $(per_txn "$(sum_of 4 "$main_prof")"))"
@@ -142,7 +184,7 @@ if [[ ${FOOTPRINT:-0} == 1 || ${LOCKS:-0} == 1 ]]; then
     if [[ ${LOCKS:-0} == 1 ]]; then
         command -v objdump >/dev/null || { echo "callgrind-txn: objdump not found (apt-get install binutils)" >&2; exit 1; }
     fi
-    python3 - "$main_prof" "$txns" "${FOOTPRINT:-0}" "${LOCKS:-0}" "$(readlink -f "$proxy_bin")" <<'PY'
+    python3 - "$main_prof" "$run_txns" "${FOOTPRINT:-0}" "${LOCKS:-0}" "$(readlink -f "$proxy_bin")" <<'PY'
 import collections, os, re, subprocess, sys
 path, txns = sys.argv[1], int(sys.argv[2])
 footprint, locks, binary = sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5]
