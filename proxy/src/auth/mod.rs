@@ -3,6 +3,7 @@
 
 pub mod lookup;
 pub mod passthrough;
+pub mod password;
 pub mod scram;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use md5::{Digest, Md5};
 
 pub use lookup::{AuthQuery, LookupError};
 pub use passthrough::{PassThroughError, PassThroughLogin, ScramKeys};
+pub use password::PasswordLogin;
 pub use scram::{ScramExchange, ScramSecret};
 
 /// Why a login failed.
@@ -39,12 +41,20 @@ pub enum Credential {
 #[derive(Clone)]
 pub enum ServerLogin {
     /// A plain-text password: `server_password`, or `password` when it is
-    /// not a verifier or hash.
-    Password(String),
+    /// not a verifier or hash; with the SCRAM keys derived from it, kept
+    /// for the logins that follow.
+    Password(Arc<PasswordLogin>),
     /// SCRAM pass-through, for a `password` that is a SCRAM verifier and
     /// no `server_password`: the client key from this session's client's
     /// proof (`None` in the directory, before any client logged in).
     PassThrough(Option<ScramKeys>),
+}
+
+impl ServerLogin {
+    /// A login with the plain-text `password`.
+    pub fn password(password: &str) -> ServerLogin {
+        ServerLogin::Password(Arc::new(PasswordLogin::new(password)))
+    }
 }
 
 /// A user as the proxy knows it: how to check the client and how to log
@@ -94,9 +104,20 @@ impl UserDirectory {
     /// rounds of HMAC-SHA-256 (about a millisecond), on the thread that
     /// reloads, which also serves sessions; and a salt that changes at a
     /// reload would tell a prober which names exist. For the same reason
-    /// unknown users keep their mock salts.
+    /// unknown users keep their mock salts. A user whose password for the
+    /// nodes did not change keeps the keys derived from it.
     pub fn reloaded(&self, config: &Config) -> UserDirectory {
-        UserDirectory::build(config, self.mock_key, &self.derived)
+        let mut dir = UserDirectory::build(config, self.mock_key, &self.derived);
+        for (name, user) in &mut dir.users {
+            if let (ServerLogin::Password(new), Some(old)) =
+                (&user.server_login, self.users.get(name))
+                && let ServerLogin::Password(kept) = &old.server_login
+                && kept.password() == new.password()
+            {
+                Arc::make_mut(user).server_login = ServerLogin::Password(kept.clone());
+            }
+        }
+        dir
     }
 
     fn build(
@@ -156,7 +177,7 @@ fn user_auth(u: &UserConfig, derive: impl FnOnce(&str) -> ScramSecret) -> UserAu
         name: u.name.clone(),
         credential,
         server_login: match u.backend_password() {
-            Some(p) => ServerLogin::Password(p.to_string()),
+            Some(p) => ServerLogin::password(p),
             None => ServerLogin::PassThrough(None),
         },
         admin: u.admin,
@@ -235,6 +256,22 @@ mod tests {
             unreachable!()
         };
         scram::tests::login(a.clone(), "x").unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_the_node_keys_of_unchanged_passwords() {
+        let login = |d: &UserDirectory, name: &str| match &d.get(name).unwrap().server_login {
+            ServerLogin::Password(p) => p.clone(),
+            ServerLogin::PassThrough(_) => panic!("{name} logs in with its password"),
+        };
+        let first = UserDirectory::from_config(&users("y"));
+        let node_salt = "W22ZaJ0SNY7soEsUEjb6gQ==";
+        login(&first, "a").derive(node_salt, 16).unwrap();
+        login(&first, "b").derive(node_salt, 16).unwrap();
+        let changed = first.reloaded(&users("z"));
+        assert!(login(&changed, "a").kept(node_salt, 16).is_some());
+        assert!(login(&changed, "b").kept(node_salt, 16).is_none());
+        assert_eq!(login(&changed, "b").password(), "z");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! stores the same verifier (same salt and iterations, so the same keys).
 //! The password itself is never known. postgres-protocol's SCRAM client
 //! starts from the password, so this side is written here.
+//!
+//! A login with a plain-text password uses it too, with keys derived from
+//! the password for the salt the node names ([`super::password`]): once
+//! per salt, not once per connection.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -50,9 +54,10 @@ pub enum PassThroughError {
     BadServerSignature,
 }
 
-/// The client side of one SCRAM-SHA-256 exchange with a node, from keys.
+/// The client side of one SCRAM-SHA-256 exchange with a node, from keys
+/// (known at the start, or set once the node named its salt).
 pub struct PassThroughLogin {
-    keys: ScramKeys,
+    keys: Option<ScramKeys>,
     client_first_bare: String,
     nonce: String,
     auth_message: Option<String>,
@@ -61,13 +66,21 @@ pub struct PassThroughLogin {
 impl PassThroughLogin {
     /// Starts the exchange; returns it and the client-first message.
     pub fn start(keys: ScramKeys) -> (PassThroughLogin, String) {
+        let (mut login, first) = PassThroughLogin::start_without_keys();
+        login.keys = Some(keys);
+        (login, first)
+    }
+
+    /// Starts an exchange whose keys come with [`Self::set_keys`], once
+    /// [`Self::offered`] told the node's salt and iteration count.
+    pub fn start_without_keys() -> (PassThroughLogin, String) {
         let nonce = B64.encode(rand::random::<[u8; 18]>());
         // The user name is in the startup message; PostgreSQL ignores n=.
         let client_first_bare = format!("n=,r={nonce}");
         let first = format!("n,,{client_first_bare}");
         (
             PassThroughLogin {
-                keys,
+                keys: None,
                 client_first_bare,
                 nonce,
                 auth_message: None,
@@ -76,8 +89,24 @@ impl PassThroughLogin {
         )
     }
 
-    /// Handles server-first; returns client-final (with the proof).
-    pub fn server_first(&mut self, data: &[u8]) -> Result<String, PassThroughError> {
+    /// The salt (base64) and iteration count the node's server-first
+    /// names, once it is checked to extend this exchange's nonce.
+    pub fn offered(&self, data: &[u8]) -> Result<(String, u32), PassThroughError> {
+        let (_, _, salt, iterations) = self.parse_server_first(data)?;
+        Ok((salt.to_string(), iterations))
+    }
+
+    /// The keys, for an exchange started without them.
+    pub fn set_keys(&mut self, keys: ScramKeys) {
+        self.keys = Some(keys);
+    }
+
+    /// server-first's text, the node's nonce, the salt and the iteration
+    /// count.
+    fn parse_server_first<'d>(
+        &self,
+        data: &'d [u8],
+    ) -> Result<(&'d str, &'d str, &'d str, u32), PassThroughError> {
         let msg = std::str::from_utf8(data)
             .map_err(|_| PassThroughError::Protocol("server-first is not UTF-8"))?;
         let attr = |name: &str| {
@@ -93,17 +122,30 @@ impl PassThroughLogin {
                 "server nonce does not extend ours",
             ));
         }
-        let (salt, iterations) = (attr("s=")?, attr("i=")?);
-        if salt != self.keys.salt_b64 || iterations.parse() != Ok(self.keys.iterations) {
+        let iterations = attr("i=")?
+            .parse()
+            .ok()
+            .filter(|&i| i > 0)
+            .ok_or(PassThroughError::Protocol("bad iteration count"))?;
+        Ok((msg, nonce, attr("s=")?, iterations))
+    }
+
+    /// Handles server-first; returns client-final (with the proof).
+    pub fn server_first(&mut self, data: &[u8]) -> Result<String, PassThroughError> {
+        let (msg, nonce, salt, iterations) = self.parse_server_first(data)?;
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(PassThroughError::Protocol("no keys for the exchange"))?;
+        if salt != keys.salt_b64 || iterations != keys.iterations {
             return Err(PassThroughError::VerifierDiffers);
         }
         // c=biws is base64 of the GS2 header "n,,": no channel binding.
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
-        let stored_key: [u8; 32] = Sha256::digest(self.keys.client_key).into();
+        let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = self
-            .keys
+        let proof: Vec<u8> = keys
             .client_key
             .iter()
             .zip(signature)
@@ -126,7 +168,11 @@ impl PassThroughLogin {
             .and_then(|m| m.strip_prefix("v="))
             .and_then(|v| B64.decode(v).ok())
             .ok_or(PassThroughError::Protocol("server-final has no signature"))?;
-        let expected = hmac(&self.keys.server_key, auth_message.as_bytes());
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(PassThroughError::Protocol("no keys for the exchange"))?;
+        let expected = hmac(&keys.server_key, auth_message.as_bytes());
         if constant_time_eq(&v, &expected) {
             Ok(())
         } else {
@@ -165,6 +211,10 @@ mod tests {
         login.server_final(node_final.as_bytes())
     }
 
+    fn keys_of(login: &PassThroughLogin) -> &ScramKeys {
+        login.keys.as_ref().expect("started with keys")
+    }
+
     #[test]
     fn the_recovered_key_logs_into_a_node_with_the_same_verifier() {
         let v = postgres_protocol::password::scram_sha_256(b"pencil");
@@ -189,7 +239,9 @@ mod tests {
         let (mut login, _) = PassThroughLogin::start(keys);
         let first = format!(
             "r={}xyz,s={},i={}",
-            login.nonce, login.keys.salt_b64, login.keys.iterations
+            login.nonce,
+            keys_of(&login).salt_b64,
+            keys_of(&login).iterations
         );
         login.server_first(first.as_bytes()).unwrap();
         assert_eq!(
@@ -197,7 +249,7 @@ mod tests {
             Err(PassThroughError::BadServerSignature)
         );
         assert!(login.server_final(b"e=invalid-proof").is_err());
-        let (mut fresh, _) = PassThroughLogin::start(login.keys.clone());
+        let (mut fresh, _) = PassThroughLogin::start(keys_of(&login).clone());
         assert!(fresh.server_first(b"r=someone-elses,s=x,i=1").is_err());
     }
 }

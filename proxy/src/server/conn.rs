@@ -8,11 +8,10 @@ use bytes::BytesMut;
 use lagrouter_config::NodeTls;
 use lagrouter_health::Timers;
 use lagrouter_routing::FxBuild;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 
-use crate::auth::{PassThroughError, PassThroughLogin, ServerLogin};
+use crate::auth::{PassThroughError, PassThroughLogin, PasswordLogin, ServerLogin};
 use crate::error::ProxyError;
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::tag::{be, status};
@@ -38,7 +37,9 @@ impl NodeAddr {
 
 /// The SCRAM client of one login: from a password, or pass-through.
 enum Sasl {
-    Password(ScramSha256),
+    /// With keys derived from the password once the node names its salt
+    /// (kept for the next logins: see [`crate::auth::password`]).
+    Password(PassThroughLogin, Arc<PasswordLogin>),
     PassThrough(PassThroughLogin),
 }
 
@@ -174,6 +175,12 @@ impl ServerConn {
         }
     }
 
+    /// The node broke the SCRAM protocol, or could not prove it knows the
+    /// password, in a login with a plain-text password.
+    fn scram_error(&self, e: PassThroughError) -> ProxyError {
+        self.protocol_error(format!("SCRAM: {e}"))
+    }
+
     fn pass_through_error(&self, e: PassThroughError) -> ProxyError {
         ProxyError::NodeAuth {
             node: self.node.name.to_string(),
@@ -200,7 +207,7 @@ impl ServerConn {
                         .map_err(|e| self.protocol_error(e.to_string()))?;
                     let mut out = BytesMut::new();
                     let password = |kind: &str| match login {
-                        ServerLogin::Password(p) => Ok(p.as_str()),
+                        ServerLogin::Password(p) => Ok(p.password()),
                         ServerLogin::PassThrough(_) => Err(ProxyError::NodeAuth {
                             node: self.node.name.to_string(),
                             code: "28P01".into(),
@@ -236,12 +243,8 @@ impl ServerConn {
                             }
                             let (s, first) = match login {
                                 ServerLogin::Password(p) => {
-                                    let s = ScramSha256::new(
-                                        p.as_bytes(),
-                                        ChannelBinding::unsupported(),
-                                    );
-                                    let first = s.message().to_vec();
-                                    (Sasl::Password(s), first)
+                                    let (s, first) = PassThroughLogin::start_without_keys();
+                                    (Sasl::Password(s, p.clone()), first.into_bytes())
                                 }
                                 ServerLogin::PassThrough(Some(keys)) => {
                                     let (s, first) = PassThroughLogin::start(keys.clone());
@@ -262,22 +265,32 @@ impl ServerConn {
                                 self.protocol_error("SASL continue before start".into())
                             })?;
                             let (s, message) = match s {
-                                Sasl::Password(s) => {
-                                    // The salted password takes the node's
-                                    // iteration count (4096 by default:
-                                    // about a millisecond) of hashing: off
-                                    // the event loop.
-                                    let data = data.to_vec();
-                                    let (s, done) = tokio::task::spawn_blocking(move || {
-                                        let mut s = s;
-                                        let done = s.update(&data);
-                                        (s, done)
-                                    })
-                                    .await
-                                    .map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
-                                    done.map_err(|e| self.protocol_error(format!("SCRAM: {e}")))?;
-                                    let m = s.message().to_vec();
-                                    (Sasl::Password(s), m)
+                                Sasl::Password(mut s, p) => {
+                                    let (salt, iterations) =
+                                        s.offered(data).map_err(|e| self.scram_error(e))?;
+                                    let keys = match p.kept(&salt, iterations) {
+                                        Some(keys) => keys,
+                                        // The first login with this salt: the
+                                        // salted password takes the node's
+                                        // iteration count (4096 by default:
+                                        // about a millisecond) of hashing, off
+                                        // the event loop.
+                                        None => {
+                                            let p = p.clone();
+                                            tokio::task::spawn_blocking(move || {
+                                                p.derive(&salt, iterations)
+                                            })
+                                            .await
+                                            .map_err(|e| {
+                                                self.protocol_error(format!("SCRAM: {e}"))
+                                            })?
+                                            .map_err(|e| self.scram_error(e))?
+                                        }
+                                    };
+                                    s.set_keys(keys);
+                                    let m =
+                                        s.server_first(data).map_err(|e| self.scram_error(e))?;
+                                    (Sasl::Password(s, p), m.into_bytes())
                                 }
                                 Sasl::PassThrough(mut s) => {
                                     // Two HMACs and a hash: no key stretching.
@@ -296,9 +309,9 @@ impl ServerConn {
                                 self.protocol_error("SASL final before start".into())
                             })?;
                             match s {
-                                Sasl::Password(mut s) => s.finish(data).map_err(|e| {
-                                    self.protocol_error(format!("SCRAM server proof: {e}"))
-                                })?,
+                                Sasl::Password(s, _) => {
+                                    s.server_final(data).map_err(|e| self.scram_error(e))?
+                                }
                                 Sasl::PassThrough(s) => s
                                     .server_final(data)
                                     .map_err(|e| self.pass_through_error(e))?,

@@ -940,6 +940,107 @@ mod tests {
         (port, accepted)
     }
 
+    /// A node that logs every connection in by SCRAM-SHA-256 against
+    /// `verifier` (as PostgreSQL would, with the role's one salt), then
+    /// keeps it, silent: `(port, logins that succeeded)`. A wrong proof
+    /// gets 28P01 and the connection closed.
+    fn scram_node(verifier: String) -> (u16, Arc<AtomicUsize>) {
+        use crate::auth::{ScramExchange, ScramSecret};
+        use std::io::{Read, Write};
+        fn read_msg(sock: &mut std::net::TcpStream, tagged: bool) -> Option<Vec<u8>> {
+            let mut head = vec![0u8; if tagged { 5 } else { 4 }];
+            sock.read_exact(&mut head).ok()?;
+            let len = u32::from_be_bytes(head[head.len() - 4..].try_into().ok()?) as usize;
+            let mut body = vec![0u8; len.checked_sub(4)?];
+            sock.read_exact(&mut body).ok()?;
+            Some(body)
+        }
+        fn auth(code: u32, data: &[u8]) -> Vec<u8> {
+            let mut m = vec![b'R'];
+            m.extend((8 + data.len() as u32).to_be_bytes());
+            m.extend(code.to_be_bytes());
+            m.extend(data);
+            m
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        let logins = Arc::new(AtomicUsize::new(0));
+        let count = logins.clone();
+        std::thread::spawn(move || {
+            let secret = ScramSecret::parse(&verifier).expect("a verifier");
+            let mut kept = Vec::new();
+            for (pid, sock) in listener.incoming().enumerate() {
+                let Ok(mut sock) = sock else { return };
+                let login = (|| {
+                    read_msg(&mut sock, false)?;
+                    sock.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).ok()?;
+                    let initial = read_msg(&mut sock, true)?;
+                    // Mechanism name, then the client-first's length.
+                    let at = initial.iter().position(|&b| b == 0)? + 1 + 4;
+                    let (ex, first) =
+                        ScramExchange::start(secret.clone(), initial.get(at..)?).ok()?;
+                    sock.write_all(&auth(11, first.as_bytes())).ok()?;
+                    let fin = read_msg(&mut sock, true)?;
+                    let Ok((server_final, _)) = ex.finish(&fin) else {
+                        let mut e = vec![b'E', 0, 0, 0, 0];
+                        e.extend(b"SFATAL\0C28P01\0Mpassword authentication failed\0\0");
+                        let len = (e.len() - 1) as u32;
+                        e[1..5].copy_from_slice(&len.to_be_bytes());
+                        let _ = sock.write_all(&e);
+                        return None;
+                    };
+                    let mut ok = auth(12, server_final.as_bytes());
+                    ok.extend(auth(0, b""));
+                    ok.extend([b'K', 0, 0, 0, 12]);
+                    ok.extend((pid as u32 + 1).to_be_bytes());
+                    ok.extend([0, 0, 0, 7, b'Z', 0, 0, 0, 5, b'I']);
+                    sock.write_all(&ok).ok()
+                })();
+                if login.is_some() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    kept.push(sock);
+                }
+            }
+        });
+        (port, logins)
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_password_is_stretched_once_for_every_connection_to_a_node() {
+        let verifier = postgres_protocol::password::scram_sha_256(b"pencil");
+        let (port, logins) = scram_node(verifier);
+        let pool = pool_at(port);
+        pool.resize(3);
+        let cfg = cfg_waiting(10_000, 10);
+        let login = ServerLogin::password("pencil");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                pool.clone()
+                    .checkout(&cfg, &login, Instant::now())
+                    .await
+                    .expect("a login"),
+            );
+        }
+        assert_eq!(logins.load(Ordering::SeqCst), 3);
+        let ServerLogin::Password(p) = &login else {
+            unreachable!()
+        };
+        assert_eq!(p.derivations(), 1, "three logins, one key stretching");
+        // A wrong password is the node's refusal, not a protocol error.
+        let (port, logins) = scram_node(postgres_protocol::password::scram_sha_256(b"pencil"));
+        let err = pool_at(port)
+            .checkout(&cfg, &ServerLogin::password("pencils"), Instant::now())
+            .await
+            .map(drop)
+            .expect_err("refused");
+        assert!(
+            matches!(&err, ProxyError::NodeAuth { code, .. } if code == "28P01"),
+            "{err:?}"
+        );
+        assert_eq!(logins.load(Ordering::SeqCst), 0);
+    }
+
     fn cfg_waiting(checkout_timeout_ms: u64, max_waiters: usize) -> PoolConfig {
         PoolConfig {
             checkout_timeout: std::time::Duration::from_millis(checkout_timeout_ms),
@@ -965,7 +1066,7 @@ mod tests {
         let pool = pool_at(port);
         pool.resize(1);
         let cfg = cfg_waiting(checkout_timeout_ms, max_waiters);
-        let login = ServerLogin::Password("p".into());
+        let login = ServerLogin::password("p");
         let held = pool
             .clone()
             .checkout(&cfg, &login, Instant::now())
@@ -1109,7 +1210,7 @@ mod tests {
         let (port, _) = trusting_node();
         let pool = pool_at(port);
         let cfg = cfg_waiting(10_000, 10);
-        let login = ServerLogin::Password("p".into());
+        let login = ServerLogin::password("p");
         let a = pool
             .clone()
             .checkout(&cfg, &login, Instant::now())
@@ -1145,7 +1246,7 @@ mod tests {
         let pool = refusing_pool();
         let now = Instant::now();
         assert!(pool.refused_recently(now).is_none(), "nothing failed yet");
-        let login = ServerLogin::Password("p".into());
+        let login = ServerLogin::password("p");
         let err = match pool
             .clone()
             .checkout(&PoolConfig::default(), &login, now)
@@ -1172,7 +1273,7 @@ mod tests {
         // Accepts (the backlog does) and never answers the startup.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         let pool = pool_at(silent.local_addr().expect("its address").port());
-        let login = ServerLogin::Password("p".into());
+        let login = ServerLogin::password("p");
         let cfg = PoolConfig::default();
         let checkout = pool.clone().checkout(&cfg, &login, Instant::now());
         let waited = tokio::time::timeout(std::time::Duration::from_millis(300), checkout).await;
