@@ -34,6 +34,10 @@ pub struct PasswordLogin {
     keys: Mutex<Vec<ScramKeys>>,
     /// Keys derived so far (each one a key stretching).
     derived: AtomicUsize,
+    /// Held while keys are derived: connections opened together (a pool
+    /// filling) wait for the first one's keys instead of each stretching
+    /// the password.
+    deriving: Mutex<()>,
 }
 
 impl PasswordLogin {
@@ -42,6 +46,7 @@ impl PasswordLogin {
             password: password.into(),
             keys: Mutex::new(Vec::new()),
             derived: AtomicUsize::new(0),
+            deriving: Mutex::new(()),
         }
     }
 
@@ -63,9 +68,14 @@ impl PasswordLogin {
             .cloned()
     }
 
-    /// Derives the keys for `salt_b64` and `iterations` (PBKDF2: run it
-    /// off the event loop) and keeps them.
+    /// The keys for `salt_b64` and `iterations`: derived (PBKDF2: call it
+    /// off the event loop; it blocks while another call derives) and kept,
+    /// unless another call kept them meanwhile.
     pub fn derive(&self, salt_b64: &str, iterations: u32) -> Result<ScramKeys, PassThroughError> {
+        let _one_at_a_time = self.deriving.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = self.kept(salt_b64, iterations) {
+            return Ok(keys);
+        }
         let keys = derive_keys(&self.password, salt_b64, iterations)?;
         self.derived.fetch_add(1, Ordering::Relaxed);
         let mut kept = self.keys.lock().unwrap_or_else(|p| p.into_inner());

@@ -968,38 +968,43 @@ mod tests {
         let count = logins.clone();
         std::thread::spawn(move || {
             let secret = ScramSecret::parse(&verifier).expect("a verifier");
-            let mut kept = Vec::new();
+            // A thread per connection: logins run side by side, as a
+            // node's backends do.
             for (pid, sock) in listener.incoming().enumerate() {
                 let Ok(mut sock) = sock else { return };
-                let login = (|| {
-                    read_msg(&mut sock, false)?;
-                    sock.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).ok()?;
-                    let initial = read_msg(&mut sock, true)?;
-                    // Mechanism name, then the client-first's length.
-                    let at = initial.iter().position(|&b| b == 0)? + 1 + 4;
-                    let (ex, first) =
-                        ScramExchange::start(secret.clone(), initial.get(at..)?).ok()?;
-                    sock.write_all(&auth(11, first.as_bytes())).ok()?;
-                    let fin = read_msg(&mut sock, true)?;
-                    let Ok((server_final, _)) = ex.finish(&fin) else {
-                        let mut e = vec![b'E', 0, 0, 0, 0];
-                        e.extend(b"SFATAL\0C28P01\0Mpassword authentication failed\0\0");
-                        let len = (e.len() - 1) as u32;
-                        e[1..5].copy_from_slice(&len.to_be_bytes());
-                        let _ = sock.write_all(&e);
-                        return None;
-                    };
-                    let mut ok = auth(12, server_final.as_bytes());
-                    ok.extend(auth(0, b""));
-                    ok.extend([b'K', 0, 0, 0, 12]);
-                    ok.extend((pid as u32 + 1).to_be_bytes());
-                    ok.extend([0, 0, 0, 7, b'Z', 0, 0, 0, 5, b'I']);
-                    sock.write_all(&ok).ok()
-                })();
-                if login.is_some() {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    kept.push(sock);
-                }
+                let (secret, count) = (secret.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let login = (|| {
+                        read_msg(&mut sock, false)?;
+                        sock.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).ok()?;
+                        let initial = read_msg(&mut sock, true)?;
+                        // Mechanism name, then the client-first's length.
+                        let at = initial.iter().position(|&b| b == 0)? + 1 + 4;
+                        let (ex, first) = ScramExchange::start(secret, initial.get(at..)?).ok()?;
+                        sock.write_all(&auth(11, first.as_bytes())).ok()?;
+                        let fin = read_msg(&mut sock, true)?;
+                        let Ok((server_final, _)) = ex.finish(&fin) else {
+                            let mut e = vec![b'E', 0, 0, 0, 0];
+                            e.extend(b"SFATAL\0C28P01\0Mpassword authentication failed\0\0");
+                            let len = (e.len() - 1) as u32;
+                            e[1..5].copy_from_slice(&len.to_be_bytes());
+                            let _ = sock.write_all(&e);
+                            return None;
+                        };
+                        let mut ok = auth(12, server_final.as_bytes());
+                        ok.extend(auth(0, b""));
+                        ok.extend([b'K', 0, 0, 0, 12]);
+                        ok.extend((pid as u32 + 1).to_be_bytes());
+                        ok.extend([0, 0, 0, 7, b'Z', 0, 0, 0, 5, b'I']);
+                        sock.write_all(&ok).ok()
+                    })();
+                    if login.is_some() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        // Kept open, silent, until the test ends.
+                        let mut byte = [0u8; 1];
+                        let _ = sock.read(&mut byte);
+                    }
+                });
             }
         });
         (port, logins)
@@ -1013,15 +1018,10 @@ mod tests {
         pool.resize(3);
         let cfg = cfg_waiting(10_000, 10);
         let login = ServerLogin::password("pencil");
-        let mut held = Vec::new();
-        for _ in 0..3 {
-            held.push(
-                pool.clone()
-                    .checkout(&cfg, &login, Instant::now())
-                    .await
-                    .expect("a login"),
-            );
-        }
+        // Opened together, as a pool fills: they wait for one stretching.
+        let checkout = || pool.clone().checkout(&cfg, &login, Instant::now());
+        let (a, b, c) = tokio::join!(checkout(), checkout(), checkout());
+        let _held = [a, b, c].map(|r| r.expect("a login"));
         assert_eq!(logins.load(Ordering::SeqCst), 3);
         let ServerLogin::Password(p) = &login else {
             unreachable!()
