@@ -54,6 +54,16 @@ pub enum PassThroughError {
     BadServerSignature,
 }
 
+/// `ClientKey XOR HMAC(H(ClientKey), AuthMessage)` (RFC 5802).
+pub(crate) fn client_proof(keys: &ScramKeys, auth_message: &str) -> [u8; 32] {
+    let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
+    let mut proof = hmac(&stored_key, auth_message.as_bytes());
+    for (p, k) in proof.iter_mut().zip(keys.client_key) {
+        *p ^= k;
+    }
+    proof
+}
+
 /// The client side of one SCRAM-SHA-256 exchange with a node, from keys
 /// (known at the start, or set once the node named its salt).
 pub struct PassThroughLogin {
@@ -143,14 +153,7 @@ impl PassThroughLogin {
         // c=biws is base64 of the GS2 header "n,,": no channel binding.
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
-        let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
-        let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = keys
-            .client_key
-            .iter()
-            .zip(signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
+        let proof = client_proof(keys, &auth_message);
         self.auth_message = Some(auth_message);
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }

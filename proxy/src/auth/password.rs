@@ -176,17 +176,8 @@ mod tests {
         let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,\
             r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,\
             c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
-        use sha2::Digest;
-        let stored: [u8; 32] = Sha256::digest(keys.client_key).into();
-        let signature = hmac(&stored, auth_message.as_bytes());
-        let proof: Vec<u8> = keys
-            .client_key
-            .iter()
-            .zip(signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
         assert_eq!(
-            B64.encode(proof),
+            B64.encode(crate::auth::passthrough::client_proof(&keys, auth_message)),
             "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         );
         assert_eq!(
